@@ -1,0 +1,94 @@
+"""The ``regkit`` command: subcommands, exit statuses and error reporting.
+
+Exit status: 0 on success, 2 on bad input (a user error: one line on stderr, no traceback), 1 on an
+internal error (with the traceback, since it is a bug to report), 130 on Ctrl-C.
+
+Subcommands come from the ``regkit.commands`` entry-point group: each entry point is a function
+``register(subparsers)`` that adds one subparser and sets ``func`` (taking the parsed arguments and
+returning an exit status or None) as its default. Plugins add theirs the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from regkit.errors import BackendUnavailableError, UserInputError
+from regkit.registry import Registry
+
+__all__ = ["build_parser", "commands", "main"]
+
+Register = Callable[[Any], None]
+
+commands: Registry[Register] = Registry("command", entry_point_group="regkit.commands")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors printed as one line and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _builtin_commands() -> None:
+    # Built-ins register here rather than through entry points, so that a source checkout that
+    # is not installed still has them.
+    from regkit.cli import camera_cmd, project_cmd
+
+    for name, reg in (("camera", camera_cmd.register), ("project", project_cmd.register)):
+        if name not in commands._items:
+            commands.add(name, reg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every built-in and plugin subcommand."""
+    from regkit import __version__
+
+    _builtin_commands()
+    parser = _Parser(prog="regkit", description="Medical image registration (2D-3D, 3D-3D) and "
+                     "single-radiograph bone reconstruction.")
+    parser.add_argument("--version", action="version", version=f"regkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in commands.names():
+        commands.get(name)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        status = args.func(args)
+        return 0 if status is None else int(status)
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    except UserInputError as err:
+        print(f"regkit: error: {err}", file=sys.stderr)
+        return 2
+    except BackendUnavailableError as err:
+        print(f"regkit: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("regkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("regkit: internal error (a bug: please report it with the traceback above)",
+              file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

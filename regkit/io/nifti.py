@@ -1,0 +1,220 @@
+"""NIfTI volumes and label maps (``.nii``, ``.nii.gz``) read and written with nibabel.
+
+Convention:
+    The world frame is the one nibabel reads: ``img.affine`` maps voxel index (i, j, k) of the
+    stored array to RAS+ millimetres, and becomes :attr:`Volume.world_from_index` as it is. The
+    array is never reoriented, so a file stored LAS loads with ``data[i, j, k]`` exactly as on
+    disk and a negative first column in its affine.
+
+Writing stores the affine as both sform and qform (code 1, scanner). The NIfTI-1 header holds the
+sform in float32, so a written affine comes back to about 1e-7 relative (exactly when its entries are
+float32 numbers); voxel values come back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from numpy.typing import NDArray
+
+from regkit.errors import FileFormatError, InputError, ShapeError
+from regkit.utils.files import atomic_path
+from regkit.volume import Volume
+
+__all__ = ["load_labels", "load_nifti", "save_nifti"]
+
+PathLike = str | os.PathLike[str]
+
+# What nibabel, gzip and zlib raise on a file that is not NIfTI, truncated or corrupt.
+_READ_ERRORS = (ImageFileError, HeaderDataError, EOFError, zlib.error, OSError)
+
+# A label grid matches the image grid when their affines agree to this, mm (and exactly in shape).
+_GRID_TOLERANCE_MM = 1e-4
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _read(path: PathLike) -> tuple[np.ndarray, NDArray[np.float64]]:
+    """Read a NIfTI file into memory: its (I, J, K) array, scaling applied, and its affine (4, 4).
+
+    Raises:
+        FileFormatError: the file is missing, not NIfTI, damaged, not 3-D, or holds non-real data.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileFormatError("no such file", source=source)
+    try:
+        image = nib.load(source, mmap=False)
+    except _READ_ERRORS as exc:
+        raise FileFormatError(f"not a readable NIfTI file ({exc})", source=source) from exc
+    if not isinstance(image, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and pairs derive from it
+        raise FileFormatError(f"is a {type(image).__name__}, not a NIfTI image", source=source)
+    try:
+        # asanyarray applies scl_slope / scl_inter; without scaling the stored dtype is kept.
+        data = np.asanyarray(image.dataobj)
+    except _READ_ERRORS as exc:
+        raise FileFormatError(f"truncated or corrupt voxel data ({exc})", source=source) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise FileFormatError(f"expected a 3-D image (or 4-D with one volume), got shape "
+                              f"{data.shape}", source=source)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise FileFormatError(f"voxels must be real numbers, got dtype {data.dtype}",
+                              source=source)
+    if np.issubdtype(data.dtype, np.floating):
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        n_inf = int(np.count_nonzero(np.isinf(data)))
+        if n_nan or n_inf:
+            raise FileFormatError(f"holds {n_nan} NaN and {n_inf} infinite voxel(s); every voxel "
+                                  "needs a finite value", source=source)
+    return np.asarray(data), np.asarray(image.affine, dtype=np.float64)
+
+
+def _as_labels(data: np.ndarray, source: Path) -> np.ndarray:
+    """Label values as an integer array; float files holding whole numbers are converted."""
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise FileFormatError(f"a label map must hold whole numbers, found fractional values "
+                              f"(dtype {data.dtype})", source=source)
+    lo, hi = (int(rounded.min()), int(rounded.max())) if rounded.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return rounded.astype(dtype)
+    raise FileFormatError(f"label values {lo}..{hi} do not fit a 64-bit integer", source=source)
+
+
+def _check_same_grid(labels_shape: tuple[int, ...], labels_affine: NDArray[np.float64],
+                     like: Volume, source: Path) -> None:
+    """Refuse a label grid that differs from ``like``'s in shape or, beyond 1e-4 mm, in affine."""
+    if labels_shape != like.shape:
+        raise FileFormatError(f"label grid {labels_shape} does not match the image grid "
+                              f"{like.shape}", source=source)
+    difference = float(np.max(np.abs(labels_affine - like.world_from_index)))
+    if difference > _GRID_TOLERANCE_MM:
+        raise FileFormatError(
+            f"label affine differs from the image affine by up to {difference:.3g} (tolerance "
+            f"{_GRID_TOLERANCE_MM:g}): label affine {labels_affine.tolist()}, image affine "
+            f"{like.world_from_index.tolist()}", source=source)
+
+
+def load_labels(path: PathLike, like: Volume | None = None) -> np.ndarray:
+    """Read an integer label map (I, J, K) from a NIfTI file.
+
+    Float files are accepted when every value is a whole number (many tools store labels as
+    float32); they are converted to the smallest of uint8, int16, int32, int64 that holds them.
+
+    Args:
+        path: The ``.nii`` / ``.nii.gz`` file.
+        like: When given, the label grid must match this volume's: same shape and the same affine
+            to 1e-4 (mm).
+
+    Returns:
+        Integer array (I, J, K) in the file's index order.
+
+    Raises:
+        FileFormatError: unreadable file, fractional values, or a grid that does not match.
+    """
+    source = Path(path)
+    data, affine = _read(source)
+    labels = _as_labels(data, source)
+    if like is not None:
+        _check_same_grid(labels.shape, affine, like, source)
+    return labels
+
+
+def load_nifti(path: PathLike, *, labels: PathLike | None = None) -> Volume:
+    """Read a NIfTI volume, in any orientation, with an optional label map on the same grid.
+
+    Args:
+        path: The ``.nii`` / ``.nii.gz`` file. 3-D, or 4-D with a single volume.
+        labels: Optional label file; its grid must match the image's (shape exactly, affine to
+            1e-4 mm).
+
+    Returns:
+        A :class:`Volume` with ``world_from_index = img.affine`` (RAS+, mm), integer data kept
+        integer (float when the header scales the values), ``units="HU"``.
+
+    Raises:
+        FileFormatError: a file is missing, not NIfTI, truncated or corrupt, not 3-D, holds NaN
+            voxels, or the label grid differs from the image grid.
+    """
+    source = Path(path)
+    data, affine = _read(source)
+    try:
+        volume = Volume(data, affine)
+    except (InputError, ShapeError) as exc:
+        raise FileFormatError(str(exc), source=source) from exc
+    if labels is None:
+        return volume
+    return volume.with_labels(load_labels(labels, like=volume))
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype every NIfTI reader handles, with the same values.
+
+    64-bit integers go to the smallest of uint8, int16, int32 that holds their range (nibabel
+    refuses them without an explicit dtype, and many tools cannot read them); float16, which NIfTI
+    has no code for, goes to float32. Everything else is stored as it is.
+    """
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for dtype in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(dtype)
+    return array
+
+
+def _write(array: np.ndarray, affine: NDArray[np.float64], path: Path) -> None:
+    """Write one array with ``affine`` as sform and qform (scanner), atomically."""
+    data = _storable(array)
+    image = nib.Nifti1Image(data, affine, dtype=data.dtype)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    image.header.set_xyzt_units(xyz="mm")
+    with atomic_path(path) as tmp:
+        image.to_filename(tmp)
+
+
+def _check_suffix(path: Path, key: str) -> None:
+    """Refuse an output name that nibabel would not write as NIfTI."""
+    if not path.name.lower().endswith(_NIFTI_SUFFIXES):
+        raise InputError(f"a NIfTI file name must end with .nii or .nii.gz, got '{path.name}'",
+                         key=key)
+
+
+def save_nifti(volume: Volume, path: PathLike, *, labels_path: PathLike | None = None) -> None:
+    """Write a volume (and optionally its labels) as NIfTI-1, each file atomically.
+
+    Args:
+        volume: The volume; its ``world_from_index`` becomes sform and qform (code 1).
+        path: Output ``.nii`` or ``.nii.gz`` (gzip by suffix).
+        labels_path: Where to write ``volume.labels``, on the same grid; ``None`` writes no labels.
+
+    Raises:
+        InputError: a name without a NIfTI suffix, or ``labels_path`` given for a volume without
+            labels.
+    """
+    target = Path(path)
+    _check_suffix(target, "path")
+    labels_target = None if labels_path is None else Path(labels_path)
+    if labels_target is not None:
+        _check_suffix(labels_target, "labels_path")
+        if volume.labels is None:
+            raise InputError("the volume has no labels to write", key="labels_path")
+    affine = np.array(volume.world_from_index)
+    _write(volume.data, affine, target)
+    if labels_target is not None and volume.labels is not None:
+        _write(volume.labels, affine, labels_target)
