@@ -30,7 +30,9 @@ pip_opts=(-q --disable-pip-version-check)
 [ -d /opt/wheels ] && pip_opts+=(--find-links /opt/wheels)
 
 stamp=.venv/.regkit-installed
-want="$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)"
+manifests=(pyproject.toml)
+for f in plugins/*/pyproject.toml; do [ -f "$f" ] && manifests+=("$f"); done
+want="$(cat "${manifests[@]}" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing regkit and its dependencies into .venv"
     .venv/bin/pip install "${pip_opts[@]}" "torch==2.13.0"

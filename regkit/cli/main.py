@@ -29,7 +29,7 @@ commands: Registry[Register] = Registry("command", entry_point_group="regkit.com
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors printed as one line and exit status 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -37,9 +37,11 @@ class _Parser(argparse.ArgumentParser):
 def _builtin_commands() -> None:
     # Built-ins register here rather than through entry points, so that a source checkout that
     # is not installed still has them.
-    from regkit.cli import camera_cmd, project_cmd
+    from regkit.cli import camera_cmd, project_cmd, render_cmd
 
-    for name, reg in (("camera", camera_cmd.register), ("project", project_cmd.register)):
+    builtins = (("camera", camera_cmd.register), ("project", project_cmd.register),
+                ("render", render_cmd.register))
+    for name, reg in builtins:
         if name not in commands._items:
             commands.add(name, reg)
 

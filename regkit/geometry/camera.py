@@ -321,6 +321,8 @@ def _validate_size(value: Any, name: str) -> int:
 
 
 def _validate_spacing(value: Any, name: str) -> tuple[float, float]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2 or any(
         isinstance(x, bool) or not isinstance(x, numbers.Real) for x in value
     ):
@@ -411,7 +413,7 @@ def project_points(intrinsic: Any, camera_from_world: Any, points_world: Any) ->
 
     Returns:
         ``(..., N, 2)`` pixel coordinates ``(u, v)``; NaN where the point is at or behind the source
-        plane. numpy if ``intrinsic`` is numpy, else torch (differentiable).
+        plane. numpy when every input is numpy, else torch (differentiable).
     """
     (k, t, p), was_numpy = as_tensors(intrinsic, camera_from_world, points_world)
     if k.shape[-2:] != (3, 3) or t.shape[-2:] != (4, 4) or p.ndim < 2 or p.shape[-1] != 3:
@@ -439,7 +441,7 @@ def pixel_rays(intrinsic: Any, camera_from_world: Any, height: int, width: int, 
 
     Returns:
         ``origins`` ``(..., 3)``: the source in mm; ``directions``: unit vectors, ``(..., H, W, 3)``
-        indexed ``[row, column]``, or ``(..., P, 3)`` for given pixels. numpy if ``intrinsic`` is
+        indexed ``[row, column]``, or ``(..., P, 3)`` for given pixels. numpy when every input is
         numpy, else torch (differentiable with respect to the pose).
     """
     (k, t), was_numpy = as_tensors(intrinsic, camera_from_world)
@@ -462,7 +464,9 @@ def pixel_rays(intrinsic: Any, camera_from_world: Any, height: int, width: int, 
             raise ShapeError(f"pixels must have shape (..., P, 2), got {tuple(uv.shape)}")
     fx, fy = k[..., 0, 0], k[..., 1, 1]
     cx, cy = k[..., 0, 2], k[..., 1, 2]
-    extra = uv.ndim - 1  # spatial dims of the pixel grid
+    # Pixel dims after K's batch: (H, W) for the full grid, (P,) for given pixels, whose own
+    # leading dims are batch dims that broadcast with K's.
+    extra = 2 if pixels is None else 1
     shape = (*k.shape[:-2], *([1] * extra))
     x = (uv[..., 0] - cx.reshape(shape)) / fx.reshape(shape)
     y = (uv[..., 1] - cy.reshape(shape)) / fy.reshape(shape)

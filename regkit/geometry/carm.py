@@ -25,7 +25,9 @@ Convention:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +50,18 @@ def _rx(a: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
-def _positive(name: str, value: float) -> float:
-    v = float(value)
+def _floats(name: str, value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"must be numbers, got {value!r}", key=name) from None
+
+
+def _positive(name: str, value: Any) -> float:
+    arr = _floats(name, value)
+    if arr.shape != ():
+        raise InputError(f"must be one number, got {value!r}", key=name)
+    v = float(arr)
     if not math.isfinite(v) or v <= 0:
         raise InputError(f"must be positive and finite, got {value!r}", key=name)
     return v
@@ -88,26 +100,36 @@ def camera_from_carm(
     if sid >= sdd:
         raise InputError(f"the isocentre ({sid:g} mm) must lie between the source and the "
                          f"detector ({sdd:g} mm)", key="source_to_isocenter_mm")
-    spacing = np.broadcast_to(np.asarray(pixel_spacing_mm, dtype=np.float64), (2,))
+    spacing = _floats("pixel_spacing_mm", pixel_spacing_mm)
+    if spacing.shape not in ((), (1,), (2,)):
+        raise InputError(f"must be one number or two (x, y), got {pixel_spacing_mm!r}",
+                         key="pixel_spacing_mm")
+    spacing = np.broadcast_to(spacing, (2,))
     sx = _positive("pixel_spacing_mm", spacing[0])
     sy = _positive("pixel_spacing_mm", spacing[1])
-    off = np.asarray(principal_offset_mm, dtype=np.float64)
-    iso = np.asarray(isocenter_world, dtype=np.float64)
+    off = _floats("principal_offset_mm", principal_offset_mm)
+    iso = _floats("isocenter_world", isocenter_world)
+    for name, n in (("width", width), ("height", height)):
+        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not float(n).is_integer() \
+                or n <= 0:
+            raise InputError(f"must be a positive whole number of pixels, got {n!r}", key=name)
     if off.shape != (2,) or not np.isfinite(off).all():
         raise InputError("must be two finite numbers (x, y) in mm", key="principal_offset_mm")
     if iso.shape != (3,) or not np.isfinite(iso).all():
         raise InputError("must be three finite numbers in mm", key="isocenter_world")
+    angles = []
     for name, a in (("primary_angle", primary_angle), ("secondary_angle", secondary_angle)):
-        if not math.isfinite(float(a)):
-            raise InputError("must be finite", key=name)
+        v = _floats(name, a)
+        if v.shape != () or not math.isfinite(float(v)):
+            raise InputError(f"must be one finite number (radians), got {a!r}", key=name)
+        angles.append(float(v))
 
     k = np.array([
         [sdd / sx, 0.0, width / 2.0 + off[0] / sx],
         [0.0, sdd / sy, height / 2.0 + off[1] / sy],
         [0.0, 0.0, 1.0],
     ])
-    world_from_camera_rot = _rz(float(primary_angle)) @ _rx(float(secondary_angle)) \
-        @ _R_CAMERA_FROM_WORLD_AP.T
+    world_from_camera_rot = _rz(angles[0]) @ _rx(angles[1]) @ _R_CAMERA_FROM_WORLD_AP.T
     view_dir = world_from_camera_rot[:, 2]
     source = iso - sid * view_dir
     camera_from_world = np.eye(4)

@@ -219,11 +219,11 @@ def check_rigid(transform: Any, name: str = "transform", atol: float = 1e-6) -> 
     t, _ = _as_torch(transform)
     if t.ndim < 2 or tuple(t.shape[-2:]) != (4, 4):
         raise ShapeError(f"{name} must be a 4x4 matrix, got shape {tuple(t.shape)}")
-    t = t.detach().to(torch.float64)
+    t = t.detach().to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(t).all():
         raise FrameError(f"{name} contains NaN or infinite values")
     last = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=t.dtype)
-    if (t[..., 3, :].cpu() - last).abs().max() > atol:
+    if (t[..., 3, :] - last).abs().max() > atol:
         raise FrameError(f"{name} last row must be [0, 0, 0, 1]")
     rot = t[..., :3, :3]
     err = (rot.transpose(-1, -2) @ rot - torch.eye(3, dtype=t.dtype)).abs().max()
@@ -409,14 +409,19 @@ def matrix_to_euler(matrix: Any, order: str = "XYZ",
     _check_last(m, (3, 3), "matrix")
     # Reduce to the intrinsic case: extrinsic "abc" is intrinsic "cba" with the angles reversed.
     intrinsic_order = order if convention == "intrinsic" else order[::-1]
-    angles = _intrinsic_angles(m, intrinsic_order)
+    # At gimbal lock the extrinsic third angle is the intrinsic first one: zero that one.
+    angles = _intrinsic_angles(m, intrinsic_order, zero_first=convention == "extrinsic")
     if convention == "extrinsic":
         angles = angles.flip(-1)
     return _back(angles, was_numpy)
 
 
-def _intrinsic_angles(m: torch.Tensor, order: str) -> torch.Tensor:
-    """Angles (a, b, c) with ``m = R_{order[0]}(a) R_{order[1]}(b) R_{order[2]}(c)``."""
+def _intrinsic_angles(m: torch.Tensor, order: str, zero_first: bool = False) -> torch.Tensor:
+    """Angles (a, b, c) with ``m = R_{order[0]}(a) R_{order[1]}(b) R_{order[2]}(c)``.
+
+    At gimbal lock only ``a + c`` (or ``a − c``) is defined: ``c`` is set to 0, or ``a`` when
+    ``zero_first``. The middle angle comes from ``atan2``, which keeps full precision near lock.
+    """
     idx = {"X": 0, "Y": 1, "Z": 2}
     i, j, k = idx[order[0]], idx[order[1]], idx[order[2]]
     proper = i == k
@@ -426,27 +431,30 @@ def _intrinsic_angles(m: torch.Tensor, order: str) -> torch.Tensor:
     sign = 1.0 if (i, j, k) in ((0, 1, 2), (1, 2, 0), (2, 0, 1)) else -1.0
     eps = 1e-7
     if not proper:
-        sb = (sign * m[..., i, k]).clamp(-1.0, 1.0)
-        b = torch.asin(sb)
+        sb = sign * m[..., i, k]
         cb = torch.sqrt(m[..., i, j] ** 2 + m[..., i, i] ** 2)
-        locked = cb < eps
+        b = torch.atan2(sb, cb)
         a = torch.atan2(-sign * m[..., j, k], m[..., k, k])
         c = torch.atan2(-sign * m[..., i, j], m[..., i, i])
-        # gimbal lock: c = 0, a from the remaining block
-        a_lock = torch.atan2(sign * m[..., k, j], m[..., j, j])
-        a = torch.where(locked, a_lock, a)
-        c = torch.where(locked, torch.zeros_like(c), c)
-        return torch.stack([a, b, c], dim=-1)
-    # proper Euler: m = R_i(a) R_j(b) R_i(c), k is the third axis
-    cb = m[..., i, i].clamp(-1.0, 1.0)
-    b = torch.acos(cb)
-    sb = torch.sqrt(m[..., i, j] ** 2 + m[..., i, k] ** 2)
-    locked = sb < eps
-    a = torch.atan2(m[..., j, i], -sign * m[..., k, i])
-    c = torch.atan2(m[..., i, j], sign * m[..., i, k])
-    a_lock = torch.atan2(sign * m[..., k, j], m[..., j, j])
-    a = torch.where(locked, a_lock, a)
-    c = torch.where(locked, torch.zeros_like(c), c)
+        locked = cb < eps
+    else:
+        # proper Euler: m = R_i(a) R_j(b) R_i(c), k is the third axis
+        cb = m[..., i, i]
+        sb = torch.sqrt(m[..., i, j] ** 2 + m[..., i, k] ** 2)
+        b = torch.atan2(sb, cb)
+        a = torch.atan2(m[..., j, i], -sign * m[..., k, i])
+        c = torch.atan2(m[..., i, j], sign * m[..., i, k])
+        locked = sb < eps
+    zero = torch.zeros_like(a)
+    if zero_first:
+        # m = R_j(b) R_{order[2]}(c): row j of m is row j of R_{order[2]}(c)
+        c_sin = sign * m[..., j, i] if not proper else -sign * m[..., j, k]
+        a = torch.where(locked, zero, a)
+        c = torch.where(locked, torch.atan2(c_sin, m[..., j, j]), c)
+    else:
+        # m = R_i(a) R_j(b): column j of m is column j of R_i(a)
+        a = torch.where(locked, torch.atan2(sign * m[..., k, j], m[..., j, j]), a)
+        c = torch.where(locked, zero, c)
     return torch.stack([a, b, c], dim=-1)
 
 

@@ -103,7 +103,7 @@ class DepthMaps:
         return self.layers > 0
 
     def thickness(self) -> torch.Tensor:
-        """``(B, H, W)`` float32 mm: the sum over the stored layers of back − front (0 on a miss)."""
+        """``(B, H, W)`` float32 mm: sum over the stored layers of back − front (0 on a miss)."""
         return torch.nan_to_num(self.back - self.front, nan=0.0).sum(dim=1)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -154,6 +154,11 @@ class Renderer(ABC):
     backend: ClassVar[str]
     differentiable: ClassVar[bool]
     devices: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
+                 dtype: Any = None, requires_grad: bool = False, **options: Any) -> None:
+        """Bind the backend to ``volume`` and prepare it (see the class docstring)."""
 
     @abstractmethod
     def drr(self, views: Views, *, roi: tuple[int, int, int, int] | None = None,

@@ -28,9 +28,10 @@ def as_tensors(*arrays: Any) -> tuple[list[torch.Tensor], bool]:
     input. Lists and non-float arrays become float64.
 
     Returns:
-        The tensors, and whether the first input was not a tensor (so results go back as numpy).
+        The tensors, and whether no input was a tensor (so results go back as numpy; any torch
+        input makes the result torch, so that a gradient is never silently dropped).
     """
-    was_numpy = not isinstance(arrays[0], torch.Tensor)
+    was_numpy = not any(isinstance(a, torch.Tensor) for a in arrays)
     tensors = [_one(a) for a in arrays]
     ref = next((t for a, t in zip(arrays, tensors, strict=True) if isinstance(a, torch.Tensor)),
                tensors[0])
