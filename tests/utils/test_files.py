@@ -1,0 +1,44 @@
+"""Atomic output: a file appears whole or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from regkit.utils.files import atomic_path, atomic_write_text
+
+
+def test_write_creates_parents_and_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.nii.gz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent
+        assert tmp.name.endswith(".nii.gz")  # libraries that pick a format by name still work
+        tmp.write_bytes(b"data")
+    assert target.read_bytes() == b"data"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]
+
+
+def test_failure_leaves_old_file_and_no_debris(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_keyboard_interrupt_also_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_text_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    atomic_write_text(target, "1")
+    atomic_write_text(target, "2")
+    assert target.read_text() == "2"
