@@ -28,7 +28,6 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
 
 from regkit.errors import InputError, ShapeError
 
@@ -107,7 +106,7 @@ def _index_triple(values: Sequence[int] | NDArray[np.integer], name: str) -> tup
         raise InputError(f"must hold whole numbers, got {items!r}", key=name) from exc
 
 
-def _spacing_triple(spacing_mm: float | Sequence[float]) -> NDArray[np.float64]:
+def _spacing_triple(spacing_mm: ArrayLike) -> NDArray[np.float64]:
     """A positive finite spacing per axis (3,), from one number or three."""
     values = np.asarray(spacing_mm, dtype=np.float64)
     if values.ndim == 0:
@@ -168,10 +167,11 @@ class Volume:
     """A 3-D image, its placement in the RAS+ world, and an optional label map on the same grid.
 
     The arrays are stored as read-only views: a volume never changes, and building one never
-    modifies or copies the caller's arrays (a caller who later writes into its own array will see
-    the volume change too, so hand over arrays you no longer write to).
+    modifies the caller's arrays, nor copies them (only an affine that is not float64 is
+    converted). A caller who later writes into its own array sees the volume change too, so hand
+    over arrays you no longer write to.
 
-    Args:
+    Attributes:
         data: (I, J, K) real array (integer or floating point), indexed in the order of the NIfTI
             array. NaN and infinite values are refused.
         world_from_index: (4, 4) affine mapping voxel index (i, j, k) to RAS+ world, mm. Voxel
@@ -377,8 +377,9 @@ class Volume:
                          fill: float = 0.0) -> Volume:
         """Sample this volume on another grid placed in the same world.
 
-        Data are interpolated trilinearly (``scipy.ndimage.map_coordinates``, order 1); labels take
-        the value of the nearest voxel (ties round up). A target voxel centre counts as inside when
+        Data are interpolated trilinearly (``scipy.ndimage.map_coordinates``, order 1, or axis by
+        axis when the two grids' index axes are parallel); labels take the value of the nearest
+        voxel (ties round up). A target voxel centre counts as inside when
         it lies in this volume's voxel-edge box; inside points within half a voxel of the border
         take the border value, points outside get ``fill`` (data) and 0 (labels).
 
@@ -403,7 +404,21 @@ class Volume:
 
     def _sample(self, target_shape: tuple[int, int, int], source_from_target: NDArray[np.float64],
                 target_affine: NDArray[np.float64], fill: float) -> Volume:
-        """Resample onto a grid given by its index map into this volume's index space (4, 4)."""
+        """Resample onto a grid given by its index map into this volume's index space (4, 4).
+
+        When the target's index axes run along this volume's (a diagonal 3×3, up to 1e-12
+        relative, as in :meth:`resample`), trilinear interpolation is a product of 1-D linear
+        interpolations and is done axis by axis, several times faster than sampling every voxel
+        with ``map_coordinates``; it gives the same values.
+        """
+        linear = source_from_target[:3, :3]
+        diagonal = np.diag(np.diag(linear))
+        if np.max(np.abs(linear - diagonal)) <= 1e-12 * np.max(np.abs(diagonal)):
+            axis_aligned = np.array(source_from_target)
+            axis_aligned[:3, :3] = diagonal
+            return self._sample_axis_aligned(target_shape, axis_aligned, target_affine, fill)
+        from scipy.ndimage import map_coordinates  # here: keeps `import regkit.volume` light
+
         dtype = _float_dtype(self.data.dtype)
         data = np.empty(target_shape, dtype=dtype)
         labels = None if self.labels is None else np.zeros(target_shape, dtype=self.labels.dtype)
@@ -422,7 +437,7 @@ class Volume:
                             & (source <= upper + 0.5 + _INSIDE_TOLERANCE), axis=-1)
             clipped = np.clip(source, 0.0, upper)
             coords = np.moveaxis(clipped, -1, 0)
-            block = ndimage.map_coordinates(self.data, coords, order=1, mode="nearest",
+            block = map_coordinates(self.data, coords, order=1, mode="nearest",
                                             output=dtype)
             block[~inside] = fill
             data[start:stop] = block
@@ -432,7 +447,55 @@ class Volume:
                 labels[start:stop] = np.where(inside, picked, 0)
         return Volume(data, target_affine, labels, self.units)
 
-    def resample(self, spacing_mm: float | Sequence[float], *, fill: float = 0.0) -> Volume:
+    def _sample_axis_aligned(self, target_shape: tuple[int, int, int],
+                             source_from_target: NDArray[np.float64],
+                             target_affine: NDArray[np.float64], fill: float) -> Volume:
+        """:meth:`_sample` for a diagonal ``source_from_target``: one 1-D pass per axis.
+
+        Axes that shrink are done first (the later passes then handle fewer voxels), and axes
+        that the target shares with the source are skipped. Each pass brings its axis to the
+        front, where gathering whole slabs is fast.
+        """
+        dtype = _float_dtype(self.data.dtype)
+        coords, outside = [], []
+        for axis in range(3):
+            raw = source_from_target[axis, 3] + source_from_target[axis, axis] * \
+                np.arange(target_shape[axis], dtype=np.float64)
+            outside.append((raw < -0.5 - _INSIDE_TOLERANCE)
+                           | (raw > self.shape[axis] - 0.5 + _INSIDE_TOLERANCE))
+            coords.append(np.clip(raw, 0.0, self.shape[axis] - 1.0))
+
+        data: np.ndarray = self.data
+        for axis in sorted(range(3), key=lambda a: target_shape[a] / self.shape[a]):
+            n_source = self.shape[axis]
+            if target_shape[axis] == n_source and np.array_equal(coords[axis],
+                                                                 np.arange(n_source)):
+                continue
+            below = np.minimum(np.floor(coords[axis]).astype(np.intp), max(n_source - 2, 0))
+            above = np.minimum(below + 1, n_source - 1)
+            weight = (coords[axis] - below).astype(dtype)[:, None, None]
+            slabs = np.ascontiguousarray(np.moveaxis(data, axis, 0))
+            result = slabs[below].astype(dtype)
+            result *= 1 - weight
+            upper = slabs[above].astype(dtype)
+            upper *= weight
+            result += upper
+            data = np.moveaxis(result, 0, axis)
+        data = np.ascontiguousarray(data, dtype=dtype)
+
+        labels = None
+        if self.labels is not None:
+            nearest = [np.minimum(np.floor(c + 0.5).astype(np.intp), n - 1)
+                       for c, n in zip(coords, self.shape, strict=True)]
+            labels = self.labels[np.ix_(*nearest)]
+        for axis in range(3):
+            if outside[axis].any():
+                np.moveaxis(data, axis, 0)[outside[axis]] = fill
+                if labels is not None:
+                    np.moveaxis(labels, axis, 0)[outside[axis]] = 0
+        return Volume(data, target_affine, labels, self.units)
+
+    def resample(self, spacing_mm: ArrayLike, *, fill: float = 0.0) -> Volume:
         """Resample to a new voxel spacing, keeping the orientation and the physical extent.
 
         The new grid has the same axis directions and the same centre; along each axis it has

@@ -7,12 +7,13 @@ Convention:
     disk and a negative first column in its affine.
 
 Writing stores the affine as both sform and qform (code 1, scanner). The NIfTI-1 header holds the
-sform in float32, so a written affine comes back to about 1e-7 relative (exactly when its entries are
-float32 numbers); voxel values come back exactly.
+sform in float32, so a written affine comes back to about 1e-7 relative (exactly when its entries
+are float32 numbers); voxel values come back exactly.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import zlib
 from pathlib import Path
@@ -38,6 +39,40 @@ _READ_ERRORS = (ImageFileError, HeaderDataError, EOFError, zlib.error, OSError)
 _GRID_TOLERANCE_MM = 1e-4
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_image(source: Path) -> nib.Nifti1Pair:
+    """Open a NIfTI file (gzip-compressed or not) as a nibabel image, checking its integrity.
+
+    A gzip file is decompressed whole first, so that its CRC and length are verified: nibabel
+    alone reads only the bytes it needs and would return damaged voxels from a corrupt stream.
+    """
+    if not source.is_file():
+        raise FileFormatError("no such file", source=source)
+    with source.open("rb") as stream:
+        compressed = stream.read(2) == _GZIP_MAGIC
+    if compressed:
+        try:
+            raw = gzip.decompress(source.read_bytes())
+        except (EOFError, zlib.error, OSError) as exc:
+            raise FileFormatError(f"truncated or corrupt gzip data ({exc})", source=source) from exc
+        for image_class in (nib.Nifti2Image, nib.Nifti1Image):
+            header_class = image_class.header_class
+            if header_class.may_contain_header(raw[:header_class.sizeof_hdr]):
+                try:
+                    return image_class.from_bytes(raw)
+                except _READ_ERRORS as exc:
+                    raise FileFormatError(f"not a readable NIfTI file ({exc})",
+                                          source=source) from exc
+        raise FileFormatError("is gzip-compressed but holds no NIfTI header", source=source)
+    try:
+        image = nib.load(source, mmap=False)
+    except _READ_ERRORS as exc:
+        raise FileFormatError(f"not a readable NIfTI file ({exc})", source=source) from exc
+    if not isinstance(image, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and pairs derive from it
+        raise FileFormatError(f"is a {type(image).__name__}, not a NIfTI image", source=source)
+    return image
 
 
 def _read(path: PathLike) -> tuple[np.ndarray, NDArray[np.float64]]:
@@ -47,14 +82,7 @@ def _read(path: PathLike) -> tuple[np.ndarray, NDArray[np.float64]]:
         FileFormatError: the file is missing, not NIfTI, damaged, not 3-D, or holds non-real data.
     """
     source = Path(path)
-    if not source.is_file():
-        raise FileFormatError("no such file", source=source)
-    try:
-        image = nib.load(source, mmap=False)
-    except _READ_ERRORS as exc:
-        raise FileFormatError(f"not a readable NIfTI file ({exc})", source=source) from exc
-    if not isinstance(image, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and pairs derive from it
-        raise FileFormatError(f"is a {type(image).__name__}, not a NIfTI image", source=source)
+    image = _open_image(source)
     try:
         # asanyarray applies scl_slope / scl_inter; without scaling the stored dtype is kept.
         data = np.asanyarray(image.dataobj)

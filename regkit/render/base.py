@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -128,11 +128,12 @@ class Resampled:
     mask: torch.Tensor
 
 
-def default_step_mm(spacing: Sequence[float]) -> float:
+def default_step_mm(spacing: Iterable[float]) -> float:
     """The default sampling step along a ray: half the smallest voxel spacing, in mm."""
-    s = min(float(x) for x in spacing)
+    values = tuple(float(x) for x in spacing)
+    s = min(values)
     if not math.isfinite(s) or s <= 0:
-        raise InputError(f"voxel spacing must be positive, got {tuple(spacing)}")
+        raise InputError(f"voxel spacing must be positive, got {values}")
     return 0.5 * s
 
 

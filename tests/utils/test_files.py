@@ -42,3 +42,15 @@ def test_atomic_write_text_replaces(tmp_path: Path) -> None:
     atomic_write_text(target, "1")
     atomic_write_text(target, "2")
     assert target.read_text() == "2"
+
+
+def test_output_permissions_follow_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x.txt", "1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644

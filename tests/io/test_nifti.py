@@ -1,0 +1,226 @@
+"""Tests of regkit.io.nifti: NIfTI volumes and label maps."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from regkit.data import chest_ct_crop
+from regkit.errors import FileFormatError, InputError
+from regkit.io.nifti import load_labels, load_nifti, save_nifti
+from regkit.volume import Volume
+
+
+def _oblique_affine() -> np.ndarray:
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0],
+                         [np.sin(angle), np.cos(angle), 0.0],
+                         [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.9, 2.5])
+    affine[:3, 3] = (-101.3, 55.123456, 12.5)
+    return affine
+
+
+def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    nib.Nifti1Image(data, affine, dtype=data.dtype).to_filename(path)
+    return path
+
+
+def test_round_trip_is_exact_for_data_and_float32_affine(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1024, 3000, size=(7, 6, 5)).astype(np.int16)
+    labels = rng.integers(0, 50, size=(7, 6, 5)).astype(np.uint8)
+    affine = np.array([[-0.75, 0, 0, 120.5], [0, 0.75, 0, -80.25], [0, 0, 2.5, -300], [0, 0, 0, 1]])
+    save_nifti(Volume(data, affine, labels), tmp_path / "ct.nii.gz",
+               labels_path=tmp_path / "labels.nii.gz")
+    loaded = load_nifti(tmp_path / "ct.nii.gz", labels=tmp_path / "labels.nii.gz")
+    assert loaded.data.dtype == np.int16
+    np.testing.assert_array_equal(loaded.data, data)
+    np.testing.assert_array_equal(loaded.world_from_index, affine)
+    assert loaded.labels is not None and loaded.labels.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.labels, labels)
+    image = nib.load(tmp_path / "ct.nii.gz")
+    assert isinstance(image, nib.Nifti1Image)
+    assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "labels.nii.gz"]
+
+
+def test_round_trip_oblique_float_volume(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).normal(size=(4, 5, 6)).astype(np.float32)
+    affine = _oblique_affine()
+    save_nifti(Volume(data, affine, units="mu"), tmp_path / "mu.nii")
+    loaded = load_nifti(tmp_path / "mu.nii")
+    assert loaded.data.dtype == np.float32
+    np.testing.assert_array_equal(loaded.data, data)
+    np.testing.assert_allclose(loaded.world_from_index, affine, atol=1e-5)
+    # qform (rigid + zooms) holds the same orthogonal affine as the sform.
+    image = nib.load(tmp_path / "mu.nii")
+    assert isinstance(image, nib.Nifti1Image)
+    np.testing.assert_allclose(image.get_qform(), affine, atol=1e-4)
+
+
+def test_any_orientation_is_read_without_reorienting(tmp_path: Path) -> None:
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    las = np.diag([-0.5, 0.5, 2.0, 1.0])
+    loaded = load_nifti(_write(tmp_path / "las.nii.gz", data, las))
+    np.testing.assert_array_equal(loaded.data, data)
+    np.testing.assert_array_equal(loaded.world_from_index, las)
+
+
+def test_scaled_integers_become_float_and_plain_integers_stay(tmp_path: Path) -> None:
+    data = np.arange(8, dtype=np.int16).reshape(2, 2, 2)
+    image = nib.Nifti1Image(data, np.eye(4), dtype=np.int16)
+    image.header.set_slope_inter(2.0, -1024.0)
+    image.to_filename(tmp_path / "scaled.nii")
+    scaled = load_nifti(tmp_path / "scaled.nii")
+    assert np.issubdtype(scaled.data.dtype, np.floating)
+    np.testing.assert_array_equal(scaled.data, data * 2.0 - 1024.0)
+    plain = load_nifti(_write(tmp_path / "plain.nii", data.astype(np.uint16), np.eye(4)))
+    assert plain.data.dtype == np.uint16
+
+
+def test_four_d_with_one_volume_is_accepted(tmp_path: Path) -> None:
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4, 1)
+    loaded = load_nifti(_write(tmp_path / "one.nii", data, np.eye(4)))
+    np.testing.assert_array_equal(loaded.data, data[..., 0])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 2), (5, 6), (2, 2, 2, 1, 3)])
+def test_wrong_dimensionality_is_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    path = _write(tmp_path / "bad.nii", np.zeros(shape, np.float32), np.eye(4))
+    with pytest.raises(FileFormatError, match=r"bad\.nii.*3-D"):
+        load_nifti(path)
+
+
+def test_nan_voxels_are_refused_naming_the_file(tmp_path: Path) -> None:
+    data = np.zeros((2, 2, 2), np.float32)
+    data[0, 1, 1] = np.nan
+    with pytest.raises(FileFormatError, match=r"nan\.nii\.gz.*1 NaN"):
+        load_nifti(_write(tmp_path / "nan.nii.gz", data, np.eye(4)))
+
+
+def test_missing_and_non_nifti_files(tmp_path: Path) -> None:
+    with pytest.raises(FileFormatError, match=r"absent\.nii.*no such file"):
+        load_nifti(tmp_path / "absent.nii")
+    text = tmp_path / "text.nii"
+    text.write_text("this is not an image")
+    with pytest.raises(FileFormatError, match=r"text\.nii.*not a readable NIfTI"):
+        load_nifti(text)
+    plain_gz = tmp_path / "text.nii.gz"
+    plain_gz.write_bytes(b"not gzip at all")
+    with pytest.raises(FileFormatError, match="not a readable NIfTI"):
+        load_nifti(plain_gz)
+    mgh = tmp_path / "brain.mgh"
+    nib.MGHImage(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(mgh)
+    with pytest.raises(FileFormatError, match="MGHImage, not a NIfTI image"):
+        load_nifti(mgh)
+    mgz = tmp_path / "brain.mgz"
+    nib.MGHImage(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(mgz)
+    with pytest.raises(FileFormatError, match="gzip-compressed but holds no NIfTI header"):
+        load_nifti(mgz)
+
+
+def test_truncated_and_corrupt_files(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).normal(size=(20, 20, 20)).astype(np.float32)
+    full = _write(tmp_path / "full.nii.gz", data, np.eye(4)).read_bytes()
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(full[: len(full) - 2000])
+    with pytest.raises(FileFormatError, match=r"truncated\.nii\.gz.*truncated or corrupt gzip"):
+        load_nifti(truncated)
+    corrupt = bytearray(full)
+    corrupt[len(full) // 2: len(full) // 2 + 64] = bytes(64)
+    damaged = tmp_path / "corrupt.nii.gz"
+    damaged.write_bytes(bytes(corrupt))
+    with pytest.raises(FileFormatError, match=r"corrupt\.nii\.gz.*truncated or corrupt gzip"):
+        load_nifti(damaged)
+    raw = gzip.decompress(full)
+    short = tmp_path / "short.nii"
+    short.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(FileFormatError, match=r"short\.nii.*truncated or corrupt"):
+        load_nifti(short)
+
+
+def test_label_grid_must_match(tmp_path: Path) -> None:
+    ct = _write(tmp_path / "ct.nii", np.zeros((3, 4, 5), np.int16), np.eye(4))
+    wrong_shape = _write(tmp_path / "shape.nii", np.zeros((3, 4, 6), np.uint8), np.eye(4))
+    with pytest.raises(FileFormatError, match=r"shape\.nii.*\(3, 4, 6\).*\(3, 4, 5\)"):
+        load_nifti(ct, labels=wrong_shape)
+    shifted = np.eye(4)
+    shifted[0, 3] = 1e-3
+    moved = _write(tmp_path / "moved.nii", np.zeros((3, 4, 5), np.uint8), shifted)
+    with pytest.raises(FileFormatError, match=r"moved\.nii.*label affine differs"):
+        load_nifti(ct, labels=moved)
+    shifted[0, 3] = 1e-6
+    close = _write(tmp_path / "close.nii", np.ones((3, 4, 5), np.uint8), shifted)
+    volume = load_nifti(ct, labels=close)
+    assert volume.labels is not None and int(volume.labels.sum()) == 60
+    np.testing.assert_array_equal(volume.world_from_index, np.eye(4))
+
+
+def test_float_labels_holding_whole_numbers_are_accepted(tmp_path: Path) -> None:
+    values = np.array([0, 3, 300, 7, 0, 1, 2, 5], np.float32).reshape(2, 2, 2)
+    labels = load_labels(_write(tmp_path / "float.nii", values, np.eye(4)))
+    assert labels.dtype == np.int16
+    np.testing.assert_array_equal(labels, values)
+    values[0, 0, 0] = 0.5
+    with pytest.raises(FileFormatError, match="whole numbers"):
+        load_labels(_write(tmp_path / "fraction.nii", values, np.eye(4)))
+
+
+def test_int64_and_float16_are_stored_in_portable_dtypes(tmp_path: Path) -> None:
+    data = np.array([-5, 0, 70000, 3], np.int64).reshape(1, 2, 2)
+    labels = np.array([0, 1, 2, 255], np.int64).reshape(1, 2, 2)
+    save_nifti(Volume(data, np.eye(4), labels), tmp_path / "a.nii", labels_path=tmp_path / "l.nii")
+    loaded = load_nifti(tmp_path / "a.nii", labels=tmp_path / "l.nii")
+    assert loaded.data.dtype == np.int32 and loaded.labels is not None
+    assert loaded.labels.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.data, data)
+    np.testing.assert_array_equal(loaded.labels, labels)
+    half = np.array([0.5, 1.25], np.float16).reshape(1, 1, 2)
+    save_nifti(Volume(half, np.eye(4)), tmp_path / "h.nii")
+    np.testing.assert_array_equal(load_nifti(tmp_path / "h.nii").data, half.astype(np.float32))
+
+
+def test_save_refuses_bad_names_and_missing_labels(tmp_path: Path) -> None:
+    volume = Volume(np.zeros((2, 2, 2)), np.eye(4))
+    with pytest.raises(InputError, match=r"'path'.*ct\.nrrd"):
+        save_nifti(volume, tmp_path / "ct.nrrd")
+    with pytest.raises(InputError, match="no labels"):
+        save_nifti(volume, tmp_path / "ct.nii", labels_path=tmp_path / "l.nii")
+    with pytest.raises(InputError, match="'labels_path'"):
+        save_nifti(volume.with_labels(np.zeros((2, 2, 2), np.uint8)), tmp_path / "ct.nii",
+                   labels_path=tmp_path / "l.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_leaves_existing_file_untouched(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "ct.nii.gz"
+    save_nifti(Volume(np.ones((2, 2, 2), np.int16), np.eye(4)), target)
+    before = target.read_bytes()
+
+    def fail(self: nib.Nifti1Image, filename: Path) -> None:
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_filename", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_nifti(Volume(np.zeros((2, 2, 2), np.int16), np.eye(4)), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ct.nii.gz"]
+
+
+def test_shipped_chest_crop_loads_with_bone_labels() -> None:
+    paths = chest_ct_crop()
+    volume = load_nifti(paths["ct"], labels=paths["bones"])
+    assert volume.shape == (160, 192, 64)
+    assert volume.data.dtype == np.int16 and volume.units == "HU"
+    assert volume.world_from_index[0, 0] < 0  # stored LAS, not reoriented
+    np.testing.assert_allclose(volume.spacing, [0.703125, 0.703125, 2.5])
+    assert volume.labels is not None and volume.labels.dtype == np.uint8
+    assert int(volume.labels.max()) > 0
