@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from regkit.errors import FileFormatError, FrameError, InputError, ShapeError
+from regkit.errors import FrameError, InputError, ShapeError
 from regkit.geometry.transforms import check_rigid, invert
 from regkit.utils.arrays import as_tensors, from_tensor
 from regkit.utils.files import atomic_write_text
+from regkit.utils.jsonfile import parse_json, read_json
 
 __all__ = [
     "Camera",
@@ -158,7 +159,7 @@ class Camera:
     @classmethod
     def from_json(cls, text: str, *, source: str | None = None) -> Camera:
         """Parse one camera object from JSON text."""
-        return cls.from_dict(_parse_json(text, source), source=source)
+        return cls.from_dict(parse_json(text, source), source=source)
 
     def to_json(self, indent: int | None = 2) -> str:
         """This view as camera-file JSON text."""
@@ -333,14 +334,6 @@ def _validate_spacing(value: Any, name: str) -> tuple[float, float]:
     return sx, sy
 
 
-def _parse_json(text: str, source: str | os.PathLike[str] | None) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FileFormatError(f"not valid JSON ({err.msg} at line {err.lineno})",
-                              source=source) from None
-
-
 # ---------------------------------------------------------------------------------- files
 
 
@@ -355,13 +348,7 @@ def load_cameras(path: str | os.PathLike[str]) -> list[Camera]:
         InputError: a view breaks the contract; the message names the file, the view and the key.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileFormatError("file not found", source=p) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"cannot read camera file ({err})", source=p) from None
-    obj = _parse_json(text, p)
+    obj = read_json(p, "camera file")
     if isinstance(obj, list):
         if not obj:
             raise InputError("the camera list is empty", source=p)
