@@ -1,0 +1,50 @@
+"""regkit-recon: single-radiograph bone reconstruction, a plugin of regkit.
+
+This first part provides the procedural hand CT phantom (:func:`make_hand_phantom`) and the tools
+that measure bones in a label map (:mod:`regkit_recon.measure`). The command line gains
+``regkit recon phantom``. Importing the package loads nothing heavy; the names below load on first
+use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+try:
+    __version__ = metadata.version("regkit-recon")
+except metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0.1.0"
+
+__all__ = [
+    "HandPhantom",
+    "__version__",
+    "make_hand_phantom",
+    "measure_bone_axis",
+    "measure_fracture",
+    "measure_radius_angles",
+    "parse_deformity",
+]
+
+_LAZY = {
+    "HandPhantom": "regkit_recon.phantom.phantom",
+    "make_hand_phantom": "regkit_recon.phantom.phantom",
+    "parse_deformity": "regkit_recon.phantom.deformity",
+    "measure_bone_axis": "regkit_recon.measure",
+    "measure_fracture": "regkit_recon.measure",
+    "measure_radius_angles": "regkit_recon.measure",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'regkit_recon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,433 @@
+"""Measuring bones in a label map: axes, lengths, gaps between bones and malunion angles.
+
+All functions take an integer label map (I, J, K) and its ``world_from_index`` (4×4, RAS+ mm) and
+work on the centres of the voxels carrying a label, in world millimetres. They measure what is in
+the voxels; none of them looks at how a phantom was made.
+
+Convention:
+    Angles are returned in radians. A bone's frame for malunion angles is (radial, dorsal,
+    distal), right-handed, built from the measured proximal axis and a ``dorsal`` hint (for the
+    right hand of :mod:`regkit_recon.phantom`, world −y in the forearm). Signs follow
+    :mod:`regkit_recon.phantom.deformity`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+from scipy.spatial import ConvexHull, cKDTree
+
+from regkit.errors import InputError, ShapeError
+
+__all__ = [
+    "BoneAxis",
+    "FractureMeasurement",
+    "RadiusAngles",
+    "bone_gaps",
+    "bone_points",
+    "measure_bone_axis",
+    "measure_fracture",
+    "measure_radius_angles",
+]
+
+Vector = NDArray[np.float64]
+
+
+def _check(labels: np.ndarray, world_from_index: ArrayLike) -> NDArray[np.float64]:
+    if labels.ndim != 3:
+        raise ShapeError(f"labels must be 3-D (I, J, K), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ShapeError(f"labels must have an integer dtype, got {labels.dtype}")
+    affine = np.asarray(world_from_index, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ShapeError(f"world_from_index must be 4x4, got shape {affine.shape}")
+    return affine
+
+
+def bone_points(labels: np.ndarray, label: int, world_from_index: ArrayLike) -> Vector:
+    """World coordinates (N, 3), mm, of the centres of the voxels labelled ``label``.
+
+    Raises:
+        InputError: no voxel carries ``label``.
+    """
+    affine = _check(labels, world_from_index)
+    index = np.argwhere(labels == label)
+    if index.size == 0:
+        raise InputError(f"no voxel carries label {label}", key="label")
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _unit(v: ArrayLike) -> Vector:
+    a = np.asarray(v, dtype=np.float64)
+    return a / np.linalg.norm(a)
+
+
+@dataclass(frozen=True)
+class BoneAxis:
+    """A bone's principal axis.
+
+    Attributes:
+        centroid: Mean of the voxel centres (3,), world mm.
+        direction: Unit vector (3,) along the largest principal component, pointing along
+            ``towards`` when that was given.
+        length: Extent of the voxel centres along ``direction``, mm (about one voxel less than
+            the bone's outer length).
+        spread: Standard deviations (3,) along the principal components, largest first, mm.
+        axes: The principal directions (3, 3), one per row, largest first.
+    """
+
+    centroid: Vector
+    direction: Vector
+    length: float
+    spread: Vector
+    axes: NDArray[np.float64]
+
+
+def _principal(points: Vector, towards: Vector | None) -> BoneAxis:
+    centroid = points.mean(axis=0)
+    centred = points - centroid
+    cov = centred.T @ centred / max(len(points) - 1, 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    axes = vectors[:, order].T.copy()
+    if towards is not None and axes[0] @ towards < 0:
+        axes[0] = -axes[0]
+    proj = centred @ axes[0]
+    return BoneAxis(centroid, axes[0], float(proj.max() - proj.min()),
+                    np.sqrt(np.maximum(values[order], 0.0)), axes)
+
+
+def measure_bone_axis(labels: np.ndarray, label: int, world_from_index: ArrayLike,
+                      towards: ArrayLike | None = None) -> BoneAxis:
+    """Principal axis (PCA of the voxel centres) and length of one bone.
+
+    Args:
+        labels: Integer label map (I, J, K).
+        label: The bone's label.
+        world_from_index: 4×4 affine of the label map.
+        towards: Optional world vector; the axis is flipped to point along it (e.g. distally).
+    """
+    points = bone_points(labels, label, world_from_index)
+    return _principal(points, None if towards is None else _unit(towards))
+
+
+def bone_gaps(labels: np.ndarray, world_from_index: ArrayLike, *, within_mm: float = 4.0
+              ) -> dict[tuple[int, int], float]:
+    """Smallest gap between every two labelled bones that come within ``within_mm``.
+
+    The gap between two bones is the smallest distance between the centres of their voxels less
+    one voxel (the smallest spacing): the width of the empty space a line between them crosses.
+    Two bones whose voxels share a face have a gap of 0.
+
+    Returns:
+        (label_a, label_b) with a < b -> gap, mm, for the pairs closer than ``within_mm``.
+    """
+    affine = _check(labels, world_from_index)
+    spacing = float(np.linalg.norm(affine[:3, :3], axis=0).min())
+    reach = math.ceil((within_mm + spacing) / spacing) + 1
+    slices = ndimage.find_objects(labels)
+    surfaces: dict[int, Vector] = {}
+    boxes: dict[int, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+    for index, box in enumerate(slices):
+        if box is None:
+            continue
+        label = index + 1
+        mask = labels[box] == label
+        edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+        offset = np.array([s.start for s in box])
+        points = (np.argwhere(edge) + offset) @ affine[:3, :3].T + affine[:3, 3]
+        surfaces[label] = points
+        boxes[label] = (offset, np.array([s.stop for s in box]))
+    gaps: dict[tuple[int, int], float] = {}
+    for a, b in combinations(sorted(surfaces), 2):
+        (lo_a, hi_a), (lo_b, hi_b) = boxes[a], boxes[b]
+        if np.any(lo_a - reach > hi_b) or np.any(lo_b - reach > hi_a):
+            continue
+        tree = cKDTree(surfaces[a])
+        dist, _ = tree.query(surfaces[b], distance_upper_bound=within_mm + spacing)
+        nearest = float(dist.min())
+        if math.isfinite(nearest):
+            gaps[(a, b)] = max(nearest - spacing, 0.0)
+    return gaps
+
+
+@dataclass(frozen=True)
+class FractureMeasurement:
+    """A malunion measured from the voxels of one bone (angles in radians).
+
+    Attributes:
+        angulation: Sagittal-plane angulation, + when the distal fragment tilts palmarly.
+        angulation2: Coronal-plane angulation, + when the distal fragment tilts radially.
+        rotation: Axial rotation of the distal fragment, right-handed about the distal axis,
+            folded into (−90°, 90°].
+        length: Base-to-tip length along the bent axis (through the fracture point), mm.
+        proximal_axis, distal_axis: Unit axes (3,) of the two fragments, world.
+    """
+
+    angulation: float
+    angulation2: float
+    rotation: float
+    length: float
+    proximal_axis: Vector
+    distal_axis: Vector
+
+
+def _slab_fit(points: Vector, origin: Vector, axis: Vector, lo: float, hi: float,
+              slab_mm: float) -> tuple[Vector, NDArray[np.bool_], Vector]:
+    """Centreline axis of the points whose coordinate along ``axis`` lies in [lo, hi].
+
+    The points are cut into slabs ``slab_mm`` thick across ``axis``; the line through the slabs'
+    centroids (least squares, weighted by voxel count) is the new axis. Unlike a principal axis
+    this holds for segments wider than long (a flared base), since a symmetric cross-section's
+    centroid lies on the axis whatever its width.
+
+    Slabs whose centroid strays from the fitted line (a base cut by joint facets) are left out
+    of the fit, and of the returned offsets.
+
+    Returns:
+        The unit axis (oriented like ``axis``), the selection mask, and the offsets (M, 3) of the
+        points in the slabs kept from their slab's centroid.
+    """
+    s = (points - origin) @ axis
+    pick = (s >= lo) & (s <= hi)
+    if not pick.any():
+        raise InputError(f"no voxel lies {lo:.1f} to {hi:.1f} mm from the fracture along the axis",
+                         key="fracture_point")
+    chosen = points[pick]
+    bins = np.floor((s[pick] - lo) / slab_mm).astype(np.int64)
+    counts = np.bincount(bins).astype(np.float64)
+    sums = np.stack([np.bincount(bins, weights=chosen[:, k]) for k in range(3)], axis=1)
+    full = counts >= max(4.0, 0.25 * counts.max())
+    centroids = sums[full] / counts[full, None]
+    weights = counts[full]
+    if len(centroids) < 2:
+        raise InputError(f"a fragment spans fewer than two {slab_mm:g} mm slabs; nothing to fit",
+                         key="fracture_point")
+    keep = np.ones(len(centroids), dtype=bool)
+    for _ in range(3):
+        mean = (centroids[keep] * weights[keep, None]).sum(axis=0) / weights[keep].sum()
+        centred = (centroids[keep] - mean) * np.sqrt(weights[keep])[:, None]
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        rel = centroids - mean
+        residual = np.linalg.norm(rel - np.outer(rel @ vt[0], vt[0]), axis=1)
+        # Slabs whose centroid strays from the line (a base cut by joint facets) are left out.
+        limit = max(0.25 * slab_mm, 3.0 * float(np.median(residual[keep])))
+        new_keep = residual <= limit
+        if new_keep.sum() < max(2, len(centroids) // 2) or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    direction = vt[0] if vt[0] @ axis >= 0 else -vt[0]
+    slab_centre = np.zeros_like(sums)
+    nonzero = counts > 0
+    slab_centre[nonzero] = sums[nonzero] / counts[nonzero, None]
+    kept_slabs = np.zeros(len(counts), dtype=bool)
+    kept_slabs[np.flatnonzero(full)[keep]] = True
+    in_kept = kept_slabs[bins]
+    offsets = (chosen - slab_centre[bins])[in_kept]
+    return direction, pick, offsets
+
+
+def _cross_axis(offsets: Vector, axis: Vector) -> Vector:
+    """The wider principal direction of cross-section offsets, across ``axis`` (unit)."""
+    flat = offsets - np.outer(offsets @ axis, axis)
+    values, vectors = np.linalg.eigh(flat.T @ flat)
+    v = vectors[:, int(np.argmax(values))]
+    v = v - axis * float(v @ axis)
+    return v / np.linalg.norm(v)
+
+
+def _rotation_between(a: Vector, b: Vector) -> NDArray[np.float64]:
+    """The smallest rotation taking unit vector a onto unit vector b."""
+    v = np.cross(a, b)
+    c = float(a @ b)
+    if np.linalg.norm(v) < 1e-12:
+        return np.eye(3)
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike, *,
+                     fracture_point: ArrayLike, distal: ArrayLike, dorsal: ArrayLike,
+                     margin_mm: float | tuple[float, float] = 3.0,
+                     trim: tuple[float, float] = (0.3, 0.15),
+                     slab_mm: float = 1.0) -> FractureMeasurement:
+    """Angulation (two planes), axial rotation and length of a bone broken at a known point.
+
+    Each fragment's axis is the centreline of its shaft (the line through the centroids of
+    1 mm slabs across it), fitted to the voxels on its side of the fracture that lie at least
+    ``margin_mm`` from the fracture point, leaving out the outer part of the fragment (the base,
+    whose joint facets are not symmetric, and the head). Each fit is refined three times with
+    slabs across its own axis. The axial
+    rotation compares the fragments' widest cross-section directions once the angulation is
+    undone; it needs cross-sections that are not round (the phantom's are elliptical).
+
+    Args:
+        labels: Integer label map (I, J, K).
+        label: The bone's label.
+        world_from_index: 4×4 affine.
+        fracture_point: World point (3,) on the bone's axis at the fracture, mm.
+        distal: World vector pointing roughly from the base to the tip.
+        dorsal: World vector pointing roughly dorsally (towards the back of the hand).
+        margin_mm: Voxels closer than this to the fracture (along each fragment's axis) are left
+            out, so that the fragments do not mix: one number, or (proximal, distal). Fragments
+            overlap by the shortening on the proximal side, so the proximal margin should exceed
+            the shortening expected, plus 2–3 mm.
+        trim: Fractions of the (proximal, distal) fragment's length left out at its outer end.
+        slab_mm: Slab thickness for the centreline, mm.
+
+    Raises:
+        InputError: a fragment has too few voxels to measure.
+    """
+    points = bone_points(labels, label, world_from_index)
+    f = np.asarray(fracture_point, dtype=np.float64)
+    margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
+        else (float(margin_mm[0]), float(margin_mm[1]))
+    proximal_axis = _unit(distal)
+    for _ in range(3):
+        s = (points - f) @ proximal_axis
+        outer = -float(s.min())
+        if outer * (1.0 - trim[0]) <= margin_p + slab_mm:
+            raise InputError(f"the proximal fragment of label {label} is too short to measure",
+                             key="fracture_point")
+        proximal_axis, proximal_pick, proximal_offsets = _slab_fit(
+            points, f, proximal_axis, -outer * (1.0 - trim[0]), -margin_p, slab_mm)
+    distal_axis = proximal_axis
+    for _ in range(4):
+        s = (points - f) @ distal_axis
+        outer = float(s.max())
+        if outer * (1.0 - trim[1]) <= margin_d + slab_mm:
+            raise InputError(f"the distal fragment of label {label} is too short to measure",
+                             key="fracture_point")
+        distal_axis, distal_pick, distal_offsets = _slab_fit(
+            points, f, distal_axis, margin_d, outer * (1.0 - trim[1]), slab_mm)
+    radial = np.cross(_unit(dorsal), proximal_axis)
+    radial /= np.linalg.norm(radial)
+    dorsal_axis = np.cross(proximal_axis, radial)
+    d = np.array([distal_axis @ radial, distal_axis @ dorsal_axis, distal_axis @ proximal_axis])
+    angulation = math.asin(float(np.clip(-d[1], -1.0, 1.0)))
+    angulation2 = math.atan2(float(d[0]), float(d[2]))
+    # Undo the swing Ry(a2) Rx(a) and compare the fragments' widest cross-section directions.
+    local_from_world = np.stack([radial, dorsal_axis, proximal_axis])
+    c_a, s_a = math.cos(angulation), math.sin(angulation)
+    c_b, s_b = math.cos(angulation2), math.sin(angulation2)
+    swing = np.array([[c_b, 0, s_b], [0, 1, 0], [-s_b, 0, c_b]]) @ \
+        np.array([[1, 0, 0], [0, c_a, -s_a], [0, s_a, c_a]])
+    swing_world = local_from_world.T @ swing @ local_from_world
+    swing_world = _rotation_between(swing_world @ proximal_axis, distal_axis) @ swing_world
+    e_prox = swing_world @ _cross_axis(proximal_offsets, proximal_axis)
+    e_dist = _cross_axis(distal_offsets, distal_axis)
+    rotation = math.atan2(float(np.cross(e_prox, e_dist) @ distal_axis), float(e_prox @ e_dist))
+    if rotation > math.pi / 2:
+        rotation -= math.pi
+    elif rotation <= -math.pi / 2:
+        rotation += math.pi
+    s_prox = (points - f) @ proximal_axis
+    s_dist = (points - f) @ distal_axis
+    length = float(-s_prox[s_prox < 0].min() + s_dist[s_dist > 0].max())
+    del proximal_pick, distal_pick
+    return FractureMeasurement(angulation, angulation2, rotation, length, proximal_axis,
+                               distal_axis)
+
+
+@dataclass(frozen=True)
+class RadiusAngles:
+    """The distal radius' articular angles measured on its voxels (radians).
+
+    Attributes:
+        dorsal_tilt: Lateral view: angle of the line from the palmar to the dorsal rim against the
+            perpendicular to the shaft, + when the surface faces dorsally.
+        radial_inclination: PA view: angle of the line from the ulnar corner to the tip of the
+            radial styloid against the perpendicular to the shaft, + when the styloid is distal.
+        shaft_axis: Unit shaft axis (3,), pointing distally.
+    """
+
+    dorsal_tilt: float
+    radial_inclination: float
+    shaft_axis: Vector
+
+
+def _bridge_slope(u: Vector, v: Vector) -> tuple[float, float]:
+    """The upper convex-hull edge of the 2-D points (u, v) over the middle of their u range.
+
+    Returns (du, dv) of that edge, du > 0.
+    """
+    hull = ConvexHull(np.column_stack([u, v]))
+    verts = np.column_stack([u, v])[hull.vertices]
+    middle = 0.5 * (float(u.min()) + float(u.max()))
+    best: tuple[float, float] | None = None
+    best_height = -np.inf
+    n = len(verts)
+    for i in range(n):
+        p, q = verts[i], verts[(i + 1) % n]
+        if (p[0] - middle) * (q[0] - middle) > 0 or p[0] == q[0]:
+            continue
+        height = p[1] + (q[1] - p[1]) * (middle - p[0]) / (q[0] - p[0])
+        if height > best_height:
+            best_height = height
+            a, b = (p, q) if p[0] < q[0] else (q, p)
+            best = (float(b[0] - a[0]), float(b[1] - a[1]))
+    if best is None:
+        raise InputError("could not find the articular rim of the radius", key="label")
+    return best
+
+
+def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: ArrayLike, *,
+                          distal: ArrayLike, dorsal: ArrayLike, shaft_mm: float = 35.0,
+                          rim_mm: float = 25.0, section_mm: float = 3.0) -> RadiusAngles:
+    """Dorsal tilt and radial inclination of a distal radius, from its voxels, as on CT.
+
+    The shaft axis is the centreline (centroids of 1 mm slabs) of the radius' voxels more than
+    ``shaft_mm`` from its distal end. The angles are read, as on CT reformats, in two sections
+    ``2·section_mm`` thick through the centre of the distal ``rim_mm``: a coronal one (radial,
+    distal) for the inclination and a sagittal one (dorsal, distal; it passes through the lunate
+    facet and leaves the styloid out) for the tilt. In each, the upper convex-hull edge over the
+    middle of the section joins the two rims; its slope against the perpendicular to the shaft
+    gives the angle. (A projection radiograph reads the inclination a few degrees lower, since
+    it sees the dorsal rim, raised by the palmar tilt, at the ulnar corner.)
+
+    Args:
+        labels: Integer label map (I, J, K).
+        label: The radius' label.
+        world_from_index: 4×4 affine.
+        distal: World vector pointing roughly distally along the forearm.
+        dorsal: World vector pointing roughly dorsally.
+        shaft_mm: Length left out at the distal end when fitting the shaft axis, mm.
+        rim_mm: Length of the distal end examined, mm.
+        section_mm: Half-thickness of the two sections, mm.
+
+    Raises:
+        InputError: too few voxels for the shaft, or no rim found.
+    """
+    points = bone_points(labels, label, world_from_index)
+    axis = _unit(distal)
+    anchor = points.mean(axis=0)
+    for _ in range(3):
+        s = (points - anchor) @ axis
+        top = float(s.max())
+        if top - shaft_mm <= float(s.min()) + 2.0:
+            raise InputError(f"the radius (label {label}) is too short to find its shaft",
+                             key="label")
+        axis, pick, _ = _slab_fit(points, anchor, axis, float(s.min()), top - shaft_mm, 1.0)
+        anchor = points[pick].mean(axis=0)
+    radial = np.cross(_unit(dorsal), axis)
+    radial /= np.linalg.norm(radial)
+    dorsal_axis = np.cross(axis, radial)
+    rel = points - anchor
+    s = rel @ axis
+    end = s >= s.max() - rim_mm
+    across, depth, height = rel[end] @ radial, rel[end] @ dorsal_axis, s[end]
+    coronal = np.abs(depth - depth.mean()) <= section_mm
+    sagittal = np.abs(across - across.mean()) <= section_mm
+    if coronal.sum() < 20 or sagittal.sum() < 20:
+        raise InputError(f"the distal radius (label {label}) is too small to measure",
+                         key="label")
+    du, dv = _bridge_slope(across[coronal], height[coronal])
+    inclination = math.atan2(dv, du)
+    du, dv = _bridge_slope(depth[sagittal], height[sagittal])
+    dorsal_tilt = -math.atan2(dv, du)
+    return RadiusAngles(dorsal_tilt, inclination, axis)

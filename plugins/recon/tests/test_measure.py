@@ -1,0 +1,84 @@
+"""The measuring tools on label maps whose answers are known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from regkit_recon.measure import bone_gaps, measure_bone_axis, measure_fracture
+
+from regkit.errors import InputError, ShapeError
+
+SPACING = 0.5
+
+
+def _affine(spacing: float = SPACING) -> np.ndarray:
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = (-20.0, -20.0, -5.0)
+    return affine
+
+
+def _grid(shape: tuple[int, int, int] = (80, 80, 180)) -> tuple[np.ndarray, ...]:
+    index = np.indices(shape).reshape(3, -1).T
+    world = index @ _affine()[:3, :3].T + _affine()[:3, 3]
+    return index, world
+
+
+def _rod(shape: tuple[int, int, int], half: tuple[float, float], length: float,
+         bend: np.ndarray | None = None, level: float = 40.0) -> np.ndarray:
+    """A rod of elliptical section along +z from z = 0; beyond ``level`` turned by ``bend``."""
+    index, world = _grid(shape)
+    local = world.copy()
+    if bend is not None:
+        beyond = world[:, 2] > level  # approximately: rotate the far part back
+        centre = np.array([0.0, 0.0, level])
+        local[beyond] = (world[beyond] - centre) @ bend + centre
+    inside = ((local[:, 0] / half[0]) ** 2 + (local[:, 1] / half[1]) ** 2 <= 1.0) & \
+        (local[:, 2] >= 0.0) & (local[:, 2] <= length)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[tuple(index[inside].T)] = 7
+    return labels
+
+
+def test_axis_and_length_of_a_rod() -> None:
+    labels = _rod((80, 80, 180), (4.0, 3.0), 60.0)
+    axis = measure_bone_axis(labels, 7, _affine(), towards=(0, 0, 1))
+    assert axis.direction @ np.array([0.0, 0.0, 1.0]) > 0.9999
+    assert axis.length == pytest.approx(60.0, abs=SPACING)
+    assert axis.centroid == pytest.approx([0.0, 0.0, 30.0], abs=0.3)
+    assert axis.spread[1] > axis.spread[2]  # wider radially than dorsally
+
+
+def test_gap_between_two_blocks_is_the_empty_space() -> None:
+    labels = np.zeros((40, 20, 20), dtype=np.uint8)
+    labels[2:10, 5:15, 5:15] = 1
+    labels[14:20, 5:15, 5:15] = 2      # 4 empty voxels (2 mm) between them
+    labels[30:36, 5:15, 5:15] = 3      # 9 mm from bone 2: beyond reach
+    gaps = bone_gaps(labels, _affine(), within_mm=4.0)
+    assert gaps == {(1, 2): pytest.approx(2.0)}
+
+
+def test_malunion_of_a_synthetic_rod_is_measured() -> None:
+    # The distal part turned 15° about x (palmar tilt of the distal fragment: angulation +15°)
+    # then 8° about y (radial: angulation2 +8°), hinged at the rod's axis at z = 40.
+    a, b = math.radians(15.0), math.radians(8.0)
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    turn = ry @ rx
+    labels = _rod((80, 80, 180), (4.0, 2.8), 75.0, bend=turn, level=40.0)
+    m = measure_fracture(labels, 7, _affine(), fracture_point=(0.0, 0.0, 40.0), distal=(0, 0, 1),
+                         dorsal=(0, 1, 0))
+    assert math.degrees(m.angulation) == pytest.approx(15.0, abs=1.0)
+    assert math.degrees(m.angulation2) == pytest.approx(8.0, abs=1.0)
+    assert math.degrees(m.rotation) == pytest.approx(0.0, abs=1.5)
+
+
+def test_measurements_refuse_missing_labels_and_bad_arrays() -> None:
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    with pytest.raises(InputError):
+        measure_bone_axis(labels, 3, _affine())
+    with pytest.raises(ShapeError):
+        measure_bone_axis(labels.astype(np.float32), 3, _affine())
+    with pytest.raises(ShapeError):
+        bone_gaps(labels[0], _affine())
