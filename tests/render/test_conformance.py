@@ -1,0 +1,443 @@
+"""One conformance suite, run against every registered renderer backend.
+
+Each test body is written once and runs for every name in the renderer registry (the built-in
+backends are imported first, plugins come through the entry-point group). A backend is skipped only
+where building it raises :class:`~regkit.errors.BackendUnavailableError`.
+
+Ground truth is analytic (ellipsoid chords and surfaces, see ``conftest.py``) or computed
+independently of every backend from the sampling model that ``regkit.render.base`` states
+(zero-padded trilinear interpolation, clipped to the voxel-edge box) with scipy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from regkit.errors import FrameError, InputError, ShapeError
+from regkit.geometry.camera import Camera
+from regkit.geometry.transforms import rigid_from_params
+from regkit.render.base import Renderer, Views, default_step_mm, renderers
+from regkit.volume import Volume
+
+Factory = Callable[..., Renderer]
+Tools = SimpleNamespace
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def _rays(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    origin, dirs = camera.rays()
+    return origin, dirs.reshape(-1, 3)
+
+
+# ------------------------------------------------------------------------------------------ DRR
+
+
+def test_drr_of_ellipsoid_matches_its_chords(
+        tools: Tools,
+        make: Factory,
+        big_ellipsoid_volume: Volume,
+        big_ellipsoid: Any,
+        big_cameras: list[Camera],
+) -> None:
+    """DRR of a constant-μ ellipsoid (exact partial volume) = μ × chord, at the default step.
+
+    Rays through the inner part of the ellipsoid (closest approach within 0.6 of its radius) are
+    at least ~30 voxels long: the relative error is bounded by 0.5 %, which leaves room for the
+    interpolation model's own error (PV-voxelised surfaces blur by about a voxel) plus the
+    quadrature's. Rays that pass two voxels clear of it see exactly nothing.
+    """
+    renderer = make(big_ellipsoid_volume)
+    drr = _np(renderer.drr(tools.views_of(big_cameras)))
+    assert drr.shape == (4, 40, 48) and drr.dtype == np.float32
+    voxel = float(np.max(big_ellipsoid_volume.spacing))
+    for b, cam in enumerate(big_cameras):
+        origin, dirs = _rays(cam)
+        chord = big_ellipsoid.chord(origin, dirs)
+        lmin = tools.level_min(big_ellipsoid, origin, dirs)
+        inner = lmin < 0.6
+        assert inner.sum() > 300
+        want = tools.MU * chord[inner]
+        rel = np.abs(drr[b].reshape(-1)[inner] - want) / want
+        assert rel.max() <= 5e-3, f"view {b}: max relative error {rel.max():.4%}"
+        clear = lmin > 1.0 + 2.0 * voxel / float(np.min(big_ellipsoid.radii))
+        assert clear.sum() > 20
+        assert np.abs(drr[b].reshape(-1)[clear]).max() <= 1e-6
+
+
+def test_drr_follows_the_sampling_model(
+        refs: Any,
+        tools: Tools,
+        make: Factory,
+        ellipsoid_volume: Volume,
+        cameras: list[Camera],
+) -> None:
+    """DRR = ∫ of the zero-padded trilinear μ over the voxel-edge box (scipy reference).
+
+    This isolates the quadrature from the phantom: every ray, grazing ones included, within
+    0.5 % plus 5 % of one step's worth of the largest μ (the midpoint rule's error on the kinks of
+    a trilinear field is a fraction of a step's contribution), at the default step.
+    """
+    renderer = make(ellipsoid_volume)
+    drr = _np(renderer.drr(tools.views_of(cameras)))
+    for b, cam in enumerate(cameras):
+        origin, dirs = _rays(cam)
+        ref = refs.get(f"ellipsoid-drr-{b}", tools.reference_drr,
+                       np.asarray(ellipsoid_volume.data), ellipsoid_volume.world_from_index,
+                       origin, dirs)
+        err = np.abs(drr[b].reshape(-1) - ref)
+        bound = 5e-3 * ref + 0.05 * tools.MU * renderer.step_mm  # type: ignore[attr-defined]
+        assert np.all(err <= bound), f"view {b}: worst {np.max(err - bound):.3g} over"
+
+
+def test_drr_boundary_model_on_a_volume_filled_to_its_edges(
+        refs: Any,
+        tools: Tools,
+        make: Factory,
+) -> None:
+    """A volume with μ up to its faces: the box clip and the zero padding are rendered exactly as
+    the contract states (half the edge value at the edge, nothing beyond)."""
+    shape = (14, 11, 9)
+    aff = tools.grid_affine(shape, (1.2, 1.0, 1.4), (0.2, 0.1, -0.3), (1.0, 2.0, -1.0))
+    rng = np.random.default_rng(3)
+    mu = (0.02 + 0.01 * rng.random(shape)).astype(np.float32)
+    volume = Volume(mu, aff, units="mu")
+    cams = [tools.look_at(np.array(s, float), np.array([1.0, 2.0, -1.0]), focal=200.0, width=24,
+                    height=20) for s in ((120.0, 30.0, 40.0), (-20.0, -110.0, 60.0))]
+    renderer = make(volume, step_mm=0.1)
+    drr = _np(renderer.drr(tools.views_of(cams)))
+    for b, cam in enumerate(cams):
+        origin, dirs = _rays(cam)
+        ref = refs.get(f"edges-drr-{b}", tools.reference_drr, mu, aff, origin, dirs)
+        assert (ref > 0).sum() > 100
+        np.testing.assert_allclose(drr[b].reshape(-1), ref, rtol=2e-3, atol=2e-4)
+
+
+def test_drr_batch_roi_and_pixels_agree(tools: Tools, make: Factory, ellipsoid_volume: Volume,
+                                        cameras: list[Camera]) -> None:
+    """A batch equals its views one by one; a roi is a crop; pixel lists sample pixel centres."""
+    renderer = make(ellipsoid_volume)
+    full = _np(renderer.drr(tools.views_of(cameras)))
+    for b, cam in enumerate(cameras[:2]):
+        np.testing.assert_allclose(_np(renderer.drr(tools.views_of(cam)))[0], full[b], rtol=1e-5,
+                                   atol=1e-6)
+    roi = _np(renderer.drr(tools.views_of(cameras), roi=(5, 7, 20, 13)))
+    assert roi.shape == (4, 13, 20)
+    np.testing.assert_allclose(roi, full[:, 7:20, 5:25], rtol=1e-5, atol=1e-6)
+    rc = np.array([[3, 4], [17, 30], [35, 39], [0, 0], [20, 21]])
+    pix = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)       # (u, v) of pixel centres
+    shared = _np(renderer.drr(tools.views_of(cameras), pixels=pix))
+    assert shared.shape == (4, 5)
+    np.testing.assert_allclose(shared, full[:, rc[:, 0], rc[:, 1]], rtol=1e-5, atol=1e-6)
+    per_view = np.repeat(pix[None], 4, axis=0)
+    per_view[1] = pix[::-1]
+    each = _np(renderer.drr(tools.views_of(cameras), pixels=per_view))
+    np.testing.assert_allclose(each[1], full[1, rc[::-1, 0], rc[::-1, 1]], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_drr_of_bones_masks_voxels_before_interpolation(
+        refs: Any,
+        tools: Tools,
+        make: Factory,
+        two_bones_volume: Volume,
+        cameras: list[Camera],
+) -> None:
+    """``bones=[...]`` renders μ·1[label ∈ bones] (HU converted with μ_water = 0.02)."""
+    renderer = make(two_bones_volume)
+    labels = np.asarray(two_bones_volume.labels)
+    mu = 0.02 * (1.0 + np.asarray(two_bones_volume.data, np.float64) / 1000.0)
+    views = tools.views_of(cameras[:2])
+    both = _np(renderer.drr(views, bones=[2, 1]))
+    np.testing.assert_allclose(both, _np(renderer.drr(views)), rtol=1e-5, atol=1e-6)
+    one = _np(renderer.drr(views, bones=[2]))
+    for b, cam in enumerate(cameras[:2]):
+        origin, dirs = _rays(cam)
+        ref = refs.get(f"bone2-drr-{b}", tools.reference_drr, mu * (labels == 2),
+                       two_bones_volume.world_from_index, origin, dirs)
+        assert (ref > 0.05).sum() > 20
+        atol = 0.05 * 0.03 * renderer.step_mm  # type: ignore[attr-defined]
+        np.testing.assert_allclose(one[b].reshape(-1), ref, rtol=5e-3, atol=atol)
+
+
+def test_drr_step_refines_towards_the_integral(
+        tools: Tools,
+        make: Factory,
+        ellipsoid_volume: Volume,
+        cameras: list[Camera],
+) -> None:
+    """A finer step changes the DRR by less than the default step's error bound."""
+    views = tools.views_of(cameras[:1])
+    coarse = _np(make(ellipsoid_volume).drr(views))
+    fine = _np(make(ellipsoid_volume, step_mm=0.1).drr(views))
+    assert np.abs(coarse - fine).max() <= 5e-3 * np.abs(fine).max()
+    assert make(ellipsoid_volume).step_mm == pytest.approx(  # type: ignore[attr-defined]
+        default_step_mm(ellipsoid_volume.spacing))
+
+
+# ------------------------------------------------------------------------------------ depth maps
+
+
+def _layer_errors(front: np.ndarray, back: np.ndarray, layers: np.ndarray,
+                  ref: list[tuple[list[float], list[float]]],
+                  min_gap: float) -> tuple[np.ndarray, int, int]:
+    """Errors against the reference on rays whose crossings are at least ``min_gap`` apart."""
+    errs, compared, skipped = [], 0, 0
+    n_layers = front.shape[0]
+    for n, (entries, exits) in enumerate(ref):
+        crossings = np.sort(np.array(entries + exits))
+        if crossings.size > 1 and np.min(np.diff(crossings)) < min_gap:
+            skipped += 1  # a sliver thinner than the marching step: may be stepped over
+            continue
+        compared += 1
+        assert layers[n] == len(entries), f"ray {n}: {layers[n]} entries, reference {entries}"
+        for k in range(n_layers):
+            if k < len(entries):
+                errs += [abs(front[k, n] - entries[k]), abs(back[k, n] - exits[k])]
+            else:
+                assert np.isnan(front[k, n]) and np.isnan(back[k, n])
+    return np.array(errs), compared, skipped
+
+
+def test_depth_of_ellipsoid_matches_reference_surface(
+        refs: Any,
+        tools: Tools,
+        make: Factory,
+        ellipsoid_volume: Volume,
+        ellipsoid: Any,
+        cameras: list[Camera],
+) -> None:
+    """Front/back = the 0.5 level set of the trilinear binary mask (scipy + brentq reference):
+    within 0.05 mm + 0.1 voxel; and within half a voxel diagonal of the analytic surface on rays
+    through the inner part."""
+    renderer = make(ellipsoid_volume)
+    dm = renderer.depth(tools.views_of(cameras), [1], layers=2)
+    assert dm.front.shape == (4, 2, 36, 40) and dm.back.shape == (4, 2, 36, 40)
+    assert dm.front.dtype == torch.float32 and dm.layers.dtype == torch.uint8
+    spacing = ellipsoid_volume.spacing
+    tol = 0.05 + 0.1 * float(np.max(spacing))
+    half_diag = 0.5 * float(np.linalg.norm(spacing))
+    mask = np.asarray(ellipsoid_volume.labels)
+    step = renderer.step_mm  # type: ignore[attr-defined]
+    for b, cam in enumerate(cameras):
+        origin, dirs = _rays(cam)
+        front = _np(dm.front[b]).reshape(2, -1)
+        back = _np(dm.back[b]).reshape(2, -1)
+        layers = _np(dm.layers[b]).reshape(-1)
+        ref = refs.get(f"ellipsoid-depth-{b}", tools.reference_crossings, mask,
+                       ellipsoid_volume.world_from_index, origin, dirs)
+        errs, compared, skipped = _layer_errors(front, back, layers, ref, 2.0 * step)
+        assert compared > 1300 and skipped < 80
+        assert errs.max() <= tol, f"view {b}: worst {errs.max():.4f} mm"
+        inner = tools.level_min(ellipsoid, origin, dirs) < 0.6
+        t_in, t_out = ellipsoid.intersect(origin, dirs)
+        assert np.all(layers[inner] == 1)
+        assert np.abs(front[0, inner] - t_in[inner]).max() <= half_diag
+        assert np.abs(back[0, inner] - t_out[inner]).max() <= half_diag
+        miss = tools.level_min(ellipsoid, origin, dirs) > 1.3
+        assert np.all(layers[miss] == 0) and np.all(np.isnan(front[:, miss]))
+
+
+def test_depth_of_a_hollow_shell_has_two_layers(
+        refs: Any,
+        tools: Tools,
+        make: Factory,
+        shell_volume: Volume,
+        shell: tuple[Any, Any],
+        cameras: list[Camera],
+) -> None:
+    """Rays through the cavity enter and leave twice, nearest first; layers beyond L are counted
+    but not stored."""
+    outer, inner = shell
+    renderer = make(shell_volume)
+    views = tools.views_of(cameras[:2])
+    dm = renderer.depth(views, [3], layers=2)
+    one = renderer.depth(views, [3], layers=1)
+    np.testing.assert_array_equal(_np(one.layers), _np(dm.layers))
+    np.testing.assert_allclose(_np(one.front[:, 0]), _np(dm.front[:, 0]), equal_nan=True)
+    step = renderer.step_mm  # type: ignore[attr-defined]
+    for b, cam in enumerate(cameras[:2]):
+        origin, dirs = _rays(cam)
+        through = tools.level_min(inner, origin, dirs) < 0.5
+        assert through.sum() > 40
+        layers = _np(dm.layers[b]).reshape(-1)
+        assert np.all(layers[through] == 2)
+        front = _np(dm.front[b]).reshape(2, -1)
+        back = _np(dm.back[b]).reshape(2, -1)
+        f0, b0, f1, b1 = front[0, through], back[0, through], front[1, through], back[1, through]
+        assert np.all((f0 < b0) & (b0 < f1) & (f1 < b1))
+        ref = refs.get(f"shell-depth-{b}", tools.reference_crossings,
+                       np.asarray(shell_volume.labels) > 0, shell_volume.world_from_index,
+                       origin, dirs)
+        errs, compared, _ = _layer_errors(front, back, layers, ref, 2.0 * step)
+        assert compared > 1000
+        assert errs.max() <= 0.05 + 0.1 * float(np.max(shell_volume.spacing))
+        # Nearest first, against the analytic surfaces (outer in, inner out, inner in, outer out).
+        o_in, o_out = outer.intersect(origin, dirs)
+        i_in, i_out = inner.intersect(origin, dirs)
+        half_diag = 0.5 * float(np.linalg.norm(shell_volume.spacing))
+        for got, want in ((f0, o_in), (b0, i_in), (f1, i_out), (b1, o_out)):
+            assert np.abs(got - want[through]).max() <= half_diag
+
+
+def test_bone_index_and_depth_per_bone(tools: Tools, make: Factory, two_bones_volume: Volume,
+                                       two_bones: tuple[Any, Any],
+                                       cameras: list[Camera]) -> None:
+    """The first bone hit is the one whose own front is nearest; per-bone depth equals depth of
+    that bone alone."""
+    renderer = make(two_bones_volume)
+    views = tools.views_of(cameras)
+    index = _np(renderer.bone_index(views, [1, 2]))
+    assert index.dtype == np.int32 and index.shape == (4, 36, 40)
+    per_bone = renderer.depth_per_bone(views, [1, 2], layers=1)
+    assert len(per_bone) == 2
+    f1, f2 = _np(per_bone[0].front[:, 0]), _np(per_bone[1].front[:, 0])
+    np.testing.assert_allclose(f1, _np(renderer.depth(views, [1], layers=1).front[:, 0]),
+                               equal_nan=True)
+    expect = np.where(np.isnan(f1) & np.isnan(f2), 0,
+                      np.where(np.nan_to_num(f1, nan=np.inf) <= np.nan_to_num(f2, nan=np.inf),
+                               1, 2))
+    assert (expect == 1).sum() > 100 and (expect == 2).sum() > 100
+    assert np.mean(index == expect) > 0.995
+    union = renderer.depth(views, [1, 2], layers=2)
+    np.testing.assert_array_equal(_np(union.layers) > 0, index > 0)
+
+
+# ------------------------------------------------------------------------------------ resampling
+
+
+def _smooth(tools: Tools, shape: tuple[int, int, int], aff: np.ndarray) -> np.ndarray:
+    x = tools.index_centres_world(shape, aff)
+    return (100.0 * np.sin(0.11 * x[..., 0] + 0.3) * np.cos(0.07 * x[..., 1])
+            + 3.0 * x[..., 2]).astype(np.float32)
+
+
+def test_resample_identity_and_mask(
+        tools: Tools,
+        make: Factory,
+        grid: tuple[tuple[int, int, int], np.ndarray],
+) -> None:
+    """Onto its own grid under the identity: the values as stored (not μ), all inside."""
+    shape, aff = grid
+    data = _smooth(tools, shape, aff)
+    renderer = make(Volume(data, aff, units="HU"))
+    res = renderer.resample(shape, aff, np.eye(4)[None])
+    assert res.values.shape == (1, *shape) and res.values.dtype == torch.float32
+    assert res.mask.dtype == torch.bool and bool(res.mask.all())
+    np.testing.assert_allclose(_np(res.values[0]), data, rtol=1e-6, atol=1e-3)
+
+
+def test_resample_round_trip_and_field_of_view(tools: Tools, make: Factory,
+                                               grid: tuple[tuple[int, int, int], np.ndarray]
+                                               ) -> None:
+    """A rigid transform and then its inverse give the volume back (to interpolation error), and
+    the mask is exactly the analytic field of view: moving index inside [0, n − 1]."""
+    shape, aff = grid
+    data = _smooth(tools, shape, aff)
+    volume = Volume(data, aff, units="other")
+    angle = np.array([0.12, -0.2, 0.17])
+    centre = tools.index_centres_world(shape, aff).reshape(-1, 3).mean(axis=0)
+    t = np.asarray(rigid_from_params(np.concatenate([angle, [3.3, -2.1, 1.7]]), centre))
+    fixed_shape = (30, 34, 28)
+    fixed_aff = tools.grid_affine(fixed_shape, (1.3, 1.1, 1.2), (-0.1, 0.05, 0.2), (6.0, -2.0, 3.0))
+    forward = make(volume).resample(fixed_shape, fixed_aff, np.stack([t, np.eye(4)]), fill=-7.0)
+    values, mask = _np(forward.values), _np(forward.mask)
+    # Analytic field of view (float64), away from the 1e-3 voxel rounding slack.
+    moving_idx = tools.index_centres_world(fixed_shape, np.linalg.inv(aff) @ np.linalg.inv(t)
+                                     @ fixed_aff)
+    n = np.asarray(shape, float) - 1.0
+    margin = np.minimum(moving_idx, n - moving_idx).min(axis=-1)
+    sure = np.abs(margin) > 2e-3
+    assert 0.2 < (margin > 0).mean() < 0.95
+    np.testing.assert_array_equal(mask[0][sure], (margin > 0)[sure])
+    assert np.all(values[0][~mask[0]] == -7.0)
+    # The smooth field sampled where inside: close to its analytic value at the mapped point.
+    world = tools.index_centres_world(fixed_shape, fixed_aff) @ np.linalg.inv(t)[:3, :3].T \
+        + np.linalg.inv(t)[:3, 3]
+    truth = (100.0 * np.sin(0.11 * world[..., 0] + 0.3) * np.cos(0.07 * world[..., 1])
+             + 3.0 * world[..., 2])
+    assert np.abs(values[0] - truth)[mask[0]].max() < 1.5
+    # Back again: resample the warped volume (on the fixed grid) with the inverse transform.
+    warped = Volume(values[0], fixed_aff, units="other")
+    back = make(warped).resample(shape, aff, np.linalg.inv(t)[None])
+    # Compare where the whole interpolation stencil of the way back lay inside the forward field
+    # of view: voxels 2 voxels inside the moving grid that land 1.5 voxels inside the fixed one.
+    own = tools.index_centres_world(shape, np.eye(4))
+    in_moving = np.minimum(own - 2.0, n - 2.0 - own).min(axis=-1) > 0
+    in_fixed_idx = tools.index_centres_world(shape, np.linalg.inv(fixed_aff) @ t @ aff)
+    nf = np.asarray(fixed_shape, float) - 1.0
+    in_fixed = np.minimum(in_fixed_idx - 1.5, nf - 1.5 - in_fixed_idx).min(axis=-1) > 0
+    core = in_moving & in_fixed
+    assert core.sum() > 5000
+    assert bool(_np(back.mask[0])[core].all())
+    err = np.abs(_np(back.values[0]) - data)[core]
+    assert err.max() < 3.0 and np.median(err) < 0.5
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input_is_refused_clearly(tools: Tools, make: Factory, two_bones_volume: Volume,
+                                      ellipsoid_volume: Volume, cameras: list[Camera]) -> None:
+    renderer = make(two_bones_volume)
+    views = tools.views_of(cameras[:2])
+    with pytest.raises(ShapeError):
+        Views(np.eye(3)[None].repeat(2, 0), np.eye(4)[None].repeat(3, 0), 10, 10)
+    bad_pose = views.camera_from_world.copy()
+    bad_pose[1, 0, 3] = np.nan
+    with pytest.raises(InputError):
+        renderer.drr(Views(views.intrinsic, bad_pose, views.height, views.width))
+    not_rigid = views.camera_from_world.copy()
+    not_rigid[0, :3, :3] *= 1.5
+    with pytest.raises((InputError, FrameError)):
+        renderer.drr(Views(views.intrinsic, not_rigid, views.height, views.width))
+    with pytest.raises(InputError):
+        renderer.drr(views, bones=[])
+    with pytest.raises(InputError):
+        renderer.depth(views, [])
+    with pytest.raises(InputError, match="7"):
+        renderer.depth(views, [1, 7])
+    with pytest.raises(InputError):
+        renderer.drr(views, bones=[0])
+    with pytest.raises(InputError):
+        renderer.depth(views, [1], layers=0)
+    with pytest.raises(InputError):
+        renderer.drr(views, roi=(30, 0, 20, 10))
+    with pytest.raises(InputError):
+        renderer.drr(views, roi=(0, 0, 4, 4), pixels=np.zeros((3, 2)))
+    with pytest.raises(ShapeError):
+        renderer.drr(views, pixels=np.zeros((3, 3)))
+    with pytest.raises(ShapeError):
+        renderer.drr(views, pixels=np.zeros((5, 3, 2)))
+    with pytest.raises(ShapeError):
+        renderer.resample((4, 4, 4), np.eye(4), np.eye(4))
+    with pytest.raises(InputError):
+        renderer.resample((4, 0, 4), np.eye(4), np.eye(4)[None])
+    with pytest.raises(InputError):
+        renderer.resample((4, 4, 4), np.eye(4), np.full((1, 4, 4), np.nan))
+    unlabelled = make(Volume(np.asarray(ellipsoid_volume.data), ellipsoid_volume.world_from_index,
+                             units="mu"))
+    with pytest.raises(InputError, match="label"):
+        unlabelled.depth(views, [1])
+    with pytest.raises(InputError, match="label"):
+        unlabelled.bone_index(views, [1])
+    with pytest.raises(InputError, match="label"):
+        unlabelled.drr(views, bones=[1])
+
+
+def test_declares_what_it_is(make: Factory, ellipsoid_volume: Volume) -> None:
+    renderer = make(ellipsoid_volume)
+    assert renderer.backend in renderers.names()
+    assert isinstance(renderer.differentiable, bool)
+    assert "cpu" in renderer.devices or "cuda" in renderer.devices
+    if not renderer.differentiable:
+        with pytest.raises(InputError):
+            make(ellipsoid_volume, requires_grad=True)
