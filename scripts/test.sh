@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export REGKIT_REQUIRE_GL="${REGKIT_REQUIRE_GL:-1}"
 echo "== ruff"
-.venv/bin/ruff check regkit plugins tests examples benchmarks
+.venv/bin/ruff check .
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -355,6 +355,39 @@ def march_integrals(vol: torch.Tensor, rays: PlaneRays, *, samples_per_block: in
                 total = total.index_copy(0, idx, part)
             out[r0:r1] += total
     return torch.where(hit, out, torch.zeros_like(out)) * rays.cell_mm
+
+
+def restrict_to_box(rays: PlaneRays, lo: tuple[int, int, int],
+                    hi: tuple[int, int, int]) -> PlaneRays:
+    """The same rays, marched only where they cross the index box ``[lo − ½, hi − ½]``.
+
+    The planes, and so every sample point, are those of the whole volume: only each ray's range
+    of cells ``[q_lo, q_hi]`` shrinks (and ``hit`` is cleared for rays that miss the box). For a
+    field that is below 0.5 outside the box, such as a bone mask cropped with a margin of a voxel
+    or more, :func:`march_crossings` then finds exactly the crossings it finds on the whole ray.
+    """
+    o, d = rays.o, rays.d
+    box_lo = torch.tensor(lo, dtype=o.dtype, device=o.device) - 0.5
+    box_hi = torch.tensor(hi, dtype=o.dtype, device=o.device) - 0.5
+    t1 = (box_lo - o) / d
+    t2 = (box_hi - o) / d
+    t_near = torch.minimum(t1, t2).max(dim=-1).values.clamp(min=0.0)
+    t_far = torch.maximum(t1, t2).min(dim=-1).values
+    a = rays.axis
+    qa = (o[:, a] + t_near * d[:, a] + 0.5) * rays.m
+    qb = (o[:, a] + t_far * d[:, a] + 0.5) * rays.m
+    q_lo = torch.maximum(rays.q_lo.to(o.dtype), torch.minimum(qa, qb))
+    q_hi = torch.minimum(rays.q_hi.to(o.dtype), torch.maximum(qa, qb))
+    hit = rays.hit & (t_far > t_near) & (q_hi >= q_lo)
+    zero = torch.zeros_like(q_lo)
+    q_lo = torch.where(hit, q_lo, zero)
+    q_hi = torch.where(hit, q_hi, zero)
+    last_cell = rays.n_cells - 1
+    return replace(
+        rays, hit=hit, clean=rays.clean & hit & (q_lo == 0) & (q_hi == rays.n_cells),
+        q_lo=q_lo.to(rays.q_lo.dtype), q_hi=q_hi.to(rays.q_hi.dtype),
+        first=q_lo.floor().clamp(0, last_cell).long(),
+        last=q_hi.floor().clamp(0, last_cell).long())
 
 
 def march_crossings(mask: torch.Tensor, rays: PlaneRays, *, samples_per_block: int,

@@ -258,6 +258,7 @@ class TorchRenderer(Renderer):
     _cache_values: bool
     _bone_mu: OrderedDict[tuple[int, ...], torch.Tensor]
     _bone_mask: OrderedDict[tuple[int, ...], torch.Tensor]
+    _bone_box: dict[tuple[int, ...], tuple[tuple[int, int, int], tuple[int, int, int]]]
 
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
                  dtype: Any = torch.float32, requires_grad: bool = False,
@@ -367,6 +368,7 @@ class TorchRenderer(Renderer):
         self._cache_values = raw is not None
         self._bone_mu = OrderedDict()
         self._bone_mask = OrderedDict()
+        self._bone_box = {}
 
     def __repr__(self) -> str:
         return (f"TorchRenderer(shape={self.shape}, step_mm={self.step_mm:g}, "
@@ -405,6 +407,30 @@ class TorchRenderer(Renderer):
                 self._bone_mask.popitem(last=False)
         else:
             self._bone_mask.move_to_end(key)
+        return found
+
+    def _mask_box(self, key: tuple[int, ...]) -> tuple[tuple[int, int, int],
+                                                         tuple[int, int, int]]:
+        """Index box ``[lo, hi)`` of the union of ``key`` with a 2-voxel margin (cached).
+
+        The trilinear mask is below 0.5 more than a voxel away from the bones, so depth rays
+        are marched only across this box (:func:`~regkit.render._torch_kernels.restrict_to_box`):
+        the same crossings, found at a fraction of the cost for a small bone.
+        """
+        found = self._bone_box.get(key)
+        if found is None:
+            mask = self._mask_for(key)
+            lo: list[int] = []
+            hi: list[int] = []
+            for ax in range(3):
+                nz = torch.nonzero(mask.amax(dim=tuple(a for a in range(3) if a != ax)))
+                if nz.numel() == 0:
+                    lo, hi = [0, 0, 0], [0, 0, 0]
+                    break
+                lo.append(max(int(nz.min()) - 2, 0))
+                hi.append(min(int(nz.max()) + 3, self.shape[ax]))
+            found = ((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
+            self._bone_box[key] = found
         return found
 
     def _mu_for(self, bones: Any) -> torch.Tensor:
@@ -546,7 +572,8 @@ class TorchRenderer(Renderer):
             n_pix = d.shape[1]
             rays_all, t_all, e_all = [], [], []
             for (axis, cells), members in self._groups(k, t, views, None).items():
-                rays = self._group_rays(o, d, members, axis, cells)
+                rays = kern.restrict_to_box(self._group_rays(o, d, members, axis, cells),
+                                            *self._mask_box(key))
                 r, tt, entry = kern.march_crossings(
                     mask, rays, samples_per_block=self._samples_per_block,
                     rays_per_block=self.chunk_rays)
