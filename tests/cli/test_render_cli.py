@@ -10,8 +10,8 @@ import pytest
 
 from regkit.cli.main import main
 from regkit.data import chest_ct_crop
-from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.camera import save_cameras
+from regkit.geometry.carm import camera_from_carm
 from regkit.io.nifti import load_nifti
 
 T8 = 36

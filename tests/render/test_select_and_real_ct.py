@@ -44,7 +44,7 @@ def test_gradients_go_to_torch_and_gl_refuses_them(crop: Volume) -> None:
     assert r.backend == "torch" and r.differentiable
     with pytest.raises(InputError, match="not differentiable"):
         make_renderer(crop, backend="gl", requires_grad=True)
-    with pytest.raises(UnknownNameError, match="known: .*gl.*torch"):
+    with pytest.raises(UnknownNameError, match=r"known: .*gl.*torch"):
         make_renderer(crop, backend="cuda-magic")
 
 
