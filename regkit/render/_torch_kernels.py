@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regkit.render.sampling import TINY_DIRECTION, choose_axes
+
 __all__ = [
     "PlaneRays",
     "choose_axes",
@@ -42,9 +44,7 @@ __all__ = [
     "trilinear_zero",
 ]
 
-_TINY_DIRECTION = 1e-12  # voxels per mm: below this a ray counts as parallel to a slab
-_MAX_CELLS_PER_VOXEL = 4096
-_CELL_PARTS = 32  # cells per voxel are rounded up to a multiple of 1/_CELL_PARTS
+_TINY_DIRECTION = TINY_DIRECTION
 
 
 @dataclass
@@ -86,43 +86,6 @@ class PlaneRays:
         """Distance from the source (mm) of cell coordinate ``q`` (float64) on rays ``rays``."""
         a = self.axis
         return ((q / self.m - 0.5) - self.o[rays, a]) / self.d[rays, a]
-
-
-def choose_axes(d: torch.Tensor, shape: tuple[int, int, int],
-                step_mm: float) -> list[tuple[int, int]]:
-    """The marching axis and number of cells for each view.
-
-    For each axis the cells per voxel is the least multiple of 1/32 that keeps every ray's step
-    at or under ``step_mm`` (the rounding lets similar views share a plan, hence a batch); the
-    axis chosen is the one that needs the fewest cells.
-
-    Args:
-        d: ``(B, P, 3)`` directions in index space (voxels per mm) of rays that bound the view's.
-        shape: Volume shape ``(I, J, K)``.
-        step_mm: Largest allowed step along a ray, mm.
-
-    Returns:
-        ``[(axis, n_cells)]`` per view.
-    """
-    dmin = d.detach().abs().amin(dim=1).to(torch.float64).cpu().numpy()  # (B, 3)
-    out = []
-    for row in dmin:
-        best: tuple[int, int] | None = None
-        for a in range(3):
-            if row[a] <= _TINY_DIRECTION:
-                continue
-            # A cell spans 1/m voxels along a, i.e. 1 / (m · |d_a|) mm along the ray.
-            parts = math.ceil(_CELL_PARTS / (step_mm * row[a]) * (1.0 - 1e-9))
-            if parts > _CELL_PARTS * _MAX_CELLS_PER_VOXEL:
-                continue
-            cells = max(1, math.ceil(parts * shape[a] / _CELL_PARTS))
-            if best is None or cells < best[1]:
-                best = (a, cells)
-        if best is None:  # cannot happen for unit directions: some component is ≥ 1/√3
-            a = int(np.argmax(row))
-            best = (a, _MAX_CELLS_PER_VOXEL * shape[a])
-        out.append(best)
-    return out
 
 
 def plane_rays(o: torch.Tensor, d: torch.Tensor, shape: tuple[int, int, int], axis: int,

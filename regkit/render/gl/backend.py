@@ -757,17 +757,17 @@ def _occupancy(nonzero: np.ndarray, brick: int) -> np.ndarray:
 def _marching_plans(d: np.ndarray, shape: tuple[int, int, int], step_mm: float) -> np.ndarray:
     """``(B, 2)`` int: the marching axis and number of cells of each view.
 
-    The rule is part of the sampling model the two backends share, so it is the PyTorch
-    backend's own function (``choose_axes``), not a copy: both always sample the same points.
+    The rule is part of the sampling model the two backends share: both call
+    :func:`regkit.render.sampling.choose_axes`, so they always sample the same points.
 
     Args:
         d: ``(B, P, 3)`` directions (voxels per mm) of each view's probe rays.
         shape: Volume shape ``(I, J, K)``.
         step_mm: Largest step along a ray, mm.
     """
-    from regkit.render._torch_kernels import choose_axes
+    from regkit.render.sampling import choose_axes
 
-    return np.asarray(choose_axes(torch.from_numpy(np.ascontiguousarray(d)), shape, step_mm),
+    return np.asarray(choose_axes(d, shape, step_mm),
                       dtype=np.int32).reshape(-1, 2)
 
 
