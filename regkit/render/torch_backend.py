@@ -706,6 +706,8 @@ class TorchRenderer(Renderer):
                     src, packed, index_maps[b, :3].to(self.dtype), shape, fill=float(fill),
                     tolerance=_RESAMPLE_TOLERANCE, points_per_block=_RESAMPLE_POINTS_PER_BLOCK,
                     out_values=values[b], out_mask=mask[b])
+                if not grad and res.data_ptr() != values[b].data_ptr():
+                    values[b].copy_(res)  # the general path returns a new tensor
                 pieces.append(res)
             if grad:
                 values = torch.stack(pieces)

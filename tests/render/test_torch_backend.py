@@ -331,3 +331,22 @@ def test_cuda_gradients() -> None:
     renderer.drr(Views(kmat.cuda(), corrected, 6, 6)).sum().backward()
     assert volume.grad is not None and params.grad is not None
     assert bool(torch.isfinite(params.grad).all())
+
+
+def test_resample_without_the_packed_fast_path_fills_its_output(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Volumes too big for the packed fast path take the general path; its values must land."""
+    import regkit.render.torch_backend as tb
+    from regkit.volume import Volume
+
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.normal(size=(12, 10, 8)).astype(np.float32), np.eye(4), units="mu")
+    shift = np.eye(4)
+    shift[:3, 3] = [0.3, -0.2, 0.1]
+    poses = np.stack([np.eye(4), shift])
+    fast = tb.TorchRenderer(vol).resample(vol.shape, vol.world_from_index, poses)
+    monkeypatch.setattr(tb, "_MAX_PACKED_VOXELS", 1)
+    slow = tb.TorchRenderer(vol).resample(vol.shape, vol.world_from_index, poses)
+    assert torch.isfinite(slow.values).all()
+    torch.testing.assert_close(slow.values, fast.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(slow.mask, fast.mask)
