@@ -1,0 +1,124 @@
+"""``regkit register-3d3d``: register one volume to another (rigid or affine), write the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regkit.errors import InputError
+
+__all__ = ["register"]
+
+# Progress lines on stderr: at most one per this many seconds, plus one at each level's start.
+_PROGRESS_INTERVAL_S = 1.0
+
+
+class _ProgressPrinter:
+    """Prints the level, evaluations and best score on stderr, at a modest rate."""
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._level = -1
+
+    def __call__(self, p: Any) -> None:
+        now = time.monotonic()
+        if p.level == self._level and now - self._last < _PROGRESS_INTERVAL_S:
+            return
+        self._level, self._last = p.level, now
+        print(f"register-3d3d: level {p.level + 1}/{p.levels} ({p.stage}): "
+              f"{p.evaluations} evaluations, best {p.metric} {p.best_score:.5g}",
+              file=sys.stderr, flush=True)
+
+
+def _mask(path: Path | None, like: Any, flag: str) -> np.ndarray | None:
+    from regkit.io.nifti import load_labels
+
+    if path is None:
+        return None
+    labels = load_labels(path, like=like)
+    mask = labels > 0
+    if not mask.any():
+        raise InputError("selects no voxel (every value is 0)", source=path, key=flag)
+    return mask
+
+
+def _register3d3d(args: argparse.Namespace) -> int:
+    from regkit.io.itk import write_itk_transform
+    from regkit.io.nifti import load_nifti, save_nifti
+    from regkit.metrics import get_metric
+    from regkit.registration.volume_registration import (
+        register_3d3d,
+        resample_moving,
+        save_report,
+    )
+
+    get_metric(args.metric)  # an unknown metric fails before the volumes are read
+    if args.seed is not None and args.seed < 0:
+        raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
+    for flag, path, suffixes in (("--out", args.out, (".json",)),
+                                 ("--resampled", args.resampled, (".nii", ".nii.gz")),
+                                 ("--itk-transform", args.itk_transform, (".tfm", ".txt"))):
+        if path is not None and not path.name.lower().endswith(suffixes):
+            raise InputError(f"must end with {' or '.join(suffixes)}, got '{path.name}'",
+                             key=flag)
+    fixed = load_nifti(args.fixed)
+    moving = load_nifti(args.moving)
+    fixed_mask = _mask(args.fixed_mask, fixed, "--fixed-mask")
+    moving_mask = _mask(args.moving_mask, moving, "--moving-mask")
+
+    result = register_3d3d(fixed, moving, transform=args.transform, metric=args.metric,
+                           fixed_mask=fixed_mask, moving_mask=moving_mask, init=args.init,
+                           seed=args.seed, backend=args.backend, progress=_ProgressPrinter())
+    result.save(args.out)
+    if args.itk_transform is not None:
+        write_itk_transform(args.itk_transform, result.fixed_from_moving)
+    if args.resampled is not None:
+        save_nifti(resample_moving(fixed, moving, result.fixed_from_moving), args.resampled)
+    if args.report is not None:
+        save_report(args.report, fixed, moving, result)
+    print(f"register-3d3d: {args.transform} registration, {result.metric} "
+          f"{result.final_score:.5g}, {result.evaluations} evaluations in "
+          f"{result.seconds:.2f} s (seed {result.extras['seed']}) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``register-3d3d``."""
+    p = subparsers.add_parser(
+        "register-3d3d", help="register two volumes (CT to CT, rigid or affine)",
+        description="Find fixed_from_moving, the transform from the moving image's world (mm) "
+        "to the fixed image's, by a multi-resolution CMA-ES search, and write it as a result "
+        "JSON (and optionally as an ITK .tfm, the resampled moving image and a PNG report).")
+    p.add_argument("--fixed", required=True, type=Path, metavar="A.nii.gz")
+    p.add_argument("--moving", required=True, type=Path, metavar="B.nii.gz")
+    p.add_argument("--out", required=True, type=Path, metavar="RESULT.json")
+    p.add_argument("--transform", choices=("rigid", "affine"), default="rigid")
+    p.add_argument("--metric", default="ncc",
+                   help="similarity: ncc (default, same modality), nmi or mattes_mi (across "
+                   "modalities), ssd, lncc, ...")
+    p.add_argument("--fixed-mask", type=Path, default=None, metavar="M.nii.gz",
+                   help="score only the fixed voxels where this label map is non-zero")
+    p.add_argument("--moving-mask", type=Path, default=None, metavar="M.nii.gz",
+                   help="score only where the moving image's label map is non-zero")
+    p.add_argument("--init", choices=("identity", "center", "moments"), default="center",
+                   help="start: the world frames as given, centres of mass aligned (default), "
+                   "or principal axes")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: a fresh one, "
+                   "written to the result)")
+    p.add_argument("--backend", default=None,
+                   help="renderer that resamples: torch or gl (default: the faster one here)")
+    p.add_argument("--resampled", type=Path, default=None, metavar="OUT.nii.gz",
+                   help="write the moving image resampled onto the fixed grid")
+    p.add_argument("--itk-transform", type=Path, default=None, metavar="OUT.tfm",
+                   help="write the result as an ITK transform (resamples moving onto fixed in "
+                   "SimpleITK, Slicer)")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write PNGs: checkerboards and edge overlays before and after, "
+                   "convergence")
+    p.set_defaults(func=_register3d3d)

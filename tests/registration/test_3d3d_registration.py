@@ -1,0 +1,294 @@
+"""3D–3D registration on the shipped CT crop: recovery, cross-modality, affine, masks, seeds."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+
+from regkit.data import chest_ct_crop
+from regkit.errors import InputError, ShapeError, UnknownNameError
+from regkit.geometry.transforms import rigid_from_params
+from regkit.io.nifti import load_nifti
+from regkit.metrics import get_metric
+from regkit.registration.results import Registration3D3DResult
+from regkit.registration.volume_registration import (
+    DEFAULT_RIGID_LEVELS,
+    LevelOptions,
+    Register3D3DOptions,
+    _build_level,
+    affine_from_params,
+    initial_transform,
+    mean_target_error,
+    register_3d3d,
+)
+from regkit.volume import Volume
+
+# A non-monotonic remapping of HU (air dark, fat brightest, bone darker than soft tissue): what
+# another modality might show; only a statistical metric can match it to the CT.
+REMAP_HU = [-1024.0, -500.0, -100.0, 40.0, 300.0, 1500.0, 3071.0]
+REMAP_TO = [0.0, 50.0, 900.0, 500.0, 150.0, 250.0, 300.0]
+
+
+@cache
+def _ct() -> Volume:
+    paths = chest_ct_crop()
+    return load_nifti(paths["ct"], labels=paths["bones"])
+
+
+@cache
+def _fixed() -> Volume:
+    return _ct().resample(2.0).with_labels(None)
+
+
+def _bone_points_moving(true: np.ndarray) -> np.ndarray:
+    """Bone voxel centres of the crop (every 7th), in the moving world (mm)."""
+    ct = _ct()
+    assert ct.labels is not None
+    world = ct.index_to_world(np.argwhere(ct.labels > 0)[::7].astype(np.float64))
+    return (np.linalg.inv(true) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
+
+
+def _pair(true: np.ndarray, *, remap: bool = False, noise: float = 20.0, seed: int = 0
+          ) -> tuple[Volume, Volume, np.ndarray]:
+    """The crop (2 mm grid) and a moved copy on an oblique 2.2 x 1.9 x 2.4 mm grid that sees
+    less of it (a cropped field of view), with Gaussian noise; and bone targets (moving world)."""
+    ct = _ct()
+    centre = ct.center_world
+    shape = np.array([46, 62, 56])
+    spacing = np.array([2.2, 1.9, 2.4])
+    grid = np.asarray(rigid_from_params(np.array([0.05, -0.04, 0.03, 0.0, 0.0, 0.0])))
+    grid[:3, :3] = grid[:3, :3] @ np.diag(spacing)
+    centre_moving = (np.linalg.inv(true) @ np.append(centre + np.array([3.0, -2.0, 4.0]), 1.0))[:3]
+    grid[:3, 3] = centre_moving - grid[:3, :3] @ ((shape - 1) / 2.0)
+    # moving(y) = CT(true · y): sample the crop on the moving grid placed in the fixed world.
+    data = ct.resample_to_grid(tuple(int(n) for n in shape), true @ grid, fill=-1024.0).data
+    rng = np.random.default_rng(seed)
+    units = "HU"
+    if remap:
+        data = np.interp(data, REMAP_HU, REMAP_TO)
+        units = "other"
+        noise = noise / 2
+    data = (data + rng.normal(0.0, noise, data.shape)).astype(np.float32)
+    return _fixed(), Volume(data, grid, units=units), _bone_points_moving(true)
+
+
+def _true_rigid() -> np.ndarray:
+    # 9.9 degrees about an oblique axis through the crop's centre, and 8.8 mm.
+    return np.asarray(rigid_from_params(np.array([0.10, -0.06, 0.12, 6.0, -4.0, 5.0]),
+                                        _ct().center_world))
+
+
+# ------------------------------------------------------------------------------ recovery
+
+
+def test_recovers_known_rigid_transform() -> None:
+    true = _true_rigid()
+    fixed, moving, points = _pair(true)
+    assert mean_target_error(np.eye(4), true, points) > 8.0
+    result = register_3d3d(fixed, moving, seed=3)
+    assert isinstance(result, Registration3D3DResult)
+    assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
+    # The result contract: metric, score in the metric's own sense, counts, history, extras.
+    assert result.metric == "ncc" and 0.9 < result.final_score <= 1.0
+    assert result.evaluations >= sum(lv["evaluations"] for lv in result.extras["levels"])
+    assert len(result.extras["levels"]) == len(DEFAULT_RIGID_LEVELS)
+    assert result.extras["seed"] == 3 and result.extras["transform"] == "rigid"
+    assert all(lv["stop_reasons"] for lv in result.extras["levels"])
+    assert {p.level for p in result.history} == {0, 1, 2}
+    assert result.history[-1].evaluations <= result.evaluations
+    assert np.allclose(result.fixed_from_moving[:3, :3].T @ result.fixed_from_moving[:3, :3],
+                       np.eye(3), atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["nmi", "mattes_mi"])
+def test_cross_modality_non_monotonic_remap(metric: str) -> None:
+    true = _true_rigid()
+    fixed, moving, points = _pair(true, remap=True, seed=1)
+    # ncc cannot match a non-monotonic remapping; mutual information can. The crop has no air
+    # around it, so a remapped image has no background to find a centre of mass against:
+    # start from the world frames as given (8.8 mm and 10 degrees off).
+    result = register_3d3d(fixed, moving, metric=metric, init="identity", seed=5)
+    assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
+    assert result.metric == metric
+
+
+def test_affine_recovers_scaling_and_shear() -> None:
+    params = np.array([0.05, -0.03, 0.08, 4.0, -3.0, 2.0, 0.04, -0.03, 0.02, 0.03, -0.02, 0.02])
+    true = np.asarray(affine_from_params(params, _ct().center_world))
+    fixed, moving, points = _pair(true, seed=2)
+    rigid = register_3d3d(fixed, moving, seed=1)
+    affine = register_3d3d(fixed, moving, transform="affine", seed=1)
+    tre_affine = mean_target_error(affine.fixed_from_moving, true, points)
+    assert tre_affine < 1.0
+    assert tre_affine < 0.5 * mean_target_error(rigid.fixed_from_moving, true, points)
+    stages = [lv["stage"] for lv in affine.extras["levels"]]
+    assert stages == ["rigid"] * 3 + ["affine"] * 2
+    assert affine.extras["transform"] == "affine"
+
+
+def test_moments_initialisation_handles_a_large_rotation() -> None:
+    ct = _ct()
+    true = np.asarray(rigid_from_params(np.array([0.0, 0.0, np.radians(90.0), 10.0, 5.0, 0.0]),
+                                        ct.center_world))
+    fixed, moving, points = _pair(true, seed=4)
+    candidates = initial_transform(fixed, moving, "moments")
+    assert len(candidates) == 25  # "center" first, then the 24 axis matchings
+    assert all(abs(np.linalg.det(c[:3, :3]) - 1) < 1e-9 for c in candidates)
+    start = [mean_target_error(c, true, points) for c in candidates]
+    assert min(start[1:]) < start[0]
+    result = register_3d3d(fixed, moving, init="moments", seed=2)
+    assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
+    chosen = np.asarray(result.extras["initial_fixed_from_moving"])
+    assert any(np.array_equal(chosen, c) for c in candidates[1:])
+
+
+def test_seed_makes_it_deterministic() -> None:
+    true = _true_rigid()
+    fixed, moving, _ = _pair(true)
+    levels = (DEFAULT_RIGID_LEVELS[0], DEFAULT_RIGID_LEVELS[2])
+    a = register_3d3d(fixed, moving, seed=11, options={"levels": levels})
+    b = register_3d3d(fixed, moving, seed=11, options={"levels": levels})
+    c = register_3d3d(fixed, moving, seed=12, options={"levels": levels})
+    np.testing.assert_array_equal(a.fixed_from_moving, b.fixed_from_moving)
+    assert [p.best for p in a.history] == [p.best for p in b.history]
+    assert not np.array_equal(a.fixed_from_moving, c.fixed_from_moving)
+
+
+def test_threads_are_restored_and_progress_reported() -> None:
+    true = _true_rigid()
+    fixed, moving, _ = _pair(true)
+    before = torch.get_num_threads()
+    seen = []
+    levels = (LevelOptions(shrink=4.0, max_voxels=4096, options={"max_evaluations": 60}),)
+    register_3d3d(fixed, moving, seed=1, options={"levels": levels, "threads": 1},
+                  progress=seen.append)
+    assert torch.get_num_threads() == before
+    assert seen and seen[-1].levels == 1 and seen[-1].metric == "ncc"
+    assert [p.evaluations for p in seen] == sorted(p.evaluations for p in seen)
+
+
+# ---------------------------------------------------------------------------------- masks
+
+
+def test_fixed_mask_excludes_voxels_from_the_score() -> None:
+    true = _true_rigid()
+    fixed, moving, _ = _pair(true)
+    mask = np.zeros(fixed.shape, dtype=bool)
+    mask[:, :, : fixed.shape[2] // 2] = True
+    scrambled = np.array(fixed.data)
+    scrambled[~mask] = np.random.default_rng(0).uniform(-1000, 3000, int((~mask).sum()))
+    metric = get_metric("ncc")
+    level = LevelOptions(shrink=1.0, max_voxels=20000)
+    opts = Register3D3DOptions()
+    candidates = np.stack([true, np.eye(4), true @ np.asarray(rigid_from_params(
+        np.array([0.02, 0.0, -0.03, 2.0, 1.0, -1.0])))])
+    scores = []
+    for image in (fixed, fixed.with_data(scrambled)):
+        problem = _build_level(level, 2.0, image, moving, mask, None, metric, opts, None)
+        scores.append(problem.scores(candidates))
+    np.testing.assert_array_equal(scores[0][0], scores[1][0])  # metric: unchanged
+    np.testing.assert_array_equal(scores[0][1], scores[1][1])  # overlap: unchanged
+    # End to end: the scrambled half is ignored.
+    points = _bone_points_moving(true)
+    result = register_3d3d(fixed.with_data(scrambled), moving, fixed_mask=mask, seed=2)
+    assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
+
+
+def test_moving_mask_excludes_a_spurious_object() -> None:
+    true = _true_rigid()
+    fixed, moving, points = _pair(true)
+    data = np.array(moving.data)
+    data[:16, :20, :] = 2500.0  # a large bright object the fixed image does not have
+    mask = np.ones(moving.shape, dtype=bool)
+    mask[:19, :23, :] = False
+    result = register_3d3d(fixed, moving.with_data(data), moving_mask=mask, seed=4)
+    assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
+
+
+def test_too_little_overlap_scores_badly_but_finitely() -> None:
+    true = _true_rigid()
+    fixed, moving, _ = _pair(true)
+    metric = get_metric("ncc")
+    problem = _build_level(LevelOptions(shrink=2.0, max_voxels=8192), 2.0, fixed, moving, None,
+                           None, metric, Register3D3DOptions(), None)
+    shifted = [np.eye(4) for _ in range(3)]
+    shifted[1][0, 3] = 80.0   # most of the moving image leaves the fixed one
+    shifted[2][0, 3] = 105.0  # even less overlap
+    losses, overlap = problem.losses(np.stack([true, true @ shifted[1], true @ shifted[2]]))
+    assert overlap[0] > 0.9 and overlap[1] < 0.5 and overlap[2] < overlap[1]
+    assert np.isfinite(losses).all()
+    assert losses[0] < -0.9               # a real NCC of about 1
+    assert losses[1] > 1.0                # worse than any real NCC (loss >= -1 ... 1)
+    assert losses[2] > losses[1]          # and worse still with less overlap
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_are_refused_clearly() -> None:
+    fixed, moving, _ = _pair(_true_rigid())
+    with pytest.raises(ShapeError, match="fixed_mask"):
+        register_3d3d(fixed, moving, fixed_mask=np.ones((3, 3, 3), bool))
+    with pytest.raises(InputError, match="selects no voxel"):
+        register_3d3d(fixed, moving, moving_mask=np.zeros(moving.shape, bool))
+    with pytest.raises(InputError, match="NaN"):
+        register_3d3d(fixed, moving, moving_mask=np.full(moving.shape, np.nan))
+    with pytest.raises(InputError, match="zero-variance"):
+        register_3d3d(fixed, moving.with_data(np.full(moving.shape, 7.0, np.float32)))
+    with pytest.raises(UnknownNameError, match="ncc"):
+        register_3d3d(fixed, moving, metric="ncx")
+    with pytest.raises(InputError, match="transform"):
+        register_3d3d(fixed, moving, transform="bspline")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="init"):
+        register_3d3d(fixed, moving, init="middle")
+    with pytest.raises(InputError, match="init"):
+        register_3d3d(fixed, moving, init=np.zeros((4, 4)))
+    with pytest.raises(InputError, match="levles"):
+        register_3d3d(fixed, moving, options={"levles": ()})
+    with pytest.raises(InputError, match="seed"):
+        register_3d3d(fixed, moving, seed=-1)
+    with pytest.raises(InputError, match="max_voxels"):
+        LevelOptions(max_voxels=10)
+    with pytest.raises(UnknownNameError):
+        LevelOptions(method="newton")
+    with pytest.raises(InputError, match="min_overlap"):
+        Register3D3DOptions(min_overlap=0.0)
+
+
+def test_volumes_that_cannot_overlap_are_refused() -> None:
+    fixed, moving, _ = _pair(_true_rigid())
+    far = np.array(moving.world_from_index)
+    far[:3, 3] += [900.0, 0.0, 0.0]
+    levels = (LevelOptions(shrink=4.0, max_voxels=4096, options={"max_evaluations": 100}),)
+    with pytest.raises(InputError, match="do not overlap"):
+        register_3d3d(fixed, Volume(moving.data, far), init="identity", seed=1,
+                      options={"levels": levels})
+
+
+# -------------------------------------------------------------------------- affine maths
+
+
+def test_affine_from_params_convention() -> None:
+    p = np.zeros(12)
+    p[6] = np.log(2.0)
+    p[9] = 0.5
+    m = affine_from_params(p)
+    np.testing.assert_allclose(m @ [1.0, 1.0, 0.0, 1.0], [2.5, 1.0, 0.0, 1.0], atol=1e-12)
+    rng = np.random.default_rng(0)
+    six = rng.normal(size=(5, 6))
+    centre = rng.normal(size=3) * 50
+    padded = np.concatenate([six, np.zeros((5, 6))], axis=1)
+    np.testing.assert_allclose(affine_from_params(padded, centre),
+                               rigid_from_params(six, centre), atol=1e-12)
+    full = rng.normal(size=(2, 3, 12)) * 0.1
+    out = affine_from_params(torch.from_numpy(full))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 4, 4)
+    lin = out[1, 2, :3, :3].numpy()
+    r = np.asarray(rigid_from_params(np.r_[full[1, 2, :3], 0, 0, 0]))[:3, :3]
+    h = np.array([[1, full[1, 2, 9], full[1, 2, 10]], [0, 1, full[1, 2, 11]], [0, 0, 1]])
+    np.testing.assert_allclose(lin, r @ h @ np.diag(np.exp(full[1, 2, 6:9])), atol=1e-12)
+    with pytest.raises(ShapeError):
+        affine_from_params(np.zeros(6))
