@@ -19,6 +19,7 @@ Convention:
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "Renderer",
     "Resampled",
     "Views",
+    "bone_key",
     "default_step_mm",
     "renderers",
 ]
@@ -126,6 +128,34 @@ class Resampled:
 
     values: torch.Tensor
     mask: torch.Tensor
+
+
+def bone_key(bones: Any) -> tuple[int, ...]:
+    """Sorted unique positive labels from ``bones``, refusing anything else.
+
+    Every backend validates its ``bones`` arguments through this one function, so they refuse
+    the same inputs with the same messages.
+    """
+    if bones is None or isinstance(bones, numbers.Integral | str | bytes):
+        raise InputError(f"must be a sequence of label values, got {bones!r}", key="bones")
+    if isinstance(bones, torch.Tensor | np.ndarray):
+        bones = np.asarray(bones.tolist() if isinstance(bones, torch.Tensor) else bones).ravel()
+    try:
+        values = list(bones)
+    except TypeError:
+        raise InputError(f"must be a sequence of label values, got {bones!r}",
+                         key="bones") from None
+    out = []
+    for v in values:
+        if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Integral):
+            raise InputError(f"bone labels must be whole numbers, got {v!r}", key="bones")
+        if int(v) <= 0:
+            raise InputError(f"bone labels must be positive (0 is background), got {int(v)}",
+                             key="bones")
+        out.append(int(v))
+    if not out:
+        raise InputError("no bone labels given", key="bones")
+    return tuple(sorted(set(out)))
 
 
 def default_step_mm(spacing: Iterable[float]) -> float:

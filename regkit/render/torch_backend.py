@@ -63,7 +63,17 @@ import torch
 
 from regkit.errors import BackendUnavailableError, FrameError, InputError, ShapeError
 from regkit.render import _torch_kernels as kern
-from regkit.render.base import DepthMaps, Renderer, Resampled, Views, default_step_mm, renderers
+from regkit.render.base import (
+    DepthMaps,
+    Renderer,
+    Resampled,
+    Views,
+    default_step_mm,
+    renderers,
+)
+from regkit.render.base import (
+    bone_key as _bone_key,
+)
 
 __all__ = ["TorchRenderer"]
 
@@ -119,28 +129,6 @@ def _as_tensor64(x: Any, name: str, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _bone_key(bones: Any) -> tuple[int, ...]:
-    """Sorted unique positive labels from ``bones``, refusing anything else."""
-    if bones is None or isinstance(bones, numbers.Integral | str | bytes):
-        raise InputError(f"must be a sequence of label values, got {bones!r}", key="bones")
-    if isinstance(bones, torch.Tensor | np.ndarray):
-        bones = np.asarray(bones.tolist() if isinstance(bones, torch.Tensor) else bones).ravel()
-    try:
-        values = list(bones)
-    except TypeError:
-        raise InputError(f"must be a sequence of label values, got {bones!r}",
-                         key="bones") from None
-    out = []
-    for v in values:
-        if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Integral):
-            raise InputError(f"bone labels must be whole numbers, got {v!r}", key="bones")
-        if int(v) <= 0:
-            raise InputError(f"bone labels must be positive (0 is background), got {int(v)}",
-                             key="bones")
-        out.append(int(v))
-    if not out:
-        raise InputError("no bone labels given", key="bones")
-    return tuple(sorted(set(out)))
 
 
 def _compact_labels(labels: np.ndarray) -> np.ndarray:
