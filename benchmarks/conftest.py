@@ -21,6 +21,7 @@ import platform
 import random
 import resource
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ import pytest
 
 THREADS = 2
 SEED = 0
+SHARED_CORES = 0.25  # CPU used by other processes, per wall second, above which a case is flagged
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "render_cpu.json"
 COMMAND = ".venv/bin/pytest benchmarks/test_bench_render.py --benchmark-only -p no:cacheprovider"
 
@@ -83,39 +85,77 @@ def _reset_peak() -> bool:
         return False
 
 
-class PeakRSS:
-    """Peak resident memory of this process over a block, in MB.
+def _cpu_busy_s() -> float | None:
+    """Seconds of CPU time all processes have used, from ``/proc/stat`` (Linux), or None."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
-    Where Linux lets a process reset its high-water mark (``/proc/self/clear_refs``), the peak is
-    the block's own; elsewhere it is ``getrusage``'s maximum over the process so far, and
-    ``scope`` says so.
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class CaseMonitor:
+    """Peak memory and CPU sharing of one benchmark case.
+
+    * ``peak_mb``: peak resident memory over the case. Where Linux lets a process reset its
+      high-water mark (``/proc/self/clear_refs``) it is the case's own (``scope`` "case");
+      elsewhere ``getrusage``'s maximum over the process so far (``scope`` "process").
+    * ``own_cores``: this process's CPU time over wall time (about 2 when both cores work).
+    * ``others_cores``: CPU time other processes used over the case, per wall second: the
+      machine was shared when this is well above 0 (the figures are then too slow).
     """
 
     start_mb: float | None = None
     peak_mb: float | None = None
-    scope: str = "block"
+    scope: str = "case"
+    own_cores: float | None = None
+    others_cores: float | None = None
 
     @contextmanager
-    def measure(self) -> Iterator[PeakRSS]:
+    def measure(self) -> Iterator[CaseMonitor]:
         own = _reset_peak()
         start = _status_kb("VmRSS")
         self.start_mb = None if start is None else start / 1024.0
+        busy0, own0, wall0 = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
         try:
             yield self
         finally:
+            wall = time.perf_counter() - wall0
+            own_s = _own_cpu_s() - own0
+            busy1 = _cpu_busy_s()
+            self.own_cores = own_s / wall if wall > 0 else None
+            if busy0 is not None and busy1 is not None and wall > 0:
+                self.others_cores = max(busy1 - busy0 - own_s, 0.0) / wall
             hwm = _status_kb("VmHWM") if own else None
             if hwm is not None:
                 self.peak_mb = hwm / 1024.0
-                self.scope = "block"
+                self.scope = "case"
             else:
                 self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
                 self.scope = "process"
 
+    def fields(self) -> dict[str, Any]:
+        """The row fields: memory, and the load averages and CPU shares over the case."""
+        return {
+            "peak_rss_mb": self.peak_mb, "rss_start_mb": self.start_mb,
+            "peak_rss_scope": self.scope,
+            "own_cores": None if self.own_cores is None else round(self.own_cores, 2),
+            "others_cores": None if self.others_cores is None else round(self.others_cores, 2),
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        }
+
 
 @pytest.fixture
-def peak_rss() -> PeakRSS:
-    """A fresh :class:`PeakRSS` per benchmark."""
-    return PeakRSS()
+def monitor() -> CaseMonitor:
+    """A fresh :class:`CaseMonitor` per benchmark."""
+    return CaseMonitor()
 
 
 # ------------------------------------------------------------------ recording
@@ -192,6 +232,13 @@ def _ms(seconds: float | None) -> str:
     return f"{ms:.2f}"
 
 
+def _cores(row: dict[str, Any]) -> str:
+    own, others = row.get("own_cores"), row.get("others_cores")
+    if own is None:
+        return "–"
+    return f"{own:.1f} / {'?' if others is None else f'{others:.1f}'}"
+
+
 def _sort_key(row: dict[str, Any]) -> tuple[int, int]:
     case = CASE_ORDER.index(row["case"]) if row["case"] in CASE_ORDER else len(CASE_ORDER)
     backend = (BACKEND_ORDER.index(row["backend"]) if row["backend"] in BACKEND_ORDER
@@ -202,8 +249,8 @@ def _sort_key(row: dict[str, Any]) -> tuple[int, int]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The README table: one line per (case, backend)."""
     head = ("| case | backend | median (ms) | IQR (ms) | rounds | first call (ms) | samples/ray "
-            "| peak RSS (MB) | target | met |")
-    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
+            "| peak RSS (MB) | CPU: own / others | target | met |")
+    lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
     for r in rows:
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         label = r.get("label", r["backend"])
@@ -211,10 +258,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         rss_text = "–" if rss is None else f"{rss:,.0f}"
         if rss is not None and r.get("rss_start_mb") is not None:
             rss_text += f" (+{max(rss - r['rss_start_mb'], 0):,.0f})"
+        shared = "†" if (r.get("others_cores") or 0.0) > SHARED_CORES else ""
         lines.append(
-            f"| {r.get('case_title', r['case'])} | {label} | {_ms(r['median_s'])} "
+            f"| {r.get('case_title', r['case'])} | {label} | {_ms(r['median_s'])}{shared} "
             f"| {_ms(r['iqr_s'])} | {r['rounds']} | {_ms(r.get('first_call_s'))} "
-            f"| {r.get('samples_per_ray_text', '–')} | {rss_text} "
+            f"| {r.get('samples_per_ray_text', '–')} | {rss_text} | {_cores(r)} "
             f"| {r.get('target_text', '')} | {met} |")
     return "\n".join(lines)
 
@@ -265,6 +313,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     load_start = _RUN.get("load_avg_start")
     load_end = [round(x, 2) for x in os.getloadavg()]
     notes = list(dict.fromkeys(n for r in rows for n in r.get("notes", [])))
+    shared = [f"{r['case']}/{r['backend']}" for r in rows
+              if (r.get("others_cores") or 0.0) > SHARED_CORES]
+    if shared:
+        notes.append(f"† other processes used more than {SHARED_CORES:g} of a core during "
+                     f"{', '.join(shared)}: those figures are slower than on an idle machine")
+    notes.append("CPU: own / others = CPU seconds per wall second used by this process / by "
+                 "every other process during the case (about 2 / 0 on an idle 2-core machine)")
     payload = {
         "schema": 1,
         "command": COMMAND,

@@ -343,7 +343,7 @@ def _rt_inv(cams: list[Camera]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.linalg.inv(c.camera_from_world) for c in cams])).float()
 
 
-def _run(benchmark: Any, peak_rss: Any, fn: Callable[[], Any], *, rounds: int,
+def _run(benchmark: Any, monitor: Any, fn: Callable[[], Any], *, rounds: int,
          warmup_rounds: int, digest: Callable[[Any], Any]) -> tuple[Any, float]:
     """Time one first call by hand (it builds caches and first touches memory), keep
     ``digest(output)`` of it, then the timed rounds; peak memory over both.
@@ -359,7 +359,7 @@ def _run(benchmark: Any, peak_rss: Any, fn: Callable[[], Any], *, rounds: int,
     def release() -> None:
         held.clear()
 
-    with peak_rss.measure():
+    with monitor.measure():
         first_out, first_s = _time_once(fn)
         kept = digest(first_out)
         del first_out
@@ -369,20 +369,15 @@ def _run(benchmark: Any, peak_rss: Any, fn: Callable[[], Any], *, rounds: int,
     return kept, first_s
 
 
-def _rss(peak_rss: Any) -> dict[str, Any]:
-    return {"peak_rss_mb": peak_rss.peak_mb, "rss_start_mb": peak_rss.start_mb,
-            "peak_rss_scope": peak_rss.scope}
-
-
 # ------------------------------------------------------------------ 1. DRR 256²
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_drr_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[str, Renderer],
+def test_drr_256(benchmark: Any, record: Any, monitor: Any, renderers: dict[str, Renderer],
                  volume: Volume, ap_view: tuple[Camera, Views], run_info: dict[str, Any],
                  backend: str) -> None:
     _, views = ap_view
     renderer = _renderer(renderers, volume, backend, run_info)
     benchmark.group = "drr_256"
-    img, first_s = _run(benchmark, peak_rss, lambda: renderer.drr(views), rounds=20,
+    img, first_s = _run(benchmark, monitor, lambda: renderer.drr(views), rounds=20,
                         warmup_rounds=2, digest=lambda out: out[0].numpy().copy())
     assert img.shape == (DRR_SIZE, DRR_SIZE) and np.isfinite(img).all() and img.max() > 1.0
     _OUTPUTS[("drr_256", backend)] = img
@@ -401,7 +396,7 @@ def test_drr_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[str
     record(benchmark, case="drr_256", backend=backend, case_title=TITLES["drr_256"],
            first_call_s=first_s, samples_per_ray=sampling["n_cells"],
            samples_per_ray_text=str(sampling["n_cells"]), sampling=sampling,
-           target=TARGETS.get(("drr_256", backend)), **_rss(peak_rss),
+           target=TARGETS.get(("drr_256", backend)), **monitor.fields(),
            notes=[f"samples/ray: regkit marches {sampling['cells_per_voxel']:g} cells per voxel "
                   f"across index axis {sampling['axis']}, {sampling['n_cells']} cells through the "
                   f"whole volume (the central ray is {sampling['central_length_mm']:g} mm inside "
@@ -410,7 +405,7 @@ def test_drr_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[str
                   f"n_samples = {sampling['n_cells']} on every ray"])
 
 
-def test_drr_256_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodrr_subject: Any,
+def test_drr_256_nanodrr(benchmark: Any, record: Any, monitor: Any, nanodrr_subject: Any,
                          ap_view: tuple[Camera, Views], run_info: dict[str, Any]) -> None:
     cam, _ = ap_view
     n_samples = run_info["inputs"]["ap_view"]["sampling"]["n_cells"]
@@ -422,7 +417,7 @@ def test_drr_256_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodrr_sub
             return drr(nanodrr_subject, rt_inv, n_samples=n_samples, backend="torch")
 
     benchmark.group = "drr_256"
-    img, first_s = _run(benchmark, peak_rss, fn, rounds=5, warmup_rounds=0,
+    img, first_s = _run(benchmark, monitor, fn, rounds=5, warmup_rounds=0,
                         digest=lambda out: out[0, 0].numpy().copy())
     checks = run_info.setdefault("checks", {})
     ref = _OUTPUTS.get(("drr_256", "torch"))
@@ -433,19 +428,19 @@ def test_drr_256_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodrr_sub
     _write_png("drr_256_nanodrr", img, scale=float(ref.max() if ref is not None else img.max()))
     record(benchmark, case="drr_256", backend="nanodrr", label="nanodrr 0.1.7 (torch CPU)",
            case_title=TITLES["drr_256"], first_call_s=first_s, samples_per_ray=n_samples,
-           samples_per_ray_text=str(n_samples), **_rss(peak_rss), target=None)
+           samples_per_ray_text=str(n_samples), **monitor.fields(), target=None)
 
 
 # ------------------------------------------------------------------ 2. batch 64 × 128²
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_64x128(benchmark: Any, record: Any, peak_rss: Any,
+def test_batch_64x128(benchmark: Any, record: Any, monitor: Any,
                       renderers: dict[str, Renderer], volume: Volume,
                       batch_views: tuple[list[Camera], Views], run_info: dict[str, Any],
                       backend: str) -> None:
     _, views = batch_views
     renderer = _renderer(renderers, volume, backend, run_info)
     benchmark.group = "batch_64x128"
-    imgs, first_s = _run(benchmark, peak_rss, lambda: renderer.drr(views), rounds=5,
+    imgs, first_s = _run(benchmark, monitor, lambda: renderer.drr(views), rounds=5,
                          warmup_rounds=1, digest=lambda out: out.numpy().copy())
     assert imgs.shape == (BATCH, BATCH_SIZE, BATCH_SIZE) and np.isfinite(imgs).all()
     _OUTPUTS[("batch_64x128", backend)] = imgs
@@ -459,19 +454,19 @@ def test_batch_64x128(benchmark: Any, record: Any, peak_rss: Any,
     record(benchmark, case="batch_64x128", backend=backend, case_title=TITLES["batch_64x128"],
            first_call_s=first_s, samples_per_ray=b["n_cells_mean"],
            samples_per_ray_text=f"{b['n_cells_min']}–{b['n_cells_max']}",
-           target=TARGETS.get(("batch_64x128", backend)), **_rss(peak_rss))
+           target=TARGETS.get(("batch_64x128", backend)), **monitor.fields())
 
 
 # ------------------------------------------------------------------ 3. depth maps
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_depth_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[str, Renderer],
+def test_depth_256(benchmark: Any, record: Any, monitor: Any, renderers: dict[str, Renderer],
                    volume: Volume, bone_label: int, ap_view: tuple[Camera, Views],
                    run_info: dict[str, Any], backend: str) -> None:
     _, views = ap_view
     renderer = _renderer(renderers, volume, backend, run_info)
     benchmark.group = "depth_256"
     (shape, front, hit), first_s = _run(
-        benchmark, peak_rss, lambda: renderer.depth(views, [bone_label], layers=LAYERS),
+        benchmark, monitor, lambda: renderer.depth(views, [bone_label], layers=LAYERS),
         rounds=30, warmup_rounds=3,
         digest=lambda out: (tuple(out.front.shape), out.front[0, 0].numpy().copy(),
                             out.hit[0].numpy().copy()))
@@ -490,7 +485,7 @@ def test_depth_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[s
     _write_png(f"depth_256_front_{backend}", front)
     record(benchmark, case="depth_256", backend=backend, case_title=TITLES["depth_256"],
            first_call_s=first_s, samples_per_ray_text="≤ 0.7 mm, bone box",
-           target=TARGETS.get(("depth_256", backend)), **_rss(peak_rss),
+           target=TARGETS.get(("depth_256", backend)), **monitor.fields(),
            notes=["depth: the first call builds the bone set's mask (torch) or cropped textures "
                   "(gl), cached after; rays are marched on the DRR's lattice, across the bone's "
                   "box only"])
@@ -498,7 +493,7 @@ def test_depth_256(benchmark: Any, record: Any, peak_rss: Any, renderers: dict[s
 
 # ------------------------------------------------------------------ 4. resampling
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resample_128(benchmark: Any, record: Any, peak_rss: Any,
+def test_resample_128(benchmark: Any, record: Any, monitor: Any,
                       renderers: dict[str, Renderer], volume128: Volume,
                       rigid_maps: np.ndarray, run_info: dict[str, Any], backend: str) -> None:
     renderer = _renderer(renderers, volume128, backend, run_info, key="grid128")
@@ -506,7 +501,7 @@ def test_resample_128(benchmark: Any, record: Any, peak_rss: Any,
     shape = (GRID, GRID, GRID)
     benchmark.group = "resample_128"
     (out_shape, inside, probe), first_s = _run(
-        benchmark, peak_rss, lambda: renderer.resample(shape, affine, rigid_maps),
+        benchmark, monitor, lambda: renderer.resample(shape, affine, rigid_maps),
         rounds=5, warmup_rounds=1,
         digest=lambda out: (tuple(out.values.shape), float(out.mask.float().mean()),
                             out.values[:, ::8, ::8, ::8].numpy().copy()))
@@ -519,7 +514,7 @@ def test_resample_128(benchmark: Any, record: Any, peak_rss: Any,
         checks["resample_gl_vs_torch_max_abs_hu"] = float(np.abs(probe - ref).max())
     record(benchmark, case="resample_128", backend=backend, case_title=TITLES["resample_128"],
            first_call_s=first_s, target=TARGETS.get(("resample_128", backend)),
-           **_rss(peak_rss))
+           **monitor.fields())
 
 
 # ------------------------------------------------------------------ 2b. nanodrr batch (~10 GB)
@@ -542,7 +537,7 @@ def _nanodrr_batch() -> tuple[int, str]:
     return 8, f"B=64 needs ~{need / 2**30:.1f} GiB; available: {avail}"
 
 
-def test_batch_64x128_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodrr_subject: Any,
+def test_batch_64x128_nanodrr(benchmark: Any, record: Any, monitor: Any, nanodrr_subject: Any,
                               batch_views: tuple[list[Camera], Views],
                               run_info: dict[str, Any]) -> None:
     cams, _ = batch_views
@@ -558,7 +553,7 @@ def test_batch_64x128_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodr
             return drr(nanodrr_subject, rt_inv, n_samples=n_samples, backend="torch")
 
     benchmark.group = "batch_64x128"
-    imgs, first_s = _run(benchmark, peak_rss, fn, rounds=3, warmup_rounds=0,
+    imgs, first_s = _run(benchmark, monitor, fn, rounds=3, warmup_rounds=0,
                          digest=lambda out: out[:, 0].numpy().copy())
     ref = _OUTPUTS.get(("batch_64x128", "torch"))
     if ref is not None:
@@ -571,7 +566,7 @@ def test_batch_64x128_nanodrr(benchmark: Any, record: Any, peak_rss: Any, nanodr
     record(benchmark, case="batch_64x128", backend="nanodrr", label=label,
            case_title=TITLES["batch_64x128"], scale=scale, nanodrr_batch=size,
            nanodrr_batch_reason=why, first_call_s=first_s * scale, samples_per_ray=n_samples,
-           samples_per_ray_text=str(n_samples), **_rss(peak_rss), target=None,
+           samples_per_ray_text=str(n_samples), **monitor.fields(), target=None,
            notes=[f"batch samples/ray: regkit's plan differs per view ({b['n_cells_min']} to "
                   f"{b['n_cells_max']} cells, mean {b['n_cells_mean']:g}); nanodrr takes one "
                   f"n_samples for the batch: {n_samples}"])
