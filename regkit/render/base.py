@@ -38,6 +38,7 @@ __all__ = [
     "Resampled",
     "Views",
     "bone_key",
+    "check_roi",
     "default_step_mm",
     "renderers",
 ]
@@ -156,6 +157,27 @@ def bone_key(bones: Any) -> tuple[int, ...]:
     if not out:
         raise InputError("no bone labels given", key="bones")
     return tuple(sorted(set(out)))
+
+
+def check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
+    """Validate a region of interest ``(u0, v0, w, h)`` on a ``width × height`` detector.
+
+    None means the whole detector. Every backend checks its ``roi`` through this function.
+    """
+    if roi is None:
+        return 0, 0, int(width), int(height)
+    try:
+        values = list(roi)
+    except TypeError:
+        raise InputError(f"must be (u0, v0, w, h), got {roi!r}", key="roi") from None
+    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                               for v in values):
+        raise InputError(f"must be four whole numbers (u0, v0, w, h), got {roi!r}", key="roi")
+    u0, v0, w, h = (int(v) for v in values)
+    if w < 1 or h < 1 or u0 < 0 or v0 < 0 or u0 + w > width or v0 + h > height:
+        raise InputError(f"[{u0}, {u0 + w}) x [{v0}, {v0 + h}) does not lie inside the "
+                         f"{width} x {height} detector", key="roi")
+    return u0, v0, w, h
 
 
 def default_step_mm(spacing: Iterable[float]) -> float:

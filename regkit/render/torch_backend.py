@@ -68,6 +68,7 @@ from regkit.render.base import (
     Renderer,
     Resampled,
     Views,
+    check_roi,
     default_step_mm,
     renderers,
 )
@@ -150,21 +151,6 @@ def _present_labels(labels: np.ndarray) -> frozenset[int]:
         counts = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=hi + 1)
         return frozenset(int(v) for v in np.flatnonzero(counts))
     return frozenset(int(v) for v in np.unique(labels))
-
-
-def _check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
-    try:
-        values = list(roi)
-    except TypeError:
-        raise InputError(f"must be (u0, v0, w, h), got {roi!r}", key="roi") from None
-    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                               for v in values):
-        raise InputError(f"must be four whole numbers (u0, v0, w, h), got {roi!r}", key="roi")
-    u0, v0, w, h = (int(v) for v in values)
-    if w < 1 or h < 1 or u0 < 0 or v0 < 0 or u0 + w > width or v0 + h > height:
-        raise InputError(f"[{u0}, {u0 + w}) x [{v0}, {v0 + h}) does not lie inside the "
-                         f"{width} x {height} detector", key="roi")
-    return u0, v0, w, h
 
 
 def _grid_shape(shape: Any) -> tuple[int, int, int]:
@@ -465,10 +451,7 @@ class TorchRenderer(Renderer):
                 raise ShapeError(f"pixels must have shape (P, 2) or (B, P, 2) with B = {batch}, "
                                  f"got {tuple(np.shape(pixels))}")
             return uv, (batch, int(uv.shape[1]))
-        if roi is None:
-            return _pixel_centres(0, 0, views.width, views.height, self.device), \
-                (batch, views.height, views.width)
-        u0, v0, w, h = _check_roi(roi, views.width, views.height)
+        u0, v0, w, h = check_roi(roi, views.width, views.height)
         return _pixel_centres(u0, v0, w, h, self.device), (batch, h, w)
 
     def _rays(self, k: torch.Tensor, t: torch.Tensor,

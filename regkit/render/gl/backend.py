@@ -86,6 +86,7 @@ from regkit.render.base import (
     Renderer,
     Resampled,
     Views,
+    check_roi,
     default_step_mm,
     renderers,
 )
@@ -525,7 +526,7 @@ class GLRenderer(Renderer):
             n_per_view = pix.shape[1]
             out_shape: tuple[int, ...] = (batch, n_per_view)
         else:
-            grid = _check_roi(roi, views.width, views.height)
+            grid = check_roi(roi, views.width, views.height)
             n_per_view = grid[2] * grid[3]
             out_shape = (batch, grid[3], grid[2])
         view_data = self._views_array(views, probe)
@@ -830,23 +831,6 @@ def _groups(pixel_list: bool, grid: tuple[int, int, int, int], n_per_view: int,
         gx = 32  # rows of 256 invocations
         return gx, max(1, math.ceil(n_per_view / (gx * 64))), views
     return math.ceil(grid[2] / 8), math.ceil(grid[3] / 8), views
-
-
-def _check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
-    if roi is None:
-        return 0, 0, int(width), int(height)
-    try:
-        values = list(roi)
-    except TypeError:
-        raise InputError(f"must be (u0, v0, w, h), got {roi!r}", key="roi") from None
-    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                               for v in values):
-        raise InputError(f"must be four whole numbers (u0, v0, w, h), got {roi!r}", key="roi")
-    u0, v0, w, h = (int(v) for v in values)
-    if w < 1 or h < 1 or u0 < 0 or v0 < 0 or u0 + w > width or v0 + h > height:
-        raise InputError(f"[{u0}, {u0 + w}) x [{v0}, {v0 + h}) does not lie inside the "
-                         f"{width} x {height} detector", key="roi")
-    return u0, v0, w, h
 
 
 def _pixel_list(pixels: Any, batch: int) -> np.ndarray:
