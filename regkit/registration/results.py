@@ -74,8 +74,35 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+class _ResultFile:
+    """What both result files share: the scalar keys, the extras and an atomic save."""
+
+    metric: str
+    final_score: float
+    seconds: float
+    evaluations: int
+    extras: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _with_scalars(self, out: dict[str, Any]) -> dict[str, Any]:
+        out.update({
+            "metric": self.metric,
+            "final_score": _finite("final_score", self.final_score),
+            "seconds": float(self.seconds),
+            "evaluations": int(self.evaluations),
+        })
+        out.update(_extras_json(self.extras))
+        return out
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the result JSON atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
 @dataclass(frozen=True, eq=False)
-class Registration2D3DResult:
+class Registration2D3DResult(_ResultFile):
     """The outcome of a 2D–3D registration.
 
     Attributes:
@@ -100,24 +127,14 @@ class Registration2D3DResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result file's object."""
-        out: dict[str, Any] = {
+        return self._with_scalars({
             "cameras": [c.to_dict() for c in self.cameras],
             "world_correction": np.asarray(self.world_correction, dtype=np.float64).tolist(),
-            "metric": self.metric,
-            "final_score": _finite("final_score", self.final_score),
-            "seconds": float(self.seconds),
-            "evaluations": int(self.evaluations),
-        }
-        out.update(_extras_json(self.extras))
-        return out
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the result JSON atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        })
 
 
 @dataclass(frozen=True, eq=False)
-class Registration3D3DResult:
+class Registration3D3DResult(_ResultFile):
     """The outcome of a 3D–3D registration.
 
     Attributes:
@@ -135,19 +152,9 @@ class Registration3D3DResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result file's object."""
-        out: dict[str, Any] = {
+        return self._with_scalars({
             "fixed_from_moving": np.asarray(self.fixed_from_moving, dtype=np.float64).tolist(),
-            "metric": self.metric,
-            "final_score": _finite("final_score", self.final_score),
-            "seconds": float(self.seconds),
-            "evaluations": int(self.evaluations),
-        }
-        out.update(_extras_json(self.extras))
-        return out
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the result JSON atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        })
 
 
 def _read_object(path: str | os.PathLike[str]) -> dict[str, Any]:
