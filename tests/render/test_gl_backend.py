@@ -84,6 +84,7 @@ def test_requires_grad_is_refused_before_any_gl(labelled_volume: Volume) -> None
 
 @pytest.mark.parametrize(("option", "value"), [
     ("device", "cuda"), ("dtype", torch.int32), ("step_mm", 0.0), ("step_mm", float("nan")),
+    ("texture_format", "float16"),
 ])
 def test_bad_options_are_refused(labelled_volume: Volume, option: str, value: object) -> None:
     with pytest.raises(InputError):
@@ -229,6 +230,36 @@ def test_bone_drr_is_the_drr_of_the_masked_volume(labelled_volume: Volume,
     with GLRenderer(labelled_volume) as a, GLRenderer(masked) as b:
         torch.testing.assert_close(a.drr(views, bones=[3]), b.drr(views), rtol=1e-4,
                                    atol=1e-6)
+
+
+def test_unorm16_drr_is_within_its_documented_bound_of_float32(labelled_volume: Volume,
+                                                               views: Views) -> None:
+    """The default R16 μ texels move a DRR by at most Σ (max μ / 131070) · weight · h per ray."""
+    _gl_or_skip()
+    with GLRenderer(labelled_volume, texture_format="float32") as exact, \
+            GLRenderer(labelled_volume) as fast:
+        assert fast.texture_format == "unorm16"
+        for bones in (None, [3]):
+            a = exact.drr(views, bones=bones).numpy().astype(np.float64)
+            b = fast.drr(views, bones=bones).numpy().astype(np.float64)
+            mu = labelled_volume.to_mu().data
+            if bones is not None:
+                mu = np.where(labelled_volume.labels == 3, mu, 0.0)
+            # A ray is at most the box diagonal long; every sample errs by at most max μ / 131070.
+            diagonal = float(np.linalg.norm(np.asarray(SHAPE) * labelled_volume.spacing))
+            bound = float(mu.max()) / 131070.0 * diagonal + 1e-6 * float(np.abs(a).max())
+            assert np.abs(a - b).max() <= bound
+            assert np.abs(a - b).max() > 0.0  # the texels really are quantised
+            assert (b[a == 0.0] == 0.0).all()  # empty space stays exactly 0
+
+
+def test_negative_mu_stays_float32(views: Views, labelled_volume: Volume) -> None:
+    """μ given with negative values cannot be R16 with an exact zero: it is kept in float32."""
+    _gl_or_skip()
+    mu = labelled_volume.to_mu().data - 0.001
+    volume = Volume(mu, labelled_volume.world_from_index, units="mu")
+    with GLRenderer(volume, texture_format="float32") as exact, GLRenderer(volume) as fast:
+        assert torch.equal(exact.drr(views), fast.drr(views))
 
 
 def test_resample_identity_and_fill(gl: GLRenderer, labelled_volume: Volume) -> None:

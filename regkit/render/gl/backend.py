@@ -8,10 +8,11 @@ backends sample the same positions and differ only by float32 rounding (DRRs agr
 relative, depths to about 1e-3 mm on the chest CT):
 
 * μ (HU converted with ``mu_water`` as the conventions say; ``"mu"`` and ``"other"`` as given)
-  is uploaded once as an R32F 3-D texture with a margin of zero voxels and ``GL_LINEAR``
-  filtering: trilinear interpolation with zero padding (the margin does what ``CLAMP_TO_BORDER``
-  with border 0 would). Rays are clipped to the voxel-edge box ``[-1/2, n - 1/2]`` and to
-  ``t >= 0``.
+  is uploaded once as a 3-D texture with a margin of zero voxels and ``GL_LINEAR`` filtering:
+  trilinear interpolation with zero padding (the margin does what ``CLAMP_TO_BORDER`` with
+  border 0 would). By default the texels are 16-bit fixed point over [0, max μ] (R16, see
+  *Precision*); ``texture_format="float32"`` keeps R32F. Rays are clipped to the voxel-edge
+  box ``[-1/2, n - 1/2]`` and to ``t >= 0``.
 * **DRR**: each view marches across the planes perpendicular to one index axis, cutting the
   volume's extent along it into equal cells, few enough but none longer than ``step_mm`` along
   any ray (axis and count chosen per view on the host by the PyTorch backend's own function,
@@ -49,6 +50,15 @@ Precision:
     only where 8-bit weights put a sample within about 0.006 of 0.5 on the wrong side can a
     sliver thinner than a cell be found or missed, or a crossing fall back to the line through
     the two exact values. Geometry is set up in float64 on the host and traced in float32.
+
+    μ in R16 fixed point (the default ``texture_format="unorm16"``): each texel is μ rounded to
+    the nearest multiple of max μ / 65535, an error of at most max μ / 131070 per voxel (3.4e-7
+    /mm for bone at 3000 HU), unbiased, so that a DRR through hundreds of voxels moves by about
+    1e-6 relative (measured on the chest CT: at most 2.6e-6 of the image's maximum, median 8e-7
+    relative). llvmpipe filters 16-bit texels 1.5–3× faster than 32-bit ones (measured on 2
+    cores: a 256² DRR of the 512 × 512 × 133 CT, 0.46 s of CPU time with R32F and 0.30 s with
+    R16 under load; a bare texture-fetch loop 460 ms against 150 ms), so DRRs use it. Masks stay
+    R16F (0 and 1 exactly), resampling R32F (values as stored, HU included).
 
 Speed (Mesa llvmpipe on 2 CPU cores, the 512 × 512 × 133 chest CT, AP views from 850 mm at
 f = 1275 px for 256², step_mm = 0.75, i.e. one sample per voxel): texture sampling bounds it, at
@@ -97,6 +107,7 @@ __all__ = ["GLRenderer"]
 _CROP_BRICK = 8          # occupancy brick of bone crops, cells per axis
 _MAX_BONE_SETS = 4       # bone sets whose crops are kept (least recently used dropped)
 _RESAMPLE_TOLERANCE = 1e-3  # slack of the voxel-centre box in resampling, voxels
+_TEXTURE_FORMATS = ("unorm16", "float32")
 _RIGID_ATOL = 1e-4       # tolerance on camera_from_world's rotation being orthonormal
 _NAN = float("nan")
 
@@ -117,6 +128,8 @@ class _Block:
         origin: Volume index of texel (0, 0, 0).
         size: Texture size ``(i, j, k)``.
         support_lo, support_hi: Index-space box outside which the block's field is 0.
+        value_scale: A texel ``t`` read by the sampler means the value ``value_scale · t`` (1
+            for float textures; see :func:`_encode_unorm16`).
     """
 
     texture: Any
@@ -126,6 +139,7 @@ class _Block:
     size: tuple[int, int, int]
     support_lo: np.ndarray
     support_hi: np.ndarray
+    value_scale: float = 1.0
 
     def release(self) -> list[Any]:
         objs = [self.texture, self.bricks]
@@ -174,6 +188,13 @@ class GLRenderer(Renderer):
             (computed in float32 either way).
         requires_grad: Must be False: this backend is not differentiable.
         mu_water: Attenuation of water in 1/mm, for HU volumes.
+        texture_format: How the μ that DRRs integrate is stored in its 3-D textures:
+            ``"unorm16"`` (default: 16-bit fixed point scaled to the block's maximum, an
+            absolute error of at most max / 131070 per voxel, about 5e-7 /mm for a CT with
+            bone at 3000 HU; Mesa's llvmpipe filters it 1.5–3× faster than float32) or
+            ``"float32"`` (the μ values exactly). μ with negative values (only a ``"mu"`` volume
+            given so) stays float32 either way, so that outside the data stays exactly 0.
+            Resampling always reads float32 texels.
 
     Raises:
         InputError: ``requires_grad=True`` (before anything is built), a bad option or volume.
@@ -186,7 +207,8 @@ class GLRenderer(Renderer):
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
-                 dtype: Any = None, requires_grad: bool = False, mu_water: float = 0.02):
+                 dtype: Any = None, requires_grad: bool = False, mu_water: float = 0.02,
+                 texture_format: str = "unorm16"):
         self._closed = True  # until the GL objects exist
         self._gl_objects: list[Any] = []
         if requires_grad:
@@ -197,6 +219,10 @@ class GLRenderer(Renderer):
         if dtype not in (None, torch.float32, torch.float64):
             raise InputError(f"must be None, torch.float32 or torch.float64, got {dtype!r}",
                              key="dtype")
+        if texture_format not in _TEXTURE_FORMATS:
+            raise InputError(f"must be one of {', '.join(_TEXTURE_FORMATS)}, got "
+                             f"{texture_format!r}", key="texture_format")
+        self.texture_format = texture_format
         from regkit.volume import Volume, hu_to_mu
 
         if not isinstance(volume, Volume):
@@ -238,7 +264,7 @@ class GLRenderer(Renderer):
             n = np.asarray(self.shape, dtype=np.float64)
             self._mu_block = self._upload_block(
                 ctx, _padded(mu), origin=np.full(3, -1.0), brick=0,
-                support_lo=np.full(3, -0.5), support_hi=n - 0.5)
+                support_lo=np.full(3, -0.5), support_hi=n - 0.5, encode=True)
         self._closed = False
 
     # ------------------------------------------------------------------ life cycle
@@ -293,16 +319,29 @@ class GLRenderer(Renderer):
             obj.release()
 
     def _upload_block(self, ctx: Any, values: np.ndarray, *, origin: np.ndarray, brick: int,
-                      support_lo: np.ndarray, support_hi: np.ndarray) -> _Block:
-        """Upload ``values`` (a zero-margined block, (i, j, k) C order; float16 as R16F, else
-        R32F) and, unless ``brick`` is 0, its occupancy grid."""
+                      support_lo: np.ndarray, support_hi: np.ndarray,
+                      encode: bool = False) -> _Block:
+        """Upload ``values`` (a zero-margined block, (i, j, k) C order) and, unless ``brick`` is
+        0, its occupancy grid.
+
+        float16 values (0/1 masks) go up as R16F. Other values go up as R32F, or, with
+        ``encode`` and the renderer's ``texture_format="unorm16"``, as 16-bit fixed point over
+        their range (:func:`_encode_unorm16`; a block with negative values stays R32F).
+        """
         import moderngl
 
         size = values.shape
-        half = values.dtype == np.float16
-        data = np.ascontiguousarray(values, dtype=np.float16 if half else np.float32)
-        tex = self._own(ctx.texture3d((size[2], size[1], size[0]), 1, data,
-                                      dtype="f2" if half else "f4"))
+        scale = 1.0
+        if values.dtype == np.float16:
+            data, fmt = np.ascontiguousarray(values), "f2"
+        else:
+            encoded = _encode_unorm16(values) if encode and self.texture_format == "unorm16" \
+                else None
+            if encoded is None:
+                data, fmt = np.ascontiguousarray(values, dtype=np.float32), "f4"
+            else:
+                (data, scale), fmt = encoded, "nu2"
+        tex = self._own(ctx.texture3d((size[2], size[1], size[0]), 1, data, dtype=fmt))
         tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
         tex.repeat_x = tex.repeat_y = tex.repeat_z = False
         bricks, n_bricks = None, (0, 0, 0)
@@ -314,7 +353,8 @@ class GLRenderer(Renderer):
             n_bricks = (int(occ.shape[0]), int(occ.shape[1]), int(occ.shape[2]))
         return _Block(tex, bricks, n_bricks, np.asarray(origin, np.float64),
                       (int(size[0]), int(size[1]), int(size[2])),
-                      np.asarray(support_lo, np.float64), np.asarray(support_hi, np.float64))
+                      np.asarray(support_lo, np.float64), np.asarray(support_hi, np.float64),
+                      value_scale=scale)
 
     def _buffer(self, ctx: Any, name: str, nbytes: int) -> Any:
         """A scratch buffer of at least ``nbytes``, kept for later calls."""
@@ -383,6 +423,7 @@ class GLRenderer(Renderer):
         _set(prog, "vol_shape", self.shape)
         _set(prog, "support_lo", tuple(float(x) for x in block.support_lo))
         _set(prog, "support_hi", tuple(float(x) for x in block.support_hi))
+        _set(prog, "value_scale", block.value_scale)
 
     def _view_chunks(self, batch: int, bytes_per_view: int) -> Iterator[tuple[int, int]]:
         """View ranges whose outputs fit one storage buffer binding (and one dispatch)."""
@@ -500,7 +541,8 @@ class GLRenderer(Renderer):
                 else data.astype(np.float32)
             mu = np.zeros(keep.shape, dtype=np.float32)
             mu[dst] = np.where(keep[dst], data, np.float32(0.0))
-            entry.mu = self._upload_block(ctx, mu, brick=_CROP_BRICK, **self._support(entry))
+            entry.mu = self._upload_block(ctx, mu, brick=_CROP_BRICK, encode=True,
+                                          **self._support(entry))
         return entry.mu
 
     # ------------------------------------------------------------------ DRR
@@ -739,6 +781,27 @@ def _padded(values: np.ndarray) -> np.ndarray:
     out = np.zeros(tuple(s + 2 for s in values.shape), dtype=np.float32)
     out[1:-1, 1:-1, 1:-1] = values
     return out
+
+
+def _encode_unorm16(values: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Non-negative ``values`` as uint16 texels, with the scale that reads them back.
+
+    The sampler returns ``t / 65535`` in [0, 1] for a texel ``t``; ``value ≈ scale · sample``
+    with ``scale`` the block's maximum, so 0 stays exactly 0 (the zero margin and empty space)
+    and rounding to nearest bounds the error by ``scale / 131070``. None when the values cannot
+    be encoded so (negative or non-finite ones): they stay float32.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    if v.size == 0:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0:
+        return None
+    if hi == 0.0:
+        return np.zeros(v.shape, dtype=np.uint16), 1.0
+    t = np.empty(v.shape, dtype=np.uint16)
+    np.rint(v * np.float32(65535.0 / hi), out=t, casting="unsafe")
+    return t, hi
 
 
 def _occupancy(nonzero: np.ndarray, brick: int) -> np.ndarray:

@@ -119,6 +119,7 @@ uniform vec3 tex_scale;       // 1 / texture size, (i, j, k) order
 uniform ivec3 vol_shape;      // (I, J, K) of the volume
 uniform vec3 support_lo;      // where the block's values can be non-zero (index space)
 uniform vec3 support_hi;
+uniform float value_scale;    // a sampled texel t means value_scale · t (unorm16 textures)
 
 struct March {
     vec3 q0;          // the source in texel space
@@ -270,7 +271,7 @@ void main() {
         if (m.n > 1) {
             total += (m.w_leave - 1.0) * mu_at(m.q0 + sample_t(m, m.n - 1) * m.dir);
         }
-        total *= m.h;
+        total *= m.h * value_scale;
     }
     result[slot] = total;
 }
