@@ -504,7 +504,7 @@ class GLRenderer(Renderer):
         keep[tuple(dst)] = np.isin(self._labels[tuple(src)], entry.bones)
         return keep, tuple(src), tuple(dst)
 
-    def _support(self, entry: _BoneSet) -> dict[str, np.ndarray]:
+    def _support(self, entry: _BoneSet) -> dict[str, Any]:
         return {"origin": entry.lo - 1.0, "support_lo": entry.lo - 1.0,
                 "support_hi": entry.hi.astype(np.float64)}
 
