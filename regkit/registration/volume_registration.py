@@ -62,7 +62,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,9 @@ from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, minimize, optimizers
 from regkit.optim.base import IterationRecord, OptimResult
+from regkit.registration.levels import LevelOptions, Progress, ProgressCallback, coerce_options
+from regkit.registration.levels import at_spacing as _at_spacing
+from regkit.registration.levels import level_options as _level_options
 from regkit.registration.results import ConvergencePoint, Registration3D3DResult
 from regkit.render.base import Renderer
 from regkit.volume import Volume
@@ -101,68 +104,13 @@ InitKind = Literal["identity", "center", "moments"]
 _HU_FOREGROUND = -500.0
 # Voxels used at most to estimate a centroid or a covariance (a regular subsample beyond that).
 _MOMENT_VOXELS = 1 << 19
-# A pyramid axis is left alone when the level spacing exceeds its own by less than this factor.
-_SPACING_SLACK = 1.01
 # Largest moving level image handed to a renderer: bounds its memory (the torch backend keeps
 # four copies, 128 MB in float32) and stays clear of the torch backend's path for volumes over
 # 2**24 voxels, which returns unset values when no gradient is asked for (reported).
 _MAX_MOVING_VOXELS = 1 << 23
-# Gaussian of the pyramid, in target voxels (elastix's choice: half the shrink factor).
-_PYRAMID_SIGMA = 0.5
 
 
 # ------------------------------------------------------------------------------------ options
-
-
-@dataclass(frozen=True)
-class LevelOptions:
-    """One level of the pyramid: its resolution, its metric grid and its optimizer.
-
-    Attributes:
-        shrink: Image spacing at this level as a multiple of the base spacing (the larger of the
-            two images' geometric-mean spacings); ``>= 1``. No axis is made finer than its own.
-        max_voxels: The metric grid (the fixed level image) is coarsened until it has at most
-            this many voxels.
-        method: A derivative-free optimizer registered in :data:`regkit.optim.optimizers`
-            (``"cmaes"``, ``"powell"``, ``"nelder_mead"``).
-        options: That optimizer's options (a dict of its options dataclass fields, e.g.
-            ``{"popsize": 12, "max_evaluations": 600, "restarts": 2}`` for CMA-ES); an unknown
-            key is an error when the level runs. A ``seed`` left out is derived from the
-            registration's seed.
-        rot_step_deg: Initial step (CMA-ES standard deviation, Powell unit step) of each rotation
-            coordinate, degrees.
-        trans_step_mm: Initial step of each translation coordinate, mm.
-        log_scale_step: Initial step of each log-scale (affine levels only).
-        shear_step: Initial step of each shear (affine levels only).
-    """
-
-    shrink: float = 1.0
-    max_voxels: int = 32768
-    method: str = "cmaes"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    rot_step_deg: float = 2.0
-    trans_step_mm: float = 2.0
-    log_scale_step: float = 0.02
-    shear_step: float = 0.02
-
-    def __post_init__(self) -> None:
-        for key in ("shrink", "rot_step_deg", "trans_step_mm", "log_scale_step", "shear_step"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not math.isfinite(value) or value <= 0:
-                raise InputError(f"must be a finite number > 0, got {value!r}", key=key)
-        if self.shrink < 1:
-            raise InputError(f"must be >= 1 (levels never upsample), got {self.shrink}",
-                             key="shrink")
-        if isinstance(self.max_voxels, bool) or not isinstance(self.max_voxels, int) \
-                or self.max_voxels < 64:
-            raise InputError(f"must be an integer >= 64, got {self.max_voxels!r}",
-                             key="max_voxels")
-        if not isinstance(self.options, Mapping):
-            raise InputError(f"must be a mapping of optimizer options, got "
-                             f"{type(self.options).__name__}", key="options")
-        optimizers.get(self.method)  # an unknown method fails here, listing the known ones
-        object.__setattr__(self, "options", dict(self.options))
 
 
 DEFAULT_RIGID_LEVELS: tuple[LevelOptions, ...] = (
@@ -265,6 +213,9 @@ class Register3D3DOptions:
                 if not isinstance(level, LevelOptions):
                     raise InputError(f"levels must be LevelOptions, got {type(level).__name__}",
                                      key=key)
+                if level.method not in optimizers:
+                    raise InputError(f"method '{level.method}' is not a derivative-free "
+                                     f"optimizer; known: {', '.join(optimizers.names())}", key=key)
             object.__setattr__(self, key, levels)
         if not (isinstance(self.min_overlap, int | float) and 0 < self.min_overlap <= 1):
             raise InputError(f"must lie in (0, 1], got {self.min_overlap!r}", key="min_overlap")
@@ -291,50 +242,9 @@ class Register3D3DOptions:
 
 def _coerce_options(options: Register3D3DOptions | Mapping[str, Any] | None
                     ) -> Register3D3DOptions:
-    if options is None:
-        return Register3D3DOptions()
-    if isinstance(options, Register3D3DOptions):
-        return options
-    if isinstance(options, Mapping):
-        known = [f.name for f in fields(Register3D3DOptions)]
-        for key in options:
-            if key not in known:
-                import difflib
-
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise InputError(f"unknown registration option{hint}; known: "
-                                 f"{', '.join(known)}", key=str(key))
-        return Register3D3DOptions(**options)
-    raise InputError(f"must be Register3D3DOptions, a dict of its fields or None, got "
-                     f"{type(options).__name__}", key="options")
+    return coerce_options(Register3D3DOptions, options, "registration")
 
 
-@dataclass(frozen=True)
-class Progress:
-    """What the progress callback of :func:`register_3d3d` receives after every iteration.
-
-    Attributes:
-        level: 0-based index of the running level over all stages (rigid, then affine).
-        levels: Number of levels in all.
-        stage: ``"rigid"`` or ``"affine"``.
-        evaluations: Candidates scored so far, all levels.
-        best_score: Best score of this level so far, in the metric's own sense (a candidate with
-            too little overlap counts with its penalty, see the module docstring).
-        metric: The metric's name.
-        higher_is_better: Which way the score improves.
-    """
-
-    level: int
-    levels: int
-    stage: str
-    evaluations: int
-    best_score: float
-    metric: str
-    higher_is_better: bool
-
-
-ProgressCallback = Callable[[Progress], Any]
 
 
 # ---------------------------------------------------------------------------- transform models
@@ -521,49 +431,6 @@ def _moments(volume: Volume, mask: NDArray[np.bool_] | None, foreground: Foregro
     linear = volume.world_from_index[:3, :3]
     centroid = linear @ mean + volume.world_from_index[:3, 3]
     return centroid, linear @ cov @ linear.T
-
-
-def _block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped)."""
-    f = [int(x) for x in factors]
-    if f == [1, 1, 1]:
-        return np.asarray(data, dtype=np.float32)
-    n = [s // k for s, k in zip(data.shape, f, strict=True)]
-    box = data[:n[0] * f[0], :n[1] * f[1], :n[2] * f[2]]
-    blocks = box.reshape(n[0], f[0], n[1], f[1], n[2], f[2])
-    return blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
-
-
-def _at_spacing(volume: Volume, spacing_mm: float) -> Volume:
-    """``volume`` smoothed and resampled to ``max(own spacing, spacing_mm)`` on every axis.
-
-    A block mean over whole voxels, then a Gaussian of σ = 0.5 target voxels on the axes that
-    shrink, then trilinear resampling to the target spacing (same centre and extent). Axes whose
-    spacing is already within 1 % of the target are left untouched. float32, units ``"other"``.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    native = volume.spacing
-    target = np.maximum(native, spacing_mm)
-    shrinking = target > native * _SPACING_SLACK
-    data = np.asarray(volume.data, dtype=np.float32)
-    if not shrinking.any():
-        return Volume(data, volume.world_from_index, units="other")
-    factors = np.where(shrinking, np.maximum(1, np.floor(target / native + 1e-6)), 1).astype(int)
-    if min(s // f for s, f in zip(volume.shape, factors, strict=True)) < 1:
-        factors = np.minimum(factors, np.asarray(volume.shape))
-    data = _block_mean(data, factors.tolist())
-    old_from_new = np.diag([*factors.astype(np.float64), 1.0])
-    old_from_new[:3, 3] = (factors - 1) / 2.0
-    affine = volume.world_from_index @ old_from_new
-    block_spacing = native * factors
-    sigma = np.where(shrinking, _PYRAMID_SIGMA * target / block_spacing, 0.0)
-    data = gaussian_filter(data, sigma=sigma.tolist(), mode="nearest", truncate=3.0)
-    blocked = Volume(data, affine, units="other")
-    final = np.where(target > block_spacing * _SPACING_SLACK, target, block_spacing)
-    if np.allclose(final, block_spacing):
-        return blocked
-    return blocked.resample(final)
 
 
 def _coarsened(volume: Volume, max_voxels: int) -> Volume:
@@ -836,15 +703,6 @@ _INITIALISERS: dict[str, Callable[..., list[NDArray[np.float64]]]] = {
 
 
 # ------------------------------------------------------------------------------ the engine
-
-
-def _level_options(level: LevelOptions, seed: int) -> Any:
-    """The level's optimizer options with ``seed`` filled in where the method takes one."""
-    options_type = optimizers.get(level.method).options_type
-    opts = dict(level.options)
-    if "seed" in {f.name for f in fields(options_type)} and opts.get("seed") is None:
-        opts["seed"] = seed
-    return opts
 
 
 def _as_volume(value: Any, key: str) -> Volume:

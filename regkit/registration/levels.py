@@ -1,0 +1,210 @@
+"""Pieces shared by the registration engines: pyramid levels, progress, options, resampling.
+
+The 3D–3D engine (:mod:`regkit.registration.volume_registration`) and the 2D–3D engine
+(:mod:`regkit.registration.radiograph_registration`) describe their pyramids with the same
+:class:`LevelOptions`, report with the same :class:`Progress`, check their options dataclasses
+with :func:`coerce_options` and bring a volume to a level's spacing with :func:`at_spacing`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from regkit.errors import InputError
+from regkit.optim import gradient_methods, optimizers
+from regkit.volume import Volume
+
+__all__ = [
+    "LevelOptions",
+    "Progress",
+    "ProgressCallback",
+    "at_spacing",
+    "block_mean",
+    "coerce_options",
+    "level_options",
+]
+
+# A pyramid axis is left alone when the level spacing exceeds its own by less than this factor.
+_SPACING_SLACK = 1.01
+# Gaussian of the pyramid, in target voxels (elastix's choice: half the shrink factor).
+_PYRAMID_SIGMA = 0.5
+
+OptionsT = TypeVar("OptionsT")
+
+
+@dataclass(frozen=True)
+class LevelOptions:
+    """One level of a registration pyramid: its resolution, its metric grid and its optimizer.
+
+    Shared by the 3D–3D and the 2D–3D engines; each reads the resolution fields in its own
+    terms, stated here.
+
+    Attributes:
+        shrink: Volume spacing at this level as a multiple of the base spacing, ``>= 1``; no
+            axis is made finer than its own. 3D–3D: the base is the larger of the two images'
+            geometric-mean spacings. 2D–3D: the CT's geometric-mean spacing (the CT is
+            smoothed and resampled to it before rendering).
+        max_voxels: The metric grid is coarsened until it has at most this many points. 3D–3D:
+            voxels of the fixed level image. 2D–3D: pixels of each view's detector, binned by
+            the least whole factor that leaves at most this many.
+        method: A derivative-free optimizer registered in :data:`regkit.optim.optimizers`
+            (``"cmaes"``, ``"powell"``, ``"nelder_mead"``), or a gradient method of
+            :data:`regkit.optim.gradient_methods` (``"adam"``, ``"lbfgs"``) for an engine with a
+            differentiable objective (2D–3D; the 3D–3D engine refuses them).
+        options: That optimizer's options (a dict of its options dataclass fields, e.g.
+            ``{"popsize": 12, "max_evaluations": 600, "restarts": 2}`` for CMA-ES,
+            :class:`~regkit.optim.GradientOptions` fields for a gradient method); an unknown
+            key is an error when the level runs. A ``seed`` left out is derived from the
+            registration's seed.
+        rot_step_deg: Initial step (CMA-ES standard deviation, Powell unit step) of each rotation
+            coordinate, degrees.
+        trans_step_mm: Initial step of each translation coordinate, mm.
+        log_scale_step: Initial step of each log-scale (affine levels only).
+        shear_step: Initial step of each shear (affine levels only).
+    """
+
+    shrink: float = 1.0
+    max_voxels: int = 32768
+    method: str = "cmaes"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    rot_step_deg: float = 2.0
+    trans_step_mm: float = 2.0
+    log_scale_step: float = 0.02
+    shear_step: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("shrink", "rot_step_deg", "trans_step_mm", "log_scale_step", "shear_step"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value <= 0:
+                raise InputError(f"must be a finite number > 0, got {value!r}", key=key)
+        if self.shrink < 1:
+            raise InputError(f"must be >= 1 (levels never upsample), got {self.shrink}",
+                             key="shrink")
+        if isinstance(self.max_voxels, bool) or not isinstance(self.max_voxels, int) \
+                or self.max_voxels < 64:
+            raise InputError(f"must be an integer >= 64, got {self.max_voxels!r}",
+                             key="max_voxels")
+        if not isinstance(self.options, Mapping):
+            raise InputError(f"must be a mapping of optimizer options, got "
+                             f"{type(self.options).__name__}", key="options")
+        if self.method not in gradient_methods:
+            optimizers.get(self.method)  # an unknown method fails here, listing the known ones
+        object.__setattr__(self, "options", dict(self.options))
+
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a registration's progress callback receives after every optimizer iteration.
+
+    Attributes:
+        level: 0-based index of the running level over all stages.
+        levels: Number of levels in all.
+        stage: 3D–3D: ``"rigid"`` or ``"affine"``; 2D–3D: ``"rigid"``.
+        evaluations: Candidates scored so far, all levels.
+        best_score: Best score of this level so far, in the metric's own sense (3D–3D: a
+            candidate with too little overlap counts with its penalty, see that module).
+        metric: The metric's name.
+        higher_is_better: Which way the score improves.
+    """
+
+    level: int
+    levels: int
+    stage: str
+    evaluations: int
+    best_score: float
+    metric: str
+    higher_is_better: bool
+
+
+ProgressCallback = Callable[[Progress], Any]
+
+
+def level_options(level: LevelOptions, seed: int) -> Any:
+    """The level's optimizer options with ``seed`` filled in where the method takes one."""
+    if level.method in gradient_methods:
+        return dict(level.options)
+    options_type = optimizers.get(level.method).options_type
+    opts = dict(level.options)
+    if "seed" in {f.name for f in fields(options_type)} and opts.get("seed") is None:
+        opts["seed"] = seed
+    return opts
+
+
+
+def coerce_options(options_type: type[OptionsT], options: Any, what: str) -> OptionsT:
+    """``None`` (defaults), an instance or a dict of fields, as an ``options_type`` instance.
+
+    Args:
+        options_type: A frozen options dataclass.
+        options: What the caller gave.
+        what: Its name in messages (``"registration"``).
+
+    Raises:
+        InputError: an unknown key (naming the closest known one), or another type.
+    """
+    if options is None:
+        return options_type()
+    if isinstance(options, options_type):
+        return options
+    if isinstance(options, Mapping) and is_dataclass(options_type):
+        known = [f.name for f in fields(options_type)]
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise InputError(f"unknown {what} option{hint}; known: {', '.join(known)}",
+                                 key=str(key))
+        return options_type(**options)
+    raise InputError(f"must be {options_type.__name__}, a dict of its fields or None, got "
+                     f"{type(options).__name__}", key="options")
+
+
+def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped)."""
+    f = [int(x) for x in factors]
+    if f == [1, 1, 1]:
+        return np.asarray(data, dtype=np.float32)
+    n = [s // k for s, k in zip(data.shape, f, strict=True)]
+    box = data[:n[0] * f[0], :n[1] * f[1], :n[2] * f[2]]
+    blocks = box.reshape(n[0], f[0], n[1], f[1], n[2], f[2])
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+
+
+def at_spacing(volume: Volume, spacing_mm: float) -> Volume:
+    """``volume`` smoothed and resampled to ``max(own spacing, spacing_mm)`` on every axis.
+
+    A block mean over whole voxels, then a Gaussian of σ = 0.5 target voxels on the axes that
+    shrink, then trilinear resampling to the target spacing (same centre and extent). Axes whose
+    spacing is already within 1 % of the target are left untouched. float32, units ``"other"``.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    native = volume.spacing
+    target = np.maximum(native, spacing_mm)
+    shrinking = target > native * _SPACING_SLACK
+    data = np.asarray(volume.data, dtype=np.float32)
+    if not shrinking.any():
+        return Volume(data, volume.world_from_index, units="other")
+    factors = np.where(shrinking, np.maximum(1, np.floor(target / native + 1e-6)), 1).astype(int)
+    if min(s // f for s, f in zip(volume.shape, factors, strict=True)) < 1:
+        factors = np.minimum(factors, np.asarray(volume.shape))
+    data = block_mean(data, factors.tolist())
+    old_from_new = np.diag([*factors.astype(np.float64), 1.0])
+    old_from_new[:3, 3] = (factors - 1) / 2.0
+    affine = volume.world_from_index @ old_from_new
+    block_spacing = native * factors
+    sigma = np.where(shrinking, _PYRAMID_SIGMA * target / block_spacing, 0.0)
+    data = gaussian_filter(data, sigma=sigma.tolist(), mode="nearest", truncate=3.0)
+    blocked = Volume(data, affine, units="other")
+    final = np.where(target > block_spacing * _SPACING_SLACK, target, block_spacing)
+    if np.allclose(final, block_spacing):
+        return blocked
+    return blocked.resample(final)
