@@ -1,0 +1,927 @@
+"""2D–3D registration: a CT to one or several X-ray radiographs, one rigid correction for all views.
+
+:func:`register_2d3d` finds ``world_correction``, the rigid transform of the CT's RAS+ world (mm)
+that makes digitally reconstructed radiographs (DRRs) of the CT match the radiographs, so that for
+every view ``camera_from_world_refined = camera_from_world_input @ world_correction``
+(docs/CONVENTIONS.md). The views' relative geometry is known and kept: they share the correction.
+
+Convention:
+    **Search parameters.** The correction turns the CT about a pivot ``c`` (world mm) and shifts
+    it::
+
+        world_correction(p): x ↦ R(r) · (x − c) + c + t,      p = (rx, ry, rz, tx, ty, tz)
+
+    with ``r`` a rotation vector in radians and ``t`` in mm (:meth:`~regkit.optim.ParamSpec.rigid6`,
+    :func:`~regkit.geometry.transforms.rigid_from_params` with ``center=c``). The pivot is the
+    centre of the CT's voxel grid, or with ``bones`` the centroid of those bones' voxels: a
+    rotation then barely moves the anatomy being matched as a whole, so rotation and translation
+    decouple (a rotation about the world origin, hundreds of mm away, would also shift it).
+
+    Worked example: a CT centred at ``c = (0, 0, −160)`` mm and ``p = (0, 0, π/18, 5, 0, 0)``: the
+    CT is turned 10° about the vertical (S) axis through ``c`` (so ``c`` stays put) and shifted
+    5 mm to the patient's left (+x); ``c`` maps to ``(5, 0, −160)``. The refined cameras are
+    ``camera_from_world @ world_correction``: each sees the CT as the input camera would see it
+    turned and shifted so.
+
+    **Objective.** For each view, the DRR (line integrals of μ, 1/mm · mm) of the candidate is
+    compared with the radiograph by the metric, and the scores of the views are averaged. A
+    candidate population of λ poses and V views is rendered in **one batched call** of
+    ``B = λ · V`` views (one call per detector size when the views differ in size). Where
+    ``bones`` is given, each view is first cropped to the bones' projected box (see
+    ``bone_roi_margin``), a second batched render draws the DRR of those bones only
+    (``renderer.drr(bones=...)``), and the metric counts only the pixels where they project
+    in that candidate's pose, dilated by ``bone_margin_px`` level pixels (and within the view's
+    mask): the neighbours' pixels are ignored. The DRR scored there is of the whole CT, since
+    the radiograph shows the bone over soft tissue and overlapping structures: measured on the
+    shipped crop (T9, 80² detector), gncc of the bones-only DRR inside the footprint was 0.04
+    at the true pose and 0.07 at a start 6° and 10 mm off (no signal); of the whole DRR, 0.99
+    against 0.78.
+
+    **Masks.** Per view, the caller's ``image_masks`` (True or weight > 0 counts) and, unless
+    ``mask_flat`` is off, the radiograph's *flat* pixels removed: pixels whose 3×3
+    neighbourhood is exactly constant (a collimator's zero or constant border, burnt-in
+    padding), dilated by 2 pixels so that the collimator's edge, which no DRR shows, is not
+    scored either.
+
+    **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
+    smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
+    spacing; :func:`~regkit.registration.levels.at_spacing`) on each view's detector binned by
+    the least whole factor ``f`` that leaves at most ``max_voxels`` pixels
+    (:meth:`Camera.downsample`; the radiograph is averaged over the same ``f × f`` blocks). Each
+    level starts from the previous level's result. CMA-ES searches wide on coarse levels; Powell
+    or a gradient method (Adam, L-BFGS through the differentiable torch renderer, w.r.t. the
+    six parameters) refines on fine ones.
+
+    **Defaults** (:data:`DEFAULT_LEVELS`, metric ``gncc``) were chosen from measurements
+    documented with those constants.
+
+Example:
+    >>> result = register_2d3d(ct, [camera], [radiograph], seed=1)  # doctest: +SKIP
+    >>> result.world_correction, result.cameras[0].camera_from_world  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from regkit.errors import InputError, ShapeError
+from regkit.geometry.camera import Camera
+from regkit.geometry.transforms import rigid_from_params
+from regkit.io.radiograph import Radiograph, to_line_integral
+from regkit.metrics import Metric, get_metric
+from regkit.optim import (
+    ParamSpec,
+    best_starts,
+    gradient_methods,
+    minimize,
+    minimize_torch,
+    optimizers,
+)
+from regkit.optim.base import IterationRecord, OptimResult
+from regkit.registration.levels import (
+    LevelOptions,
+    Progress,
+    ProgressCallback,
+    at_spacing,
+    coerce_options,
+    level_options,
+)
+from regkit.registration.results import (
+    ConvergencePoint,
+    Registration2D3DResult,
+    cameras_from_correction,
+)
+from regkit.render.base import Renderer, Views, bone_key
+from regkit.volume import Volume
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "Register2D3DOptions",
+    "correction_from_params",
+    "mean_target_error_2d3d",
+    "register_2d3d",
+    "save_report",
+]
+
+# Largest level volume handed to a renderer: bounds memory and stays clear of the torch
+# backend's path for volumes over 2**24 voxels (see volume_registration's _MAX_MOVING_VOXELS).
+_MAX_LEVEL_VOXELS = 1 << 23
+# Flat-pixel detection: a 3x3 neighbourhood whose range is at most this fraction of the image's
+# value range counts as exactly constant.
+_FLAT_RTOL = 1e-7
+# Pixels of dilation around flat (collimated) regions, at full resolution.
+_FLAT_MARGIN_PX = 2
+
+
+DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
+    LevelOptions(shrink=4.0, max_voxels=32 * 32, method="cmaes",
+                 options={"popsize": 16, "max_evaluations": 800, "restarts": 2,
+                          "tol_x": 0.01, "tol_fun": 1e-5},
+                 rot_step_deg=8.0, trans_step_mm=15.0),
+    LevelOptions(shrink=2.0, max_voxels=64 * 64, method="cmaes",
+                 options={"popsize": 10, "max_evaluations": 300, "tol_x": 0.01,
+                          "tol_fun": 1e-6},
+                 rot_step_deg=2.0, trans_step_mm=3.0),
+    LevelOptions(shrink=1.0, max_voxels=128 * 128, method="powell",
+                 options={"max_evaluations": 120, "tol_x": 0.02, "tol_fun": 1e-6},
+                 rot_step_deg=0.5, trans_step_mm=1.0),
+)
+"""The 2D–3D pyramid: detectors of at most 32², 64² and 128² pixels, CT at 4, 2, 1 × its spacing.
+
+Level 0 searches wide (CMA-ES, σ = 8° and 15 mm, popsize 16, IPOP restarts), level 1 narrows
+(CMA-ES, σ = 2° and 3 mm), level 2 polishes with Powell. Measurements: see the README section
+"2D–3D registration" and ``benchmarks/test_bench_2d3d.py``.
+"""
+
+
+@dataclass(frozen=True)
+class Register2D3DOptions:
+    """Options of :func:`register_2d3d`; an unknown key is an error.
+
+    Attributes:
+        levels: The pyramid, coarsest first (see the module docstring for what ``shrink`` and
+            ``max_voxels`` mean here). A level's ``method`` may be a derivative-free optimizer
+            or a gradient method (``"adam"``, ``"lbfgs"``: rendered by the torch backend with
+            gradients w.r.t. the pose).
+        rot_range_deg: Search bound on each rotation coordinate, degrees, in ``(0, 180]``.
+        trans_range_mm: Search bound on each translation coordinate, mm.
+        starts: Random starts screened in one batched call at level 0 (uniform within
+            ``±start_spread`` level-0 steps of the origin, the origin included); the best
+            becomes CMA-ES's start. 0: start from the input cameras. For wide searches.
+        start_spread: Half-width of the screened box, in level-0 steps.
+        bone_margin_px: Dilation, in level pixels, of the bones' projected footprint that
+            the metric counts when ``bones`` is given.
+        bone_roi_margin: With ``bones``, each view is cropped to the bones' projected box at
+            the initial pose widened by this fraction of its size on every side (so the
+            pyramid's pixels go to the bone, and the search range stays in view).
+        smooth_px: σ, in level pixels, of a Gaussian applied to both the radiograph and every
+            DRR before the metric (0: none). A radiograph is blurrier than a DRR (focal spot,
+            detector, scatter); a gradient metric then prefers a wrong magnification, i.e. a
+            wrong depth: on the crop at 80², a radiograph blurred by 0.7 px moved gncc's
+            optimum 1.2 mm in depth. Smoothing both makes their blurs more alike.
+        mask_flat: Leave the radiographs' flat (collimated, padded) pixels out of the metric.
+        mu_water: μ of water (1/mm) for a CT in HU (docs/CONVENTIONS.md: 0.02).
+        max_batch: Most views rendered in one call (None: the whole population times views).
+        threads: torch's intra-op threads while the registration runs (restored after); None
+            leaves torch alone.
+    """
+
+    levels: tuple[LevelOptions, ...] = DEFAULT_LEVELS
+    rot_range_deg: float = 45.0
+    trans_range_mm: float = 100.0
+    starts: int = 0
+    start_spread: float = 2.0
+    bone_margin_px: int = 2
+    bone_roi_margin: float = 0.3
+    smooth_px: float = 1.0
+    mask_flat: bool = True
+    mu_water: float = 0.02
+    max_batch: int | None = None
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        levels = tuple(self.levels)
+        if not levels:
+            raise InputError("needs at least one level", key="levels")
+        for level in levels:
+            if not isinstance(level, LevelOptions):
+                raise InputError(f"levels must be LevelOptions, got {type(level).__name__}",
+                                 key="levels")
+        object.__setattr__(self, "levels", levels)
+        for key in ("rot_range_deg", "trans_range_mm", "start_spread", "mu_water",
+                    "bone_roi_margin"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value <= 0:
+                raise InputError(f"must be a finite number > 0, got {value!r}", key=key)
+        if self.rot_range_deg > 180:
+            raise InputError(f"must be at most 180, got {self.rot_range_deg}",
+                             key="rot_range_deg")
+        if isinstance(self.smooth_px, bool) or not isinstance(self.smooth_px, int | float) \
+                or not math.isfinite(self.smooth_px) or self.smooth_px < 0:
+            raise InputError(f"must be a finite number >= 0, got {self.smooth_px!r}",
+                             key="smooth_px")
+        for key, low in (("starts", 0), ("bone_margin_px", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"must be an integer >= {low}, got {value!r}", key=key)
+        if not isinstance(self.mask_flat, bool):
+            raise InputError(f"must be True or False, got {self.mask_flat!r}", key="mask_flat")
+        for key in ("max_batch", "threads"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise InputError(f"must be None or an integer >= 1, got {value!r}", key=key)
+
+
+# --------------------------------------------------------------------------------- the pose
+
+
+def correction_from_params(params: Any, pivot: Any) -> Any:
+    """``(..., 6)`` search parameters to ``(..., 4, 4)`` world corrections about ``pivot``.
+
+    ``x ↦ R(r) (x − c) + c + t`` (see the module docstring); numpy in, numpy out; a torch tensor
+    keeps its graph.
+    """
+    return rigid_from_params(params, pivot)
+
+
+def mean_target_error_2d3d(camera_from_world_est: Any, camera_from_world_true: Any,
+                           points_world: Any) -> float:
+    """mTRE (docs/CONVENTIONS.md): mean of ``‖est · x − true · x‖`` over world points, mm.
+
+    Args:
+        camera_from_world_est: ``(4, 4)`` estimated pose of one view (or ``(V, 4, 4)``: the
+            mean over views).
+        camera_from_world_true: The true pose(s), same shape.
+        points_world: ``(N, 3)`` target points (bone voxel centres), world mm, N >= 1.
+    """
+    est = np.asarray(camera_from_world_est, dtype=np.float64)
+    true = np.asarray(camera_from_world_true, dtype=np.float64)
+    pts = np.asarray(points_world, dtype=np.float64)
+    if est.shape != true.shape or est.shape[-2:] != (4, 4) or est.ndim not in (2, 3):
+        raise ShapeError(f"poses must be (4, 4) or (V, 4, 4) and equal in shape, got "
+                         f"{est.shape} and {true.shape}")
+    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
+        raise ShapeError(f"points must have shape (N, 3) with N >= 1, got {pts.shape}")
+    diff = (est - true).reshape(-1, 4, 4)
+    errs = [np.linalg.norm(pts @ d[:3, :3].T + d[:3, 3], axis=1).mean() for d in diff]
+    return float(np.mean(errs))
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def _check_volume(volume: Any, mu_water: float) -> Volume:
+    if not isinstance(volume, Volume):
+        raise InputError(f"must be a regkit Volume, got {type(volume).__name__}", key="volume")
+    if volume.units not in ("HU", "mu"):
+        raise InputError(f"must be in 'HU' or 'mu', got units {volume.units!r}", key="volume")
+    mu = volume.to_mu(mu_water) if volume.units == "HU" else volume
+    if float(mu.data.max()) - float(mu.data.min()) <= 0:
+        raise InputError("the CT is constant: no DRR of it can be registered", key="volume")
+    return mu
+
+
+def _check_cameras(cameras: Any) -> list[Camera]:
+    if isinstance(cameras, Camera):
+        cameras = [cameras]
+    try:
+        cams = list(cameras)
+    except TypeError:
+        raise InputError(f"must be a sequence of Camera, got {type(cameras).__name__}",
+                         key="cameras") from None
+    if not cams:
+        raise InputError("needs at least one camera", key="cameras")
+    for i, c in enumerate(cams):
+        if not isinstance(c, Camera):
+            raise InputError(f"must be a Camera, got {type(c).__name__}", key=f"cameras[{i}]")
+    return cams
+
+
+def _check_images(images: Any, cameras: list[Camera], kind: str) -> list[NDArray[np.float32]]:
+    if kind not in ("line-integral", "transmitted"):
+        raise InputError(f"must be 'line-integral' or 'transmitted', got {kind!r}",
+                         key="image_kind")
+    if isinstance(images, np.ndarray | Radiograph):
+        images = [images]
+    try:
+        items = list(images)
+    except TypeError:
+        raise InputError(f"must be a sequence of arrays or Radiographs, got "
+                         f"{type(images).__name__}", key="images") from None
+    if len(items) != len(cameras):
+        raise InputError(f"{len(items)} image(s) for {len(cameras)} camera(s): give one "
+                         "image per camera, in the same order", key="images")
+    out = []
+    for i, (item, cam) in enumerate(zip(items, cameras, strict=True)):
+        key = f"images[{i}]"
+        if isinstance(item, Radiograph):
+            values = np.array(item.image, dtype=np.float32)   # already line integrals
+        else:
+            raw = np.asarray(item)
+            if raw.ndim != 2:
+                raise ShapeError(f"{key} must be a 2-D image (H, W), got shape {raw.shape}")
+            if raw.size == 0:
+                raise InputError("is empty (0 pixels)", key=key)
+            try:
+                values = np.array(to_line_integral(raw, kind), dtype=np.float32)  # type: ignore[arg-type]
+            except InputError as err:
+                raise InputError(err.reason, key=key) from None
+        if values.shape != (cam.height, cam.width):
+            raise ShapeError(f"{key} is {values.shape[1]} x {values.shape[0]} pixels (width x "
+                             f"height) but camera {i}'s detector is {cam.width} x {cam.height}")
+        out.append(values)
+    return out
+
+
+def _check_masks(masks: Any, images: list[NDArray[np.float32]]) -> list[NDArray[np.float32] | None]:
+    if masks is None:
+        return [None] * len(images)
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    items = list(masks)
+    if len(items) != len(images):
+        raise InputError(f"{len(items)} mask(s) for {len(images)} image(s): give one per "
+                         "image (None for none)", key="image_masks")
+    out: list[NDArray[np.float32] | None] = []
+    for i, (m, img) in enumerate(zip(items, images, strict=True)):
+        key = f"image_masks[{i}]"
+        if m is None:
+            out.append(None)
+            continue
+        a = np.asarray(m)
+        if a.shape != img.shape:
+            raise ShapeError(f"{key} has shape {a.shape} but its image has shape {img.shape}")
+        if a.dtype == np.bool_:
+            w = a.astype(np.float32)
+        elif np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                raise InputError("holds NaN or infinite values", key=key)
+            w = (a != 0).astype(np.float32) if np.issubdtype(a.dtype, np.integer) \
+                else np.clip(a, 0.0, 1.0).astype(np.float32)
+        else:
+            raise InputError(f"must be boolean or numeric, got dtype {a.dtype}", key=key)
+        if not (w > 0).any():
+            raise InputError("selects no pixel", key=key)
+        out.append(w)
+    return out
+
+
+def _check_variance(images: list[NDArray[np.float32]],
+                    weights: list[NDArray[np.float32] | None]) -> None:
+    for i, (img, w) in enumerate(zip(images, weights, strict=True)):
+        values = img if w is None else img[w > 0]
+        lo, hi = float(values.min()), float(values.max())
+        if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+            where = " inside its mask" if w is not None else ""
+            raise InputError(f"the image is constant ({lo:g}){where}: a zero-variance image "
+                             "cannot be registered", key=f"images[{i}]")
+
+
+def _check_bones(bones: Any, volume: Volume) -> tuple[int, ...] | None:
+    if bones is None:
+        return None
+    key = bone_key(bones)
+    if volume.labels is None:
+        raise InputError("bones were given but the volume has no label map (load it with "
+                         "labels=...)", key="bones")
+    present = set(np.unique(volume.labels).tolist())
+    missing = [b for b in key if b not in present]
+    if missing:
+        shown = sorted(present - {0})
+        listing = ", ".join(str(v) for v in shown[:30]) + (" ..." if len(shown) > 30 else "")
+        raise InputError(f"label(s) {missing} not in the volume's label map (present: "
+                         f"{listing})", key="bones")
+    return key
+
+
+def _flat_mask(image: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    """Weights that drop the flat (exactly constant 3×3) pixels and a margin; None: none flat."""
+    from scipy.ndimage import binary_dilation, maximum_filter, minimum_filter
+
+    span = float(image.max() - image.min())
+    local = maximum_filter(image, size=3, mode="nearest") - minimum_filter(image, size=3,
+                                                                           mode="nearest")
+    flat = local <= _FLAT_RTOL * max(span, 1e-30)
+    if not flat.any():
+        return None
+    flat = binary_dilation(flat, iterations=_FLAT_MARGIN_PX)
+    if flat.mean() > 0.9:   # nearly everything flat: a synthetic image; do not mask
+        return None
+    return (~flat).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- the levels
+
+
+def _blocks(a: NDArray[np.float32], factor: int) -> NDArray[np.float64]:
+    h, w = a.shape[0] // factor, a.shape[1] // factor
+    return a[:h * factor, :w * factor].astype(np.float64).reshape(h, factor, w, factor)
+
+
+def _bin(image: NDArray[np.float32], factor: int, weight: NDArray[np.float32] | None = None
+         ) -> NDArray[np.float32]:
+    """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample);
+    with ``weight``, the weighted mean (a block with no weight keeps its plain mean)."""
+    if factor == 1:
+        return image
+    if weight is None:
+        return _blocks(image, factor).mean(axis=(1, 3)).astype(np.float32)
+    w = _blocks(weight, factor)
+    total = w.sum(axis=(1, 3))
+    num = (_blocks(image, factor) * w).sum(axis=(1, 3))
+    plain = _blocks(image, factor).mean(axis=(1, 3))
+    return np.where(total > 0, num / np.maximum(total, 1e-12), plain).astype(np.float32)
+
+
+def _bin_weight(weight: NDArray[np.float32], factor: int) -> NDArray[np.float32]:
+    """A block's weight is its least pixel weight: a block half under a collimator is out."""
+    if factor == 1:
+        return weight
+    return _blocks(weight, factor).min(axis=(1, 3)).astype(np.float32)
+
+
+def _smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """``(B, H, W)`` images blurred by a Gaussian of ``sigma`` pixels (separable, edges
+    replicated); differentiable; ``sigma = 0`` returns them as they are.
+
+    With ``weight`` (B, H, W), a normalised convolution ``G * (w·x) / G * w``: pixels of zero
+    weight (a collimator's border) do not bleed into their neighbours.
+    """
+    if sigma <= 0:
+        return images
+    if weight is not None:
+        num = _smooth(images * weight, sigma)
+        den = _smooth(weight, sigma)
+        return torch.where(den > 1e-6, num / den.clamp(min=1e-6), images)
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = images[:, None]
+    out = torch.nn.functional.pad(out, (radius, radius, radius, radius), mode="replicate")
+    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def _detector_factor(cam: Camera, max_pixels: int) -> int:
+    f = 1
+    while (cam.width // f) * (cam.height // f) > max_pixels and min(cam.width, cam.height) // (
+            f + 1) >= 3:
+        f += 1
+    return f
+
+
+@dataclass
+class _Group:
+    """The views of one level that share a detector size."""
+
+    views: list[int]
+    intrinsic: NDArray[np.float64]          # (V, 3, 3)
+    camera_from_world: NDArray[np.float64]  # (V, 4, 4)
+    height: int
+    width: int
+    fixed: torch.Tensor                     # (V, H, W) float32
+    weight: torch.Tensor | None             # (V, H, W) float32 weights or None
+
+
+@dataclass
+class _Level:
+    """One pyramid level: a renderer on the level CT, the binned views and the metric."""
+
+    renderer: Renderer
+    groups: list[_Group]
+    n_views: int
+    metric: Metric
+    bones: tuple[int, ...] | None
+    bone_margin_px: int
+    max_batch: int | None
+    factors: list[int]
+    spacing_mm: NDArray[np.float64]
+    smooth_px: float
+
+    def _group_scores(self, g: _Group, corrections: torch.Tensor) -> torch.Tensor:
+        """``(λ, V_g)`` scores of the group's views under ``(λ, 4, 4)`` float64 corrections."""
+        lam, nv = corrections.shape[0], len(g.views)
+        t = torch.as_tensor(g.camera_from_world, dtype=corrections.dtype)
+        poses = (t[None] @ corrections[:, None]).reshape(lam * nv, 4, 4)
+        k = torch.as_tensor(g.intrinsic).repeat(lam, 1, 1)
+        chunk = lam * nv if self.max_batch is None else self.max_batch
+        parts, feet = [], []
+        for a in range(0, lam * nv, chunk):
+            views = Views(k[a:a + chunk], poses[a:a + chunk], g.height, g.width)
+            parts.append(self.renderer.drr(views))
+            if self.bones is not None:
+                with torch.no_grad():
+                    feet.append(self._footprint(self.renderer.drr(views, bones=self.bones)))
+        drr = torch.cat(parts).to(torch.float32)
+        foot = torch.cat(feet) if feet else None
+        drr = _smooth(drr, self.smooth_px)
+        fixed = g.fixed.repeat(lam, 1, 1)
+        weight = None if g.weight is None else g.weight.repeat(lam, 1, 1)
+        if foot is not None:
+            weight = foot if weight is None else weight * foot
+        return self.metric(fixed, drr, weight).reshape(lam, nv).to(torch.float64)
+
+    def _footprint(self, drr: torch.Tensor) -> torch.Tensor:
+        """Where the bones project in each DRR, dilated by ``bone_margin_px`` (float 0/1)."""
+        d = drr.detach()
+        peak = d.flatten(1).amax(dim=1).clamp(min=1e-12)
+        hit = (d > 1e-3 * peak[:, None, None]).to(torch.float32)
+        r = self.bone_margin_px
+        if r > 0:
+            hit = torch.nn.functional.max_pool2d(hit[:, None], 2 * r + 1, stride=1,
+                                                 padding=r)[:, 0]
+        return hit
+
+    def scores(self, corrections: torch.Tensor) -> torch.Tensor:
+        """``(λ,)`` mean score over views (the metric's own sense) of ``(λ, 4, 4)`` corrections."""
+        total = torch.zeros(corrections.shape[0], dtype=torch.float64)
+        for g in self.groups:
+            total = total + self._group_scores(g, corrections).sum(dim=1)
+        return total / self.n_views
+
+    def losses(self, corrections: NDArray[np.float64]) -> NDArray[np.float64]:
+        with torch.no_grad():
+            s = self.scores(torch.as_tensor(corrections, dtype=torch.float64)).numpy()
+        return -s if self.metric.higher_is_better else s
+
+    def score_from_loss(self, loss: float) -> float:
+        return -loss if self.metric.higher_is_better else loss
+
+
+class _LevelBuilder:
+    """Builds levels, caching the level CTs and renderers by (spacing, backend)."""
+
+    def __init__(self, mu: Volume, cameras: list[Camera], images: list[NDArray[np.float32]],
+                 weights: list[NDArray[np.float32] | None], metric: Metric,
+                 bones: tuple[int, ...] | None, opts: Register2D3DOptions,
+                 backend: str | None):
+        self.mu = mu
+        self.cameras = cameras
+        self.images = images
+        self.weights = weights
+        self.metric = metric
+        self.bones = bones
+        self.opts = opts
+        self.backend = backend
+        self.base = float(np.exp(np.log(mu.spacing).mean()))
+        self._volumes: dict[float, Volume] = {}
+        self._renderers: dict[tuple[float, str], Renderer] = {}
+
+    def volume(self, shrink: float) -> Volume:
+        if shrink not in self._volumes:
+            spacing = shrink * self.base if shrink > 1 else 0.0
+            level = at_spacing(self.mu, spacing)
+            count = float(np.prod(level.shape))
+            if count > _MAX_LEVEL_VOXELS:
+                coarser = float(np.exp(np.log(level.spacing).mean())) * \
+                    (count / _MAX_LEVEL_VOXELS) ** (1.0 / 3.0)
+                level = at_spacing(self.mu, max(spacing, coarser))
+            level = Volume(level.data, level.world_from_index, units="mu")
+            if self.bones is not None:
+                assert self.mu.labels is not None
+                carrier = Volume(np.zeros(self.mu.shape, np.uint8), self.mu.world_from_index,
+                                 labels=self.mu.labels, units="other")
+                moved = carrier.resample_to_grid(level.shape, level.world_from_index)
+                level = level.with_labels(moved.labels)
+            self._volumes[shrink] = level
+        return self._volumes[shrink]
+
+    def renderer(self, shrink: float, gradient: bool) -> Renderer:
+        from regkit.render.select import make_renderer
+
+        name = "torch" if gradient else (self.backend or "")
+        key = (shrink, name)
+        if key not in self._renderers:
+            self._renderers[key] = make_renderer(self.volume(shrink), backend=name or None)
+        return self._renderers[key]
+
+    def build(self, level: LevelOptions) -> _Level:
+        gradient = level.method in gradient_methods
+        renderer = self.renderer(level.shrink, gradient)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        factors, cams, fixed, weights = [], [], [], []
+        for i, cam in enumerate(self.cameras):
+            f = _detector_factor(cam, level.max_voxels)
+            factors.append(f)
+            c = cam.downsample(f) if f > 1 else cam
+            cams.append(c)
+            mask = self.weights[i]
+            fixed.append(_bin(self.images[i], f, mask))
+            weights.append(None if mask is None else _bin_weight(mask, f))
+            by_size.setdefault((c.height, c.width), []).append(i)
+        groups = []
+        for (h, w), members in by_size.items():
+            ws = [weights[i] for i in members]
+            weight = None
+            if any(x is not None for x in ws):
+                weight = torch.from_numpy(np.stack([np.ones((h, w), np.float32) if x is None
+                                                    else x for x in ws]))
+            groups.append(_Group(
+                views=members,
+                intrinsic=np.stack([cams[i].intrinsic for i in members]),
+                camera_from_world=np.stack([cams[i].camera_from_world for i in members]),
+                height=h, width=w,
+                fixed=_smooth(torch.from_numpy(np.stack([fixed[i] for i in members])),
+                              self.opts.smooth_px, weight),
+                weight=weight))
+        return _Level(renderer=renderer, groups=groups, n_views=len(self.cameras),
+                      metric=self.metric, bones=self.bones,
+                      bone_margin_px=self.opts.bone_margin_px, max_batch=self.opts.max_batch,
+                      factors=factors, spacing_mm=self.volume(level.shrink).spacing,
+                      smooth_px=self.opts.smooth_px)
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def _pivot(mu: Volume, bones: tuple[int, ...] | None) -> NDArray[np.float64]:
+    if bones is None:
+        return np.asarray(mu.center_world, dtype=np.float64)
+    assert mu.labels is not None
+    index = np.argwhere(np.isin(mu.labels, bones)).astype(np.float64)
+    return np.asarray(mu.index_to_world(index).mean(axis=0), dtype=np.float64)
+
+
+def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[Any], *,
+                  image_kind: str = "line-integral", bones: Sequence[int] | None = None,
+                  image_masks: Sequence[Any] | None = None, metric: str = "gncc",
+                  optimizer: str = "cmaes", seed: int | None = 0,
+                  options: Register2D3DOptions | Mapping[str, Any] | None = None,
+                  backend: str | None = None,
+                  progress: ProgressCallback | None = None) -> Registration2D3DResult:
+    """Register a CT to one or several radiographs: one rigid ``world_correction`` for all views.
+
+    Args:
+        volume: The CT (:class:`~regkit.volume.Volume` in HU, converted to μ = μ_water (1 +
+            HU/1000), or in ``"mu"``), with a label map when ``bones`` is given.
+        cameras: One :class:`~regkit.geometry.camera.Camera` per image: the initial poses, with
+            the views' known relative geometry.
+        images: One radiograph per camera, in the same order: ``(H, W)`` arrays (of
+            ``image_kind``) matching the camera's detector, or
+            :class:`~regkit.io.radiograph.Radiograph` objects (already line integrals).
+        image_kind: What the arrays hold: ``"line-integral"`` (bone bright) or
+            ``"transmitted"`` (detector intensity, converted by
+            :func:`~regkit.io.radiograph.to_line_integral` with I0 = the brightest pixel).
+        bones: Register these labelled bones only: the metric counts only the pixels where
+            they project (their own DRR, dilated), so neighbours are ignored; the views are
+            cropped to them and the pivot is their centroid.
+        image_masks: One mask per image (None for none): ``(H, W)`` bool or weights in [0, 1];
+            only the pixels inside count.
+        metric: A 2-D metric name of :func:`regkit.metrics.get_metric` (default ``"gncc"``,
+            gradient-magnitude NCC: see :data:`DEFAULT_LEVELS` for why).
+        optimizer: The method of the first (widest) level: ``"cmaes"`` (default) or another
+            registered derivative-free method; later levels keep their own.
+        seed: Seed of every random draw (None: a fresh one, reported in ``extras["seed"]``).
+            The same seed gives the same result.
+        options: :class:`Register2D3DOptions` or a dict of its fields.
+        backend: Renderer for the derivative-free levels (``"gl"``, ``"torch"``); None applies
+            :func:`regkit.render.select.make_renderer`'s rule (OpenGL where an EGL context can
+            be made). Gradient levels always use ``"torch"``.
+        progress: Called with a :class:`~regkit.registration.levels.Progress` after every
+            optimizer iteration.
+
+    Returns:
+        :class:`~regkit.registration.results.Registration2D3DResult`: the refined ``cameras``,
+        ``world_correction``, ``metric``, ``final_score`` (mean over views at the finest level,
+        the metric's own sense), ``seconds``, ``evaluations``, ``history`` and ``extras``
+        (``seed``, ``pivot_mm``, ``params`` (the 6 search parameters, rad and mm), ``bones``,
+        ``levels`` (per level: method, detector factors, spacing, evaluations, seconds, score,
+        stop reasons) and ``stop_reasons`` of the last level).
+
+    Raises:
+        InputError: bad options; images and cameras of different counts; an image with NaN or
+            infinite pixels, empty or constant; an unknown image kind; bones not in the label
+            map or without one; a metric that does not take 2-D images.
+        ShapeError: an image or mask whose shape differs from its camera's detector.
+        UnknownNameError: an unknown metric or optimizer name.
+    """
+    t_start = time.perf_counter()
+    opts = coerce_options(Register2D3DOptions, options, "registration")
+    mu = _check_volume(volume, opts.mu_water)
+    cams = _check_cameras(cameras)
+    imgs = _check_images(images, cams, image_kind)
+    user_masks = _check_masks(image_masks, imgs)
+    _check_variance(imgs, user_masks)
+    bone_labels = _check_bones(bones, mu)
+    scorer = get_metric(metric, check_finite=False)
+    if 2 not in scorer.spatial_dims:
+        raise InputError(f"metric '{metric}' does not take 2-D images", key="metric")
+    levels = _with_optimizer(list(opts.levels), optimizer)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
+    elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"must be None or an integer >= 0, got {seed!r}", key="seed")
+    seed = int(seed)
+    weights: list[NDArray[np.float32] | None] = []
+    for img, m in zip(imgs, user_masks, strict=True):
+        flat = _flat_mask(img) if opts.mask_flat else None
+        if flat is not None and m is not None:
+            flat = flat * m
+        weights.append(m if flat is None else flat)
+    work_cams, work_imgs, work_weights = cams, imgs, weights
+    if bone_labels is not None:
+        work_cams, work_imgs, work_weights = _bone_rois(mu, bone_labels, cams, imgs, weights,
+                                                        opts.bone_roi_margin)
+    previous = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    try:
+        builder = _LevelBuilder(mu, work_cams, work_imgs, work_weights, scorer, bone_labels,
+                                opts, backend)
+        return _register(builder, cams, levels, scorer, metric, seed, opts, progress, t_start)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
+               images: list[NDArray[np.float32]], weights: list[NDArray[np.float32] | None],
+               margin: float) -> tuple[list[Camera], list[NDArray[np.float32]],
+                                       list[NDArray[np.float32] | None]]:
+    """Each view cropped to the bones' projected box at the initial pose, widened by
+    ``margin`` times its size on each side: the pyramid's pixels then go to the bone."""
+    assert mu.labels is not None
+    index = np.argwhere(np.isin(mu.labels, bones))
+    lo, hi = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)],
+                       dtype=np.float64)
+    world = mu.index_to_world(corners)
+    out_c, out_i, out_w = [], [], []
+    for cam, img, w in zip(cams, images, weights, strict=True):
+        uv = cam.project(world)
+        if not np.isfinite(uv).all():
+            out_c.append(cam)
+            out_i.append(img)
+            out_w.append(w)
+            continue
+        size = uv.max(axis=0) - uv.min(axis=0)
+        u0, v0 = np.floor(uv.min(axis=0) - margin * size).astype(int)
+        u1, v1 = np.ceil(uv.max(axis=0) + margin * size).astype(int)
+        u0, v0 = max(0, int(u0)), max(0, int(v0))
+        u1, v1 = min(cam.width, int(u1)), min(cam.height, int(v1))
+        if u1 - u0 < 8 or v1 - v0 < 8:   # the bone is (nearly) off this detector: keep it all
+            u0, v0, u1, v1 = 0, 0, cam.width, cam.height
+        out_c.append(cam.crop(u0, v0, u1 - u0, v1 - v0))
+        out_i.append(np.ascontiguousarray(img[v0:v1, u0:u1]))
+        out_w.append(None if w is None else np.ascontiguousarray(w[v0:v1, u0:u1]))
+    return out_c, out_i, out_w
+
+
+def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOptions]:
+    """The levels with every CMA-ES level switched to ``optimizer`` (keeping the options the
+    new method shares: budgets and tolerances)."""
+    from dataclasses import fields as dc_fields
+
+    if optimizer == "cmaes":
+        return levels
+    if optimizer in gradient_methods:
+        from regkit.optim import GradientOptions
+
+        known = {f.name for f in dc_fields(GradientOptions)}
+    else:
+        known = {f.name for f in dc_fields(optimizers.get(optimizer).options_type)}
+    return [replace(lv, method=optimizer,
+                    options={k: v for k, v in lv.options.items() if k in known})
+            if lv.method == "cmaes" else lv for lv in levels]
+
+
+def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOptions],
+              scorer: Metric, metric: str, seed: int, opts: Register2D3DOptions,
+              progress: ProgressCallback | None, t_start: float) -> Registration2D3DResult:
+    pivot = _pivot(builder.mu, builder.bones)
+    level_seeds = np.random.SeedSequence(seed).generate_state(len(levels) + 1)
+    history: list[ConvergencePoint] = []
+    facts: list[dict[str, Any]] = []
+    evaluations = 0
+    x = np.zeros(6)
+    problem: _Level | None = None
+    result: OptimResult | None = None
+    for li, level in enumerate(levels):
+        t_level = time.perf_counter()
+        problem = builder.build(level)
+        spec = ParamSpec.rigid6(level.rot_step_deg, level.trans_step_mm,
+                                rot_bound_deg=opts.rot_range_deg,
+                                trans_bound_mm=opts.trans_range_mm)
+
+        def objective(params: np.ndarray, _p: _Level = problem) -> np.ndarray:
+            return _p.losses(np.asarray(correction_from_params(params, pivot)))
+
+        if li == 0 and opts.starts > 0:
+            from regkit.optim import random_starts
+
+            cands = random_starts(x, spec, opts.starts, spread=opts.start_spread,
+                                  seed=int(level_seeds[-1]), include_center=True)
+            best, _ = best_starts(objective, cands, 1)
+            evaluations += len(cands)
+            x = best[0]
+
+        def on_iteration(rec: IterationRecord, _p: _Level = problem, _li: int = li,
+                         _done: int = evaluations) -> None:
+            point = ConvergencePoint(evaluations=_done + rec.evaluations,
+                                     best=_p.score_from_loss(rec.best_so_far),
+                                     current=_p.score_from_loss(rec.best), level=_li)
+            history.append(point)
+            if progress is not None:
+                progress(Progress(level=_li, levels=len(levels), stage="rigid",
+                                  evaluations=point.evaluations, best_score=point.best,
+                                  metric=metric, higher_is_better=scorer.higher_is_better))
+
+        if level.method in gradient_methods:
+            result = _gradient_level(problem, x, spec, level, pivot, on_iteration)
+        else:
+            result = minimize(objective, spec.clip(x), spec, level.method,
+                              level_options(level, int(level_seeds[li])), on_iteration)
+        evaluations += result.evaluations
+        x = np.asarray(result.x, dtype=np.float64)
+        facts.append({
+            "level": li, "method": level.method, "shrink": level.shrink,
+            "detector_factors": problem.factors,
+            "spacing_mm": np.round(problem.spacing_mm, 4).tolist(),
+            "evaluations": result.evaluations,
+            "seconds": round(time.perf_counter() - t_level, 4),
+            "score": problem.score_from_loss(result.value),
+            "stop_reasons": result.stop_reasons,
+        })
+    assert problem is not None and result is not None
+    correction = np.asarray(correction_from_params(x, pivot), dtype=np.float64)
+    final = float(problem.score_from_loss(float(problem.losses(correction[None])[0])))
+    evaluations += 1
+    return Registration2D3DResult(
+        cameras=cameras_from_correction(cams, correction), world_correction=correction,
+        metric=metric, final_score=final, seconds=time.perf_counter() - t_start,
+        evaluations=evaluations, history=tuple(history),
+        extras={
+            "seed": seed,
+            "pivot_mm": pivot.tolist(),
+            "params": x.tolist(),
+            "bones": None if builder.bones is None else list(builder.bones),
+            "levels": facts,
+            "stop_reasons": result.stop_reasons,
+        })
+
+
+def _gradient_level(problem: _Level, x: NDArray[np.float64], spec: ParamSpec,
+                    level: LevelOptions, pivot: NDArray[np.float64],
+                    on_iteration: Any) -> OptimResult:
+    """A gradient level: Adam or L-BFGS on the 6 parameters through the torch renderer."""
+    c = torch.as_tensor(pivot, dtype=torch.float64)
+    sign = -1.0 if problem.metric.higher_is_better else 1.0
+
+    def loss_fn(p: torch.Tensor) -> torch.Tensor:
+        corr = correction_from_params(p, c)
+        return sign * problem.scores(corr[None])[0]
+
+    return minimize_torch(loss_fn, torch.as_tensor(spec.clip(x), dtype=torch.float64), spec,
+                          level.method, dict(level.options), on_iteration)
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequence[Camera],
+                images: Sequence[Any], result: Registration2D3DResult, *,
+                image_kind: str = "line-integral", bones: Sequence[int] | None = None,
+                backend: str | None = None) -> list[Path]:
+    """PNGs showing a 2D–3D registration: per view, the DRR's edges over the radiograph.
+
+    ``view_<i>.png``: the radiograph in grey with the edges of the DRR at the input cameras in
+    magenta (left) and at the refined cameras in green (right). ``convergence.png``: the best
+    score per level against evaluations.
+
+    Args:
+        directory: Created if missing.
+        volume, cameras, images, image_kind, bones: As given to :func:`register_2d3d`.
+        result: Its result.
+        backend: Renderer backend for the DRRs (None: the default rule).
+
+    Returns:
+        The files written.
+    """
+    from regkit.registration.report import (
+        GREEN,
+        MAGENTA,
+        convergence_plot,
+        edge_overlay,
+        save_side_by_side,
+    )
+    from regkit.render.select import make_renderer
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    mu = _check_volume(volume, 0.02)
+    cams = _check_cameras(cameras)
+    imgs = _check_images(images, cams, image_kind)
+    labels = _check_bones(bones, mu)
+    renderer = make_renderer(mu, backend=backend)
+    written = []
+    for i, (cam, img) in enumerate(zip(cams, imgs, strict=True)):
+        panels = []
+        for pose, color in ((cam.camera_from_world, MAGENTA),
+                            (result.cameras[i].camera_from_world, GREEN)):
+            with torch.no_grad():
+                drr = renderer.drr(Views.from_cameras(cam.with_pose(pose)), bones=labels)[0]
+            panels.append(edge_overlay(img, drr.cpu().numpy(), color))
+        path = out / f"view_{i}.png"
+        save_side_by_side(path, panels)
+        written.append(path)
+    if result.history:
+        path = out / "convergence.png"
+        convergence_plot(path, result.history, title=f"{result.metric} by level",
+                         higher_is_better=get_metric(result.metric).higher_is_better)
+        written.append(path)
+    return written
+

@@ -1,0 +1,290 @@
+"""2D–3D registration on the shipped CT crop: recovery (one and two views), bones, image kinds,
+seeds, gradient refinement, bad input and the result-file contract. Small detectors (80 px) and
+small budgets keep each registration to a second or two."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from regkit.data import chest_ct_crop
+from regkit.errors import InputError, ShapeError, UnknownNameError
+from regkit.geometry.camera import Camera
+from regkit.geometry.carm import camera_from_carm
+from regkit.geometry.transforms import rigid_from_params
+from regkit.io.nifti import load_nifti
+from regkit.io.radiograph import Radiograph
+from regkit.registration import Register2D3DOptions, register_2d3d
+from regkit.registration.levels import LevelOptions
+from regkit.registration.radiograph_registration import (
+    _flat_mask,
+    mean_target_error_2d3d,
+    save_report,
+)
+from regkit.registration.results import load_result_2d3d
+from regkit.render.base import Views
+from regkit.render.select import make_renderer
+from regkit.volume import Volume
+
+SIZE = 80
+T9 = 35
+
+# Three quick levels: CMA-ES on a 26² detector (CT at 4x its spacing) and on 40² (2x), then
+# Powell on the whole 80² detector and the CT as it is.
+FAST = {"levels": (
+    LevelOptions(shrink=4.0, max_voxels=27 * 27, method="cmaes",
+                 options={"popsize": 12, "max_evaluations": 400, "restarts": 1, "tol_x": 0.01,
+                          "tol_fun": 1e-5},
+                 rot_step_deg=6.0, trans_step_mm=10.0),
+    LevelOptions(shrink=2.0, max_voxels=40 * 40, method="cmaes",
+                 options={"popsize": 8, "max_evaluations": 160, "tol_x": 0.01, "tol_fun": 1e-6},
+                 rot_step_deg=2.0, trans_step_mm=3.0),
+    LevelOptions(shrink=1.0, max_voxels=SIZE * SIZE, method="powell",
+                 options={"max_evaluations": 100, "tol_x": 0.02},
+                 rot_step_deg=0.5, trans_step_mm=1.5),
+)}
+
+
+@cache
+def _ct() -> Volume:
+    paths = chest_ct_crop()
+    return load_nifti(paths["ct"], labels=paths["bones"])
+
+
+def _camera(angle: float = 0.0) -> Camera:
+    ct = _ct()
+    return camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
+                            pixel_spacing_mm=0.8 * 256 / SIZE, width=SIZE, height=SIZE,
+                            primary_angle=angle, isocenter_world=ct.center_world)
+
+
+@cache
+def _bone_points(label: int | None = None) -> np.ndarray:
+    ct = _ct()
+    assert ct.labels is not None
+    mask = ct.labels > 0 if label is None else ct.labels == label
+    return ct.index_to_world(np.argwhere(mask)[::5].astype(np.float64))
+
+
+def _perturbation(deg: float, mm: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    direction = rng.normal(size=3)
+    params = np.r_[axis / np.linalg.norm(axis) * np.radians(deg),
+                   direction / np.linalg.norm(direction) * mm]
+    return np.asarray(rigid_from_params(params, _ct().center_world))
+
+
+def _radiographs(cameras: list[Camera], seed: int = 0, boost: float = 1.5) -> list[np.ndarray]:
+    """Line-integral radiographs of the crop: Poisson noise (10⁴ photons), a Gaussian blur of
+    0.7 px and, unless ``boost`` is 1, a HU-to-μ mapping that weighs bone ``boost`` times more
+    than the registration's: not the DRR the registration renders."""
+    ct = _ct()
+    hu = ct.data.astype(np.float32)
+    mu = np.where(hu > 0, 0.02 * (1 + boost * hu / 1000), 0.02 * (1 + hu / 1000)).clip(0)
+    renderer = make_renderer(Volume(mu.astype(np.float32), ct.world_from_index, units="mu"))
+    with torch.no_grad():
+        drr = renderer.drr(Views.from_cameras(cameras)).numpy()
+    rng = np.random.default_rng(seed)
+    out = []
+    for d in drr:
+        counts = rng.poisson(1e4 * np.exp(-d))
+        out.append(gaussian_filter(-np.log(np.maximum(counts, 1) / 1e4), 0.7).astype(np.float32))
+    return out
+
+
+def _mtre(result_cameras: tuple[Camera, ...] | list[Camera], true: list[Camera],
+          points: np.ndarray) -> float:
+    return mean_target_error_2d3d(np.stack([c.camera_from_world for c in result_cameras]),
+                                  np.stack([c.camera_from_world for c in true]), points)
+
+
+def _start(true: list[Camera], deg: float, mm: float, seed: int) -> list[Camera]:
+    e = _perturbation(deg, mm, seed)
+    return [c.with_pose(c.camera_from_world @ e) for c in true]
+
+
+def _check_contract(result, start: list[Camera]) -> None:
+    corr = result.world_correction
+    np.testing.assert_allclose(corr[:3, :3] @ corr[:3, :3].T, np.eye(3), atol=1e-9)
+    for before, after in zip(start, result.cameras, strict=True):
+        np.testing.assert_allclose(after.camera_from_world, before.camera_from_world @ corr,
+                                   atol=1e-9)
+        np.testing.assert_array_equal(after.intrinsic, before.intrinsic)
+
+
+def test_single_view_recovers_a_perturbed_pose_and_keeps_its_inputs() -> None:
+    true = [_camera()]
+    images = _radiographs(true)
+    start = _start(true, 10.0, 20.0, seed=1)
+    before = _mtre(start, true, _bone_points())
+    assert before > 10.0
+    for image in images:
+        image.flags.writeable = False  # any write into an input would raise
+    result = register_2d3d(_ct(), start, images, seed=3, options=FAST)
+    assert _mtre(result.cameras, true, _bone_points()) < 2.0
+    _check_contract(result, start)
+    assert result.metric == "gncc" and result.evaluations > 300
+    assert [f["method"] for f in result.extras["levels"]] == ["cmaes", "cmaes", "powell"]
+    assert result.extras["stop_reasons"] and result.extras["levels"][0]["stop_reasons"]
+    np.testing.assert_allclose(result.extras["pivot_mm"], _ct().center_world)
+    assert result.history and result.history[-1].level == 2
+
+
+def test_biplane_shares_one_correction() -> None:
+    true = [_camera(0.0), _camera(np.pi / 2)]
+    images = _radiographs(true, seed=2)
+    start = _start(true, 12.0, 25.0, seed=4)
+    result = register_2d3d(_ct(), start, images, seed=0, options=FAST)
+    assert _mtre(result.cameras, true, _bone_points()) < 2.0
+    _check_contract(result, start)
+
+
+def test_one_bone_with_its_neighbours_ignored() -> None:
+    true = [_camera(0.0), _camera(np.pi / 2)]   # one vertebra fixes depth only from two views
+    images = _radiographs(true, seed=5)
+    start = _start(true, 6.0, 10.0, seed=6)
+    result = register_2d3d(_ct(), start, images, bones=[T9], seed=1, options=FAST)
+    assert _mtre(result.cameras, true, _bone_points(T9)) < 2.0
+    _check_contract(result, start)
+    ct = _ct()
+    assert ct.labels is not None
+    centroid = ct.index_to_world(np.argwhere(ct.labels == T9).astype(np.float64)).mean(axis=0)
+    np.testing.assert_allclose(result.extras["pivot_mm"], centroid, atol=1e-6)
+    assert result.extras["bones"] == [T9]
+
+
+def test_transmitted_images_match_line_integrals_and_runs_repeat() -> None:
+    true = [_camera()]
+    line = _radiographs(true, seed=7)[0]
+    start = _start(true, 8.0, 15.0, seed=8)
+    transmitted = 4000.0 * np.exp(-line)
+    runs = [register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=11,
+                          options=FAST) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].world_correction, runs[1].world_correction)
+    assert runs[0].evaluations == runs[1].evaluations
+    # -log(I / I0) differs from the line integrals by a constant, which gncc ignores; a
+    # Radiograph is taken as line integrals whatever image_kind says.
+    direct = register_2d3d(_ct(), start, [Radiograph(line)], image_kind="transmitted", seed=11,
+                           options=FAST)
+    assert _mtre(runs[0].cameras, list(direct.cameras), _bone_points()) < 0.5
+    assert _mtre(direct.cameras, true, _bone_points()) < 3.0
+    other_seed = register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=12,
+                               options=FAST)
+    assert not np.array_equal(other_seed.world_correction, runs[0].world_correction)
+
+
+def test_collimated_biplane_radiographs() -> None:
+    true = [_camera(0.0), _camera(np.pi / 2)]
+    images = [4000.0 * np.exp(-x) for x in _radiographs(true, seed=14)]
+    for image in images:
+        image[:, :8] = 0.0      # collimator blades: flat borders that no DRR shows
+        image[-6:, :] = 0.0
+    start = _start(true, 8.0, 15.0, seed=15)
+    result = register_2d3d(_ct(), start, images, image_kind="transmitted", seed=3, options=FAST)
+    assert _mtre(result.cameras, true, _bone_points()) < 2.0
+
+
+def test_flat_mask_drops_collimated_border_with_a_margin() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 40)).astype(np.float32)
+    image[:, :5] = 0.0
+    weight = _flat_mask(image)
+    assert weight is not None
+    # columns 0-3 are flat (column 4 sees column 5's values), dilated by 2 px: 0-5 drop
+    assert (weight[:, :6] == 0).all() and (weight[:, 6:] == 1).all()
+    assert _flat_mask(rng.normal(size=(40, 40)).astype(np.float32)) is None
+
+
+@pytest.mark.parametrize(("method", "options", "shrink", "pixels", "bound"), [
+    ("adam", {"max_iterations": 40, "lr": 0.1}, 2.0, 40 * 40, 2.5),
+    ("lbfgs", {"max_iterations": 15}, 1.0, SIZE * SIZE, 1.0),
+])
+def test_gradient_refinement_improves_a_near_start(method: str, options: dict, shrink: float,
+                                                   pixels: int, bound: float) -> None:
+    true = [_camera()]
+    images = _radiographs(true, seed=9)
+    start = _start(true, 2.0, 5.0, seed=10)
+    before = _mtre(start, true, _bone_points())
+    levels = (LevelOptions(shrink=shrink, max_voxels=pixels, method=method, options=options,
+                           rot_step_deg=1.0, trans_step_mm=2.0),)
+    result = register_2d3d(_ct(), start, images, seed=0, options={"levels": levels})
+    after = _mtre(result.cameras, true, _bone_points())
+    assert after < 0.6 * before and after < bound
+    assert result.extras["levels"][0]["method"] == method
+    _check_contract(result, start)
+
+
+def test_result_file_round_trips(tmp_path: Path) -> None:
+    true = [_camera()]
+    images = _radiographs(true, seed=12)
+    start = _start(true, 3.0, 5.0, seed=13)
+    result = register_2d3d(_ct(), start, images, seed=2, options=FAST)
+    path = tmp_path / "result.json"
+    result.save(path)
+    loaded = load_result_2d3d(path)
+    np.testing.assert_allclose(loaded.world_correction, result.world_correction, atol=1e-12)
+    _check_contract(loaded, start)
+    assert loaded.metric == "gncc" and loaded.evaluations == result.evaluations
+    assert loaded.extras["seed"] == 2 and "stop_reasons" in loaded.extras
+    written = save_report(tmp_path / "report", _ct(), start, images, result)
+    assert {p.name for p in written} == {"view_0.png", "convergence.png"}
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def _good() -> tuple[list[Camera], list[np.ndarray]]:
+    cams = [_camera()]
+    return cams, [np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)]
+
+
+def test_bad_counts_shapes_and_values() -> None:
+    cams, images = _good()
+    with pytest.raises(InputError, match=r"2 image.*1 camera"):
+        register_2d3d(_ct(), cams, images * 2)
+    with pytest.raises(ShapeError, match="detector is 80 x 80"):
+        register_2d3d(_ct(), cams, [np.zeros((SIZE, SIZE + 1), np.float32) + 1])
+    bad = images[0].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN") as err:
+        register_2d3d(_ct(), cams, [bad])
+    assert err.value.key == "images[0]"
+    bad[3, 4] = np.inf
+    with pytest.raises(InputError, match="infinite"):
+        register_2d3d(_ct(), cams, [bad])
+    with pytest.raises(InputError, match="constant"):
+        register_2d3d(_ct(), cams, [np.full((SIZE, SIZE), 2.0, np.float32)])
+    with pytest.raises(InputError, match="empty"):
+        register_2d3d(_ct(), [cams[0].crop(0, 0, 1, 1)], [np.zeros((1, 0))])
+    with pytest.raises(InputError, match="image_kind"):
+        register_2d3d(_ct(), cams, images, image_kind="negative")
+
+
+def test_bad_bones_masks_metric_and_options() -> None:
+    cams, images = _good()
+    with pytest.raises(InputError, match=r"\[7\] not in the volume's label map") as err:
+        register_2d3d(_ct(), cams, images, bones=[T9, 7])
+    assert err.value.key == "bones"
+    with pytest.raises(InputError, match="no label map"):
+        register_2d3d(_ct().with_labels(None), cams, images, bones=[T9])
+    with pytest.raises(ShapeError, match="image_masks"):
+        register_2d3d(_ct(), cams, images, image_masks=[np.ones((4, 4), bool)])
+    with pytest.raises(InputError, match="selects no pixel"):
+        register_2d3d(_ct(), cams, images, image_masks=[np.zeros((SIZE, SIZE), bool)])
+    with pytest.raises(UnknownNameError):
+        register_2d3d(_ct(), cams, images, metric="nope")
+    with pytest.raises(UnknownNameError):
+        register_2d3d(_ct(), cams, images, optimizer="nope")
+    with pytest.raises(InputError, match="unknown registration option"):
+        register_2d3d(_ct(), cams, images, options={"levles": ()})
+    with pytest.raises(InputError, match="needs at least one level"):
+        Register2D3DOptions(levels=())
+    with pytest.raises(InputError, match="Volume"):
+        register_2d3d(_ct().data, cams, images)  # type: ignore[arg-type]
