@@ -37,11 +37,12 @@ class _Parser(argparse.ArgumentParser):
 def _builtin_commands() -> None:
     # Built-ins register here rather than through entry points, so that a source checkout that
     # is not installed still has them.
-    from regkit.cli import camera_cmd, project_cmd, register3d_cmd, render_cmd
+    from regkit.cli import camera_cmd, project_cmd, register2d3d_cmd, register3d_cmd, render_cmd
 
     builtins = (("camera", camera_cmd.register), ("project", project_cmd.register),
                 ("render", render_cmd.register),
-                ("register-3d3d", register3d_cmd.register))
+                ("register-3d3d", register3d_cmd.register),
+                ("register-2d3d", register2d3d_cmd.register))
     for name, reg in builtins:
         if name not in commands._items:
             commands.add(name, reg)

@@ -1,0 +1,124 @@
+"""``regkit register-2d3d``: register a CT to one or several radiographs, write the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from regkit.errors import InputError
+
+__all__ = ["register"]
+
+# Progress lines on stderr: at most one per this many seconds, plus one at each level's start.
+_PROGRESS_INTERVAL_S = 1.0
+
+
+class _ProgressPrinter:
+    """Prints the level, evaluations and best score on stderr, at a modest rate."""
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._level = -1
+
+    def __call__(self, p: Any) -> None:
+        now = time.monotonic()
+        if p.level == self._level and now - self._last < _PROGRESS_INTERVAL_S:
+            return
+        self._level, self._last = p.level, now
+        print(f"register-2d3d: level {p.level + 1}/{p.levels}: {p.evaluations} evaluations, "
+              f"best {p.metric} {p.best_score:.5g}", file=sys.stderr, flush=True)
+
+
+def _bones(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise InputError(f"must be comma-separated label numbers (e.g. 70,72), got "
+                             f"{text!r}", key="--bones") from None
+    if not out:
+        raise InputError("names no label", key="--bones")
+    return out
+
+
+def _register2d3d(args: argparse.Namespace) -> int:
+    from regkit.geometry.camera import load_cameras
+    from regkit.io.nifti import load_nifti
+    from regkit.io.radiograph import load_radiograph
+    from regkit.metrics import get_metric
+    from regkit.optim import gradient_methods, optimizers
+    from regkit.registration.radiograph_registration import register_2d3d, save_report
+
+    get_metric(args.metric)  # unknown names fail before any file is read
+    if args.optimizer not in gradient_methods:
+        optimizers.get(args.optimizer)
+    if args.seed is not None and args.seed < 0:
+        raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
+    if not args.out.name.lower().endswith(".json"):
+        raise InputError(f"must end with .json, got '{args.out.name}'", key="--out")
+    bones = _bones(args.bones)
+    if bones is not None and args.labels is None:
+        raise InputError("needs --labels (the label map the bones are numbered in)",
+                         key="--bones")
+    cameras = load_cameras(args.camera)
+    if len(args.image) != len(cameras):
+        raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
+                         f"{args.camera}: give one --image per camera, in file order",
+                         key="--image")
+    images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
+    volume = load_nifti(args.volume, labels=args.labels)
+    result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
+                           optimizer=args.optimizer, seed=args.seed, backend=args.backend,
+                           progress=_ProgressPrinter())
+    result.save(args.out)
+    if args.report is not None:
+        save_report(args.report, volume, cameras, images, result, bones=bones,
+                    backend=args.backend)
+    print(f"register-2d3d: {len(cameras)} view(s), {result.metric} {result.final_score:.5g}, "
+          f"{result.evaluations} evaluations in {result.seconds:.2f} s (seed "
+          f"{result.extras['seed']}) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``register-2d3d``."""
+    p = subparsers.add_parser(
+        "register-2d3d", help="register a CT to one or several radiographs (2D-3D)",
+        description="Find world_correction, the one rigid transform of the CT's world that "
+        "makes its DRRs match the radiographs, by a multi-resolution CMA-ES search, and write "
+        "the refined cameras (camera_from_world_input @ world_correction) as a result JSON.")
+    p.add_argument("--volume", required=True, type=Path, metavar="CT.nii.gz",
+                   help="the CT, in HU")
+    p.add_argument("--camera", required=True, type=Path, metavar="INIT.json",
+                   help="camera file: one view or a list, the initial poses")
+    p.add_argument("--image", required=True, type=Path, action="append", metavar="X",
+                   help="a radiograph (.npy, PNG, TIFF, DICOM), one per camera in file order")
+    p.add_argument("--out", required=True, type=Path, metavar="RESULT.json")
+    p.add_argument("--image-kind", choices=("line-integral", "transmitted"),
+                   default="line-integral",
+                   help="what the images hold: line integrals (bone bright, default) or "
+                   "detector intensity (bone dark)")
+    p.add_argument("--labels", type=Path, default=None, metavar="LABELS.nii.gz",
+                   help="label map of the CT (needed by --bones)")
+    p.add_argument("--bones", default=None, metavar="70,72",
+                   help="register these labelled bones only, ignoring their neighbours")
+    p.add_argument("--metric", default="gncc",
+                   help="similarity: gncc (default), gc, ncc, lncc, ...")
+    p.add_argument("--optimizer", default="cmaes",
+                   help="method of the search levels: cmaes (default), powell, nelder_mead")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0; runs repeat)")
+    p.add_argument("--backend", default=None,
+                   help="renderer: gl or torch (default: the faster one here)")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write PNGs: DRR edges over each radiograph before and after, "
+                   "convergence")
+    p.set_defaults(func=_register2d3d)
