@@ -7,6 +7,12 @@ Actions:
     (every drawn parameter, the deformities, the seed and the plugin's version). DIR appears
     whole or not at all.
 
+    ``regkit recon generate --out DIR (--phantoms K | --ct CT --labels LABELS [--bones 70,72])
+    --views V [--size 256] [--layers 2] [--seed S] [--workers N]`` writes ground-truth samples
+    (radiograph, camera, per-bone masks and depth layers); ``--radiograph X --camera INIT.json``
+    with ``--ct`` registers the CT to a real radiograph first. See
+    :mod:`regkit_recon.groundtruth.generate`.
+
 Registered through the ``regkit.commands`` entry point ``recon``; nothing heavy is imported until
 an action runs.
 """
@@ -40,10 +46,30 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from regkit.errors import InputError
+    from regkit_recon.groundtruth.generate import GenerateSpec, generate, parse_bones
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if args.radiograph is not None and args.ct is None:
+        raise InputError("--radiograph needs the patient's CT (--ct and --labels)", key="ct")
+    spec = GenerateSpec(out=args.out, phantoms=args.phantoms, ct=args.ct, labels=args.labels,
+                        bones=parse_bones(args.bones), views=args.views, size=args.size,
+                        layers=args.layers, seed=args.seed, workers=args.workers,
+                        backend=args.backend, voxel_mm=args.voxel_mm, step_mm=args.step_mm,
+                        kinds=kinds, montage=args.montage, radiograph=args.radiograph,
+                        camera=args.camera)
+    manifest = generate(spec)
+    print(f"regkit recon generate: {len(manifest['samples'])} samples in {args.out} "
+          f"({manifest.get('generated_last_run', 0)} made now, "
+          f"{manifest.get('seconds_last_run', 0):.1f} s)", file=sys.stderr)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``recon`` and its actions to the ``regkit`` command line."""
     recon = subparsers.add_parser(
-        "recon", help="single-radiograph bone reconstruction (phantoms)",
+        "recon", help="single-radiograph bone reconstruction (phantoms, ground truth)",
         description="Single-radiograph bone reconstruction: synthetic data and tools.")
     actions = recon.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -69,3 +95,43 @@ def register(subparsers: Any) -> None:
     phantom.add_argument("--preview", metavar="PNG",
                          help="also write a PNG preview (PA and lateral projections, slices)")
     phantom.set_defaults(func=_phantom)
+
+    gen = actions.add_parser(
+        "generate", help="write ground-truth samples: radiographs, cameras, bone depth layers",
+        description="Render ground truth for single-radiograph reconstruction: per sample a "
+        "degraded and a clean radiograph (line integrals), its camera, and per bone the hit "
+        "mask and the front and back depth layers (mm from the source). Samples go to "
+        "DIR/samples/NNNNNN.npz, listed in DIR/manifest.json; a rerun resumes. The content of "
+        "a sample depends only on the seed, its index and the parameters.")
+    gen.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--phantoms", type=int, metavar="K",
+                     help="generate K procedural hand phantoms into DIR/phantoms/")
+    src.add_argument("--ct", metavar="CT.nii.gz", help="a CT (HU) with bone labels")
+    gen.add_argument("--labels", metavar="LABELS.nii.gz", help="the CT's bone label map")
+    gen.add_argument("--bones", metavar="L1,L2,...",
+                     help="label values to render (default: every bone of the label map)")
+    gen.add_argument("--views", type=int, default=1, metavar="V",
+                     help="samples (views) per phantom or CT (default 1)")
+    gen.add_argument("--size", type=int, default=256, metavar="PX",
+                     help="detector width = height in pixels (default 256; 32-2048)")
+    gen.add_argument("--layers", type=int, default=2, metavar="L",
+                     help="depth layers per bone (default 2)")
+    gen.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    gen.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="worker processes (default 1)")
+    gen.add_argument("--backend", choices=("torch", "gl"), default=None,
+                     help="renderer backend (default: regkit's choice)")
+    gen.add_argument("--voxel-mm", type=float, default=0.4, metavar="MM",
+                     help="phantom voxel size in mm (default 0.4)")
+    gen.add_argument("--step-mm", type=float, default=None, metavar="MM",
+                     help="DRR step along the ray in mm (default: half a voxel)")
+    gen.add_argument("--kinds", default="pa,oblique,lateral", metavar="K1,K2",
+                     help="view kinds cycled through (default pa,oblique,lateral)")
+    gen.add_argument("--montage", type=int, default=4, metavar="N",
+                     help="samples shown in DIR/montage.png (default 4; 0: none)")
+    gen.add_argument("--radiograph", metavar="X.(npy|png|dcm)",
+                     help="a real radiograph of the CT's patient: register the CT to it first")
+    gen.add_argument("--camera", metavar="INIT.json",
+                     help="the radiograph's starting camera (camera file)")
+    gen.set_defaults(func=_generate)
