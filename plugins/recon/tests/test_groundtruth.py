@@ -1,0 +1,307 @@
+"""``regkit recon generate``: file contract, depth accuracy, backends, determinism, resuming,
+the Dataset and bad input.
+
+Small on purpose: one phantom at 0.8 mm voxels and 64-96 px detectors, and the chest CT crop that
+regkit ships (nothing here may depend on the hand phantom).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+from regkit_recon.groundtruth.dataset import GroundTruthDataset
+from regkit_recon.groundtruth.generate import GenerateSpec, generate, phantom_seed, render_sample
+from regkit_recon.groundtruth.sample import SAMPLE_KEYS, read_sample
+from scipy import ndimage
+
+from regkit.cli.main import main
+from regkit.data import chest_ct_crop
+from regkit.errors import InputError
+from regkit.render import available_backends
+
+SEED = 3
+VOXEL = 0.8
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gt") / "run"
+    generate(GenerateSpec(out=str(out), phantoms=1, views=3, size=96, voxel_mm=VOXEL,
+                          seed=SEED, montage=2))
+    return out
+
+
+def _ct_spec(out: Path, **kw: Any) -> GenerateSpec:
+    crop = chest_ct_crop()
+    args: dict[str, Any] = {"out": str(out), "ct": str(crop["ct"]), "labels": str(crop["bones"]),
+                            "bones": (34, 35, 36, 99), "views": 3, "size": 64, "seed": 9,
+                            "montage": 0}
+    args.update(kw)
+    return GenerateSpec(**args)
+
+
+def _arrays(folder: Path) -> dict[str, dict[str, Any]]:
+    return {f.name: read_sample(f) for f in sorted((folder / "samples").glob("*.npz"))}
+
+
+# ------------------------------------------------------------------------------ contract
+
+
+def test_file_contract(phantom_run: Path) -> None:
+    manifest = json.loads((phantom_run / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["samples"]) == 3
+    assert [s["view"] for s in manifest["samples"]] == ["pa", "oblique", "lateral"]
+    assert (phantom_run / "montage.png").is_file()
+    for entry in manifest["samples"]:
+        s = read_sample(phantom_run / entry["file"])
+        assert set(SAMPLE_KEYS) <= set(s)
+        nb = 29
+        assert s["image"].dtype == np.float32 and s["image"].shape == (96, 96)
+        assert s["image_clean"].dtype == np.float32 and s["image_clean"].shape == (96, 96)
+        assert s["bones"].dtype == np.int32 and s["bones"].tolist() == list(range(1, 30))
+        assert s["hit"].dtype == np.bool_ and s["hit"].shape == (nb, 96, 96)
+        for key in ("front", "back"):
+            assert s[key].dtype == np.float32 and s[key].shape == (nb, 2, 96, 96)
+        assert s["layers"].dtype == np.uint8 and s["layers"].shape == (nb, 96, 96)
+        assert np.array_equal(s["hit"], np.isfinite(s["front"][:, 0]))
+        assert np.array_equal(np.isfinite(s["front"]), np.isfinite(s["back"]))
+        assert (s["back"][s["hit"][:, None] & np.isfinite(s["back"])]
+                > s["front"][s["hit"][:, None] & np.isfinite(s["front"])]).all()
+        assert s["hit"].any(axis=(1, 2)).all(), "every bone is in the field of view"
+        # the field of view covers the anatomy: no bone touches the detector's edge
+        edge = s["hit"][:, [0, -1], :].any() or s["hit"][:, :, [0, -1]].any()
+        assert not edge
+        cam = json.loads(s["camera"])
+        assert cam["width"] == cam["height"] == 96
+        sdd = cam["intrinsic"][0][0] * cam["pixel_spacing_mm"][0]
+        assert 940 < sdd < 1060
+        source = json.loads(s["source"])
+        assert source["kind"] == "phantom" and source["seed"] == phantom_seed(SEED, 0)
+        record = json.loads((phantom_run / source["path"] / "phantom.json").read_text())
+        assert record["seed"] == source["seed"]
+        assert np.isfinite(s["image"]).all() and not np.array_equal(s["image"],
+                                                                     s["image_clean"])
+
+
+# ------------------------------------------------------------------------------ accuracy
+
+
+def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin: np.ndarray,
+                         direction: np.ndarray, t_max: float, step: float = 0.02
+                         ) -> tuple[list[float], list[float]]:
+    """Entries and exits of the 0.5 level set of ``mask`` along one ray: a plain march of the
+    trilinear field, each sign change refined by bisection (written apart from regkit's)."""
+    def field(t: np.ndarray) -> np.ndarray:
+        pts = origin[None] + t[:, None] * direction[None]
+        idx = pts @ index_from_world[:3, :3].T + index_from_world[:3, 3]
+        return ndimage.map_coordinates(mask, idx.T, order=1, mode="constant", cval=0.0) - 0.5
+
+    ts = np.arange(0.0, t_max, step)
+    f = field(ts)
+    entries, exits = [], []
+    for i in np.flatnonzero(np.sign(f[:-1]) != np.sign(f[1:])):
+        lo, hi = ts[i], ts[i + 1]
+        rising = f[i] < f[i + 1]
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            above = field(np.array([mid]))[0] > 0
+            if above == rising:
+                hi = mid
+            else:
+                lo = mid
+        (entries if rising else exits).append(0.5 * (lo + hi))
+    return entries, exits
+
+
+def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
+    s = read_sample(phantom_run / "samples" / "000000.npz")
+    img = nib.load(phantom_run / "phantoms" / "p000" / "labels.nii.gz")
+    labels = np.asarray(img.dataobj)
+    index_from_world = np.linalg.inv(img.affine)
+    cam = json.loads(s["camera"])
+    k = np.array(cam["intrinsic"])
+    t = np.array(cam["camera_from_world"])
+    rot, trans = t[:3, :3], t[:3, 3]
+    origin = -rot.T @ trans
+    rng = np.random.default_rng(0)
+    errors = []
+    for bone in (1, 9, 13, 18, 27):
+        b = bone - 1
+        thick = s["back"][b, 0] - s["front"][b, 0]
+        rows, cols = np.nonzero(np.nan_to_num(thick, nan=0.0) > 1.5)
+        assert rows.size > 0, bone
+        mask = (labels == bone).astype(np.float64)
+        for n in rng.choice(rows.size, size=min(3, rows.size), replace=False):
+            r, c = rows[n], cols[n]
+            d_cam = np.linalg.solve(k, np.array([c + 0.5, r + 0.5, 1.0]))
+            d = rot.T @ d_cam
+            d /= np.linalg.norm(d)
+            entries, exits = _trilinear_crossings(mask, index_from_world, origin, d,
+                                                  t_max=float(s["back"][b, 0, r, c]) + 5.0)
+            assert entries and exits, (bone, r, c)
+            errors += [abs(entries[0] - s["front"][b, 0, r, c]),
+                       abs(exits[0] - s["back"][b, 0, r, c])]
+    assert max(errors) < 0.02, max(errors)
+
+
+@pytest.mark.skipif("gl" not in available_backends(), reason="no OpenGL (EGL) context here")
+def test_torch_and_gl_agree_on_a_sample(phantom_run: Path) -> None:
+    manifest = json.loads((phantom_run / "manifest.json").read_text())
+    source = {**manifest["sources"][0]}
+    rel = source["path"]
+    src = {"id": rel, "ct": str(phantom_run / rel / "ct.nii.gz"),
+           "labels": str(phantom_run / rel / "labels.nii.gz"), "bones": source["bones"],
+           "record": {"kind": "phantom", "path": rel}}
+    out = {}
+    for backend in ("torch", "gl"):
+        params = {**manifest["parameters"], "backend": backend}
+        out[backend] = render_sample(1, src, params, 1)
+    a, b = out["torch"], out["gl"]
+    assert a["camera"] == b["camera"]
+    scale = float(np.abs(a["image_clean"]).max())
+    assert np.abs(a["image_clean"] - b["image_clean"]).max() < 1e-3 * scale
+    assert np.mean(a["hit"] != b["hit"]) < 2e-3
+    same = (a["layers"] == b["layers"])[:, None] & np.isfinite(a["front"]) \
+        & np.isfinite(b["front"])
+    for key in ("front", "back"):
+        diff = np.abs(a[key] - b[key])[same]
+        assert np.median(diff) < 0.01 and np.percentile(diff, 99) < 0.1, key
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def test_real_ct_deterministic_over_workers(tmp_path: Path) -> None:
+    generate(_ct_spec(tmp_path / "w1", workers=1))
+    generate(_ct_spec(tmp_path / "w2", workers=2))
+    one, two = _arrays(tmp_path / "w1"), _arrays(tmp_path / "w2")
+    assert sorted(one) == ["000000.npz", "000001.npz", "000002.npz"] == sorted(two)
+    for name, s in one.items():
+        for key in SAMPLE_KEYS:
+            if isinstance(s[key], str):
+                assert s[key] == two[name][key], (name, key)
+            else:
+                assert np.array_equal(s[key], two[name][key], equal_nan=s[key].dtype.kind == "f"),\
+                    (name, key)
+        assert s["bones"].tolist() == [34, 35, 36, 99]
+        assert json.loads(s["source"])["kind"] == "ct"
+        assert s["hit"].any(axis=(1, 2)).all()
+    # another seed gives other samples
+    generate(_ct_spec(tmp_path / "s2", seed=10, views=1))
+    other = read_sample(tmp_path / "s2" / "samples" / "000000.npz")
+    assert not np.array_equal(other["image"], one["000000.npz"]["image"])
+
+
+def test_resume_after_interruption_and_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    seen: list[int] = []
+
+    def stop_after_first(index: int) -> None:
+        seen.append(index)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(_ct_spec(out, views=9), on_sample=stop_after_first)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"]
+    files = sorted((out / "samples").glob("*.npz"))
+    assert 1 <= len(files) < 9
+    # a half-written temporary file left by a killed worker
+    (out / "samples" / ".000008.k1ll3d.npz").write_bytes(b"PK\x03\x04 half a file")
+    before = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
+    made: list[int] = []
+    generate(_ct_spec(out, views=9), on_sample=made.append)
+    after = sorted((out / "samples").glob("*.npz"))
+    assert [f.name for f in after] == [f"{i:06d}.npz" for i in range(9)]
+    assert not list((out / "samples").glob(".*"))
+    for f in after:
+        if f.name in before:
+            assert (f.stat().st_ino, f.stat().st_mtime_ns) == before[f.name]
+    assert sorted(made) == sorted(set(range(9)) - {int(n[:6]) for n in before})
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    # the resumed samples equal an uninterrupted run's
+    generate(_ct_spec(tmp_path / "whole", views=9))
+    whole = _arrays(tmp_path / "whole")
+    for name, s in _arrays(out).items():
+        assert np.array_equal(s["image"], whole[name]["image"])
+        assert np.array_equal(s["front"], whole[name]["front"], equal_nan=True)
+    # a rerun with other parameters is refused
+    with pytest.raises(InputError, match="other parameters"):
+        generate(_ct_spec(out, views=9, size=72))
+
+
+def test_dataset_reads_samples_back(phantom_run: Path) -> None:
+    import torch
+
+    ds = GroundTruthDataset(phantom_run)
+    assert len(ds) == 3
+    item = ds[0]
+    assert item["image"].shape == (1, 96, 96) and item["image"].dtype == torch.float32
+    assert item["hit"].shape == (29, 96, 96) and item["hit"].dtype == torch.bool
+    assert item["front"].shape == (29, 2, 96, 96) and torch.isnan(item["front"]).any()
+    assert item["intrinsic"].shape == (3, 3) and item["camera_from_world"].shape == (4, 4)
+    assert item["source"]["kind"] == "phantom"
+    raw = read_sample(phantom_run / "samples" / "000000.npz")
+    assert np.array_equal(item["image"][0].numpy(), raw["image"])
+    both = GroundTruthDataset(phantom_run, image="both", nan_fill=0.0)[0]
+    assert both["image"].shape == (2, 96, 96)
+    assert np.array_equal(both["image"][1].numpy(), raw["image_clean"])
+    assert not torch.isnan(both["front"]).any()
+    batch = next(iter(torch.utils.data.DataLoader(
+        GroundTruthDataset(phantom_run, image="clean"), batch_size=2,
+        collate_fn=lambda items: torch.stack([i["image"] for i in items]))))
+    assert batch.shape == (2, 1, 96, 96)
+    with pytest.raises(InputError, match="image"):
+        GroundTruthDataset(phantom_run, image="raw")
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _cli(tmp_path: Path, *args: str) -> list[str]:
+    return ["recon", "generate", "--out", str(tmp_path / "o"), *args]
+
+
+def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crop = chest_ct_crop()
+    ct, bones = str(crop["ct"]), str(crop["bones"])
+    img = nib.load(bones)
+    shifted = nib.Nifti1Image(np.asarray(img.dataobj)[:-4], img.affine)
+    nib.save(shifted, tmp_path / "other_grid.nii.gz")
+    cases = [
+        (["--ct", ct, "--views", "1"], "--labels"),
+        (["--ct", ct, "--labels", bones, "--bones", "34,999"], "999"),
+        (["--ct", ct, "--labels", bones, "--size", "8"], "size"),
+        (["--phantoms", "1", "--size", "huge"], "size"),
+        (["--ct", ct, "--labels", str(tmp_path / "other_grid.nii.gz")], "grid"),
+        (["--ct", ct, "--labels", str(tmp_path / "missing.nii.gz")], "missing.nii.gz"),
+        (["--phantoms", "1", "--bones", "40"], "1-29"),
+        (["--ct", ct, "--labels", bones, "--radiograph", "x.npy"], "camera"),
+        (["--phantoms", "0"], "phantoms"),
+    ]
+    for args, word in cases:
+        code = main(_cli(tmp_path, *args))
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert word in err, (args, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "o" / "samples").exists()
+
+
+def test_cli_generate_writes_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crop = chest_ct_crop()
+    code = main(_cli(tmp_path, "--ct", str(crop["ct"]), "--labels", str(crop["bones"]),
+                     "--bones", "36", "--views", "2", "--size", "48", "--layers", "3",
+                     "--seed", "1"))
+    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "samples" in err
+    s = read_sample(tmp_path / "o" / "samples" / "000001.npz")
+    assert s["front"].shape == (1, 3, 48, 48)
+    assert os.path.isfile(tmp_path / "o" / "montage.png")
