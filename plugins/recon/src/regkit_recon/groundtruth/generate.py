@@ -364,13 +364,16 @@ def _threads(workers: int) -> int:
 
 
 def generate(spec: GenerateSpec, *, stream: Any = None,
-             on_sample: Callable[[int], None] | None = None) -> dict[str, Any]:
+             on_sample: Callable[[int], None] | None = None,
+             registration_options: Any = None) -> dict[str, Any]:
     """Make (or finish) the ground truth ``spec`` asks for.
 
     Args:
         spec: What to make.
         stream: Where the progress bars go (default stderr).
         on_sample: Called in this process with each finished sample's index (tests).
+        registration_options: ``options`` of :func:`regkit.registration.register_2d3d` for a
+            ``radiograph`` (None: its defaults).
 
     Returns:
         The manifest written to ``DIR/manifest.json``.
@@ -388,7 +391,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     if spec.radiograph is not None:
         from regkit_recon.groundtruth.registered import registered_sample
 
-        return registered_sample(spec, out, stream=stream)
+        return registered_sample(spec, out, stream=stream, options=registration_options)
     sources = _sources(spec, out)
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def registered_sample(spec: Any, out: Path, *, stream: Any = None,
                          f"radiograph is {image.shape[1]} x {image.shape[0]}",
                          source=spec.camera, key="width")
     volume = load_nifti(source["ct"], labels=source["labels"])
-    result = register_2d3d(volume, [start], [image], bones=source["bones"],
+    result = register_2d3d(volume, [start], [image],
                            seed=spec.seed, backend=spec.backend, options=options)
     camera = result.cameras[0]
     renderer = SampleRenderer(volume, source["bones"], backend=spec.backend,
