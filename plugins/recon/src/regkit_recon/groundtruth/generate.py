@@ -39,7 +39,8 @@ import numpy as np
 from regkit.errors import InputError
 from regkit.utils.files import atomic_write_text
 
-__all__ = ["GenerateSpec", "generate", "phantom_seed", "sample_streams"]
+__all__ = ["GenerateSpec", "generate", "phantom_seed", "release_renderers", "render_sample",
+           "sample_streams"]
 
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
@@ -160,6 +161,14 @@ def sample_streams(seed: int, index: int) -> tuple[np.random.Generator, np.rando
 _STATE: dict[str, Any] = {}
 
 
+def release_renderers() -> None:
+    """Close the renderers this process keeps for the last source (see :func:`render_sample`)."""
+    old = _STATE.get("renderer")
+    if old is not None:
+        old.close()
+    _STATE.clear()
+
+
 def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     import torch
@@ -179,10 +188,7 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
     """The worker's renderer for ``source`` (cached: consecutive tasks share a source)."""
     if _STATE.get("id") == source["id"]:
         return _STATE
-    old = _STATE.get("renderer")
-    if old is not None:
-        old.close()
-    _STATE.clear()
+    release_renderers()
     from regkit import load_nifti
     from regkit_recon.groundtruth.sample import SampleRenderer
     from regkit_recon.groundtruth.views import anatomy_corners
@@ -198,7 +204,11 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
 
 def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
                   view: int) -> dict[str, Any]:
-    """Every array of sample ``index`` (see the sample module)."""
+    """Every array of sample ``index`` (see the sample module).
+
+    The renderers of ``source`` are bound on first use and kept for the next call with the same
+    source (:func:`release_renderers` closes them).
+    """
     from regkit_recon.groundtruth.degrade import degrade
     from regkit_recon.groundtruth.views import draw_view
 
@@ -427,7 +437,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
                 tasks.append((mine[c:c + _CHUNK], source, params, str(folder), spec.views))
         bar = Progress(len(todo), "samples", stream)
         if pool is None:
-            _STATE.clear()
+            release_renderers()
             done_iter: Any = map(_work, tasks)
         else:
             done_iter = pool.imap_unordered(_work, tasks)
@@ -444,10 +454,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
         if pool is not None:
             pool.terminate()
             pool.join()
-        old = _STATE.get("renderer")
-        if old is not None:
-            old.close()
-        _STATE.clear()
+        release_renderers()
     extra: dict[str, Any] = {"seconds_last_run": round(time.perf_counter() - started, 3),
              "generated_last_run": len(todo)}
     if spec.montage:
