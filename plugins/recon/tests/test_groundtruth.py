@@ -384,3 +384,36 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     assert np.logical_xor(hit, hit_true).sum() < 0.1 * hit_true.sum()
     both = hit & hit_true
     assert np.median(np.abs(s["front"][1, 0][both] - truth.front[0, 0].numpy()[both])) < 1.5
+
+
+def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    crop = chest_ct_crop()
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "regkit.cli.main", "recon", "generate", "--out", str(out),
+           "--ct", str(crop["ct"]), "--labels", str(crop["bones"]), "--bones", "35",
+           "--views", "120", "--size", "48", "--workers", "2", "--montage", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None \
+            and len(list((out / "samples").glob("[0-9]*.npz"))) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    made = sorted((out / "samples").glob("[0-9]*.npz"))
+    assert 2 <= len(made) < 120
+    for f in made:
+        read_sample(f)  # every sample that exists is whole
+    spec = GenerateSpec(out=str(out), ct=str(crop["ct"]), labels=str(crop["bones"]), bones=(35,),
+                        views=120, size=48, montage=0)
+    generate(spec)
+    assert len(list((out / "samples").glob("*.npz"))) == 120
+    assert not list((out / "samples").glob(".*"))

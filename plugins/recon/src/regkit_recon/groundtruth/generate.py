@@ -441,11 +441,16 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
             done_iter: Any = map(_work, tasks)
         else:
             done_iter = pool.imap_unordered(_work, tasks)
-        for done in done_iter:
-            bar.advance(len(done))
-            if on_sample is not None:
-                for i in done:
-                    on_sample(i)
+        try:
+            for done in done_iter:
+                bar.advance(len(done))
+                if on_sample is not None:
+                    for i in done:
+                        on_sample(i)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {bar.done} of {len(todo)} samples made in this run; rerun "
+                  "the same command to make the rest", file=bar.stream, flush=True)
+            raise
         if pool is not None:
             pool.close()
             pool.join()
