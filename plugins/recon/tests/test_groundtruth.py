@@ -93,7 +93,7 @@ def test_file_contract(phantom_run: Path) -> None:
 
 
 def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin: np.ndarray,
-                         direction: np.ndarray, t_max: float, step: float = 0.02
+                         direction: np.ndarray, t_min: float, t_max: float, step: float = 0.01
                          ) -> tuple[list[float], list[float]]:
     """Entries and exits of the 0.5 level set of ``mask`` along one ray: a plain march of the
     trilinear field, each sign change refined by bisection (written apart from regkit's)."""
@@ -102,7 +102,7 @@ def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin:
         idx = pts @ index_from_world[:3, :3].T + index_from_world[:3, 3]
         return ndimage.map_coordinates(mask, idx.T, order=1, mode="constant", cval=0.0) - 0.5
 
-    ts = np.arange(0.0, t_max, step)
+    ts = np.arange(t_min, t_max, step)
     f = field(ts)
     entries, exits = [], []
     for i in np.flatnonzero(np.sign(f[:-1]) != np.sign(f[1:])):
@@ -120,6 +120,9 @@ def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin:
 
 
 def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
+    """Two random pixels per bone where the bone is over 1 mm thick, every bone: the first
+    entry and exit agree to 0.01 mm wherever both marches see the same number of crossings (a
+    gap thinner than the renderer's step can be stepped over: at most 1 pixel in 10 here)."""
     s = read_sample(phantom_run / "samples" / "000000.npz")
     img = nib.load(phantom_run / "phantoms" / "p000" / "labels.nii.gz")
     labels = np.asarray(img.dataobj)
@@ -130,24 +133,34 @@ def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
     rot, trans = t[:3, :3], t[:3, 3]
     origin = -rot.T @ trans
     rng = np.random.default_rng(0)
-    errors = []
-    for bone in (1, 9, 13, 18, 27):
-        b = bone - 1
+    errors, pixels, same_count = [], 0, 0
+    for b, bone in enumerate(s["bones"].tolist()):
         thick = s["back"][b, 0] - s["front"][b, 0]
-        rows, cols = np.nonzero(np.nan_to_num(thick, nan=0.0) > 1.5)
+        rows, cols = np.nonzero(np.nan_to_num(thick, nan=0.0) > 1.0)
         assert rows.size > 0, bone
-        mask = (labels == bone).astype(np.float64)
-        for n in rng.choice(rows.size, size=min(3, rows.size), replace=False):
+        box = ndimage.find_objects((labels == bone).astype(np.uint8))[0]
+        lo = [max(sl.start - 2, 0) for sl in box]
+        mask = (labels[tuple(slice(a, sl.stop + 2) for a, sl in zip(lo, box, strict=True))]
+                == bone).astype(np.float64)
+        shift = np.eye(4)
+        shift[:3, 3] = -np.array(lo, dtype=np.float64)
+        for n in rng.choice(rows.size, size=min(2, rows.size), replace=False):
             r, c = rows[n], cols[n]
-            d_cam = np.linalg.solve(k, np.array([c + 0.5, r + 0.5, 1.0]))
-            d = rot.T @ d_cam
+            d = rot.T @ np.linalg.solve(k, np.array([c + 0.5, r + 0.5, 1.0]))
             d /= np.linalg.norm(d)
-            entries, exits = _trilinear_crossings(mask, index_from_world, origin, d,
-                                                  t_max=float(s["back"][b, 0, r, c]) + 5.0)
+            entries, exits = _trilinear_crossings(
+                mask, shift @ index_from_world, origin, d,
+                t_min=float(s["front"][b, 0, r, c]) - 3.0,
+                t_max=float(np.nanmax(s["back"][b, :, r, c])) + 3.0)
+            pixels += 1
             assert entries and exits, (bone, r, c)
+            if len(entries) != int(s["layers"][b, r, c]):
+                continue
+            same_count += 1
             errors += [abs(entries[0] - s["front"][b, 0, r, c]),
                        abs(exits[0] - s["back"][b, 0, r, c])]
-    assert max(errors) < 0.02, max(errors)
+    assert same_count >= 0.9 * pixels, (same_count, pixels)
+    assert max(errors) < 0.01, max(errors)
 
 
 @pytest.mark.skipif("gl" not in available_backends(), reason="no OpenGL (EGL) context here")
@@ -164,14 +177,16 @@ def test_torch_and_gl_agree_on_a_sample(phantom_run: Path) -> None:
         out[backend] = render_sample(1, src, params, 1)
     a, b = out["torch"], out["gl"]
     assert a["camera"] == b["camera"]
+    # two renderers really ran (float32 rounding differs), and they agree
+    assert not np.array_equal(a["front"], b["front"], equal_nan=True)
     scale = float(np.abs(a["image_clean"]).max())
-    assert np.abs(a["image_clean"] - b["image_clean"]).max() < 1e-3 * scale
-    assert np.mean(a["hit"] != b["hit"]) < 2e-3
+    assert np.abs(a["image_clean"] - b["image_clean"]).max() < 1e-4 * scale
+    assert np.mean(a["hit"] != b["hit"]) < 1e-3
     same = (a["layers"] == b["layers"])[:, None] & np.isfinite(a["front"]) \
         & np.isfinite(b["front"])
     for key in ("front", "back"):
         diff = np.abs(a[key] - b[key])[same]
-        assert np.median(diff) < 0.01 and np.percentile(diff, 99) < 0.1, key
+        assert np.median(diff) < 1e-3 and np.percentile(diff, 99) < 1e-2, key
 
 
 # ------------------------------------------------------------------------------ runs

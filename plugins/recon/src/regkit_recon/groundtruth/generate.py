@@ -186,7 +186,8 @@ def _make_phantom(job: tuple[int, int, float, str]) -> int:
 
 def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The worker's renderer for ``source`` (cached: consecutive tasks share a source)."""
-    if _STATE.get("id") == source["id"]:
+    key = (source["id"], params["backend"], params["step_mm"])
+    if _STATE.get("key") == key:
         return _STATE
     release_renderers()
     from regkit import load_nifti
@@ -195,7 +196,7 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
 
     volume = load_nifti(source["ct"], labels=source["labels"])
     bones = source["bones"]
-    _STATE.update(id=source["id"], bones=bones,
+    _STATE.update(key=key, bones=bones,
                   renderer=SampleRenderer(volume, bones, backend=params["backend"],
                                           step_mm=params["step_mm"]),
                   corners=anatomy_corners(volume, bones))
