@@ -268,10 +268,10 @@ def test_dataset_reads_samples_back(phantom_run: Path) -> None:
     assert both["image"].shape == (2, 96, 96)
     assert np.array_equal(both["image"][1].numpy(), raw["image_clean"])
     assert not torch.isnan(both["front"]).any()
-    batch = next(iter(torch.utils.data.DataLoader(
-        GroundTruthDataset(phantom_run, image="clean"), batch_size=2,
-        collate_fn=lambda items: torch.stack([i["image"] for i in items]))))
-    assert batch.shape == (2, 1, 96, 96)
+    batch = next(iter(torch.utils.data.DataLoader(GroundTruthDataset(phantom_run, image="clean"),
+                                                  batch_size=2)))
+    assert batch["image"].shape == (2, 1, 96, 96) and batch["front"].shape == (2, 29, 2, 96, 96)
+    assert len(batch["camera"]) == 2
     with pytest.raises(InputError, match="image"):
         GroundTruthDataset(phantom_run, image="raw")
 

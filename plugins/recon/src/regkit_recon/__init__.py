@@ -1,9 +1,11 @@
 """regkit-recon: single-radiograph bone reconstruction, a plugin of regkit.
 
-This first part provides the procedural hand CT phantom (:func:`make_hand_phantom`) and the tools
-that measure bones in a label map (:mod:`regkit_recon.measure`). The command line gains
-``regkit recon phantom``. Importing the package loads nothing heavy; the names below load on first
-use.
+It provides the procedural hand CT phantom (:func:`make_hand_phantom`), the tools that measure
+bones in a label map (:mod:`regkit_recon.measure`) and the ground-truth factory
+(:func:`generate`, :class:`GenerateSpec`, :class:`GroundTruthDataset`; see
+:mod:`regkit_recon.groundtruth`). The command line gains ``regkit recon phantom`` and
+``regkit recon generate``. Importing the package loads nothing heavy; the names below load on
+first use.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ except metadata.PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.1.0"
 
 __all__ = [
+    "GenerateSpec",
+    "GroundTruthDataset",
     "HandPhantom",
     "__version__",
+    "generate",
     "make_hand_phantom",
     "measure_bone_axis",
     "measure_fracture",
@@ -28,6 +33,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "GenerateSpec": "regkit_recon.groundtruth.generate",
+    "generate": "regkit_recon.groundtruth.generate",
+    "GroundTruthDataset": "regkit_recon.groundtruth.dataset",
     "HandPhantom": "regkit_recon.phantom.phantom",
     "make_hand_phantom": "regkit_recon.phantom.phantom",
     "parse_deformity": "regkit_recon.phantom.deformity",
