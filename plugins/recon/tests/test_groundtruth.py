@@ -246,9 +246,12 @@ def test_resume_after_interruption_and_leftovers(tmp_path: Path) -> None:
     for name, s in _arrays(out).items():
         assert np.array_equal(s["image"], whole[name]["image"])
         assert np.array_equal(s["front"], whole[name]["front"], equal_nan=True)
-    # a rerun with other parameters is refused
+    # a rerun with other parameters is refused, and so is a folder of samples without manifest
     with pytest.raises(InputError, match="other parameters"):
         generate(_ct_spec(out, views=9, size=72))
+    (out / "manifest.json").unlink()
+    with pytest.raises(InputError, match="no manifest"):
+        generate(_ct_spec(out, views=9))
 
 
 def test_dataset_reads_samples_back(phantom_run: Path) -> None:
@@ -432,3 +435,21 @@ def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
     generate(spec)
     assert len(list((out / "samples").glob("*.npz"))) == 120
     assert not list((out / "samples").glob(".*"))
+
+
+def test_a_worker_failure_comes_back_as_one_message(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A phantom folder whose CT is broken: the worker's error reaches the command line (exit
+    2, the file named), no hang, no half sample."""
+    folder = tmp_path / "o" / "phantoms" / "p000"
+    folder.mkdir(parents=True)
+    (folder / "phantom.json").write_text("{}")
+    (folder / "ct.nii.gz").write_bytes(b"not a nifti")
+    (folder / "labels.nii.gz").write_bytes(b"not a nifti")
+    for workers in ("1", "2"):
+        code = main(_cli(tmp_path, "--phantoms", "1", "--views", "2", "--size", "32",
+                         "--workers", workers))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "ct.nii.gz" in err and "sample 0" in err
+    assert not list((tmp_path / "o" / "samples").glob("*"))

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from regkit.errors import InputError
+from regkit.errors import InputError, UserInputError
 from regkit.utils.files import atomic_write_text
 
-__all__ = ["GenerateSpec", "generate", "phantom_seed", "release_renderers", "render_sample",
-           "sample_streams"]
+__all__ = ["GenerateSpec", "WorkerError", "generate", "phantom_seed", "release_renderers",
+           "render_sample", "sample_streams"]
 
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
@@ -176,11 +176,29 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
+class WorkerError(RuntimeError):
+    """A worker process failed; ``args`` are (message naming the job and the error, whether
+    the error was the user's input).
+
+    (Regkit's own errors take keyword arguments and do not survive the trip back from a worker,
+    so every worker failure is sent as this plain RuntimeError; :func:`generate` raises an
+    :class:`InputError` again for a bad input.)
+    """
+
+    @classmethod
+    def wrap(cls, job: str, err: Exception) -> WorkerError:
+        """The error to send back for ``err`` raised while doing ``job``."""
+        return cls(f"{job}: {type(err).__name__}: {err}", isinstance(err, UserInputError))
+
+
 def _make_phantom(job: tuple[int, int, float, str]) -> int:
     from regkit_recon.phantom.phantom import make_hand_phantom
 
     k, seed, voxel, path = job
-    make_hand_phantom(seed, voxel_mm=voxel).save(path)
+    try:
+        make_hand_phantom(seed, voxel_mm=voxel).save(path)
+    except Exception as err:
+        raise WorkerError.wrap(f"phantom {k} (seed {seed})", err) from None
     return k
 
 
@@ -233,8 +251,11 @@ def _work(task: tuple[list[int], dict[str, Any], dict[str, Any], str, int]) -> l
     indices, source, params, folder, views = task
     done = []
     for i in indices:
-        arrays = render_sample(i, source, params, i % views)
-        write_sample(Path(folder) / sample_name(i), arrays)
+        try:
+            arrays = render_sample(i, source, params, i % views)
+            write_sample(Path(folder) / sample_name(i), arrays)
+        except Exception as err:
+            raise WorkerError.wrap(f"sample {i} ({source['id']})", err) from None
         done.append(i)
     return done
 
@@ -306,6 +327,9 @@ def _manifest_path(out: Path) -> Path:
 def _check_resume(out: Path, params: dict[str, Any]) -> None:
     path = _manifest_path(out)
     if not path.is_file():
+        if any((out / "samples").glob("[0-9]*.npz")):
+            raise InputError("holds samples but no manifest.json, so what made them is unknown; "
+                             "use a new --out", source=out, key="out")
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8"))["parameters"]
@@ -414,6 +438,27 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     _write_manifest(out, spec, sources, samples, complete=False)
     started = time.perf_counter()
 
+    try:
+        todo = _run(spec, out, sources, samples, params, folder, stream, on_sample)
+    except WorkerError as err:
+        if len(err.args) > 1 and err.args[1]:
+            raise InputError(str(err.args[0])) from None
+        raise
+    extra: dict[str, Any] = {"seconds_last_run": round(time.perf_counter() - started, 3),
+                             "generated_last_run": len(todo)}
+    if spec.montage:
+        from regkit_recon.groundtruth.montage import write_montage
+
+        write_montage(out / "montage.png", [out / s["file"] for s in samples[:spec.montage]])
+        extra["montage"] = "montage.png"
+    _write_manifest(out, spec, sources, samples, complete=True, extra=extra)
+    return json.loads(_manifest_path(out).read_text(encoding="utf-8"))
+
+
+def _run(spec: GenerateSpec, out: Path, sources: list[dict[str, Any]],
+         samples: list[dict[str, Any]], params: dict[str, Any], folder: Path, stream: Any,
+         on_sample: Callable[[int], None] | None) -> list[int]:
+    """Make the missing phantoms, then the missing samples; the indices made."""
     pool = None
     try:
         if spec.workers > 1:
@@ -461,15 +506,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
             pool.terminate()
             pool.join()
         release_renderers()
-    extra: dict[str, Any] = {"seconds_last_run": round(time.perf_counter() - started, 3),
-             "generated_last_run": len(todo)}
-    if spec.montage:
-        from regkit_recon.groundtruth.montage import write_montage
-
-        write_montage(out / "montage.png", [out / s["file"] for s in samples[:spec.montage]])
-        extra["montage"] = "montage.png"
-    _write_manifest(out, spec, sources, samples, complete=True, extra=extra)
-    return json.loads(_manifest_path(out).read_text(encoding="utf-8"))
+    return todo
 
 
 def parse_bones(text: str | None) -> tuple[int, ...] | None:
