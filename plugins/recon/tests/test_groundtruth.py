@@ -56,6 +56,7 @@ def _arrays(folder: Path) -> dict[str, dict[str, Any]]:
 def test_file_contract(phantom_run: Path) -> None:
     manifest = json.loads((phantom_run / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["samples"]) == 3
+    assert manifest["sources"][0]["bone_names"]["13"] == "metacarpal_3"
     assert [s["view"] for s in manifest["samples"]] == ["pa", "oblique", "lateral"]
     assert (phantom_run / "montage.png").is_file()
     for entry in manifest["samples"]:
@@ -85,6 +86,8 @@ def test_file_contract(phantom_run: Path) -> None:
         assert source["kind"] == "phantom" and source["seed"] == phantom_seed(SEED, 0)
         record = json.loads((phantom_run / source["path"] / "phantom.json").read_text())
         assert record["seed"] == source["seed"]
+        assert record["checks"]["overlap_voxels"] == 0  # its bones do not intersect
+        assert record["checks"]["min_gap_mm"] >= VOXEL / 2
         assert np.isfinite(s["image"]).all() and not np.array_equal(s["image"],
                                                                      s["image_clean"])
 
@@ -207,6 +210,8 @@ def test_real_ct_deterministic_over_workers(tmp_path: Path) -> None:
         assert s["bones"].tolist() == [34, 35, 36, 99]
         assert json.loads(s["source"])["kind"] == "ct"
         assert s["hit"].any(axis=(1, 2)).all()
+    names = json.loads((tmp_path / "w1" / "manifest.json").read_text())["sources"][0]
+    assert names["bone_names"]["36"] == "vertebrae_T8" and names["bone_names"]["99"] == "rib_left_8"
     # another seed gives other samples
     generate(_ct_spec(tmp_path / "s2", seed=10, views=1))
     other = read_sample(tmp_path / "s2" / "samples" / "000000.npz")

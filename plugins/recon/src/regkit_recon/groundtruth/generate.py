@@ -351,8 +351,29 @@ def _clean_temporaries(folder: Path) -> int:
     return n
 
 
+def _bone_names(labels: str, bones: tuple[int, ...]) -> dict[str, str]:
+    """Names of ``bones`` from a ``label,name`` CSV beside the label map (``bones.nii.gz`` ->
+    ``bones.csv``), or {} when there is none or it cannot be read."""
+    import csv
+
+    path = Path(labels)
+    table = path.with_name(path.name.split(".")[0] + ".csv")
+    names: dict[str, str] = {}
+    try:
+        with open(table, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                label, name = row.get("label"), row.get("name") or row.get("bone")
+                if label is not None and name and int(label) in bones:
+                    names[str(int(label))] = name
+    except (OSError, ValueError):
+        return {}
+    return names
+
+
 def _sources(spec: GenerateSpec, out: Path) -> list[dict[str, Any]]:
     if spec.phantoms is not None:
+        from regkit_recon.phantom.anatomy import BONE_NAMES
+
         bones = spec.bones or tuple(range(1, 30))
         bad = [b for b in bones if not 1 <= b <= 29]
         if bad:
@@ -364,6 +385,7 @@ def _sources(spec: GenerateSpec, out: Path) -> list[dict[str, Any]]:
             out_sources.append({
                 "id": rel, "ct": str(out / rel / "ct.nii.gz"),
                 "labels": str(out / rel / "labels.nii.gz"), "bones": list(bones),
+                "bone_names": {str(b): BONE_NAMES[b] for b in bones},
                 "record": {"kind": "phantom", "path": rel, "seed": seed, "index": k,
                            "voxel_mm": spec.voxel_mm}})
         return out_sources
@@ -371,6 +393,7 @@ def _sources(spec: GenerateSpec, out: Path) -> list[dict[str, Any]]:
     bones = _bones_of(spec.ct, spec.labels, spec.bones)
     ct, labels = str(Path(spec.ct).absolute()), str(Path(spec.labels).absolute())
     return [{"id": "ct", "ct": ct, "labels": labels, "bones": list(bones),
+             "bone_names": _bone_names(labels, bones),
              "record": {"kind": "ct", "ct": ct, "labels": labels}}]
 
 
@@ -386,7 +409,8 @@ def _write_manifest(out: Path, spec: GenerateSpec, sources: list[dict[str, Any]]
         "parameters": spec.parameters(),
         "view_ranges": ViewRanges().to_json(),
         "degrade_ranges": DegradeRanges().to_json(),
-        "sources": [{"id": s["id"], "bones": s["bones"], **s["record"]} for s in sources],
+        "sources": [{"id": s["id"], "bones": s["bones"], "bone_names": s["bone_names"],
+                     **s["record"]} for s in sources],
         "samples": samples,
         "complete": complete,
         **(extra or {}),
