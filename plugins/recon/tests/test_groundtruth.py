@@ -103,7 +103,10 @@ def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin:
     def field(t: np.ndarray) -> np.ndarray:
         pts = origin[None] + t[:, None] * direction[None]
         idx = pts @ index_from_world[:3, :3].T + index_from_world[:3, 3]
-        return ndimage.map_coordinates(mask, idx.T, order=1, mode="constant", cval=0.0) - 0.5
+        # zero padding beyond the grid, interpolated (a bone cut by the grid's face closes
+        # half a voxel out, as the conventions' trilinear field does)
+        values = ndimage.map_coordinates(mask, idx.T, order=1, mode="grid-constant", cval=0.0)
+        return values - 0.5
 
     ts = np.arange(t_min, t_max, step)
     f = field(ts)
@@ -163,7 +166,7 @@ def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
             errors += [abs(entries[0] - s["front"][b, 0, r, c]),
                        abs(exits[0] - s["back"][b, 0, r, c])]
     assert same_count >= 0.9 * pixels, (same_count, pixels)
-    assert max(errors) < 0.01, max(errors)
+    assert max(errors) < 2e-3, max(errors)
 
 
 @pytest.mark.skipif("gl" not in available_backends(), reason="no OpenGL (EGL) context here")
