@@ -237,12 +237,14 @@ def test_resume_after_interruption_and_leftovers(tmp_path: Path) -> None:
     assert 1 <= len(files) < 9
     # a half-written temporary file left by a killed worker
     (out / "samples" / ".000008.k1ll3d.npz").write_bytes(b"PK\x03\x04 half a file")
+    (out / "phantoms" / ".p000.x1y2.tmp").mkdir(parents=True)  # a phantom save cut short
     before = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
     made: list[int] = []
     generate(_ct_spec(out, views=9), on_sample=made.append)
     after = sorted((out / "samples").glob("*.npz"))
     assert [f.name for f in after] == [f"{i:06d}.npz" for i in range(9)]
     assert not list((out / "samples").glob(".*"))
+    assert not list((out / "phantoms").glob(".*"))
     for f in after:
         if f.name in before:
             assert (f.stat().st_ino, f.stat().st_mtime_ns) == before[f.name]

@@ -343,10 +343,16 @@ def _check_resume(out: Path, params: dict[str, Any]) -> None:
                              "parameters to resume, or use a new --out", source=out, key="out")
 
 
-def _clean_temporaries(folder: Path) -> int:
+def _clean_temporaries(folder: Path, phantoms: Path) -> int:
+    """Delete what an interrupted run left: temporary sample files and phantom staging folders."""
+    import shutil
+
     n = 0
     for leftover in folder.glob(".*.npz"):
         leftover.unlink(missing_ok=True)
+        n += 1
+    for staging in phantoms.glob(".p*.tmp"):
+        shutil.rmtree(staging, ignore_errors=True)
         n += 1
     return n
 
@@ -454,7 +460,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     sources = _sources(spec, out)
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(folder)
+    _clean_temporaries(folder, out / "phantoms")
     samples = [{"index": i, "file": f"samples/{sample_name(i)}",
                 "source": sources[i // spec.views]["id"],
                 "view": spec.kinds[(i % spec.views) % len(spec.kinds)]}
