@@ -288,3 +288,29 @@ def test_bad_bones_masks_metric_and_options() -> None:
         Register2D3DOptions(levels=())
     with pytest.raises(InputError, match="Volume"):
         register_2d3d(_ct().data, cams, images)  # type: ignore[arg-type]
+
+
+def test_partial_ray_mask_keeps_rays_through_the_whole_depth() -> None:
+    from regkit.metrics import get_metric
+    from regkit.registration.radiograph_registration import _LevelBuilder
+
+    cam = _camera()
+    image = np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)
+    builder = _LevelBuilder(_ct().to_mu(), [cam], [image], [None], get_metric("gncc"), None,
+                            Register2D3DOptions(mask_partial_rays=True), None)
+    box = builder._box()
+    k = torch.as_tensor(cam.intrinsic)[None]
+    t = torch.as_tensor(cam.camera_from_world)[None]
+    full = box.full_depth(k, t, SIZE, SIZE)[0].numpy()
+    assert full[SIZE // 2, SIZE // 2] == 1       # the central ray crosses the crop front to back
+    assert full[SIZE // 2, 0] == 0 and full[0, SIZE // 2] == 0   # these miss it or leave by a side
+    assert 0.25 < full.mean() < 0.9
+
+
+def test_optimizer_switches_the_search_levels() -> None:
+    true = [_camera()]
+    images = _radiographs(true, seed=16)
+    start = _start(true, 2.0, 4.0, seed=17)
+    result = register_2d3d(_ct(), start, images, optimizer="powell", seed=0, options=FAST)
+    assert [f["method"] for f in result.extras["levels"]] == ["powell", "powell", "powell"]
+    assert _mtre(result.cameras, true, _bone_points()) < _mtre(start, true, _bone_points())
