@@ -204,7 +204,8 @@ def _make_phantom(job: tuple[int, int, float, str]) -> int:
 
 def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The worker's renderer for ``source`` (cached: consecutive tasks share a source)."""
-    key = (source["id"], params["backend"], params["step_mm"])
+    key = (source["ct"], source["labels"], tuple(source["bones"]), params["backend"],
+           params["step_mm"])
     if _STATE.get("key") == key:
         return _STATE
     release_renderers()
