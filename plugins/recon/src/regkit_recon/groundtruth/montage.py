@@ -3,8 +3,10 @@ per bone), nearest front depth, farthest back depth and total bone thickness alo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ def _mask_colours(hit: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_tiles(sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+def sample_tiles(sample: dict[str, Any]) -> list[np.ndarray]:
     """The six RGB tiles of one sample."""
     front, back = sample["front"], sample["back"]
     finite_front = np.where(np.isfinite(front), front, np.inf).min(axis=(0, 1))
@@ -37,7 +39,17 @@ def sample_tiles(sample: dict[str, np.ndarray]) -> list[np.ndarray]:
     near = np.where(np.isfinite(finite_front), finite_front, np.nan)
     far = np.where(np.isfinite(finite_back), finite_back, np.nan)
     thickness = np.nan_to_num(back - front, nan=0.0).sum(axis=(0, 1))
-    return [_rgb(to_uint8(sample["image"])), _rgb(to_uint8(sample["image_clean"])),
+    image = sample["image"]
+    window = None
+    try:  # window the radiograph on its collimated field (the cut-off border is much brighter)
+        left, right, top, bottom = json.loads(sample["meta"])["degrade"]["collimation_px"]
+        field = image[top:image.shape[0] - bottom, left:image.shape[1] - right]
+        if field.size:
+            lo, hi = np.percentile(field, (0.5, 99.5))
+            window = (float(lo), float(hi))
+    except (KeyError, TypeError, ValueError):
+        window = None
+    return [_rgb(to_uint8(image, window)), _rgb(to_uint8(sample["image_clean"])),
             _mask_colours(sample["hit"]), _rgb(to_uint8(-near)), _rgb(to_uint8(far)),
             _rgb(to_uint8(thickness))]
 
