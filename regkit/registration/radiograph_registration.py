@@ -472,7 +472,10 @@ def _smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = No
     replicated); differentiable; ``sigma = 0`` returns them as they are.
 
     With ``weight`` (B, H, W), a normalised convolution ``G * (w·x) / G * w``: pixels of zero
-    weight (a collimator's border) do not bleed into their neighbours.
+    weight (a collimator's border) do not bleed into their neighbours. The radiograph and the
+    DRRs must be smoothed with the same weights: smoothing only the radiograph this way made
+    masked registrations fail (a single view with 10 columns and 8 rows masked: 31.9 mm; both
+    alike: 0.21 mm).
     """
     if sigma <= 0:
         return images
@@ -581,9 +584,9 @@ class _Level:
         if self.box is not None:
             full = self.box.full_depth(k, poses, g.height, g.width)
             foot = full if foot is None else foot * full
-        drr = _smooth(drr, self.smooth_px)
         fixed = g.fixed.repeat(lam, 1, 1)
         weight = None if g.weight is None else g.weight.repeat(lam, 1, 1)
+        drr = _smooth(drr, self.smooth_px, weight)   # as the radiograph was (see build)
         if foot is not None:
             weight = foot if weight is None else weight * foot
         return self.metric(fixed, drr, weight).reshape(lam, nv).to(torch.float64)
