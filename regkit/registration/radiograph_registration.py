@@ -19,12 +19,14 @@ Convention:
 
     Worked example: a CT centred at ``c = (0, 0, −160)`` mm and ``p = (0, 0, π/18, 5, 0, 0)``: the
     CT is turned 10° about the vertical (S) axis through ``c`` (so ``c`` stays put) and shifted
-    5 mm to the patient's left (+x); ``c`` maps to ``(5, 0, −160)``. The refined cameras are
-    ``camera_from_world @ world_correction``: each sees the CT as the input camera would see it
-    turned and shifted so.
+    5 mm towards the patient's right (+x in RAS+); ``c`` maps to ``(5, 0, −160)``. The refined
+    cameras are ``camera_from_world @ world_correction``: each sees the CT as the input camera
+    would see it turned and shifted so.
 
     **Objective.** For each view, the DRR (line integrals of μ, 1/mm · mm) of the candidate is
-    compared with the radiograph by the metric, and the scores of the views are averaged. A
+    compared with the radiograph by the metric, both smoothed by a Gaussian of ``smooth_px``
+    level pixels (normalised by the view's mask weights), and the scores of the views are
+    averaged. A
     candidate population of λ poses and V views is rendered in **one batched call** of
     ``B = λ · V`` views (one call per detector size when the views differ in size). Where
     ``bones`` is given, each view is first cropped to the bones' projected box (see
