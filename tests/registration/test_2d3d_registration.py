@@ -328,3 +328,14 @@ def test_image_mask_leaves_an_overlay_out() -> None:
                            options=FAST)
     # Measured: 0.16 mm with the mask; 3.1 mm without it (the bars pull the AP view).
     assert _mtre(result.cameras, true, _bone_points()) < 1.0
+
+
+def test_correction_convention_worked_example() -> None:
+    from regkit.registration.radiograph_registration import correction_from_params
+
+    c = np.array([0.0, 0.0, -160.0])
+    m = correction_from_params(np.array([0.0, 0.0, np.pi / 18, 5.0, 0.0, 0.0]), c)
+    np.testing.assert_allclose(m @ np.append(c, 1.0), [5.0, 0.0, -160.0, 1.0], atol=1e-12)
+    x = m @ np.array([10.0, 0.0, -160.0, 1.0])   # 10 mm right of c: turned 10° about S, shifted
+    np.testing.assert_allclose(x[:3], [5.0 + 10 * np.cos(np.pi / 18), 10 * np.sin(np.pi / 18),
+                                       -160.0], atol=1e-12)
