@@ -299,8 +299,8 @@ def test_partial_ray_mask_keeps_rays_through_the_whole_depth() -> None:
     builder = _LevelBuilder(_ct().to_mu(), [cam], [image], [None], get_metric("gncc"), None,
                             Register2D3DOptions(mask_partial_rays=True), None)
     box = builder._box()
-    k = torch.as_tensor(cam.intrinsic)[None]
-    t = torch.as_tensor(cam.camera_from_world)[None]
+    k = torch.tensor(cam.intrinsic)[None]
+    t = torch.tensor(cam.camera_from_world)[None]
     full = box.full_depth(k, t, SIZE, SIZE)[0].numpy()
     assert full[SIZE // 2, SIZE // 2] == 1       # the central ray crosses the crop front to back
     assert full[SIZE // 2, 0] == 0 and full[0, SIZE // 2] == 0   # these miss it or leave by a side
