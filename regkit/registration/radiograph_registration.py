@@ -147,8 +147,10 @@ CT, 512 × 512 × 133, a 256² AP radiograph at 1.6 mm rendered with bone weight
 scatter, Poisson noise at 10⁴ photons, σ = 1 px blur; starts up to 15° and 30 mm), 10 cases
 each, on the 2 shared cores (load 2–3, so times run long), OpenGL renders, 1 torch thread:
 
-* **These defaults**: success at 1 mm 10/10, median mTRE 0.55 mm, median 8.2 s (7.1–12.9 s;
-  level 0 1.4–3.1 s, level 1 2.1–4.3 s, level 2 3.3–5.5 s).
+* **These defaults**: success at 1 mm 10/10, median mTRE 0.55 mm (p90 0.87 mm), median 8.2 s
+  (7.1–12.9 s; level 0 1.4–3.1 s, level 1 2.1–4.3 s, level 2 3.3–5.5 s); rerun at load 1.5
+  with ``REGKIT_BENCH_CASES=10 pytest benchmarks/test_bench_2d3d.py -k regkit``: the same
+  errors, median 7.4 s (6.9–8.3 s).
 * Level 1 with 300 evaluations and level 2 Powell with 120 evaluations: 10/10 at 1 mm, median
   0.20 mm but 14 s (level 2 alone 5.7–10 s, about 50 ms per 128² render of the CT).
 * Level 2 on 85² (``max_voxels`` 96², 100 evaluations): median 0.40 mm, 9/10 within 2 mm (one
