@@ -186,9 +186,11 @@ class Register2D3DOptions:
         start_spread: Half-width of the screened box, in level-0 steps.
         bone_margin_px: Dilation, in level pixels, of the bones' projected footprint that
             the metric counts when ``bones`` is given.
-        bone_roi_margin: With ``bones``, each view is cropped to the bones' projected box at
-            the initial pose widened by this fraction of its size on every side (so the
-            pyramid's pixels go to the bone, and the search range stays in view).
+        bone_roi_margin_mm: With ``bones``, each view is cropped to the bones' projected box
+            at the initial pose, widened on every side by this many mm at the bones' depth
+            (so the pyramid's pixels go to the bone, and the bone stays in view within that
+            distance of its start). A margin of 30 % of the box instead lost a vertebra of the
+            whole CT 10 mm off its start out of a 20-pixel-tall crop.
         smooth_px: σ, in level pixels, of a Gaussian applied to both the radiograph and every
             DRR before the metric (0: none). A radiograph is blurrier than a DRR (focal spot,
             detector, scatter); a gradient metric then prefers a wrong magnification, i.e. a
@@ -218,7 +220,7 @@ class Register2D3DOptions:
     starts: int = 0
     start_spread: float = 2.0
     bone_margin_px: int = 2
-    bone_roi_margin: float = 0.3
+    bone_roi_margin_mm: float = 30.0
     smooth_px: float = 1.0
     mask_flat: bool = True
     mask_partial_rays: bool = False
@@ -236,7 +238,7 @@ class Register2D3DOptions:
                                  key="levels")
         object.__setattr__(self, "levels", levels)
         for key in ("rot_range_deg", "trans_range_mm", "start_spread", "mu_water",
-                    "bone_roi_margin"):
+                    "bone_roi_margin_mm"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or value <= 0:
@@ -746,7 +748,10 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
             :func:`~regkit.io.radiograph.to_line_integral` with I0 = the brightest pixel).
         bones: Register these labelled bones only: the metric counts only the pixels where
             they project (their own DRR, dilated), so neighbours are ignored; the views are
-            cropped to them and the pivot is their centroid.
+            cropped to them and the pivot is their centroid. One view fixes a single bone's
+            position across the view, not along it: on the whole CT (T9, 256² AP, starts
+            7–10 mm off) the projection error fell to 0.8–2.8 px but the depth stayed 15–21 mm
+            off. Register single bones from two or more views.
         image_masks: One mask per image (None for none): ``(H, W)`` bool or weights in [0, 1];
             only the pixels inside count.
         metric: A 2-D metric name of :func:`regkit.metrics.get_metric` (default ``"gncc"``,
@@ -803,7 +808,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     work_cams, work_imgs, work_weights = cams, imgs, weights
     if bone_labels is not None:
         work_cams, work_imgs, work_weights = _bone_rois(mu, bone_labels, cams, imgs, weights,
-                                                        opts.bone_roi_margin)
+                                                        opts.bone_roi_margin_mm)
     previous = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
@@ -817,27 +822,29 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
 
 def _bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
                images: list[NDArray[np.float32]], weights: list[NDArray[np.float32] | None],
-               margin: float) -> tuple[list[Camera], list[NDArray[np.float32]],
-                                       list[NDArray[np.float32] | None]]:
+               margin_mm: float) -> tuple[list[Camera], list[NDArray[np.float32]],
+                                          list[NDArray[np.float32] | None]]:
     """Each view cropped to the bones' projected box at the initial pose, widened by
-    ``margin`` times its size on each side: the pyramid's pixels then go to the bone."""
+    ``margin_mm`` at the bones' depth on each side: the pyramid's pixels then go to the bone."""
     assert mu.labels is not None
     index = np.argwhere(np.isin(mu.labels, bones))
     lo, hi = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
     corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)],
                        dtype=np.float64)
     world = mu.index_to_world(corners)
+    centroid = mu.index_to_world(index.mean(axis=0))
     out_c, out_i, out_w = [], [], []
     for cam, img, w in zip(cams, images, weights, strict=True):
         uv = cam.project(world)
-        if not np.isfinite(uv).all():
+        depth = float((cam.camera_from_world @ np.append(centroid, 1.0))[2])
+        if not np.isfinite(uv).all() or depth <= 0:
             out_c.append(cam)
             out_i.append(img)
             out_w.append(w)
             continue
-        size = uv.max(axis=0) - uv.min(axis=0)
-        u0, v0 = np.floor(uv.min(axis=0) - margin * size).astype(int)
-        u1, v1 = np.ceil(uv.max(axis=0) + margin * size).astype(int)
+        margin = margin_mm * np.array(cam.focal_lengths) / depth   # pixels (u, v)
+        u0, v0 = np.floor(uv.min(axis=0) - margin).astype(int)
+        u1, v1 = np.ceil(uv.max(axis=0) + margin).astype(int)
         u0, v0 = max(0, int(u0)), max(0, int(v0))
         u1, v1 = min(cam.width, int(u1)), min(cam.height, int(v1))
         if u1 - u0 < 8 or v1 - v0 < 8:   # the bone is (nearly) off this detector: keep it all
