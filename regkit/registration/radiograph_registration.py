@@ -135,7 +135,7 @@ DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
                           "tol_fun": 1e-6},
                  rot_step_deg=2.0, trans_step_mm=3.0),
     LevelOptions(shrink=1.0, max_voxels=128 * 128, method="powell",
-                 options={"max_evaluations": 60, "tol_x": 0.05, "tol_fun": 1e-6},
+                 options={"max_evaluations": 120, "tol_x": 0.02, "tol_fun": 1e-7},
                  rot_step_deg=0.5, trans_step_mm=1.0),
 )
 """The 2D–3D pyramid: detectors of at most 32², 64² and 128² pixels, CT at 4, 2, 1 × its spacing.
@@ -147,10 +147,17 @@ CT, 512 × 512 × 133, a 256² AP radiograph at 1.6 mm rendered with bone weight
 scatter, Poisson noise at 10⁴ photons, σ = 1 px blur; starts up to 15° and 30 mm), 10 cases
 each, on the 2 shared cores (load 2–3, so times run long), OpenGL renders, 1 torch thread:
 
-* **These defaults**: success at 1 mm 10/10, median mTRE 0.55 mm (p90 0.87 mm), median 8.2 s
-  (7.1–12.9 s; level 0 1.4–3.1 s, level 1 2.1–4.3 s, level 2 3.3–5.5 s); rerun at load 1.5
-  with ``REGKIT_BENCH_CASES=10 pytest benchmarks/test_bench_2d3d.py -k regkit``: the same
-  errors, median 7.4 s (6.9–8.3 s).
+* **These defaults** (level 2: Powell, 120 evaluations, ``tol_x`` 0.02), 8 cases on an idle
+  but slow VM (nanodrr's 256² DRR took 2.2 s there against 1.2 s on the machine of the
+  renderer benchmark's first run): median mTRE 0.28 mm, worst 0.41 mm, median 9.3 s.
+* Level 2 with 60 evaluations and ``tol_x`` 0.05 (the earlier default), same VM: 20 cases,
+  20/20 within 1 mm, median 0.40 mm (p90 0.87 mm), 7.2 s; on the 3 cases nanodrr's Adam
+  registration also ran, 0.59, 0.33 and 0.60 mm against its 0.43, 0.43 and 0.46 mm: the
+  polish stopped short. With 90 evaluations and ``tol_x`` 0.02: median 0.43 mm, 8.2 s.
+  CMA-ES at level 2 (popsize 8, 120 evaluations, σ = 0.3° and 0.6 mm): median 0.64 mm, worst
+  1.7 mm, 8.5 s. Earlier, on the shared cores at load 2–3, the 60-evaluation level 2 gave
+  10/10 within 1 mm, median 0.55 mm, 8.2 s (level 0 1.4–3.1 s, level 1 2.1–4.3 s, level 2
+  3.3–5.5 s).
 * Level 1 with 300 evaluations and level 2 Powell with 120 evaluations: 10/10 at 1 mm, median
   0.20 mm but 14 s (level 2 alone 5.7–10 s, about 50 ms per 128² render of the CT).
 * Level 2 on 85² (``max_voxels`` 96², 100 evaluations): median 0.40 mm, 9/10 within 2 mm (one
