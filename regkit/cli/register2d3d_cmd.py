@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 
 __all__ = ["register"]
-
-# Progress lines on stderr: at most one per this many seconds, plus one at each level's start.
-_PROGRESS_INTERVAL_S = 1.0
-
-
-class _ProgressPrinter:
-    """Prints the level, evaluations and best score on stderr, at a modest rate."""
-
-    def __init__(self) -> None:
-        self._last = -float("inf")
-        self._level = -1
-
-    def __call__(self, p: Any) -> None:
-        now = time.monotonic()
-        if p.level == self._level and now - self._last < _PROGRESS_INTERVAL_S:
-            return
-        self._level, self._last = p.level, now
-        print(f"register-2d3d: level {p.level + 1}/{p.levels}: {p.evaluations} evaluations, "
-              f"best {p.metric} {p.best_score:.5g}", file=sys.stderr, flush=True)
 
 
 def _bones(text: str | None) -> list[int] | None:
@@ -78,7 +59,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
     volume = load_nifti(args.volume, labels=args.labels)
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
-                           progress=_ProgressPrinter())
+                           progress=ProgressPrinter("register-2d3d"))
     result.save(args.out)
     if args.report is not None:
         save_report(args.report, volume, cameras, images, result, bones=bones,

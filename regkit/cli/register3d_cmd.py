@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 
 __all__ = ["register"]
-
-# Progress lines on stderr: at most one per this many seconds, plus one at each level's start.
-_PROGRESS_INTERVAL_S = 1.0
-
-
-class _ProgressPrinter:
-    """Prints the level, evaluations and best score on stderr, at a modest rate."""
-
-    def __init__(self) -> None:
-        self._last = -float("inf")
-        self._level = -1
-
-    def __call__(self, p: Any) -> None:
-        now = time.monotonic()
-        if p.level == self._level and now - self._last < _PROGRESS_INTERVAL_S:
-            return
-        self._level, self._last = p.level, now
-        print(f"register-3d3d: level {p.level + 1}/{p.levels} ({p.stage}): "
-              f"{p.evaluations} evaluations, best {p.metric} {p.best_score:.5g}",
-              file=sys.stderr, flush=True)
 
 
 def _mask(path: Path | None, like: Any, flag: str) -> np.ndarray | None:
@@ -73,7 +53,8 @@ def _register3d3d(args: argparse.Namespace) -> int:
 
     result = register_3d3d(fixed, moving, transform=args.transform, metric=args.metric,
                            fixed_mask=fixed_mask, moving_mask=moving_mask, init=args.init,
-                           seed=args.seed, backend=args.backend, progress=_ProgressPrinter())
+                           seed=args.seed, backend=args.backend,
+                           progress=ProgressPrinter("register-3d3d", show_stage=True))
     result.save(args.out)
     if args.itk_transform is not None:
         write_itk_transform(args.itk_transform, result.fixed_from_moving)
