@@ -8,16 +8,16 @@ with :func:`coerce_options` and bring a volume to a level's spacing with :func:`
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
 
 from regkit.errors import InputError
 from regkit.optim import gradient_methods, optimizers
+from regkit.optim.base import coerce_options as optim_coerce_options
 from regkit.volume import Volume
 
 __all__ = [
@@ -138,7 +138,6 @@ def level_options(level: LevelOptions, seed: int) -> Any:
     return opts
 
 
-
 def coerce_options(options_type: type[OptionsT], options: Any, what: str) -> OptionsT:
     """``None`` (defaults), an instance or a dict of fields, as an ``options_type`` instance.
 
@@ -150,19 +149,8 @@ def coerce_options(options_type: type[OptionsT], options: Any, what: str) -> Opt
     Raises:
         InputError: an unknown key (naming the closest known one), or another type.
     """
-    if options is None:
-        return options_type()
-    if isinstance(options, options_type):
-        return options
-    if isinstance(options, Mapping) and is_dataclass(options_type):
-        known = [f.name for f in fields(options_type)]
-        for key in options:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise InputError(f"unknown {what} option{hint}; known: {', '.join(known)}",
-                                 key=str(key))
-        return options_type(**options)
+    if options is None or isinstance(options, options_type | Mapping):
+        return optim_coerce_options(options_type, options, what)
     raise InputError(f"must be {options_type.__name__}, a dict of its fields or None, got "
                      f"{type(options).__name__}", key="options")
 
