@@ -443,3 +443,111 @@ def test_outputs_split_over_several_dispatches(labelled_volume: Volume, views: V
         rb = whole.resample(SHAPE, labelled_volume.world_from_index, maps)
         torch.testing.assert_close(ra.values, rb.values)
         torch.testing.assert_close(ra.mask, rb.mask)
+
+
+# ------------------------------------------------------------------------- depth per bone
+
+
+@pytest.fixture(scope="module")
+def many_bones(tools: SimpleNamespace) -> Volume:
+    """Twelve small labelled blobs scattered through a grid (a hand's worth of small bones)."""
+    rng = np.random.default_rng(11)
+    shape = (40, 36, 30)
+    labels = np.zeros(shape, dtype=np.uint8)
+    x = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    for label in range(1, 13):
+        centre = rng.uniform(5.0, np.array(shape) - 5.0)
+        radii = rng.uniform(1.5, 4.5, size=3)
+        labels[(((x - centre) / radii) ** 2).sum(-1) <= 1.0] = label
+    hu = np.where(labels > 0, 900.0, 0.0).astype(np.float32)
+    aff = tools.grid_affine(shape, (0.9, 1.1, 1.3), (0.1, 0.25, -0.2), (-3.0, 2.0, 5.0))
+    return Volume(hu, aff, labels=labels, units="HU")
+
+
+def _many_views(tools: SimpleNamespace, volume: Volume) -> Views:
+    """Four views: three around the grid, one so close that part of the grid lies behind its
+    source plane and some bones fall off its small detector."""
+    centre = volume.center_world
+    cams = [tools.look_at(centre - 260.0 * d / np.linalg.norm(d), centre, focal=420.0,
+                          width=44, height=38)
+            for d in (np.array([0.1, 1.0, 0.2]), np.array([1.0, 0.4, -0.3]),
+                      np.array([-0.2, 0.3, 1.0]))]
+    inside = np.array([0.0, 12.0, 0.0])
+    cams.append(tools.look_at(centre - inside, centre + 0.1 * inside, focal=30.0, width=44,
+                              height=38))
+    return Views.from_cameras(cams)
+
+
+def _loop(renderer: GLRenderer, views: Views, bones: list[int], layers: int) -> list[DepthMaps]:
+    return [renderer.depth(views, [b], layers=layers) for b in bones]
+
+
+def _assert_same_depths(got: list[DepthMaps], want: list[DepthMaps]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a.front.shape == b.front.shape and a.front.dtype == torch.float32
+        assert a.layers.dtype == torch.uint8
+        torch.testing.assert_close(a.layers, b.layers, rtol=0, atol=0)
+        for x, y in ((a.front, b.front), (a.back, b.back)):
+            assert torch.equal(torch.isnan(x), torch.isnan(y))
+            torch.testing.assert_close(x, y, rtol=0, atol=2e-3, equal_nan=True)
+
+
+def test_depth_per_bone_is_the_depth_of_each_bone_alone(tools: SimpleNamespace,
+                                                          many_bones: Volume) -> None:
+    """One dispatch over an atlas of the bones' masks, each on its projected window, gives what
+    a depth call per bone gives on the whole detector: same crossings, same counts."""
+    _gl_or_skip()
+    views = _many_views(tools, many_bones)
+    bones = list(range(1, 13))
+    with GLRenderer(many_bones) as renderer:
+        want = _loop(renderer, views, bones, 2)
+        got = renderer.depth_per_bone(views, bones, layers=2)
+        _assert_same_depths(got, want)
+        hits = [int(m.layers.bool().sum()) for m in want]
+        assert min(hits) > 0 and sum(hits) > 2000, hits
+        # the close view: some bones project off its detector, and still come back as misses
+        close = [int(m.layers[3].bool().sum()) for m in want]
+        assert 0 in close and max(close) > 0, close
+
+
+def test_depth_per_bone_keeps_order_and_repeats(tools: SimpleNamespace,
+                                                many_bones: Volume) -> None:
+    _gl_or_skip()
+    views = _many_views(tools, many_bones)
+    with GLRenderer(many_bones) as renderer:
+        got = renderer.depth_per_bone(views, [7, 3, 7], layers=1)
+        _assert_same_depths(got, _loop(renderer, views, [7, 3, 7], 1))
+        got[0].front.fill_(0.0)  # a repeated bone is its own copy
+        assert torch.isnan(got[2].front).any()
+        assert renderer.depth_per_bone(views, [], layers=2) == []
+
+
+def test_depth_per_bone_split_over_atlases_and_dispatches(tools: SimpleNamespace,
+                                                          many_bones: Volume) -> None:
+    """Bones that do not fit one texture go in several atlases, rays that do not fit one
+    buffer in several dispatches; the result does not depend on either split."""
+    _gl_or_skip()
+    views = _many_views(tools, many_bones)
+    bones = list(range(1, 13))
+    with GLRenderer(many_bones) as whole, GLRenderer(many_bones) as split:
+        split._tex_limit = 24        # a few bones' crops per texture
+        split._ssbo_limit = 4 * 5 * 300  # 300 rays of 2 layers per dispatch
+        got = split.depth_per_bone(views, bones, layers=2)
+        assert len(split._atlases[tuple(bones)]) > 2
+        _assert_same_depths(got, whole.depth_per_bone(views, bones, layers=2))
+
+
+def test_depth_per_bone_refuses_bad_input(many_bones: Volume, tools: SimpleNamespace) -> None:
+    _gl_or_skip()
+    views = _many_views(tools, many_bones)
+    with GLRenderer(many_bones) as renderer:
+        with pytest.raises(InputError, match=r"label\(s\) \[40\] do not occur"):
+            renderer.depth_per_bone(views, [3, 40])
+        with pytest.raises(InputError, match="whole number"):
+            renderer.depth_per_bone(views, [3], layers=0)
+        with pytest.raises(InputError):
+            renderer.depth_per_bone(views, [0])
+    with GLRenderer(many_bones.with_labels(None)) as bare, \
+            pytest.raises(InputError, match="no label map"):
+        bare.depth_per_bone(views, [3])

@@ -30,6 +30,12 @@ relative, depths to about 1e-3 mm on the chest CT):
   texels (``texelFetch``), to about 1e-4 mm (float32's resolution a metre from the source).
   Outside the box counts as outside. Crossings thinner than a cell can be missed, as in the
   PyTorch backend. Layers are kept in order of distance.
+* **depth_per_bone** packs the chosen bones' own masks into one atlas texture (each crop with
+  its zero margin, 2 zero texels apart) and marches every bone, in one dispatch, only on the
+  detector window its crop projects into; each bone's maps are those :meth:`depth` gives for
+  it alone, on the same lattice (the texture coordinates differ by the atlas offset, so values
+  agree to float32 rounding: about 1e-3 mm at a metre). 29 hand bones at 256²: about 60 ms,
+  against 1.2 s for a loop over :meth:`depth`.
 * **bone_index**: of the chosen bones, the one whose own trilinear mask is largest 1e-4 mm past
   the first entry into the union (ties to the smaller label), from a cropped R8UI/R16UI texture
   of the chosen labels.
@@ -106,6 +112,7 @@ __all__ = ["GLRenderer"]
 
 _CROP_BRICK = 8          # occupancy brick of bone crops, cells per axis
 _MAX_BONE_SETS = 4       # bone sets whose crops are kept (least recently used dropped)
+_ATLAS_GAP = 2           # zero texels between two bones' crops in a depth atlas
 _RESAMPLE_TOLERANCE = 1e-3  # slack of the voxel-centre box in resampling, voxels
 _TEXTURE_FORMATS = ("unorm16", "float32")
 _RIGID_ATOL = 1e-4       # tolerance on camera_from_world's rotation being orthonormal
@@ -166,6 +173,28 @@ class _BoneSet:
         objs.append(self.labels)
         self.mask = self.mu = self.labels = None
         return objs
+
+
+@dataclass
+class _Atlas:
+    """Several bones' own masks packed into one texture, for :meth:`GLRenderer.depth_per_bone`.
+
+    Attributes:
+        bones: The labels, in the order of ``boxes``.
+        block: The atlas texture and its occupancy grid (``origin`` and support unused).
+        boxes: ``(N, 3, 4)`` float32 per bone: the volume index of the atlas's texel (0, 0, 0)
+            for that bone, and its support box ``lo``, ``hi`` (index space).
+        lo, hi: ``(N, 3)`` each bone's voxel bounding box ``[lo, hi)``.
+    """
+
+    bones: tuple[int, ...]
+    block: _Block
+    boxes: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def release(self) -> list[Any]:
+        return self.block.release()
 
 
 @renderers.register("gl")
@@ -245,6 +274,7 @@ class GLRenderer(Renderer):
             else np.asarray(volume.labels)
         self._label_boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
         self._bone_sets: OrderedDict[tuple[int, ...], _BoneSet] = OrderedDict()
+        self._atlases: OrderedDict[tuple[int, ...], list[_Atlas]] = OrderedDict()
         self._scratch: dict[str, Any] = {}
         self._data_block: _Block | None = None
         self._finalizer = weakref.finalize(self, _release_objects, self._gl_objects)
@@ -259,6 +289,7 @@ class GLRenderer(Renderer):
                     f"renderer backend 'gl' is unavailable: the volume {self.shape} exceeds the "
                     f"driver's 3-D texture size limit of {limit - 2} voxels per axis")
             self._ssbo_limit = int(ctx.info["GL_MAX_SHADER_STORAGE_BLOCK_SIZE"])
+            self._tex_limit = limit
             mu = hu_to_mu(volume.data, self.mu_water) if volume.units == "HU" \
                 else np.asarray(volume.data, dtype=np.float32)
             n = np.asarray(self.shape, dtype=np.float64)
@@ -274,6 +305,7 @@ class GLRenderer(Renderer):
             return
         self._closed = True
         self._bone_sets.clear()
+        self._atlases.clear()
         self._scratch.clear()
         self._data_block = None
         self._finalizer()
@@ -650,6 +682,228 @@ class GLRenderer(Renderer):
                 c_buf.read_into(c_np[b0:b1], size=4 * rays * nb)
         layers_t = torch.from_numpy(np.minimum(count, 255).astype(np.uint8))
         return DepthMaps(front=front, back=back, layers=layers_t)
+
+    def depth_per_bone(self, views: Views, bones: Sequence[int], *,
+                       layers: int = 2) -> list[DepthMaps]:
+        """One :class:`DepthMaps` per bone, in the order given, all in one dispatch.
+
+        Each bone's maps are those of ``depth(views, [b], layers=layers)`` (its own surface, on
+        the same sampling lattice, up to float32 rounding in the texture coordinates): the bones'
+        own mask crops are packed into one atlas texture, and each bone is marched only on the
+        detector window its crop projects into (every ray outside it misses that bone, so the
+        window changes no result). For many small bones on a large detector this costs a small
+        fraction of a loop over :meth:`depth`.
+
+        Returns:
+            A list of :class:`DepthMaps` (``front``/``back`` float32 ``(B, layers, H, W)``,
+            ``layers`` uint8 ``(B, H, W)``), one per entry of ``bones``.
+
+        Raises:
+            InputError: a bad ``layers``, no label map, a bad label or one that does not occur.
+        """
+        from regkit.render.gl.context import program
+        from regkit.render.gl.shaders import depth_atlas_source
+
+        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
+            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
+        n_layers = int(layers)
+        batch = _batch(views)
+        wanted = [_bone_key([b])[0] for b in bones]
+        if not wanted:
+            return []
+        unique = tuple(sorted(set(wanted)))
+        slot_of = {b: i for i, b in enumerate(unique)}
+        h, w = views.height, views.width
+        view_data = self._views_array(views, _border_pixels(w, h))
+        front = np.full((len(unique), batch, n_layers, h, w), _NAN, dtype=np.float32)
+        back = np.full_like(front, _NAN)
+        count = np.zeros((len(unique), batch, h, w), dtype=np.uint8)
+        bytes_per_ray = 4 * (2 * n_layers + 1)
+        max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
+        with self._session() as ctx:
+            atlases = self._atlas_set(ctx, unique)
+            prog = program(depth_atlas_source(brick=_CROP_BRICK))
+            self._upload(ctx, "views", view_data).bind_to_storage_buffer(1)
+            _set(prog, "n_layers", n_layers)
+            _set(prog, "vol_shape", self.shape)
+            for atlas in atlases:
+                windows = self._bone_windows(views, atlas.lo, atlas.hi)      # (B, N, 4)
+                view_i, bone_i = np.nonzero((windows[..., 2] > 0) & (windows[..., 3] > 0))
+                if view_i.size == 0:
+                    continue
+                boxes = windows[view_i, bone_i]
+                sizes = boxes[:, 2] * boxes[:, 3]
+                block = atlas.block
+                block.texture.use(location=0)
+                block.bricks.use(location=1)
+                _set(prog, "n_bricks", block.n_bricks)
+                _set(prog, "tex_scale", tuple(1.0 / s for s in block.size))
+                _set(prog, "tex_size", block.size)
+                _set(prog, "value_scale", block.value_scale)
+                self._upload(ctx, "boxes", atlas.boxes).bind_to_storage_buffer(5)
+                start = 0
+                while start < len(sizes):  # windows in dispatches whose outputs fit a buffer
+                    run = np.cumsum(sizes[start:])
+                    stop = start + max(1, int(np.searchsorted(run, max_rays, side="right")))
+                    part = slice(start, stop)
+                    firsts = np.concatenate([[0], np.cumsum(sizes[part])[:-1]])
+                    n_rays = int(sizes[part].sum())
+                    table = np.zeros((stop - start, 2, 4), dtype=np.int32)
+                    table[:, 0] = boxes[part]
+                    table[:, 1, 0] = view_i[part]
+                    table[:, 1, 1] = bone_i[part]
+                    table[:, 1, 2] = firsts
+                    self._upload(ctx, "windows", table).bind_to_storage_buffer(2)
+                    f_buf = self._buffer(ctx, "front", 4 * n_layers * n_rays)
+                    b_buf = self._buffer(ctx, "back", 4 * n_layers * n_rays)
+                    c_buf = self._buffer(ctx, "count", 4 * n_rays)
+                    f_buf.bind_to_storage_buffer(0)
+                    b_buf.bind_to_storage_buffer(3)
+                    c_buf.bind_to_storage_buffer(4)
+                    _set(prog, "n_windows", stop - start)
+                    _set(prog, "n_rays", n_rays)
+                    prog.run(*_groups(True, (0, 0, 0, 0), n_rays, 1))
+                    ctx.memory_barrier()
+                    f_out = np.empty((n_layers, n_rays), dtype=np.float32)
+                    b_out = np.empty_like(f_out)
+                    c_out = np.empty(n_rays, dtype=np.uint32)
+                    f_buf.read_into(f_out, size=f_out.nbytes)
+                    b_buf.read_into(b_out, size=b_out.nbytes)
+                    c_buf.read_into(c_out, size=c_out.nbytes)
+                    for n in range(stop - start):
+                        u0, v0, ww, hh = (int(x) for x in table[n, 0])
+                        b_view, bone = int(table[n, 1, 0]), atlas.bones[int(table[n, 1, 1])]
+                        a, z = int(firsts[n]), int(firsts[n] + ww * hh)
+                        k = slot_of[bone]
+                        front[k, b_view, :, v0:v0 + hh, u0:u0 + ww] = \
+                            f_out[:, a:z].reshape(n_layers, hh, ww)
+                        back[k, b_view, :, v0:v0 + hh, u0:u0 + ww] = \
+                            b_out[:, a:z].reshape(n_layers, hh, ww)
+                        count[k, b_view, v0:v0 + hh, u0:u0 + ww] = c_out[a:z].reshape(hh, ww)
+                    start = stop
+        out: list[DepthMaps] = []
+        seen: set[int] = set()
+        for b in wanted:
+            k = slot_of[b]
+            maps = DepthMaps(front=torch.from_numpy(front[k]), back=torch.from_numpy(back[k]),
+                             layers=torch.from_numpy(count[k]))
+            if b in seen:  # a repeated bone gets its own copy, as separate calls would give
+                maps = DepthMaps(front=maps.front.clone(), back=maps.back.clone(),
+                                 layers=maps.layers.clone())
+            seen.add(b)
+            out.append(maps)
+        return out
+
+    def _bone_windows(self, views: Views, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``(B, N, 4)`` int ``(u0, v0, w, h)``: the pixels whose rays can cross each bone.
+
+        A bone's field is 0 outside the box ``[lo - 1, hi]`` (index space) of its crop, so only
+        rays through that box can cross its surface: its window is every pixel whose centre lies
+        in the bounding rectangle of the box's projected corners, grown by a pixel for rounding,
+        clipped to the detector (empty when it falls off it). The whole detector when a corner
+        lies at or behind the source plane.
+        """
+        k = _as_float64(views.intrinsic, "intrinsic")                       # (B, 3, 3)
+        t = _as_float64(views.camera_from_world, "camera_from_world")        # (B, 4, 4)
+        wfi = np.asarray(self.volume.world_from_index, dtype=np.float64)
+        sel = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=bool)
+        box_lo = np.asarray(lo, np.float64) - 1.0
+        box_hi = np.asarray(hi, np.float64)
+        corners = np.where(sel[None], box_hi[:, None, :], box_lo[:, None, :])  # (N, 8, 3)
+        world = corners @ wfi[:3, :3].T + wfi[:3, 3]
+        cam = np.einsum("bij,nkj->bnki", t[:, :3, :3], world) + t[:, None, None, :3, 3]
+        z = cam[..., 2]
+        front_of_source = (z > 1e-9).all(axis=-1)                          # (B, N)
+        zs = np.where(z > 1e-9, z, 1.0)
+        u = k[:, None, None, 0, 0] * cam[..., 0] / zs + k[:, None, None, 0, 2]
+        v = k[:, None, None, 1, 1] * cam[..., 1] / zs + k[:, None, None, 1, 2]
+        width, height = views.width, views.height
+        u0 = np.clip(np.ceil(u.min(axis=-1) - 0.5) - 1, 0, width)
+        u1 = np.clip(np.floor(u.max(axis=-1) - 0.5) + 2, 0, width)
+        v0 = np.clip(np.ceil(v.min(axis=-1) - 0.5) - 1, 0, height)
+        v1 = np.clip(np.floor(v.max(axis=-1) - 0.5) + 2, 0, height)
+        out = np.stack([u0, v0, np.maximum(u1 - u0, 0), np.maximum(v1 - v0, 0)], axis=-1)
+        out[~front_of_source] = (0, 0, width, height)
+        return out.astype(np.int64)
+
+    def _atlas_set(self, ctx: Any, bones: tuple[int, ...]) -> list[_Atlas]:
+        """The (cached) atlases of ``bones``' own masks: one, or more when one texture cannot
+        hold them all.
+
+        Raises:
+            InputError: no label map, or a label that does not occur.
+        """
+        if self._labels is None:
+            raise InputError("the volume has no label map, so bones cannot be selected",
+                             key="bones")
+        found = self._atlases.get(bones)
+        if found is not None:
+            self._atlases.move_to_end(bones)
+            return found
+        known = self._boxes()
+        missing = [b for b in bones if b not in known]
+        if missing:
+            shown = sorted(known)
+            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
+            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
+                             f"{listing or 'none'})", key="bones")
+        lo = np.array([known[b][0] for b in bones], dtype=np.int64)
+        hi = np.array([known[b][1] for b in bones], dtype=np.int64)
+        sizes = hi - lo + 2                                                  # crop + margins
+        # pack along the axis that wastes least: total = sum along it × max across the others
+        cost = [float((sizes[:, a] + _ATLAS_GAP).sum()) * float(np.prod(
+            [sizes[:, o].max() for o in range(3) if o != a])) for a in range(3)]
+        axis = int(np.argmin(cost))
+        groups: list[list[int]] = [[]]
+        length = 0
+        for i in range(len(bones)):
+            need = int(sizes[i, axis]) + _ATLAS_GAP
+            if groups[-1] and length + need > self._tex_limit:
+                groups.append([])
+                length = 0
+            groups[-1].append(i)
+            length += need
+        atlases = []
+        for group in groups:
+            atlases.append(self._pack_atlas(ctx, [bones[i] for i in group], lo[group], hi[group],
+                                            axis))
+        self._atlases[bones] = atlases
+        while len(self._atlases) > _MAX_BONE_SETS:
+            _, old = self._atlases.popitem(last=False)
+            for atlas in old:
+                self._drop(atlas.release())
+        return atlases
+
+    def _pack_atlas(self, ctx: Any, bones: list[int], lo: np.ndarray, hi: np.ndarray,
+                    axis: int) -> _Atlas:
+        """Upload the masks of ``bones`` side by side along ``axis``, ``_ATLAS_GAP`` zero texels
+        apart (on top of each crop's own zero margin), so that no crop's interpolation reaches
+        another."""
+        assert self._labels is not None
+        sizes = hi - lo + 2
+        shape = [int(sizes[:, a].max()) for a in range(3)]
+        shape[axis] = int((sizes[:, axis] + _ATLAS_GAP).sum())
+        values = np.zeros(shape, dtype=np.float16)
+        boxes = np.zeros((len(bones), 3, 4), dtype=np.float32)
+        at = 0
+        for i, b in enumerate(bones):
+            src, dst = [], []
+            for a in range(3):
+                first, last = int(lo[i, a]) - 1, int(hi[i, a]) + 1
+                a_in, b_in = max(first, 0), min(last, self.shape[a])
+                src.append(slice(a_in, b_in))
+                dst.append(slice(a_in - first + (at if a == axis else 0),
+                                 b_in - first + (at if a == axis else 0)))
+            values[tuple(dst)] = self._labels[tuple(src)] == b
+            offset = np.zeros(3)
+            offset[axis] = at
+            boxes[i, 0, :3] = lo[i] - 1.0 - offset
+            boxes[i, 1, :3] = lo[i] - 1.0
+            boxes[i, 2, :3] = hi[i]
+            at += int(sizes[i, axis]) + _ATLAS_GAP
+        block = self._upload_block(ctx, values, origin=np.zeros(3), brick=_CROP_BRICK,
+                                   support_lo=np.zeros(3), support_hi=np.zeros(3))
+        return _Atlas(tuple(bones), block, boxes, lo, hi)
 
     # ------------------------------------------------------------------ bone index
     def bone_index(self, views: Views, bones: Sequence[int]) -> torch.Tensor:

@@ -36,7 +36,8 @@ Kernels (``local_size`` 8×8, ``gl_GlobalInvocationID.z`` the view within a disp
 
 from __future__ import annotations
 
-__all__ = ["bone_index_source", "depth_source", "drr_source", "resample_source"]
+__all__ = ["bone_index_source", "depth_atlas_source", "depth_source", "drr_source",
+           "resample_source"]
 
 _HEADER = """#version 430
 layout(local_size_x = 8, local_size_y = 8, local_size_z = 1) in;
@@ -114,11 +115,18 @@ vec3 safe_inverse(vec3 d) {
 _MARCH = """
 layout(binding = 1) uniform usampler3D bricks;
 uniform ivec3 n_bricks;       // (i, j, k) brick counts
-uniform vec3 tex_origin;      // volume index of texel (0, 0, 0)
 uniform vec3 tex_scale;       // 1 / texture size, (i, j, k) order
 uniform ivec3 vol_shape;      // (I, J, K) of the volume
+#ifdef BLOCK_PER_RAY
+// an atlas of blocks: each invocation sets its own block's placement before marching
+vec3 tex_origin;
+vec3 support_lo;
+vec3 support_hi;
+#else
+uniform vec3 tex_origin;      // volume index of texel (0, 0, 0)
 uniform vec3 support_lo;      // where the block's values can be non-zero (index space)
 uniform vec3 support_hi;
+#endif
 uniform float value_scale;    // a sampled texel t means value_scale · t (unorm16 textures)
 
 struct March {
@@ -372,31 +380,15 @@ float refine_crossing(March m, int k, bool entry) {
 """
 
 
-def depth_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
-    """The depth-peeling kernel on a union mask.
-
-    The march notes, for each of the first ``n_layers`` entries and exits, the sample just past
-    the crossing (in the output slot); a second loop refines those and writes the depths.
-    Outputs per ray: ``front[l]``, ``back[l]`` (NaN where layer ``l`` has no crossing) and the
-    number of entries (capped at 255).
-    """
-    defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
-               f"#define REFINE_STEPS {int(refine_steps)}\n")
-    return _HEADER + defines + _VIEWS + _MARCH + _MASK + """
+_PEEL = """
 layout(std430, binding = 0) buffer Front { float front[]; };
 layout(std430, binding = 3) buffer Back { float back[]; };
 layout(std430, binding = 4) writeonly buffer Count { uint entries[]; };
 uniform int n_layers;
-uniform int n_slots;          // rays per view in this dispatch
 
-void main() {
-    vec3 origin, dir;
-    ivec2 plane;
-    int slot;
-    if (!pixel_ray(origin, dir, plane, slot)) return;
-    // slot = view * rays + ray: layer l of that ray lives at (view * L + l) * rays + ray.
-    int rays = n_slots;
-    int first = (slot / rays) * n_layers * rays + slot % rays;
+// Depth peeling of one ray: layer l's front and back go to front/back[first + l * stride] (NaN
+// where there is no such layer); the number of entries (capped at 255) to entries[slot].
+void peel(vec3 origin, vec3 dir, ivec2 plane, int first, int stride, int slot) {
     int n_in = 0;
     int n_out = 0;
     March m;
@@ -413,10 +405,10 @@ void main() {
                 bool now = inside_at(m, k);
                 if (now != inside) {
                     if (now) {
-                        if (n_in < n_layers) front[first + n_in * rays] = float(k);
+                        if (n_in < n_layers) front[first + n_in * stride] = float(k);
                         n_in += 1;
                     } else {
-                        if (n_out < n_layers) back[first + n_out * rays] = float(k);
+                        if (n_out < n_layers) back[first + n_out * stride] = float(k);
                         n_out += 1;
                     }
                     inside = now;
@@ -424,27 +416,109 @@ void main() {
             }
         }
         if (inside) {  // out again after the last sample: at the box face at the latest
-            if (n_out < n_layers) back[first + n_out * rays] = float(m.k_hi + 1);
+            if (n_out < n_layers) back[first + n_out * stride] = float(m.k_hi + 1);
             n_out += 1;
         }
         for (int l = 0; l < min(max(n_in, n_out), n_layers); ++l) {
             if (l < n_in) {
-                int at = first + l * rays;
+                int at = first + l * stride;
                 front[at] = refine_crossing(m, int(front[at]), true);
             }
             if (l < n_out) {
-                int at = first + l * rays;
+                int at = first + l * stride;
                 back[at] = refine_crossing(m, int(back[at]), false);
             }
         }
     }
     for (int l = min(n_in, n_layers); l < n_layers; ++l) {
-        front[first + l * rays] = uintBitsToFloat(0x7fc00000u);
+        front[first + l * stride] = uintBitsToFloat(0x7fc00000u);
     }
     for (int l = min(n_out, n_layers); l < n_layers; ++l) {
-        back[first + l * rays] = uintBitsToFloat(0x7fc00000u);
+        back[first + l * stride] = uintBitsToFloat(0x7fc00000u);
     }
     entries[slot] = uint(min(n_in, 255));
+}
+"""
+
+
+def depth_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
+    """The depth-peeling kernel on a union mask.
+
+    The march notes, for each of the first ``n_layers`` entries and exits, the sample just past
+    the crossing (in the output slot); a second loop refines those and writes the depths.
+    Outputs per ray: ``front[l]``, ``back[l]`` (NaN where layer ``l`` has no crossing) and the
+    number of entries (capped at 255).
+    """
+    defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
+               f"#define REFINE_STEPS {int(refine_steps)}\n")
+    return _HEADER + defines + _VIEWS + _MARCH + _MASK + _PEEL + """
+uniform int n_slots;          // rays per view in this dispatch
+
+void main() {
+    vec3 origin, dir;
+    ivec2 plane;
+    int slot;
+    if (!pixel_ray(origin, dir, plane, slot)) return;
+    // slot = view * rays + ray: layer l of that ray lives at (view * L + l) * rays + ray.
+    int rays = n_slots;
+    peel(origin, dir, plane, (slot / rays) * n_layers * rays + slot % rays, rays, slot);
+}
+"""
+
+
+def depth_atlas_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
+    """Per-bone depth peeling of many bones in one dispatch, from an atlas of bone masks.
+
+    The atlas texture holds each bone's own 0/1 mask crop (with zero margins, apart from the
+    others), ``boxes[b]`` says where: its ``tex_origin`` and support box. The work is a list of
+    windows ``(u0, v0, w, h)`` of (view, bone) pairs, the rays of window ``n`` being
+    ``first[n] ... first[n] + w·h - 1`` (row-major in the window); each invocation finds its
+    window by bisection on ``first``, then marches its pixel's ray through its bone's crop
+    exactly as :func:`depth_source` does. Outputs: ray ``r``'s layer ``l`` at
+    ``front/back[l · n_rays + r]``, its entries at ``entries[r]``.
+    """
+    defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
+               f"#define REFINE_STEPS {int(refine_steps)}\n#define BLOCK_PER_RAY 1\n")
+    return _HEADER + defines + _VIEWS + _MARCH + _MASK + _PEEL + """
+struct Window {
+    ivec4 box;     // u0, v0, width, height (pixels)
+    ivec4 ids;     // view, bone (its boxes[] entry), first ray, unused
+};
+struct BoneBox {
+    vec4 origin;   // xyz: volume index of the atlas's texel (0, 0, 0) for this bone
+    vec4 lo;       // xyz: the bone's support box (index space)
+    vec4 hi;
+};
+layout(std430, binding = 2) readonly buffer Windows { Window windows[]; };
+layout(std430, binding = 5) readonly buffer Boxes { BoneBox boxes[]; };
+uniform int n_windows;
+uniform int n_rays;           // rays in this dispatch
+uniform int ray_offset;       // first ray of this dispatch
+
+void main() {
+    uvec3 gid = gl_GlobalInvocationID;
+    int r = int(gid.y) * int(gl_NumWorkGroups.x * gl_WorkGroupSize.x) + int(gid.x);
+    if (r >= n_rays) return;
+    int ray = ray_offset + r;
+    int lo = 0;
+    int hi = n_windows - 1;
+    while (lo < hi) {  // the last window whose first ray is at or before this one
+        int mid = (lo + hi + 1) >> 1;
+        if (windows[mid].ids.z <= ray) lo = mid; else hi = mid - 1;
+    }
+    Window w = windows[lo];
+    int local = ray - w.ids.z;
+    vec2 uv = vec2(w.box.x + local % w.box.z, w.box.y + local / w.box.z) + 0.5;
+    View v = views[w.ids.x];
+    vec3 c = vec3((uv.x - v.intrinsic.z) / v.intrinsic.x, (uv.y - v.intrinsic.w) / v.intrinsic.y,
+                  1.0);
+    c /= length(c);
+    vec3 dir = vec3(dot(v.m0.xyz, c), dot(v.m1.xyz, c), dot(v.m2.xyz, c));
+    BoneBox b = boxes[w.ids.y];
+    tex_origin = b.origin.xyz;
+    support_lo = b.lo.xyz;
+    support_hi = b.hi.xyz;
+    peel(v.origin.xyz, dir, v.plane.xy, r, n_rays, r);
 }
 """
 
