@@ -17,13 +17,19 @@ import numpy as np
 import pytest
 from regkit_recon.groundtruth.dataset import GroundTruthDataset
 from regkit_recon.groundtruth.generate import GenerateSpec, generate, phantom_seed, render_sample
-from regkit_recon.groundtruth.sample import SAMPLE_KEYS, read_sample
+from regkit_recon.groundtruth.sample import (
+    SAMPLE_KEYS,
+    auto_drr_factor,
+    drr_volume,
+    read_sample,
+)
 from scipy import ndimage
 
 from regkit.cli.main import main
 from regkit.data import chest_ct_crop
 from regkit.errors import InputError
-from regkit.render import available_backends
+from regkit.render import Views, available_backends, make_renderer
+from regkit.volume import Volume
 
 SEED = 3
 VOXEL = 0.8
@@ -195,6 +201,93 @@ def test_torch_and_gl_agree_on_a_sample(phantom_run: Path) -> None:
         assert np.median(diff) < 1e-3 and np.percentile(diff, 99) < 1e-2, key
 
 
+# ------------------------------------------------------------------------------ DRR volume
+
+
+def _ball_volume(shape: tuple[int, int, int], spacing: float) -> Volume:
+    """A 1000 HU ball of radius 6 mm in air, centred on a grid of ``spacing`` mm voxels."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    centre = (np.array(shape) - 1) / 2.0
+    hu = np.where((((idx - centre) * spacing) ** 2).sum(-1) <= 36.0, 1000.0, -1000.0)
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = -centre * spacing
+    return Volume(hu.astype(np.float32), aff, labels=(hu > 0).astype(np.uint8), units="HU")
+
+
+def test_drr_volume_averages_blocks_and_keeps_the_extent() -> None:
+    vol = _ball_volume((41, 38, 37), 0.4)                # no axis a multiple of 2 or 3
+    data_before = np.array(vol.data, copy=True)
+    for f in (2, 3):
+        coarse = drr_volume(vol, f)
+        assert coarse.labels is None and coarse.units == "HU"
+        np.testing.assert_allclose(coarse.spacing, 0.4 * f)
+        # padded with air up to whole blocks: the extent covers the original one, and the
+        # attenuation it holds is the same (μ is linear in HU)
+        lo, hi = vol.bounds_world, coarse.bounds_world
+        assert np.all(hi[0] <= lo[0] + 1e-9) and np.all(hi[1] >= lo[1] - 1e-9)
+        total = float(vol.to_mu().data.sum()) * 0.4 ** 3
+        assert float(coarse.to_mu().data.sum()) * (0.4 * f) ** 3 == pytest.approx(total,
+                                                                                   rel=1e-5)
+    assert drr_volume(vol, 1).labels is None and drr_volume(vol, 1).shape == vol.shape
+    assert np.array_equal(np.asarray(vol.data), data_before)   # the input is not modified
+    with pytest.raises(InputError, match="drr_factor"):
+        drr_volume(vol, 0)
+
+
+def test_block_averaged_drr_matches_the_pixel_area_average() -> None:
+    """With pixels 3.5× the voxel, the DRR of the 2× block-averaged CT is closer to the mean of
+    the line integrals over each pixel's area (what a detector pixel records) than the
+    point-sampled DRR of the CT itself, and the ball's total line integral is kept."""
+    from regkit.geometry.camera import Camera
+
+    vol = _ball_volume((48, 48, 48), 0.4)
+    size, pitch = 24, 1.4                                 # mm at the ball (magnification ~1)
+    k = np.array([[1000.0 / pitch, 0, size / 2], [0, 1000.0 / pitch, size / 2], [0, 0, 1]])
+    t = np.eye(4)
+    t[2, 3] = 1000.0
+    cam = Camera(k, t, size, size)
+    fine_k = k.copy()
+    fine_k[:2] *= 8
+    fine = Camera(fine_k, t, size * 8, size * 8)
+    full = make_renderer(vol, backend="torch", step_mm=0.1)
+    area = full.drr(Views.from_cameras(fine))[0].numpy().reshape(size, 8, size, 8).mean((1, 3))
+    point = full.drr(Views.from_cameras(cam))[0].numpy()
+    coarse = make_renderer(drr_volume(vol, 2), backend="torch").drr(Views.from_cameras(cam))
+    coarse_np = coarse[0].numpy()
+    err_point = np.abs(point - area).mean()
+    err_coarse = np.abs(coarse_np - area).mean()
+    assert err_coarse < 0.8 * err_point, (err_coarse, err_point)
+    assert coarse_np.sum() == pytest.approx(area.sum(), rel=0.02)
+
+
+def test_auto_drr_factor_follows_the_pixel_footprint() -> None:
+    vol = _ball_volume((20, 20, 20), 0.4)
+    box = np.array([[x, y, z] for x in (0, 120) for y in (0, 80) for z in (0, 260)], float)
+    assert auto_drr_factor(vol, box, 256, 0.92) == 2      # 1.1 mm pixels over 0.4 mm voxels
+    assert auto_drr_factor(vol, box, 512, 0.92) == 1
+    assert auto_drr_factor(vol, box, 64, 0.92) == 8
+    thick = Volume(np.zeros((4, 4, 4), np.float32), np.diag([0.7, 0.7, 2.5, 1.0]))
+    assert auto_drr_factor(thick, box, 256, 0.92) == 1    # slices coarser than the pixels
+
+
+def test_samples_record_the_drr_factor(phantom_run: Path) -> None:
+    s = read_sample(phantom_run / "samples" / "000000.npz")
+    meta = json.loads(s["meta"])
+    assert meta["drr_factor"] == 2                        # 0.8 mm voxels, 96² of a hand
+    manifest = json.loads((phantom_run / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["parameters"]["drr_factor"] is None
+
+
+def test_folders_of_an_older_format_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    generate(_ct_spec(out, views=1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="format_version 1"):
+        generate(_ct_spec(out, views=1))
+
+
 # ------------------------------------------------------------------------------ runs
 
 
@@ -312,6 +405,7 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         (["--phantoms", "1", "--bones", "40"], "1-29"),
         (["--ct", ct, "--labels", bones, "--radiograph", "x.npy"], "camera"),
         (["--phantoms", "0"], "phantoms"),
+        (["--phantoms", "1", "--drr-factor", "0"], "drr_factor"),
     ]
     for args, word in cases:
         code = main(_cli(tmp_path, *args))

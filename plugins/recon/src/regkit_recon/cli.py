@@ -57,8 +57,8 @@ def _generate(args: argparse.Namespace) -> int:
                         bones=parse_bones(args.bones), views=args.views, size=args.size,
                         layers=args.layers, seed=args.seed, workers=args.workers,
                         backend=args.backend, voxel_mm=args.voxel_mm, step_mm=args.step_mm,
-                        kinds=kinds, montage=args.montage, radiograph=args.radiograph,
-                        camera=args.camera)
+                        drr_factor=args.drr_factor, kinds=kinds, montage=args.montage,
+                        radiograph=args.radiograph, camera=args.camera)
     manifest = generate(spec)
     print(f"regkit recon generate: {len(manifest['samples'])} samples in {args.out} "
           f"({manifest.get('generated_last_run', 0)} made now, "
@@ -125,7 +125,10 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--voxel-mm", type=float, default=0.4, metavar="MM",
                      help="phantom voxel size in mm (default 0.4)")
     gen.add_argument("--step-mm", type=float, default=None, metavar="MM",
-                     help="DRR step along the ray in mm (default: half a voxel)")
+                     help="DRR step along the ray in mm (default: half a DRR voxel)")
+    gen.add_argument("--drr-factor", type=int, default=None, metavar="F",
+                     help="block-average the CT over F voxels per axis for the DRR (default: "
+                          "as coarse as stays under 3/4 of the pixel footprint; 1: none)")
     gen.add_argument("--kinds", default="pa,oblique,lateral", metavar="K1,K2",
                      help="view kinds cycled through (default pa,oblique,lateral)")
     gen.add_argument("--montage", type=int, default=4, metavar="N",

@@ -45,6 +45,8 @@ __all__ = ["GenerateSpec", "WorkerError", "generate", "phantom_seed", "release_r
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
 _CHUNK = 4
+FORMAT_VERSION = 2
+"""Version of the folder layout and sample content (2: DRRs from a block-averaged CT)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,10 @@ class GenerateSpec:
         workers: Processes (1: in this process).
         backend: Renderer backend (None: regkit's choice).
         voxel_mm: Phantom voxel size, mm.
-        step_mm: DRR step, mm (None: half a voxel).
+        step_mm: DRR step, mm (None: half a DRR voxel).
+        drr_factor: Block-average the CT over this many voxels per axis for the DRR (None: the
+            largest block under 3/4 of the finest pixel footprint the views can draw, see
+            :func:`~regkit_recon.groundtruth.sample.auto_drr_factor`; 1: the CT as it is).
         kinds: The view kinds cycled through.
         montage: Samples shown in ``montage.png`` (0: none).
         radiograph, camera: A real radiograph and its starting camera (with ``ct``): register
@@ -83,6 +88,7 @@ class GenerateSpec:
     backend: str | None = None
     voxel_mm: float = 0.4
     step_mm: float | None = None
+    drr_factor: int | None = None
     kinds: tuple[str, ...] = ("pa", "oblique", "lateral")
     montage: int = 4
     radiograph: str | None = None
@@ -125,6 +131,8 @@ class GenerateSpec:
                                  key="kinds")
         if not self.kinds:
             raise InputError("no view kinds", key="kinds")
+        if self.drr_factor is not None:
+            whole("drr_factor", self.drr_factor, 1, 16)
         if self.step_mm is not None and not (math.isfinite(self.step_mm) and self.step_mm > 0):
             raise InputError(f"must be a positive number of mm, got {self.step_mm!r}",
                              key="step_mm")
@@ -205,20 +213,23 @@ def _make_phantom(job: tuple[int, int, float, str]) -> int:
 def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The worker's renderer for ``source`` (cached: consecutive tasks share a source)."""
     key = (source["ct"], source["labels"], tuple(source["bones"]), params["backend"],
-           params["step_mm"])
+           params["step_mm"], params.get("drr_factor"), params["size"])
     if _STATE.get("key") == key:
         return _STATE
     release_renderers()
     from regkit import load_nifti
-    from regkit_recon.groundtruth.sample import SampleRenderer
-    from regkit_recon.groundtruth.views import anatomy_corners
+    from regkit_recon.groundtruth.sample import SampleRenderer, auto_drr_factor
+    from regkit_recon.groundtruth.views import ViewRanges, anatomy_corners
 
     volume = load_nifti(source["ct"], labels=source["labels"])
     bones = source["bones"]
-    _STATE.update(key=key, bones=bones,
+    corners = anatomy_corners(volume, bones)
+    factor = params.get("drr_factor")
+    if factor is None:
+        factor = auto_drr_factor(volume, corners, params["size"], max(ViewRanges().fill))
+    _STATE.update(key=key, bones=bones, corners=corners, drr_factor=int(factor),
                   renderer=SampleRenderer(volume, bones, backend=params["backend"],
-                                          step_mm=params["step_mm"]),
-                  corners=anatomy_corners(volume, bones))
+                                          step_mm=params["step_mm"], drr_factor=factor))
     return _STATE
 
 
@@ -240,7 +251,8 @@ def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
     image, noise_record = degrade(clean, noise_rng)
     depth = state["renderer"].depth(camera, params["layers"])
     meta = {"index": index, "view_index": view, "view": view_record, "degrade": noise_record,
-            "seed": params["seed"], "generator": "regkit-recon generate"}
+            "drr_factor": state["drr_factor"], "seed": params["seed"],
+            "generator": "regkit-recon generate"}
     return {"image": image, "image_clean": clean, "camera": camera.to_json(indent=None),
             "bones": np.asarray(state["bones"], dtype=np.int32), **depth,
             "source": json.dumps(source["record"]), "meta": json.dumps(meta)}
@@ -333,10 +345,15 @@ def _check_resume(out: Path, params: dict[str, Any]) -> None:
                              "use a new --out", source=out, key="out")
         return
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))["parameters"]
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        old, version = manifest["parameters"], manifest.get("format_version")
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError("holds an unreadable manifest.json; use a new --out", source=out,
                          key="out") from None
+    if version != FORMAT_VERSION:
+        raise InputError(f"holds samples of format_version {version!r}, not {FORMAT_VERSION} "
+                         "(made by another regkit-recon); use a new --out", source=out,
+                         key="out")
     for key in sorted(set(old) | set(params)):
         if old.get(key) != params.get(key):
             raise InputError(f"holds samples made with other parameters ({key} was "
@@ -412,7 +429,7 @@ def _write_manifest(out: Path, spec: GenerateSpec, sources: list[dict[str, Any]]
 
     manifest = {
         "format": "regkit-recon ground truth",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "parameters": spec.parameters(),
         "view_ranges": ViewRanges().to_json(),
         "degrade_ranges": DegradeRanges().to_json(),

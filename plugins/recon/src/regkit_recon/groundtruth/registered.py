@@ -58,14 +58,17 @@ def registered_sample(spec: Any, out: Path, *, stream: Any = None,
     result = register_2d3d(volume, [start], [image],
                            seed=spec.seed, backend=spec.backend, options=options)
     camera = result.cameras[0]
+    # the radiograph's own pixels set the detector here: the CT as it is unless told otherwise
+    factor = spec.drr_factor or 1
     renderer = SampleRenderer(volume, source["bones"], backend=spec.backend,
-                              step_mm=spec.step_mm)
+                              step_mm=spec.step_mm, drr_factor=factor)
     try:
         clean = renderer.drr(camera)
         depth = renderer.depth(camera, spec.layers)
     finally:
         renderer.close()
-    meta = {"index": 0, "seed": spec.seed, "generator": "regkit-recon generate (registered)",
+    meta = {"index": 0, "seed": spec.seed, "drr_factor": factor,
+            "generator": "regkit-recon generate (registered)",
             "radiograph": str(Path(spec.radiograph).absolute()),
             "initial_camera": start.to_dict(),
             "registration": {"world_correction": np.asarray(result.world_correction).tolist(),

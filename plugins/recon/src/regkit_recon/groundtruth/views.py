@@ -67,7 +67,14 @@ def anatomy_corners(volume: Any, labels: Sequence[int], margin_mm: float = 8.0) 
     grown by ``margin_mm`` along each index axis, then mapped to world.
     """
     lab = np.asarray(volume.labels)
-    mask = np.isin(lab, list(labels))
+    wanted = np.asarray(list(labels), dtype=np.int64)
+    if np.issubdtype(lab.dtype, np.integer) and lab.size and int(lab.min()) >= 0 \
+            and int(lab.max()) < (1 << 20):
+        table = np.zeros(int(lab.max()) + 1, dtype=bool)   # a lookup table beats isin here
+        table[wanted[(wanted >= 0) & (wanted < table.size)]] = True
+        mask = table[lab]
+    else:
+        mask = np.isin(lab, wanted)
     lo, hi = [], []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
