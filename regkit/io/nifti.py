@@ -102,7 +102,10 @@ def _read(path: PathLike) -> tuple[np.ndarray, NDArray[np.float64]]:
         if n_nan or n_inf:
             raise FileFormatError(f"holds {n_nan} NaN and {n_inf} infinite voxel(s); every voxel "
                                   "needs a finite value", source=source)
-    return np.asarray(data), np.asarray(image.affine, dtype=np.float64)
+    # NIfTI stores i fastest, so nibabel hands back a Fortran-ordered array; everything
+    # downstream (texture uploads, crops, label boxes) walks (I, J, K) in C order and is several
+    # times slower on strided data, so the one copy is made here.
+    return np.ascontiguousarray(data), np.asarray(image.affine, dtype=np.float64)
 
 
 def _as_labels(data: np.ndarray, source: Path) -> np.ndarray:
