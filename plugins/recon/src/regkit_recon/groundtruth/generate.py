@@ -179,6 +179,11 @@ def release_renderers() -> None:
 
 def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    # Mesa's llvmpipe starts one render thread per CPU in every process; with a worker per CPU
+    # that oversubscribes the cores (measured on 2 cores: a sample every 0.12 s with the
+    # default, every 0.08-0.10 s with one thread per worker). It is read when the worker's
+    # OpenGL context is made, so it is set before; a user's own setting wins.
+    os.environ.setdefault("LP_NUM_THREADS", str(max(1, threads)))
     import torch
 
     torch.set_num_threads(max(1, threads))

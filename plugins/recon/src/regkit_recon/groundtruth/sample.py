@@ -70,7 +70,10 @@ def drr_volume(volume: Any, factor: int) -> Any:
     pad = [(0, (-n) % f) for n in volume.shape]
     if any(p for _, p in pad):
         outside = _AIR_HU if volume.units == "HU" else 0.0
-        data = np.pad(np.asarray(volume.data, dtype=np.float32), pad, constant_values=outside)
+        data = np.asarray(volume.data)
+        if data.dtype.kind not in "fi":  # unsigned values cannot hold air's -1000 HU
+            data = data.astype(np.float32)
+        data = np.pad(data, pad, constant_values=outside)
         bare = Volume(data, np.asarray(volume.world_from_index), None, volume.units)
     return bare.downsample(f)
 
