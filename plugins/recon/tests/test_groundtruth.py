@@ -270,6 +270,27 @@ def test_auto_drr_factor_follows_the_pixel_footprint() -> None:
     assert auto_drr_factor(thick, box, 256, 0.92) == 1    # slices coarser than the pixels
 
 
+def test_anatomy_box_and_bone_boxes() -> None:
+    from regkit_recon.groundtruth.views import anatomy_corners, bone_boxes
+
+    vol = _ball_volume((30, 26, 22), 0.5)
+    labels = np.zeros(vol.shape, dtype=np.uint8)
+    labels[3:7, 20:24, 5:6] = 4
+    labels[10:12, 2:9, 15:19] = 9
+    vol = vol.with_labels(labels)
+    boxes = bone_boxes(labels, [4, 9])
+    assert boxes[4][0].tolist() == [3, 20, 5] and boxes[4][1].tolist() == [7, 24, 6]
+    corners = anatomy_corners(vol, [4, 9], margin_mm=1.0)
+    idx = vol.world_to_index(corners)
+    # voxel edges of the union's extent, grown by 1 mm = 2 voxels on every axis
+    np.testing.assert_allclose(idx.min(0), [3 - 2.5, 2 - 2.5, 5 - 2.5])
+    np.testing.assert_allclose(idx.max(0), [11 + 2.5, 23 + 2.5, 18 + 2.5])
+    np.testing.assert_allclose(anatomy_corners(vol, [4, 9], margin_mm=1.0, boxes=boxes),
+                               corners)
+    with pytest.raises(InputError, match=r"label\(s\) \[5\] do not occur .*present: 4, 9"):
+        bone_boxes(labels, [4, 5])
+
+
 def test_samples_record_the_drr_factor(phantom_run: Path) -> None:
     s = read_sample(phantom_run / "samples" / "000000.npz")
     meta = json.loads(s["meta"])

@@ -125,7 +125,8 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--voxel-mm", type=float, default=0.4, metavar="MM",
                      help="phantom voxel size in mm (default 0.4)")
     gen.add_argument("--step-mm", type=float, default=None, metavar="MM",
-                     help="DRR step along the ray in mm (default: half a DRR voxel)")
+                     help="DRR step along the ray in mm (default: one DRR voxel when the CT "
+                          "is block-averaged, else half a voxel)")
     gen.add_argument("--drr-factor", type=int, default=None, metavar="F",
                      help="block-average the CT over F voxels per axis for the DRR (default: "
                           "as coarse as stays under 3/4 of the pixel footprint; 1: none)")

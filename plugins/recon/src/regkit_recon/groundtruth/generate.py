@@ -65,7 +65,8 @@ class GenerateSpec:
         workers: Processes (1: in this process).
         backend: Renderer backend (None: regkit's choice).
         voxel_mm: Phantom voxel size, mm.
-        step_mm: DRR step, mm (None: half a DRR voxel).
+        step_mm: DRR step, mm (None: one DRR voxel when the CT is block-averaged, half a voxel
+            when it is not).
         drr_factor: Block-average the CT over this many voxels per axis for the DRR (None: the
             largest block under 3/4 of the finest pixel footprint the views can draw, see
             :func:`~regkit_recon.groundtruth.sample.auto_drr_factor`; 1: the CT as it is).
@@ -224,17 +225,19 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
     release_renderers()
     from regkit import load_nifti
     from regkit_recon.groundtruth.sample import SampleRenderer, auto_drr_factor
-    from regkit_recon.groundtruth.views import ViewRanges, anatomy_corners
+    from regkit_recon.groundtruth.views import ViewRanges, anatomy_corners, bone_boxes
 
     volume = load_nifti(source["ct"], labels=source["labels"])
     bones = source["bones"]
-    corners = anatomy_corners(volume, bones)
+    boxes = bone_boxes(volume.labels, bones)
+    corners = anatomy_corners(volume, bones, boxes=boxes)
     factor = params.get("drr_factor")
     if factor is None:
         factor = auto_drr_factor(volume, corners, params["size"], max(ViewRanges().fill))
     _STATE.update(key=key, bones=bones, corners=corners, drr_factor=int(factor),
                   renderer=SampleRenderer(volume, bones, backend=params["backend"],
-                                          step_mm=params["step_mm"], drr_factor=factor))
+                                          step_mm=params["step_mm"], drr_factor=factor,
+                                          boxes=boxes))
     return _STATE
 
 
@@ -256,7 +259,8 @@ def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
     image, noise_record = degrade(clean, noise_rng)
     depth = state["renderer"].depth(camera, params["layers"])
     meta = {"index": index, "view_index": view, "view": view_record, "degrade": noise_record,
-            "drr_factor": state["drr_factor"], "seed": params["seed"],
+            "drr_factor": state["drr_factor"],
+            "drr_step_mm": state["renderer"].drr_step_mm, "seed": params["seed"],
             "generator": "regkit-recon generate"}
     return {"image": image, "image_clean": clean, "camera": camera.to_json(indent=None),
             "bones": np.asarray(state["bones"], dtype=np.int32), **depth,

@@ -27,7 +27,7 @@ from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
 
-__all__ = ["VIEW_KINDS", "ViewRanges", "anatomy_corners", "draw_view"]
+__all__ = ["VIEW_KINDS", "ViewRanges", "anatomy_corners", "bone_boxes", "draw_view"]
 
 VIEW_KINDS: dict[str, float] = {"pa": 0.0, "oblique": 45.0, "lateral": 90.0}
 """The standard hand views and their primary angle about world z, degrees."""
@@ -60,31 +60,54 @@ class ViewRanges:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def anatomy_corners(volume: Any, labels: Sequence[int], margin_mm: float = 8.0) -> np.ndarray:
+def bone_boxes(labels: Any, bones: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each bone's voxel bounding box ``[lo, hi)`` (index space) in a label map.
+
+    Raises:
+        InputError: a bone's label does not occur (the message lists those that do).
+    """
+    from scipy import ndimage
+
+    lab = np.asarray(labels)
+    wanted = [int(b) for b in bones]
+    if not wanted or min(wanted) < 1:
+        raise InputError(f"bones must be positive labels, got {wanted}", key="bones")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"a label map holds whole numbers, got dtype {lab.dtype}",
+                         key="labels")
+    found = ndimage.find_objects(lab, max_label=max(wanted)) if lab.size else []
+    boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    missing = []
+    for b in wanted:
+        box = found[b - 1] if b <= len(found) else None
+        if box is None:
+            missing.append(b)
+            continue
+        boxes[b] = (np.array([sl.start for sl in box]), np.array([sl.stop for sl in box]))
+    if missing:
+        present = [int(v) for v in np.unique(lab) if v > 0]
+        shown = ", ".join(str(v) for v in present[:30]) + (" ..." if len(present) > 30 else "")
+        raise InputError(f"label(s) {missing} do not occur in the label map (present: "
+                         f"{shown or 'none'})", key="bones")
+    return boxes
+
+
+def anatomy_corners(volume: Any, labels: Sequence[int], margin_mm: float = 8.0, *,
+                    boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> np.ndarray:
     """The 8 world corners ``(8, 3)`` mm of the bounding box of ``labels``, grown by a margin.
 
     The box is taken in index space around the voxels of the bones (voxel edges, not centres),
-    grown by ``margin_mm`` along each index axis, then mapped to world.
+    grown by ``margin_mm`` along each index axis, then mapped to world. ``boxes``: the bones'
+    boxes (:func:`bone_boxes`) when already known.
     """
-    lab = np.asarray(volume.labels)
-    wanted = np.asarray(list(labels), dtype=np.int64)
-    if np.issubdtype(lab.dtype, np.integer) and lab.size and int(lab.min()) >= 0 \
-            and int(lab.max()) < (1 << 20):
-        table = np.zeros(int(lab.max()) + 1, dtype=bool)   # a lookup table beats isin here
-        table[wanted[(wanted >= 0) & (wanted < table.size)]] = True
-        mask = table[lab]
-    else:
-        mask = np.isin(lab, wanted)
-    lo, hi = [], []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
-            raise InputError(f"none of the labels {list(labels)} occurs in the label map",
-                             key="bones")
-        grow = margin_mm / float(volume.spacing[axis])
-        lo.append(hits[0] - 0.5 - grow)
-        hi.append(hits[-1] + 0.5 + grow)
+    if boxes is None:
+        boxes = bone_boxes(volume.labels, labels)
+    first = np.min([boxes[int(b)][0] for b in labels], axis=0).astype(np.float64)
+    last = np.max([boxes[int(b)][1] for b in labels], axis=0).astype(np.float64) - 1.0
+    grow = margin_mm / np.asarray(volume.spacing, dtype=np.float64)
+    lo = first - 0.5 - grow
+    hi = last + 0.5 + grow
     idx = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
                     for z in (lo[2], hi[2])])
     return np.asarray(volume.index_to_world(idx), dtype=np.float64)
