@@ -551,3 +551,47 @@ def test_depth_per_bone_refuses_bad_input(many_bones: Volume, tools: SimpleNames
     with GLRenderer(many_bones.with_labels(None)) as bare, \
             pytest.raises(InputError, match="no label map"):
         bare.depth_per_bone(views, [3])
+
+
+def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> None:
+    """A thick solid bone has mask bricks that are 1 everywhere (occupancy 2): rays step over
+    them while inside, and the crossings stay those of the box faces (the 0.5 level set of a
+    box of voxels lies half a voxel out) and those of the torch backend, which skips nothing."""
+    _gl_or_skip()
+    from regkit.render.gl.backend import _occupancy
+
+    mask = np.zeros((20, 20, 20), dtype=bool)
+    mask[2:19, 2:19, 2:19] = True
+    any_ = _occupancy(mask, 8)
+    every = _occupancy(mask, 8, every=True)
+    assert every.sum() > 0 and np.all(every <= any_)
+    # a brick is full only when every texel it interpolates (its 9³ footprint) is set
+    for b in np.argwhere(every):
+        foot = tuple(slice(8 * i, 8 * i + 9) for i in b)
+        assert mask[foot].all() and mask[foot].shape == (9, 9, 9)
+    shape = (40, 40, 40)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[6:34, 8:32, 5:35] = 1
+    aff = np.diag([0.5, 0.5, 0.5, 1.0])
+    vol = Volume(np.where(labels > 0, 800.0, -1000.0).astype(np.float32), aff, labels=labels)
+    cams = [tools.look_at(np.array([10.0, -300.0, 10.0]), np.array([10.0, 10.0, 10.0]),
+                          focal=600.0, width=36, height=36),
+            tools.look_at(np.array([-200.0, -150.0, 90.0]), np.array([10.0, 10.0, 10.0]),
+                          focal=500.0, width=36, height=36)]
+    views = Views.from_cameras(cams)
+    with GLRenderer(vol) as gl:
+        got = gl.depth(views, [1], layers=2)
+        per_bone = gl.depth_per_bone(views, [1], layers=2)[0]
+    want = TorchRenderer(vol).depth(views, [1], layers=2)
+    for a in (got, per_bone):
+        torch.testing.assert_close(a.layers, want.layers, rtol=0, atol=0)
+        torch.testing.assert_close(a.front, want.front, rtol=0, atol=2e-3, equal_nan=True)
+        torch.testing.assert_close(a.back, want.back, rtol=0, atol=2e-3, equal_nan=True)
+    # the straight-on view: entry and exit on the faces y = (8 - 0.5) and (31 + 0.5) voxels
+    centre = got.layers[0].bool()
+    assert centre.sum() > 300
+    source_y = -300.0
+    along = torch.tensor([0.5 * 7.5 - source_y, 0.5 * 31.5 - source_y])
+    f = got.front[0, 0][centre]
+    b = got.back[0, 0][centre]
+    assert float(f.min()) >= float(along[0]) - 1e-3 and float(b.max()) > float(along[1]) - 1e-3

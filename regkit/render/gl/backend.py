@@ -379,6 +379,8 @@ class GLRenderer(Renderer):
         bricks, n_bricks = None, (0, 0, 0)
         if brick:
             occ = _occupancy(values != 0, brick)
+            if values.dtype == np.float16:  # a 0/1 mask: mark the bricks that are all 1 as 2
+                occ += _occupancy(values == 1, brick, every=True)
             bricks = self._own(ctx.texture3d((occ.shape[2], occ.shape[1], occ.shape[0]), 1, occ,
                                              dtype="u1"))
             bricks.filter = (moderngl.NEAREST, moderngl.NEAREST)
@@ -1058,13 +1060,14 @@ def _encode_unorm16(values: np.ndarray) -> tuple[np.ndarray, float] | None:
     return t, hi
 
 
-def _occupancy(nonzero: np.ndarray, brick: int) -> np.ndarray:
-    """uint8 per brick of ``brick`` cells per axis: 1 where any texel it interpolates is set.
+def _occupancy(flags: np.ndarray, brick: int, every: bool = False) -> np.ndarray:
+    """uint8 per brick of ``brick`` cells per axis: 1 where any texel it interpolates is set
+    (``every``: where all of them are, texels past the block's end counting as unset).
 
     Cell ``c`` interpolates texels ``c`` and ``c + 1``, so brick ``b`` reads texels
     ``[b·brick, (b + 1)·brick]``, one shared with the next brick.
     """
-    occ = nonzero
+    occ = flags
     for axis in range(3):
         size = occ.shape[axis]
         n_b = max(1, math.ceil((size - 1) / brick))
@@ -1074,8 +1077,11 @@ def _occupancy(nonzero: np.ndarray, brick: int) -> np.ndarray:
             widths[axis] = (0, pad)
             occ = np.pad(occ, widths)
         body = np.moveaxis(occ, axis, 0)
-        blocks = body[: n_b * brick].reshape(n_b, brick, *body.shape[1:]).any(axis=1)
-        blocks |= body[brick:: brick][:n_b]
+        shaped = body[: n_b * brick].reshape(n_b, brick, *body.shape[1:])
+        if every:
+            blocks = shaped.all(axis=1) & body[brick:: brick][:n_b]
+        else:
+            blocks = shaped.any(axis=1) | body[brick:: brick][:n_b]
         occ = np.moveaxis(blocks, 0, axis)
     return np.ascontiguousarray(occ, dtype=np.uint8)
 
