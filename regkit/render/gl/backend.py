@@ -488,6 +488,26 @@ class GLRenderer(Renderer):
             self._label_boxes = boxes
         return self._label_boxes
 
+    def _check_labels(self, bones: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The label boxes, once the volume is known to have a label map holding ``bones``.
+
+        Raises:
+            InputError: no label map, or a label that does not occur.
+        """
+        if self._labels is None:
+            raise InputError("the volume has no label map, so bones cannot be selected",
+                             key="bones")
+        if not bones:
+            return {}
+        known = self._boxes()
+        missing = [b for b in bones if b not in known]
+        if missing:
+            shown = sorted(known)
+            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
+            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
+                             f"{listing or 'none'})", key="bones")
+        return known
+
     def _bone_set(self, bones: Any) -> _BoneSet:
         """The (cached) crops for ``bones``.
 
@@ -495,20 +515,12 @@ class GLRenderer(Renderer):
             InputError: no label map, a bad label, or a label that does not occur.
         """
         key = _bone_key(bones)
-        if self._labels is None:
-            raise InputError("the volume has no label map, so bones cannot be selected",
-                             key="bones")
+        self._check_labels(())
         found = self._bone_sets.get(key)
         if found is not None:
             self._bone_sets.move_to_end(key)
             return found
-        known = self._boxes()
-        missing = [b for b in key if b not in known]
-        if missing:
-            shown = sorted(known)
-            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
-            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
-                             f"{listing or 'none'})", key="bones")
+        known = self._check_labels(key)
         lo = np.min([known[b][0] for b in key], axis=0)
         hi = np.max([known[b][1] for b in key], axis=0)
         entry = _BoneSet(key, lo, hi)
@@ -835,20 +847,12 @@ class GLRenderer(Renderer):
         Raises:
             InputError: no label map, or a label that does not occur.
         """
-        if self._labels is None:
-            raise InputError("the volume has no label map, so bones cannot be selected",
-                             key="bones")
+        self._check_labels(())
         found = self._atlases.get(bones)
         if found is not None:
             self._atlases.move_to_end(bones)
             return found
-        known = self._boxes()
-        missing = [b for b in bones if b not in known]
-        if missing:
-            shown = sorted(known)
-            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
-            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
-                             f"{listing or 'none'})", key="bones")
+        known = self._check_labels(bones)
         lo = np.array([known[b][0] for b in bones], dtype=np.int64)
         hi = np.array([known[b][1] for b in bones], dtype=np.int64)
         sizes = hi - lo + 2                                                  # crop + margins
