@@ -94,6 +94,9 @@ class DepthMaps:
         front: ``(B, L, H, W)`` float32 mm from the source to the l-th entry; NaN where none.
         back: ``(B, L, H, W)`` float32 mm to the l-th exit; NaN where none.
         layers: ``(B, H, W)`` uint8, how many entries each ray made in all (may exceed L).
+
+    From :meth:`Renderer.depth_stack` every array has a bone axis after the batch axis:
+    ``(B, NB, L, H, W)`` and ``(B, NB, H, W)``; the methods work on either layout.
     """
 
     front: torch.Tensor
@@ -102,12 +105,13 @@ class DepthMaps:
 
     @property
     def hit(self) -> torch.Tensor:
-        """``(B, H, W)`` bool, rays that entered the bone at least once."""
+        """``(B, H, W)`` (or ``(B, NB, H, W)``) bool, rays that entered the bone at least once."""
         return self.layers > 0
 
     def thickness(self) -> torch.Tensor:
-        """``(B, H, W)`` float32 mm: sum over the stored layers of back − front (0 on a miss)."""
-        return torch.nan_to_num(self.back - self.front, nan=0.0).sum(dim=1)
+        """``(B, H, W)`` (or ``(B, NB, H, W)``) float32 mm: sum over the stored layers of
+        back − front (0 on a miss)."""
+        return torch.nan_to_num(self.back - self.front, nan=0.0).sum(dim=-3)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """The arrays of a depth file: ``front``, ``back`` (float32) and ``layers`` (uint8)."""
@@ -254,6 +258,17 @@ class Renderer(ABC):
                        layers: int = 2) -> list[DepthMaps]:
         """One :class:`DepthMaps` per bone, in the order given."""
         return [self.depth(views, [b], layers=layers) for b in bones]
+
+    def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
+        """Each bone's own maps, as :meth:`depth_per_bone` gives them, on a bone axis:
+        ``front``/``back`` ``(B, NB, L, H, W)``, ``layers`` ``(B, NB, H, W)``, bones in the order
+        given (a backend may fill these arrays directly instead of stacking)."""
+        maps = self.depth_per_bone(views, bones, layers=layers)
+        if not maps:
+            raise InputError("no bones given", key="bones")
+        return DepthMaps(front=torch.stack([m.front for m in maps], dim=1),
+                         back=torch.stack([m.back for m in maps], dim=1),
+                         layers=torch.stack([m.layers for m in maps], dim=1))
 
 
 def check_backend_available(name: str, available: bool, why: str) -> None:

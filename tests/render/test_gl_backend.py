@@ -595,3 +595,27 @@ def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> N
     f = got.front[0, 0][centre]
     b = got.back[0, 0][centre]
     assert float(f.min()) >= float(along[0]) - 1e-3 and float(b.max()) > float(along[1]) - 1e-3
+
+
+def test_depth_stack_puts_the_bones_on_an_axis(tools: SimpleNamespace,
+                                               many_bones: Volume) -> None:
+    """``depth_stack`` fills (B, NB, L, H, W) directly on gl and by stacking elsewhere; each
+    row is that bone's own maps, repeats included, and the DepthMaps methods see the bone
+    axis."""
+    _gl_or_skip()
+    views = _many_views(tools, many_bones)
+    bones = [5, 2, 5]
+    with GLRenderer(many_bones) as renderer:
+        stack = renderer.depth_stack(views, bones, layers=2)
+        loop = _loop(renderer, views, bones, 2)
+        with pytest.raises(InputError, match="no bones"):
+            renderer.depth_stack(views, [])
+    assert stack.front.shape == (4, 3, 2, 38, 44) and stack.layers.shape == (4, 3, 38, 44)
+    rows = [DepthMaps(front=stack.front[:, i], back=stack.back[:, i],
+                      layers=stack.layers[:, i]) for i in range(3)]
+    _assert_same_depths(rows, loop)
+    assert stack.thickness().shape == (4, 3, 38, 44) and stack.hit.shape == (4, 3, 38, 44)
+    torch.testing.assert_close(stack.thickness()[:, 1], loop[1].thickness(), rtol=0, atol=4e-3)
+    stacked = TorchRenderer(many_bones).depth_stack(views, [2], layers=1)
+    assert stacked.front.shape == (4, 1, 1, 38, 44)
+    torch.testing.assert_close(stacked.layers[:, 0], loop[1].layers, rtol=0, atol=0)

@@ -710,28 +710,52 @@ class GLRenderer(Renderer):
 
         Returns:
             A list of :class:`DepthMaps` (``front``/``back`` float32 ``(B, layers, H, W)``,
-            ``layers`` uint8 ``(B, H, W)``), one per entry of ``bones``.
+            ``layers`` uint8 ``(B, H, W)``), one per entry of ``bones``; a repeated bone gets
+            its own copy.
 
         Raises:
             InputError: a bad ``layers``, no label map, a bad label or one that does not occur.
         """
+        wanted = [_bone_key([b])[0] for b in bones]
+        if not wanted:
+            self._check_layers(layers)
+            _batch(views)
+            return []
+        stack = self.depth_stack(views, wanted, layers=layers)  # a row per entry, repeats too
+        return [DepthMaps(front=stack.front[:, i], back=stack.back[:, i],
+                          layers=stack.layers[:, i]) for i in range(len(wanted))]
+
+    @staticmethod
+    def _check_layers(layers: Any) -> int:
+        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
+            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
+        return int(layers)
+
+    def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
+        """Each bone's own maps on a bone axis (see :meth:`depth_per_bone` for how), written
+        straight into ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers`` ``(B, NB, H, W)``.
+
+        Raises:
+            InputError: a bad ``layers``, no bones, no label map, a bad label or one that does
+                not occur.
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_atlas_source
 
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
-            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
-        n_layers = int(layers)
+        n_layers = self._check_layers(layers)
         batch = _batch(views)
         wanted = [_bone_key([b])[0] for b in bones]
         if not wanted:
-            return []
+            raise InputError("no bones given", key="bones")
         unique = tuple(sorted(set(wanted)))
-        slot_of = {b: i for i, b in enumerate(unique)}
         h, w = views.height, views.width
         view_data = self._views_array(views, _border_pixels(w, h))
-        front = np.full((len(unique), batch, n_layers, h, w), _NAN, dtype=np.float32)
+        front = np.full((batch, len(wanted), n_layers, h, w), _NAN, dtype=np.float32)
         back = np.full_like(front, _NAN)
-        count = np.zeros((len(unique), batch, h, w), dtype=np.uint8)
+        count = np.zeros((batch, len(wanted), h, w), dtype=np.uint8)
+        rows: dict[int, list[int]] = {}
+        for i, b in enumerate(wanted):
+            rows.setdefault(b, []).append(i)
         bytes_per_ray = 4 * (2 * n_layers + 1)
         max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
         with self._session() as ctx:
@@ -788,25 +812,16 @@ class GLRenderer(Renderer):
                         u0, v0, ww, hh = (int(x) for x in table[n, 0])
                         b_view, bone = int(table[n, 1, 0]), atlas.bones[int(table[n, 1, 1])]
                         a, z = int(firsts[n]), int(firsts[n] + ww * hh)
-                        k = slot_of[bone]
-                        front[k, b_view, :, v0:v0 + hh, u0:u0 + ww] = \
-                            f_out[:, a:z].reshape(n_layers, hh, ww)
-                        back[k, b_view, :, v0:v0 + hh, u0:u0 + ww] = \
-                            b_out[:, a:z].reshape(n_layers, hh, ww)
-                        count[k, b_view, v0:v0 + hh, u0:u0 + ww] = c_out[a:z].reshape(hh, ww)
+                        for k in rows[bone]:
+                            front[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
+                                f_out[:, a:z].reshape(n_layers, hh, ww)
+                            back[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
+                                b_out[:, a:z].reshape(n_layers, hh, ww)
+                            count[b_view, k, v0:v0 + hh, u0:u0 + ww] = \
+                                c_out[a:z].reshape(hh, ww)
                     start = stop
-        out: list[DepthMaps] = []
-        seen: set[int] = set()
-        for b in wanted:
-            k = slot_of[b]
-            maps = DepthMaps(front=torch.from_numpy(front[k]), back=torch.from_numpy(back[k]),
-                             layers=torch.from_numpy(count[k]))
-            if b in seen:  # a repeated bone gets its own copy, as separate calls would give
-                maps = DepthMaps(front=maps.front.clone(), back=maps.back.clone(),
-                                 layers=maps.layers.clone())
-            seen.add(b)
-            out.append(maps)
-        return out
+        return DepthMaps(front=torch.from_numpy(front), back=torch.from_numpy(back),
+                         layers=torch.from_numpy(count))
 
     def _bone_windows(self, views: Views, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """``(B, N, 4)`` int ``(u0, v0, w, h)``: the pixels whose rays can cross each bone.

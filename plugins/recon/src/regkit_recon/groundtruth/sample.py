@@ -4,7 +4,7 @@ Per-bone depth is the cost that matters (29 bones of a hand at 256²). :class:`S
 makes it cheap through the public renderer API alone:
 
 * with the OpenGL backend, one renderer bound to the whole CT renders every bone's depth layers
-  in one call (:meth:`regkit.render.Renderer.depth_per_bone`, which packs the bones' masks into
+  in one call (:meth:`regkit.render.Renderer.depth_stack`, which packs the bones' masks into
   one texture and marches each bone only on the detector window it projects into);
 * with another backend, each bone gets its own renderer bound to a crop of the CT around that
   bone (2 voxels of margin: the trilinear 0.5 level set of a bone's mask lies within one voxel of
@@ -166,12 +166,11 @@ class SampleRenderer:
     def depth(self, camera: Camera, layers: int) -> dict[str, np.ndarray]:
         """Per-bone ``hit`` ``[NB, H, W]``, ``front``/``back`` ``[NB, L, H, W]``, ``layers``."""
         if self._depth is not None:
-            maps = self._depth.depth_per_bone(Views.from_cameras(camera), self.bones,
-                                              layers=layers)
-            front = np.stack([m.front[0].numpy() for m in maps])
-            back = np.stack([m.back[0].numpy() for m in maps])
-            count = np.stack([m.layers[0].numpy() for m in maps])
-            return {"hit": count > 0, "front": front, "back": back, "layers": count}
+            maps = self._depth.depth_stack(Views.from_cameras(camera), self.bones,
+                                           layers=layers)
+            count = maps.layers[0].numpy()
+            return {"hit": count > 0, "front": maps.front[0].numpy(),
+                    "back": maps.back[0].numpy(), "layers": count}
         h, w, nb = camera.height, camera.width, len(self.bones)
         front = np.full((nb, layers, h, w), np.nan, dtype=np.float32)
         back = np.full_like(front, np.nan)
