@@ -489,7 +489,8 @@ class GLRenderer(Renderer):
         return self._label_boxes
 
     def _check_labels(self, bones: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """The label boxes, once the volume is known to have a label map holding ``bones``.
+        """The label boxes, once the volume is known to have a label map holding ``bones``
+        (cached bone sets and atlases exist only when it does).
 
         Raises:
             InputError: no label map, or a label that does not occur.
@@ -497,8 +498,6 @@ class GLRenderer(Renderer):
         if self._labels is None:
             raise InputError("the volume has no label map, so bones cannot be selected",
                              key="bones")
-        if not bones:
-            return {}
         known = self._boxes()
         missing = [b for b in bones if b not in known]
         if missing:
@@ -515,7 +514,6 @@ class GLRenderer(Renderer):
             InputError: no label map, a bad label, or a label that does not occur.
         """
         key = _bone_key(bones)
-        self._check_labels(())
         found = self._bone_sets.get(key)
         if found is not None:
             self._bone_sets.move_to_end(key)
@@ -539,16 +537,23 @@ class GLRenderer(Renderer):
         """
         assert self._labels is not None
         size = tuple(int(s) for s in entry.hi - entry.lo + 2)
+        src, dst = self._margin_slices(entry.lo, entry.hi)
+        keep = np.zeros(size, dtype=bool)
+        keep[dst] = np.isin(self._labels[src], entry.bones)
+        return keep, src, dst
+
+    def _margin_slices(self, lo: np.ndarray, hi: np.ndarray
+                       ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """The box ``[lo, hi)`` plus a one-voxel margin: the slices of the volume it covers
+        and where they land in a block of that box (``hi - lo + 2`` per axis)."""
         src, dst = [], []
         for axis in range(3):
-            a = int(entry.lo[axis]) - 1
-            b = int(entry.hi[axis]) + 1
+            a = int(lo[axis]) - 1
+            b = int(hi[axis]) + 1
             a_in, b_in = max(a, 0), min(b, self.shape[axis])
             src.append(slice(a_in, b_in))
             dst.append(slice(a_in - a, b_in - a))
-        keep = np.zeros(size, dtype=bool)
-        keep[tuple(dst)] = np.isin(self._labels[tuple(src)], entry.bones)
-        return keep, tuple(src), tuple(dst)
+        return tuple(src), tuple(dst)
 
     def _support(self, entry: _BoneSet) -> dict[str, Any]:
         return {"origin": entry.lo - 1.0, "support_lo": entry.lo - 1.0,
@@ -658,9 +663,7 @@ class GLRenderer(Renderer):
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_source
 
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
-            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
-        n_layers = int(layers)
+        n_layers = self._check_layers(layers)
         batch = _batch(views)
         h, w = views.height, views.width
         grid = (0, 0, w, h)
@@ -862,7 +865,6 @@ class GLRenderer(Renderer):
         Raises:
             InputError: no label map, or a label that does not occur.
         """
-        self._check_labels(())
         found = self._atlases.get(bones)
         if found is not None:
             self._atlases.move_to_end(bones)
@@ -908,14 +910,10 @@ class GLRenderer(Renderer):
         boxes = np.zeros((len(bones), 3, 4), dtype=np.float32)
         at = 0
         for i, b in enumerate(bones):
-            src, dst = [], []
-            for a in range(3):
-                first, last = int(lo[i, a]) - 1, int(hi[i, a]) + 1
-                a_in, b_in = max(first, 0), min(last, self.shape[a])
-                src.append(slice(a_in, b_in))
-                dst.append(slice(a_in - first + (at if a == axis else 0),
-                                 b_in - first + (at if a == axis else 0)))
-            values[tuple(dst)] = self._labels[tuple(src)] == b
+            src, dst = self._margin_slices(lo[i], hi[i])
+            placed = tuple(slice(d.start + at, d.stop + at) if a == axis else d
+                           for a, d in enumerate(dst))
+            values[placed] = self._labels[src] == b
             offset = np.zeros(3)
             offset[axis] = at
             boxes[i, 0, :3] = lo[i] - 1.0 - offset

@@ -507,21 +507,19 @@ layout(std430, binding = 2) readonly buffer Windows { Window windows[]; };
 layout(std430, binding = 5) readonly buffer Boxes { BoneBox boxes[]; };
 uniform int n_windows;
 uniform int n_rays;           // rays in this dispatch
-uniform int ray_offset;       // first ray of this dispatch
 
 void main() {
     uvec3 gid = gl_GlobalInvocationID;
     int r = int(gid.y) * int(gl_NumWorkGroups.x * gl_WorkGroupSize.x) + int(gid.x);
     if (r >= n_rays) return;
-    int ray = ray_offset + r;
     int lo = 0;
     int hi = n_windows - 1;
     while (lo < hi) {  // the last window whose first ray is at or before this one
         int mid = (lo + hi + 1) >> 1;
-        if (windows[mid].ids.z <= ray) lo = mid; else hi = mid - 1;
+        if (windows[mid].ids.z <= r) lo = mid; else hi = mid - 1;
     }
     Window w = windows[lo];
-    int local = ray - w.ids.z;
+    int local = r - w.ids.z;
     vec2 uv = vec2(w.box.x + local % w.box.z, w.box.y + local / w.box.z) + 0.5;
     View v = views[w.ids.x];
     vec3 c = vec3((uv.x - v.intrinsic.z) / v.intrinsic.x, (uv.y - v.intrinsic.w) / v.intrinsic.y,
