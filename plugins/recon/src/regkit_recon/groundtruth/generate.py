@@ -234,7 +234,7 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
     factor = params.get("drr_factor")
     if factor is None:
         factor = auto_drr_factor(volume, corners, params["size"], max(ViewRanges().fill))
-    _STATE.update(key=key, bones=bones, corners=corners, drr_factor=int(factor),
+    _STATE.update(key=key, bones=bones, corners=corners,
                   renderer=SampleRenderer(volume, bones, backend=params["backend"],
                                           step_mm=params["step_mm"], drr_factor=factor,
                                           boxes=boxes))
@@ -259,7 +259,7 @@ def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
     image, noise_record = degrade(clean, noise_rng)
     depth = state["renderer"].depth(camera, params["layers"])
     meta = {"index": index, "view_index": view, "view": view_record, "degrade": noise_record,
-            "drr_factor": state["drr_factor"],
+            "drr_factor": state["renderer"].drr_factor,
             "drr_step_mm": state["renderer"].drr_step_mm, "seed": params["seed"],
             "generator": "regkit-recon generate"}
     return {"image": image, "image_clean": clean, "camera": camera.to_json(indent=None),

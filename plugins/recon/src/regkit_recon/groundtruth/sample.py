@@ -63,18 +63,14 @@ def drr_volume(volume: Any, factor: int) -> Any:
     f = int(factor)
     if f < 1:
         raise InputError(f"must be a whole number >= 1, got {factor!r}", key="drr_factor")
-    bare = Volume(np.asarray(volume.data), np.asarray(volume.world_from_index), None,
-                  volume.units)
-    if f == 1:
-        return bare
+    data = np.asarray(volume.data)
     pad = [(0, (-n) % f) for n in volume.shape]
     if any(p for _, p in pad):
         outside = _AIR_HU if volume.units == "HU" else 0.0
-        data = np.asarray(volume.data)
         if data.dtype.kind not in "fi":  # unsigned values cannot hold air's -1000 HU
             data = data.astype(np.float32)
         data = np.pad(data, pad, constant_values=outside)
-        bare = Volume(data, np.asarray(volume.world_from_index), None, volume.units)
+    bare = Volume(data, np.asarray(volume.world_from_index), None, volume.units)
     return bare.downsample(f)
 
 
