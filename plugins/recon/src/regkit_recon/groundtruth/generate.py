@@ -15,6 +15,17 @@ view kind is ``kinds[(i % V) % len(kinds)]``. Every random draw of sample ``i`` 
 sample's content depends on the seed, its index and the parameters, never on the number of
 workers or on what else was generated in the same run.
 
+Malunions: phantom ``k`` carries random malunions (1-2 bones, drawn by
+:func:`~regkit_recon.phantom.deformity.draw_malunions`) when the first draw of
+``SeedSequence(seed, spawn_key=(2, k))`` falls under ``malunion_fraction``; the malunions come from
+that stream's attempt ``a`` (``spawn_key=(2, k, a)``), the next attempt being taken when a draw
+makes bones collide. Each sample's ``meta`` records its phantom's deformities.
+
+Sharding: ``shard=(K, N)`` makes only the samples with ``index % N == K`` (and the phantoms they
+come from). Every sample is byte-identical to the same sample of an unsharded run, so N machines
+can share one data set; :func:`regkit_recon.groundtruth.dataset.open_ground_truth` reads the shard
+folders as one.
+
 Resuming: a rerun with the same parameters skips every sample whose file exists (files appear
 only by rename, so an existing file is complete) and deletes leftover temporary files. Other
 parameters on an existing folder are refused. One run per folder at a time.
@@ -39,8 +50,9 @@ import numpy as np
 from regkit.errors import InputError, UserInputError
 from regkit.utils.files import atomic_write_text
 
-__all__ = ["GenerateSpec", "WorkerError", "generate", "phantom_seed", "release_renderers",
-           "render_sample", "sample_streams"]
+__all__ = ["GenerateSpec", "WorkerError", "generate", "malunion_stream", "parse_shard",
+           "phantom_is_malunited", "phantom_seed", "release_renderers", "render_sample",
+           "sample_streams"]
 
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
@@ -74,6 +86,10 @@ class GenerateSpec:
         montage: Samples shown in ``montage.png`` (0: none).
         radiograph, camera: A real radiograph and its starting camera (with ``ct``): register
             first, then render the ground truth in the registered view (one sample).
+        malunion_fraction: Fraction of phantoms with random malunions, in [0, 1] (phantoms
+            only; default 1/3: a network that has only seen normal hands pulls deformed bones
+            back to normal).
+        shard: ``(K, N)``: make only the samples with ``index % N == K`` (None: all).
     """
 
     out: str
@@ -94,6 +110,8 @@ class GenerateSpec:
     montage: int = 4
     radiograph: str | None = None
     camera: str | None = None
+    malunion_fraction: float = 1.0 / 3.0
+    shard: tuple[int, int] | None = None
 
     def checked(self) -> GenerateSpec:
         """Validate every field; InputError names the flag."""
@@ -134,6 +152,19 @@ class GenerateSpec:
             raise InputError("no view kinds", key="kinds")
         if self.drr_factor is not None:
             whole("drr_factor", self.drr_factor, 1, 16)
+        frac = self.malunion_fraction
+        if isinstance(frac, bool) or not isinstance(frac, int | float) \
+                or not (math.isfinite(frac) and 0.0 <= frac <= 1.0):
+            raise InputError(f"must be a fraction in [0, 1], got {frac!r}",
+                             key="malunion_fraction")
+        if self.shard is not None:
+            if len(self.shard) != 2:
+                raise InputError(f"must be K/N, got {self.shard!r}", key="shard")
+            count = whole("shard", self.shard[1], 1)
+            whole("shard", self.shard[0], 0, count - 1)
+            if self.radiograph is not None:
+                raise InputError("a registered radiograph makes one sample; it cannot be "
+                                 "sharded", key="shard")
         if self.step_mm is not None and not (math.isfinite(self.step_mm) and self.step_mm > 0):
             raise InputError(f"must be a positive number of mm, got {self.step_mm!r}",
                              key="step_mm")
@@ -142,8 +173,10 @@ class GenerateSpec:
     def parameters(self) -> dict[str, Any]:
         """The parameters a sample's content depends on (what a rerun must repeat)."""
         d = asdict(self)
-        for key in ("out", "workers", "montage"):
+        for key in ("out", "workers", "montage", "shard"):
             d.pop(key)
+        if self.phantoms is None:
+            d.pop("malunion_fraction")  # a CT brings its own bones
         for key in ("ct", "labels", "radiograph", "camera"):
             if d[key] is not None:
                 d[key] = str(Path(d[key]).absolute())
@@ -205,15 +238,55 @@ class WorkerError(RuntimeError):
         return cls(f"{job}: {type(err).__name__}: {err}", isinstance(err, UserInputError))
 
 
-def _make_phantom(job: tuple[int, int, float, str]) -> int:
+MALUNION_ATTEMPTS = 12
+"""Draws of random malunions tried for one phantom before it is made without any."""
+
+
+def malunion_stream(seed: int, k: int) -> np.random.SeedSequence:
+    """The seed sequence of phantom ``k``'s malunion draws in a run seeded with ``seed``."""
+    return np.random.SeedSequence(seed, spawn_key=(2, k))
+
+
+def phantom_is_malunited(seed: int, k: int, fraction: float) -> bool:
+    """Whether phantom ``k`` of a run seeded with ``seed`` carries random malunions."""
+    return bool(np.random.default_rng(malunion_stream(seed, k)).random() < fraction)
+
+
+def _make_phantom(job: tuple[int, int, float, str, int, bool]) -> int:
+    from regkit_recon.phantom.deformity import draw_malunions
     from regkit_recon.phantom.phantom import make_hand_phantom
 
-    k, seed, voxel, path = job
+    k, seed, voxel, path, run_seed, malunited = job
     try:
-        make_hand_phantom(seed, voxel_mm=voxel).save(path)
+        phantom = None
+        if malunited:
+            for attempt in range(MALUNION_ATTEMPTS):
+                stream = np.random.SeedSequence(run_seed, spawn_key=(2, k, attempt))
+                spec = draw_malunions(np.random.default_rng(stream))
+                try:
+                    phantom = make_hand_phantom(seed, deformity=spec, voxel_mm=voxel)
+                    break
+                except InputError as err:
+                    if err.key != "deformity":  # only a collision earns another draw
+                        raise
+        if phantom is None:
+            phantom = make_hand_phantom(seed, voxel_mm=voxel)
+        phantom.save(path)
     except Exception as err:
         raise WorkerError.wrap(f"phantom {k} (seed {seed})", err) from None
     return k
+
+
+def _deformities_of(source: dict[str, Any]) -> list[dict[str, Any]]:
+    """The deformity records of a phantom source (from its phantom.json), [] for a CT."""
+    if source["record"].get("kind") != "phantom":
+        return []
+    path = Path(source["labels"]).with_name("phantom.json")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError("cannot read the phantom's record", source=path) from None
+    return list(record.get("deformities", []))
 
 
 def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +308,7 @@ def _load_source(source: dict[str, Any], params: dict[str, Any]) -> dict[str, An
     if factor is None:
         factor = auto_drr_factor(volume, corners, params["size"], max(ViewRanges().fill))
     _STATE.update(key=key, bones=bones, corners=corners,
+                  deformities=_deformities_of(source),
                   renderer=SampleRenderer(volume, bones, backend=params["backend"],
                                           step_mm=params["step_mm"], drr_factor=factor,
                                           boxes=boxes))
@@ -261,6 +335,7 @@ def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
     meta = {"index": index, "view_index": view, "view": view_record, "degrade": noise_record,
             "drr_factor": state["renderer"].drr_factor,
             "drr_step_mm": state["renderer"].drr_step_mm, "seed": params["seed"],
+            "deformities": state["deformities"],
             "generator": "regkit-recon generate"}
     return {"image": image, "image_clean": clean, "camera": camera.to_json(indent=None),
             "bones": np.asarray(state["bones"], dtype=np.int32), **depth,
@@ -346,7 +421,8 @@ def _manifest_path(out: Path) -> Path:
     return out / "manifest.json"
 
 
-def _check_resume(out: Path, params: dict[str, Any]) -> None:
+def _check_resume(out: Path, params: dict[str, Any],
+                  shard: tuple[int, int] | None = None) -> None:
     path = _manifest_path(out)
     if not path.is_file():
         if any((out / "samples").glob("[0-9]*.npz")):
@@ -362,6 +438,11 @@ def _check_resume(out: Path, params: dict[str, Any]) -> None:
     if version != FORMAT_VERSION:
         raise InputError(f"holds samples of format_version {version!r}, not {FORMAT_VERSION} "
                          "(made by another regkit-recon); use a new --out", source=out,
+                         key="out")
+    old_shard = manifest.get("shard")
+    if old_shard != (None if shard is None else list(shard)):
+        raise InputError(f"holds shard {old_shard!r} of a data set, not {shard!r}; rerun with "
+                         "the same --shard to resume, or use a new --out", source=out,
                          key="out")
     for key in sorted(set(old) | set(params)):
         if old.get(key) != params.get(key):
@@ -420,7 +501,9 @@ def _sources(spec: GenerateSpec, out: Path) -> list[dict[str, Any]]:
                 "labels": str(out / rel / "labels.nii.gz"), "bones": list(bones),
                 "bone_names": {str(b): BONE_NAMES[b] for b in bones},
                 "record": {"kind": "phantom", "path": rel, "seed": seed, "index": k,
-                           "voxel_mm": spec.voxel_mm}})
+                           "voxel_mm": spec.voxel_mm,
+                           "malunited": phantom_is_malunited(spec.seed, k,
+                                                             spec.malunion_fraction)}})
         return out_sources
     assert spec.ct is not None and spec.labels is not None
     bones = _bones_of(spec.ct, spec.labels, spec.bones)
@@ -444,6 +527,7 @@ def _write_manifest(out: Path, spec: GenerateSpec, sources: list[dict[str, Any]]
         "degrade_ranges": DegradeRanges().to_json(),
         "sources": [{"id": s["id"], "bones": s["bones"], "bone_names": s["bone_names"],
                      **s["record"]} for s in sources],
+        "shard": None if spec.shard is None else list(spec.shard),
         "samples": samples,
         "complete": complete,
         **(extra or {}),
@@ -479,7 +563,7 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", source=out, key="out")
     params = spec.parameters()
-    _check_resume(out, params)
+    _check_resume(out, params, spec.shard)
     if spec.radiograph is not None:
         from regkit_recon.groundtruth.registered import registered_sample
 
@@ -488,10 +572,11 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(folder, out / "phantoms")
+    k_shard, n_shard = spec.shard or (0, 1)
     samples = [{"index": i, "file": f"samples/{sample_name(i)}",
                 "source": sources[i // spec.views]["id"],
                 "view": spec.kinds[(i % spec.views) % len(spec.kinds)]}
-               for i in range(len(sources) * spec.views)]
+               for i in range(len(sources) * spec.views) if i % n_shard == k_shard]
     _write_manifest(out, spec, sources, samples, complete=False)
     started = time.perf_counter()
 
@@ -523,9 +608,10 @@ def _run(spec: GenerateSpec, out: Path, sources: list[dict[str, Any]],
             pool = ctx.Pool(spec.workers, initializer=_init_worker,
                             initargs=(_threads(spec.workers),))
         if spec.phantoms is not None:
+            needed = {s["source"] for s in samples}
             jobs = [(s["record"]["index"], s["record"]["seed"], spec.voxel_mm,
-                     str(out / s["id"])) for s in sources
-                    if not (out / s["id"] / "phantom.json").is_file()]
+                     str(out / s["id"]), spec.seed, s["record"]["malunited"]) for s in sources
+                    if s["id"] in needed and not (out / s["id"] / "phantom.json").is_file()]
             if jobs:
                 bar = Progress(len(jobs), "phantoms", stream)
                 results = pool.imap_unordered(_make_phantom, jobs) if pool \
@@ -579,3 +665,19 @@ def parse_bones(text: str | None) -> tuple[int, ...] | None:
         raise InputError(f"must be positive label values separated by commas, got {text!r}",
                          key="bones")
     return tuple(sorted(set(values)))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"1/4"`` → ``(1, 4)``; None stays None."""
+    if text is None:
+        return None
+    parts = text.split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"must be K/N with whole numbers 0 <= K < N, got {text!r}",
+                         key="shard") from None
+    if n < 1 or not 0 <= k < n:
+        raise InputError(f"must be K/N with whole numbers 0 <= K < N, got {text!r}",
+                         key="shard")
+    return k, n

@@ -56,12 +56,14 @@ from regkit_recon.phantom._geometry import frame, rot_x, rot_y, rot_z, translati
 from regkit_recon.phantom.anatomy import LONG_BONES
 
 __all__ = [
+    "MALUNION_DRAW",
     "RADIUS_FIELDS",
     "SHAFT_FIELDS",
     "Deformity",
     "DeformityLike",
     "RadiusMalunion",
     "ShaftMalunion",
+    "draw_malunions",
     "parse_deformity",
 ]
 
@@ -327,3 +329,57 @@ def parse_deformity(spec: DeformityLike | None) -> tuple[Deformity, ...]:
                              key=_key("bone"))
         seen.add(item.bone)
     return tuple(parsed)
+
+
+MALUNION_DRAW: MappingProxyType[str, tuple[float, float]] = MappingProxyType({
+    # The ranges random malunions are drawn from (uniform), inside SHAFT_FIELDS and
+    # RADIUS_FIELDS but narrowed to what healed fractures commonly show: a draw from the full
+    # ranges (45° of angulation with 8 mm of shortening) makes most phantoms collide.
+    "level": (0.25, 0.75),
+    "angulation_deg": (-35.0, 35.0),
+    "angulation2_deg": (-20.0, 20.0),
+    "rotation_deg": (-25.0, 25.0),
+    "shortening_mm": (0.0, 5.0),
+    "dorsal_tilt_deg": (-25.0, 35.0),
+    "radial_inclination_deg": (5.0, 30.0),
+    "level_mm": (15.0, 30.0),
+})
+"""Uniform ranges of :func:`draw_malunions` (degrees in ``_deg`` fields, as in a SPEC)."""
+
+
+def draw_malunions(rng: np.random.Generator, *, max_bones: int = 2,
+                   radius_probability: float = 0.3) -> list[dict[str, Any]]:
+    """Draw 1 to ``max_bones`` random malunions, as SPEC mappings for :func:`parse_deformity`.
+
+    Each deformed bone is the radius with probability ``radius_probability`` (at most once),
+    else a metacarpal or phalanx drawn uniformly (no bone twice). Every field is drawn from
+    :data:`MALUNION_DRAW`; the shortening is capped at the bone's allowed maximum.
+
+    Args:
+        rng: The generator (the only randomness).
+        max_bones: The most bones deformed in one hand (>= 1).
+        radius_probability: Chance that each deformed bone is the distal radius.
+    """
+    if max_bones < 1:
+        raise InputError(f"must be >= 1, got {max_bones!r}", key="max_bones")
+    count = int(rng.integers(1, max_bones + 1))
+    shafts = list(_SHAFT_BONES)
+    items: list[dict[str, Any]] = []
+    radius_done = False
+    for _ in range(count):
+        if not radius_done and rng.random() < radius_probability:
+            radius_done = True
+            items.append({"bone": "radius",
+                          **{f: float(rng.uniform(*MALUNION_DRAW[f]))
+                             for f in ("dorsal_tilt_deg", "radial_inclination_deg",
+                                       "level_mm")}})
+            continue
+        bone = shafts.pop(int(rng.integers(len(shafts))))
+        item: dict[str, Any] = {"bone": bone}
+        for f in ("level", "angulation_deg", "angulation2_deg", "rotation_deg",
+                  "shortening_mm"):
+            item[f] = float(rng.uniform(*MALUNION_DRAW[f]))
+        cap = SHORTENING_MAX_FRACTION * LONG_BONES[bone].length
+        item["shortening_mm"] = min(item["shortening_mm"], cap)
+        items.append(item)
+    return items
