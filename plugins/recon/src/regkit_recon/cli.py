@@ -8,10 +8,16 @@ Actions:
     whole or not at all.
 
     ``regkit recon generate --out DIR (--phantoms K | --ct CT --labels LABELS [--bones 70,72])
-    --views V [--size 256] [--layers 2] [--seed S] [--workers N]`` writes ground-truth samples
-    (radiograph, camera, per-bone masks and depth layers); ``--radiograph X --camera INIT.json``
-    with ``--ct`` registers the CT to a real radiograph first. See
-    :mod:`regkit_recon.groundtruth.generate`.
+    --views V [--size 256] [--layers 2] [--seed S] [--workers N] [--malunion-fraction F]
+    [--shard K/N]`` writes ground-truth samples (radiograph, camera, per-bone masks and depth
+    layers); ``--radiograph X --camera INIT.json`` with ``--ct`` registers the CT to a real
+    radiograph first. See :mod:`regkit_recon.groundtruth.generate`.
+
+    ``regkit recon train --data DIR... --out RUN [--val DIR...] [--epochs N] [--batch B]
+    [--size S] [--seed S] [--resume]`` trains the bone network (also under torchrun), see
+    :mod:`regkit_recon.net.train`; ``regkit recon predict --image X --camera CAMERA.json --out
+    PRED.npz`` runs it on one radiograph (:mod:`regkit_recon.net.predict`); ``regkit recon
+    evaluate --data DIR... [--out REPORT_DIR]`` scores it (:mod:`regkit_recon.net.evaluate`).
 
 Registered through the ``regkit.commands`` entry point ``recon``; nothing heavy is imported until
 an action runs.
@@ -48,7 +54,12 @@ def _phantom(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from regkit.errors import InputError
-    from regkit_recon.groundtruth.generate import GenerateSpec, generate, parse_bones
+    from regkit_recon.groundtruth.generate import (
+        GenerateSpec,
+        generate,
+        parse_bones,
+        parse_shard,
+    )
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if args.radiograph is not None and args.ct is None:
@@ -58,11 +69,39 @@ def _generate(args: argparse.Namespace) -> int:
                         layers=args.layers, seed=args.seed, workers=args.workers,
                         backend=args.backend, voxel_mm=args.voxel_mm, step_mm=args.step_mm,
                         drr_factor=args.drr_factor, kinds=kinds, montage=args.montage,
-                        radiograph=args.radiograph, camera=args.camera)
+                        radiograph=args.radiograph, camera=args.camera,
+                        malunion_fraction=args.malunion_fraction,
+                        shard=parse_shard(args.shard))
     manifest = generate(spec)
     print(f"regkit recon generate: {len(manifest['samples'])} samples in {args.out} "
           f"({manifest.get('generated_last_run', 0)} made now, "
           f"{manifest.get('seconds_last_run', 0):.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from regkit.errors import InputError
+    from regkit_recon.net.train import TrainSpec, train
+
+    shape: dict[str, Any] = {}
+    if args.widths:
+        try:
+            shape["widths"] = tuple(int(w) for w in args.widths.split(","))
+        except ValueError:
+            raise InputError(f"must be whole numbers separated by commas, got "
+                             f"{args.widths!r}", key="widths") from None
+    if args.stem:
+        shape["stem"] = args.stem
+    spec = TrainSpec(data=tuple(args.data), out=args.out,
+                     val=tuple(args.val) if args.val else None, epochs=args.epochs,
+                     batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
+                     checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
+                     val_limit=args.val_limit or None, device=args.device,
+                     precision=args.precision, **shape)
+    record = train(spec, resume=args.resume)
+    if record["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"regkit recon train: {record['steps']} steps in {record['seconds']:.0f} s -> "
+              f"{args.out}/model.pt", file=sys.stderr)
     return 0
 
 
@@ -138,4 +177,66 @@ def register(subparsers: Any) -> None:
                      help="a real radiograph of the CT's patient: register the CT to it first")
     gen.add_argument("--camera", metavar="INIT.json",
                      help="the radiograph's starting camera (camera file)")
+    gen.add_argument("--malunion-fraction", type=float, default=1.0 / 3.0, metavar="F",
+                     help="fraction of phantoms with 1-2 random malunions, drawn from the "
+                          "ranges of 'recon phantom --deformity' (default 1/3)")
+    gen.add_argument("--shard", metavar="K/N",
+                     help="make only the samples with index %% N == K (byte-identical to the "
+                          "same samples of an unsharded run); train reads the shard folders "
+                          "together")
     gen.set_defaults(func=_generate)
+
+    tr = actions.add_parser(
+        "train", help="train the bone segmentation and depth network",
+        description="Train the bone network on ground-truth folders (regkit recon generate). "
+        "Writes RUN/checkpoint.pt (atomic, periodic and on Ctrl-C), RUN/model.pt (float16), "
+        "RUN/log.jsonl, RUN/curves.png. Deterministic for a seed; --resume continues an "
+        "interrupted run. Under torchrun the same command trains with "
+        "DistributedDataParallel (gloo on CPU, NCCL on GPUs); --batch is the global batch.")
+    tr.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                    help="ground-truth folders (shards of one set, or several sets)")
+    tr.add_argument("--out", required=True, metavar="RUN", help="the run folder")
+    tr.add_argument("--val", nargs="+", metavar="DIR", help="validation folders")
+    tr.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
+    tr.add_argument("--batch", type=int, default=8, metavar="B",
+                    help="global batch (default 8)")
+    tr.add_argument("--size", type=int, default=256, metavar="S",
+                    help="network input size (default 256)")
+    tr.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    tr.add_argument("--lr", type=float, default=2e-3, metavar="LR",
+                    help="peak learning rate (default 2e-3)")
+    tr.add_argument("--widths", metavar="W1,W2,...",
+                    help="U-Net channels per level (default 24,48,96,128,160)")
+    tr.add_argument("--stem", type=int, default=None, metavar="C",
+                    help="full-resolution channels (default 16)")
+    tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
+                    help="seconds between checkpoints (default 300)")
+    tr.add_argument("--max-steps", type=int, default=None, metavar="N",
+                    help="stop after N steps in all")
+    tr.add_argument("--val-limit", type=int, default=64, metavar="N",
+                    help="validation items (default 64; 0: all)")
+    tr.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="default: cuda when present")
+    tr.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
+                         "native bfloat16)")
+    tr.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
+    tr.set_defaults(func=_train)
+
+    from regkit_recon.net.evaluate import add_evaluate_arguments, run_evaluate
+    from regkit_recon.net.predict import add_predict_arguments, run_predict
+
+    pred = actions.add_parser(
+        "predict", help="segment every bone of a radiograph and predict its depth",
+        description="Run the bone network on one radiograph: writes PRED.npz with bones, hit, "
+        "prob and front/back depths (mm along each ray from the source, NaN where the bone "
+        "is not seen) at the radiograph's own size and camera.")
+    add_predict_arguments(pred)
+    pred.set_defaults(func=run_predict)
+    ev = actions.add_parser(
+        "evaluate", help="score the bone network on ground-truth folders",
+        description="Dice per bone and depth errors (front, back, thickness; absolute and "
+        "shift-aligned; on the true and on the predicted masks) of a model on ground-truth "
+        "folders, by view, hand and orientation; writes report.json and report.png.")
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=run_evaluate)

@@ -1,0 +1,228 @@
+"""X-ray geometry for the bone network: depth targets, input fitting, normalisation, augmentation.
+
+**Height, the network's depth target.** A depth along a pixel's ray (mm from the source, as the
+conventions define it) is turned into the *height above the detector*: the distance from the
+detector plane to the point, along the camera's z axis,
+
+    h = SDD − d · cos θ,        d = (SDD − h) / cos θ,
+
+with ``SDD`` the source-to-detector distance (``fx · pixel_spacing_x``) and ``θ`` the angle between
+the pixel's ray and the camera's z axis. Heights of a hand are 0-80 mm instead of ~1000 mm; the
+front of a bone lies *above* its back (``h_front ≥ h_back``); and a height does not change when the
+detector is rolled about its z axis or mirrored, so rotating or flipping an image rotates or flips
+its height maps and nothing else. The network works in *height units*: heights in detector pixels
+of its input grid (mm over the input's pixel spacing, which makes them independent of the image's
+scale, as the image is) divided by :data:`~regkit_recon.net.model.HEIGHT_SCALE`.
+
+**The common offset.** One view hardly fixes the hand's distance from the detector (10 mm change
+the magnification by ~1 %). Training therefore scores heights mostly after removing each image's
+mean residual (shift-invariant), plus a small weight on the raw residual, which teaches the network
+the prior of its training data: where hands lie above the detector (the phantoms' anatomy box
+2-25 mm above it, with 8 mm of margin around the bones). The absolute heights it predicts are that
+prior, refined by whatever the image tells.
+
+**Fitting an image to the network.** Any ``W × H`` detector is resampled to ``S × S``: scaled by
+``S / max(W, H)`` (antialiased bilinear) into the top-left corner and padded with the image's air
+value. The camera follows exactly: K's first two rows scale by the per-axis factors (the outer
+corner (0, 0) stays put), and the padding adds pixels beyond the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regkit.errors import InputError
+from regkit.geometry.camera import Camera
+
+__all__ = ["Fit", "augment", "cos_theta", "depth_to_height", "fit_image", "height_to_depth",
+           "normalise", "unfit"]
+
+
+def _sdd(camera: Camera) -> float:
+    sdd = camera.source_to_detector_mm
+    if sdd is None:
+        raise InputError("the camera has no pixel_spacing_mm, so the source-to-detector "
+                         "distance (fx · spacing) and depths in mm are unknown; add it to the "
+                         "camera file", key="pixel_spacing_mm")
+    return sdd
+
+
+def cos_theta(camera: Camera) -> np.ndarray:
+    """``(H, W)`` cosine between each pixel-centre ray and the camera's z axis."""
+    k = camera.intrinsic
+    u = np.arange(camera.width, dtype=np.float64) + 0.5
+    v = np.arange(camera.height, dtype=np.float64) + 0.5
+    x = (u[None, :] - k[0, 2]) / k[0, 0]
+    y = (v[:, None] - k[1, 2]) / k[1, 1]
+    return 1.0 / np.sqrt(1.0 + x * x + y * y)
+
+
+def depth_to_height(depth: np.ndarray, camera: Camera) -> np.ndarray:
+    """Depths ``(..., H, W)`` mm along the rays → heights above the detector, mm (NaN kept)."""
+    return _sdd(camera) - np.asarray(depth, np.float64) * cos_theta(camera)
+
+
+def height_to_depth(height: np.ndarray, camera: Camera) -> np.ndarray:
+    """Heights above the detector ``(..., H, W)`` mm → depths along the rays, mm."""
+    return (_sdd(camera) - np.asarray(height, np.float64)) / cos_theta(camera)
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """Line integrals ``(B, 1, H, W)`` → network input: air near 0, dense bone near 1.
+
+    Each image is shifted by its 1st percentile and scaled by the spread up to its 99.5th, which
+    removes the unknown exposure (an additive offset of the line integrals) and the unknown gain
+    of a transmitted image. A flat image (no spread) is refused upstream.
+    """
+    flat = image.flatten(1).float()
+    lo = torch.quantile(flat, 0.01, dim=1)
+    hi = torch.quantile(flat, 0.995, dim=1)
+    scale = (hi - lo).clamp_min(1e-6)
+    return ((image - lo[:, None, None, None]) / scale[:, None, None, None]).float()
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an image was fitted to the network's input.
+
+    Attributes:
+        size: The input's width = height S.
+        width, height: The original detector's W, H.
+        inner_width, inner_height: The image's size inside the input (the rest is padding).
+        camera: The original camera; ``net_camera`` the camera of the S × S input.
+    """
+
+    size: int
+    width: int
+    height: int
+    inner_width: int
+    inner_height: int
+    camera: Camera
+    net_camera: Camera
+
+    @property
+    def net_spacing_mm(self) -> float:
+        """Detector mm per input pixel (mean of the two axes)."""
+        spacing = self.net_camera.pixel_spacing_mm
+        if spacing is None:
+            _sdd(self.camera)
+        assert spacing is not None
+        return 0.5 * (spacing[0] + spacing[1])
+
+
+def fit_image(image: np.ndarray, camera: Camera, size: int) -> tuple[torch.Tensor, Fit]:
+    """Resample a radiograph to the network's ``size × size`` input.
+
+    Args:
+        image: ``(H, W)`` line integrals.
+        camera: Its camera (``W × H``, with ``pixel_spacing_mm``).
+        size: The network's input size S.
+
+    Returns:
+        The normalised input ``(1, 1, S, S)`` and the :class:`Fit`.
+
+    Raises:
+        InputError: a camera of another size than the image, a camera without pixel spacing, a
+            flat image.
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise InputError(f"a radiograph is a 2-D array, got shape {img.shape}", key="image")
+    h, w = img.shape
+    if (camera.width, camera.height) != (w, h):
+        raise InputError(f"the camera is {camera.width} x {camera.height} pixels but the image "
+                         f"is {w} x {h}", key="camera")
+    _sdd(camera)
+    if not np.isfinite(img).all():
+        raise InputError("the image holds NaN or infinite pixels", key="image")
+    if float(np.ptp(img)) <= 0.0:
+        raise InputError("the image is flat (zero variance): nothing to see", key="image")
+    scale = size / max(w, h)
+    iw, ih = max(1, round(w * scale)), max(1, round(h * scale))
+    sx, sy = iw / w, ih / h
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    if (iw, ih) != (w, h):
+        x = F.interpolate(x, size=(ih, iw), mode="bilinear", align_corners=False,
+                          antialias=True)
+    x = normalise(x)
+    pad = torch.full((1, 1, size, size), float(torch.quantile(x.flatten(), 0.01)))
+    pad[..., :ih, :iw] = x
+    k = camera.intrinsic.copy()
+    k[0] *= sx
+    k[1] *= sy
+    spacing = camera.pixel_spacing_mm
+    assert spacing is not None
+    net_camera = Camera(k, camera.camera_from_world, size, size,
+                        (spacing[0] / sx, spacing[1] / sy))
+    return pad, Fit(size, w, h, iw, ih, camera, net_camera)
+
+
+def unfit(maps: torch.Tensor, fit: Fit) -> torch.Tensor:
+    """Maps ``(C, S, S)`` on the network's grid → ``(C, H, W)`` on the original detector."""
+    inner = maps[None, :, :fit.inner_height, :fit.inner_width].float()
+    if (fit.inner_width, fit.inner_height) != (fit.width, fit.height):
+        inner = F.interpolate(inner, size=(fit.height, fit.width), mode="bilinear",
+                              align_corners=False)
+    return inner[0]
+
+
+def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: torch.Tensor,
+            rng: np.random.Generator, *, zoom: tuple[float, float] = (0.8, 1.15),
+            gamma: tuple[float, float] = (0.7, 1.4)
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                       dict[str, float]]:
+    """A random in-plane turn, mirror and zoom of one training sample, and a tone curve.
+
+    The radiograph of a left hand is the mirror image of a right hand's (with the camera mirrored
+    to match), and any in-plane orientation is the same view with the detector rolled: heights
+    are invariant under both, so the maps are turned with the image and keep their values.
+    A zoom by ``z`` (a detector of another pixel size) multiplies heights in input pixels by
+    ``z``.
+
+    Args:
+        image: ``(1, S, S)`` normalised input.
+        hit: ``(NB, S, S)`` bool; ``front``, ``back``: ``(NB, S, S)`` heights, height units
+            (anything where ``hit`` is False).
+        rng: The sample's generator.
+        zoom, gamma: Ranges drawn from (log-uniform zoom, uniform gamma).
+
+    Returns:
+        ``image``, ``hit``, ``front``, ``back`` turned, and ``valid`` ``(S, S)`` bool (pixels
+        that came from inside the original image), and the drawn values.
+    """
+    size = image.shape[-1]
+    angle = float(rng.uniform(0.0, 2.0 * math.pi))
+    mirror = bool(rng.random() < 0.5)
+    z = float(math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1]))))
+    g = float(rng.uniform(*gamma))
+    shift = rng.uniform(-0.08, 0.08, size=2)
+    c, s = math.cos(angle), math.sin(angle)
+    # output normalised coords p -> input coords R(p)/z (+ mirror of x) + shift
+    mat = torch.tensor([[c / z, -s / z, float(shift[0])], [s / z, c / z, float(shift[1])]],
+                       dtype=torch.float32)
+    if mirror:
+        mat[:, 0] = -mat[:, 0]
+    grid = F.affine_grid(mat[None], [1, 1, size, size], align_corners=False)
+    stack = torch.cat([image.float(), hit.float(), torch.nan_to_num(front.float()),
+                       torch.nan_to_num(back.float()), torch.ones_like(image.float())])[None]
+    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0]
+    nb = hit.shape[0]
+    img = out[:1]
+    valid = out[-1] > 0.999
+    air = float(torch.quantile(image.flatten(), 0.01))
+    img = torch.where(valid[None], img, torch.full_like(img, air))
+    img = img.clamp_min(0.0) ** g
+    hit_t = out[1:1 + nb] > 0.5
+    # heights are resampled bilinearly only where every contributing pixel was inside the bone
+    inside = out[1:1 + nb] > 0.999
+    front_t = out[1 + nb:1 + 2 * nb] * z
+    back_t = out[1 + 2 * nb:1 + 3 * nb] * z
+    record = {"angle": angle, "mirror": float(mirror), "zoom": z, "gamma": g}
+    return img, hit_t, torch.where(inside, front_t, torch.nan), \
+        torch.where(inside, back_t, torch.nan), valid, record

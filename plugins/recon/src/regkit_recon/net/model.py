@@ -1,0 +1,253 @@
+"""The bone network: a compact U-Net that segments every bone and predicts its depth layer.
+
+One encoder-decoder (GroupNorm, SiLU; pure PyTorch) feeds two heads at full resolution:
+
+* the **segmentation head** gives one logit per bone of the bone table (multi-label: bones overlap
+  in a radiograph, so a pixel may belong to several);
+* the **depth head** sees the decoder's features *and the segmentation's probabilities* (the
+  guidance of the seed design) and gives, per bone, the mid-height ``m`` and the half-thickness
+  ``t = softplus(·) ≥ 0`` of the bone's first layer. Front and back heights are ``m + t`` and
+  ``m − t``: front lies at or above back by construction.
+
+Heights are in the network's *height units* (see :mod:`regkit_recon.net.geometry`): the distance
+from the detector plane along the camera's z axis, in detector pixels of the network's input,
+divided by :data:`HEIGHT_SCALE`.
+
+A model file (``.pt``, :func:`save_model` / :func:`load_model`) holds the configuration, the bone
+table, the training record and the weights (float16 by default: half the size, and the network's
+outputs move by far less than its errors).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regkit.errors import FileFormatError, InputError
+
+__all__ = ["HEIGHT_SCALE", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model", "save_model"]
+
+HEIGHT_SCALE = 32.0
+"""Height units per network output unit (heights of a hand are 0-80 detector pixels at 256²)."""
+
+MODEL_FORMAT = "regkit-recon bone network"
+MODEL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What a :class:`BoneNet` is made of.
+
+    Attributes:
+        bones: Label values of the bone table, one output channel each.
+        bone_names: Their names, in the same order.
+        size: Input width = height in pixels (images are resampled to it).
+        widths: Channels at each resolution of the U-Net (the first at half size).
+        stem: Channels of the full-resolution stem and of the segmentation's last layer.
+        groups: GroupNorm groups (each width must be a multiple).
+    """
+
+    bones: tuple[int, ...]
+    bone_names: tuple[str, ...]
+    size: int = 256
+    widths: tuple[int, ...] = (24, 48, 96, 128, 160)
+    stem: int = 16
+    groups: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bones", tuple(int(b) for b in self.bones))
+        object.__setattr__(self, "bone_names", tuple(str(n) for n in self.bone_names))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.bones or len(set(self.bones)) != len(self.bones):
+            raise InputError(f"needs distinct bone labels, got {self.bones!r}", key="bones")
+        if len(self.bone_names) != len(self.bones):
+            raise InputError(f"{len(self.bone_names)} names for {len(self.bones)} bones",
+                             key="bone_names")
+        if len(self.widths) < 2 or any(w % self.groups for w in self.widths):
+            raise InputError(f"widths {self.widths} must be at least 2 multiples of "
+                             f"{self.groups}", key="widths")
+        if self.stem < 1:
+            raise InputError(f"must be >= 1, got {self.stem}", key="stem")
+        down = 2 ** len(self.widths)
+        if self.size < down or self.size % down:
+            raise InputError(f"must be a multiple of {down} (the network halves it "
+                             f"{len(self.widths)} times), got {self.size}", key="size")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> NetConfig:
+        """The inverse of :meth:`to_json`."""
+        known = {"bones", "bone_names", "size", "widths", "stem", "groups"}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise InputError(f"unknown key(s) {unknown} in a network configuration",
+                             key="config")
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in obj.items()}
+        return cls(**fields)
+
+
+class _Block(nn.Module):
+    """Two 3×3 convolutions, each followed by GroupNorm and SiLU."""
+
+    def __init__(self, cin: int, cout: int, groups: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout),
+            nn.SiLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class BoneNet(nn.Module):
+    """Segmentation and per-bone depth from one normalised radiograph.
+
+    Input ``(B, 1, S, S)`` normalised line integrals (:func:`~regkit_recon.net.geometry.normalise`).
+    Output a dict of ``logits`` ``(B, NB, S, S)``, ``front`` and ``back`` ``(B, NB, S, S)``
+    heights in height units (front ≥ back).
+
+    Layout: a full-resolution stem (``stem`` channels) keeps the outlines; a strided convolution
+    takes the U-Net (``widths``) to half resolution, where all the heavy work happens (a
+    full-resolution U-Net level costs about as much as the rest on a CPU). The decoder's output
+    is brought back to full resolution and fused with the stem for the segmentation logits. The
+    depth head runs at half resolution on the decoder's features and the segmentation's
+    probabilities (average-pooled), and its heights are upsampled bilinearly: depth varies
+    smoothly inside a bone, outlines do not.
+    """
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, g, nb, s = config.widths, config.groups, len(config.bones), config.stem
+        self.stem = nn.Sequential(nn.Conv2d(1, s, 3, padding=1, bias=False),
+                                  nn.GroupNorm(min(g, s), s), nn.SiLU())
+        self.enter = nn.Sequential(nn.Conv2d(s, w[0], 3, stride=2, padding=1, bias=False),
+                                   nn.GroupNorm(g, w[0]), nn.SiLU())
+        self.down = nn.ModuleList([_Block(w[0], w[0], g)] + [
+            _Block(w[i - 1], w[i], g) for i in range(1, len(w))])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(w[i], w[i - 1], 2, stride=2)
+                                 for i in range(len(w) - 1, 0, -1)])
+        self.fuse = nn.ModuleList([_Block(2 * w[i - 1], w[i - 1], g)
+                                   for i in range(len(w) - 1, 0, -1)])
+        self.rise = nn.ConvTranspose2d(w[0], s, 2, stride=2)
+        self.finish = nn.Sequential(nn.Conv2d(2 * s, s, 3, padding=1, bias=False),
+                                    nn.GroupNorm(min(g, s), s), nn.SiLU())
+        self.seg = nn.Conv2d(s, nb, 1)
+        self.depth = nn.Sequential(
+            nn.Conv2d(w[0] + nb, w[0], 3, padding=1, bias=False), nn.GroupNorm(g, w[0]),
+            nn.SiLU())
+        self.depth_out = nn.Conv2d(w[0], 2 * nb, 1)
+        assert self.seg.bias is not None and self.depth_out.bias is not None
+        nn.init.constant_(self.seg.bias, -4.0)  # bones are rare: start at p ≈ 0.02
+        with torch.no_grad():  # start mid-heights near a hand's (~40 mm at 0.8 mm/px)
+            self.depth_out.bias[:nb].fill_(1.5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        stem = self.stem(x)
+        h = self.enter(stem)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            skips.append(h)
+        h = skips.pop()
+        for up, fuse in zip(self.up, self.fuse, strict=True):
+            h = fuse(torch.cat([up(h), skips.pop()], dim=1))
+        top = self.finish(torch.cat([self.rise(h), stem], dim=1))
+        # the output layers run in float32 under mixed precision: bfloat16's 8-bit mantissa
+        # would round a 40 mm height to 0.15 mm
+        with torch.autocast(x.device.type, enabled=False):
+            logits = self.seg(top.float())
+            prob = F.avg_pool2d(torch.sigmoid(logits), 2)
+        feat = self.depth(torch.cat([h, prob.to(h.dtype)], dim=1))
+        with torch.autocast(x.device.type, enabled=False):
+            raw = self.depth_out(feat.float())
+            raw = F.interpolate(raw, scale_factor=2.0, mode="bilinear", align_corners=False)
+        mid, half = raw.chunk(2, dim=1)
+        half = F.softplus(half)
+        return {"logits": logits, "front": mid + half, "back": mid - half}
+
+
+def save_model(path: str | os.PathLike[str], model: BoneNet, *,
+               record: dict[str, Any] | None = None, half: bool = True) -> None:
+    """Write ``model`` (configuration, weights, a JSON-ready ``record``) atomically.
+
+    Args:
+        path: The ``.pt`` file.
+        model: The network (its weights are copied to the CPU).
+        record: What to keep with it: training data, recipe, figures.
+        half: Store float16 weights (loaded back as float32).
+    """
+    from regkit.utils.files import atomic_write_bytes
+
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else
+                 v.detach().cpu()) for k, v in model.state_dict().items()}
+    blob = {"format": MODEL_FORMAT, "version": MODEL_VERSION,
+            "config": model.config.to_json(), "record": dict(record or {}), "state": state}
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+@dataclass
+class LoadedModel:
+    """A model read from a file: the network (eval mode, float32), its record and path."""
+
+    net: BoneNet
+    record: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+               ) -> LoadedModel:
+    """Read a model file written by :func:`save_model`.
+
+    Raises:
+        FileFormatError: a missing, unreadable or foreign file.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileFormatError("no such model file", source=source, key="model")
+    try:
+        blob = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a corrupt file
+        raise FileFormatError(f"not a readable model file ({type(err).__name__})",
+                              source=source, key="model") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise FileFormatError(f"not a {MODEL_FORMAT} file", source=source, key="model")
+    if blob.get("version") != MODEL_VERSION:
+        raise FileFormatError(f"model format version {blob.get('version')!r}, this regkit-recon "
+                              f"reads {MODEL_VERSION}", source=source, key="model")
+    try:
+        net = BoneNet(NetConfig.from_json(blob["config"]))
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in blob["state"].items()})
+    except (KeyError, RuntimeError, TypeError, InputError) as err:
+        raise FileFormatError(f"a damaged model file ({err})", source=source,
+                              key="model") from None
+    net.eval().to(device)
+    return LoadedModel(net, dict(blob.get("record", {})), str(source))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def bone_table(bones: Sequence[int]) -> tuple[str, ...]:
+    """Names of hand phantom labels (``bone_<label>`` for labels the hand table lacks)."""
+    from regkit_recon.phantom.anatomy import BONE_NAMES
+
+    return tuple(BONE_NAMES.get(int(b), f"bone_{int(b)}") for b in bones)

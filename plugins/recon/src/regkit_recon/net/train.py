@@ -1,0 +1,620 @@
+"""Training of the bone network: ``regkit recon train``, on one process or many (torchrun).
+
+**Batches.** ``batch`` is the *global* batch. Each epoch's order is a permutation drawn from
+``SeedSequence(seed, spawn_key=(epoch,))``, cut into global batches (the last incomplete one is
+dropped); under ``torchrun`` with ``W`` processes, rank ``r`` takes the ``r``-th ``batch / W``
+items of every global batch and DistributedDataParallel averages the gradients. Every loss term
+is a mean over items of a per-item mean, so a step on ``W`` processes equals the single-process
+step on the same global batch (GroupNorm has no batch statistics to synchronise).
+
+**Loss.** Segmentation: binary cross-entropy per bone channel plus a soft Dice over the bones
+present in the item. Depth (first layer, where the truth is hit): per item, the residuals
+``r`` of front and back heights (input pixels) lose their mean ``r̄`` (the common offset along the
+rays), ``|r − r̄|`` is scored with weight :attr:`TrainSpec.depth_weight`, and ``|r|`` itself with
+:attr:`TrainSpec.offset_weight` (which teaches the network the training data's prior on the
+offset; see :mod:`regkit_recon.net.geometry`).
+
+**Outputs** in ``RUN``: ``checkpoint.pt`` (model, optimiser, scheduler, step, random state:
+written atomically every ``checkpoint_s`` seconds, at each epoch's end, and on Ctrl-C),
+``model.pt`` (the float16 model, after each validation and at the end), ``log.jsonl`` (one JSON
+line per logged step and per validation), ``curves.png`` (the learning curves), ``spec.json``.
+``--resume`` continues from ``checkpoint.pt`` and gives the same weights as a run that was never
+interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from regkit.errors import InputError
+from regkit.utils.files import atomic_write_bytes, atomic_write_text
+from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
+
+__all__ = ["TrainSpec", "batch_loss", "global_batches", "train"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What ``regkit recon train`` was asked for.
+
+    Attributes:
+        data: Ground-truth folders to train on (shards of one set, or several sets).
+        out: The run folder.
+        val: Ground-truth folders to validate on (None: no validation).
+        epochs: Passes over the training data.
+        batch: Global batch (items per optimiser step, over all processes).
+        size: Network input size S.
+        seed: Seed of the weights, the order and the augmentation.
+        lr: Peak learning rate (AdamW; linear warm-up over ``warmup`` steps, then cosine to 2 %).
+        weight_decay: AdamW's weight decay.
+        warmup: Warm-up steps.
+        widths, stem: The network's channels (see :class:`NetConfig`).
+        depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
+        checkpoint_s: Seconds between checkpoints.
+        val_limit: Validation items per validation (None: all).
+        val_every: Validate every this many epochs (and at the end).
+        max_steps: Stop after this many steps in all (tests; None: the epochs' worth).
+        loader_workers: DataLoader worker processes per training process.
+        device: ``cpu``, ``cuda`` or None (CUDA when present).
+        precision: ``bf16`` (autocast to bfloat16, the heads in float32), ``fp32``, or
+            ``auto``: bf16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX; twice
+            the speed measured on 2 EPYC cores), else fp32.
+    """
+
+    data: tuple[str, ...]
+    out: str
+    val: tuple[str, ...] | None = None
+    epochs: int = 10
+    batch: int = 8
+    size: int = 256
+    seed: int = 0
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    widths: tuple[int, ...] = (24, 48, 96, 128, 160)
+    stem: int = 16
+    depth_weight: float = 0.1
+    offset_weight: float = 0.02
+    checkpoint_s: float = 300.0
+    val_limit: int | None = 64
+    val_every: int = 1
+    max_steps: int | None = None
+    precision: str = "auto"
+    loader_workers: int = 1
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        """What a resumed run must repeat (the rest may change between runs)."""
+        d = asdict(self)
+        for key in ("out", "checkpoint_s", "loader_workers", "device", "extra", "val_limit",
+                    "val", "precision"):
+            d.pop(key)
+        d["data"] = [str(Path(p).resolve()) for p in self.data]
+        d["widths"] = list(self.widths)
+        return d
+
+
+# ------------------------------------------------------------------------------------ loss
+
+
+def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
+               depth_weight: float, offset_weight: float) -> dict[str, torch.Tensor]:
+    """The loss of one batch and its terms (each a mean over items of per-item means).
+
+    Args:
+        out: The network's output (``logits``, ``front``, ``back``: ``(B, NB, S, S)``).
+        batch: ``hit`` bool ``(B, NB, S, S)``; ``front``, ``back`` heights in height units
+            ``(B, NB, S, S)``, NaN where unknown (not hit, or at a bone's outline, where a
+            resampled height would mix inside and outside).
+        depth_weight, offset_weight: Weights of the shift-aligned and the raw depth terms.
+
+    Returns:
+        ``loss`` and its terms ``bce``, ``dice``, ``depth`` and ``offset`` (mean absolute
+        heights in input pixels), each a scalar tensor.
+
+    Pixels outside the original image (after a turn or a zoom) hold air and no bone, which is
+    the truth there, so the segmentation is scored everywhere.
+    """
+    logits = out["logits"].float()
+    hit = batch["hit"].float()
+    bce = F.binary_cross_entropy_with_logits(logits, hit)
+    prob = torch.sigmoid(logits)
+    inter = (prob * hit).flatten(2).sum(2)
+    truth = hit.flatten(2).sum(2)
+    total = prob.flatten(2).sum(2) + truth
+    present = (truth > 0).float()
+    dice = 1.0 - (2.0 * inter + 1.0) / (total + 1.0)
+    dice = (dice * present).sum(1) / present.sum(1).clamp_min(1.0)
+    target = torch.cat([batch["front"], batch["back"]], dim=1)
+    known = torch.isfinite(target).nonzero(as_tuple=True)
+    pred = torch.cat([out["front"], out["back"]], dim=1)
+    r = (pred[known].float() - target[known].float()) * HEIGHT_SCALE
+    item = known[0]
+    n = logits.shape[0]
+    count = torch.zeros(n, device=r.device).index_add_(0, item, torch.ones_like(r))
+    has = (count > 0).float()
+    count = count.clamp_min(1.0)
+    shift = torch.zeros(n, device=r.device).index_add_(0, item, r) / count
+    depth = torch.zeros(n, device=r.device).index_add_(0, item, (r - shift[item]).abs()) / count
+    offset = torch.zeros(n, device=r.device).index_add_(0, item, r.abs()) / count
+    terms = {"bce": bce, "dice": dice.mean(), "depth": (depth * has).mean(),
+             "offset": (offset * has).mean()}
+    terms["loss"] = (terms["bce"] + terms["dice"] + depth_weight * terms["depth"]
+                     + offset_weight * terms["offset"])
+    return terms
+
+
+# ------------------------------------------------------------------------------- batching
+
+
+def global_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of ``epoch`` over ``n`` items (the last incomplete one dropped)."""
+    order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))
+                                  ).permutation(n)
+    return [order[i:i + batch].tolist() for i in range(0, n - batch + 1, batch)]
+
+
+def _local(indices: list[int], rank: int, world: int) -> list[int]:
+    per = len(indices) // world
+    return indices[rank * per:(rank + 1) * per]
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+class _Progress:
+    """One line of progress: epoch, step, loss, throughput and time left."""
+
+    def __init__(self, total: int, stream: Any) -> None:
+        self.total, self.stream = total, stream
+        self.start, self.last = time.perf_counter(), -1e9
+        self.first_step: int | None = None
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def show(self, step: int, epoch: int, loss: float, items_per_s: float, force: bool = False
+             ) -> None:
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step, self.start = step - 1, now - 1e-3
+        if not force and now - self.last < (0.5 if self.tty else 30.0):
+            return
+        self.last = now
+        done = step - self.first_step
+        rate = done / max(now - self.start, 1e-9)
+        left = (self.total - step) / rate if rate > 0 else float("inf")
+        eta = f"{left / 60:.1f} min" if math.isfinite(left) else "?"
+        width = 24
+        filled = int(width * step / max(self.total, 1))
+        line = (f"train epoch {epoch + 1} [{'#' * filled}{'-' * (width - filled)}] "
+                f"{step}/{self.total} loss {loss:.4f} {items_per_s:.2f} items/s left {eta}")
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n",
+              file=self.stream, flush=True)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _device_name(spec: TrainSpec) -> str:
+    name = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"must be cpu or cuda, got {name!r}", key="device")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("no CUDA device here", key="device")
+    return name
+
+
+def _distributed(device: str) -> tuple[int, int]:
+    """(rank, world size); joins the process group under torchrun (NCCL for CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _Interrupts:
+    """Ctrl-C waits for the step under way to finish (so the checkpoint is a step boundary); a
+    second Ctrl-C stops at once, keeping the last checkpoint written."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.hard = False
+        self._old: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            self.hard = True
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: full float32)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise InputError(f"must be auto, bf16 or fp32, got {precision!r}", key="precision")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def open_folders(folders: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The sample files (in folder order) and manifests of ground-truth folders, after
+    :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` has checked they go together."""
+    from regkit_recon.groundtruth.dataset import GroundTruthDataset, open_ground_truth
+
+    open_ground_truth(folders)
+    sets = [GroundTruthDataset(f) for f in folders]
+    return [p for d in sets for p in d.files], [d.manifest for d in sets]
+
+
+def _bones_of(manifests: list[dict[str, Any]]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    from regkit_recon.net.model import bone_table
+
+    sources = [s for m in manifests for s in m["sources"]]
+    bones = {tuple(int(b) for b in s["bones"]) for s in sources}
+    if len(bones) != 1:
+        raise InputError(f"the training data hold several bone tables {sorted(bones)}; a "
+                         "network needs one", key="data")
+    table = bones.pop()
+    names = sources[0].get("bone_names") or {}
+    fallback = bone_table(table)
+    return table, tuple(names.get(str(b), fallback[i]) for i, b in enumerate(table))
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None) -> dict[str, Any]:
+    """Train (or resume training) the bone network as ``spec`` says.
+
+    Returns:
+        The final record: steps, seconds, last losses, last validation figures.
+
+    Raises:
+        InputError: bad data, options, or a resume with another recipe.
+        KeyboardInterrupt: Ctrl-C, after the step under way and a checkpoint (rank 0).
+    """
+    name = _device_name(spec)
+    rank, world = _distributed(name)
+    try:
+        with _Interrupts() as interrupts:
+            return _train(spec, resume, stream if stream is not None else sys.stderr, rank,
+                          world, _device(name, rank), interrupts)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
+           device: torch.device, interrupts: _Interrupts) -> dict[str, Any]:
+    from regkit_recon.net.data import TrainItems, collate
+
+    _check(spec, world)
+    amp = autocast_dtype(spec.precision, device)
+    out = Path(spec.out)
+    train_files, manifests = open_folders(list(spec.data))
+    bones, names = _bones_of(manifests)
+    config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem)
+    items = TrainItems(train_files, spec.size, bones, spec.seed)
+    per_epoch = len(items) // spec.batch
+    if per_epoch < 1:
+        raise InputError(f"{len(items)} training items make no batch of {spec.batch}",
+                         key="batch")
+    total = per_epoch * spec.epochs
+    if spec.max_steps is not None:
+        total = min(total, spec.max_steps)
+
+    torch.manual_seed(spec.seed)
+    net = BoneNet(config).to(device)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=spec.lr,
+                                  weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: _lr_factor(s, total, spec.warmup))
+    step, history_seconds = 0, 0.0
+    checkpoint = out / "checkpoint.pt"
+    if resume:
+        if not checkpoint.is_file():
+            raise InputError("has no checkpoint.pt to resume from", source=out, key="resume")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["recipe"] != spec.recipe():
+            changed = sorted(k for k in set(state["recipe"]) | set(spec.recipe())
+                             if state["recipe"].get(k) != spec.recipe().get(k))
+            raise InputError(f"the checkpoint was made with another recipe ({', '.join(changed)}"
+                             " differ); resume with the same options", source=checkpoint,
+                             key="resume")
+        net.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history_seconds = int(state["step"]), float(state["seconds"])
+        torch.set_rng_state(state["torch_rng"])
+    elif rank == 0 and checkpoint.is_file():
+        raise InputError("already holds a run (checkpoint.pt); pass --resume to continue it, "
+                         "or use a new --out", source=out, key="out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "spec.json", json.dumps(
+            {"recipe": spec.recipe(), "val": list(spec.val or []), "world_size": world,
+             "items": len(items), "steps": total, "precision": str(amp or "float32")},
+            indent=1) + "\n")
+
+    model: Any = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    val_items = None
+    if spec.val:
+        files, val_manifests = open_folders(list(spec.val))
+        if _bones_of(val_manifests)[0] != bones:
+            raise InputError(f"the validation data hold bones {list(_bones_of(val_manifests)[0])}"
+                             f", the training data {list(bones)}", key="val")
+        if spec.val_limit:  # spread over the set, not its first sources
+            files = files[::max(1, len(files) // spec.val_limit)][:spec.val_limit]
+        val_items = TrainItems(files, spec.size, bones, spec.seed, augmented=False)
+
+    def save(reason: str) -> None:
+        if rank != 0:
+            return
+        _save_checkpoint(checkpoint, {
+            "recipe": spec.recipe(), "config": config.to_json(), "model": net.state_dict(),
+            "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "seconds": history_seconds + (time.perf_counter() - started),
+            "torch_rng": torch.get_rng_state(), "reason": reason})
+
+    log = _Log(out / "log.jsonl", rank == 0)
+    bar = _Progress(total, stream)
+    started = time.perf_counter()
+    last_ckpt = started
+    last: dict[str, float] = {}
+    val: dict[str, Any] = {}
+    try:
+        while step < total:
+            if interrupts.pending:
+                raise KeyboardInterrupt
+            epoch, within = divmod(step, per_epoch)
+            items.epoch = epoch
+            batches = global_batches(len(items), spec.batch, spec.seed, epoch)
+            local = [_local(b, rank, world) for b in batches[within:]][:total - step]
+            loader = torch.utils.data.DataLoader(
+                items, batch_sampler=local, collate_fn=collate,
+                num_workers=spec.loader_workers)
+            t0 = time.perf_counter()
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                model.train()
+                with torch.autocast(device.type, dtype=amp or torch.bfloat16,
+                                    enabled=amp is not None):
+                    out_t = model(batch["image"])
+                terms = batch_loss(out_t, batch, depth_weight=spec.depth_weight,
+                                   offset_weight=spec.offset_weight)
+                optimiser.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimiser.step()
+                scheduler.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                last = {k: float(v.detach()) for k, v in terms.items()}
+                rate = spec.batch / dt
+                t0 = time.perf_counter()
+                bar.show(step, epoch, last["loss"], rate, force=step == total)
+                if step % 10 == 0 or step == total:
+                    log.write({"kind": "train", "step": step, "epoch": epoch, **last,
+                               "lr": scheduler.get_last_lr()[0], "items_per_s": rate,
+                               "seconds": history_seconds + time.perf_counter() - started})
+                if time.perf_counter() - last_ckpt > spec.checkpoint_s:
+                    save("periodic")
+                    last_ckpt = time.perf_counter()
+                if interrupts.pending:
+                    raise KeyboardInterrupt
+            epoch_done = step % per_epoch == 0 or step == total
+            if epoch_done:
+                save("epoch")
+                last_ckpt = time.perf_counter()
+                finished_epoch = (step - 1) // per_epoch + 1
+                if val_items is not None and rank == 0 and (
+                        finished_epoch % spec.val_every == 0 or step == total):
+                    val = validate(net, val_items, device)
+                    log.write({"kind": "val", "step": step, "epoch": finished_epoch, **val})
+                    print(f"\nvalidation after epoch {finished_epoch}: dice {val['dice']:.3f} "
+                          f"(min bone {val['dice_min']:.3f}), depth shift-aligned front "
+                          f"{val['front_mm']:.2f} back {val['back_mm']:.2f} thickness "
+                          f"{val['thickness_mm']:.2f} mm, offset {val['offset_mm']:.2f} mm",
+                          file=stream, flush=True)
+                if rank == 0:
+                    _write_model(out, net, spec, step, history_seconds, started, val, len(items))
+                    write_curves(out / "log.jsonl", out / "curves.png")
+    except (KeyboardInterrupt, RuntimeError) as err:
+        # a loader worker that Ctrl-C ended shows up as a RuntimeError of the DataLoader
+        if isinstance(err, RuntimeError) and not interrupts.pending:
+            raise
+        if interrupts.hard:
+            if rank == 0:
+                print(f"\nstopped at once: {checkpoint} holds the last step boundary saved",
+                      file=stream, flush=True)
+            raise KeyboardInterrupt from None
+        save("interrupted")
+        if rank == 0:
+            print(f"\ninterrupted at step {step}: checkpoint written to {checkpoint}; rerun "
+                  "with --resume to continue", file=stream, flush=True)
+        raise KeyboardInterrupt from None
+    seconds = history_seconds + time.perf_counter() - started
+    if rank == 0:
+        print("", file=stream, flush=True)
+    return {"steps": step, "seconds": seconds, "loss": last, "validation": val,
+            "world_size": world}
+
+
+def _check(spec: TrainSpec, world: int) -> None:
+    def whole(name: str, value: Any, lo: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise InputError(f"must be a whole number >= {lo}, got {value!r}", key=name)
+
+    if not spec.data:
+        raise InputError("no training data (--data DIR...)", key="data")
+    whole("epochs", spec.epochs, 1)
+    whole("batch", spec.batch, 1)
+    whole("seed", spec.seed, 0)
+    if spec.batch % world:
+        raise InputError(f"the global batch {spec.batch} does not split over {world} "
+                         "processes", key="batch")
+    if not (math.isfinite(spec.lr) and spec.lr > 0):
+        raise InputError(f"must be a positive number, got {spec.lr!r}", key="lr")
+
+
+class _Log:
+    def __init__(self, path: Path, active: bool) -> None:
+        self.path, self.active = path, active
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _write_model(out: Path, net: BoneNet, spec: TrainSpec, step: int, history: float,
+                 started: float, val: dict[str, Any], items: int) -> None:
+    record = {"recipe": spec.recipe(), "steps": step, "training_items": items,
+              "train_seconds": round(history + time.perf_counter() - started, 1),
+              "validation": val, "torch": str(torch.__version__)}
+    save_model(out / "model.pt", net, record=record)
+
+
+@torch.no_grad()
+def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
+    """Dice and shift-aligned depth errors (mm, on the true masks) over ``items``.
+
+    Figures are medians over items of each item's median absolute error (depth) and means over
+    items of the mean Dice over the bones present (segmentation); ``dice_min`` is the lowest
+    per-bone Dice (pooled over items).
+    """
+    net.eval()
+    nb = len(net.config.bones)
+    inter = np.zeros(nb)
+    total = np.zeros(nb)
+    dices, fronts, backs, thick, offsets = [], [], [], [], []
+    for i in range(len(items)):
+        item = items[i]
+        out = net(item["image"][None].to(device))
+        prob = torch.sigmoid(out["logits"][0]).cpu()
+        pred = prob > 0.5
+        hit = item["hit"]
+        inter += (pred & hit).flatten(1).sum(1).numpy()
+        total += (pred.flatten(1).sum(1) + hit.flatten(1).sum(1)).numpy()
+        present = hit.flatten(1).any(1)
+        d = 2 * (pred & hit).flatten(1).sum(1) / (pred.flatten(1).sum(1)
+                                                  + hit.flatten(1).sum(1)).clamp_min(1)
+        dices.append(float(d[present].mean()))
+        unit = float(item["unit_mm"])
+        known = torch.isfinite(item["front"]) & torch.isfinite(item["back"])
+        if not bool(known.any()):
+            continue
+        rf = (out["front"][0].cpu() - item["front"])[known] * unit
+        rb = (out["back"][0].cpu() - item["back"])[known] * unit
+        shift = float(torch.cat([rf, rb]).median())
+        fronts.append(float((rf - shift).abs().median()))
+        backs.append(float((rb - shift).abs().median()))
+        thick.append(float((rb - rf).abs().median()))
+        offsets.append(abs(shift))
+    per_bone = 2 * inter / np.maximum(total, 1)
+    return {"items": len(items), "dice": float(np.mean(dices)),
+            "dice_min": float(per_bone[total > 0].min()) if (total > 0).any() else 0.0,
+            "dice_per_bone": [round(float(v), 4) for v in per_bone],
+            "front_mm": float(np.median(fronts)) if fronts else float("nan"),
+            "back_mm": float(np.median(backs)) if backs else float("nan"),
+            "thickness_mm": float(np.median(thick)) if thick else float("nan"),
+            "offset_mm": float(np.median(offsets)) if offsets else float("nan")}
+
+
+def write_curves(log_path: Path, png: Path) -> None:
+    """Draw the learning curves of a run's ``log.jsonl`` into a PNG (training loss terms by
+    step, validation Dice and depth errors by step)."""
+    from regkit_recon.net.plot import line_chart
+
+    train_rows: list[dict[str, Any]] = []
+    val_rows: list[dict[str, Any]] = []
+    if not log_path.is_file():  # nothing logged yet: an epoch of fewer than 10 steps
+        return
+    with open(log_path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                (train_rows if row.get("kind") == "train" else val_rows).append(row)
+    panels: list[tuple[str, Sequence[float], dict[str, Sequence[float]], bool]] = []
+    if train_rows:
+        steps = [r["step"] for r in train_rows]
+        panels.append(("training loss terms", steps, {
+            k: [r[k] for r in train_rows] for k in ("loss", "bce", "dice")}, True))
+        panels.append(("training depth residual (px)", steps, {
+            k: [r[k] for r in train_rows] for k in ("depth", "offset")}, True))
+    if val_rows:
+        steps = [r["step"] for r in val_rows]
+        panels.append(("validation Dice", steps, {
+            "dice": [r["dice"] for r in val_rows],
+            "dice_min": [r["dice_min"] for r in val_rows]}, False))
+        panels.append(("validation depth MAE (mm)", steps, {
+            k: [r[k] for r in val_rows] for k in ("front_mm", "back_mm", "thickness_mm",
+                                                  "offset_mm")}, True))
+    if panels:
+        line_chart(png, panels)
