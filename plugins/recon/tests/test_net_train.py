@@ -355,8 +355,8 @@ def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
     with pytest.raises(InputError, match="lr") as info:
         _run(_spec(gt, broken, lr=1e-3), resume=True)
     assert info.value.key == "resume"
-    with pytest.raises(InputError, match="max_steps"):
-        _run(_spec(gt, broken, max_steps=5), resume=True)
+    with pytest.raises(InputError, match="warmup"):
+        _run(_spec(gt, broken, warmup=3), resume=True)
     with pytest.raises(InputError, match=r"no checkpoint\.pt") as info:
         _run(_spec(gt, tmp_path / "nothing"), resume=True)
     assert info.value.key == "resume"
@@ -436,6 +436,39 @@ def test_ctrl_c_finishes_the_step_under_way(gt: Path, tmp_path: Path,
         train(_spec(gt, hard, checkpoint_s=1e6), stream=stream)
     assert "stopped at once" in stream.getvalue()
     assert not (hard / "checkpoint.pt").exists()  # no step boundary had been saved yet
+
+
+def test_a_resume_may_train_longer(gt: Path, tmp_path: Path) -> None:
+    """--epochs may grow on --resume: the run goes on to the new length with the new schedule."""
+    run = tmp_path / "run"
+    assert _run(_spec(gt, run, epochs=2))["steps"] == 4
+    first = _weights(run)
+    stream = io.StringIO()
+    record = train(_spec(gt, run, epochs=3), resume=True, stream=stream)
+    assert record["steps"] == 6
+    assert "new length (epochs 2 -> 3)" in stream.getvalue()
+    assert not _same(_weights(run), first)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["recipe"]["epochs"] == 3 and state["step"] == 6
+
+
+def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:
+    """--init: the run starts from a model file's weights; a model of another shape is
+    refused."""
+    first = tmp_path / "first"
+    _run(_spec(gt, first, epochs=1))
+    model = load_model(first / "model.pt")
+    second = tmp_path / "second"
+    spec = _spec(gt, second, epochs=1, max_steps=1, init=str(first / "model.pt"), lr=1e-12,
+                 warmup=1)
+    _run(spec)
+    for key, value in _weights(second).items():  # a vanishing step: still the start's weights
+        assert torch.allclose(value, model.net.state_dict()[key], atol=1e-6), key
+    other = _spec(gt, tmp_path / "third", epochs=1, init=str(first / "model.pt"),
+                  widths=(8, 8))
+    with pytest.raises(InputError, match="configuration") as info:
+        _run(other)
+    assert info.value.key == "init"
 
 
 # ------------------------------------------------------------------- two processes (DDP)

@@ -97,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
                      checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
                      val_limit=args.val_limit or None, device=args.device,
-                     precision=args.precision, **shape)
+                     precision=args.precision, init=args.init, **shape)
     record = train(spec, resume=args.resume)
     if record["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"regkit recon train: {record['steps']} steps in {record['seconds']:.0f} s -> "
@@ -220,6 +220,8 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
                          "native bfloat16)")
+    tr.add_argument("--init", metavar="MODEL.pt",
+                    help="start from this model's weights (fine-tuning; same configuration)")
     tr.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
     tr.set_defaults(func=_train)
 

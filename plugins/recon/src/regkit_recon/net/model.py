@@ -33,7 +33,8 @@ from torch import nn
 
 from regkit.errors import FileFormatError, InputError
 
-__all__ = ["HEIGHT_SCALE", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model", "save_model"]
+__all__ = ["HEIGHT_SCALE", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model", "rank_channel",
+           "save_model"]
 
 HEIGHT_SCALE = 32.0
 """Height units per network output unit (heights of a hand are 0-80 detector pixels at 256²)."""
@@ -115,7 +116,8 @@ class _Block(nn.Module):
 class BoneNet(nn.Module):
     """Segmentation and per-bone depth from one normalised radiograph.
 
-    Input ``(B, 1, S, S)`` normalised line integrals (:func:`~regkit_recon.net.geometry.normalise`).
+    Input ``(B, 1, S, S)`` normalised line integrals (:func:`~regkit_recon.net.geometry.normalise`);
+    the network adds their rank channel (:func:`rank_channel`) itself.
     Output a dict of ``logits`` ``(B, NB, S, S)``, ``front`` and ``back`` ``(B, NB, S, S)``
     heights in height units (front ≥ back).
 
@@ -132,7 +134,7 @@ class BoneNet(nn.Module):
         super().__init__()
         self.config = config
         w, g, nb, s = config.widths, config.groups, len(config.bones), config.stem
-        self.stem = nn.Sequential(nn.Conv2d(1, s, 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(2, s, 3, padding=1, bias=False),
                                   nn.GroupNorm(min(g, s), s), nn.SiLU())
         self.enter = nn.Sequential(nn.Conv2d(s, w[0], 3, stride=2, padding=1, bias=False),
                                    nn.GroupNorm(g, w[0]), nn.SiLU())
@@ -156,7 +158,7 @@ class BoneNet(nn.Module):
             self.depth_out.bias[:nb].fill_(1.5)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        stem = self.stem(x)
+        stem = self.stem(torch.cat([x, rank_channel(x)], dim=1))
         h = self.enter(stem)
         skips = []
         for i, block in enumerate(self.down):
@@ -178,6 +180,20 @@ class BoneNet(nn.Module):
         mid, half = raw.chunk(2, dim=1)
         half = F.softplus(half)
         return {"logits": logits, "front": mid + half, "back": mid - half}
+
+
+def rank_channel(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel's rank in its own image, in (0, 1]: ``(B, 1, H, W)`` → ``(B, 1, H, W)``.
+
+    The fraction of the image's pixels at or below the pixel's value (histogram equalisation):
+    invariant to any increasing mapping of the intensities (exposure, gain, tone curve), and
+    not squashed by a bright collimated border, which takes the top of a linear scale. Equal
+    values share one rank.
+    """
+    flat = x.detach().float().flatten(1)
+    ordered = flat.sort(dim=1).values
+    rank = torch.searchsorted(ordered, flat.contiguous(), right=True).to(x.dtype)
+    return (rank / flat.shape[1]).reshape(x.shape)
 
 
 def save_model(path: str | os.PathLike[str], model: BoneNet, *,

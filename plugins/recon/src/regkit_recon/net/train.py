@@ -19,7 +19,8 @@ written atomically every ``checkpoint_s`` seconds, at each epoch's end, and on C
 ``model.pt`` (the float16 model, after each validation and at the end), ``log.jsonl`` (one JSON
 line per logged step and per validation), ``curves.png`` (the learning curves), ``spec.json``.
 ``--resume`` continues from ``checkpoint.pt`` and gives the same weights as a run that was never
-interrupted.
+interrupted; a resume may also change ``--epochs`` (or ``--max-steps``) to train longer, the
+learning rate then following the new schedule from the step reached.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class TrainSpec:
         max_steps: Stop after this many steps in all (tests; None: the epochs' worth).
         loader_workers: DataLoader worker processes per training process.
         device: ``cpu``, ``cuda`` or None (CUDA when present).
+        init: A model file (``model.pt``) whose weights start the run instead of random ones
+            (fine-tuning, or going on from a shipped model whose checkpoint is gone); its
+            configuration must match.
         precision: ``bf16`` (autocast to bfloat16, the heads in float32), ``fp32``, or
             ``auto``: bf16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX; twice
             the speed measured on 2 EPYC cores), else fp32.
@@ -93,6 +97,7 @@ class TrainSpec:
     val_every: int = 1
     max_steps: int | None = None
     precision: str = "auto"
+    init: str | None = None
     loader_workers: int = 1
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +110,8 @@ class TrainSpec:
             d.pop(key)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
+        if self.init is not None:
+            d["init"] = str(Path(self.init).resolve())
         return d
 
 
@@ -203,6 +210,10 @@ class _Progress:
                 f"{step}/{self.total} loss {loss:.4f} {items_per_s:.2f} items/s left {eta}")
         print(("\r" if self.tty else "") + line, end="" if self.tty else "\n",
               file=self.stream, flush=True)
+
+
+_LENGTH = ("epochs", "max_steps")
+"""Recipe keys a resumed run may change: it may be made longer (or shorter) than planned."""
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -367,6 +378,14 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
 
     torch.manual_seed(spec.seed)
     net = BoneNet(config).to(device)
+    if spec.init is not None and not resume:
+        from regkit_recon.net.model import load_model
+
+        start = load_model(spec.init)
+        if start.net.config != config:
+            raise InputError(f"the model's configuration {start.net.config.to_json()} is not "
+                             f"this run's {config.to_json()}", source=spec.init, key="init")
+        net.load_state_dict(start.net.state_dict())
     optimiser = torch.optim.AdamW(net.parameters(), lr=spec.lr,
                                   weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -377,12 +396,17 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
         if not checkpoint.is_file():
             raise InputError("has no checkpoint.pt to resume from", source=out, key="resume")
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["recipe"] != spec.recipe():
-            changed = sorted(k for k in set(state["recipe"]) | set(spec.recipe())
-                             if state["recipe"].get(k) != spec.recipe().get(k))
+        old, new = state["recipe"], spec.recipe()
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if set(changed) - set(_LENGTH):
             raise InputError(f"the checkpoint was made with another recipe ({', '.join(changed)}"
-                             " differ); resume with the same options", source=checkpoint,
-                             key="resume")
+                             " differ); resume with the same options (only --epochs and "
+                             "--max-steps may change)", source=checkpoint, key="resume")
+        if changed and rank == 0:
+            print(f"resuming at step {state['step']} with a new length ("
+                  + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
+                  + "): the learning rate follows the new schedule from here, so the weights "
+                  "will differ from one uninterrupted run's", file=stream, flush=True)
         net.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
