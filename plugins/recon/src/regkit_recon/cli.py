@@ -90,13 +90,13 @@ def _train(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"must be whole numbers separated by commas, got "
                              f"{args.widths!r}", key="widths") from None
-    if args.stem:
+    if args.stem is not None:
         shape["stem"] = args.stem
     spec = TrainSpec(data=tuple(args.data), out=args.out,
                      val=tuple(args.val) if args.val else None, epochs=args.epochs,
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
                      checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
-                     val_limit=args.val_limit or None, device=args.device,
+                     val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init, **shape)
     record = train(spec, resume=args.resume)
     if record["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:

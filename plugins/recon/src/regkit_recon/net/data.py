@@ -69,10 +69,8 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
     """Augmented training items of a ground-truth data set.
 
     Args:
-        samples: The ground-truth dataset (items with ``file`` paths: a
-            :class:`~regkit_recon.groundtruth.dataset.GroundTruthDataset` or what
-            :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` returns), or a list of
-            sample files.
+        files: The sample files (for example the ``files`` of what
+            :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` returns).
         size: The network's input size.
         bones: The network's bone table.
         seed: The run's seed.

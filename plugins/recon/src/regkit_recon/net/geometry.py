@@ -192,8 +192,9 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
         zoom, gamma: Ranges drawn from (log-uniform zoom, uniform gamma).
 
     Returns:
-        ``image``, ``hit``, ``front``, ``back`` turned, and ``valid`` ``(S, S)`` bool (pixels
-        that came from inside the original image), and the drawn values.
+        ``image``, ``hit``, ``front``, ``back`` turned (heights NaN wherever a resampled value
+        would mix in a pixel without one), ``valid`` ``(S, S)`` bool (pixels that came from
+        inside the ``S × S`` input, padding included), and the drawn values.
     """
     size = image.shape[-1]
     angle = float(rng.uniform(0.0, 2.0 * math.pi))
@@ -208,8 +209,10 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
     if mirror:
         mat[:, 0] = -mat[:, 0]
     grid = F.affine_grid(mat[None], [1, 1, size, size], align_corners=False)
+    known = (torch.isfinite(front) & torch.isfinite(back)).float()
     stack = torch.cat([image.float(), hit.float(), torch.nan_to_num(front.float()),
-                       torch.nan_to_num(back.float()), torch.ones_like(image.float())])[None]
+                       torch.nan_to_num(back.float()), known,
+                       torch.ones_like(image.float())])[None]
     out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)[0]
     nb = hit.shape[0]
@@ -219,8 +222,8 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
     img = torch.where(valid[None], img, torch.full_like(img, air))
     img = img.clamp_min(0.0) ** g
     hit_t = out[1:1 + nb] > 0.5
-    # heights are resampled bilinearly only where every contributing pixel was inside the bone
-    inside = out[1:1 + nb] > 0.999
+    # heights are resampled bilinearly only where every contributing pixel had a height
+    inside = out[1 + 3 * nb:1 + 4 * nb] > 0.999
     front_t = out[1 + nb:1 + 2 * nb] * z
     back_t = out[1 + 2 * nb:1 + 3 * nb] * z
     record = {"angle": angle, "mirror": float(mirror), "zoom": z, "gamma": g}

@@ -37,7 +37,8 @@ __all__ = ["HEIGHT_SCALE", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model",
            "save_model"]
 
 HEIGHT_SCALE = 32.0
-"""Height units per network output unit (heights of a hand are 0-80 detector pixels at 256²)."""
+"""Input pixels per height unit, the network's output unit (a hand's heights are 0-80 detector
+pixels at 256²)."""
 
 MODEL_FORMAT = "regkit-recon bone network"
 MODEL_VERSION = 1

@@ -16,11 +16,13 @@ offset; see :mod:`regkit_recon.net.geometry`).
 
 **Outputs** in ``RUN``: ``checkpoint.pt`` (model, optimiser, scheduler, step, random state:
 written atomically every ``checkpoint_s`` seconds, at each epoch's end, and on Ctrl-C),
-``model.pt`` (the float16 model, after each validation and at the end), ``log.jsonl`` (one JSON
+``model.pt`` (the float16 model, at each epoch's end), ``log.jsonl`` (one JSON
 line per logged step and per validation), ``curves.png`` (the learning curves), ``spec.json``.
 ``--resume`` continues from ``checkpoint.pt`` and gives the same weights as a run that was never
-interrupted; a resume may also change ``--epochs`` (or ``--max-steps``) to train longer, the
-learning rate then following the new schedule from the step reached.
+interrupted (on the CPU; CUDA's convolution kernels are not bit-reproducible unless
+``torch.use_deterministic_algorithms`` is set); a resume may also change ``--epochs`` (or
+``--max-steps``) to train longer: a warm restart, the learning rate following the new schedule
+from the step reached.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from regkit.errors import InputError
+from regkit.errors import FileFormatError, InputError
 from regkit.utils.files import atomic_write_bytes, atomic_write_text
 from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
 
@@ -250,6 +252,15 @@ def _distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _any_rank(interrupts: _Interrupts, world: int, device: torch.device) -> bool:
+    """Whether any process has a Ctrl-C pending (all ranks stop at the same step)."""
+    if world > 1:
+        flag = torch.tensor([1.0 if interrupts.pending else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        interrupts.pending = bool(flag.item() > 0)
+    return interrupts.pending
+
+
 class _Interrupts:
     """Ctrl-C waits for the step under way to finish (so the checkpoint is a step boundary); a
     second Ctrl-C stops at once, keeping the last checkpoint written."""
@@ -310,13 +321,13 @@ def _device(name: str, rank: int) -> torch.device:
 
 
 def open_folders(folders: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
-    """The sample files (in folder order) and manifests of ground-truth folders, after
-    :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` has checked they go together."""
-    from regkit_recon.groundtruth.dataset import GroundTruthDataset, open_ground_truth
+    """The sample files and manifests of ground-truth folders, in the order of
+    :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` (which checks they go
+    together): shards of one data set read exactly as the unsharded set."""
+    from regkit_recon.groundtruth.dataset import open_ground_truth
 
-    open_ground_truth(folders)
-    sets = [GroundTruthDataset(f) for f in folders]
-    return [p for d in sets for p in d.files], [d.manifest for d in sets]
+    data = open_ground_truth(folders)  # the shards of one set in index order, as unsharded
+    return list(data.files), list(data.manifests)
 
 
 def _bones_of(manifests: list[dict[str, Any]]) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -395,8 +406,13 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     if resume:
         if not checkpoint.is_file():
             raise InputError("has no checkpoint.pt to resume from", source=out, key="resume")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        old, new = state["recipe"], spec.recipe()
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            old, new = state["recipe"], spec.recipe()
+            _ = state["model"], state["optimiser"], state["scheduler"], state["step"]
+        except Exception as err:  # torch raises many kinds for a damaged file
+            raise FileFormatError(f"not a readable training checkpoint ({type(err).__name__})",
+                                  source=checkpoint, key="resume") from None
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if set(changed) - set(_LENGTH):
             raise InputError(f"the checkpoint was made with another recipe ({', '.join(changed)}"
@@ -412,6 +428,10 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
         scheduler.load_state_dict(state["scheduler"])
         step, history_seconds = int(state["step"]), float(state["seconds"])
         torch.set_rng_state(state["torch_rng"])
+        for group, base in zip(optimiser.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * _lr_factor(step, total, spec.warmup)  # a longer schedule's
+        if rank == 0:
+            _truncate_log(out / "log.jsonl", step)
     elif rank == 0 and checkpoint.is_file():
         raise InputError("already holds a run (checkpoint.pt); pass --resume to continue it, "
                          "or use a new --out", source=out, key="out")
@@ -453,7 +473,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     val: dict[str, Any] = {}
     try:
         while step < total:
-            if interrupts.pending:
+            if _any_rank(interrupts, world, device):
                 raise KeyboardInterrupt
             epoch, within = divmod(step, per_epoch)
             items.epoch = epoch
@@ -488,7 +508,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
                 if time.perf_counter() - last_ckpt > spec.checkpoint_s:
                     save("periodic")
                     last_ckpt = time.perf_counter()
-                if interrupts.pending:
+                if _any_rank(interrupts, world, device):
                     raise KeyboardInterrupt
             epoch_done = step % per_epoch == 0 or step == total
             if epoch_done:
@@ -543,6 +563,24 @@ def _check(spec: TrainSpec, world: int) -> None:
                          "processes", key="batch")
     if not (math.isfinite(spec.lr) and spec.lr > 0):
         raise InputError(f"must be a positive number, got {spec.lr!r}", key="lr")
+    if spec.max_steps is not None:
+        whole("max_steps", spec.max_steps, 1)
+    if spec.val_limit is not None:
+        whole("val_limit", spec.val_limit, 1)
+    whole("stem", spec.stem, 1)
+    if not (spec.checkpoint_s > 0):  # NaN too
+        raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",
+                         key="checkpoint_s")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps past ``step`` (written after the checkpoint a resume starts
+    from, by a run stopped hard), so the curves do not run backwards."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class _Log:
@@ -589,7 +627,8 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
         present = hit.flatten(1).any(1)
         d = 2 * (pred & hit).flatten(1).sum(1) / (pred.flatten(1).sum(1)
                                                   + hit.flatten(1).sum(1)).clamp_min(1)
-        dices.append(float(d[present].mean()))
+        if bool(present.any()):
+            dices.append(float(d[present].mean()))
         unit = float(item["unit_mm"])
         known = torch.isfinite(item["front"]) & torch.isfinite(item["back"])
         if not bool(known.any()):
@@ -602,7 +641,7 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
         thick.append(float((rb - rf).abs().median()))
         offsets.append(abs(shift))
     per_bone = 2 * inter / np.maximum(total, 1)
-    return {"items": len(items), "dice": float(np.mean(dices)),
+    return {"items": len(items), "dice": float(np.mean(dices)) if dices else float("nan"),
             "dice_min": float(per_bone[total > 0].min()) if (total > 0).any() else 0.0,
             "dice_per_bone": [round(float(v), 4) for v in per_bone],
             "front_mm": float(np.median(fronts)) if fronts else float("nan"),

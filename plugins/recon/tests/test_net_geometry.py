@@ -1,0 +1,55 @@
+"""The bone network's augmentation and input channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from regkit_recon.net.geometry import augment
+from regkit_recon.net.model import rank_channel
+
+
+def test_augmented_heights_never_mix_in_unknown_pixels() -> None:
+    """A hit pixel without a height (NaN) must not leak a 0 into the heights around it."""
+    size = 32
+    hit = torch.zeros((1, size, size), dtype=torch.bool)
+    hit[0, 8:24, 8:24] = True
+    front = torch.full((1, size, size), torch.nan)
+    front[0, 8:24, 8:24] = 5.0
+    front[0, 15, 15] = torch.nan  # hit, but no height known there
+    back = front - 1.0
+    image = torch.rand((1, size, size))
+    for seed in range(6):
+        _, hit_t, front_t, back_t, _, rec = augment(image, hit, front, back,
+                                                   np.random.default_rng(seed))
+        z = rec["zoom"]
+        finite = torch.isfinite(front_t)
+        assert bool(finite.any())
+        assert torch.allclose(front_t[finite], torch.full_like(front_t[finite], 5.0 * z),
+                              atol=1e-4)
+        assert torch.allclose(back_t[finite], torch.full_like(back_t[finite], 4.0 * z),
+                              atol=1e-4)
+        assert bool((hit_t | ~finite).all())  # a height only where the bone is hit
+
+
+def test_augmentation_turns_image_and_maps_together() -> None:
+    """The image and the hit mask move as one: a bright square stays on its mask."""
+    size = 64
+    image = torch.zeros((1, size, size))
+    image[0, 20:36, 12:30] = 1.0
+    hit = (image > 0.5)
+    heights = torch.where(hit, torch.tensor(2.0), torch.tensor(float("nan")))
+    for seed in range(4):
+        img, hit_t, *_ = augment(image, hit, heights, heights - 1, np.random.default_rng(seed),
+                                 gamma=(1.0, 1.0))
+        bright = img[0] > 0.5
+        agree = (bright == hit_t[0]).float().mean()
+        assert float(agree) > 0.99
+
+
+def test_rank_channel_ignores_increasing_intensity_maps() -> None:
+    x = torch.rand((2, 1, 16, 16))
+    r = rank_channel(x)
+    assert torch.equal(r, rank_channel(3.0 * x ** 2 + 7.0))  # exposure, gain, tone curve
+    assert float(r.min()) > 0 and float(r.max()) == 1.0
+    flat = torch.zeros((1, 1, 4, 4))
+    assert torch.equal(rank_channel(flat), torch.ones_like(flat))  # ties share one rank
