@@ -1,0 +1,119 @@
+"""Bone network benchmark (issue 10): inference and training speed on this machine.
+
+Run (about a minute on 2 cores)::
+
+    .venv/bin/pytest benchmarks/test_bench_recon_net.py --benchmark-only -p no:cacheprovider
+
+Cases:
+    1. ``predict_256``: :func:`regkit_recon.net.predict.predict` of one degraded 256² radiograph
+       of a phantom (29 bones) with the shipped model: fitting, the network, depths on the
+       detector; target ≤ 0.5 s on 2 cores. Also with ``tta=True`` (8 flips and turns), and the
+       process's peak resident memory.
+    2. ``train_step``: one optimiser step of the default network on a global batch of 8 real
+       training items (256², augmented), with bfloat16 autocast where the CPU has it and in
+       float32, items per second; loading the items is timed apart.
+
+Results go to ``benchmarks/results/bench_recon_net.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("regkit_recon")
+
+import torch
+from regkit_recon.groundtruth.generate import GenerateSpec, generate
+from regkit_recon.groundtruth.sample import camera_of, read_sample
+from regkit_recon.net.predict import DEFAULT_MODEL, predict
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_recon_net.json"
+_ROWS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One phantom (seed never used in training) and 8 samples at 256², 29 bones."""
+    out = tmp_path_factory.mktemp("bench_net") / "gt"
+    generate(GenerateSpec(out=str(out), phantoms=1, views=8, size=256, seed=90210,
+                          workers=1, montage=0, malunion_fraction=0.0))
+    return out
+
+
+def _save(case: str, row: dict[str, Any]) -> None:
+    if not _ROWS and RESULTS.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            _ROWS.update(json.loads(RESULTS.read_text())["cases"])
+    row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    _ROWS[case] = row
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "command": ".venv/bin/pytest benchmarks/test_bench_recon_net.py --benchmark-only",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "cases": _ROWS}, indent=2) + "\n")
+
+
+def test_predict_256(benchmark: Any, data: Path) -> None:
+    from regkit_recon.net.predict import resolve_model
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no shipped model")
+    sample = read_sample(sorted((data / "samples").glob("*.npz"))[0])
+    camera = camera_of(sample)
+    model = resolve_model()
+    predict(sample["image"], camera, model=model)  # warm-up
+    benchmark.pedantic(predict, args=(sample["image"], camera), kwargs={"model": model},
+                       rounds=10, iterations=1)
+    median = benchmark.stats.stats.median
+    start = time.perf_counter()
+    predict(sample["image"], camera, model=model, tta=True)
+    tta_s = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _save("predict_256", {"median_s": median, "tta_s": tta_s, "peak_rss_mb": peak_mb,
+                          "target_max_s": 0.5, "met": median <= 0.5,
+                          "model_mb": DEFAULT_MODEL.stat().st_size / 2**20})
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
+    from regkit_recon.net.data import TrainItems, collate
+    from regkit_recon.net.model import BoneNet, NetConfig, bone_table
+    from regkit_recon.net.train import TrainSpec, autocast_dtype, batch_loss
+
+    spec = TrainSpec(data=(str(data),), out="unused", precision=precision)
+    bones = tuple(range(1, 30))
+    items = TrainItems(sorted((data / "samples").glob("*.npz")), spec.size, bones, 0)
+    start = time.perf_counter()
+    batch = collate([items[i] for i in range(8)])
+    load_s = time.perf_counter() - start
+    torch.manual_seed(0)
+    net = BoneNet(NetConfig(bones, bone_table(bones), spec.size, spec.widths, spec.stem))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    amp = autocast_dtype(precision, torch.device("cpu"))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            out = net(batch["image"])
+        terms = batch_loss(out, batch, depth_weight=spec.depth_weight,
+                           offset_weight=spec.offset_weight)
+        optimiser.zero_grad()
+        terms["loss"].backward()
+        optimiser.step()
+
+    step()  # warm-up
+    benchmark.pedantic(step, rounds=4, iterations=1)
+    median = benchmark.stats.stats.median
+    _save(f"train_step_{precision}", {
+        "median_s": median, "items_per_s": 8 / median, "load_8_items_s": load_s,
+        "autocast": str(amp or "float32"), "parameters": sum(p.numel() for p in
+                                                            net.parameters())})
