@@ -86,7 +86,8 @@ def test_predict_256(benchmark: Any, data: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
-    from regkit_recon.net.data import TrainItems, collate
+    from regkit_recon.groundtruth.dataset import collate_ground_truth
+    from regkit_recon.net.data import TrainItems
     from regkit_recon.net.model import BoneNet, NetConfig, bone_table
     from regkit_recon.net.train import TrainSpec, autocast_dtype, batch_loss
 
@@ -94,7 +95,7 @@ def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
     bones = tuple(range(1, 30))
     items = TrainItems(sorted((data / "samples").glob("*.npz")), spec.size, bones, 0)
     start = time.perf_counter()
-    batch = collate([items[i] for i in range(8)])
+    batch = collate_ground_truth([items[i] for i in range(8)])
     load_s = time.perf_counter() - start
     torch.manual_seed(0)
     net = BoneNet(NetConfig(bones, bone_table(bones), spec.size, spec.widths, spec.stem))

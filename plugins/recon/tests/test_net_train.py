@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from regkit_recon.groundtruth.dataset import collate_ground_truth
 from regkit_recon.groundtruth.generate import GenerateSpec, generate
 from regkit_recon.net import data as net_data
 from regkit_recon.net import train as tr
@@ -267,7 +268,7 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
         assert x["hit"].any()
         assert torch.equal(torch.isfinite(x["front"]), torch.isfinite(x["back"]))
     assert torch.isfinite(plain["front"]).any()
-    batch = net_data.collate([a, plain])
+    batch = collate_ground_truth([a, plain])
     assert batch["image"].shape == (2, 1, 32, 32) and batch["index"].tolist() == [2, 2]
 
 
@@ -294,7 +295,7 @@ def test_a_few_samples_are_overfitted(gt: Path, tmp_path: Path,
     files, manifests = open_folders([str(gt)])
     bones, names = tr._bones_of(manifests)
     items = net_data.TrainItems(files, 32, bones, 0)
-    batch = net_data.collate([items[i] for i in range(ITEMS)])
+    batch = collate_ground_truth([items[i] for i in range(ITEMS)])
     torch.manual_seed(spec.seed)
     net = BoneNet(NetConfig(bones, names, 32, (8, 16), 8))
     with torch.no_grad():
@@ -500,7 +501,7 @@ def test_two_processes_take_the_single_process_steps(gt: Path, tmp_path: Path) -
     _run(_spec(gt, single, **kw))
     spec = _spec(gt, double, **kw)
     args = {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(spec).items() if k != "extra"}
+            for k, v in asdict(spec).items()}
     port = _free_port()
     procs = []
     for rank in range(2):

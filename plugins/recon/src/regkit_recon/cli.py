@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init, **shape)
     record = train(spec, resume=args.resume)
-    if record["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+    if record["rank"] == 0:
         print(f"regkit recon train: {record['steps']} steps in {record['seconds']:.0f} s -> "
               f"{args.out}/model.pt", file=sys.stderr)
     return 0

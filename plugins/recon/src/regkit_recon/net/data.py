@@ -22,7 +22,7 @@ from regkit.geometry.camera import Camera
 from regkit_recon.net.geometry import augment, depth_to_height, fit_image
 from regkit_recon.net.model import HEIGHT_SCALE
 
-__all__ = ["TrainItems", "collate", "sample_targets"]
+__all__ = ["TrainItems", "sample_targets"]
 
 
 def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
@@ -31,8 +31,8 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
 
     Returns:
         ``image`` ``(1, S, S)`` normalised; ``hit`` bool, ``front``, ``back`` ``(NB, S, S)``
-        heights of the first layer in height units (NaN where the bone is not hit); ``valid``
-        ``(S, S)`` bool, the pixels of the original image; ``unit_mm``, mm per height unit.
+        heights of the first layer in height units (NaN where the bone is not hit);
+        ``unit_mm``, mm per height unit.
 
     Raises:
         InputError: the sample's bones are not ``bones``.
@@ -57,11 +57,9 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
     grid = torch.zeros((3, nb, size, size))
     grid[:, :, :h, :w] = maps
     inside = grid[0] > 0.999
-    valid = torch.zeros((size, size), dtype=torch.bool)
-    valid[:h, :w] = True
     return {"image": x[0], "hit": grid[0] > 0.5,
             "front": torch.where(inside, grid[1], torch.nan),
-            "back": torch.where(inside, grid[2], torch.nan), "valid": valid,
+            "back": torch.where(inside, grid[2], torch.nan),
             "unit_mm": torch.tensor(unit, dtype=torch.float64)}
 
 
@@ -94,14 +92,10 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
         if self.augmented:
             rng = np.random.default_rng(np.random.SeedSequence(
                 self.seed, spawn_key=(self.epoch, index)))
-            image, hit, front, back, valid, rec = augment(
+            image, hit, front, back, _, rec = augment(
                 item["image"], item["hit"], item["front"], item["back"], rng)
             item = {"image": image, "hit": hit, "front": front, "back": back,
-                    "valid": valid, "unit_mm": item["unit_mm"] / rec["zoom"]}
+                    "unit_mm": item["unit_mm"] / rec["zoom"]}
         item["index"] = torch.tensor(index)
         return item
 
-
-def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items into a batch."""
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}

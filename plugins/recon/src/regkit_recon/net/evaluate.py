@@ -586,16 +586,15 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str],
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``regkit recon evaluate``'s arguments to ``parser``."""
-    parser.add_argument("--model", default=None, metavar="M",
-                        help="model file (default: the model shipped with regkit-recon)")
+    from regkit_recon.net.predict import add_model_arguments
+
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
                         help="ground-truth folders (regkit recon generate)")
     parser.add_argument("--out", default=None, metavar="REPORT_DIR",
                         help="write REPORT_DIR/report.json and report.png")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="score only the first N samples")
-    parser.add_argument("--tta", action="store_true",
-                        help="predict with the 8 flips and quarter turns averaged")
+    add_model_arguments(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--variants", default="right", metavar="V1,V2",
                        help=f"score each sample as these variants ({', '.join(VARIANTS)}; "
@@ -605,10 +604,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                             "180°: fingers up)")
     parser.add_argument("--examples", type=int, default=4, metavar="N",
                         help="cases drawn in report.png (default 4)")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="P",
-                        help="a bone is seen where its probability exceeds P (default 0.5)")
-    parser.add_argument("--device", default="cpu", metavar="DEV",
-                        help="torch device (default cpu)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -441,6 +441,19 @@ def predict_file(image_path: str | os.PathLike[str], camera_path: str | os.PathL
 # ------------------------------------------------------------------------------ command line
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of running a model (``--model``, ``--tta``, ``--threshold``,
+    ``--device``), shared by ``predict`` and ``evaluate``."""
+    parser.add_argument("--model", default=None, metavar="M",
+                        help="model file (default: the model shipped with regkit-recon)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and quarter turns (8x slower)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                        help="a bone is seen where its probability exceeds P (default 0.5)")
+    parser.add_argument("--device", default="cpu", metavar="DEV",
+                        help="torch device (default cpu)")
+
+
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``regkit recon predict``'s arguments to ``parser``."""
     parser.add_argument("--image", required=True, metavar="X",
@@ -453,16 +466,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--i0", type=float, default=None, metavar="I0",
                         help="unattenuated intensity of a transmitted image (default: its "
                              "brightest pixel)")
-    parser.add_argument("--model", default=None, metavar="M",
-                        help="model file (default: the model shipped with regkit-recon)")
     parser.add_argument("--out", required=True, metavar="PRED.npz",
                         help="the prediction file to write")
-    parser.add_argument("--tta", action="store_true",
-                        help="average over the 8 flips and quarter turns (8x slower)")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="P",
-                        help="a bone is seen where its probability exceeds P (default 0.5)")
-    parser.add_argument("--device", default="cpu", metavar="DEV",
-                        help="torch device (default cpu)")
+    add_model_arguments(parser)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +102,11 @@ class TrainSpec:
     init: str | None = None
     loader_workers: int = 1
     device: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:
         """What a resumed run must repeat (the rest may change between runs)."""
         d = asdict(self)
-        for key in ("out", "checkpoint_s", "loader_workers", "device", "extra", "val_limit",
+        for key in ("out", "checkpoint_s", "loader_workers", "device", "val_limit",
                     "val", "precision"):
             d.pop(key)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
@@ -370,7 +369,8 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None) -> dict[
 
 def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
            device: torch.device, interrupts: _Interrupts) -> dict[str, Any]:
-    from regkit_recon.net.data import TrainItems, collate
+    from regkit_recon.groundtruth.dataset import collate_ground_truth
+    from regkit_recon.net.data import TrainItems
 
     _check(spec, world)
     amp = autocast_dtype(spec.precision, device)
@@ -480,7 +480,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
             batches = global_batches(len(items), spec.batch, spec.seed, epoch)
             local = [_local(b, rank, world) for b in batches[within:]][:total - step]
             loader = torch.utils.data.DataLoader(
-                items, batch_sampler=local, collate_fn=collate,
+                items, batch_sampler=local, collate_fn=collate_ground_truth,
                 num_workers=spec.loader_workers)
             t0 = time.perf_counter()
             for batch in loader:
@@ -545,7 +545,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     if rank == 0:
         print("", file=stream, flush=True)
     return {"steps": step, "seconds": seconds, "loss": last, "validation": val,
-            "world_size": world}
+            "world_size": world, "rank": rank}
 
 
 def _check(spec: TrainSpec, world: int) -> None:
