@@ -367,11 +367,11 @@ def test_batching_gain(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> No
             matrices = _rigid_matrices(params, pivot) @ true
             for popsize in (12, 20, 40):
                 t0 = time.perf_counter()
-                batched = [level.losses(matrices[i:i + popsize])[0]
+                batched = [level.matrix_losses(matrices[i:i + popsize])[0]
                            for i in range(0, budget, popsize)]
                 t_batched = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                single = [level.losses(matrices[i:i + 1])[0] for i in range(budget)]
+                single = [level.matrix_losses(matrices[i:i + 1])[0] for i in range(budget)]
                 t_single = time.perf_counter() - t0
                 np.testing.assert_allclose(np.concatenate(batched), np.concatenate(single),
                                            rtol=1e-5, atol=1e-6)
@@ -382,7 +382,7 @@ def test_batching_gain(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> No
                     "speed_up": t_single / t_batched}
         level, pivot, true = _objective_level("ncc")
         batch = _rigid_matrices(np.zeros((20, 6)), pivot) @ true
-        benchmark(level.losses, batch)  # one population of 20 at level 0
+        benchmark(level.matrix_losses, batch)  # one population of 20 at level 0
     finally:
         torch.set_num_threads(previous)
     # Whole registrations: the population in one call (default) against max_batch = 1.

@@ -9,6 +9,7 @@ from typing import Any
 
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
+from regkit.registration.levels import DEFAULT_SEED
 
 __all__ = ["register"]
 
@@ -96,7 +97,8 @@ def register(subparsers: Any) -> None:
                    help="similarity: gncc (default), gc, ncc, lncc, ...")
     p.add_argument("--optimizer", default="cmaes",
                    help="method of the search levels: cmaes (default), powell, nelder_mead")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0; runs repeat)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed (default {DEFAULT_SEED}: runs repeat)")
     p.add_argument("--backend", default=None,
                    help="renderer: gl or torch (default: the faster one here)")
     p.add_argument("--report", type=Path, default=None, metavar="DIR",

@@ -11,6 +11,7 @@ import numpy as np
 
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
+from regkit.registration.levels import DEFAULT_SEED
 
 __all__ = ["register"]
 
@@ -90,8 +91,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--init", choices=("identity", "center", "moments"), default="center",
                    help="start: the world frames as given, centres of mass aligned (default), "
                    "or principal axes")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: a fresh one, "
-                   "written to the result)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed (default {DEFAULT_SEED}: runs repeat)")
     p.add_argument("--backend", default=None,
                    help="renderer that resamples: torch or gl (default: the faster one here)")
     p.add_argument("--resampled", type=Path, default=None, metavar="OUT.nii.gz",

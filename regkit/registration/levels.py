@@ -1,6 +1,6 @@
-"""Pieces shared by the registration engines: pyramid levels, progress, options, resampling.
+"""Pieces shared by the registration engine and its problems: levels, progress, options, resampling.
 
-The 3D–3D engine (:mod:`regkit.registration.volume_registration`) and the 2D–3D engine
+The 3D–3D problem (:mod:`regkit.registration.volume_registration`) and the 2D–3D engine
 (:mod:`regkit.registration.radiograph_registration`) describe their pyramids with the same
 :class:`LevelOptions`, report with the same :class:`Progress`, check their options dataclasses
 with :func:`coerce_options` and bring a volume to a level's spacing with :func:`at_spacing`.
@@ -21,6 +21,7 @@ from regkit.optim.base import coerce_options as optim_coerce_options
 from regkit.volume import Volume
 
 __all__ = [
+    "DEFAULT_SEED",
     "LevelOptions",
     "Progress",
     "ProgressCallback",
@@ -37,12 +38,16 @@ _PYRAMID_SIGMA = 0.5
 
 OptionsT = TypeVar("OptionsT")
 
+DEFAULT_SEED = 0
+"""The seed of every registration kind when none is given: runs repeat unless asked not to
+(``seed=None`` draws a fresh one, reported in the record)."""
+
 
 @dataclass(frozen=True)
 class LevelOptions:
     """One level of a registration pyramid: its resolution, its metric grid and its optimizer.
 
-    Shared by the 3D–3D and the 2D–3D engines; each reads the resolution fields in its own
+    Shared by the 3D–3D and the 2D–3D problems; each reads the resolution fields in its own
     terms, stated here.
 
     Attributes:

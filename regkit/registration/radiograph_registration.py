@@ -68,7 +68,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,28 +81,17 @@ from regkit.geometry.camera import Camera
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.radiograph import Radiograph, to_line_integral
 from regkit.metrics import Metric, get_metric
-from regkit.optim import (
-    ParamSpec,
-    best_starts,
-    gradient_methods,
-    minimize,
-    minimize_torch,
-    optimizers,
-)
-from regkit.optim.base import IterationRecord, OptimResult
+from regkit.optim import ParamSpec, gradient_methods, optimizers
+from regkit.registration import engine
+from regkit.registration.engine import Level
 from regkit.registration.levels import (
     LevelOptions,
-    Progress,
     ProgressCallback,
     at_spacing,
     coerce_options,
-    level_options,
 )
-from regkit.registration.results import (
-    ConvergencePoint,
-    Registration2D3DResult,
-    cameras_from_correction,
-)
+from regkit.registration.pose_error import mean_target_error
+from regkit.registration.results import Registration2D3DResult, cameras_from_correction
 from regkit.render.base import Renderer, Views, bone_key
 from regkit.volume import Volume
 
@@ -285,7 +274,7 @@ def correction_from_params(params: Any, pivot: Any) -> Any:
 
 def mean_target_error_2d3d(camera_from_world_est: Any, camera_from_world_true: Any,
                            points_world: Any) -> float:
-    """mTRE (docs/CONVENTIONS.md): mean of ``‖est · x − true · x‖`` over world points, mm.
+    """mTRE of camera poses, mm: :func:`regkit.registration.pose_error.mean_target_error`.
 
     Args:
         camera_from_world_est: ``(4, 4)`` estimated pose of one view (or ``(V, 4, 4)``: the
@@ -293,17 +282,7 @@ def mean_target_error_2d3d(camera_from_world_est: Any, camera_from_world_true: A
         camera_from_world_true: The true pose(s), same shape.
         points_world: ``(N, 3)`` target points (bone voxel centres), world mm, N >= 1.
     """
-    est = np.asarray(camera_from_world_est, dtype=np.float64)
-    true = np.asarray(camera_from_world_true, dtype=np.float64)
-    pts = np.asarray(points_world, dtype=np.float64)
-    if est.shape != true.shape or est.shape[-2:] != (4, 4) or est.ndim not in (2, 3):
-        raise ShapeError(f"poses must be (4, 4) or (V, 4, 4) and equal in shape, got "
-                         f"{est.shape} and {true.shape}")
-    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
-        raise ShapeError(f"points must have shape (N, 3) with N >= 1, got {pts.shape}")
-    diff = (est - true).reshape(-1, 4, 4)
-    errs = [np.linalg.norm(pts @ d[:3, :3].T + d[:3, 3], axis=1).mean() for d in diff]
-    return float(np.mean(errs))
+    return mean_target_error(camera_from_world_est, camera_from_world_true, points_world)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -562,9 +541,10 @@ class _Box:
             return torch.where(keep[:, None, None], out, torch.ones_like(out))
 
 
-@dataclass
-class _Level:
-    """One pyramid level: a renderer on the level CT, the binned views and the metric."""
+@dataclass(eq=False)
+class _Level(Level):
+    """One pyramid level: a renderer on the level CT, the binned views and the metric; its
+    parameters are the six of :func:`correction_from_params` about ``pivot``."""
 
     renderer: Renderer
     groups: list[_Group]
@@ -577,6 +557,8 @@ class _Level:
     spacing_mm: NDArray[np.float64]
     smooth_px: float
     box: _Box | None = None
+    spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
+    pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
 
     def _group_scores(self, g: _Group, corrections: torch.Tensor) -> torch.Tensor:
         """``(λ, V_g)`` scores of the group's views under ``(λ, 4, 4)`` float64 corrections."""
@@ -622,13 +604,27 @@ class _Level:
             total = total + self._group_scores(g, corrections).sum(dim=1)
         return total / self.n_views
 
-    def losses(self, corrections: NDArray[np.float64]) -> NDArray[np.float64]:
-        with torch.no_grad():
-            s = self.scores(torch.as_tensor(corrections, dtype=torch.float64)).numpy()
-        return -s if self.metric.higher_is_better else s
+    def corrections(self, params: Any) -> Any:
+        """``(..., 6)`` parameters to ``(..., 4, 4)`` world corrections (numpy or torch)."""
+        if isinstance(params, torch.Tensor):
+            return correction_from_params(params, torch.as_tensor(self.pivot,
+                                                                  dtype=params.dtype))
+        return np.asarray(correction_from_params(params, self.pivot))
 
-    def score_from_loss(self, loss: float) -> float:
-        return -loss if self.metric.higher_is_better else loss
+    def losses(self, params: NDArray[np.float64]) -> NDArray[np.float64]:
+        with torch.no_grad():
+            s = self.scores(torch.as_tensor(self.corrections(params), dtype=torch.float64))
+        values = s.numpy()
+        return -values if self.higher_is_better else values
+
+    def loss(self, params: torch.Tensor) -> torch.Tensor:
+        sign = -1.0 if self.higher_is_better else 1.0
+        return sign * self.scores(self.corrections(params)[None])[0]
+
+    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
+        score = self.score_from_loss(float(self.losses(x[None])[0]))
+        return score, {"detector_factors": self.factors,
+                       "spacing_mm": np.round(self.spacing_mm, 4).tolist()}
 
 
 class _LevelBuilder:
@@ -722,7 +718,7 @@ class _LevelBuilder:
                       box=self._box() if self.opts.mask_partial_rays else None)
 
 
-# ------------------------------------------------------------------------------ the engine
+# ----------------------------------------------------------------------- the entry point
 
 
 def _pivot(mu: Volume, bones: tuple[int, ...] | None) -> NDArray[np.float64]:
@@ -736,7 +732,7 @@ def _pivot(mu: Volume, bones: tuple[int, ...] | None) -> NDArray[np.float64]:
 def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[Any], *,
                   image_kind: str = "line-integral", bones: Sequence[int] | None = None,
                   image_masks: Sequence[Any] | None = None, metric: str = "gncc",
-                  optimizer: str = "cmaes", seed: int | None = 0,
+                  optimizer: str = "cmaes", seed: int | None = engine.DEFAULT_SEED,
                   options: Register2D3DOptions | Mapping[str, Any] | None = None,
                   backend: str | None = None,
                   progress: ProgressCallback | None = None) -> Registration2D3DResult:
@@ -765,14 +761,15 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
             gradient-magnitude NCC: see :data:`DEFAULT_LEVELS` for why).
         optimizer: The method of the first (widest) level: ``"cmaes"`` (default) or another
             registered derivative-free method; later levels keep their own.
-        seed: Seed of every random draw (None: a fresh one, reported in ``extras["seed"]``).
-            The same seed gives the same result.
+        seed: Seed of every random draw (default
+            :data:`~regkit.registration.engine.DEFAULT_SEED`; None: a fresh one, reported in
+            ``extras["seed"]``). The same seed gives the same result.
         options: :class:`Register2D3DOptions` or a dict of its fields.
         backend: Renderer for the derivative-free levels (``"gl"``, ``"torch"``); None applies
             :func:`regkit.render.select.make_renderer`'s rule (OpenGL where an EGL context can
             be made). Gradient levels always use ``"torch"``.
         progress: Called with a :class:`~regkit.registration.levels.Progress` after every
-            optimizer iteration.
+            optimizer iteration and at every level's end.
 
     Returns:
         :class:`~regkit.registration.results.Registration2D3DResult`: the refined ``cameras``,
@@ -801,11 +798,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     if 2 not in scorer.spatial_dims:
         raise InputError(f"metric '{metric}' does not take 2-D images", key="metric")
     levels = _with_optimizer(list(opts.levels), optimizer)
-    if seed is None:
-        seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
-    elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"must be None or an integer >= 0, got {seed!r}", key="seed")
-    seed = int(seed)
+    seed = engine.check_seed(seed)
     weights: list[NDArray[np.float32] | None] = []
     for img, m in zip(imgs, user_masks, strict=True):
         flat = _flat_mask(img) if opts.mask_flat else None
@@ -816,15 +809,10 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     if bone_labels is not None:
         work_cams, work_imgs, work_weights = _bone_rois(mu, bone_labels, cams, imgs, weights,
                                                         opts.bone_roi_margin_mm)
-    previous = torch.get_num_threads()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
-    try:
+    with engine.torch_threads(opts.threads):
         builder = _LevelBuilder(mu, work_cams, work_imgs, work_weights, scorer, bone_labels,
                                 opts, backend)
-        return _register(builder, cams, levels, scorer, metric, seed, opts, progress, t_start)
-    finally:
-        torch.set_num_threads(previous)
+        return _register(builder, cams, levels, metric, seed, opts, progress, t_start)
 
 
 def _bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
@@ -880,99 +868,42 @@ def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOpt
             if lv.method == "cmaes" else lv for lv in levels]
 
 
+class _Problem:
+    """The 2D–3D problem for the engine: one rigid correction shared by all views."""
+
+    def __init__(self, builder: _LevelBuilder, pivot: NDArray[np.float64], metric: str,
+                 opts: Register2D3DOptions):
+        self.builder, self.pivot, self.metric, self.opts = builder, pivot, metric, opts
+        self.higher_is_better = builder.metric.higher_is_better
+
+    def level(self, index: int, options: LevelOptions) -> _Level:
+        lv = self.builder.build(options)
+        lv.pivot, lv.higher_is_better = self.pivot, self.higher_is_better
+        lv.spec = ParamSpec.rigid6(options.rot_step_deg, options.trans_step_mm,
+                                   rot_bound_deg=self.opts.rot_range_deg,
+                                   trans_bound_mm=self.opts.trans_range_mm)
+        return lv
+
+
 def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOptions],
-              scorer: Metric, metric: str, seed: int, opts: Register2D3DOptions,
+              metric: str, seed: int, opts: Register2D3DOptions,
               progress: ProgressCallback | None, t_start: float) -> Registration2D3DResult:
     pivot = _pivot(builder.mu, builder.bones)
-    level_seeds = np.random.SeedSequence(seed).generate_state(len(levels) + 1)
-    history: list[ConvergencePoint] = []
-    facts: list[dict[str, Any]] = []
-    evaluations = 0
-    x = np.zeros(6)
-    problem: _Level | None = None
-    result: OptimResult | None = None
-    for li, level in enumerate(levels):
-        t_level = time.perf_counter()
-        problem = builder.build(level)
-        spec = ParamSpec.rigid6(level.rot_step_deg, level.trans_step_mm,
-                                rot_bound_deg=opts.rot_range_deg,
-                                trans_bound_mm=opts.trans_range_mm)
-
-        def objective(params: np.ndarray, _p: _Level = problem) -> np.ndarray:
-            return _p.losses(np.asarray(correction_from_params(params, pivot)))
-
-        if li == 0 and opts.starts > 0:
-            from regkit.optim import random_starts
-
-            cands = random_starts(x, spec, opts.starts, spread=opts.start_spread,
-                                  seed=int(level_seeds[-1]), include_center=True)
-            best, _ = best_starts(objective, cands, 1)
-            evaluations += len(cands)
-            x = best[0]
-
-        def on_iteration(rec: IterationRecord, _p: _Level = problem, _li: int = li,
-                         _done: int = evaluations) -> None:
-            point = ConvergencePoint(evaluations=_done + rec.evaluations,
-                                     best=_p.score_from_loss(rec.best_so_far),
-                                     current=_p.score_from_loss(rec.best), level=_li)
-            history.append(point)
-            if progress is not None:
-                progress(Progress(level=_li, levels=len(levels), stage="rigid",
-                                  evaluations=point.evaluations, best_score=point.best,
-                                  metric=metric, higher_is_better=scorer.higher_is_better))
-
-        if level.method in gradient_methods:
-            result = _gradient_level(problem, x, spec, level, pivot, on_iteration)
-        else:
-            result = minimize(objective, spec.clip(x), spec, level.method,
-                              level_options(level, int(level_seeds[li])), on_iteration)
-        evaluations += result.evaluations
-        x = np.asarray(result.x, dtype=np.float64)
-        if progress is not None:  # every level reports at its end, even one too short to
-            progress(Progress(level=li, levels=len(levels), stage="rigid",  # have iterated
-                              evaluations=evaluations,
-                              best_score=problem.score_from_loss(result.value), metric=metric,
-                              higher_is_better=scorer.higher_is_better))
-        facts.append({
-            "level": li, "method": level.method, "shrink": level.shrink,
-            "detector_factors": problem.factors,
-            "spacing_mm": np.round(problem.spacing_mm, 4).tolist(),
-            "evaluations": result.evaluations,
-            "seconds": round(time.perf_counter() - t_level, 4),
-            "score": problem.score_from_loss(result.value),
-            "stop_reasons": result.stop_reasons,
-        })
-    assert problem is not None and result is not None
-    correction = np.asarray(correction_from_params(x, pivot), dtype=np.float64)
-    final = float(problem.score_from_loss(float(problem.losses(correction[None])[0])))
-    evaluations += 1
+    done = engine.run(_Problem(builder, pivot, metric, opts), levels, seed=seed,
+                      starts=opts.starts, start_spread=opts.start_spread, progress=progress)
+    correction = np.asarray(correction_from_params(done.x, pivot), dtype=np.float64)
     return Registration2D3DResult(
         cameras=cameras_from_correction(cams, correction), world_correction=correction,
-        metric=metric, final_score=final, seconds=time.perf_counter() - t_start,
-        evaluations=evaluations, history=tuple(history),
+        metric=metric, final_score=done.score, seconds=time.perf_counter() - t_start,
+        evaluations=done.evaluations, history=done.history,
         extras={
-            "seed": seed,
+            "seed": done.seed,
             "pivot_mm": pivot.tolist(),
-            "params": x.tolist(),
+            "params": done.x.tolist(),
             "bones": None if builder.bones is None else list(builder.bones),
-            "levels": facts,
-            "stop_reasons": result.stop_reasons,
+            "levels": list(done.levels),
+            "stop_reasons": done.stop_reasons,
         })
-
-
-def _gradient_level(problem: _Level, x: NDArray[np.float64], spec: ParamSpec,
-                    level: LevelOptions, pivot: NDArray[np.float64],
-                    on_iteration: Any) -> OptimResult:
-    """A gradient level: Adam or L-BFGS on the 6 parameters through the torch renderer."""
-    c = torch.as_tensor(pivot, dtype=torch.float64)
-    sign = -1.0 if problem.metric.higher_is_better else 1.0
-
-    def loss_fn(p: torch.Tensor) -> torch.Tensor:
-        corr = correction_from_params(p, c)
-        return sign * problem.scores(corr[None])[0]
-
-    return minimize_torch(loss_fn, torch.as_tensor(spec.clip(x), dtype=torch.float64), spec,
-                          level.method, dict(level.options), on_iteration)
 
 
 # ----------------------------------------------------------------------------------- report

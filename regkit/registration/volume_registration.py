@@ -62,7 +62,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,12 +73,12 @@ from numpy.typing import NDArray
 from regkit.errors import InputError, ShapeError
 from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
-from regkit.optim import ParamSpec, minimize, optimizers
-from regkit.optim.base import IterationRecord, OptimResult
+from regkit.optim import ParamSpec, optimizers
+from regkit.registration import engine, pose_error
+from regkit.registration.engine import Level
 from regkit.registration.levels import LevelOptions, Progress, ProgressCallback, coerce_options
 from regkit.registration.levels import at_spacing as _at_spacing
-from regkit.registration.levels import level_options as _level_options
-from regkit.registration.results import ConvergencePoint, Registration3D3DResult
+from regkit.registration.results import Registration3D3DResult
 from regkit.render.base import Renderer
 from regkit.volume import Volume
 
@@ -475,9 +475,13 @@ def _mask_volume(mask: NDArray[np.bool_], volume: Volume) -> Volume:
 # ------------------------------------------------------------------------------- the objective
 
 
-@dataclass
-class _Level:
-    """One pyramid level's images, renderers and metric: scores batches of transforms."""
+@dataclass(eq=False)
+class _Level(Level):
+    """One pyramid level's images, renderers and metric: scores batches of transforms.
+
+    Its parameters are those of ``model`` about ``pivot``, applied after ``start`` (the
+    module's convention); :meth:`matrix_losses` scores transforms directly.
+    """
 
     grid: Volume                       # the metric grid (fixed level image, coarsened)
     fixed_values: torch.Tensor          # (I, J, K) float32
@@ -489,6 +493,12 @@ class _Level:
     region_mm3: float                   # min(fixed region, moving region), mm³
     max_batch: int | None
     spacing_mm: NDArray[np.float64]     # spacing of the moving level image
+    spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
+    model: _Model | None = None
+    origin: NDArray[np.float64] = field(default_factory=lambda: np.eye(4))  # init transform
+    pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
+    overlap: float = float("nan")       # at the level's result (set by finish)
+    no_overlap: str | None = None       # the error raised when the result barely overlaps
 
     @property
     def voxel_mm3(self) -> float:
@@ -517,7 +527,7 @@ class _Level:
         overlap = torch.cat([p[1] for p in parts]).numpy()
         return score, overlap
 
-    def losses(self, matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def matrix_losses(self, matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values to minimise ``(B,)`` (penalised where the overlap is too small), and overlaps."""
         score, overlap = self.scores(matrices)
         loss = -score if self.metric.higher_is_better else score.copy()
@@ -529,8 +539,21 @@ class _Level:
             loss[low] = empty_loss + (1.0 + deficit) * max(1.0, abs(empty_loss))
         return loss, overlap
 
-    def score_from_loss(self, loss: float) -> float:
-        return -loss if self.metric.higher_is_better else loss
+    def transforms(self, params: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``(λ, 4, 4)`` ``fixed_from_moving`` of ``(λ, n)`` parameters."""
+        assert self.model is not None
+        return self.model.matrices(params, self.pivot) @ self.origin
+
+    def losses(self, params: NDArray[np.float64]) -> NDArray[np.float64]:
+        return self.matrix_losses(self.transforms(params))[0]
+
+    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
+        score, overlap = self.scores(self.transforms(x[None]))
+        self.overlap = float(overlap[0])
+        if self.no_overlap is not None and self.overlap < self.min_overlap:
+            raise InputError(self.no_overlap, key="moving")
+        return float(score[0]), {"spacing_mm": np.round(self.spacing_mm, 4).tolist(),
+                                 "grid": list(self.grid.shape)}
 
 
 def _base_spacing(fixed: Volume, moving: Volume) -> float:
@@ -702,7 +725,7 @@ _INITIALISERS: dict[str, Callable[..., list[NDArray[np.float64]]]] = {
 }
 
 
-# ------------------------------------------------------------------------------ the engine
+# ----------------------------------------------------------------------- the entry point
 
 
 def _as_volume(value: Any, key: str) -> Volume:
@@ -714,7 +737,7 @@ def _as_volume(value: Any, key: str) -> Volume:
 def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "rigid",
                   metric: str = "ncc", metric_options: Mapping[str, Any] | None = None,
                   fixed_mask: Any = None, moving_mask: Any = None,
-                  init: InitKind | Any = "center", seed: int | None = None,
+                  init: InitKind | Any = "center", seed: int | None = engine.DEFAULT_SEED,
                   options: Register3D3DOptions | Mapping[str, Any] | None = None,
                   backend: str | None = None,
                   progress: ProgressCallback | None = None) -> Registration3D3DResult:
@@ -736,15 +759,17 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
         moving_mask: Optional mask on the moving grid: only voxels that map into it are scored.
         init: ``"center"`` (default), ``"moments"``, ``"identity"`` or a ``(4, 4)``
             ``fixed_from_moving`` to start from; see :func:`initial_transform`.
-        seed: Seed of every random draw (None: a fresh one, reported in ``extras["seed"]``).
-            The same seed gives the same result.
+        seed: Seed of every random draw (default
+            :data:`~regkit.registration.engine.DEFAULT_SEED`; None: a fresh one, reported in
+            ``extras["seed"]``). The same seed gives the same result.
         options: :class:`Register3D3DOptions` or a dict of its fields (levels, budgets, ranges).
         backend: Renderer backend that resamples the moving image (``"torch"``, ``"gl"``); None
             applies :func:`regkit.render.select.make_renderer`'s rule (OpenGL where an EGL
             context can be made). Measured here on 8k-voxel grids, batches of 12: 0.14 ms per
             candidate with ``"gl"``, 0.47 ms with ``"torch"``, whose resampling loops over the
             batch.
-        progress: Called with a :class:`Progress` after every optimizer iteration.
+        progress: Called with a :class:`Progress` after every optimizer iteration and at every
+            level's end.
 
     Returns:
         :class:`~regkit.registration.results.Registration3D3DResult` with ``fixed_from_moving``,
@@ -779,20 +804,49 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
     mm = _check_mask(moving_mask, moving, "moving_mask")
     _check_variance(fixed, fm, "fixed")
     _check_variance(moving, mm, "moving")
-    if seed is None:
-        seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
-    elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"must be None or an integer >= 0, got {seed!r}", key="seed")
-    seed = int(seed)
+    seed = engine.check_seed(seed)
+    with engine.torch_threads(opts.threads):
+        return _register(fixed, moving, fm, mm, stages, scorer, metric, init, seed, opts,
+                         backend, progress, t_start)
 
-    previous_threads = torch.get_num_threads()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
-    try:
-        return _register(fixed, moving, fm, mm, _STAGES[transform], scorer, metric, init,
-                         seed, opts, backend, progress, t_start)
-    finally:
-        torch.set_num_threads(previous_threads)
+
+class _Problem:
+    """The 3D–3D problem for the engine: its stages' levels, from the chosen initial transform."""
+
+    def __init__(self, fixed: Volume, moving: Volume, fm: NDArray[np.bool_] | None,
+                 mm: NDArray[np.bool_] | None, plan: list[tuple[_Model, LevelOptions]],
+                 scorer: Metric, metric: str, init: Any, opts: Register3D3DOptions,
+                 backend: str | None):
+        self.fixed, self.moving, self.fm, self.mm = fixed, moving, fm, mm
+        self.models = [model for model, _ in plan]
+        self.scorer, self.metric, self.opts, self.backend = scorer, metric, opts, backend
+        self.higher_is_better = scorer.higher_is_better
+        self.candidates, self.centroid = _initial_candidates(fixed, moving, init, fm, mm,
+                                                             opts.foreground_threshold)
+        self.init_name = init if isinstance(init, str) else "matrix"
+        self.base = _base_spacing(fixed, moving)
+        self.start = self.candidates[0]
+        self.pivot = (self.start @ np.append(self.centroid, 1.0))[:3]
+
+    def level(self, index: int, options: LevelOptions) -> _Level:
+        lv = _build_level(options, self.base, self.fixed, self.moving, self.fm, self.mm,
+                          self.scorer, self.opts, self.backend)
+        if index == 0 and len(self.candidates) > 1:  # moments: screen every candidate at once
+            losses, _ = lv.matrix_losses(np.stack(self.candidates))
+            lv.setup_evaluations = len(self.candidates)
+            self.start = self.candidates[int(np.argmin(losses))]
+            self.pivot = (self.start @ np.append(self.centroid, 1.0))[:3]
+        model = self.models[index]
+        lv.model, lv.stage, lv.spec = model, model.name, model.spec(options, self.opts)
+        lv.origin, lv.pivot, lv.higher_is_better = self.start, self.pivot, self.higher_is_better
+        if index == 0:
+            lv.no_overlap = (
+                f"the fixed and moving volumes do not overlap by at least "
+                f"{self.opts.min_overlap:.0%} anywhere the search reached within "
+                f"±{self.opts.trans_range_mm:g} mm and ±{self.opts.rot_range_deg:g}° of the "
+                f"initial transform (init={self.init_name}): check their world coordinates, or "
+                "give an initial transform")
+        return lv
 
 
 def _register(fixed: Volume, moving: Volume, fm: NDArray[np.bool_] | None,
@@ -801,86 +855,25 @@ def _register(fixed: Volume, moving: Volume, fm: NDArray[np.bool_] | None,
               backend: str | None, progress: ProgressCallback | None,
               t_start: float) -> Registration3D3DResult:
     """The pyramid of :func:`register_3d3d`, on checked inputs."""
-    candidates, moving_centroid = _initial_candidates(fixed, moving, init, fm, mm,
-                                                      opts.foreground_threshold)
     plan = [(model, level) for model, key in stages for level in getattr(opts, key)]
-    level_seeds = np.random.SeedSequence(seed).generate_state(len(plan))
-    base = _base_spacing(fixed, moving)
-    init_name = init if isinstance(init, str) else "matrix"
-
-    history: list[ConvergencePoint] = []
-    level_facts: list[dict[str, Any]] = []
-    evaluations = 0
-    start = candidates[0]
-    pivot = (start @ np.append(moving_centroid, 1.0))[:3]
-    x = np.zeros(0)
-    model = plan[0][0]
-    problem: _Level | None = None
-    result: OptimResult | None = None
-    for li, (model, level) in enumerate(plan):
-        t_level = time.perf_counter()
-        problem = _build_level(level, base, fixed, moving, fm, mm, scorer, opts, backend)
-        if li == 0 and len(candidates) > 1:  # moments: screen every candidate in one batch
-            losses, _ = problem.losses(np.stack(candidates))
-            evaluations += len(candidates)
-            start = candidates[int(np.argmin(losses))]
-            pivot = (start @ np.append(moving_centroid, 1.0))[:3]
-        x = np.concatenate([x, np.zeros(model.size - x.size)])  # rigid -> affine: pad zeros
-        spec = model.spec(level, opts)
-
-        def objective(params: np.ndarray, _p: _Level = problem, _m: _Model = model,
-                      _i: np.ndarray = start, _c: np.ndarray = pivot) -> np.ndarray:
-            return _p.losses(_m.matrices(params, _c) @ _i)[0]
-
-        def on_iteration(rec: IterationRecord, _p: _Level = problem, _li: int = li,
-                         _done: int = evaluations, _stage: str = model.name) -> None:
-            point = ConvergencePoint(evaluations=_done + rec.evaluations,
-                                     best=_p.score_from_loss(rec.best_so_far),
-                                     current=_p.score_from_loss(rec.best), level=_li)
-            history.append(point)
-            if progress is not None:
-                progress(Progress(level=_li, levels=len(plan), stage=_stage,
-                                  evaluations=point.evaluations, best_score=point.best,
-                                  metric=metric, higher_is_better=scorer.higher_is_better))
-
-        result = minimize(objective, spec.clip(x), spec, level.method,
-                          _level_options(level, int(level_seeds[li])), on_iteration)
-        evaluations += result.evaluations
-        x = result.x
-        _, overlap = problem.scores(model.matrices(x[None], pivot) @ start)
-        evaluations += 1
-        if li == 0 and overlap[0] < opts.min_overlap:
-            raise InputError(
-                f"the fixed and moving volumes do not overlap by at least {opts.min_overlap:.0%} "
-                f"anywhere the search reached within ±{opts.trans_range_mm:g} mm and "
-                f"±{opts.rot_range_deg:g}° of the initial transform (init={init_name}): check "
-                "their world coordinates, or give an initial transform", key="moving")
-        level_facts.append({
-            "level": li, "stage": model.name, "shrink": level.shrink,
-            "spacing_mm": np.round(problem.spacing_mm, 4).tolist(),
-            "grid": list(problem.grid.shape), "method": level.method,
-            "evaluations": result.evaluations,
-            "seconds": round(time.perf_counter() - t_level, 4),
-            "score": problem.score_from_loss(result.value),
-            "stop_reasons": result.stop_reasons,
-        })
-
-    assert problem is not None and result is not None
-    final = model.matrices(x[None], pivot)[0] @ start
-    score, overlap = problem.scores(final[None])
+    problem = _Problem(fixed, moving, fm, mm, plan, scorer, metric, init, opts, backend)
+    done = engine.run(problem, [level for _, level in plan], seed=seed, progress=progress)
+    last = done.level
+    assert isinstance(last, _Level)
+    final = last.transforms(done.x[None])[0]
     return Registration3D3DResult(
-        fixed_from_moving=final, metric=metric, final_score=float(score[0]),
-        seconds=time.perf_counter() - t_start, evaluations=evaluations,
-        history=tuple(history),
+        fixed_from_moving=final, metric=metric, final_score=done.score,
+        seconds=time.perf_counter() - t_start, evaluations=done.evaluations,
+        history=done.history,
         extras={
-            "transform": model.name if len(stages) == 1 else "affine",
-            "init": init_name,
-            "seed": seed,
-            "pivot_mm": pivot.tolist(),
-            "initial_fixed_from_moving": start.tolist(),
-            "overlap": float(overlap[0]),
-            "levels": level_facts,
-            "stop_reasons": result.stop_reasons,
+            "transform": last.stage if len(stages) == 1 else "affine",
+            "init": problem.init_name,
+            "seed": done.seed,
+            "pivot_mm": problem.pivot.tolist(),
+            "initial_fixed_from_moving": problem.start.tolist(),
+            "overlap": last.overlap,
+            "levels": list(done.levels),
+            "stop_reasons": done.stop_reasons,
         })
 
 
@@ -889,7 +882,7 @@ def _register(fixed: Volume, moving: Volume, fm: NDArray[np.bool_] | None,
 
 def mean_target_error(fixed_from_moving_est: Any, fixed_from_moving_true: Any,
                       points_moving: Any) -> float:
-    """mTRE (docs/CONVENTIONS.md): mean over target points of ``‖est · x − true · x‖``, mm.
+    """mTRE of ``fixed_from_moving``, mm: :func:`regkit.registration.pose_error.mean_target_error`.
 
     Args:
         fixed_from_moving_est: ``(4, 4)`` estimated transform.
@@ -899,14 +892,9 @@ def mean_target_error(fixed_from_moving_est: Any, fixed_from_moving_true: Any,
     """
     est = np.asarray(fixed_from_moving_est, dtype=np.float64)
     true = np.asarray(fixed_from_moving_true, dtype=np.float64)
-    pts = np.asarray(points_moving, dtype=np.float64)
     if est.shape != (4, 4) or true.shape != (4, 4):
         raise ShapeError(f"transforms must be 4x4, got {est.shape} and {true.shape}")
-    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
-        raise ShapeError(f"points must have shape (N, 3) with N >= 1, got {pts.shape}")
-    diff = est - true
-    return float(np.linalg.norm(pts @ diff[:3, :3].T + diff[:3, 3], axis=1).mean())
-
+    return pose_error.mean_target_error(est, true, points_moving)
 
 
 # ----------------------------------------------------------------------------------- outputs

@@ -217,7 +217,7 @@ def test_too_little_overlap_scores_badly_but_finitely() -> None:
     shifted = [np.eye(4) for _ in range(3)]
     shifted[1][0, 3] = 80.0   # most of the moving image leaves the fixed one
     shifted[2][0, 3] = 105.0  # even less overlap
-    losses, overlap = problem.losses(np.stack([true, true @ shifted[1], true @ shifted[2]]))
+    losses, overlap = problem.matrix_losses(np.stack([true, true @ shifted[1], true @ shifted[2]]))
     assert overlap[0] > 0.9 and overlap[1] < 0.5 and overlap[2] < overlap[1]
     assert np.isfinite(losses).all()
     assert losses[0] < -0.9               # a real NCC of about 1

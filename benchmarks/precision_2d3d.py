@@ -1,0 +1,493 @@
+"""Where 2D–3D registration error goes, on radiographs regkit's renderer did not make.
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 14 --mode single --out results.json
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode wide --out wide.json \\
+        --options '{"starts": 64}'
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --out lv.json \\
+        --options '{"levels": [{"shrink": 4, "max_voxels": 1024, "method": "cmaes",
+                                "options": {"popsize": 16, "max_evaluations": 800}}, ...]}'
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --out cli.json --whole-process
+
+Cases (the geometry of ``benchmarks/test_bench_2d3d.py``): the whole chest CT at
+``/work/shared/data/chest_ct/ct.nii.gz`` in HU, an AP C-arm view (SDD 1020 mm, SID 850 mm,
+isocentre at the CT's centre, 256² pixels of 1.6 mm); ``biplane`` adds the lateral view
+(LAO 90°, same C-arm). Case ``i`` draws from ``numpy.random.default_rng(1000 + i)``: an angle
+uniform in [0°, 15°] (``wide``: [20°, 40°]) about a random axis through the CT's centre and a
+shift uniform in [0, 30] mm (``wide``: [30, 80] mm) in a random direction (the true cameras
+turned so give the start), then the radiographs' noise, view by view. With ``--mode single
+--forward bone15`` case ``i`` is therefore ``test_bench_2d3d.py``'s case ``i``, image included.
+
+Radiographs (``--forward``): ``poly`` (default), the polychromatic two-material model of
+``benchmarks/forward_model.py`` (70 kVp, 2.5 mm Al, water + cortical bone, beam hardening, 5 %
+scatter, 10⁴ photons, 1 px blur; ``--forward-options`` sets its :class:`PolyOptions` fields), or
+``bone15``, the existing benchmark's monochromatic model with bone weighted 1.5×.
+
+Registration: :func:`regkit.registration.register_2d3d` (public API only) with ``seed = i`` and
+``--options`` passed through as its ``options`` dict; a ``"levels"`` entry there is a JSON list
+of :class:`regkit.registration.levels.LevelOptions` field dicts. ``--whole-process`` instead
+times ``python -m regkit.cli.main register-2d3d`` end to end on files in a temporary directory
+(the CT read from its NIfTI, the start cameras as a camera file, the radiographs as ``.npy``), so
+that importing and loading count; the command takes no registration options, so it runs the
+defaults.
+
+Figures per case (docs/CONVENTIONS.md): target points are the CT's voxels above 200 HU, 20 000
+of them drawn with ``default_rng(20000)``. **mTRE**: mean ‖est · x − true · x‖ (camera frame,
+:func:`~regkit.registration.radiograph_registration.mean_target_error_2d3d`; the same for every
+view, since the views share one rigid correction). Per view, the same differences split in that
+camera's frame: **depth**, the mean |Δz| (along the viewing direction), and **in-plane**, the
+mean ‖(Δx, Δy)‖, plus the signed mean (Δx, Δy, Δz) (a systematic shift, e.g. a magnification
+bias, shows there). **mPD**: mean distance on the detector, in mm, between the points'
+projections under the estimated and the true camera. Also the residual rotation (degrees) and
+the shift of the CT's centre, the wall time of the ``register_2d3d`` call (or of the process),
+evaluations, final score and the per-level facts of ``result.extras["levels"]``.
+
+``--diagnose`` adds, per case, the last pyramid level alone run from the *true* cameras (same
+images, options and seed): its mTRE is how far the objective's own optimum near the truth lies
+from it (a bias of the model mismatch, whatever the search), and its final score against the
+registration's says whether the search stopped short (the optimum near the truth scores better:
+``search_deficit`` > 0) or the objective prefers where the registration ended (≤ 0).
+
+Summary: median, 90th percentile and worst mTRE, the fraction under 1, 2 and 10 mm, median depth,
+in-plane and mPD, median seconds. Results are rewritten to ``--out`` after every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from forward_model import ForwardModel, make_forward_model
+
+from regkit.geometry.camera import Camera, save_cameras
+from regkit.geometry.carm import camera_from_carm
+from regkit.geometry.transforms import rigid_from_params
+from regkit.io.nifti import load_nifti
+from regkit.volume import Volume
+
+CT_PATH = Path("/work/shared/data/chest_ct/ct.nii.gz")
+SIZE = 256
+PIXEL_MM = 1.6
+SDD_MM, SID_MM = 1020.0, 850.0
+BONE_HU = 200.0
+N_POINTS = 20000
+POINTS_SEED = 20000
+CASE_SEED = 1000
+THRESHOLDS_MM = (1.0, 2.0, 10.0)
+MODES: dict[str, dict[str, Any]] = {
+    "single": {"angle_deg": (0.0, 15.0), "shift_mm": (0.0, 30.0), "views": ("AP",)},
+    "wide": {"angle_deg": (20.0, 40.0), "shift_mm": (30.0, 80.0), "views": ("AP",)},
+    "biplane": {"angle_deg": (0.0, 15.0), "shift_mm": (0.0, 30.0), "views": ("AP", "LAT")},
+}
+_PRIMARY_ANGLE = {"AP": 0.0, "LAT": math.pi / 2}
+
+
+# ------------------------------------------------------------------------------------- setup
+
+
+def true_cameras(ct: Volume, views: Sequence[str]) -> list[Camera]:
+    """The C-arm views (``"AP"``, ``"LAT"``) about the CT's centre."""
+    return [camera_from_carm(source_to_detector_mm=SDD_MM, source_to_isocenter_mm=SID_MM,
+                             pixel_spacing_mm=PIXEL_MM, width=SIZE, height=SIZE,
+                             primary_angle=_PRIMARY_ANGLE[v], isocenter_world=ct.center_world)
+            for v in views]
+
+
+def target_points(ct: Volume) -> NDArray[np.float64]:
+    """``(N, 3)`` world mm: ~20 000 voxels above 200 HU, drawn with a fixed seed."""
+    flat = np.flatnonzero(np.asarray(ct.data) > BONE_HU)
+    rng = np.random.default_rng(POINTS_SEED)
+    pick = np.sort(rng.choice(flat, size=min(N_POINTS, flat.size), replace=False))
+    index = np.stack(np.unravel_index(pick, ct.shape), axis=1).astype(np.float64)
+    return np.asarray(ct.index_to_world(index), dtype=np.float64)
+
+
+def parse_options(text: str | None) -> dict[str, Any] | None:
+    """``--options``: a JSON object (or ``@file``) of ``register_2d3d`` options.
+
+    A ``"levels"`` list of dicts becomes a tuple of ``LevelOptions``; the rest passes through.
+    """
+    if text is None:
+        return None
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"--options must be a JSON object, got {type(raw).__name__}")
+    if "levels" in raw:
+        from regkit.registration.levels import LevelOptions
+
+        levels = raw["levels"]
+        if not isinstance(levels, list) or not all(isinstance(lv, dict) for lv in levels):
+            raise ValueError("--options 'levels' must be a JSON list of LevelOptions objects")
+        raw["levels"] = tuple(LevelOptions(**lv) for lv in levels)
+    return raw
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    if isinstance(x, tuple | set):
+        return list(x)
+    return str(x)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One seeded case: the true and start cameras and the radiographs (line integrals)."""
+
+    index: int
+    true: list[Camera]
+    start: list[Camera]
+    images: list[NDArray[np.float32]]
+    angle_deg: float
+    shift_mm: float
+
+
+def make_case(i: int, ct: Volume, cams: list[Camera], model: ForwardModel,
+              mode: dict[str, Any]) -> Case:
+    """Case ``i``: pose draws, then noise, from ``default_rng(1000 + i)``."""
+    rng = np.random.default_rng(CASE_SEED + i)
+    angle = np.radians(rng.uniform(*mode["angle_deg"]))
+    axis = rng.normal(size=3)
+    shift = rng.uniform(*mode["shift_mm"])
+    direction = rng.normal(size=3)
+    params = np.r_[axis / np.linalg.norm(axis) * angle,
+                   direction / np.linalg.norm(direction) * shift]
+    e = np.asarray(rigid_from_params(params, ct.center_world), dtype=np.float64)
+    start = [c.with_pose(c.camera_from_world @ e) for c in cams]
+    images = [v.line_integral for v in model.render(cams, rng)]
+    return Case(i, cams, start, images, float(np.degrees(angle)), float(shift))
+
+
+# ----------------------------------------------------------------------------------- figures
+
+
+def pose_errors(est: Sequence[Camera], true: Sequence[Camera], points: NDArray[np.float64],
+                pivot: NDArray[np.float64], names: Sequence[str]) -> dict[str, Any]:
+    """mTRE, per-view depth / in-plane split and mPD, and the residual rigid motion."""
+    from regkit.registration.radiograph_registration import mean_target_error_2d3d
+
+    est_m = np.stack([c.camera_from_world for c in est])
+    true_m = np.stack([c.camera_from_world for c in true])
+    out: dict[str, Any] = {"mtre_mm": mean_target_error_2d3d(est_m, true_m, points)}
+    views = []
+    for name, e, t in zip(names, est, true, strict=True):
+        d = np.asarray(e.camera_from_world - t.camera_from_world)
+        diff = points @ d[:3, :3].T + d[:3, 3]
+        uv = (e.project(points) - t.project(points)) * np.asarray(t.pixel_spacing_mm or (1, 1))
+        views.append({
+            "view": name,
+            "mtre_mm": float(np.linalg.norm(diff, axis=1).mean()),
+            "depth_mm": float(np.abs(diff[:, 2]).mean()),
+            "inplane_mm": float(np.linalg.norm(diff[:, :2], axis=1).mean()),
+            "mean_offset_camera_mm": diff.mean(axis=0).round(4).tolist(),
+            "mpd_mm": float(np.nanmean(np.linalg.norm(uv, axis=1))),
+        })
+    out["views"] = views
+    out["mpd_mm"] = float(np.mean([v["mpd_mm"] for v in views]))
+    out["depth_mm"] = views[0]["depth_mm"]
+    out["inplane_mm"] = views[0]["inplane_mm"]
+    # world_true_from_world_est: the rigid motion left, the same for every view
+    residual = np.linalg.inv(true[0].camera_from_world) @ est[0].camera_from_world
+    cos = np.clip((np.trace(residual[:3, :3]) - 1) / 2, -1.0, 1.0)
+    out["rotation_error_deg"] = float(np.degrees(np.arccos(cos)))
+    out["centre_shift_mm"] = float(np.linalg.norm(residual[:3, :3] @ pivot + residual[:3, 3]
+                                                  - pivot))
+    return out
+
+
+def _level_facts(levels: Any) -> list[dict[str, Any]]:
+    return json.loads(json.dumps(levels or [], default=_jsonable))
+
+
+def _level_text(levels: list[dict[str, Any]]) -> str:
+    parts = []
+    for lv in levels:
+        score = lv.get("score")
+        parts.append(f"L{lv.get('level')} {lv.get('method')} {lv.get('evaluations')}ev "
+                     f"{lv.get('seconds', float('nan')):.1f}s "
+                     f"{score if score is None else f'{score:.4f}'}")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------ registration
+
+
+def register_in_process(ct: Volume, case: Case, options: dict[str, Any] | None,
+                        backend: str | None) -> dict[str, Any]:
+    """``register_2d3d`` timed around the call; the estimated cameras and its facts."""
+    from regkit.registration import register_2d3d
+
+    t0 = time.perf_counter()
+    result = register_2d3d(ct, case.start, case.images, seed=case.index, options=options,
+                           backend=backend)
+    seconds = time.perf_counter() - t0
+    return {"cameras": list(result.cameras), "seconds": seconds,
+            "seconds_reported": float(result.seconds), "evaluations": int(result.evaluations),
+            "metric": result.metric, "final_score": float(result.final_score),
+            "levels": _level_facts(result.extras.get("levels")),
+            "params": list(result.extras.get("params", []))}
+
+
+def register_whole_process(ct_path: Path, case: Case, backend: str | None) -> dict[str, Any]:
+    """``python -m regkit.cli.main register-2d3d`` on files in a temp dir, timed end to end."""
+    with tempfile.TemporaryDirectory(prefix="regkit_precision_") as tmp:
+        d = Path(tmp)
+        save_cameras(d / "start.json", case.start)
+        cmd = [sys.executable, "-m", "regkit.cli.main", "register-2d3d",
+               "--volume", str(ct_path), "--camera", str(d / "start.json"),
+               "--out", str(d / "result.json"), "--seed", str(case.index)]
+        for v, image in enumerate(case.images):
+            np.save(d / f"view{v}.npy", image)
+            cmd += ["--image", str(d / f"view{v}.npy")]
+        if backend is not None:
+            cmd += ["--backend", backend]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"register-2d3d exited {proc.returncode}: "
+                               f"{proc.stderr.strip()[-2000:]}")
+        data = json.loads((d / "result.json").read_text())
+    return {"cameras": [Camera.from_dict(c) for c in data["cameras"]], "seconds": seconds,
+            "seconds_reported": float(data["seconds"]),
+            "evaluations": int(data["evaluations"]), "metric": data["metric"],
+            "final_score": float(data["final_score"]),
+            "levels": _level_facts(data.get("levels")), "params": data.get("params", []),
+            "command": " ".join(cmd)}
+
+
+def polish_from_truth(ct: Volume, case: Case, options: dict[str, Any] | None,
+                      backend: str | None) -> dict[str, Any]:
+    """The last level alone from the true cameras: where the objective's optimum near it lies."""
+    from regkit.registration import Register2D3DOptions, register_2d3d
+
+    opts = Register2D3DOptions(**(options or {}))
+    last = dataclasses.replace(opts, levels=(opts.levels[-1],))
+    t0 = time.perf_counter()
+    result = register_2d3d(ct, case.true, case.images, seed=case.index, options=last,
+                           backend=backend)
+    return {"cameras": list(result.cameras), "seconds": time.perf_counter() - t0,
+            "final_score": float(result.final_score), "metric": result.metric}
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median / p90 / worst mTRE, success rates, median split, mPD and seconds."""
+    done = [c for c in cases if "mtre_mm" in c]
+    if not done:
+        return {"cases": 0, "failed": len(cases)}
+    t = np.array([c["mtre_mm"] for c in done])
+    out: dict[str, Any] = {
+        "cases": len(done), "failed": len(cases) - len(done),
+        "mtre_median_mm": float(np.median(t)), "mtre_p90_mm": float(np.percentile(t, 90)),
+        "mtre_max_mm": float(t.max()),
+    }
+    for threshold in THRESHOLDS_MM:
+        out[f"under_{threshold:g}mm"] = float(np.mean(t < threshold))
+    for key in ("depth_mm", "inplane_mm", "mpd_mm", "rotation_error_deg", "centre_shift_mm",
+                "seconds", "start_mtre_mm"):
+        out[f"{key}_median"] = float(np.median([c[key] for c in done]))
+    if done[0].get("seconds_reported") is not None:
+        out["seconds_reported_median"] = float(np.median([c["seconds_reported"]
+                                                          for c in done]))
+    diag = [c["diagnose"] for c in done if "diagnose" in c]
+    if diag:
+        out["diagnose"] = {
+            "polish_mtre_median_mm": float(np.median([d["mtre_mm"] for d in diag])),
+            "polish_depth_median_mm": float(np.median([d["depth_mm"] for d in diag])),
+            "polish_inplane_median_mm": float(np.median([d["inplane_mm"] for d in diag])),
+            "search_deficit_positive": int(sum(d["search_deficit"] > 0 for d in diag)),
+            "cases": len(diag)}
+    return out
+
+
+def _case_line(c: dict[str, Any]) -> str:
+    return (f"case {c['case']:3d}: start {c['start_mtre_mm']:6.1f} mm -> mTRE "
+            f"{c['mtre_mm']:7.3f} mm (depth {c['depth_mm']:.3f}, in-plane "
+            f"{c['inplane_mm']:.3f}; mPD {c['mpd_mm']:.3f} mm; {c['rotation_error_deg']:.3f} deg"
+            f") in {c['seconds']:5.2f} s, {c['evaluations']} evals\n"
+            f"          {_level_text(c['levels'])}")
+
+
+def _summary_lines(s: dict[str, Any]) -> str:
+    if not s.get("cases"):
+        return f"no case finished ({s.get('failed', 0)} failed)"
+    lines = [f"{s['cases']} cases ({s['failed']} failed): mTRE median {s['mtre_median_mm']:.3f}"
+             f" mm, p90 {s['mtre_p90_mm']:.3f}, max {s['mtre_max_mm']:.3f}; under 1 mm "
+             f"{s['under_1mm']:.0%}, 2 mm {s['under_2mm']:.0%}, 10 mm {s['under_10mm']:.0%}",
+             f"median depth {s['depth_mm_median']:.3f} mm, in-plane {s['inplane_mm_median']:.3f}"
+             f" mm, mPD {s['mpd_mm_median']:.3f} mm; median time {s['seconds_median']:.2f} s"]
+    if "seconds_reported_median" in s:
+        lines[-1] += f" (register_2d3d's own: {s['seconds_reported_median']:.2f} s)"
+    if "diagnose" in s:
+        d = s["diagnose"]
+        lines.append(f"polish from truth: median mTRE {d['polish_mtre_median_mm']:.3f} mm "
+                     f"(depth {d['polish_depth_median_mm']:.3f}, in-plane "
+                     f"{d['polish_inplane_median_mm']:.3f}); the search stopped short of the "
+                     f"optimum near the truth in {d['search_deficit_positive']}/{d['cases']}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=14, help="number of cases (default 14)")
+    p.add_argument("--start", type=int, default=0, help="first case index (default 0)")
+    p.add_argument("--mode", choices=sorted(MODES), default="single")
+    p.add_argument("--out", type=Path, required=True, help="results JSON")
+    p.add_argument("--options", default=None,
+                   help="register_2d3d options as a JSON object (or @file); 'levels' is a "
+                        "list of LevelOptions objects")
+    p.add_argument("--forward", choices=("poly", "bone15"), default="poly",
+                   help="radiograph model (default poly)")
+    p.add_argument("--forward-options", default=None,
+                   help="PolyOptions fields as a JSON object (poly only)")
+    p.add_argument("--whole-process", action="store_true",
+                   help="time `python -m regkit.cli.main register-2d3d` on files instead")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run the last level from the true pose (objective bias)")
+    p.add_argument("--backend", default=None, help="renderer backend (default regkit's)")
+    p.add_argument("--ct", type=Path, default=CT_PATH)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the cases, print a line each and a summary, write the JSON."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cases < 1 or args.start < 0:
+        parser.error("--cases must be >= 1 and --start >= 0")
+    if args.whole_process and args.options is not None:
+        parser.error("--whole-process runs the command line, which takes no registration "
+                     "options; leave --options out")
+    if not args.ct.exists():
+        parser.error(f"no CT at {args.ct}")
+    options = parse_options(args.options)
+    forward_options = json.loads(args.forward_options) if args.forward_options else None
+    mode = MODES[args.mode]
+
+    t_load = time.perf_counter()
+    ct = load_nifti(args.ct)
+    points = target_points(ct)
+    cams = true_cameras(ct, mode["views"])
+    model = make_forward_model(args.forward, ct, backend=args.backend, options=forward_options)
+    setup_seconds = time.perf_counter() - t_load
+    from regkit import __version__
+
+    payload: dict[str, Any] = {
+        "setup": {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "mode": args.mode, **{k: v for k, v in mode.items()},
+            "cases": list(range(args.start, args.start + args.cases)),
+            "case_seed": f"default_rng({CASE_SEED} + i)", "registration_seed": "i",
+            "ct": str(args.ct), "size": SIZE, "pixel_mm": PIXEL_MM, "sdd_mm": SDD_MM,
+            "sid_mm": SID_MM, "targets": {"hu_above": BONE_HU, "points": len(points),
+                                          "seed": POINTS_SEED},
+            "forward": model.describe(), "options": args.options,
+            "whole_process": args.whole_process, "diagnose": args.diagnose,
+            "backend": args.backend, "regkit": __version__,
+            "setup_seconds": round(setup_seconds, 2),
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_start": list(os.getloadavg())},
+        "cases": [],
+    }
+    print(f"{args.mode}, forward {args.forward}, {len(points)} targets, setup "
+          f"{setup_seconds:.1f} s", flush=True)
+    records: list[dict[str, Any]] = payload["cases"]
+    try:
+        for i in range(args.start, args.start + args.cases):
+            case = make_case(i, ct, cams, model, mode)
+            start = pose_errors(case.start, case.true, points, ct.center_world, mode["views"])
+            record: dict[str, Any] = {"case": i, "start_angle_deg": case.angle_deg,
+                                      "start_shift_mm": case.shift_mm,
+                                      "start_mtre_mm": start["mtre_mm"],
+                                      "start_depth_mm": start["depth_mm"],
+                                      "start_inplane_mm": start["inplane_mm"],
+                                      "load_average_1min": os.getloadavg()[0]}
+            try:
+                if args.whole_process:
+                    run = register_whole_process(args.ct, case, args.backend)
+                else:
+                    run = register_in_process(ct, case, options, args.backend)
+            except Exception as err:  # one failed case must not lose the others
+                record["error"] = f"{type(err).__name__}: {err}"
+                records.append(record)
+                print(f"case {i:3d}: FAILED {record['error']}", flush=True)
+                _write_json(args.out, payload)
+                continue
+            est = run.pop("cameras")
+            record.update(pose_errors(est, case.true, points, ct.center_world, mode["views"]))
+            record.update(run)
+            print(_case_line(record), flush=True)
+            if args.diagnose:
+                polish = polish_from_truth(ct, case, options, args.backend)
+                p_err = pose_errors(polish.pop("cameras"), case.true, points, ct.center_world,
+                                    mode["views"])
+                from regkit.metrics import get_metric
+
+                sign = 1.0 if get_metric(polish["metric"]).higher_is_better else -1.0
+                record["diagnose"] = {
+                    **polish, **{k: p_err[k] for k in ("mtre_mm", "depth_mm", "inplane_mm",
+                                                       "mpd_mm", "views")},
+                    "search_deficit": sign * (polish["final_score"] - record["final_score"])}
+                d = record["diagnose"]
+                print(f"          polish from truth: mTRE {d['mtre_mm']:.3f} mm (depth "
+                      f"{d['depth_mm']:.3f}, in-plane {d['inplane_mm']:.3f}), score "
+                      f"{d['final_score']:.5f} vs the registration's "
+                      f"{record['final_score']:.5f} (deficit {d['search_deficit']:+.2e}), "
+                      f"{d['seconds']:.1f} s", flush=True)
+            records.append(record)
+            payload["summary"] = summarise(records)
+            _write_json(args.out, payload)
+    finally:
+        model.close()
+    payload["summary"] = summarise(records)
+    payload["machine"]["load_average_at_end"] = list(os.getloadavg())
+    _write_json(args.out, payload)
+    print(_summary_lines(payload["summary"]))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
