@@ -76,7 +76,8 @@ and by an amount that depends on what lies in front of it. On the chest CT's AP 
 crosses more than 5 mm of bone, a millimetre of bone weighs 3.6× one of water (median; 3.4–3.8
 from the 10th to the 90th percentile) and bone's line-integral contrast over the same
 millimetres of water, relative to that water's, is 1.63× the DRR's (1.54× with the 5 % scatter).
-The noise-free part of a 256² image (six exponentials, the scatter's blur) takes ~15 ms.
+Beyond the two path DRRs (~0.4 s each, OpenGL here), spectrum, scatter, noise and blur take
+~15 ms for a 256² image.
 
 Defaults of the detector side match ``benchmarks/test_bench_2d3d.py`` (5 % scatter blurred by
 σ = 20 px, 10⁴ photons, σ = 1 px blur), so that a comparison with its ``bone15`` radiographs
