@@ -1,4 +1,5 @@
-"""Optimizers: CMA-ES (pycma), Powell and Nelder–Mead (scipy), Adam and L-BFGS (torch), starts.
+"""Optimizers: CMA-ES (pycma), Powell and Nelder–Mead (scipy), a batched quadratic-model trust
+region, Adam and L-BFGS (torch), starts.
 
 ``import regkit.optim`` registers the built-in methods but loads neither pycma, scipy nor torch:
 each is imported when a method that needs it is first used. The contracts, the parameter
@@ -26,6 +27,7 @@ from regkit.optim.base import (
 from regkit.optim.cmaes import CMAES, CMAESOptions, RestartStrategy
 from regkit.optim.gradient import LBFGS, Adam, GradientOptions, minimize_torch
 from regkit.optim.local import LocalOptions, NelderMead, Powell
+from regkit.optim.quadratic import Quadratic, QuadraticOptions
 from regkit.optim.starts import (
     MultistartResult,
     best_starts,
@@ -53,6 +55,8 @@ __all__ = [
     "OptimizerStateError",
     "ParamSpec",
     "Powell",
+    "Quadratic",
+    "QuadraticOptions",
     "RestartStrategy",
     "RunRecord",
     "best_starts",
