@@ -9,6 +9,8 @@ Run (from the repository root)::
         --options '{"levels": [{"shrink": 4, "max_voxels": 1024, "method": "cmaes",
                                 "options": {"popsize": 16, "max_evaluations": 800}}, ...]}'
     .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --out cli.json --whole-process
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --method nanodrr \\
+        --out nano.json
 
 Cases (the geometry of ``benchmarks/test_bench_2d3d.py``): the whole chest CT at
 ``/work/shared/data/chest_ct/ct.nii.gz`` in HU, an AP C-arm view (SDD 1020 mm, SID 850 mm,
@@ -24,13 +26,21 @@ Radiographs (``--forward``): ``poly`` (default), the polychromatic two-material 
 scatter, 10⁴ photons, 1 px blur; ``--forward-options`` sets its :class:`PolyOptions` fields), or
 ``bone15``, the existing benchmark's monochromatic model with bone weighted 1.5×.
 
-Registration: :func:`regkit.registration.register_2d3d` (public API only) with ``seed = i`` and
-``--options`` passed through as its ``options`` dict; a ``"levels"`` entry there is a JSON list
-of :class:`regkit.registration.levels.LevelOptions` field dicts. ``--whole-process`` instead
-times ``python -m regkit.cli.main register-2d3d`` end to end on files in a temporary directory
-(the CT read from its NIfTI, the start cameras as a camera file, the radiographs as ``.npy``), so
-that importing and loading count; the command takes no registration options, so it runs the
-defaults.
+Registration (``--method``): ``regkit`` (default), :func:`regkit.registration.register_2d3d`
+(public API only) with ``seed = i`` and ``--options`` passed through as its ``options`` dict; a
+``"levels"`` entry there is a JSON list of :class:`regkit.registration.levels.LevelOptions` field
+dicts. ``--whole-process`` instead times ``python -m regkit.cli.main register-2d3d`` end to end
+on files in a temporary directory (the CT read from its NIfTI, the start cameras as a camera
+file, the radiographs as ``.npy``), so that importing and loading count; the command takes no
+registration options, so it runs the defaults. ``nanodrr``, the peer: nanodrr 0.1.7's gradient
+registration exactly as ``test_bench_2d3d.py`` runs it (its ``_nanodrr_register``: the
+``Registration`` module, ``GradientNormalizedCrossCorrelation2d`` (global, σ = 1), Adam with lr
+1e-2 on the rotation and 1e0 on the translation, 150 iterations on a 128² detector with the
+radiograph binned 2 × 2, 300 samples per ray, the best-loss pose kept), torch on the CPU with 2
+threads, the CT loaded once as a nanodrr ``Subject`` with ``mu_water=0.02, mu_bone=0.04,
+hu_bone=1000`` (regkit's HU → μ), from the same start camera and the same radiograph as
+``regkit``. Single view only (``--mode single`` or ``wide``), and without ``--options``,
+``--whole-process`` or ``--diagnose``; ``--backend`` then only renders the radiographs.
 
 Figures per case (docs/CONVENTIONS.md): target points are the CT's voxels above 200 HU, 20 000
 of them drawn with ``default_rng(20000)``. **mTRE**: mean ‖est · x − true · x‖ (camera frame,
@@ -40,8 +50,10 @@ camera's frame: **depth**, the mean |Δz| (along the viewing direction), and **i
 mean ‖(Δx, Δy)‖, plus the signed mean (Δx, Δy, Δz) (a systematic shift, e.g. a magnification
 bias, shows there). **mPD**: mean distance on the detector, in mm, between the points'
 projections under the estimated and the true camera. Also the residual rotation (degrees) and
-the shift of the CT's centre, the wall time of the ``register_2d3d`` call (or of the process),
-evaluations, final score and the per-level facts of ``result.extras["levels"]``.
+the shift of the CT's centre, the wall time of the ``register_2d3d`` call (or of the process;
+for ``nanodrr``, of its registration loop, the ``Subject`` built beforehand), evaluations, final
+score and the per-level facts of ``result.extras["levels"]`` (for ``nanodrr``: its 150 iterations,
+the best GNCC and no levels).
 
 ``--diagnose`` adds, per case, the last pyramid level alone run from the *true* cameras (same
 images, options and seed): its mTRE is how far the objective's own optimum near the truth lies
@@ -50,7 +62,8 @@ registration's says whether the search stopped short (the optimum near the truth
 ``search_deficit`` > 0) or the objective prefers where the registration ended (≤ 0).
 
 Summary: median, 90th percentile and worst mTRE, the fraction under 1, 2 and 10 mm, median depth,
-in-plane and mPD, median seconds. Results are rewritten to ``--out`` after every case.
+in-plane and mPD, median seconds. Results are rewritten to ``--out`` after every case; the JSON's
+``setup.method`` names the method (with ``setup.nanodrr``, its settings, for ``nanodrr``).
 
 Measured (4 single-view cases, poly radiographs, regkit's defaults, OpenGL renders, 2 shared cores
 at load 4–4.7): mTRE 1.13, 0.81, 0.65, 0.43 mm (median 0.73) against 0.18, 0.18, 0.33, 0.30 mm
@@ -59,7 +72,10 @@ targets); depth 0.29–0.99 mm against in-plane 0.28–0.51 mm, always with the 
 source (signed mean Δz −0.27 to −0.99 mm) and down the image (Δy +0.25 to +0.49 mm); ~10.3 s per
 call, 14.4 s as a whole process. From the truth the last level ends 0.30–0.49 mm off (Δy ≈ +0.21
 mm every time): about half of the error is the objective's own bias, the rest a depth direction
-so flat that the registration's scores match that optimum's within 3·10⁻⁴.
+so flat that the registration's scores match that optimum's within 3·10⁻⁴. nanodrr
+(``--method nanodrr``, case 0 only, poly radiograph, same 2 shared cores at load 4.4): from 16.6
+mm to mTRE 2.18 mm, nearly all depth (depth 2.15 mm, in-plane 0.31 mm, signed mean Δz −2.15 mm:
+also towards the source), mPD 0.47 mm, 0.24° left, in 250 s.
 """
 
 from __future__ import annotations
@@ -106,6 +122,7 @@ MODES: dict[str, dict[str, Any]] = {
     "biplane": {"angle_deg": (0.0, 15.0), "shift_mm": (0.0, 30.0), "views": ("AP", "LAT")},
 }
 _PRIMARY_ANGLE = {"AP": 0.0, "LAT": math.pi / 2}
+METHODS = ("regkit", "nanodrr")
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -312,6 +329,49 @@ def polish_from_truth(ct: Volume, case: Case, options: dict[str, Any] | None,
             "final_score": float(result.final_score), "metric": result.metric}
 
 
+def _nanodrr_bench() -> Any:
+    """``test_bench_2d3d``, whose nanodrr runner this reuses (it needs a C-arm like this one's)."""
+    import test_bench_2d3d as bench
+
+    if (bench.SIZE, bench.PIXEL_MM, bench.SDD_MM) != (SIZE, PIXEL_MM, SDD_MM):
+        raise RuntimeError("test_bench_2d3d's nanodrr runner assumes a detector of "
+                           f"{bench.SIZE}² × {bench.PIXEL_MM} mm at SDD {bench.SDD_MM} mm, not "
+                           f"{SIZE}² × {PIXEL_MM} mm at {SDD_MM} mm")
+    return bench
+
+
+def nanodrr_setup() -> dict[str, Any]:
+    """The nanodrr runner's settings, for the results' ``setup``."""
+    from importlib.metadata import version
+
+    bench = _nanodrr_bench()
+    return {"version": version("nanodrr"), "runner": "test_bench_2d3d._nanodrr_register",
+            "iterations": bench.NANODRR_ITERATIONS, "detector": SIZE // 2,
+            "n_samples": bench.NANODRR_SAMPLES, "torch_threads": bench.NANODRR_THREADS,
+            "subject": bench.NANODRR_MU, "metric": "GradientNormalizedCrossCorrelation2d",
+            "optimizer": "Adam, lr 1e-2 rotation, 1e0 translation; best-loss pose kept"}
+
+
+def register_nanodrr(subject: Any, case: Case) -> dict[str, Any]:
+    """nanodrr 0.1.7's gradient registration from the case's start, timed around the loop."""
+    import torch
+
+    bench = _nanodrr_bench()
+    (start,), (image,) = case.start, case.images
+    previous = torch.get_num_threads()
+    torch.set_num_threads(bench.NANODRR_THREADS)
+    try:
+        t0 = time.perf_counter()
+        camera_from_world, loss = bench._nanodrr_register(subject, start, image)
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(previous)
+    return {"cameras": [start.with_pose(camera_from_world)], "seconds": seconds,
+            "evaluations": bench.NANODRR_ITERATIONS,
+            "metric": "nanodrr GradientNormalizedCrossCorrelation2d",
+            "final_score": -float(loss), "levels": [], "params": []}
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -349,8 +409,8 @@ def _case_line(c: dict[str, Any]) -> str:
     return (f"case {c['case']:3d}: start {c['start_mtre_mm']:6.1f} mm -> mTRE "
             f"{c['mtre_mm']:7.3f} mm (depth {c['depth_mm']:.3f}, in-plane "
             f"{c['inplane_mm']:.3f}; mPD {c['mpd_mm']:.3f} mm; {c['rotation_error_deg']:.3f} deg"
-            f") in {c['seconds']:5.2f} s, {c['evaluations']} evals\n"
-            f"          {_level_text(c['levels'])}")
+            f") in {c['seconds']:5.2f} s, {c['evaluations']} evals"
+            + (f"\n          {_level_text(c['levels'])}" if c["levels"] else ""))
 
 
 def _summary_lines(s: dict[str, Any]) -> str:
@@ -382,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=14, help="number of cases (default 14)")
     p.add_argument("--start", type=int, default=0, help="first case index (default 0)")
     p.add_argument("--mode", choices=sorted(MODES), default="single")
+    p.add_argument("--method", choices=METHODS, default="regkit",
+                   help="regkit's register_2d3d (default) or nanodrr 0.1.7's gradient "
+                        "registration (single view only)")
     p.add_argument("--out", type=Path, required=True, help="results JSON")
     p.add_argument("--options", default=None,
                    help="register_2d3d options as a JSON object (or @file); 'levels' is a "
@@ -394,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time `python -m regkit.cli.main register-2d3d` on files instead")
     p.add_argument("--diagnose", action="store_true",
                    help="also run the last level from the true pose (objective bias)")
-    p.add_argument("--backend", default=None, help="renderer backend (default regkit's)")
+    p.add_argument("--backend", default=None,
+                   help="renderer backend (default regkit's); with --method nanodrr it only "
+                        "renders the radiographs")
     p.add_argument("--ct", type=Path, default=CT_PATH)
     return p
 
@@ -408,6 +473,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.whole_process and args.options is not None:
         parser.error("--whole-process runs the command line, which takes no registration "
                      "options; leave --options out")
+    if args.method == "nanodrr":
+        if len(MODES[args.mode]["views"]) != 1:
+            parser.error(f"--method nanodrr registers a single view; --mode {args.mode} has "
+                         f"{len(MODES[args.mode]['views'])} (use --mode single or wide)")
+        refused = [flag for flag, on in (("--options", args.options is not None),
+                                         ("--whole-process", args.whole_process),
+                                         ("--diagnose", args.diagnose)) if on]
+        if refused:
+            parser.error(f"{', '.join(refused)} drive regkit's register_2d3d; --method nanodrr "
+                         "runs test_bench_2d3d's fixed nanodrr settings, so leave them out")
     if not args.ct.exists():
         parser.error(f"no CT at {args.ct}")
     options = parse_options(args.options)
@@ -419,13 +494,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     points = target_points(ct)
     cams = true_cameras(ct, mode["views"])
     model = make_forward_model(args.forward, ct, backend=args.backend, options=forward_options)
+    subject = None
+    if args.method == "nanodrr":
+        subject = _nanodrr_bench()._nanodrr_subject(args.ct)
     setup_seconds = time.perf_counter() - t_load
     from regkit import __version__
 
     payload: dict[str, Any] = {
         "setup": {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "mode": args.mode, **mode,
+            "method": args.method, "mode": args.mode, **mode,
             "cases": list(range(args.start, args.start + args.cases)),
             "case_seed": f"default_rng({CASE_SEED} + i)", "registration_seed": "i",
             "ct": str(args.ct), "size": SIZE, "pixel_mm": PIXEL_MM, "sdd_mm": SDD_MM,
@@ -435,12 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "whole_process": args.whole_process, "diagnose": args.diagnose,
             "backend": args.backend, "regkit": __version__,
             "setup_seconds": round(setup_seconds, 2),
+            **({"nanodrr": nanodrr_setup()} if args.method == "nanodrr" else {}),
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_at_start": list(os.getloadavg())},
         "cases": [],
     }
-    print(f"{args.mode}, forward {args.forward}, {len(points)} targets, setup "
+    print(f"{args.method}, {args.mode}, forward {args.forward}, {len(points)} targets, setup "
           f"{setup_seconds:.1f} s", flush=True)
     records: list[dict[str, Any]] = payload["cases"]
     try:
@@ -454,7 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "start_inplane_mm": start["inplane_mm"],
                                       "load_average_1min": os.getloadavg()[0]}
             try:
-                if args.whole_process:
+                if subject is not None:
+                    run = register_nanodrr(subject, case)
+                elif args.whole_process:
                     run = register_whole_process(args.ct, case, args.backend)
                 else:
                     run = register_in_process(ct, case, options, args.backend)

@@ -76,6 +76,8 @@ PHOTONS = 1e4
 THRESHOLDS_MM = (1.0, 2.0, 10.0)
 CAPTURE_BINS_MM = (0.0, 10.0, 20.0, 30.0, 40.0, 1e9)
 TARGET_SECONDS, TARGET_SUCCESS = 10.0, 0.95
+NANODRR_ITERATIONS, NANODRR_SAMPLES, NANODRR_THREADS = 150, 300, 2
+NANODRR_MU = {"mu_water": 0.02, "mu_bone": 0.04, "hu_bone": 1000}  # regkit's HU -> mu
 
 pytestmark = pytest.mark.skipif(not (CT.exists() and BONES.exists()),
                                 reason=f"{CT} and {BONES} are not both here")
@@ -282,8 +284,19 @@ def test_batching_gain(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> No
     _write(capsys, "\n".join(rows))
 
 
+def _nanodrr_subject(path: Path) -> Any:
+    """The CT as a nanodrr ``Subject`` with regkit's HU → μ mapping."""
+    from nanodrr.data import Subject
+
+    return Subject.from_filepath(str(path), **NANODRR_MU)
+
+
 def _nanodrr_register(subject: Any, start: Camera, image: np.ndarray) -> tuple[np.ndarray, float]:
-    """nanodrr 0.1.7: Registration + GNCC + Adam on a 128² detector; the best pose found."""
+    """nanodrr 0.1.7: Registration + GNCC + Adam on a 128² detector; the best pose found.
+
+    ``start`` is a ``SIZE``² camera of ``PIXEL_MM`` pixels at ``SDD_MM``, ``image`` its ``SIZE``²
+    line integrals. Returns the best pose's camera_from_world (4 × 4) and its loss (−GNCC).
+    """
     from nanodrr.drr import DRR
     from nanodrr.metrics import GradientNormalizedCrossCorrelation2d
     from nanodrr.registration import Registration
@@ -299,9 +312,9 @@ def _nanodrr_register(subject: Any, start: Camera, image: np.ndarray) -> tuple[n
     opt = torch.optim.Adam([{"params": [reg._rot], "lr": 1e-2},
                             {"params": [reg._xyz], "lr": 1e0}])
     best, best_pose = float("inf"), reg.pose.detach().clone()
-    for _ in range(150):
+    for _ in range(NANODRR_ITERATIONS):
         opt.zero_grad()
-        img = reg(n_samples=300, backend="torch")
+        img = reg(n_samples=NANODRR_SAMPLES, backend="torch")
         loss = -metric(img, target_t).mean()
         if float(loss) < best:
             best, best_pose = float(loss), reg.pose.detach().clone()
@@ -315,12 +328,10 @@ def test_nanodrr_gradient_registration(benchmark: Any,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("nanodrr", reason="nanodrr is not installed (pip install "
                         "nanodrr==0.1.7)")
-    from nanodrr.data import Subject
-
     _, cam, points, _ = _data()
-    subject = Subject.from_filepath(str(CT), mu_water=0.02, mu_bone=0.04, hu_bone=1000)
+    subject = _nanodrr_subject(CT)
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(NANODRR_THREADS)
     tre, seconds, start = [], [], []
     try:
         for i in range(min(N_NANODRR, N_CASES)):
@@ -336,8 +347,8 @@ def test_nanodrr_gradient_registration(benchmark: Any,
     finally:
         torch.set_num_threads(previous)
     figures = _summary(tre, seconds, start)
-    _FIGURES["nanodrr"] = {**figures, "version": "0.1.7", "iterations": 150,
-                           "detector": SIZE // 2, "n_samples": 300}
+    _FIGURES["nanodrr"] = {**figures, "version": "0.1.7", "iterations": NANODRR_ITERATIONS,
+                           "detector": SIZE // 2, "n_samples": NANODRR_SAMPLES}
     rows = [_HEADER, _row("nanodrr 0.1.7 Adam", figures)]
     if "regkit" in _FIGURES:
         rows.insert(1, _row("regkit (defaults)", _FIGURES["regkit"]))

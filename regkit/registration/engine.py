@@ -142,10 +142,6 @@ class Level:
         """The level's score (its metric's own sense) of a loss."""
         return -float(loss) if self.higher_is_better else float(loss)
 
-    def start(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Where the level starts, given the previous level's result (default: there)."""
-        return x
-
     def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
         """The score of the level's result ``x`` and facts about the level for the record.
 
@@ -248,7 +244,6 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         spec = level.spec
         evaluations += int(level.setup_evaluations)
         x = _grown(x, spec.size)
-        x = np.asarray(level.start(x), dtype=np.float64)
         if li == 0 and starts > 0:
             from regkit.optim import random_starts
 

@@ -76,7 +76,13 @@ from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, optimizers
 from regkit.registration import engine, pose_error
 from regkit.registration.engine import Level
-from regkit.registration.levels import LevelOptions, Progress, ProgressCallback, coerce_options
+from regkit.registration.levels import (
+    DEFAULT_THREADS,
+    LevelOptions,
+    Progress,
+    ProgressCallback,
+    coerce_options,
+)
 from regkit.registration.levels import at_spacing as _at_spacing
 from regkit.registration.results import Registration3D3DResult
 from regkit.render.base import Renderer
@@ -202,7 +208,7 @@ class Register3D3DOptions:
     shear_range: float = 0.25
     foreground_threshold: float | None = None
     max_batch: int | None = None
-    threads: int | None = 1
+    threads: int | None = DEFAULT_THREADS
 
     def __post_init__(self) -> None:
         for key in ("levels", "affine_levels"):
