@@ -23,13 +23,16 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import precision_2d3d as harness  # type: ignore[import-not-found]
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the harness beside this file
+import precision_2d3d as harness  # type: ignore[import-not-found]
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_2d3d_poly.json"
 TARGETS = {
