@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from regkit.errors import InputError
 from regkit.optim._common import Tracker, as_values, check_float, check_int
 from regkit.optim.base import (
     IterationRecord,
@@ -57,6 +58,9 @@ class QuadraticOptions:
 
     Attributes:
         radius: Initial trust radius, in scales.
+        design: ``"full"``: ``n² + n + 1`` points (43 for 6 coordinates), redundant against
+            noise; ``"minimal"``: ``(n + 1)(n + 2) / 2`` (28), the centre, ``±eᵢ`` and
+            ``(eᵢ + eⱼ)/√2``, exactly as many as the quadratic's coefficients.
         max_step: Longest step, in radii, from the centre to the model's minimiser.
         tol_x: Stop when the radius falls below this, in scales.
         tol_fun: Stop when two iterations in a row improve the best value by less than this.
@@ -66,6 +70,7 @@ class QuadraticOptions:
 
     radius: float = 1.0
     max_step: float = 2.0
+    design: str = "full"
     tol_x: float = 0.02
     tol_fun: float = 1e-7
     max_evaluations: int | None = None
@@ -73,6 +78,8 @@ class QuadraticOptions:
 
     def __post_init__(self) -> None:
         check_float("quadratic", "radius", self.radius, positive=True)
+        if self.design not in ("full", "minimal"):
+            raise InputError(f"must be 'full' or 'minimal', got {self.design!r}", key="design")
         check_float("quadratic", "max_step", self.max_step, positive=True)
         check_float("quadratic", "tol_x", self.tol_x, positive=True)
         check_float("quadratic", "tol_fun", self.tol_fun, positive=True)
@@ -80,15 +87,17 @@ class QuadraticOptions:
         check_int("quadratic", "max_iterations", self.max_iterations, 1, optional=True)
 
 
-def design(n: int) -> np.ndarray:
-    """``(n² + n + 1, n)`` unit design: the origin, ``±eᵢ`` and ``(eᵢ ± eⱼ)/√2`` for ``i < j``
-    (the origin first)."""
+def design(n: int, kind: str = "full") -> np.ndarray:
+    """The unit design, the origin first: ``±eᵢ``, then ``(eᵢ + eⱼ)/√2`` for ``i < j`` and, for
+    ``"full"`` (``n² + n + 1`` points), ``(eᵢ − eⱼ)/√2`` too (``"minimal"``: ``(n+1)(n+2)/2``)."""
     eye = np.eye(n)
     rows = [np.zeros(n)]
     for i in range(n):
         rows += [eye[i], -eye[i]]
     for i, j in itertools.combinations(range(n), 2):
-        rows += [(eye[i] + eye[j]) / math.sqrt(2.0), (eye[i] - eye[j]) / math.sqrt(2.0)]
+        rows.append((eye[i] + eye[j]) / math.sqrt(2.0))
+        if kind == "full":
+            rows.append((eye[i] - eye[j]) / math.sqrt(2.0))
     return np.asarray(rows)
 
 
@@ -145,7 +154,7 @@ class Quadratic(Optimizer):
         self._lower = spec.to_scaled(spec.lower_array)
         self._upper = spec.to_scaled(spec.upper_array)
         self._tracker = Tracker(self.x0)
-        self._unit = design(spec.size)
+        self._unit = design(spec.size, self.options.design)
         self._centre = spec.to_scaled(self.x0)
         self._radius = float(self.options.radius)
         self._pending: np.ndarray | None = None

@@ -125,15 +125,15 @@ DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
                           "tol_fun": 1e-6},
                  rot_step_deg=2.0, trans_step_mm=3.0),
     LevelOptions(shrink=1.0, max_voxels=128 * 128, method="quadratic",
-                 options={"radius": 0.5, "max_evaluations": 250, "tol_x": 0.12,
-                          "tol_fun": 1e-8},
+                 options={"radius": 0.5, "design": "minimal", "max_evaluations": 200,
+                          "tol_x": 0.12, "tol_fun": 1e-8},
                  rot_step_deg=0.5, trans_step_mm=1.0),
 )
 """The 2D–3D pyramid: detectors of at most 32², 64² and 128² pixels, CT at 4, 2, 1 × its spacing.
 
 Level 0 searches wide (CMA-ES, σ = 8° and 15 mm, popsize 16, IPOP restarts), level 1 narrows
 (CMA-ES, σ = 2° and 3 mm), level 2 polishes with the batched quadratic-model trust region
-(:mod:`regkit.optim.quadratic`: designs of 43 poses rendered in one call, first radius 0.25°
+(:mod:`regkit.optim.quadratic`: designs of 28 poses rendered in one call, first radius 0.25°
 and 0.5 mm) on the CT as it is (capped at 2²³ voxels); levels 1 and 2 fit the bone weight
 (``fit_bone_weight``).
 
@@ -145,9 +145,11 @@ Measured on polychromatic radiographs (``benchmarks/precision_2d3d.py``: the who
   worst 1.13, 13/14 under 1 mm, 8.9 s.
 * The quadratic model at level 2, no bone fit: median 0.46, worst 0.53 mm, 7.1 s: it reaches
   the objective's optimum along the nearly flat depth direction where Powell stopped short.
-* Both (these defaults, ``tol_x`` 0.12: 4–5 designs): median 0.32, worst 0.38 mm, 14/14 under
-  1 mm, about 14 s (the bone part is a second render). ``tol_x`` 0.06: the same to 0.01 mm,
-  one design more. Powell with the bone fit: median 0.36, worst 0.96 mm, 11.8 s.
+* Both (designs of 43 poses, ``tol_x`` 0.12: 4–5 designs): median 0.32, worst 0.38 mm, 14/14
+  under 1 mm, about 14 s (the bone part is a second render). ``tol_x`` 0.06: the same to
+  0.01 mm, one design more. The minimal design (28 poses, these defaults): the same figures to
+  0.01 mm with 112–196 evaluations at level 2 instead of 172–301. Powell with the bone fit:
+  median 0.36, worst 0.96 mm, 11.8 s.
 * What is left is the objective's own bias, the same in every case (the same radiograph):
   +0.17 mm down the image and 0.26 mm towards the source. It follows the radiograph's blur:
   re-registered from the truth, radiographs with 0, 1 and 2 px of detector blur ended 1.1 mm

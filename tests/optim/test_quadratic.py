@@ -29,6 +29,22 @@ def test_the_design_fits_a_full_quadratic_exactly() -> None:
     assert np.linalg.norm(model_step(g, h, 0.5)) == pytest.approx(0.5)
 
 
+def test_the_minimal_design_fits_exactly_too(rotated_quadratic: Any) -> None:
+    s = design(6, "minimal")
+    assert s.shape == (28, 6)
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(6, 6))
+    g = rng.normal(size=6)
+    values = s @ g + 0.5 * np.einsum("bi,ij,bj->b", s, a @ a.T, s)
+    g_fit, h_fit = fit_quadratic(s, values)
+    np.testing.assert_allclose(g_fit, g, atol=1e-9)
+    np.testing.assert_allclose(h_fit, a @ a.T, atol=1e-9)
+    p = rotated_quadratic
+    result = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
+                      {"tol_x": 1e-4, "max_evaluations": 3000, "design": "minimal"})
+    assert p.scaled_error(result.x) < 1e-6 and result.runs[0].popsize == 28
+
+
 def test_reaches_the_minimum_of_a_mixed_scale_quadratic(rotated_quadratic: Any) -> None:
     p = rotated_quadratic
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
@@ -118,3 +134,5 @@ def test_bad_options_are_refused() -> None:
         Quadratic(np.zeros(2), ParamSpec.unitless(2), {"radius": 0})
     with pytest.raises(InputError):
         Quadratic(np.zeros(2), ParamSpec.unitless(2), {"radios": 1})
+    with pytest.raises(InputError, match="design"):
+        Quadratic(np.zeros(2), ParamSpec.unitless(2), {"design": "sparse"})
