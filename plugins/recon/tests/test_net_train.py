@@ -453,6 +453,23 @@ def test_a_resume_may_train_longer(gt: Path, tmp_path: Path) -> None:
     assert state["recipe"]["epochs"] == 3 and state["step"] == 6
 
 
+def test_stop_at_replays_an_interruption(gt: Path, tmp_path: Path) -> None:
+    """--stop-at N stops as an interruption at step N would: a resume ends bit-identical to
+    the run that was never stopped, and the schedule is the whole run's (unlike max_steps)."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _run(_spec(gt, straight))                      # 3 epochs of 2 steps
+    record = _run(_spec(gt, stopped), stop_at=3)   # mid-epoch
+    assert record["steps"] == 3 and record["stopped"]
+    state = torch.load(stopped / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 3 and state["reason"] == "stopped"
+    assert (stopped / "model.pt").exists()
+    lr = {r["step"]: r["lr"] for r in _log(straight)}
+    record = _run(_spec(gt, stopped), resume=True)
+    assert record["steps"] == 6 and not record["stopped"]
+    assert _same(_weights(straight), _weights(stopped))
+    assert {r["step"]: r["lr"] for r in _log(stopped)} == lr
+
+
 def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:
     """--init: the run starts from a model file's weights; a model of another shape is
     refused."""

@@ -98,7 +98,9 @@ def _train(args: argparse.Namespace) -> int:
                      checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init, **shape)
-    record = train(spec, resume=args.resume)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
+    record = train(spec, resume=args.resume, stop_at=args.stop_at)
     if record["rank"] == 0:
         print(f"regkit recon train: {record['steps']} steps in {record['seconds']:.0f} s -> "
               f"{args.out}/model.pt", file=sys.stderr)
@@ -212,7 +214,10 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                     help="seconds between checkpoints (default 300)")
     tr.add_argument("--max-steps", type=int, default=None, metavar="N",
-                    help="stop after N steps in all")
+                    help="a run of N steps in all (the schedule is fitted to them)")
+    tr.add_argument("--stop-at", type=int, default=None, metavar="N",
+                    help="stop at step N as an interruption would, the schedule unchanged "
+                    "(replays a history; --resume goes on)")
     tr.add_argument("--val-limit", type=int, default=64, metavar="N",
                     help="validation items (default 64; 0: all)")
     tr.add_argument("--device", choices=("cpu", "cuda"), default=None,

@@ -346,11 +346,22 @@ def _bones_of(manifests: list[dict[str, Any]]) -> tuple[tuple[int, ...], tuple[s
 # ------------------------------------------------------------------------------------ train
 
 
-def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None) -> dict[str, Any]:
+def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
+          stop_at: int | None = None) -> dict[str, Any]:
     """Train (or resume training) the bone network as ``spec`` says.
 
+    Args:
+        spec: The recipe.
+        resume: Continue from ``RUN/checkpoint.pt``.
+        stream: Where the progress goes (default stderr).
+        stop_at: Stop once this many steps are done in all, with a checkpoint and ``model.pt``,
+            as an interruption would; the schedule stays the whole run's, so a later
+            ``--resume`` goes on exactly (unlike ``max_steps``, which shortens the schedule).
+            A run's history with an interruption at step N is replayed by ``stop_at=N``.
+
     Returns:
-        The final record: steps, seconds, last losses, last validation figures.
+        The final record: steps, seconds, last losses, last validation figures, and
+        ``stopped`` (True when ``stop_at`` ended it).
 
     Raises:
         InputError: bad data, options, or a resume with another recipe.
@@ -361,14 +372,15 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None) -> dict[
     try:
         with _Interrupts() as interrupts:
             return _train(spec, resume, stream if stream is not None else sys.stderr, rank,
-                          world, _device(name, rank), interrupts)
+                          world, _device(name, rank), interrupts, stop_at)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
-           device: torch.device, interrupts: _Interrupts) -> dict[str, Any]:
+           device: torch.device, interrupts: _Interrupts,
+           stop_at: int | None = None) -> dict[str, Any]:
     from regkit_recon.groundtruth.dataset import collate_ground_truth
     from regkit_recon.net.data import TrainItems
 
@@ -471,14 +483,15 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     last_ckpt = started
     last: dict[str, float] = {}
     val: dict[str, Any] = {}
+    end = total if stop_at is None else min(total, stop_at)
     try:
-        while step < total:
+        while step < end:
             if _any_rank(interrupts, world, device):
                 raise KeyboardInterrupt
             epoch, within = divmod(step, per_epoch)
             items.epoch = epoch
             batches = global_batches(len(items), spec.batch, spec.seed, epoch)
-            local = [_local(b, rank, world) for b in batches[within:]][:total - step]
+            local = [_local(b, rank, world) for b in batches[within:]][:end - step]
             loader = torch.utils.data.DataLoader(
                 items, batch_sampler=local, collate_fn=collate_ground_truth,
                 num_workers=spec.loader_workers)
@@ -527,6 +540,13 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
                 if rank == 0:
                     _write_model(out, net, spec, step, history_seconds, started, val, len(items))
                     write_curves(out / "log.jsonl", out / "curves.png")
+            if step < total and step == end:   # stop_at reached inside the schedule
+                save("stopped")
+                if rank == 0:
+                    _write_model(out, net, spec, step, history_seconds, started, val, len(items))
+                    print(f"\nstopped at step {step} (--stop-at): checkpoint written to "
+                          f"{checkpoint}; --resume goes on", file=stream, flush=True)
+                break
     except (KeyboardInterrupt, RuntimeError) as err:
         # a loader worker that Ctrl-C ended shows up as a RuntimeError of the DataLoader
         if isinstance(err, RuntimeError) and not interrupts.pending:
@@ -545,7 +565,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     if rank == 0:
         print("", file=stream, flush=True)
     return {"steps": step, "seconds": seconds, "loss": last, "validation": val,
-            "world_size": world, "rank": rank}
+            "world_size": world, "rank": rank, "stopped": step < total}
 
 
 def _check(spec: TrainSpec, world: int) -> None:
