@@ -18,11 +18,15 @@ candidate than one at a time (a 128² DRR: 15 ms against 35 ms on 2 cores).
 
 Convention:
     Works in scaled coordinates ``z = x / spec.scales``: ``radius`` is in scales (1: one first
-    step of each coordinate). The design (``2n² + 1`` points for ``n`` coordinates; 73 for 6) is
-    the centre, ``±r eᵢ`` and ``r (±eᵢ ± eⱼ) / √2`` for ``i < j``: enough to fit the
-    ``(n + 1)(n + 2) / 2`` coefficients of a full quadratic with redundancy against noise.
-    Candidates are clipped into the bounds. NaN and ±inf values are counted and left out of the
-    fit; a design whose centre is not finite counts as a step that failed.
+    step of each coordinate). The design is the centre, ``±r eᵢ`` and ``r (eᵢ + eⱼ) / √2`` for
+    ``i < j`` (``"minimal"``: ``(n + 1)(n + 2) / 2`` points, 28 for 6, exactly the coefficients
+    of a full quadratic) and, for ``"full"``, ``r (eᵢ − eⱼ) / √2`` too (``n² + n + 1``, 43 for 6:
+    redundant against noise). Candidates are clipped into the bounds; the radius never grows on
+    a step that a bound cut short, and never beyond 10⁴ scales. NaN and ±inf values are counted
+    and left out of the fit; a design with fewer finite points than coefficients or whose centre
+    is not finite counts as a step that failed. Points clipped together on a bound leave the
+    model's coefficients across that bound undetermined: the least-squares fit takes them as 0
+    (minimum norm), so the step does not push further into the bound.
 
 Stop reasons: ``{"tol_x": r}``, ``{"tol_fun": Δ}``, ``{"max_evaluations": N}``,
 ``{"max_iterations": N}`` or ``{"callback": True}``.
@@ -50,6 +54,9 @@ from regkit.optim.base import (
 )
 
 __all__ = ["Quadratic", "QuadraticOptions"]
+
+# Largest trust radius, in scales.
+_MAX_RADIUS = 1e4
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,8 @@ class Quadratic(Optimizer):
         return np.clip(z, self._lower, self._upper)
 
     def ask(self) -> np.ndarray:
-        """The next design around the centre, ``(n² + n + 1, n)`` in original units.
+        """The next design around the centre, ``(m, n)`` in original units (``m`` the design's
+        points: 28 or 43 for 6 coordinates).
 
         Raises:
             OptimizerStateError: after the optimizer stopped, or twice without a tell.
@@ -193,19 +201,24 @@ class Quadratic(Optimizer):
         self._iterations += 1
         improvement = before - self._tracker.best_value if math.isfinite(before) else math.inf
         failed = not finite[0] or (math.isfinite(before) and raw[0] > before)
-        if failed or finite.sum() < len(z) // 2 + 1:
-            # the last step went uphill (or into NaN): back to the best point, smaller model
+        s = (z[finite] - self._centre) / self._radius
+        n = self.spec.size
+        failed = failed or len(s) < (n + 1) * (n + 2) // 2
+        if failed:
+            # the last step went uphill, into NaN, or too few points to fit a model: back to
+            # the best point, with a smaller model
             self._centre = self.spec.to_scaled(self._tracker.x)
             self._radius *= 0.5
         else:
-            s = (z[finite] - self._centre) / self._radius
             g, h = fit_quadratic(s, raw[finite])
             step = model_step(g, h, self.options.max_step)
-            length = float(np.linalg.norm(step))
-            self._centre = np.clip(self._centre + self._radius * step, self._lower,
-                                   self._upper)
-            if length >= 0.9 * self.options.max_step:
-                self._radius *= 1.5
+            wanted = self._centre + self._radius * step
+            moved = np.clip(wanted, self._lower, self._upper)
+            cut = not np.allclose(moved, wanted)
+            length = float(np.linalg.norm(moved - self._centre)) / self._radius
+            self._centre = moved
+            if length >= 0.9 * self.options.max_step and not cut:
+                self._radius = min(1.5 * self._radius, _MAX_RADIUS)
             elif length < 0.5:
                 self._radius *= 0.5
             self._slow = self._slow + 1 if improvement < self.options.tol_fun and length < 1.0 \

@@ -179,8 +179,10 @@ class EngineResult:
         evaluations: Every candidate scored (see the module's convention).
         history: One :class:`~regkit.registration.results.ConvergencePoint` per optimizer
             iteration.
-        levels: Per level: ``level``, ``stage``, ``method``, ``shrink``, ``evaluations``,
-            ``seconds``, ``score``, ``stop_reasons`` and the level's own facts.
+        levels: Per level: ``level``, ``stage``, ``method``, ``shrink``, ``evaluations`` (all
+            of the level's: set-up, screened starts, optimizer and its result's score; they
+            add up to ``evaluations``), ``seconds``, ``score``, ``stop_reasons`` and the level's
+            own facts.
         stop_reasons: The last level's optimizer's stop reasons.
         seed: The seed every draw came from.
     """
@@ -244,13 +246,15 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         spec = level.spec
         evaluations += int(level.setup_evaluations)
         x = _grown(x, spec.size)
+        screened = 0
         if li == 0 and starts > 0:
             from regkit.optim import random_starts
 
             cands = random_starts(x, spec, starts, spread=start_spread, seed=int(words[-1]),
                                   include_center=True)
             best, _ = best_starts(level.losses, cands, 1)
-            evaluations += len(cands)
+            screened = len(cands)
+            evaluations += screened
             x = np.asarray(best[0], dtype=np.float64)
 
         def on_iteration(rec: IterationRecord, _lv: Level = level, _li: int = li,
@@ -274,7 +278,7 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         facts.append({
             "level": li, "stage": level.stage, "method": options.method,
             "shrink": options.shrink, **own,
-            "evaluations": result.evaluations + int(level.setup_evaluations),
+            "evaluations": int(level.setup_evaluations) + screened + result.evaluations + 1,
             "seconds": round(time.perf_counter() - t_level, 4),
             "score": score,
             "stop_reasons": result.stop_reasons,
@@ -289,8 +293,8 @@ def _grown(x: NDArray[np.float64] | None, size: int) -> NDArray[np.float64]:
     if x is None:
         return np.zeros(size)
     if x.size > size:
-        raise InputError(f"a level has {size} parameters after one with {x.size}: parameters "
-                         "may only be added", key="levels")
+        raise InputError(f"a level has {size} parameters after {x.size} (the previous level's, "
+                         "or x0's): parameters may only be added", key="levels")
     return np.concatenate([x, np.zeros(size - x.size)])
 
 

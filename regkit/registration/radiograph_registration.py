@@ -548,12 +548,12 @@ def _fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
     water per mm under a 70 kVp beam, against 2.5× in the DRR) otherwise moves a gradient
     metric's optimum, mostly along the view. Differentiable; ``(B, H, W)`` in and out.
     """
-    from regkit.metrics._ops import sobel
+    from regkit.metrics._ops import erode, sobel
 
     bases = [drr, bone]
     grads = [sobel(x) for x in bases]
     gf = sobel(fixed)
-    w = None if weight is None else weight[:, 1:-1, 1:-1]
+    w = None if weight is None else erode(weight)   # as the gradient metrics weigh pixels
 
     def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
         total = sum((x * y if w is None else x * y * w) for x, y in zip(a, b, strict=True))
@@ -675,11 +675,11 @@ class _Level(Level):
         fixed = g.fixed.repeat(lam, 1, 1)
         weight = None if g.weight is None else g.weight.repeat(lam, 1, 1)
         drr = _smooth(drr, self.smooth_px, weight)   # as the radiograph was (see build)
-        if bone_parts:
+        scored = weight if foot is None else (foot if weight is None else weight * foot)
+        if bone_parts:   # fitted on the pixels the metric scores
             bone = _smooth(torch.cat(bone_parts).to(torch.float32), self.smooth_px, weight)
-            drr = _fit_bone_weight(fixed, drr, bone, weight)
-        if foot is not None:
-            weight = foot if weight is None else weight * foot
+            drr = _fit_bone_weight(fixed, drr, bone, scored)
+        weight = scored
         return self.metric(fixed, drr, weight).reshape(lam, nv).to(torch.float64)
 
     def _footprint(self, drr: torch.Tensor) -> torch.Tensor:

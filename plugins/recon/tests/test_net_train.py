@@ -468,6 +468,8 @@ def test_stop_at_replays_an_interruption(gt: Path, tmp_path: Path) -> None:
     assert record["steps"] == 6 and not record["stopped"]
     assert _same(_weights(straight), _weights(stopped))
     assert {r["step"]: r["lr"] for r in _log(stopped)} == lr
+    with pytest.raises(InputError, match="stop_at"):
+        _run(_spec(gt, tmp_path / "never"), stop_at=0)
 
 
 def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:

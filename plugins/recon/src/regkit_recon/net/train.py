@@ -367,6 +367,9 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
         InputError: bad data, options, or a resume with another recipe.
         KeyboardInterrupt: Ctrl-C, after the step under way and a checkpoint (rank 0).
     """
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
+                                or stop_at < 1):
+        raise InputError(f"must be a whole number >= 1, got {stop_at!r}", key="stop_at")
     name = _device_name(spec)
     rank, world = _distributed(name)
     try:
