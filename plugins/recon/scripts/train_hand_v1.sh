@@ -13,13 +13,17 @@ mkdir -p "$work"
 $R recon generate --out "$work/train" --phantoms 64 --views 20 --seed 101 --workers 2
 $R recon generate --out "$work/val" --phantoms 6 --views 12 --seed 202 --workers 2 --montage 0
 $R recon generate --out "$work/test" --phantoms 10 --views 12 --seed 303 --workers 2
-# hand_v1 was trained for 10 epochs, then resumed to 13 (a warm restart of the learning rate,
-# the cosine schedule stretched to 13 epochs from step 1600); both steps resume when interrupted.
+# hand_v1's history, replayed step for step (each step resumes when interrupted): 10 epochs; a
+# resume to 13 (a warm restart, the cosine schedule stretched to 13 epochs from step 1600); a
+# resume to 20 epochs that a session's end cut at step 2240 (--stop-at replays that cut without
+# changing the schedule); a resume to 40 epochs from there, stopped at the end of epoch 19
+# (step 3040) when it was shipped.
 resume=()
 [ -f "$work/run/checkpoint.pt" ] && resume=(--resume)
-$R recon train --data "$work/train" --val "$work/val" --out "$work/run" --epochs 10 --batch 8 \
-    --seed 0 --val-limit 48 "${resume[@]}"
-$R recon train --data "$work/train" --val "$work/val" --out "$work/run" --epochs 13 --batch 8 \
-    --seed 0 --val-limit 48 --resume
+common=(--data "$work/train" --val "$work/val" --out "$work/run" --batch 8 --seed 0 --val-limit 48)
+$R recon train "${common[@]}" --epochs 10 "${resume[@]}"
+$R recon train "${common[@]}" --epochs 13 --resume
+$R recon train "${common[@]}" --epochs 20 --resume --stop-at 2240
+$R recon train "${common[@]}" --epochs 40 --resume --stop-at 3040
 $R recon evaluate --model "$work/run/model.pt" --data "$work/test" --out "$work/eval" --all-variants
 echo "model: $work/run/model.pt; evaluation: $work/eval/report.json"
