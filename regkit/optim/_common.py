@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from regkit.errors import InputError, ShapeError
-from regkit.optim.base import IterationRecord
+from regkit.optim.base import IterationRecord, OptimResult, RunRecord
 
 __all__ = [
     "Tracker",
@@ -172,6 +172,23 @@ class Tracker:
         ``scales``) to the best point so far (to ``x0`` while there is none)."""
         distances = np.linalg.norm((candidates - self.x) / scales, axis=-1)
         return replace_nonfinite(values, self.worst_value, distances)
+
+    @property
+    def latest(self) -> IterationRecord | None:
+        """The record of the most recent iteration (None before the first)."""
+        return self.history[-1] if self.history else None
+
+    def single_run_result(self, method: str, reasons: dict[str, Any], popsize: int | None
+                          ) -> OptimResult:
+        """The result of a method that makes one run (no restarts): its best point, counts,
+        ``reasons`` and history, with one :class:`RunRecord`."""
+        run = RunRecord(index=0, regime="single", popsize=popsize, step=1.0,
+                        evaluations=self.evaluations, iterations=len(self.history),
+                        best_value=self.best_value, best_x=self.x, stop_reasons=reasons)
+        return OptimResult(x=self.x, value=self.best_value, evaluations=self.evaluations,
+                           iterations=len(self.history), stop_reasons=[reasons],
+                           history=tuple(self.history), runs=(run,), nonfinite=self.nonfinite,
+                           method=method)
 
     @property
     def x(self) -> np.ndarray:

@@ -366,7 +366,7 @@ class CMAES(Optimizer):
     @property
     def latest(self) -> IterationRecord | None:
         """The record of the most recent iteration (None before the first)."""
-        return self._tracker.history[-1] if self._tracker.history else None
+        return self._tracker.latest
 
     @property
     def result(self) -> OptimResult:

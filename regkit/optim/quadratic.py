@@ -49,7 +49,6 @@ from regkit.optim.base import (
     OptimizerStateError,
     OptimResult,
     ParamSpec,
-    RunRecord,
     optimizers,
 )
 
@@ -244,16 +243,9 @@ class Quadratic(Optimizer):
     @property
     def latest(self) -> IterationRecord | None:
         """The record of the most recent iteration (None before the first)."""
-        return self._tracker.history[-1] if self._tracker.history else None
+        return self._tracker.latest
 
     @property
     def result(self) -> OptimResult:
         """Best point, counts, stop reasons and history (one record per design)."""
-        t = self._tracker
-        run = RunRecord(index=0, regime="single", popsize=len(self._unit), step=1.0,
-                        evaluations=t.evaluations, iterations=len(t.history),
-                        best_value=t.best_value, best_x=t.x, stop_reasons=self.stop())
-        return OptimResult(x=t.x, value=t.best_value, evaluations=t.evaluations,
-                           iterations=len(t.history), stop_reasons=[self.stop()],
-                           history=tuple(t.history), runs=(run,), nonfinite=t.nonfinite,
-                           method=self.name)
+        return self._tracker.single_run_result(self.name, self.stop(), len(self._unit))
