@@ -740,7 +740,9 @@ class _LevelBuilder:
         self.backend = backend
         self.base = float(np.exp(np.log(mu.spacing).mean()))
         self._volumes: dict[float, Volume] = {}
-        self._renderers: dict[tuple[float, str], Renderer] = {}
+        self._bone_volumes: dict[float, Volume] = {}
+        self._excess: Volume | None = None
+        self._renderers: dict[tuple[bool, float, str], Renderer] = {}
 
     def _box(self) -> _Box:
         """The CT's box (the input grid; every level covers the same extent)."""
@@ -763,23 +765,14 @@ class _LevelBuilder:
     def bone_volume(self, shrink: float) -> Volume:
         """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing: the part of
         the DRR whose weight :func:`_fit_bone_weight` fits (the rest is soft tissue)."""
-        key = -shrink
-        if key not in self._volumes:
-            mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
-            excess = Volume(np.maximum(np.asarray(self.mu.data, np.float32) - mu_t, 0.0),
-                            self.mu.world_from_index, units="mu")
-            level = at_spacing(excess, self._spacing(shrink))
-            self._volumes[key] = Volume(level.data, level.world_from_index, units="mu")
-        return self._volumes[key]
-
-    def bone_renderer(self, shrink: float, gradient: bool) -> Renderer:
-        from regkit.render.select import make_renderer
-
-        name = "torch" if gradient else (self.backend or "")
-        key = (-shrink, name)
-        if key not in self._renderers:
-            self._renderers[key] = make_renderer(self.bone_volume(shrink), backend=name or None)
-        return self._renderers[key]
+        if shrink not in self._bone_volumes:
+            if self._excess is None:
+                mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
+                self._excess = Volume(np.maximum(np.asarray(self.mu.data, np.float32) - mu_t,
+                                                 0.0), self.mu.world_from_index, units="mu")
+            level = at_spacing(self._excess, self._spacing(shrink))
+            self._bone_volumes[shrink] = Volume(level.data, level.world_from_index, units="mu")
+        return self._bone_volumes[shrink]
 
     def volume(self, shrink: float) -> Volume:
         if shrink not in self._volumes:
@@ -794,13 +787,15 @@ class _LevelBuilder:
             self._volumes[shrink] = level
         return self._volumes[shrink]
 
-    def renderer(self, shrink: float, gradient: bool) -> Renderer:
+    def renderer(self, shrink: float, gradient: bool, bone: bool = False) -> Renderer:
+        """The level's renderer of the CT (or, with ``bone``, of its bone part)."""
         from regkit.render.select import make_renderer
 
         name = "torch" if gradient else (self.backend or "")
-        key = (shrink, name)
+        key = (bone, shrink, name)
         if key not in self._renderers:
-            self._renderers[key] = make_renderer(self.volume(shrink), backend=name or None)
+            volume = self.bone_volume(shrink) if bone else self.volume(shrink)
+            self._renderers[key] = make_renderer(volume, backend=name or None)
         return self._renderers[key]
 
     def build(self, level: LevelOptions, fit_bone: bool = False) -> _Level:
@@ -838,7 +833,7 @@ class _LevelBuilder:
                       factors=factors, spacing_mm=self.volume(level.shrink).spacing,
                       smooth_px=self.opts.smooth_px,
                       box=self._box() if self.opts.mask_partial_rays else None,
-                      bone_renderer=self.bone_renderer(level.shrink, gradient)
+                      bone_renderer=self.renderer(level.shrink, gradient, bone=True)
                       if fit_bone else None)
 
 
