@@ -30,9 +30,11 @@ __all__ = [
     "RadiusAngles",
     "bone_gaps",
     "bone_points",
+    "fracture_from_points",
     "measure_bone_axis",
     "measure_fracture",
     "measure_radius_angles",
+    "radius_angles_from_points",
 ]
 
 Vector = NDArray[np.float64]
@@ -284,6 +286,16 @@ def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike
         InputError: a fragment has too few voxels to measure.
     """
     points = bone_points(labels, label, world_from_index)
+    return fracture_from_points(points, fracture_point=fracture_point, distal=distal,
+                                dorsal=dorsal, margin_mm=margin_mm, trim=trim, slab_mm=slab_mm,
+                                label=label)
+
+
+def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: ArrayLike,
+                         dorsal: ArrayLike, margin_mm: float | tuple[float, float] = 3.0,
+                         trim: tuple[float, float] = (0.3, 0.15), slab_mm: float = 1.0,
+                         label: int | str = "?") -> FractureMeasurement:
+    """:func:`measure_fracture` on a bone's points ``(N, 3)`` (voxel centres, world mm)."""
     f = np.asarray(fracture_point, dtype=np.float64)
     margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
         else (float(margin_mm[0]), float(margin_mm[1]))
@@ -404,6 +416,15 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
         InputError: too few voxels for the shaft, or no rim found.
     """
     points = bone_points(labels, label, world_from_index)
+    return radius_angles_from_points(points, distal=distal, dorsal=dorsal, shaft_mm=shaft_mm,
+                                     rim_mm=rim_mm, section_mm=section_mm, label=label)
+
+
+def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: ArrayLike,
+                              shaft_mm: float = 35.0, rim_mm: float = 25.0,
+                              section_mm: float = 3.0, label: int | str = "?") -> RadiusAngles:
+    """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world
+    mm)."""
     axis = _unit(distal)
     anchor = points.mean(axis=0)
     for _ in range(3):

@@ -1,0 +1,339 @@
+"""Back-projection: per-bone front and back depths along known rays → closed solids, meshes, labels.
+
+Each bone becomes a signed field on its camera's *frustum grid*: detector pixels (upsampled) across,
+distance from the source along each pixel's ray in depth. A point at pixel ``(u, v)`` and distance
+``t`` from the source lies inside the bone when it is inside the bone's silhouette and inside one
+of the ray's depth intervals ``[front_l, back_l]``:
+
+    F(u, v, t) = min( s(u, v),  max_l ( half_l(u, v) − |t − mid_l(u, v)| ) )       (mm, > 0 inside)
+
+with ``s`` the signed distance to the silhouette's outline (mm at the bone, + inside),
+``mid = (front + back) / 2`` and ``half = (back − front) / 2``. Outside the silhouette (and outside
+where a second layer exists) ``mid`` and ``half`` are carried over from the nearest pixel that has
+them, ``half`` decreasing with that distance, so ``F`` is continuous and its zero set is a closed
+surface: where a ray grazes a bone its interval shrinks to nothing, and where the network's interval
+stays thick up to the outline the silhouette closes the solid (never an open sheet). Depth outliers
+(a pixel more than ``spike_mm`` from its 3 × 3 neighbours' median) are replaced by that median
+first, so a stray pixel cannot raise a spike.
+
+The mesh is marching cubes on ``F`` sampled on the grid (vertices mapped to world through the rays),
+and the label volume samples the same ``F`` at each voxel centre (projected into the camera), so
+the two describe one solid. Where two bones' solids overlap a voxel goes to the bone it lies deeper
+inside.
+
+Convention:
+    Depths are mm along each pixel's ray from the source (as in the prediction file); the grid's
+    pixel coordinate ``u`` runs over ``[0, W)`` with pixel ``c`` covering ``[c, c + 1)``; the world
+    is RAS+ mm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from regkit.errors import InputError, ShapeError
+from regkit.geometry.camera import Camera
+
+from .mesh import Mesh, extract_mesh
+
+__all__ = ["BoneSolid", "LabelVolume", "backproject", "backproject_bone", "label_volume"]
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class BoneSolid:
+    """One bone's closed solid on its camera's frustum grid.
+
+    Attributes:
+        label, name: The bone.
+        camera: The view the depths were given in.
+        origin: ``(u0, v0)`` detector pixel of the window's first pixel.
+        upsample: Grid cells per detector pixel across.
+        inside: ``(h, w)`` signed distance to the silhouette outline, mm at the bone, + inside.
+        mid, half: ``(L, h, w)`` mid-depth and half-thickness of each layer, mm (extended).
+        depth_range: ``(t0, t1)``: the grid's extent along the rays, mm from the source.
+        step_mm: Grid step along the rays.
+    """
+
+    label: int
+    name: str
+    camera: Camera
+    origin: tuple[int, int]
+    upsample: int
+    inside: Array
+    mid: Array
+    half: Array
+    depth_range: tuple[float, float]
+    step_mm: float
+
+    # -------------------------------------------------------------- the field
+    def _grid_uv(self) -> tuple[Array, Array]:
+        h, w = self.inside.shape
+        u = self.origin[0] + (np.arange(w) + 0.5) / self.upsample
+        v = self.origin[1] + (np.arange(h) + 0.5) / self.upsample
+        return u, v
+
+    def _depths(self) -> Array:
+        t0, t1 = self.depth_range
+        n = math.ceil((t1 - t0) / self.step_mm) + 1
+        return np.asarray(t0 + self.step_mm * np.arange(n), dtype=np.float64)
+
+    def grid_field(self) -> Array:
+        """``F`` on the grid, ``(h, w, n)`` (rows, columns, depths), mm, + inside."""
+        t = self._depths()
+        slab = self.half[..., None] - np.abs(t - self.mid[..., None])
+        return np.asarray(np.minimum(self.inside[..., None], slab.max(axis=0)), dtype=np.float64)
+
+    def field(self, points: Array) -> Array:
+        """``F`` at world points ``(N, 3)``: the same field, interpolated across (−inf outside the
+        window)."""
+        p = np.asarray(points, dtype=np.float64)
+        uv = self.camera.project(p)
+        t = np.linalg.norm(p - self.camera.source_world, axis=1)
+        col = (uv[:, 0] - self.origin[0]) * self.upsample - 0.5
+        row = (uv[:, 1] - self.origin[1]) * self.upsample - 0.5
+        h, w = self.inside.shape
+        ok = np.isfinite(col) & (col >= 0) & (col <= w - 1) & (row >= 0) & (row <= h - 1)
+        out = np.full(len(p), -np.inf)
+        if not ok.any():
+            return out
+        coords = np.stack([row[ok], col[ok]])
+        s = ndimage.map_coordinates(self.inside, coords, order=1)
+        slab = np.full(int(ok.sum()), -np.inf)
+        for mid, half in zip(self.mid, self.half, strict=True):
+            m = ndimage.map_coordinates(mid, coords, order=1)
+            hh = ndimage.map_coordinates(half, coords, order=1)
+            slab = np.maximum(slab, hh - np.abs(t[ok] - m))
+        out[ok] = np.minimum(s, slab)
+        return out
+
+    def world_points(self, grid_points: Array) -> Array:
+        """World RAS+ mm of fractional grid indices ``(N, 3)`` as (row, column, depth index)."""
+        g = np.asarray(grid_points, dtype=np.float64)
+        u = self.origin[0] + (g[:, 1] + 0.5) / self.upsample
+        v = self.origin[1] + (g[:, 0] + 0.5) / self.upsample
+        t = self.depth_range[0] + self.step_mm * g[:, 2]
+        k_inv = np.linalg.inv(self.camera.intrinsic)
+        d_cam = np.column_stack([u, v, np.ones_like(u)]) @ k_inv.T
+        d_cam /= np.linalg.norm(d_cam, axis=1, keepdims=True)
+        world_from_camera = self.camera.world_from_camera
+        d_world = d_cam @ world_from_camera[:3, :3].T
+        return self.camera.source_world + t[:, None] * d_world
+
+    def mesh(self) -> Mesh:
+        """The bone's closed surface in world RAS+ mm (faces wound outwards)."""
+        grid_mesh = extract_mesh(self.grid_field(), 0.0)
+        mesh = Mesh(self.world_points(grid_mesh.vertices), grid_mesh.faces)
+        if mesh.volume < 0:
+            mesh = Mesh(mesh.vertices, mesh.faces[:, ::-1].copy())
+        return mesh
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def _clean_mask(mask: NDArray[np.bool_], keep_fraction: float) -> NDArray[np.bool_]:
+    """The mask's largest connected piece and any piece at least ``keep_fraction`` of it, holes
+    filled."""
+    parts, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(parts.ravel())[1:]
+        keep = np.flatnonzero(sizes >= keep_fraction * sizes.max()) + 1
+        mask = np.isin(parts, keep)
+    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+
+
+def _despike(depth: Array, valid: NDArray[np.bool_], spike_mm: float) -> Array:
+    """Replace depths more than ``spike_mm`` from their 3 × 3 neighbours' median by that median."""
+    filled = np.where(valid, depth, np.nan)
+    padded = np.pad(filled, 1, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(windows.reshape(*depth.shape, 9), axis=-1)
+    spike = valid & (np.abs(depth - median) > spike_mm) & np.isfinite(median)
+    return np.where(spike, median, depth)
+
+
+def _extend(values: Array, valid: NDArray[np.bool_]) -> tuple[Array, Array]:
+    """``values`` carried to every pixel from the nearest valid one, and that distance (px)."""
+    distance, index = ndimage.distance_transform_edt(~valid, return_indices=True)
+    return values[tuple(index)], distance
+
+
+def _upsample(image: Array, factor: int, shape: tuple[int, int]) -> Array:
+    """Bilinear resampling onto a grid ``factor`` times finer (cell centres aligned)."""
+    if factor == 1:
+        return image
+    rows = (np.arange(shape[0]) + 0.5) / factor - 0.5
+    cols = (np.arange(shape[1]) + 0.5) / factor - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(image, np.stack([rr, cc]), order=1, mode="nearest")
+
+
+def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camera, *,
+                     label: int, name: str, upsample: int = 2, step_mm: float = 0.25,
+                     spike_mm: float = 3.0, keep_fraction: float = 0.25,
+                     margin_px: int = 3) -> BoneSolid | None:
+    """One bone's solid from its depth layers in one view.
+
+    Args:
+        front, back: ``(L, H, W)`` (or ``(H, W)``) mm along each pixel's ray from the source, NaN
+            where the ray does not cross that layer.
+        silhouette: ``(H, W)``: where the bone is seen: a probability in [0, 1] (its 0.5 contour
+            is the outline, found to a fraction of a pixel) or a boolean mask.
+        camera: The view (with ``pixel_spacing_mm``, or the pixel footprint is unknown).
+        label, name: The bone.
+        upsample: Grid cells per detector pixel across.
+        step_mm: Grid step along the rays, mm.
+        spike_mm: Depth outlier threshold (see the module notes).
+        keep_fraction: Silhouette pieces smaller than this fraction of the largest are dropped.
+        margin_px: Detector pixels of margin around the silhouette in the grid's window.
+
+    Returns:
+        The solid, or None when the bone is not seen (no silhouette pixel with a depth).
+
+    Raises:
+        ShapeError: arrays that do not match each other or the camera.
+    """
+    f = np.asarray(front, dtype=np.float64)
+    b = np.asarray(back, dtype=np.float64)
+    if f.ndim == 2:
+        f, b = f[None], b[None]
+    sil = np.asarray(silhouette)
+    shape = (camera.height, camera.width)
+    if f.shape != b.shape or f.ndim != 3 or f.shape[1:] != shape or sil.shape != shape:
+        raise ShapeError(f"bone {name!r}: front {f.shape}, back {b.shape} and silhouette "
+                         f"{sil.shape} must be (L, H, W) and (H, W) with (H, W) = {shape}, the "
+                         "camera's detector")
+    soft = sil.astype(np.float64)
+    valid = np.isfinite(f) & np.isfinite(b) & (b >= f)
+    mask = _clean_mask((soft > 0.5) & valid[0], keep_fraction)
+    if not mask.any():
+        return None
+    rows, cols = np.nonzero(mask)
+    v0 = max(int(rows.min()) - margin_px, 0)
+    v1 = min(int(rows.max()) + margin_px + 1, shape[0])
+    u0 = max(int(cols.min()) - margin_px, 0)
+    u1 = min(int(cols.max()) + margin_px + 1, shape[1])
+    window = (slice(v0, v1), slice(u0, u1))
+    fine_shape = ((v1 - v0) * upsample, (u1 - u0) * upsample)
+
+    # Silhouette: the 0.5 contour of the (upsampled) soft map, as a signed distance in mm.
+    soft_w = np.where(mask[window], soft[window], np.minimum(soft[window], 0.49))
+    fine = _upsample(soft_w, upsample, fine_shape) > 0.5
+    if not fine.any():
+        return None
+    px_fine = ndimage.distance_transform_edt(fine) - ndimage.distance_transform_edt(~fine)
+    px_fine = px_fine - 0.5 * np.sign(px_fine)                     # distance to the cell edge
+    spacing = camera.pixel_spacing_mm
+    sdd = camera.source_to_detector_mm
+    if spacing is None or sdd is None:
+        raise InputError("the camera has no pixel_spacing_mm, so depths cannot be placed",
+                         key="pixel_spacing_mm")
+
+    mids, halves = [], []
+    first_mid = None
+    for layer in range(f.shape[0]):
+        ok = (valid[layer] & mask)[window]
+        if not ok.any():
+            continue
+        fl = _despike(f[layer][window], ok, spike_mm)
+        bl = np.maximum(_despike(b[layer][window], ok, spike_mm), fl)
+        mid_w, dist = _extend(0.5 * (fl + bl), ok)
+        half_w, _ = _extend(0.5 * (bl - fl), ok)
+        if first_mid is None:
+            first_mid = float(np.median(0.5 * (fl + bl)[ok]))
+            pixel_mm = 0.5 * (spacing[0] + spacing[1]) * first_mid / sdd
+        else:
+            # A deeper layer exists only where it does; beyond, its interval closes at a rate
+            # of one pixel footprint per pixel, keeping the field continuous.
+            half_w = half_w - dist * pixel_mm
+        mids.append(_upsample(mid_w, upsample, fine_shape))
+        halves.append(_upsample(half_w, upsample, fine_shape))
+    if first_mid is None:
+        return None
+    inside = px_fine * pixel_mm / upsample
+    mid = np.stack(mids)
+    half = np.stack(halves)
+    lo = float(np.min((mid - np.maximum(half, 0))[:, fine]))
+    hi = float(np.max((mid + np.maximum(half, 0))[:, fine]))
+    pad = 3 * step_mm
+    return BoneSolid(label=int(label), name=str(name), camera=camera, origin=(u0, v0),
+                     upsample=int(upsample), inside=inside, mid=mid, half=half,
+                     depth_range=(lo - pad, hi + pad), step_mm=float(step_mm))
+
+
+def backproject(front: Array, back: Array, silhouettes: Array, camera: Camera, *,
+                bones: Sequence[int], names: Sequence[str], **options: float) -> list[BoneSolid]:
+    """Every seen bone's solid from ``[NB, L, H, W]`` depths and ``[NB, H, W]`` silhouettes
+    (see :func:`backproject_bone` for the options); bones not seen are left out."""
+    f = np.asarray(front)
+    if f.ndim == 3:
+        f = f[:, None]
+    b = np.asarray(back)
+    if b.ndim == 3:
+        b = b[:, None]
+    s = np.asarray(silhouettes)
+    if not (len(f) == len(b) == len(s) == len(bones) == len(names)):
+        raise ShapeError(f"{len(bones)} bones, but front, back and silhouettes hold {len(f)}, "
+                         f"{len(b)} and {len(s)}")
+    solids = []
+    for i, (label, name) in enumerate(zip(bones, names, strict=True)):
+        solid = backproject_bone(f[i], b[i], s[i], camera, label=int(label), name=str(name),
+                                 **options)  # type: ignore[arg-type]
+        if solid is not None:
+            solids.append(solid)
+    return solids
+
+
+@dataclass(frozen=True)
+class LabelVolume:
+    """A uint8 label map ``(I, J, K)`` on an axis-aligned RAS+ grid."""
+
+    labels: NDArray[np.uint8]
+    world_from_index: Array
+
+
+def label_volume(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], *, voxel_mm: float = 0.5,
+                 margin_mm: float = 1.5) -> LabelVolume:
+    """The label map of the solids on a RAS+ grid of ``voxel_mm`` covering every mesh.
+
+    A voxel gets the label of the solid whose field is largest at its centre, where that is
+    positive (the same field the meshes were cut from).
+    """
+    if not solids:
+        raise InputError("no bone to put in a label volume", key="bones")
+    if not 0 < voxel_mm <= 0.5:
+        raise InputError(f"voxel_mm must lie in (0, 0.5], got {voxel_mm}", key="voxel_mm")
+    lo = np.min([m.vertices.min(axis=0) for m in meshes], axis=0) - margin_mm
+    hi = np.max([m.vertices.max(axis=0) for m in meshes], axis=0) + margin_mm
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / voxel_mm).astype(int) + 1)
+    affine = np.eye(4)
+    affine[:3, :3] *= voxel_mm
+    affine[:3, 3] = lo
+    labels = np.zeros(shape, dtype=np.uint8)
+    best = np.zeros(shape, dtype=np.float32)
+    for solid, mesh in zip(solids, meshes, strict=True):
+        a = np.floor((mesh.vertices.min(axis=0) - lo) / voxel_mm).astype(int) - 1
+        z = np.ceil((mesh.vertices.max(axis=0) - lo) / voxel_mm).astype(int) + 2
+        a = np.maximum(a, 0)
+        z = np.minimum(z, shape)
+        ii, jj, kk = np.meshgrid(*(np.arange(a[d], z[d]) for d in range(3)), indexing="ij")
+        index = np.column_stack([ii.ravel(), jj.ravel(), kk.ravel()])
+        value = solid.field(index * voxel_mm + lo).reshape(ii.shape).astype(np.float32)
+        box = (slice(a[0], z[0]), slice(a[1], z[1]), slice(a[2], z[2]))
+        win = (value > 0) & (value > best[box])
+        labels[box][win] = solid.label
+        best[box][win] = value[win]
+    return LabelVolume(labels, affine)

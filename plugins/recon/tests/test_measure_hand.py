@@ -1,0 +1,100 @@
+"""Whole-hand deformity measurement: the phantom's own labels give back its recorded malunions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from regkit_recon import make_hand_phantom
+from regkit_recon.measure_hand import measure_hand, measure_labels_file
+from scipy.spatial.transform import Rotation
+
+from regkit.errors import InputError
+
+DEFORMITY = ("bone=metacarpal_3,angulation_deg=15,angulation2_deg=-5,level=0.45;"
+             "bone=proximal_phalanx_2,angulation_deg=-15,angulation2_deg=12;"
+             "bone=metacarpal_1,angulation_deg=15;"
+             "bone=radius,dorsal_tilt_deg=20,radial_inclination_deg=12")
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return make_hand_phantom(11, deformity=DEFORMITY, voxel_mm=0.4)
+
+
+def _check(result: dict, truth: list[dict], world_from_phantom: np.ndarray) -> None:
+    bones = result["bones"]
+    for item in truth:
+        got = bones[item["bone"]]
+        if item["bone"] == "radius":
+            assert got["dorsal_tilt_deg"] == pytest.approx(item["dorsal_tilt_deg"], abs=3.0)
+            assert got["radial_inclination_deg"] == pytest.approx(
+                item["radial_inclination_deg"], abs=3.0)
+            continue
+        assert got["angulation_deg"] == pytest.approx(item["angulation_deg"], abs=3.0), item
+        assert got["angulation2_deg"] == pytest.approx(item["angulation2_deg"], abs=3.0), item
+        apex = np.asarray(item["fracture_point_world"]) @ world_from_phantom[:3, :3].T \
+            + world_from_phantom[:3, 3]
+        assert np.linalg.norm(np.asarray(got["apex_world"]) - apex) < 3.0, item
+    broken = {item["bone"] for item in truth}
+    for name, fields in bones.items():
+        if "angulation_deg" in fields and name not in broken and "distal" not in name:
+            assert abs(fields["angulation_deg"]) < 4.0 and abs(fields["angulation2_deg"]) < 4.0, \
+                (name, fields)
+        if name != "ulna" and "length_mm" in fields:
+            assert 8.0 < fields["length_mm"] < 300.0
+
+
+def test_recorded_malunions_are_measured_without_the_fracture_level(hand) -> None:
+    names = dict(hand.bone_table)
+    result = measure_hand(np.asarray(hand.labels), hand.volume.world_from_index, names)
+    assert result["frame"]["side"] == "right"
+    _check(result, hand.to_json()["deformities"], np.eye(4))
+    assert -6.0 < result["bones"]["ulna"]["ulnar_variance_mm"] < 8.0
+    assert set(result["bones"]) >= {"radius", "ulna", "metacarpal_5", "distal_phalanx_5"}
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["right", "left"])
+def test_any_position_and_either_hand_give_the_same_figures(hand, mirror: bool) -> None:
+    names = dict(hand.bone_table)
+    labels = np.asarray(hand.labels)
+    plain = measure_hand(labels, hand.volume.world_from_index, names)
+    moved = np.eye(4)
+    moved[:3, :3] = Rotation.from_euler("xyz", [30, -50, 120], degrees=True).as_matrix()
+    moved[:3, 3] = (5.0, -7.0, 20.0)
+    if mirror:
+        moved = np.diag([-1.0, 1.0, 1.0, 1.0]) @ moved
+    result = measure_hand(labels, moved @ hand.volume.world_from_index, names)
+    assert result["frame"]["side"] == ("left" if mirror else "right")
+    for name, fields in plain["bones"].items():
+        for key, value in fields.items():
+            if key == "apex_world":
+                expected = moved[:3, :3] @ np.asarray(value) + moved[:3, 3]
+                assert result["bones"][name][key] == pytest.approx(expected, abs=0.05)
+            elif not key.startswith("apex"):
+                assert result["bones"][name][key] == pytest.approx(value, abs=0.05), (name, key)
+    _check(result, hand.to_json()["deformities"], moved)
+
+
+def test_measure_file_reads_names_beside_and_refuses_what_it_cannot_measure(
+        hand, tmp_path: Path) -> None:
+    labels = np.asarray(hand.labels)
+    affine = np.asarray(hand.volume.world_from_index)
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), path)
+    result = measure_labels_file(path)
+    assert result["bones"]["metacarpal_3"]["angulation_deg"] == pytest.approx(15.0, abs=3.0)
+    json.dumps(result)                                     # JSON-ready
+    # without the forearm there is no frame
+    only_fingers = np.where(labels > 10, labels, 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(only_fingers, affine), tmp_path / "fingers.nii.gz")
+    with pytest.raises(InputError, match="radius"):
+        measure_labels_file(tmp_path / "fingers.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="cannot read"):
+        measure_labels_file(tmp_path / "bad.nii.gz")
+    assert math.isfinite(result["bones"]["radius"]["length_mm"])
