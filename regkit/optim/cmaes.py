@@ -206,6 +206,11 @@ class CMAES(Optimizer):
     def __init__(self, x0: Any, spec: ParamSpec, options: CMAESOptions | dict[str, Any] | None
                  = None):
         super().__init__(x0, spec, options)
+        if spec.size < 2:
+            # pycma does not support one dimension (its bound handling fails part-way through
+            # a run); a line search is the right tool there.
+            raise InputError("CMA-ES needs at least 2 parameters; for one, use 'powell' (a "
+                             "line search)", key="method")
         self._cma = _import_cma()
         o = self.options
         self.seed: int = (int(o.seed) if o.seed is not None

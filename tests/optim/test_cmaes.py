@@ -74,6 +74,12 @@ def test_bounds_respected_and_optimum_on_the_boundary(make_pose_spec: Any,
     np.testing.assert_array_equal(result.x[[0, 3, 5]], expected[[0, 3, 5]])  # on the boundary
 
 
+def test_one_parameter_is_refused_with_the_alternative() -> None:
+    spec = ParamSpec(("a",), ("mm",), (6.0,), (-40.0,), (40.0,))
+    with pytest.raises(InputError, match="at least 2 parameters.*powell"):
+        CMAES(np.zeros(1), spec)
+
+
 def test_x0_outside_bounds_is_refused(make_pose_spec: Any) -> None:
     spec = make_pose_spec(lower=(-0.2,) * 3 + (-20.0,) * 3, upper=(0.2,) * 3 + (20.0,) * 3)
     with pytest.raises(InputError, match=r"'ty'.*outside"):

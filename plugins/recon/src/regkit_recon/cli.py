@@ -247,3 +247,29 @@ def register(subparsers: Any) -> None:
         "folders, by view, hand and orientation; writes report.json and report.png.")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=run_evaluate)
+
+    from regkit_recon.reconstruct.api import (
+        add_measure_arguments,
+        add_reconstruct_arguments,
+        run_measure,
+        run_reconstruct,
+    )
+
+    rec = actions.add_parser(
+        "reconstruct", help="reconstruct the bones of a hand from one or more radiographs",
+        description="Reconstruct every bone from radiographs with known cameras: the network's "
+        "masks and front/back depths are back-projected into closed solids, refined by "
+        "re-projection when two or more views are given, and measured for deformity. Writes "
+        "DIR/labels.nii.gz (uint8, RAS+), labels.csv, meshes/NAME.stl (binary STL in LPS mm, "
+        "as 3D Slicer reads STL), depth.npz, measurements.json, result.json and report.png.")
+    add_reconstruct_arguments(rec)
+    rec.set_defaults(func=run_reconstruct)
+    mea = actions.add_parser(
+        "measure", help="measure the deformity of a hand label map",
+        description="Measure any hand label map (the truth or a reconstruction) with the same "
+        "code, in the hand's own frame found from its bones: angulation in two planes with "
+        "the apex found (metacarpals, phalanges), the radius' dorsal tilt and radial "
+        "inclination, lengths and ulnar variance. Writes {\"bones\": {NAME: {FIELD: "
+        "value}}} with the deformity SPEC's names and signs.")
+    add_measure_arguments(mea)
+    mea.set_defaults(func=run_measure)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,6 +60,7 @@ class BoneSolid:
         mid, half: ``(L, h, w)`` mid-depth and half-thickness of each layer, mm (extended).
         depth_range: ``(t0, t1)``: the grid's extent along the rays, mm from the source.
         step_mm: Grid step along the rays.
+        shift_mm: A world translation applied to the whole solid (by refinement), mm.
     """
 
     label: int
@@ -72,6 +73,20 @@ class BoneSolid:
     half: Array
     depth_range: tuple[float, float]
     step_mm: float
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def moved(self, shift_mm: NDArray[np.float64] | None = None,
+              thickness_scale: float = 1.0) -> BoneSolid:
+        """The solid translated by ``shift_mm`` (world, added to the current shift) and with
+        every layer's thickness scaled by ``thickness_scale`` about its mid-depth."""
+        shift = np.asarray(self.shift_mm) + (0.0 if shift_mm is None else np.asarray(shift_mm))
+        scale = float(thickness_scale)
+        if not scale > 0:
+            raise InputError(f"a thickness scale must be > 0, got {scale}", key="thickness")
+        grow = max(scale - 1.0, 0.0) * float(np.max(self.half, initial=0.0))
+        t0, t1 = self.depth_range
+        return replace(self, half=self.half * scale, depth_range=(t0 - grow, t1 + grow),
+                       shift_mm=(float(shift[0]), float(shift[1]), float(shift[2])))
 
     # -------------------------------------------------------------- the field
     def _grid_uv(self) -> tuple[Array, Array]:
@@ -94,7 +109,7 @@ class BoneSolid:
     def field(self, points: Array) -> Array:
         """``F`` at world points ``(N, 3)``: the same field, interpolated across (−inf outside the
         window)."""
-        p = np.asarray(points, dtype=np.float64)
+        p = np.asarray(points, dtype=np.float64) - np.asarray(self.shift_mm)
         uv = self.camera.project(p)
         t = np.linalg.norm(p - self.camera.source_world, axis=1)
         col = (uv[:, 0] - self.origin[0]) * self.upsample - 0.5
@@ -125,7 +140,7 @@ class BoneSolid:
         d_cam /= np.linalg.norm(d_cam, axis=1, keepdims=True)
         world_from_camera = self.camera.world_from_camera
         d_world = d_cam @ world_from_camera[:3, :3].T
-        return self.camera.source_world + t[:, None] * d_world
+        return self.camera.source_world + t[:, None] * d_world + np.asarray(self.shift_mm)
 
     def mesh(self) -> Mesh:
         """The bone's closed surface in world RAS+ mm (faces wound outwards)."""

@@ -1,0 +1,206 @@
+"""``reconstruct`` end to end: the command's outputs, bad input, cameras and biplane refinement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from regkit_recon.net.model import BoneNet, NetConfig, save_model
+from regkit_recon.reconstruct import (
+    RECONSTRUCTION_FILES,
+    HandReconstructor,
+    Reconstructor,
+    View,
+    load_view,
+    reconstructors,
+    standard_camera,
+)
+from regkit_recon.reconstruct.backproject import backproject
+from regkit_recon.reconstruct.evaluate import surface_errors
+from regkit_recon.reconstruct.mesh import read_stl
+from regkit_recon.reconstruct.refine import RefineView, refine
+
+from regkit.cli.main import main
+from regkit.errors import InputError
+from regkit.geometry.camera import Camera, save_cameras
+
+DEMO = Path(__file__).parents[1] / "src" / "regkit_recon" / "data" / "demo_hand" / "samples"
+
+
+def _sample(i: int) -> dict:
+    with np.load(DEMO / f"{i:06d}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("views")
+    for i in (0, 1):
+        s = _sample(i)
+        np.save(root / f"x{i}.npy", s["image"])
+        (root / f"c{i}.json").write_text(str(s["camera"]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(files: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rec") / "one"
+    code = main(["recon", "reconstruct", "--image", str(files / "x0.npy"), "--camera",
+                 str(files / "c0.json"), "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_the_command_writes_every_output(single: Path, files: Path) -> None:
+    for name in RECONSTRUCTION_FILES:
+        assert (single / name).exists(), name
+    result = json.loads((single / "result.json").read_text())
+    assert result["refined"] is False and result["offset_method"]
+    assert result["views"][0]["camera_source"] == "camera file"
+    assert set(result["timings"]) >= {"predict_s", "backproject_s", "labels_s", "total_s"}
+    image = nib.load(single / "labels.nii.gz")
+    labels = np.asarray(image.dataobj)
+    assert labels.dtype == np.uint8
+    spacing = np.linalg.norm(image.affine[:3, :3], axis=0)
+    assert spacing.max() <= 0.5 + 1e-6
+    table = (single / "labels.csv").read_text().splitlines()
+    assert table[0] == "label,name" and table[1] == "1,radius" and len(table) == 30
+    names = dict(line.split(",") for line in table[1:])
+    stls = sorted((single / "meshes").glob("*.stl"))
+    assert len(stls) == result["bones"]
+    for path in stls[:5]:
+        assert path.read_bytes().startswith(b"regkit-recon bone mesh; binary STL; LPS")
+        mesh = read_stl(path)
+        assert mesh.is_closed and mesh.volume > 0
+        # the mesh lies where its label lies (the labels in RAS, the STL read back to RAS)
+        label = int(next(k for k, v in names.items() if v == path.stem))
+        world = np.argwhere(labels == label) @ image.affine[:3, :3].T + image.affine[:3, 3]
+        assert len(world) > 0
+        lo, hi = mesh.vertices.min(axis=0) - 1.0, mesh.vertices.max(axis=0) + 1.0
+        assert ((world >= lo) & (world <= hi)).all()
+    with np.load(single / "depth.npz") as z:
+        assert set(z.files) == {"bones", "hit", "prob", "front", "back"}
+        assert z["front"].shape[2:] == (256, 256)
+    measurements = json.loads((single / "measurements.json").read_text())
+    assert "bones" in measurements
+    # the camera projects each bone's mesh onto where the network saw it
+    cam = Camera.from_dict(json.loads((files / "c0.json").read_text()))
+    with np.load(single / "depth.npz") as z:
+        hit = z["hit"][0]
+    uv = cam.project(read_stl(single / "meshes" / "radius.stl").vertices)
+    inside = hit[np.clip(uv[:, 1].astype(int), 0, 255), np.clip(uv[:, 0].astype(int), 0, 255)]
+    assert inside.mean() > 0.8
+
+
+def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["recon", "reconstruct", "--image", str(files / "x0.npy")]
+    cam = Camera.from_dict(json.loads((files / "c0.json").read_text()))
+    save_cameras(tmp_path / "small.json", cam.crop(0, 0, 128, 128))
+    assert main([*base, "--camera", str(tmp_path / "small.json"), "--out",
+                 str(tmp_path / "a")]) == 2
+    assert "camera is 128 x 128" in capsys.readouterr().err
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    assert main(["recon", "reconstruct", "--image", str(tmp_path / "bad.npy"), "--camera",
+                 str(files / "c0.json"), "--out", str(tmp_path / "b")]) == 2
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c")]) == 2
+    assert "geometry is unknown" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    save_model(other, BoneNet(NetConfig(bones=(1, 2), bone_names=("femur", "tibia"), size=32,
+                                        widths=(8, 16), stem=8)))
+    assert main([*base, "--camera", str(files / "c0.json"), "--model", str(other), "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "not the hand's" in capsys.readouterr().err
+    for name in "abcd":
+        assert not (tmp_path / name).exists()
+    with pytest.raises(InputError, match="flat"):
+        View(np.ones((256, 256)), cam)
+
+
+def test_existing_output_is_not_overwritten_unless_asked(single: Path, files: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    before = (single / "result.json").read_text()
+    assert main(["recon", "reconstruct", "--image", str(files / "x0.npy"), "--camera",
+                 str(files / "c0.json"), "--out", str(single)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (single / "result.json").read_text() == before
+
+
+def test_cameras_from_the_standard_geometry(files: Path) -> None:
+    view = load_view(files / "x0.npy", pixel_spacing_mm=1.2)
+    assert view.camera_source.startswith("standard hand geometry")
+    assert view.camera.source_to_detector_mm == pytest.approx(1000.0)
+    cam = standard_camera(256, 200, pixel_spacing_mm=0.5, sdd_mm=1100.0)
+    # the detector's centre is on the central ray, the hand 15 mm above the detector
+    centre = cam.source_world + cam.view_direction_world * (1100.0 - 15.0)
+    assert cam.project(centre[None])[0] == pytest.approx([128.0, 100.0], abs=1e-6)
+    with pytest.raises(InputError, match="pixel-spacing"):
+        standard_camera(256, 256, pixel_spacing_mm=0.0)
+
+
+def test_measure_command(tmp_path: Path, single: Path, capsys: pytest.CaptureFixture[str]
+                         ) -> None:
+    from regkit_recon import make_hand_phantom
+
+    phantom = make_hand_phantom(4, deformity="bone=metacarpal_2,angulation_deg=20",
+                                voxel_mm=0.5)
+    phantom.save(tmp_path / "ph")
+    assert main(["recon", "measure", "--labels", str(tmp_path / "ph" / "labels.nii.gz"),
+                 "--out", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["bones"]["metacarpal_2"]["angulation_deg"] == pytest.approx(20.0, abs=3.0)
+    assert main(["recon", "measure", "--labels", str(tmp_path / "missing.nii.gz"), "--out",
+                 str(tmp_path / "n.json")]) == 2
+    assert not (tmp_path / "n.json").exists()
+
+
+def test_registry_knows_the_hand_and_a_plugin_can_add_one() -> None:
+    assert reconstructors.get("hand") is HandReconstructor
+    with pytest.raises(Exception, match="hand"):
+        reconstructors.get("hnd")
+
+    class Nothing(Reconstructor):
+        bone_names = {}  # type: ignore[assignment]
+
+        def reconstruct(self, views, *, refine=None, progress=None):  # type: ignore[override]
+            raise InputError("nothing to do", key="image")
+
+    reconstructors.add("nothing-test", Nothing)
+    assert "nothing-test" in reconstructors.names()
+
+
+def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
+    """Exact depths shifted 10 mm along the rays: the second view puts the bones back."""
+    first, second = _sample(0), _sample(1)
+    cams = [Camera.from_dict(json.loads(str(s["camera"]))) for s in (first, second)]
+    keep = [0, 1, 10, 12, 16]                    # radius, ulna, metacarpals 1 and 3, a phalanx
+    bones = [int(first["bones"][i]) for i in keep]
+    names = ["radius", "ulna", "metacarpal_1", "metacarpal_3", "proximal_phalanx_2"]
+    solids = backproject(first["front"][keep] + 10.0, first["back"][keep] + 10.0,
+                         first["hit"][keep], cams[0], bones=bones, names=names)
+    meshes = [s.mesh() for s in solids]
+    views = [RefineView(s["image"].astype(float), c, s["hit"][keep].astype(float),
+                        tuple(bones)) for s, c in zip((first, second), cams, strict=True)]
+    refined = refine(solids, meshes, views, seed=0)
+    assert refined.offset_mm == pytest.approx(-10.0, abs=1.5)
+    assert refined.after["silhouette_dice"][1] > refined.before["silhouette_dice"][1] + 0.3
+    # against the truth: the reconstruction's own truth is its unshifted back-projection
+    exact = backproject(first["front"][keep], first["back"][keep], first["hit"][keep], cams[0],
+                        bones=bones, names=names)
+    truth = {s.name: s.mesh() for s in exact}
+    before = surface_errors({s.name: m for s, m in zip(solids, meshes, strict=True)}, truth,
+                            cams[0].view_direction_world)
+    after = surface_errors({s.name: s.mesh() for s in refined.solids}, truth,
+                           cams[0].view_direction_world)
+    assert before["median_assd_mm"] > 4.0
+    assert after["median_assd_mm"] < 1.0
+    # one view: depth is not observable, the placement is skipped
+    alone = refine(solids, meshes, views[:1], seed=0)
+    assert alone.offset_mm == 0.0 and not any(np.any(v) for v in alone.shifts.values())
+    with pytest.raises(InputError):
+        refine([], [], views)
