@@ -76,7 +76,7 @@ def test_bounds_respected_and_optimum_on_the_boundary(make_pose_spec: Any,
 
 def test_one_parameter_is_refused_with_the_alternative() -> None:
     spec = ParamSpec(("a",), ("mm",), (6.0,), (-40.0,), (40.0,))
-    with pytest.raises(InputError, match="at least 2 parameters.*powell"):
+    with pytest.raises(InputError, match=r"at least 2 parameters.*powell"):
         CMAES(np.zeros(1), spec)
 
 

@@ -165,7 +165,9 @@ def test_registry_knows_the_hand_and_a_plugin_can_add_one() -> None:
         reconstructors.get("hnd")
 
     class Nothing(Reconstructor):
-        bone_names = {}  # type: ignore[assignment]
+        @property
+        def bone_names(self) -> dict[int, str]:
+            return {}
 
         def reconstruct(self, views, *, refine=None, progress=None):  # type: ignore[override]
             raise InputError("nothing to do", key="image")
