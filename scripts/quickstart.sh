@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="${1:-quickstart-output}"
 .venv/bin/python examples/quickstart.py --out "$out"
-.venv/bin/python examples/predict_hand.py --out "$out/hand"
+.venv/bin/python examples/reconstruct_hand.py --out "$out/reconstruction"

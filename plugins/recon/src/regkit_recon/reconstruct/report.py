@@ -70,7 +70,7 @@ def project_silhouette(meshes: dict[str, Mesh], camera: Camera, *, density: floa
 def outline_overlay(image: NDArray[np.float64], masks: list[NDArray[np.bool_]],
                     colours: list[tuple[int, int, int]] | None = None) -> NDArray[np.uint8]:
     """The radiograph (gray) with each mask's outline drawn in its colour."""
-    rgb = _rgb(to_uint8(image))
+    rgb = _rgb(_gray(image, masks))
     for i, mask in enumerate(masks):
         edge = mask & ~ndimage.binary_erosion(mask)
         colour = colours[i] if colours is not None else tuple(_PALETTE[i % len(_PALETTE)])
@@ -78,9 +78,22 @@ def outline_overlay(image: NDArray[np.float64], masks: list[NDArray[np.bool_]],
     return rgb
 
 
+def _gray(image: NDArray[np.float64], masks: list[NDArray[np.bool_]]) -> NDArray[np.uint8]:
+    """The radiograph windowed on the anatomy (the collimator's shadow is left to saturate)."""
+    inside = np.zeros(image.shape, bool)
+    for m in masks:
+        inside |= m
+    lo = float(np.percentile(image, 5.0))
+    hi = float(np.percentile(image[inside], 99.5)) if inside.sum() > 20 \
+        else float(np.percentile(image, 99.5))
+    return to_uint8(image, (lo, hi) if hi > lo else None)
+
+
 def before_after_overlay(image: NDArray[np.float64], before: dict[str, NDArray[np.bool_]],
-                  after: dict[str, NDArray[np.bool_]]) -> NDArray[np.uint8]:
-    rgb = _rgb(to_uint8(image))
+                         after: dict[str, NDArray[np.bool_]]) -> NDArray[np.uint8]:
+    """The radiograph with the bones' re-projected outlines before (green) and after (magenta)
+    refinement, white where they agree."""
+    rgb = _rgb(_gray(image, list(before.values())))
     edge_b = np.zeros(image.shape, bool)
     edge_a = np.zeros(image.shape, bool)
     for m in before.values():

@@ -1,0 +1,240 @@
+"""Reconstruction accuracy and speed on held-out phantoms (issue 12's targets).
+
+Usage::
+
+    regkit recon generate --out DATA/test --phantoms 10 --views 12 --seed 303   # the test split
+    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out results.json \\
+        [--limit N] [--variants right,left,up] [--biplane]
+
+Per sample (PA and oblique views only; the lateral is not a target), per variant (``right`` as
+generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.net.evaluate`):
+
+* ``network``: :func:`regkit_recon.reconstruct.reconstruct` without refinement; ASSD and HD95 per
+  bone against the phantom's labels, absolute and shift-aligned
+  (:func:`regkit_recon.reconstruct.evaluate.surface_errors`), the time;
+* ``exact`` (right variant): the sample's true masks and depths through the same back-projection,
+  the floor the pipeline sets when the network is perfect;
+* ``deformity`` (PA, malunited phantoms): :func:`regkit_recon.measure_hand.measure_hand` of the
+  reconstruction against the same function on the phantom's labels: angulation (both planes) and
+  apex of each malunited bone, the radius' tilt and inclination;
+* ``--biplane``: the PA and oblique views of one phantom together, refined by re-projection:
+  absolute ASSD before and after, the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from regkit_recon.groundtruth.sample import camera_of, read_sample
+from regkit_recon.measure_hand import measure_hand
+from regkit_recon.net.evaluate import VARIANTS
+from regkit_recon.net.predict import resolve_model, turn_array, turn_camera
+from regkit_recon.reconstruct import HandReconstructor, View
+from regkit_recon.reconstruct.backproject import backproject
+from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
+from regkit_recon.reconstruct.mesh import Mesh
+
+MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+class Truth:
+    """One phantom's labels, meshes and measurements (cached per phantom)."""
+
+    def __init__(self, folder: Path) -> None:
+        image = nib.load(folder / "labels.nii.gz")
+        self.labels = np.asarray(image.dataobj)
+        self.affine = np.asarray(image.affine, dtype=np.float64)
+        rows = (folder / "labels.csv").read_text().split()[1:]
+        self.names = {int(r.split(",")[0]): r.split(",")[1] for r in rows}
+        self.meshes = truth_meshes(self.labels, self.affine, self.names)
+        self.measured = measure_hand(self.labels, self.affine, self.names)
+        record = json.loads((folder / "phantom.json").read_text())
+        self.deformities = record.get("deformities", [])
+
+    def meshes_for(self, mirror: bool) -> dict[str, Mesh]:
+        return {n: m.transformed(MIRROR) for n, m in self.meshes.items()} if mirror \
+            else self.meshes
+
+
+def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    bones = measured.get("bones", {})
+    for item in truth.deformities:
+        name = item["bone"]
+        got, want = bones.get(name), truth.measured["bones"].get(name)
+        if name == "radius" or got is None or want is None or "angulation_deg" not in got:
+            continue
+        apex_true = np.asarray(want["apex_world"])
+        if mirror:
+            apex_true = apex_true * np.array([-1.0, 1.0, 1.0])
+        out[name] = {
+            "angulation_error_deg": round(abs(got["angulation_deg"] - want["angulation_deg"]), 2),
+            "angulation2_error_deg": round(abs(got["angulation2_deg"]
+                                               - want["angulation2_deg"]), 2),
+            "apex_error_mm": round(float(np.linalg.norm(np.asarray(got["apex_world"])
+                                                        - apex_true)), 2),
+            "truth_angulation_deg": want["angulation_deg"],
+            "truth_angulation2_deg": want["angulation2_deg"]}
+    got, want = bones.get("radius", {}), truth.measured["bones"].get("radius", {})
+    for key in ("dorsal_tilt_deg", "radial_inclination_deg"):
+        if key in got and key in want:
+            out.setdefault("radius", {})[key.replace("_deg", "_error_deg")] = \
+                round(abs(got[key] - want[key]), 2)
+    return out
+
+
+def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
+        stream: Any = sys.stderr) -> dict[str, Any]:
+    loaded = resolve_model(None)
+    rec = HandReconstructor(loaded)
+    files = sorted((data / "samples").glob("*.npz"))
+    picked = []
+    for f in files:
+        sample = read_sample(f)
+        kind = json.loads(str(sample["meta"]))["view"]["kind"]
+        if kind in ("pa", "oblique"):
+            picked.append((f, kind))
+    if limit is not None:
+        picked = picked[:limit]
+    truths: dict[str, Truth] = {}
+    cases: list[dict[str, Any]] = []
+    by_phantom: dict[str, dict[str, Path]] = {}
+    for i, (f, kind) in enumerate(picked):
+        sample = read_sample(f)
+        source = json.loads(str(sample["source"]))
+        key = source["path"]
+        if key not in truths:
+            truths[key] = Truth(data / key)
+        truth = truths[key]
+        by_phantom.setdefault(key, {})[kind] = f
+        camera = camera_of(sample)
+        for variant in variants:
+            k, mirror = VARIANTS[variant]
+            cam = turn_camera(camera, k, mirror)
+            image = turn_array(sample["image"], k, mirror).astype(np.float64)
+            t = time.perf_counter()
+            out = rec.reconstruct([View(image, cam, name=f.name)], refine=False)
+            seconds = time.perf_counter() - t
+            errors = surface_errors(out.meshes, truth.meshes_for(mirror),
+                                    cam.view_direction_world)
+            case: dict[str, Any] = {
+                "sample": f.name, "phantom": key, "view": kind, "variant": variant,
+                "seconds": round(seconds, 2), "timings": out.result["timings"],
+                **{k2: errors[k2] for k2 in ("median_assd_mm", "median_aligned_assd_mm",
+                                              "median_hd95_mm", "median_aligned_hd95_mm",
+                                              "offset_mm", "missing")},
+                "bones": errors["bones"]}
+            if kind == "pa" and truth.deformities:
+                case["deformity"] = _deformity_errors(out.measurements, truth, mirror)
+            if variant == "right":
+                solids = backproject(sample["front"], sample["back"], sample["hit"], camera,
+                                     bones=[int(b) for b in sample["bones"]],
+                                     names=[truth.names[int(b)] for b in sample["bones"]])
+                exact = surface_errors({s.name: s.mesh() for s in solids}, truth.meshes,
+                                       camera.view_direction_world)
+                case["exact_median_assd_mm"] = exact["median_assd_mm"]
+                case["exact_median_hd95_mm"] = exact["median_hd95_mm"]
+            cases.append(case)
+            print(f"reconstruct {i + 1}/{len(picked)} {f.name} {kind} {variant}: ASSD "
+                  f"{case['median_assd_mm']:.2f} mm, aligned {case['median_aligned_assd_mm']:.2f}"
+                  f" (HD95 {case['median_aligned_hd95_mm']:.2f}), {seconds:.1f} s",
+                  file=stream, flush=True)
+    biplanes = []
+    if biplane:
+        for key, kinds in by_phantom.items():
+            if not {"pa", "oblique"} <= set(kinds):
+                continue
+            samples = [read_sample(kinds[k]) for k in ("pa", "oblique")]
+            views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]
+            row: dict[str, Any] = {"phantom": key}
+            for refine in (False, True):
+                t = time.perf_counter()
+                out = rec.reconstruct(views, refine=refine)
+                seconds = time.perf_counter() - t
+                errors = surface_errors(out.meshes, truths[key].meshes,
+                                        views[0].camera.view_direction_world)
+                tag = "refined" if refine else "unrefined"
+                row[tag] = {"median_assd_mm": errors["median_assd_mm"],
+                            "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
+                            "seconds": round(seconds, 2)}
+                if refine:
+                    row["refinement"] = out.result["refinement"]
+            biplanes.append(row)
+            print(f"biplane {key}: ASSD {row['unrefined']['median_assd_mm']:.2f} -> "
+                  f"{row['refined']['median_assd_mm']:.2f} mm, "
+                  f"{row['refined']['seconds']:.1f} s", file=stream, flush=True)
+    return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
+
+
+def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(values: list[float]) -> float:
+        v = [x for x in values if x is not None and np.isfinite(x)]
+        return round(float(np.median(v)), 3) if v else float("nan")
+
+    per_bone = [b for c in cases for b in c["bones"].values()]
+    deformity = [d for c in cases for name, d in c.get("deformity", {}).items()
+                 if name != "radius"]
+    radius = [c["deformity"]["radius"] for c in cases if "radius" in c.get("deformity", {})]
+    out: dict[str, Any] = {
+        "cases": len(cases),
+        "median_assd_mm": med([b["assd_mm"] for b in per_bone]),
+        "median_aligned_assd_mm": med([b["aligned_assd_mm"] for b in per_bone]),
+        "median_aligned_hd95_mm": med([b["aligned_hd95_mm"] for b in per_bone]),
+        "median_seconds": med([c["seconds"] for c in cases]),
+        "max_seconds": max((c["seconds"] for c in cases), default=float("nan")),
+        "exact_median_assd_mm": med([c.get("exact_median_assd_mm") for c in cases]),
+        "by_variant": {v: med([c["median_aligned_assd_mm"] for c in cases if c["variant"] == v])
+                       for v in sorted({c["variant"] for c in cases})},
+        "by_view": {v: med([c["median_aligned_assd_mm"] for c in cases if c["view"] == v])
+                    for v in sorted({c["view"] for c in cases})},
+    }
+    if deformity:
+        out["deformity"] = {
+            "bones": len(deformity),
+            "median_angulation_error_deg": med([d["angulation_error_deg"] for d in deformity]),
+            "median_angulation2_error_deg": med([d["angulation2_error_deg"] for d in deformity]),
+            "median_apex_error_mm": med([d["apex_error_mm"] for d in deformity]),
+            "within_3deg_3mm": sum(d["angulation_error_deg"] <= 3 and
+                                   d["angulation2_error_deg"] <= 3 and d["apex_error_mm"] <= 3
+                                   for d in deformity)}
+    if radius:
+        out["radius"] = {"median_tilt_error_deg": med([r["dorsal_tilt_error_deg"]
+                                                       for r in radius]),
+                         "median_inclination_error_deg": med([r["radial_inclination_error_deg"]
+                                                              for r in radius])}
+    if biplanes:
+        out["biplane"] = {
+            "median_assd_unrefined_mm": med([b["unrefined"]["median_assd_mm"] for b in biplanes]),
+            "median_assd_refined_mm": med([b["refined"]["median_assd_mm"] for b in biplanes]),
+            "median_aligned_unrefined_mm": med([b["unrefined"]["median_aligned_assd_mm"]
+                                                for b in biplanes]),
+            "median_aligned_refined_mm": med([b["refined"]["median_aligned_assd_mm"]
+                                              for b in biplanes]),
+            "median_seconds_refined": med([b["refined"]["seconds"] for b in biplanes])}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--variants", default="right,left,up")
+    parser.add_argument("--biplane", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args.data, args.limit, args.variants.split(","), args.biplane)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Reconstruction benchmark (issue 12): time of one radiograph, with and without refinement.
+
+Run (a few minutes on 2 cores)::
+
+    .venv/bin/pytest benchmarks/test_bench_reconstruct.py --benchmark-only -p no:cacheprovider -s
+
+Cases, on the demo hand the plugin ships (a held-out phantom, degraded 256² radiographs):
+
+1. ``single_256``: :class:`regkit_recon.reconstruct.HandReconstructor` on the PA radiograph
+   without refinement (network, back-projection, label volume, measurement); target ≤ 10 s on
+   2 cores; with the time of each step, the ASSD against the phantom and the peak memory.
+2. ``biplane_256``: PA + oblique with refinement by re-projection; target ≤ 60 s.
+
+Accuracy over many held-out phantoms is measured by ``benchmarks/bench_reconstruct.py`` (its
+summary is copied into ``results/bench_reconstruct.json`` beside these timings).
+Results go to ``benchmarks/results/bench_reconstruct.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("regkit_recon")
+
+import numpy as np
+import torch
+from regkit_recon import make_hand_phantom
+from regkit_recon.data import demo_hand
+from regkit_recon.groundtruth.sample import camera_of, read_sample
+from regkit_recon.reconstruct import HandReconstructor, View
+from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_reconstruct.json"
+_ROWS: dict[str, dict[str, Any]] = {}
+_SPEC_KEYS = ("bone", "level", "angulation_deg", "angulation2_deg", "rotation_deg",
+              "shortening_mm", "dorsal_tilt_deg", "radial_inclination_deg", "level_mm")
+
+
+def _save(case: str, row: dict[str, Any]) -> None:
+    if not _ROWS and RESULTS.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            _ROWS.update(json.loads(RESULTS.read_text())["cases"])
+    row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    _ROWS[case] = row
+    previous = {}
+    if RESULTS.is_file():
+        with contextlib.suppress(ValueError):
+            previous = json.loads(RESULTS.read_text())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "command": ".venv/bin/pytest benchmarks/test_bench_reconstruct.py --benchmark-only",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "cases": _ROWS, "accuracy": previous.get("accuracy")}, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def demo() -> dict[str, Any]:
+    folder = demo_hand()
+    samples = [read_sample(folder / "samples" / f"00000{i}.npz") for i in (0, 1)]
+    source = json.loads(samples[0]["source"])
+    meta = json.loads(samples[0]["meta"])
+    spec = [{k: v for k, v in d.items() if k in _SPEC_KEYS} for d in meta["deformities"]]
+    phantom = make_hand_phantom(source["seed"], deformity=spec or None,
+                                voxel_mm=source["voxel_mm"])
+    truth = truth_meshes(np.asarray(phantom.labels), phantom.volume.world_from_index,
+                         dict(phantom.bone_table))
+    views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]
+    return {"views": views, "truth": truth, "reconstructor": HandReconstructor()}
+
+
+def _run(benchmark: Any, demo: dict[str, Any], views: list[View], refine: bool,
+         rounds: int) -> tuple[Any, float]:
+    rec = demo["reconstructor"]
+    out = benchmark.pedantic(rec.reconstruct, args=(views,), kwargs={"refine": refine},
+                             rounds=rounds, iterations=1)
+    return out, benchmark.stats.stats.median
+
+
+def test_single_256(benchmark: Any, demo: dict[str, Any]) -> None:
+    views = demo["views"][:1]
+    demo["reconstructor"].reconstruct(views, refine=False)          # warm-up
+    out, median = _run(benchmark, demo, views, False, 3)
+    errors = surface_errors(out.meshes, demo["truth"], views[0].camera.view_direction_world)
+    _save("single_256", {
+        "median_s": round(median, 3), "target_max_s": 10.0, "met": median <= 10.0,
+        "steps_s": out.result["timings"],
+        "median_assd_mm": errors["median_assd_mm"],
+        "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+
+
+def test_biplane_256(benchmark: Any, demo: dict[str, Any]) -> None:
+    views = demo["views"]
+    out, median = _run(benchmark, demo, views, True, 1)
+    errors = surface_errors(out.meshes, demo["truth"], views[0].camera.view_direction_world)
+    _save("biplane_256", {
+        "median_s": round(median, 3), "target_max_s": 60.0, "met": median <= 60.0,
+        "steps_s": out.result["timings"], "refinement": out.result["refinement"],
+        "median_assd_mm": errors["median_assd_mm"],
+        "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
