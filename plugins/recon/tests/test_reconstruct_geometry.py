@@ -185,3 +185,43 @@ def test_exact_depths_of_a_phantom_hand_give_back_every_bone(demo_hand) -> None:
         assd.append(0.5 * (a.mean() + b.mean()))
     # 1.2 mm detector pixels, 0.4 mm phantom voxels: well under a voxel
     assert np.median(assd) < 0.2 and max(assd) < 0.3, assd
+
+
+def test_a_hole_in_the_silhouette_is_filled_and_a_thin_bone_still_closes() -> None:
+    camera = _camera(64, 1.0)
+    prob = np.zeros((64, 64))
+    prob[20:40, 20:40] = 0.9
+    prob[29:31, 29:31] = 0.2                       # a hole the clean-up fills
+    front = np.where(prob > 0, 940.0, np.nan)[None]
+    back = np.where(prob > 0, 946.0, np.nan)[None]
+    solid = backproject_bone(front, back, prob, camera, label=1, name="plate")
+    assert solid is not None
+    assert solid.inside.min() < 0 < solid.inside[solid.inside.shape[0] // 2,
+                                                 solid.inside.shape[1] // 2]
+    mesh = solid.mesh()
+    assert mesh.is_closed
+    # one closed surface: no tunnel through the filled hole (Euler characteristic of a sphere)
+    edges = {tuple(sorted(e)) for f in mesh.faces for e in ((f[0], f[1]), (f[1], f[2]),
+                                                            (f[2], f[0]))}
+    assert len(mesh.vertices) - len(edges) + len(mesh.faces) == 2
+    thin = backproject_bone(front, front + 0.05, prob, camera, label=1, name="thin")
+    assert thin is not None and thin.mesh().is_closed
+
+
+def test_labels_hold_the_solid_of_a_bone_tilted_towards_the_beam() -> None:
+    """Depth changing fast across the image (a steep field) must not lose voxels."""
+    camera = _camera(64, 0.3)
+    v, u = np.mgrid[0:64, 0:64] + 0.5
+    mask = ((u - 32) ** 2 / 14 ** 2 + (v - 32) ** 2 / 6 ** 2) <= 1.0
+    mid = 950.0 + 2.5 * (u - 32)                        # 2.5 mm deeper per pixel
+    half = 2.0 * np.sqrt(np.clip(1.0 - ((u - 32) / 14) ** 2 - ((v - 32) / 6) ** 2, 0, 1))
+    front = np.where(mask, mid - half - 0.5, np.nan)[None]
+    back = np.where(mask, mid + half + 0.5, np.nan)[None]
+    solid = backproject_bone(front, back, mask, camera, label=2, name="tilted", spike_mm=50.0)
+    assert solid is not None
+    mesh = solid.mesh()
+    lv = label_volume([solid], [mesh], voxel_mm=0.25)
+    index = np.argwhere(np.ones(lv.labels.shape, bool))
+    world = index * 0.25 + lv.world_from_index[:3, 3]
+    value = solid.field(world).reshape(lv.labels.shape)
+    assert ((value > 0) == (lv.labels == 2)).all()

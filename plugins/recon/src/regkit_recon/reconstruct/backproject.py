@@ -129,6 +129,18 @@ class BoneSolid:
         out[ok] = np.minimum(s, slab)
         return out
 
+    def max_slope(self) -> float:
+        """The steepest change of the field on its grid, mm per mm (at least 1)."""
+        sdd = self.camera.source_to_detector_mm or 1.0
+        spacing = self.camera.pixel_spacing_mm or (1.0, 1.0)
+        t = 0.5 * (self.depth_range[0] + self.depth_range[1])
+        across = (spacing[1] * t / sdd / self.upsample, spacing[0] * t / sdd / self.upsample)
+        slopes = [1.0]
+        for arr in (self.inside, *self.mid, *self.half):
+            gy, gx = np.gradient(arr, *across)
+            slopes.append(float(np.max(np.hypot(gx, gy))))
+        return min(max(slopes), 50.0)
+
     def world_points(self, grid_points: Array) -> Array:
         """World RAS+ mm of fractional grid indices ``(N, 3)`` as (row, column, depth index)."""
         g = np.asarray(grid_points, dtype=np.float64)
@@ -199,14 +211,14 @@ def _upsample(image: Array, factor: int, shape: tuple[int, int]) -> Array:
 def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camera, *,
                      label: int, name: str, upsample: int = 2, step_mm: float = 0.25,
                      spike_mm: float = 3.0, keep_fraction: float = 0.25,
-                     margin_px: int = 3) -> BoneSolid | None:
+                     margin_px: int = 3, level: float = 0.5) -> BoneSolid | None:
     """One bone's solid from its depth layers in one view.
 
     Args:
         front, back: ``(L, H, W)`` (or ``(H, W)``) mm along each pixel's ray from the source, NaN
             where the ray does not cross that layer.
-        silhouette: ``(H, W)``: where the bone is seen: a probability in [0, 1] (its 0.5 contour
-            is the outline, found to a fraction of a pixel) or a boolean mask.
+        silhouette: ``(H, W)``: where the bone is seen: a probability in [0, 1] (its ``level``
+            contour is the outline, found to a fraction of a pixel) or a boolean mask.
         camera: The view (with ``pixel_spacing_mm``, or the pixel footprint is unknown).
         label, name: The bone.
         upsample: Grid cells per detector pixel across.
@@ -214,6 +226,7 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
         spike_mm: Depth outlier threshold (see the module notes).
         keep_fraction: Silhouette pieces smaller than this fraction of the largest are dropped.
         margin_px: Detector pixels of margin around the silhouette in the grid's window.
+        level: The silhouette's threshold (a probability).
 
     Returns:
         The solid, or None when the bone is not seen (no silhouette pixel with a depth).
@@ -231,7 +244,11 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
         raise ShapeError(f"bone {name!r}: front {f.shape}, back {b.shape} and silhouette "
                          f"{sil.shape} must be (L, H, W) and (H, W) with (H, W) = {shape}, the "
                          "camera's detector")
-    soft = sil.astype(np.float64)
+    if not 0.0 < level < 1.0:
+        raise InputError(f"must lie strictly between 0 and 1, got {level}", key="level")
+    # The silhouette's level mapped to 0.5 (piecewise linearly), so one contour is used below.
+    raw = sil.astype(np.float64)
+    soft = np.where(raw <= level, 0.5 * raw / level, 0.5 + 0.5 * (raw - level) / (1.0 - level))
     valid = np.isfinite(f) & np.isfinite(b) & (b >= f)
     mask = _clean_mask((soft > 0.5) & valid[0], keep_fraction)
     if not mask.any():
@@ -245,17 +262,22 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
     fine_shape = ((v1 - v0) * upsample, (u1 - u0) * upsample)
 
     # Silhouette: the 0.5 contour of the (upsampled) soft map, as a signed distance in mm.
-    soft_w = np.where(mask[window], soft[window], np.minimum(soft[window], 0.49))
+    # What the clean-up kept (holes filled) is inside, what it dropped outside.
+    soft_w = np.where(mask[window], np.maximum(soft[window], 0.51),
+                      np.minimum(soft[window], 0.49))
     fine = _upsample(soft_w, upsample, fine_shape) > 0.5
     if not fine.any():
         return None
-    px_fine = ndimage.distance_transform_edt(fine) - ndimage.distance_transform_edt(~fine)
-    px_fine = px_fine - 0.5 * np.sign(px_fine)                     # distance to the cell edge
     spacing = camera.pixel_spacing_mm
     sdd = camera.source_to_detector_mm
     if spacing is None or sdd is None:
         raise InputError("the camera has no pixel_spacing_mm, so depths cannot be placed",
                          key="pixel_spacing_mm")
+    # Signed distance to the outline in detector mm (rows, columns may differ in spacing).
+    cell = (spacing[1] / upsample, spacing[0] / upsample)
+    det_mm = ndimage.distance_transform_edt(fine, sampling=cell) \
+        - ndimage.distance_transform_edt(~fine, sampling=cell)
+    det_mm = det_mm - 0.5 * min(cell) * np.sign(det_mm)           # to the cell's edge
 
     mids, halves = [], []
     first_mid = None
@@ -264,7 +286,8 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
         if not ok.any():
             continue
         fl = _despike(f[layer][window], ok, spike_mm)
-        bl = np.maximum(_despike(b[layer][window], ok, spike_mm), fl)
+        # At least one grid step thick, so that every seen bone has a surface to cut.
+        bl = np.maximum(_despike(b[layer][window], ok, spike_mm), fl + 2.0 * step_mm)
         mid_w, dist = _extend(0.5 * (fl + bl), ok)
         half_w, _ = _extend(0.5 * (bl - fl), ok)
         if first_mid is None:
@@ -278,7 +301,7 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
         halves.append(_upsample(half_w, upsample, fine_shape))
     if first_mid is None:
         return None
-    inside = px_fine * pixel_mm / upsample
+    inside = det_mm * first_mid / sdd
     mid = np.stack(mids)
     half = np.stack(halves)
     lo = float(np.min((mid - np.maximum(half, 0))[:, fine]))
@@ -316,16 +339,17 @@ def _sample_field(solid: BoneSolid, a: NDArray[np.int64], z: NDArray[np.int64],
                   lo: NDArray[np.float64], voxel_mm: float, coarse: int = 4
                   ) -> NDArray[np.float32]:
     """The solid's field at the voxel centres of the box ``[a, z)``, evaluated only in the
-    ``coarse``³ blocks whose centre lies within reach of the solid (the field changes by at most
-    about a millimetre per millimetre, so a block whose centre is further outside than twice its
-    half-diagonal holds no inside voxel); elsewhere −inf."""
+    ``coarse``³ blocks whose centre lies within reach of the solid: the field changes by at most
+    its steepest slope on the grid (:meth:`BoneSolid.max_slope`) per mm, so a block whose centre
+    is further outside than that times its half-diagonal holds no inside voxel; elsewhere
+    −inf."""
     shape = tuple(int(n) for n in z - a)
     out = np.full(shape, -np.inf, dtype=np.float32)
     blocks = [np.arange(0, n, coarse) for n in shape]
     bi, bj, bk = np.meshgrid(*blocks, indexing="ij")
     starts = np.column_stack([bi.ravel(), bj.ravel(), bk.ravel()])
     centres = (a + starts + 0.5 * (np.minimum(starts + coarse, shape) - starts) - 0.5)
-    reach = 2.0 * math.sqrt(3.0) * 0.5 * coarse * voxel_mm + voxel_mm
+    reach = 1.5 * solid.max_slope() * math.sqrt(3.0) * 0.5 * coarse * voxel_mm + voxel_mm
     near = solid.field(centres * voxel_mm + lo) > -reach
     offsets = np.stack(np.meshgrid(*(np.arange(coarse),) * 3, indexing="ij"), -1).reshape(-1, 3)
     idx = (starts[near][:, None, :] + offsets[None]).reshape(-1, 3)

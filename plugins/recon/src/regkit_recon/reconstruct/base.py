@@ -141,8 +141,13 @@ class Reconstruction:
             if target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
                 os.rename(target, old / "previous")
-                os.rename(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    os.rename(old / "previous", target)          # put the old folder back
+                    raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(staging, target)
             return target

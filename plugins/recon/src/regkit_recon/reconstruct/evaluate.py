@@ -38,7 +38,9 @@ def truth_meshes(labels: NDArray[Any], world_from_index: NDArray[np.float64],
         hi = np.array([s.stop + 2 for s in box])
         mask = (labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == label).astype(np.float64)
         grid = extract_mesh(mask, 0.5)
-        out[name] = Mesh((grid.vertices + lo) @ affine[:3, :3].T + affine[:3, 3], grid.faces)
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        out[name] = grid.transformed(affine @ shift)       # re-wound if the affine mirrors
     return out
 
 

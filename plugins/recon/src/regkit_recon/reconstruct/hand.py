@@ -114,10 +114,18 @@ class HandReconstructor(Reconstructor):
 
         t = time.perf_counter()
         solids = backproject(first.front, first.back, first.prob, views[0].camera,
-                             bones=[int(b) for b in first.bones], names=list(first.bone_names))
+                             bones=[int(b) for b in first.bones], names=list(first.bone_names),
+                             level=self.threshold)
+        meshes, kept, dropped = [], [], []
+        for solid in solids:
+            try:
+                meshes.append(solid.mesh())
+                kept.append(solid)
+            except InputError:                   # nothing of it survives on the grid
+                dropped.append(solid.name)
+        solids = kept
         if not solids:
             raise InputError("no bone was found in the radiograph", key="image")
-        meshes = [s.mesh() for s in solids]
         timings["backproject_s"] = time.perf_counter() - t
         say(f"back-projected {len(solids)} bones")
 
@@ -159,7 +167,7 @@ class HandReconstructor(Reconstructor):
             "reconstructor": self.name, "model": self.loaded.path or "(in memory)",
             "views": [{"name": v.name, "camera_source": v.camera_source,
                        "width": v.camera.width, "height": v.camera.height} for v in views],
-            "bones": len(solids), "bones_seen": first.seen,
+            "bones": len(solids), "bones_seen": first.seen, "bones_dropped": dropped,
             "offset_method": ("biplane re-projection (common depth offset, per-bone placement)"
                               if refinement is not None and len(views) > 1
                               else first.offset_method),

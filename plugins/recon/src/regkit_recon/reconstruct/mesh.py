@@ -213,13 +213,19 @@ def surface_distances(points: NDArray[np.float64], mesh: Mesh, *, candidates: in
                       ) -> NDArray[np.float64]:
     """Distance (mm) from each point ``(N, 3)`` to the surface of ``mesh``.
 
-    Each point is tested against the ``candidates`` faces whose centroids lie nearest, which is
-    exact wherever faces are small against the distances that matter (marching-cubes meshes).
+    Each point is tested against the ``candidates`` faces whose centroids lie nearest: exact
+    unless the nearest face is not among them, which on marching-cubes meshes (faces a fraction
+    of a millimetre, roughly equal) errs by at most about a face's size.
+
+    Raises:
+        InputError: a mesh without faces.
     """
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3:
         raise ShapeError(f"points must be (N, 3), got {p.shape}")
     t = mesh.triangles
+    if not len(t):
+        raise InputError("the mesh has no faces", key="mesh")
     k = min(candidates, len(t))
     _, near = cKDTree(t.mean(axis=1)).query(p, k=k)
     near = np.asarray(near).reshape(len(p), k)

@@ -51,6 +51,9 @@ _SILHOUETTE_MM = 1.0
 _HIGHPASS_PX = 6.0
 _THICKNESS_PRIOR = 0.05
 _COLLISION_WEIGHT = 2.0
+_SHIFT_ACROSS_MM = 6.0
+_OFFSET_MM = 40.0
+_SHIFT_DEPTH_MM = 25.0
 
 
 @dataclass(frozen=True)
@@ -131,10 +134,16 @@ class _BoneRender:
         self.renderer = make_renderer(Volume(self.occupancy, affine, units="mu"),
                                       backend="torch", step_mm=_VOXEL_MM / 2)
 
-    def window(self, camera: Camera, extra: Array | None, margin: int = 6
-               ) -> tuple[int, int, int, int] | None:
-        """``(u0, v0, u1, v1)``: where the bone (and ``extra``, a probability map) can show."""
-        uv = camera.project(self.corners)
+    def window(self, camera: Camera, extra: Array | None, shift: Array, reach_mm: float,
+               along: Array, along_mm: float) -> tuple[int, int, int, int] | None:
+        """``(u0, v0, u1, v1)``: where the bone, moved by ``shift``, then by up to ``reach_mm``
+        any way and ``along_mm`` along the unit vector ``along``, and ``extra`` (a probability
+        map) can show."""
+        centre = self.corners.mean(axis=0)
+        grown = self.corners + shift + np.sign(self.corners - centre) * reach_mm
+        grown = np.concatenate([grown + along_mm * along, grown - along_mm * along])
+        uv = camera.project(grown)
+        margin = 3
         if not np.isfinite(uv).all():
             return None
         u0, v0 = np.floor(uv.min(axis=0)).astype(int) - margin
@@ -211,7 +220,7 @@ class _OffsetLevel(Level):
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.spec = ParamSpec(("offset",), ("mm",), (6.0,), (-40.0,), (40.0,))
+        self.spec = ParamSpec(("offset",), ("mm",), (6.0,), (-_OFFSET_MM,), (_OFFSET_MM,))
 
     def losses(self, params: Array) -> Array:
         shifts = params[:, :1] * self.job.direction
@@ -219,18 +228,25 @@ class _OffsetLevel(Level):
 
 
 class _ShiftLevel(Level):
-    """One bone's translation."""
+    """One bone's translation, in the first view's camera axes: across the image (x, y) and
+    along its central ray (z, where one view knows least)."""
 
     stage = "placement"
     higher_is_better = True
 
     def __init__(self, job: _Job, bone: int, base: Array) -> None:
         self.job, self.bone, self.base = job, bone, base
+        self.world_from_view = job.views[0].camera.camera_from_world[:3, :3]    # rows: axes
         self.spec = ParamSpec(("tx", "ty", "tz"), ("mm", "mm", "mm"), (1.5, 1.5, 3.0),
-                              (-12.0, -12.0, -25.0), (12.0, 12.0, 25.0))
+                              (-_SHIFT_ACROSS_MM, -_SHIFT_ACROSS_MM, -_SHIFT_DEPTH_MM),
+                              (_SHIFT_ACROSS_MM, _SHIFT_ACROSS_MM, _SHIFT_DEPTH_MM))
+
+    def world(self, params: Array) -> Array:
+        """World translations ``(λ, 3)`` of parameters ``(λ, 3)`` (added to the base)."""
+        return self.base + np.atleast_2d(params) @ self.world_from_view
 
     def losses(self, params: Array) -> Array:
-        shifts = self.base + params
+        shifts = self.world(params)
         dice = self.job.bone_dice(self.bone, shifts)
         return -(dice - _COLLISION_WEIGHT * self.job.collision(self.bone, shifts))
 
@@ -274,19 +290,26 @@ class _Job:
         self.bones = [_BoneRender(s, m) for s, m in zip(solids, meshes, strict=True)]
         first = views[0].camera
         self.direction = np.asarray(first.view_direction_world, dtype=np.float64)
+        self.set_windows(np.zeros((len(self.bones), 3)), 0.0)
+        self._occupied = self._occupancy_index(np.zeros((len(self.bones), 3)), exclude=-1)
+
+    def set_windows(self, shifts: Array, reach_mm: float, along_mm: float = 0.0) -> None:
+        """Detector windows (and the probability maps cut to them) that hold each bone moved
+        by its shift, then by up to ``reach_mm`` any way and ``along_mm`` along the first
+        view's central ray."""
         self.windows: list[list[tuple[int, int, int, int] | None]] = []
         self.probs: list[list[Array | None]] = []
-        for bone, solid in zip(self.bones, self.solids, strict=True):
+        for b, (bone, solid) in enumerate(zip(self.bones, self.solids, strict=True)):
             rows, probs = [], []
-            for view in views:
+            for view in self.views:
                 prob = view.prob_of(solid.label)
-                win = bone.window(view.camera, prob)
+                win = bone.window(view.camera, prob, shifts[b], reach_mm, self.direction,
+                                  along_mm)
                 rows.append(win)
                 probs.append(None if prob is None or win is None
                              else prob[win[1]:win[3], win[0]:win[2]])
             self.windows.append(rows)
             self.probs.append(probs)
-        self._occupied = self._occupancy_index()
 
     # -------------------------------------------------------------- silhouettes
     def bone_dice(self, b: int, shifts: Array, *, first_view: bool = True) -> Array:
@@ -310,19 +333,27 @@ class _Job:
                        axis=0)
 
     # -------------------------------------------------------------- collisions
-    def _occupancy_index(self) -> tuple[Array, NDArray[np.int32], Array]:
-        pts = [b.points for b in self.bones]
-        lo = np.min([p.min(axis=0) for p in pts if len(p)], axis=0) - 30.0
-        hi = np.max([p.max(axis=0) for p in pts if len(p)], axis=0) + 30.0
+    def _occupancy_index(self, shifts: Array, exclude: int
+                         ) -> tuple[Array, NDArray[np.bool_], Array]:
+        """A 1 mm grid of where the bones other than ``exclude`` lie, each moved by its shift."""
+        pts = [b.points + shifts[i] for i, b in enumerate(self.bones)]
+        lo = np.min([p.min(axis=0) for p in pts if len(p)], axis=0) - 40.0
+        hi = np.max([p.max(axis=0) for p in pts if len(p)], axis=0) + 40.0
         shape = np.ceil((hi - lo) / 1.0).astype(int) + 1
-        grid = np.full(shape, -1, dtype=np.int32)
+        grid = np.zeros(shape, dtype=bool)
         for i, p in enumerate(pts):
-            idx = np.clip(np.rint((p - lo) / 1.0).astype(int), 0, shape - 1)
-            grid[tuple(idx.T)] = i
+            if i != exclude and len(p):
+                idx = np.clip(np.rint((p - lo) / 1.0).astype(int), 0, shape - 1)
+                grid[tuple(idx.T)] = True
         return lo, grid, shape
 
+    def place_others(self, b: int, shifts: Array) -> None:
+        """Put every bone but ``b`` where the fit has moved it, for :meth:`collision`."""
+        self._occupied = self._occupancy_index(shifts, exclude=b)
+
     def collision(self, b: int, shifts: Array) -> Array:
-        """``(λ,)`` fraction of bone ``b``'s volume (moved) inside another bone (unmoved)."""
+        """``(λ,)`` fraction of bone ``b``'s volume (moved by each of ``shifts``) inside the
+        other bones (where :meth:`place_others` put them)."""
         lo, grid, shape = self._occupied
         pts = self.bones[b].points
         if len(pts) > 1500:
@@ -330,8 +361,7 @@ class _Job:
         out = np.zeros(len(shifts))
         for i, s in enumerate(shifts):
             idx = np.clip(np.rint((pts + s - lo) / 1.0).astype(int), 0, shape - 1)
-            hit = grid[tuple(idx.T)]
-            out[i] = float(((hit >= 0) & (hit != b)).mean())
+            out[i] = float(grid[tuple(idx.T)].mean())
         return out
 
     # -------------------------------------------------------------- contrast
@@ -387,7 +417,7 @@ def reprojection_scores(job: _Job, shifts: Array, k: Array) -> dict[str, Any]:
                 continue
             path = job.bones[b].path(view.camera, shifts[b][None], win)
             values.append(float(_soft_dice(_silhouette(path), prob)[0]))
-        dice.append(round(float(np.mean(values)) if values else math.nan, 4))
+        dice.append(round(float(np.mean(values)), 4) if values else None)
     ncc = [round(float(_ncc((np.exp(k) @ layers)[None], image, mask)[0]), 4)
            for layers, image, mask in job.contrast]
     return {"silhouette_dice": dice, "contrast_ncc": ncc}
@@ -422,16 +452,21 @@ def refine(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[
         job.prepare_contrast(shifts)
         before = reprojection_scores(job, shifts, k)
         if len(views) > 1:
+            job.set_windows(shifts, 0.0, _OFFSET_MM)
             result = _line_search(_OffsetLevel(job), seed, 24)
             offset = float(result.x[0])
             evaluations += result.evaluations
             shifts[:] = offset * job.direction
             say(f"common depth offset {offset:+.1f} mm")
+            job.set_windows(shifts, _SHIFT_ACROSS_MM * math.sqrt(2.0), _SHIFT_DEPTH_MM)
             for b in range(n):
-                result = _engine(_ShiftLevel(job, b, shifts[b].copy()), seed + 1 + b, 160)
-                shifts[b] = shifts[b] + result.x
+                job.place_others(b, shifts)
+                level = _ShiftLevel(job, b, shifts[b].copy())
+                result = _engine(level, seed + 1 + b, 160)
+                shifts[b] = level.world(result.x)[0]
                 evaluations += result.evaluations
             say(f"placed {n} bones")
+            job.set_windows(shifts, 0.0)
             job.prepare_contrast(shifts)
         if thickness:
             result = _engine(_ThicknessLevel(job), seed, 40 * n + 400, popsize=16)

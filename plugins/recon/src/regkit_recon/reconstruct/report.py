@@ -114,7 +114,7 @@ def shaded_meshes(meshes: dict[str, Mesh], direction: NDArray[np.float64],
     d /= np.linalg.norm(d)
     u = np.asarray(up, float) - (np.asarray(up, float) @ d) * d
     u /= np.linalg.norm(u)
-    r = np.cross(u, d)
+    r = np.cross(d, u)                       # image right, as the camera's x = y × z
     if not meshes:
         return np.zeros((size, size, 3), np.uint8)
     allv = np.concatenate([m.vertices for m in meshes.values()])
