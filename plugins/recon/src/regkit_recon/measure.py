@@ -340,6 +340,9 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
         rotation += math.pi
     s_prox = (points - f) @ proximal_axis
     s_dist = (points - f) @ distal_axis
+    if not (s_prox < 0).any() or not (s_dist > 0).any():
+        raise InputError(f"label {label} has no voxel on one side of its fracture point",
+                         key="fracture_point")
     length = float(-s_prox[s_prox < 0].min() + s_dist[s_dist > 0].max())
     del proximal_pick, distal_pick
     return FractureMeasurement(angulation, angulation2, rotation, length, proximal_axis,
