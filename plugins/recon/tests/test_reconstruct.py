@@ -206,3 +206,26 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
     assert alone.offset_mm == 0.0 and not any(np.any(v) for v in alone.shifts.values())
     with pytest.raises(InputError):
         refine([], [], views)
+
+
+def test_camera_from_dicom_geometry_and_labels_round_trip(files: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import regkit.io.radiograph as rio
+
+    cam = Camera.from_dict(json.loads((files / "c0.json").read_text()))
+    image = np.load(files / "x0.npy").astype(np.float64)
+    # A DICOM radiograph whose geometry fields gave a camera (regkit.io reads those fields).
+    monkeypatch.setattr(rio, "load_radiograph",
+                        lambda *a, **k: rio.Radiograph(image, camera=cam))
+    view = load_view(tmp_path / "view.dcm")
+    assert view.camera_source == "DICOM geometry"
+    rec = HandReconstructor().reconstruct([view], refine=False)
+    assert rec.result["views"][0]["camera_source"] == "DICOM geometry"
+    out = rec.save(tmp_path / "rec")
+    saved = nib.load(out / "labels.nii.gz")
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), rec.labels)
+    np.testing.assert_allclose(saved.affine, rec.world_from_index)
+    for name, mesh in list(rec.meshes.items())[:3]:
+        back = read_stl(out / "meshes" / f"{name}.stl")
+        assert back.volume == pytest.approx(mesh.volume, rel=1e-4)
