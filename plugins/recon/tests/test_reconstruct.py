@@ -188,7 +188,7 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
     meshes = [s.mesh() for s in solids]
     views = [RefineView(s["image"].astype(float), c, s["hit"][keep].astype(float),
                         tuple(bones)) for s, c in zip((first, second), cams, strict=True)]
-    refined = refine(solids, meshes, views, seed=0)
+    refined = refine(solids, meshes, views, seed=0, placement=True)
     assert refined.offset_mm == pytest.approx(-10.0, abs=1.5)
     assert refined.after["silhouette_dice"][1] > refined.before["silhouette_dice"][1] + 0.3
     # against the truth: the reconstruction's own truth is its unshifted back-projection
@@ -201,6 +201,11 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
                            cams[0].view_direction_world)
     assert before["median_assd_mm"] > 4.0
     assert after["median_assd_mm"] < 1.0
+    # the common offset alone (the default) does most of it: one offset fits every bone here
+    offset_only = refine(solids, meshes, views, seed=0)
+    assert offset_only.offset_mm == pytest.approx(refined.offset_mm)
+    assert not any(np.any(np.asarray(v) - offset_only.shifts["radius"])
+                   for v in offset_only.shifts.values())
     # one view: depth is not observable, the placement is skipped
     alone = refine(solids, meshes, views[:1], seed=0)
     assert alone.offset_mm == 0.0 and not any(np.any(v) for v in alone.shifts.values())

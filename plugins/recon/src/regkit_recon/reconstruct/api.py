@@ -136,6 +136,9 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip refinement by re-projection")
     group.add_argument("--refine", dest="refine", action="store_true",
                        help="refine even from one radiograph (default: only with two or more)")
+    parser.add_argument("--refine-placement", action="store_true",
+                        help="with two or more views, also fit each bone's own translation "
+                             "(off: it followed the shipped network's segmentation errors)")
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
                         help="label volume voxel size (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")
@@ -158,6 +161,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                          key="--out")
     rec = reconstruct(views, reconstructor=args.reconstructor, model=args.model,
                       refine=args.refine, device=args.device, voxel_mm=args.voxel_mm,
+                      refine_placement=args.refine_placement,
                       progress=lambda line: print(f"  {line}", file=sys.stderr))
     rec.save(out, overwrite=args.overwrite)
     print(f"regkit recon reconstruct: {rec.result['bones']} bones in "

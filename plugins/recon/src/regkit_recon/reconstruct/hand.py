@@ -3,9 +3,9 @@
 Steps (timed in ``result.json``): the network predicts every bone's probability and front/back
 depth in each radiograph (:func:`regkit_recon.net.predict.predict`); the first view's depths are
 back-projected into closed solids (:mod:`.backproject`); with two or more views the solids are
-refined by re-projection (:mod:`.refine`: a common depth offset, then per-bone placement); the
-label volume is sampled from the solids and measured (:func:`regkit_recon.measure_hand.
-measure_hand`).
+refined by re-projection (:mod:`.refine`: a common depth offset; per-bone placement on request);
+the label volume is sampled from the solids and measured
+(:func:`regkit_recon.measure_hand.measure_hand`).
 
 Refinement is on by default only with two or more radiographs: in one view the silhouettes fit by
 construction and depth is not observable, and fitting thickness to the bones' contrast was
@@ -60,6 +60,9 @@ class HandReconstructor(Reconstructor):
         threshold: A bone is seen where its probability exceeds this.
         voxel_mm: The label volume's voxel size, ≤ 0.5 mm.
         seed: The refinement engine's seed.
+        refine_placement: With two or more views, also fit each bone's translation after the
+            common depth offset (off: with the shipped network it doubled the shift-aligned
+            error, see the plugin README).
         refine_thickness: Also fit per-bone thickness to the bones' contrast (off: it was
             measured to hurt).
     """
@@ -68,7 +71,7 @@ class HandReconstructor(Reconstructor):
 
     def __init__(self, model: Any = None, *, device: str = "cpu", tta: bool = False,
                  threshold: float = 0.5, voxel_mm: float = 0.5, seed: int = 0,
-                 refine_thickness: bool = False) -> None:
+                 refine_placement: bool = False, refine_thickness: bool = False) -> None:
         from regkit_recon.net.predict import resolve_model
 
         from ..phantom import anatomy
@@ -85,7 +88,8 @@ class HandReconstructor(Reconstructor):
                              f"({', '.join(foreign[:4])}...)", key="model")
         self._names = {int(b): n for b, n in zip(config.bones, config.bone_names, strict=True)}
         self.device, self.tta, self.threshold = device, tta, threshold
-        self.voxel_mm, self.seed, self.refine_thickness = voxel_mm, seed, refine_thickness
+        self.voxel_mm, self.seed = voxel_mm, seed
+        self.refine_placement, self.refine_thickness = refine_placement, refine_thickness
 
     @property
     def bone_names(self) -> dict[int, str]:
@@ -136,6 +140,7 @@ class HandReconstructor(Reconstructor):
                                  tuple(int(b) for b in p.bones))
                       for v, p in zip(views, preds, strict=True)]
             refinement = run_refine(solids, meshes, rviews, seed=self.seed,
+                                    placement=self.refine_placement,
                                     thickness=self.refine_thickness, progress=say)
             solids = refinement.solids
             meshes = [s.mesh() for s in solids]
@@ -168,7 +173,8 @@ class HandReconstructor(Reconstructor):
             "views": [{"name": v.name, "camera_source": v.camera_source,
                        "width": v.camera.width, "height": v.camera.height} for v in views],
             "bones": len(solids), "bones_seen": first.seen, "bones_dropped": dropped,
-            "offset_method": ("biplane re-projection (common depth offset, per-bone placement)"
+            "offset_method": (("multi-view re-projection: common depth offset"
+                               + (", per-bone placement" if self.refine_placement else ""))
                               if refinement is not None and len(views) > 1
                               else first.offset_method),
             "refined": refinement is not None,
