@@ -4,7 +4,9 @@ Usage::
 
     regkit recon generate --out DATA/test --phantoms 10 --views 12 --seed 303   # the test split
     .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out results.json \\
-        [--limit N] [--variants right,left,up] [--biplane]
+        [--limit N] [--variants right,left,up] [--biplane [--biplane-phantoms K]] [--no-single]
+    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out exact.json \\
+        --exact-deformity
 
 Per sample (PA and oblique views only; the lateral is not a target), per variant (``right`` as
 generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.net.evaluate`):
@@ -13,12 +15,14 @@ generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.
   bone against the phantom's labels, absolute and shift-aligned
   (:func:`regkit_recon.reconstruct.evaluate.surface_errors`), the time;
 * ``exact`` (right variant): the sample's true masks and depths through the same back-projection,
-  the floor the pipeline sets when the network is perfect;
+  the floor the pipeline sets when the network is perfect (and, on PA views of malunited
+  phantoms, the deformity measured on that reconstruction: ``exact_deformity``);
 * ``deformity`` (PA, malunited phantoms): :func:`regkit_recon.measure_hand.measure_hand` of the
   reconstruction against the same function on the phantom's labels: angulation (both planes) and
   apex of each malunited bone, the radius' tilt and inclination;
-* ``--biplane``: the PA and oblique views of one phantom together, refined by re-projection:
-  absolute ASSD before and after, the time.
+* ``--biplane``: the first PA and oblique views of each phantom together, without and with
+  refinement by re-projection (the default: the common depth offset): absolute and aligned ASSD
+  before and after, the time.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from regkit_recon.measure_hand import measure_hand
 from regkit_recon.net.evaluate import VARIANTS
 from regkit_recon.net.predict import resolve_model, turn_array, turn_camera
 from regkit_recon.reconstruct import HandReconstructor, View
-from regkit_recon.reconstruct.backproject import backproject
+from regkit_recon.reconstruct.backproject import backproject, label_volume
 from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
 from regkit_recon.reconstruct.mesh import Mesh
 
@@ -91,7 +95,8 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
 
 
 def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
-        stream: Any = sys.stderr) -> dict[str, Any]:
+        stream: Any = sys.stderr, *, single: bool = True,
+        biplane_phantoms: int | None = None) -> dict[str, Any]:
     loaded = resolve_model(None)
     rec = HandReconstructor(loaded)
     files = sorted((data / "samples").glob("*.npz"))
@@ -101,19 +106,23 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
         kind = json.loads(str(sample["meta"]))["view"]["kind"]
         if kind in ("pa", "oblique"):
             picked.append((f, kind))
-    if limit is not None:
-        picked = picked[:limit]
     truths: dict[str, Truth] = {}
     cases: list[dict[str, Any]] = []
     by_phantom: dict[str, dict[str, Path]] = {}
-    for i, (f, kind) in enumerate(picked):
+    for f, kind in picked:                      # the first PA and oblique view of each phantom
+        key = json.loads(str(read_sample(f)["source"]))["path"]
+        by_phantom.setdefault(key, {}).setdefault(kind, f)
+    if biplane_phantoms is not None:
+        by_phantom = dict(list(by_phantom.items())[:biplane_phantoms])
+    if limit is not None:
+        picked = picked[:limit]
+    for i, (f, kind) in enumerate(picked if single else []):
         sample = read_sample(f)
         source = json.loads(str(sample["source"]))
         key = source["path"]
         if key not in truths:
             truths[key] = Truth(data / key)
         truth = truths[key]
-        by_phantom.setdefault(key, {})[kind] = f
         camera = camera_of(sample)
         for variant in variants:
             k, mirror = VARIANTS[variant]
@@ -141,6 +150,11 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
                                        camera.view_direction_world)
                 case["exact_median_assd_mm"] = exact["median_assd_mm"]
                 case["exact_median_hd95_mm"] = exact["median_hd95_mm"]
+                if kind == "pa" and truth.deformities:
+                    meshes = [s.mesh() for s in solids]
+                    volume = label_volume(solids, meshes)
+                    measured = measure_hand(volume.labels, volume.world_from_index, truth.names)
+                    case["exact_deformity"] = _deformity_errors(measured, truth, False)
             cases.append(case)
             print(f"reconstruct {i + 1}/{len(picked)} {f.name} {kind} {variant}: ASSD "
                   f"{case['median_assd_mm']:.2f} mm, aligned {case['median_aligned_assd_mm']:.2f}"
@@ -152,6 +166,8 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
             if not {"pa", "oblique"} <= set(kinds):
                 continue
             samples = [read_sample(kinds[k]) for k in ("pa", "oblique")]
+            if key not in truths:
+                truths[key] = Truth(data / key)
             views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]
             row: dict[str, Any] = {"phantom": key}
             for refine in (False, True):
@@ -173,15 +189,60 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
     return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
 
 
+def exact_deformity(data: Path, stream: Any = sys.stderr) -> dict[str, Any]:
+    """Deformity measured on the exact back-projection of every PA view of a malunited phantom
+    (the pipeline's floor for the deformity targets)."""
+    truths: dict[str, Truth] = {}
+    cases = []
+    for f in sorted((data / "samples").glob("*.npz")):
+        sample = read_sample(f)
+        if json.loads(str(sample["meta"]))["view"]["kind"] != "pa":
+            continue
+        key = json.loads(str(sample["source"]))["path"]
+        if not json.loads((data / key / "phantom.json").read_text()).get("deformities"):
+            continue
+        if key not in truths:
+            truths[key] = Truth(data / key)
+        truth = truths[key]
+        solids = backproject(sample["front"], sample["back"], sample["hit"], camera_of(sample),
+                             bones=[int(b) for b in sample["bones"]],
+                             names=[truth.names[int(b)] for b in sample["bones"]])
+        volume = label_volume(solids, [s.mesh() for s in solids])
+        measured = measure_hand(volume.labels, volume.world_from_index, truth.names)
+        cases.append({"sample": f.name, "phantom": key,
+                      "exact_deformity": _deformity_errors(measured, truth, False),
+                      "bones": {}, "variant": "right", "view": "pa", "seconds": float("nan")})
+        print(f"exact deformity {f.name}: {cases[-1]['exact_deformity']}", file=stream,
+              flush=True)
+    summary = summarise(cases, [])
+    return {"cases": cases, "summary": {k: summary[k] for k in ("exact_deformity",
+                                                                "exact_radius") if k in summary}}
+
+
 def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> dict[str, Any]:
     def med(values: list[float]) -> float:
         v = [x for x in values if x is not None and np.isfinite(x)]
         return round(float(np.median(v)), 3) if v else float("nan")
 
     per_bone = [b for c in cases for b in c["bones"].values()]
-    deformity = [d for c in cases for name, d in c.get("deformity", {}).items()
-                 if name != "radius"]
-    radius = [c["deformity"]["radius"] for c in cases if "radius" in c.get("deformity", {})]
+    out_deformity: dict[str, Any] = {}
+    for key in ("deformity", "exact_deformity"):
+        bones = [d for c in cases for name, d in c.get(key, {}).items() if name != "radius"]
+        radius = [c[key]["radius"] for c in cases if "radius" in c.get(key, {})]
+        if bones:
+            out_deformity[key] = {
+                "bones": len(bones),
+                "median_angulation_error_deg": med([d["angulation_error_deg"] for d in bones]),
+                "median_angulation2_error_deg": med([d["angulation2_error_deg"] for d in bones]),
+                "median_apex_error_mm": med([d["apex_error_mm"] for d in bones]),
+                "within_3deg_3mm": sum(d["angulation_error_deg"] <= 3
+                                       and d["angulation2_error_deg"] <= 3
+                                       and d["apex_error_mm"] <= 3 for d in bones)}
+        if radius:
+            out_deformity[key.replace("deformity", "radius")] = {
+                "median_tilt_error_deg": med([r["dorsal_tilt_error_deg"] for r in radius]),
+                "median_inclination_error_deg": med([r["radial_inclination_error_deg"]
+                                                     for r in radius])}
     out: dict[str, Any] = {
         "cases": len(cases),
         "median_assd_mm": med([b["assd_mm"] for b in per_bone]),
@@ -190,25 +251,12 @@ def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> di
         "median_seconds": med([c["seconds"] for c in cases]),
         "max_seconds": max((c["seconds"] for c in cases), default=float("nan")),
         "exact_median_assd_mm": med([c.get("exact_median_assd_mm") for c in cases]),
-        "by_variant": {v: med([c["median_aligned_assd_mm"] for c in cases if c["variant"] == v])
+        "by_variant": {v: med([c.get("median_aligned_assd_mm") for c in cases if c["variant"] == v])
                        for v in sorted({c["variant"] for c in cases})},
-        "by_view": {v: med([c["median_aligned_assd_mm"] for c in cases if c["view"] == v])
+        "by_view": {v: med([c.get("median_aligned_assd_mm") for c in cases if c["view"] == v])
                     for v in sorted({c["view"] for c in cases})},
     }
-    if deformity:
-        out["deformity"] = {
-            "bones": len(deformity),
-            "median_angulation_error_deg": med([d["angulation_error_deg"] for d in deformity]),
-            "median_angulation2_error_deg": med([d["angulation2_error_deg"] for d in deformity]),
-            "median_apex_error_mm": med([d["apex_error_mm"] for d in deformity]),
-            "within_3deg_3mm": sum(d["angulation_error_deg"] <= 3 and
-                                   d["angulation2_error_deg"] <= 3 and d["apex_error_mm"] <= 3
-                                   for d in deformity)}
-    if radius:
-        out["radius"] = {"median_tilt_error_deg": med([r["dorsal_tilt_error_deg"]
-                                                       for r in radius]),
-                         "median_inclination_error_deg": med([r["radial_inclination_error_deg"]
-                                                              for r in radius])}
+    out.update(out_deformity)
     if biplanes:
         out["biplane"] = {
             "median_assd_unrefined_mm": med([b["unrefined"]["median_assd_mm"] for b in biplanes]),
@@ -228,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--variants", default="right,left,up")
     parser.add_argument("--biplane", action="store_true")
+    parser.add_argument("--biplane-phantoms", type=int, default=None)
+    parser.add_argument("--no-single", dest="single", action="store_false")
+    parser.add_argument("--exact-deformity", action="store_true",
+                        help="only the deformity of exact back-projections (PA, malunited)")
     args = parser.parse_args(argv)
-    result = run(args.data, args.limit, args.variants.split(","), args.biplane)
+    if args.exact_deformity:
+        result = exact_deformity(args.data)
+    else:
+        result = run(args.data, args.limit, args.variants.split(","), args.biplane,
+                     single=args.single, biplane_phantoms=args.biplane_phantoms)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
