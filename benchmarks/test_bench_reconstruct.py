@@ -32,16 +32,13 @@ pytest.importorskip("regkit_recon")
 
 import numpy as np
 import torch
-from regkit_recon import make_hand_phantom
 from regkit_recon.data import demo_hand
-from regkit_recon.groundtruth.sample import camera_of, read_sample
+from regkit_recon.groundtruth.sample import camera_of, phantom_of, read_sample
 from regkit_recon.reconstruct import HandReconstructor, View
 from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_reconstruct.json"
 _ROWS: dict[str, dict[str, Any]] = {}
-_SPEC_KEYS = ("bone", "level", "angulation_deg", "angulation2_deg", "rotation_deg",
-              "shortening_mm", "dorsal_tilt_deg", "radial_inclination_deg", "level_mm")
 
 
 def _save(case: str, row: dict[str, Any]) -> None:
@@ -66,11 +63,7 @@ def _save(case: str, row: dict[str, Any]) -> None:
 def demo() -> dict[str, Any]:
     folder = demo_hand()
     samples = [read_sample(folder / "samples" / f"00000{i}.npz") for i in (0, 1)]
-    source = json.loads(samples[0]["source"])
-    meta = json.loads(samples[0]["meta"])
-    spec = [{k: v for k, v in d.items() if k in _SPEC_KEYS} for d in meta["deformities"]]
-    phantom = make_hand_phantom(source["seed"], deformity=spec or None,
-                                voxel_mm=source["voxel_mm"])
+    phantom = phantom_of(samples[0])
     truth = truth_meshes(np.asarray(phantom.labels), phantom.volume.world_from_index,
                          dict(phantom.bone_table))
     views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]

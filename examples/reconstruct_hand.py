@@ -26,8 +26,6 @@ import numpy as np
 from regkit.cli.main import main as regkit_main
 
 _FIELDS = ("angulation_deg", "angulation2_deg", "dorsal_tilt_deg", "radial_inclination_deg")
-_SPEC_KEYS = ("bone", "level", "angulation_deg", "angulation2_deg", "rotation_deg",
-              "shortening_mm", "dorsal_tilt_deg", "radial_inclination_deg", "level_mm")
 
 
 def _run(args: list[str]) -> None:
@@ -40,9 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("quickstart-output/reconstruction"))
     args = parser.parse_args()
-    from regkit_recon import make_hand_phantom
     from regkit_recon.data import demo_hand
-    from regkit_recon.groundtruth.sample import read_sample
+    from regkit_recon.groundtruth.sample import phantom_of, read_sample
     from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
     from regkit_recon.reconstruct.mesh import read_stl
 
@@ -63,11 +60,8 @@ def main() -> None:
         timings[name] = time.perf_counter() - start
 
     # The truth: the phantom rebuilt from its seed and recorded malunions, measured alike.
-    source = json.loads(samples[0]["source"])
     meta = json.loads(samples[0]["meta"])
-    spec = [{k: v for k, v in d.items() if k in _SPEC_KEYS} for d in meta["deformities"]]
-    phantom = make_hand_phantom(source["seed"], deformity=spec or None,
-                                voxel_mm=source["voxel_mm"])
+    phantom = phantom_of(samples[0])
     phantom.save(out / "truth")
     _run(["recon", "measure", "--labels", str(out / "truth" / "labels.nii.gz"), "--out",
           str(out / "truth" / "measurements.json")])

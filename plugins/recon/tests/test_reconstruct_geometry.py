@@ -146,17 +146,14 @@ def test_silhouette_closes_a_slab_that_stays_thick_to_its_outline() -> None:
 
 @pytest.fixture(scope="module")
 def demo_hand() -> tuple[dict, object]:
-    from regkit_recon import make_hand_phantom
+    from regkit_recon.groundtruth.sample import phantom_of
 
     with np.load(DEMO / "000000.npz") as z:
         sample = {k: z[k] for k in z.files}
-    meta = json.loads(str(sample["meta"]))
-    source = json.loads(str(sample["source"]))
-    keys = ("bone", "level", "angulation_deg", "angulation2_deg", "rotation_deg",
-            "shortening_mm", "dorsal_tilt_deg", "radial_inclination_deg", "level_mm")
-    deformity = [{k: v for k, v in d.items() if k in keys} for d in meta["deformities"]]
-    phantom = make_hand_phantom(source["seed"], deformity=deformity or None,
-                                voxel_mm=source["voxel_mm"])
+    phantom = phantom_of(sample)
+    # the rebuilt phantom is the one the sample was rendered from
+    assert [d["bone"] for d in phantom.to_json()["deformities"]] == \
+        [d["bone"] for d in json.loads(str(sample["meta"]))["deformities"]]
     return sample, phantom
 
 

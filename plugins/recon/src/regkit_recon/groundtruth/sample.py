@@ -39,8 +39,8 @@ from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.render import Views, make_renderer
 
-__all__ = ["SAMPLE_KEYS", "SampleRenderer", "auto_drr_factor", "drr_volume", "read_sample",
-           "write_sample"]
+__all__ = ["SAMPLE_KEYS", "SampleRenderer", "auto_drr_factor", "camera_of", "drr_volume",
+           "phantom_of", "read_sample", "write_sample"]
 
 SAMPLE_KEYS = ("image", "image_clean", "camera", "bones", "hit", "front", "back", "layers",
                "source", "meta")
@@ -223,4 +223,24 @@ def read_sample(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def camera_of(sample: Mapping[str, Any]) -> Camera:
     """The :class:`Camera` of a read sample."""
-    return Camera.from_dict(json.loads(sample["camera"]))
+    return Camera.from_dict(json.loads(str(sample["camera"])))
+
+
+def phantom_of(sample: Mapping[str, Any]) -> Any:
+    """The hand phantom a phantom sample was rendered from, rebuilt from its seed and the
+    malunions its ``meta`` records (the same arrays, byte for byte).
+
+    Raises:
+        InputError: the sample was rendered from a CT, not a phantom.
+    """
+    from regkit_recon.phantom import make_hand_phantom
+    from regkit_recon.phantom.deformity import RADIUS_FIELDS, SHAFT_FIELDS
+
+    source = json.loads(str(sample["source"]))
+    if source.get("kind") != "phantom":
+        raise InputError("the sample was not rendered from a phantom", key="source")
+    fields = {"bone", *SHAFT_FIELDS, *RADIUS_FIELDS}
+    records = json.loads(str(sample["meta"])).get("deformities", [])
+    spec = [{k: v for k, v in d.items() if k in fields and v is not None} for d in records]
+    return make_hand_phantom(int(source["seed"]), deformity=spec or None,
+                             voxel_mm=float(source["voxel_mm"]))
