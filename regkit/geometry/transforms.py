@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from regkit.errors import FrameError, ShapeError
+from regkit.errors import FrameError, InputError, ShapeError
 from regkit.utils.arrays import as_tensors, from_tensor
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "rigid",
     "rigid_from_params",
     "rotate_about",
+    "rotation_between",
     "rotvec_to_matrix",
     "translation",
 ]
@@ -293,6 +294,44 @@ def matrix_to_rotvec(matrix: torch.Tensor) -> torch.Tensor:
     # angle / s → 2 / w (1 + s²/(3w²)) as s → 0 (w ≈ 1)
     scale = torch.where(small, 2.0 / w.clamp(min=1e-12), angle / safe_s)
     return xyz * scale[..., None]
+
+
+def rotation_between(a: Any, b: Any) -> Any:
+    """The smallest rotation taking the direction of ``a`` onto that of ``b``: ``(..., 3)``
+    non-zero vectors (any length) to matrices ``(..., 3, 3)``, numpy or torch.
+
+    Parallel vectors give the identity; opposite ones a half turn about an axis square to ``a``
+    (any such axis is a smallest rotation; the one square to the coordinate axis least aligned
+    with ``a`` is taken).
+
+    Raises:
+        ShapeError: a shape other than ``(..., 3)``, or shapes that differ.
+        InputError: a zero vector.
+    """
+    (u, v), was_numpy = as_tensors(a, b)
+    _check_last(u, (3,), "a")
+    _check_last(v, (3,), "b")
+    if u.shape != v.shape:
+        raise ShapeError(f"a and b must have one shape, got {tuple(u.shape)} and "
+                         f"{tuple(v.shape)}")
+    nu, nv = u.norm(dim=-1, keepdim=True), v.norm(dim=-1, keepdim=True)
+    if bool((nu == 0).any()) or bool((nv == 0).any()):
+        raise InputError("a rotation between directions needs non-zero vectors", key="vector")
+    u, v = u / nu, v / nv
+    cross = torch.linalg.cross(u, v, dim=-1)
+    cosine = (u * v).sum(-1)
+    eye = torch.eye(3, dtype=u.dtype, device=u.device).expand(*u.shape[:-1], 3, 3)
+    k = _skew(cross)
+    opposite = cosine < -1.0 + 1e-9
+    # Rodrigues with the unnormalised axis: R = I + K + K² / (1 + cos θ)
+    safe = torch.where(opposite, torch.ones_like(cosine), 1.0 + cosine)
+    general = eye + k + (k @ k) / safe[..., None, None]
+    # Opposite: a half turn about p ⟂ u, R = 2 p pᵀ − I.
+    least = torch.nn.functional.one_hot(u.abs().argmin(dim=-1), 3).to(u.dtype)
+    p = torch.linalg.cross(u, least, dim=-1)
+    p = p / p.norm(dim=-1, keepdim=True)
+    half_turn = 2.0 * p[..., :, None] * p[..., None, :] - eye
+    return _back(torch.where(opposite[..., None, None], half_turn, general), was_numpy)
 
 
 # --------------------------------------------------------------------------------------------------

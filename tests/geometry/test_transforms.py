@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from regkit.errors import FrameError, ShapeError
+from regkit.errors import FrameError, InputError, ShapeError
 from regkit.geometry import transforms as tf
 
 # --------------------------------------------------------------------------------------------------
@@ -836,3 +836,35 @@ def test_cuda_inputs_stay_on_device() -> None:
     bad[:3, 0] *= -1
     with pytest.raises(FrameError, match="reflection"):
         tf.check_rigid(bad)
+
+
+def test_rotation_between_takes_one_direction_onto_another() -> None:
+    from regkit.geometry.transforms import rotation_between
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(50, 3))
+    b = rng.normal(size=(50, 3)) * 4.0
+    r = rotation_between(a, b)
+    assert isinstance(r, np.ndarray) and r.shape == (50, 3, 3)
+    ua = a / np.linalg.norm(a, axis=1, keepdims=True)
+    ub = b / np.linalg.norm(b, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.einsum("nij,nj->ni", r, ua), ub, atol=1e-12)
+    np.testing.assert_allclose(r @ r.transpose(0, 2, 1), np.broadcast_to(np.eye(3), r.shape),
+                               atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+    # the smallest: its angle is the angle between the vectors
+    angle = np.arccos(np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1))
+    np.testing.assert_allclose(angle, np.arccos(np.clip((ua * ub).sum(1), -1, 1)), atol=1e-7)
+    # parallel: identity; opposite: a half turn that still maps a onto b
+    np.testing.assert_allclose(rotation_between([0, 0, 2.0], [0, 0, 5.0]), np.eye(3))
+    for v in ([1.0, 0, 0], [0, 0, 3.0], [1.0, 2.0, -0.5]):
+        half = rotation_between(v, -np.asarray(v))
+        np.testing.assert_allclose(half @ np.asarray(v), -np.asarray(v), atol=1e-12)
+        np.testing.assert_allclose(np.linalg.det(half), 1.0, atol=1e-12)
+    t = rotation_between(torch.tensor([1.0, 0, 0], dtype=torch.float64),
+                         torch.tensor([0, 1.0, 0], dtype=torch.float64))
+    assert isinstance(t, torch.Tensor)
+    with pytest.raises(InputError, match="non-zero"):
+        rotation_between([0, 0, 0], [1.0, 0, 0])
+    with pytest.raises(ShapeError):
+        rotation_between([1.0, 0], [0, 1.0])

@@ -23,6 +23,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, cKDTree
 
 from regkit.errors import InputError, ShapeError
+from regkit.geometry.transforms import rotation_between
 
 __all__ = [
     "BoneAxis",
@@ -243,16 +244,6 @@ def _cross_axis(offsets: Vector, axis: Vector) -> Vector:
     return v / np.linalg.norm(v)
 
 
-def _rotation_between(a: Vector, b: Vector) -> NDArray[np.float64]:
-    """The smallest rotation taking unit vector a onto unit vector b."""
-    v = np.cross(a, b)
-    c = float(a @ b)
-    if np.linalg.norm(v) < 1e-12:
-        return np.eye(3)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
-
-
 def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike, *,
                      fracture_point: ArrayLike, distal: ArrayLike, dorsal: ArrayLike,
                      margin_mm: float | tuple[float, float] = 3.0,
@@ -330,7 +321,8 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
     swing = np.array([[c_b, 0, s_b], [0, 1, 0], [-s_b, 0, c_b]]) @ \
         np.array([[1, 0, 0], [0, c_a, -s_a], [0, s_a, c_a]])
     swing_world = local_from_world.T @ swing @ local_from_world
-    swing_world = _rotation_between(swing_world @ proximal_axis, distal_axis) @ swing_world
+    swing_world = np.asarray(rotation_between(swing_world @ proximal_axis, distal_axis)) \
+        @ swing_world
     e_prox = swing_world @ _cross_axis(proximal_offsets, proximal_axis)
     e_dist = _cross_axis(distal_offsets, distal_axis)
     rotation = math.atan2(float(np.cross(e_prox, e_dist) @ distal_axis), float(e_prox @ e_dist))

@@ -52,6 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from regkit.errors import InputError
+from regkit.geometry.transforms import rotation_between
 from regkit_recon.phantom._geometry import frame, rot_x, rot_y, rot_z, translation
 from regkit_recon.phantom.anatomy import LONG_BONES
 
@@ -151,7 +152,7 @@ class RadiusMalunion:
         d_tilt, d_incl = self.changes(palmar_tilt, inclination)
         before = _articular_normal(-palmar_tilt, inclination)
         after = _articular_normal(-palmar_tilt + d_tilt, inclination + d_incl)
-        return _rotation_between(before, after)
+        return np.asarray(rotation_between(before, after), dtype=np.float64)
 
     def to_json(self) -> dict[str, Any]:
         """The record written to ``phantom.json``."""
@@ -166,17 +167,6 @@ class RadiusMalunion:
 def _articular_normal(dorsal_tilt: float, inclination: float) -> NDArray[np.float64]:
     normal = np.array([-math.tan(inclination), math.tan(dorsal_tilt), 1.0])
     return normal / np.linalg.norm(normal)
-
-
-def _rotation_between(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The smallest rotation taking unit vector ``a`` onto unit vector ``b``."""
-    axis = np.cross(a, b)
-    sine, cosine = float(np.linalg.norm(axis)), float(a @ b)
-    if sine < 1e-12:
-        return np.eye(3)
-    k = axis / sine
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + sine * kx + (1.0 - cosine) * kx @ kx
 
 
 Deformity = ShaftMalunion | RadiusMalunion
