@@ -8,6 +8,7 @@ turns those into one message and exit status 2, and anything else into exit stat
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 __all__ = [
     "BackendUnavailableError",
@@ -18,6 +19,7 @@ __all__ = [
     "ShapeError",
     "UnknownNameError",
     "UserInputError",
+    "did_you_mean",
 ]
 
 
@@ -73,3 +75,12 @@ class UnknownNameError(UserInputError, KeyError):
 
 class BackendUnavailableError(RegkitError, ImportError):
     """An optional backend (OpenGL, CUDA, a plugin) that cannot be loaded here."""
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 1) -> str:
+    """The hint an unknown-name message carries: ``" (did you mean 'x'?)"`` with up to ``n``
+    close matches among ``known`` (difflib's), or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=n)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

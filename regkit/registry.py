@@ -10,12 +10,11 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Generic, TypeVar
 
-from regkit.errors import UnknownNameError
+from regkit.errors import UnknownNameError, did_you_mean
 
 __all__ = ["Registry"]
 
@@ -74,8 +73,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = sorted(self._items)
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            hint = did_you_mean(name, known, n=3)
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'{hint}; known: {', '.join(known) or 'none'}"
             ) from None

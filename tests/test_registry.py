@@ -57,3 +57,11 @@ def test_entry_point_group_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     reg: Registry[str] = Registry("thing", entry_point_group="test.group")
     assert reg.get("fancy") == "loaded"
     assert reg.names() == ["fancy"]
+
+
+def test_did_you_mean_offers_close_names_or_nothing() -> None:
+    from regkit.errors import did_you_mean
+
+    assert did_you_mean("nmu", ["nmi", "ncc", "gncc"]) == " (did you mean 'nmi'?)"
+    assert did_you_mean("cmaes2", ["cmaes", "powell"], n=3) == " (did you mean 'cmaes'?)"
+    assert did_you_mean("zzz", ["nmi", "ncc"]) == ""

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -42,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from regkit.errors import InputError, ShapeError
+from regkit.errors import InputError, ShapeError, did_you_mean
 from regkit.registry import Registry
 
 __all__ = ["Metric", "get_metric", "metrics", "register"]
@@ -248,8 +247,7 @@ def check_options(cls: type[Metric], options: dict[str, Any]) -> None:
     known = option_names(cls)
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(key, known)
             name = getattr(cls, "name", cls.__name__)
             raise InputError(f"unknown option for metric '{name}'{hint}; known: "
                              f"{', '.join(known) or 'none'}", key=key)

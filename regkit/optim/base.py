@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-from regkit.errors import InputError, RegkitError, ShapeError, UnknownNameError
+from regkit.errors import InputError, RegkitError, ShapeError, UnknownNameError, did_you_mean
 from regkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -287,8 +286,7 @@ class ParamSpec:
         try:
             return self.names.index(name)
         except ValueError:
-            close = difflib.get_close_matches(name, self.names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(name, self.names)
             raise UnknownNameError(f"unknown coordinate '{name}'{hint}; known: "
                                    f"{', '.join(self.names)}") from None
 
@@ -468,8 +466,7 @@ def coerce_options(options_type: type[OptionsT], options: Any, owner: str) -> Op
         known = [f.name for f in fields(options_type)]
         for key in options:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(str(key), known)
                 raise InputError(f"unknown {owner} option{hint}; known: {', '.join(known)}",
                                  key=str(key))
         return options_type(**options)

@@ -40,7 +40,6 @@ fields take the default shown there. Every problem is reported as an :class:`Inp
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from regkit.errors import InputError
+from regkit.errors import InputError, did_you_mean
 from regkit.geometry.transforms import rotation_between
 from regkit_recon.phantom._geometry import frame, rot_x, rot_y, rot_z, translation
 from regkit_recon.phantom.anatomy import LONG_BONES
@@ -195,8 +194,7 @@ def _number(name: str, value: Any, low: float, high: float) -> float:
 
 def _unknown_field(name: str, known: Iterable[str], what: str) -> InputError:
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(name, known)
     return InputError(f"unknown field for {what}{hint}; fields: bone, {', '.join(known)}",
                       key=_key(name))
 
@@ -226,8 +224,7 @@ def _from_mapping(item: Mapping[str, Any]) -> Deformity:
                               None if incl is None else math.radians(incl),
                               float(level if level is not None else 22.0))
     if bone not in LONG_BONES:
-        close = difflib.get_close_matches(bone, [*_SHAFT_BONES, "radius"], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(bone, [*_SHAFT_BONES, "radius"])
         raise InputError(f"cannot deform {bone!r}{hint}; deformable bones: radius, "
                          f"{', '.join(_SHAFT_BONES)}", key=_key("bone"))
     for name in fields:
