@@ -374,8 +374,14 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
     rank, world = _distributed(name)
     try:
         with _Interrupts() as interrupts:
-            return _train(spec, resume, stream if stream is not None else sys.stderr, rank,
-                          world, _device(name, rank), interrupts, stop_at)
+            record = _train(spec, resume, stream if stream is not None else sys.stderr, rank,
+                            world, _device(name, rank), interrupts, stop_at)
+        if world > 1:
+            # Every rank past its last collective before any tears the group down: a rank that
+            # destroyed it while another's gloo work was in flight aborted at exit (SIGABRT,
+            # "terminate called without an active exception"), seen once in CI.
+            dist.barrier()
+        return record
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
