@@ -11,9 +11,9 @@ first use.
 
 from __future__ import annotations
 
-import importlib
 from importlib import metadata
-from typing import Any
+
+from regkit.lazy import lazy_exports
 
 try:
     __version__ = metadata.version("regkit-recon")
@@ -50,14 +50,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'regkit_recon' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

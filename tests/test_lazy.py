@@ -1,0 +1,34 @@
+"""regkit.lazy: a package's names load their modules on first use, once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from regkit.lazy import lazy_exports
+
+
+def test_a_name_loads_on_first_use_and_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    package = types.ModuleType("fake_package")
+    monkeypatch.setitem(sys.modules, "fake_package", package)
+    getattr_, dir_ = lazy_exports("fake_package", {"dumps": "json", "sqrt": "math"},
+                                  ["dumps", "sqrt"])
+    assert "dumps" not in vars(package)
+    assert set(dir_()) >= {"dumps", "sqrt"}
+    import json
+
+    assert getattr_("dumps") is json.dumps
+    assert vars(package)["dumps"] is json.dumps  # stored: later uses skip __getattr__
+    with pytest.raises(AttributeError, match="'fake_package' has no attribute 'nope'"):
+        getattr_("nope")
+
+
+def test_the_packages_stay_light() -> None:
+    code = ("import sys, regkit, regkit.io, regkit.geometry, regkit.registration, regkit_recon;"
+            "import regkit.geometry.frames, regkit.io.itk;"
+            "print(sorted(m for m in ('torch', 'moderngl', 'nibabel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
