@@ -50,6 +50,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from regkit.errors import FileFormatError, InputError
+from regkit.geometry.frames import LPS_FROM_RAS, RAS_FROM_LPS
 from regkit.volume import Units, Volume
 
 __all__ = [
@@ -64,9 +65,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-RAS_FROM_LPS: NDArray[np.float64] = np.diag([-1.0, -1.0, 1.0, 1.0])
-"""(4, 4) map from DICOM's LPS+ patient frame to regkit's RAS+ world (its own inverse)."""
 
 DICOM_READ_ERRORS: tuple[type[Exception], ...] = (
     InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, KeyError, IndexError,
@@ -519,7 +517,7 @@ def save_dicom_series(volume: Volume, folder: PathLike, *, series_uid: str | Non
     Raises:
         InputError: the ``i`` and ``j`` axes are not perpendicular, or ``folder`` is taken.
     """
-    world_from_index_lps = RAS_FROM_LPS @ volume.world_from_index
+    world_from_index_lps = LPS_FROM_RAS @ volume.world_from_index
     column_step_lps, row_step_lps = world_from_index_lps[:3, 0], world_from_index_lps[:3, 1]
     column_spacing = float(np.linalg.norm(column_step_lps))
     row_spacing = float(np.linalg.norm(row_step_lps))

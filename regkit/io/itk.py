@@ -36,12 +36,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from regkit.errors import FileFormatError, InputError, ShapeError
+from regkit.geometry.frames import LPS_FROM_RAS
 from regkit.utils.files import atomic_write_text
 
 __all__ = ["LPS_FROM_RAS", "read_itk_transform", "write_itk_transform"]
-
-LPS_FROM_RAS: NDArray[np.float64] = np.diag([-1.0, -1.0, 1.0, 1.0])
-"""(4, 4) map from RAS+ to LPS+ coordinates (and back: it is its own inverse)."""
 
 _HEADER = "#Insight Transform File V1.0"
 # Transform types read as a 3-D affine "matrix + translation" with a centre in FixedParameters.

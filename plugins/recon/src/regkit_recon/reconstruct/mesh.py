@@ -18,13 +18,14 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from regkit.errors import InputError, ShapeError
+from regkit.geometry.frames import LPS_FROM_RAS
 
 __all__ = ["STL_HEADER", "Mesh", "extract_mesh", "read_stl", "surface_distances", "write_stl"]
 
 STL_HEADER = b"regkit-recon bone mesh; binary STL; LPS mm (3D Slicer reads STL as LPS)"
 """The first bytes of every STL header this module writes (padded with spaces to 80)."""
 
-_LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
+_LPS_FROM_RAS = np.diag(LPS_FROM_RAS)[:3]
 
 
 @dataclass(frozen=True)
