@@ -165,13 +165,6 @@ class Camera:
         """This view as camera-file JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
 
-    @classmethod
-    def from_carm(cls, **kwargs: Any) -> Camera:
-        """Shorthand for :func:`regkit.geometry.carm.camera_from_carm`."""
-        from regkit.geometry.carm import camera_from_carm
-
-        return camera_from_carm(**kwargs)
-
     # ---------------------------------------------------------------- derived geometry
     @property
     def focal_lengths(self) -> tuple[float, float]:

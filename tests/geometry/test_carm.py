@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
-
-K_EXAMPLE = np.array([[1275.0, 0.0, 128.0], [0.0, 1275.0, 128.0], [0.0, 0.0, 1.0]])
-T_EXAMPLE = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 850], [0, 0, 0, 1]])
+from regkit.testing.cameras import EXAMPLE_CAMERA_FROM_WORLD, EXAMPLE_INTRINSIC
 
 BASE: dict[str, Any] = {
     "source_to_detector_mm": 1020.0,
@@ -32,20 +30,13 @@ def carm(**overrides: Any) -> Camera:
 
 def test_zero_angles_is_the_conventions_example() -> None:
     cam = carm()
-    np.testing.assert_array_equal(cam.intrinsic, K_EXAMPLE)
-    np.testing.assert_array_equal(cam.camera_from_world, T_EXAMPLE)
+    np.testing.assert_array_equal(cam.intrinsic, EXAMPLE_INTRINSIC)
+    np.testing.assert_array_equal(cam.camera_from_world, EXAMPLE_CAMERA_FROM_WORLD)
     assert (cam.width, cam.height) == (256, 256)
     assert cam.pixel_spacing_mm == (0.8, 0.8)
     assert cam.source_to_detector_mm == pytest.approx(1020.0, rel=1e-12)
     np.testing.assert_allclose(cam.source_world, [0.0, -850.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(cam.view_direction_world, [0.0, 1.0, 0.0], atol=0)
-
-
-def test_camera_from_carm_shorthand() -> None:
-    a = Camera.from_carm(**BASE, primary_angle=0.3, secondary_angle=-0.2)
-    b = carm(primary_angle=0.3, secondary_angle=-0.2)
-    np.testing.assert_array_equal(a.camera_from_world, b.camera_from_world)
-    np.testing.assert_array_equal(a.intrinsic, b.intrinsic)
 
 
 def test_lao_90_source_at_patients_right() -> None:
