@@ -2,8 +2,9 @@
 
 Modules: :mod:`.views` (jittered PA / oblique / lateral geometries), :mod:`.degrade` (a DRR made
 to look like a real radiograph), :mod:`.sample` (rendering one sample and its file),
-:mod:`.generate` (the resumable, parallel, deterministic factory), :mod:`.registered` (a real
-radiograph: register first), :mod:`.dataset` (a PyTorch ``Dataset``), :mod:`.montage`.
+:mod:`.generate` (the resumable, parallel, deterministic factory; its :mod:`.spec` and seeds,
+:mod:`.manifest` and :mod:`.workers`), :mod:`.registered` (a real radiograph: register first),
+:mod:`.dataset` (a PyTorch ``Dataset``), :mod:`.montage`.
 Importing this package loads nothing heavy.
 """
 

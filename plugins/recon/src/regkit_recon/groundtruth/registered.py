@@ -37,11 +37,16 @@ def registered_sample(spec: Any, out: Path, *, stream: Any = None,
         The manifest written.
     """
     from regkit import load_cameras, load_nifti, load_radiograph
-    from regkit_recon.groundtruth import generate as G
+    from regkit_recon.groundtruth.manifest import (
+        list_sources,
+        manifest_path,
+        sample_name,
+        write_manifest,
+    )
     from regkit_recon.groundtruth.sample import SampleRenderer, write_sample
 
     register_2d3d = _register_2d3d()
-    sources = G._sources(spec, out)
+    sources = list_sources(spec, out)
     source = sources[0]
     cameras = load_cameras(spec.camera)
     if len(cameras) != 1:
@@ -78,7 +83,7 @@ def registered_sample(spec: Any, out: Path, *, stream: Any = None,
                              "evaluations": int(result.evaluations)}}
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    name = G.sample_name(0)
+    name = sample_name(0)
     write_sample(folder / name, {
         "image": image, "image_clean": clean, "camera": camera.to_json(indent=None),
         "bones": np.asarray(source["bones"], dtype=np.int32), **depth,
@@ -92,5 +97,5 @@ def registered_sample(spec: Any, out: Path, *, stream: Any = None,
 
         write_montage(out / "montage.png", [folder / name])
         extra["montage"] = "montage.png"
-    G._write_manifest(out, spec, sources, samples, complete=True, extra=extra)
-    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    write_manifest(out, spec, sources, samples, complete=True, extra=extra)
+    return json.loads(manifest_path(out).read_text(encoding="utf-8"))
