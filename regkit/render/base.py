@@ -38,6 +38,7 @@ __all__ = [
     "Resampled",
     "Views",
     "bone_key",
+    "check_grid_shape",
     "check_roi",
     "default_step_mm",
     "renderers",
@@ -184,6 +185,21 @@ def check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
     return u0, v0, w, h
 
 
+def check_grid_shape(shape: Any) -> tuple[int, int, int]:
+    """Validate the ``(I, J, K)`` voxel counts of a resampling grid (``fixed_shape``).
+
+    Every backend checks its ``fixed_shape`` through this function.
+    """
+    try:
+        values = list(shape)
+    except TypeError:
+        raise InputError(f"must be (I, J, K), got {shape!r}", key="fixed_shape") from None
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                               or int(v) < 1 for v in values):
+        raise InputError(f"must be three whole numbers >= 1, got {shape!r}", key="fixed_shape")
+    return int(values[0]), int(values[1]), int(values[2])
+
+
 def default_step_mm(spacing: Iterable[float]) -> float:
     """The default sampling step along a ray: half the smallest voxel spacing, in mm."""
     values = tuple(float(x) for x in spacing)
@@ -236,7 +252,7 @@ class Renderer(ABC):
 
     @abstractmethod
     def depth(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
-        """Front and back crossings of the surface of the union of ``bones`` (depth peeling)."""
+        """Front and back crossings of the union of ``bones``' surface (ray-marched layers)."""
 
     @abstractmethod
     def bone_index(self, views: Views, bones: Sequence[int]) -> torch.Tensor:

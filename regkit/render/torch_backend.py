@@ -68,6 +68,7 @@ from regkit.render.base import (
     Renderer,
     Resampled,
     Views,
+    check_grid_shape,
     check_roi,
     default_step_mm,
     renderers,
@@ -151,17 +152,6 @@ def _present_labels(labels: np.ndarray) -> frozenset[int]:
         counts = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=hi + 1)
         return frozenset(int(v) for v in np.flatnonzero(counts))
     return frozenset(int(v) for v in np.unique(labels))
-
-
-def _grid_shape(shape: Any) -> tuple[int, int, int]:
-    try:
-        values = list(shape)
-    except TypeError:
-        raise InputError(f"must be (I, J, K), got {shape!r}", key="fixed_shape") from None
-    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                               or int(v) < 1 for v in values):
-        raise InputError(f"must be three whole numbers >= 1, got {shape!r}", key="fixed_shape")
-    return int(values[0]), int(values[1]), int(values[2])
 
 
 def _border_pixels(width: int, height: int, device: torch.device) -> torch.Tensor:
@@ -642,7 +632,7 @@ class TorchRenderer(Renderer):
         Returns:
             :class:`Resampled` with ``values`` ``(B, I, J, K)`` (renderer dtype) and ``mask``.
         """
-        shape = _grid_shape(fixed_shape)
+        shape = check_grid_shape(fixed_shape)
         fixed = _as_tensor64(fixed_world_from_index, "fixed_world_from_index", self.device)
         if tuple(fixed.shape) != (4, 4):
             raise ShapeError(f"fixed_world_from_index must be 4x4, got shape "

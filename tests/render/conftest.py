@@ -223,7 +223,8 @@ def views_of(cameras: Camera | list[Camera]) -> Views:
     return Views.from_cameras(cameras)
 
 
-@pytest.fixture(params=backend_names())
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.gl) if name == "gl" else name
+                        for name in backend_names()])
 def make(request: pytest.FixtureRequest) -> Callable[..., Renderer]:
     """Build each registered backend in turn on a volume; skip one that cannot run here."""
     cls = renderers.get(request.param)

@@ -30,6 +30,8 @@ from regkit.render.gl import context as gl_context
 from regkit.render.torch_backend import TorchRenderer
 from regkit.volume import Volume
 
+pytestmark = pytest.mark.gl
+
 SHAPE = (34, 30, 26)
 
 
@@ -102,6 +104,7 @@ def test_registered_and_declared() -> None:
     assert GLRenderer.devices == ("cpu",)
 
 
+@pytest.mark.slow
 def test_import_does_not_load_moderngl() -> None:
     code = textwrap.dedent("""
         import sys

@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.gl
+
 
 def test_opengl_context_can_be_made_when_required() -> None:
     from regkit.render.gl.context import gl_available, unavailable_reason

@@ -39,6 +39,7 @@ def test_selection_rule() -> None:
     assert choose_backend() == ("gl" if gl_available() else "torch")
 
 
+@pytest.mark.gl
 def test_gradients_go_to_torch_and_gl_refuses_them(crop: Volume) -> None:
     r = make_renderer(crop, requires_grad=True)
     assert r.backend == "torch" and r.differentiable
@@ -48,6 +49,7 @@ def test_gradients_go_to_torch_and_gl_refuses_them(crop: Volume) -> None:
         make_renderer(crop, backend="cuda-magic")
 
 
+@pytest.mark.gl
 def test_backends_agree_on_real_anatomy(crop: Volume, views: Views) -> None:
     try:
         gl = make_renderer(crop, backend="gl")

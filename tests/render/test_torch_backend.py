@@ -249,6 +249,7 @@ def test_registry_and_package_exports() -> None:
     assert "TorchRenderer" in regkit.render.__all__
 
 
+@pytest.mark.slow
 def test_import_does_not_load_moderngl() -> None:
     import subprocess
     import sys
