@@ -26,18 +26,15 @@ Convention:
     **Objective.** For each view, the DRR (line integrals of μ, 1/mm · mm) of the candidate is
     compared with the radiograph by the metric, both smoothed by a Gaussian of ``smooth_px``
     level pixels (normalised by the view's mask weights), and the scores of the views are
-    averaged. A
-    candidate population of λ poses and V views is rendered in **one batched call** of
-    ``B = λ · V`` views (one call per detector size when the views differ in size). Where
+    averaged. A candidate population of λ poses and V views is rendered in **one batched call**
+    of ``B = λ · V`` views (one call per detector size when the views differ in size). Where
     ``bones`` is given, each view is first cropped to the bones' projected box (see
-    ``bone_roi_margin``), a second batched render draws the DRR of those bones only
+    ``bone_roi_margin_mm``), a second batched render draws the DRR of those bones only
     (``renderer.drr(bones=...)``), and the metric counts only the pixels where they project
     in that candidate's pose, dilated by ``bone_margin_px`` level pixels (and within the view's
     mask): the neighbours' pixels are ignored. The DRR scored there is of the whole CT, since
-    the radiograph shows the bone over soft tissue and overlapping structures: measured on the
-    shipped crop (T9, 80² detector), gncc of the bones-only DRR inside the footprint was 0.04
-    at the true pose and 0.07 at a start 6° and 10 mm off (no signal); of the whole DRR, 0.99
-    against 0.78.
+    the radiograph shows the bone over soft tissue and overlapping structures (a bones-only
+    DRR gave no signal). See docs/decisions/registration-2d3d-bones.md.
 
     **Masks.** Per view, the caller's ``image_masks`` (True or weight > 0 counts) and, unless
     ``mask_flat`` is off, the radiograph's *flat* pixels removed: pixels whose 3×3
@@ -50,12 +47,12 @@ Convention:
     spacing; :func:`~regkit.registration.levels.at_spacing`) on each view's detector binned by
     the least whole factor ``f`` that leaves at most ``max_voxels`` pixels
     (:meth:`Camera.downsample`; the radiograph is averaged over the same ``f × f`` blocks). Each
-    level starts from the previous level's result. CMA-ES searches wide on coarse levels; Powell
-    or a gradient method (Adam, L-BFGS through the differentiable torch renderer, w.r.t. the
-    six parameters) refines on fine ones.
+    level starts from the previous level's result. CMA-ES searches wide on coarse levels; the
+    batched quadratic model (the default), Powell or a gradient method (Adam, L-BFGS through
+    the differentiable torch renderer, w.r.t. the six parameters) refines on fine ones.
 
-    **Defaults** (:data:`DEFAULT_LEVELS`, metric ``gncc``) were chosen from measurements
-    documented with those constants.
+    **Defaults** (:data:`DEFAULT_LEVELS`, metric ``gncc``) were chosen from measurements: see
+    docs/decisions/registration-2d3d-levels.md.
 
 Example:
     >>> result = register_2d3d(ct, [camera], [radiograph], seed=1)  # doctest: +SKIP
@@ -65,24 +62,34 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from regkit.errors import InputError, ShapeError
+from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.transforms import rigid_from_params
-from regkit.io.radiograph import Radiograph, to_line_integral
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, gradient_methods, optimizers
 from regkit.registration import engine
+from regkit.registration._radiograph_images import bin_image as _bin
+from regkit.registration._radiograph_images import bin_weight as _bin_weight
+from regkit.registration._radiograph_images import bone_rois as _bone_rois
+from regkit.registration._radiograph_images import detector_factor as _detector_factor
+from regkit.registration._radiograph_images import fit_bone_weight as _fit_bone_weight
+from regkit.registration._radiograph_images import smooth as _smooth
+from regkit.registration._radiograph_inputs import check_bones as _check_bones
+from regkit.registration._radiograph_inputs import check_cameras as _check_cameras
+from regkit.registration._radiograph_inputs import check_images as _check_images
+from regkit.registration._radiograph_inputs import check_masks as _check_masks
+from regkit.registration._radiograph_inputs import check_variance as _check_variance
+from regkit.registration._radiograph_inputs import check_volume as _check_volume
+from regkit.registration._radiograph_inputs import flat_mask as _flat_mask
 from regkit.registration.engine import Level
 from regkit.registration.levels import (
     DEFAULT_THREADS,
@@ -92,8 +99,9 @@ from regkit.registration.levels import (
     coerce_options,
 )
 from regkit.registration.pose_error import mean_target_error
+from regkit.registration.radiograph_report import save_report
 from regkit.registration.results import Registration2D3DResult, cameras_from_correction
-from regkit.render.base import Renderer, Views, bone_key
+from regkit.render.base import Renderer, Views
 from regkit.volume import Volume
 
 __all__ = [
@@ -105,14 +113,9 @@ __all__ = [
     "save_report",
 ]
 
-# Largest level volume handed to a renderer: bounds memory and stays clear of the torch
-# backend's path for volumes over 2**24 voxels (see volume_registration's _MAX_MOVING_VOXELS).
+# Largest level volume handed to a renderer: bounds its memory (the same cap as
+# volume_registration's _MAX_MOVING_VOXELS).
 _MAX_LEVEL_VOXELS = 1 << 23
-# Flat-pixel detection: a 3x3 neighbourhood whose range is at most this fraction of the image's
-# value range counts as exactly constant.
-_FLAT_RTOL = 1e-7
-# Pixels of dilation around flat (collimated) regions, at full resolution.
-_FLAT_MARGIN_PX = 2
 
 
 DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
@@ -137,55 +140,9 @@ Level 0 searches wide (CMA-ES, σ = 8° and 15 mm, popsize 16, IPOP restarts), l
 and 0.5 mm) on the CT as it is (capped at 2²³ voxels); levels 1 and 2 fit the bone weight
 (``fit_bone_weight``).
 
-Measured on polychromatic radiographs (``benchmarks/precision_2d3d.py``: the whole chest CT, a
-256² AP view made by a 70 kVp two-material model with beam hardening, 5 % scatter, 10⁴ photons,
-1 px blur; starts up to 15° and 30 mm; 14 cases, 2 cores with a niced job beside):
-
-* Powell at level 2 (120 evaluations, the previous default), no bone fit: median mTRE 0.66 mm,
-  worst 1.13, 13/14 under 1 mm, 8.9 s.
-* The quadratic model at level 2, no bone fit: median 0.46, worst 0.53 mm, 7.1 s: it reaches
-  the objective's optimum along the nearly flat depth direction where Powell stopped short.
-* Both (designs of 43 poses, ``tol_x`` 0.12: 4–5 designs): median 0.32, worst 0.38 mm, 14/14
-  under 1 mm, about 14 s (the bone part is a second render). ``tol_x`` 0.06: the same to
-  0.01 mm, one design more. The minimal design (28 poses, these defaults): the same figures to
-  0.01 mm with 112–196 evaluations at level 2 instead of 172–301. Powell with the bone fit:
-  median 0.36, worst 0.96 mm, 11.8 s.
-* What is left is the objective's own bias, the same in every case (the same radiograph):
-  +0.17 mm down the image and 0.26 mm towards the source. It follows the radiograph's blur:
-  re-registered from the truth, radiographs with 0, 1 and 2 px of detector blur ended 1.1 mm
-  towards the source, 0.3 mm, and 2.0 mm away from it (``smooth_px`` 0.75: 0.9, 0.15 and
-  2.3 mm), so a single view's depth is only as good as the blur model. Fitting a change of blur
-  per candidate (a Laplacian term) or choosing the DRR's blur that scores best at each level's
-  start both made it worse.
-
-Earlier measurements on the monochromatic benchmark (``benchmarks/test_bench_2d3d.py``: the
-radiograph rendered with bone weighted 1.5×, 5 % scatter, Poisson noise at 10⁴ photons,
-σ = 1 px blur; starts up to 15° and 30 mm), 10 cases each, on the 2 shared cores (load 2–3, so
-times run long), OpenGL renders, 1 torch thread, with Powell at level 2:
-
-* Level 2: Powell, 120 evaluations, ``tol_x`` 0.02 (the previous default), 8 cases on an idle
-  but slow VM (nanodrr's 256² DRR took 2.2 s there against 1.2 s on the machine of the
-  renderer benchmark's first run): median mTRE 0.28 mm, worst 0.41 mm, median 9.3 s.
-* Level 2 with 60 evaluations and ``tol_x`` 0.05 (the earlier default), same VM: 20 cases,
-  20/20 within 1 mm, median 0.40 mm (p90 0.87 mm), 7.2 s; on the 3 cases nanodrr's Adam
-  registration also ran, 0.59, 0.33 and 0.60 mm against its 0.43, 0.43 and 0.46 mm: the
-  polish stopped short. With 90 evaluations and ``tol_x`` 0.02: median 0.43 mm, 8.2 s.
-  CMA-ES at level 2 (popsize 8, 120 evaluations, σ = 0.3° and 0.6 mm): median 0.64 mm, worst
-  1.7 mm, 8.5 s. Earlier, on the shared cores at load 2–3, the 60-evaluation level 2 gave
-  10/10 within 1 mm, median 0.55 mm, 8.2 s (level 0 1.4–3.1 s, level 1 2.1–4.3 s, level 2
-  3.3–5.5 s).
-* Level 1 with 300 evaluations and level 2 Powell with 120 evaluations: 10/10 at 1 mm, median
-  0.20 mm but 14 s (level 2 alone 5.7–10 s, about 50 ms per 128² render of the CT).
-* Level 2 on 85² (``max_voxels`` 96², 100 evaluations): median 0.40 mm, 9/10 within 2 mm (one
-  level-0 miss at 4.9 mm), 11.7 s: coarser pixels save less than they cost in accuracy.
-* Biplane (AP and lateral, 4 cases): median mTRE 0.20 mm, 20 s (twice the renders).
-* Threads: 1 or 2 torch threads made no difference beyond the load's noise (4 cases: median
-  10.3 and 9.8 s at load 2.5–2.8): the renders are OpenGL's (llvmpipe takes both cores
-  anyway); torch only smooths and scores 32²–128² images. Hence ``threads=1``, as in 3D–3D.
-* Metric: on the shipped crop (80² detector) the optimum over depth moved 1.2–1.4 mm for gncc
-  and gc with a 0.7 px blur of the radiograph and no smoothing; 0.02–0.15 mm (gncc) with
-  ``smooth_px=1``, which gncc keeps with twice gc's curvature. Plain ncc was unbiased but
-  10× flatter (a poor search landscape); lncc (9 px patches) moved 4 mm.
+Why: on polychromatic radiographs (``benchmarks/precision_2d3d.py``, 14 cases) this polish with
+the bone fit gave a median mTRE of 0.32 mm (worst 0.38 mm), where the previous default, Powell
+without the bone fit, gave 0.66 mm (worst 1.13). See docs/decisions/registration-2d3d-levels.md.
 """
 
 
@@ -202,44 +159,36 @@ class Register2D3DOptions:
         trans_range_mm: Search bound on each translation coordinate, mm.
         starts: Random starts screened in one batched call at level 0 (uniform within
             ``±start_spread`` level-0 steps of the origin, the origin included); the best
-            becomes CMA-ES's start. 0: start from the input cameras. For wide searches:
-            from starts up to 30° and 60 mm (6 benchmark-style cases, whole CT), 5/6 ended
-            within 2 mm with 0 starts and 6/6 with 64 (medians 0.62 and 0.73 mm, 9.9 and
-            7.5 s); within the 15° / 30 mm of the defaults' measurements 0 was enough.
+            becomes CMA-ES's start. 0 (default): start from the input cameras, enough within
+            15° and 30 mm; from up to 30° and 60 mm off, 64 starts ended 6/6 cases within 2 mm
+            (0 starts: 5/6). See docs/decisions/registration-2d3d-levels.md.
         start_spread: Half-width of the screened box, in level-0 steps.
         bone_margin_px: Dilation, in level pixels, of the bones' projected footprint that
             the metric counts when ``bones`` is given.
         bone_roi_margin_mm: With ``bones``, each view is cropped to the bones' projected box
             at the initial pose, widened on every side by this many mm at the bones' depth
-            (so the pyramid's pixels go to the bone, and the bone stays in view within that
-            distance of its start). A margin of 30 % of the box instead lost a vertebra of the
-            whole CT 10 mm off its start out of a 20-pixel-tall crop.
+            (default 30): the pyramid's pixels go to the bone, and the bone stays in view
+            within that distance of its start (a margin in % of the box lost a vertebra). See
+            docs/decisions/registration-2d3d-bones.md.
         smooth_px: σ, in level pixels, of a Gaussian applied to both the radiograph and every
-            DRR before the metric (0: none). A radiograph is blurrier than a DRR (focal spot,
-            detector, scatter); a gradient metric then prefers a wrong magnification, i.e. a
-            wrong depth: on the crop at 80², a radiograph blurred by 0.7 px moved gncc's
-            optimum 1.2 mm in depth. Smoothing both makes their blurs more alike.
+            DRR before the metric (default 1; 0: none). A radiograph is blurrier than a DRR,
+            and a gradient metric then prefers a wrong magnification, i.e. a wrong depth;
+            smoothing both makes their blurs more alike. See
+            docs/decisions/registration-2d3d-depth-bias.md.
         mask_partial_rays: Score only the pixels whose ray, at the candidate's pose, crosses
             the CT's whole depth: it enters and leaves the voxel box through the two faces
-            across the viewing direction (eroded by one level pixel). A ray leaving through a
-            side face sees less than the patient: where the CT's field of view ends inside the
-            body, its DRR has an edge no radiograph shows, and with a smoothed CT (coarse
-            levels) that edge moved the depth optimum by 3–4 mm on the shipped crop at level 1
-            (64², CT at 2x); with this mask, 0.1–0.6 mm, but at level 0 (32²) -7 mm, and whole
-            single-view registrations of the crop were no better (3 starts: 1.0, 6.0, 3.3 mm
-            against 6.5, 2.5, 2.1 mm without). Off by default until measured further; the
-            benchmark's whole CT, whose box ends mostly in air, does not need it. Ignored for
-            a view where fewer than a quarter of the pixels would remain.
+            across the viewing direction (eroded by one level pixel). Ignored for a view where
+            fewer than a quarter of the pixels would remain. Off by default: it cut the depth
+            bias of the CT's field-of-view edge at level 1 but not at level 0, and made whole
+            registrations no better. See docs/decisions/registration-2d3d-depth-bias.md.
         mask_flat: Leave the radiographs' flat (collimated, padded) pixels out of the metric.
         fit_bone_weight: At every level but the first, fit the weight of the CT's bone
             against its soft tissue to each radiograph, per candidate
-            (:func:`_fit_bone_weight`: closed form on the images' edges, a second render of
-            the bone part): a radiograph is not a DRR, and its bone contrast depends on the
-            spectrum and the detector, not on the CT's HU-to-μ mapping; the bias it leaves
-            lies mostly along the view, which one radiograph barely fixes. The first level,
-            which captures, keeps the DRR as it is: a free weight there flattened the
-            landscape far from the truth (the shipped crop's single view ended 8 mm off).
-            Measured in :data:`DEFAULT_LEVELS`.
+            (:func:`~regkit.registration._radiograph_images.fit_bone_weight`: closed form on
+            the images' edges, a second render of the bone part); default True. A
+            radiograph's bone contrast depends on its spectrum and detector, not on the CT's
+            HU-to-μ mapping. The first level, which captures, keeps the DRR as it is. See
+            docs/decisions/registration-2d3d-bones.md.
         bone_threshold_hu: HU above which the CT's μ counts as bone for ``fit_bone_weight``
             (the μ above that of this HU is the bone part).
         mu_water: μ of water (1/mm) for a CT in HU (docs/CONVENTIONS.md: 0.02).
@@ -330,258 +279,7 @@ def mean_target_error_2d3d(camera_from_world_est: Any, camera_from_world_true: A
     return mean_target_error(camera_from_world_est, camera_from_world_true, points_world)
 
 
-# ---------------------------------------------------------------------------- input checks
-
-
-def _check_volume(volume: Any, mu_water: float) -> Volume:
-    if not isinstance(volume, Volume):
-        raise InputError(f"must be a regkit Volume, got {type(volume).__name__}", key="volume")
-    if volume.units not in ("HU", "mu"):
-        raise InputError(f"must be in 'HU' or 'mu', got units {volume.units!r}", key="volume")
-    mu = volume.to_mu(mu_water) if volume.units == "HU" else volume
-    if float(mu.data.max()) - float(mu.data.min()) <= 0:
-        raise InputError("the CT is constant: no DRR of it can be registered", key="volume")
-    return mu
-
-
-def _check_cameras(cameras: Any) -> list[Camera]:
-    if isinstance(cameras, Camera):
-        cameras = [cameras]
-    try:
-        cams = list(cameras)
-    except TypeError:
-        raise InputError(f"must be a sequence of Camera, got {type(cameras).__name__}",
-                         key="cameras") from None
-    if not cams:
-        raise InputError("needs at least one camera", key="cameras")
-    for i, c in enumerate(cams):
-        if not isinstance(c, Camera):
-            raise InputError(f"must be a Camera, got {type(c).__name__}", key=f"cameras[{i}]")
-    return cams
-
-
-def _check_images(images: Any, cameras: list[Camera], kind: str) -> list[NDArray[np.float32]]:
-    if kind not in ("line-integral", "transmitted"):
-        raise InputError(f"must be 'line-integral' or 'transmitted', got {kind!r}",
-                         key="image_kind")
-    if isinstance(images, np.ndarray | Radiograph):
-        images = [images]
-    try:
-        items = list(images)
-    except TypeError:
-        raise InputError(f"must be a sequence of arrays or Radiographs, got "
-                         f"{type(images).__name__}", key="images") from None
-    if len(items) != len(cameras):
-        raise InputError(f"{len(items)} image(s) for {len(cameras)} camera(s): give one "
-                         "image per camera, in the same order", key="images")
-    out = []
-    for i, (item, cam) in enumerate(zip(items, cameras, strict=True)):
-        key = f"images[{i}]"
-        if isinstance(item, Radiograph):
-            values = np.array(item.image, dtype=np.float32)   # already line integrals
-        else:
-            raw = np.asarray(item)
-            if raw.ndim != 2:
-                raise ShapeError(f"{key} must be a 2-D image (H, W), got shape {raw.shape}")
-            if raw.size == 0:
-                raise InputError("is empty (0 pixels)", key=key)
-            try:
-                values = np.array(to_line_integral(raw, kind), dtype=np.float32)  # type: ignore[arg-type]
-            except InputError as err:
-                raise InputError(err.reason, key=key) from None
-        if values.shape != (cam.height, cam.width):
-            raise ShapeError(f"{key} is {values.shape[1]} x {values.shape[0]} pixels (width x "
-                             f"height) but camera {i}'s detector is {cam.width} x {cam.height}")
-        out.append(values)
-    return out
-
-
-def _check_masks(masks: Any, images: list[NDArray[np.float32]]) -> list[NDArray[np.float32] | None]:
-    if masks is None:
-        return [None] * len(images)
-    if isinstance(masks, np.ndarray) and masks.ndim == 2:
-        masks = [masks]
-    items = list(masks)
-    if len(items) != len(images):
-        raise InputError(f"{len(items)} mask(s) for {len(images)} image(s): give one per "
-                         "image (None for none)", key="image_masks")
-    out: list[NDArray[np.float32] | None] = []
-    for i, (m, img) in enumerate(zip(items, images, strict=True)):
-        key = f"image_masks[{i}]"
-        if m is None:
-            out.append(None)
-            continue
-        a = np.asarray(m)
-        if a.shape != img.shape:
-            raise ShapeError(f"{key} has shape {a.shape} but its image has shape {img.shape}")
-        if a.dtype == np.bool_:
-            w = a.astype(np.float32)
-        elif np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
-            if not np.isfinite(a).all():
-                raise InputError("holds NaN or infinite values", key=key)
-            w = (a != 0).astype(np.float32) if np.issubdtype(a.dtype, np.integer) \
-                else np.clip(a, 0.0, 1.0).astype(np.float32)
-        else:
-            raise InputError(f"must be boolean or numeric, got dtype {a.dtype}", key=key)
-        if not (w > 0).any():
-            raise InputError("selects no pixel", key=key)
-        out.append(w)
-    return out
-
-
-def _check_variance(images: list[NDArray[np.float32]],
-                    weights: list[NDArray[np.float32] | None]) -> None:
-    for i, (img, w) in enumerate(zip(images, weights, strict=True)):
-        values = img if w is None else img[w > 0]
-        lo, hi = float(values.min()), float(values.max())
-        if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
-            where = " inside its mask" if w is not None else ""
-            raise InputError(f"the image is constant ({lo:g}){where}: a zero-variance image "
-                             "cannot be registered", key=f"images[{i}]")
-
-
-def _check_bones(bones: Any, volume: Volume) -> tuple[int, ...] | None:
-    if bones is None:
-        return None
-    key = bone_key(bones)
-    if volume.labels is None:
-        raise InputError("bones were given but the volume has no label map (load it with "
-                         "labels=...)", key="bones")
-    present = set(np.unique(volume.labels).tolist())
-    missing = [b for b in key if b not in present]
-    if missing:
-        shown = sorted(present - {0})
-        listing = ", ".join(str(v) for v in shown[:30]) + (" ..." if len(shown) > 30 else "")
-        raise InputError(f"label(s) {missing} not in the volume's label map (present: "
-                         f"{listing})", key="bones")
-    return key
-
-
-def _flat_mask(image: NDArray[np.float32]) -> NDArray[np.float32] | None:
-    """Weights that drop the flat (exactly constant 3×3) pixels and a margin; None: none flat."""
-    from scipy.ndimage import binary_dilation, maximum_filter, minimum_filter
-
-    span = float(image.max() - image.min())
-    local = maximum_filter(image, size=3, mode="nearest") - minimum_filter(image, size=3,
-                                                                           mode="nearest")
-    flat = local <= _FLAT_RTOL * max(span, 1e-30)
-    if not flat.any():
-        return None
-    flat = binary_dilation(flat, iterations=_FLAT_MARGIN_PX)
-    if flat.mean() > 0.9:   # nearly everything flat: a synthetic image; do not mask
-        return None
-    return (~flat).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------- the levels
-
-
-def _blocks(a: NDArray[np.float32], factor: int) -> NDArray[np.float64]:
-    h, w = a.shape[0] // factor, a.shape[1] // factor
-    return a[:h * factor, :w * factor].astype(np.float64).reshape(h, factor, w, factor)
-
-
-def _bin(image: NDArray[np.float32], factor: int, weight: NDArray[np.float32] | None = None
-         ) -> NDArray[np.float32]:
-    """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample);
-    with ``weight``, the weighted mean (a block with no weight keeps its plain mean)."""
-    if factor == 1:
-        return image
-    if weight is None:
-        return _blocks(image, factor).mean(axis=(1, 3)).astype(np.float32)
-    w = _blocks(weight, factor)
-    total = w.sum(axis=(1, 3))
-    num = (_blocks(image, factor) * w).sum(axis=(1, 3))
-    plain = _blocks(image, factor).mean(axis=(1, 3))
-    return np.where(total > 0, num / np.maximum(total, 1e-12), plain).astype(np.float32)
-
-
-def _bin_weight(weight: NDArray[np.float32], factor: int) -> NDArray[np.float32]:
-    """A block's weight is its least pixel weight: a block half under a collimator is out."""
-    if factor == 1:
-        return weight
-    return _blocks(weight, factor).min(axis=(1, 3)).astype(np.float32)
-
-
-def _smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = None
-            ) -> torch.Tensor:
-    """``(B, H, W)`` images blurred by a Gaussian of ``sigma`` pixels (separable, edges
-    replicated); differentiable; ``sigma = 0`` returns them as they are.
-
-    With ``weight`` (B, H, W), a normalised convolution ``G * (w·x) / G * w``: pixels of zero
-    weight (a collimator's border) do not bleed into their neighbours. The radiograph and the
-    DRRs must be smoothed with the same weights: smoothing only the radiograph this way made
-    masked registrations fail (a single view with 10 columns and 8 rows masked: 31.9 mm; both
-    alike: 0.21 mm).
-    """
-    if sigma <= 0:
-        return images
-    if weight is not None:
-        num = _smooth(images * weight, sigma)
-        den = _smooth(weight, sigma)
-        return torch.where(den > 1e-6, num / den.clamp(min=1e-6), images)
-    radius = max(1, math.ceil(3.0 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = images[:, None]
-    out = torch.nn.functional.pad(out, (radius, radius, radius, radius), mode="replicate")
-    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1))
-    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1))
-    return out[:, 0]
-
-
-# Bounds of the fitted bone weight (1: the CT's own HU-to-μ mapping).
-_BONE_WEIGHT_RANGE = (0.25, 5.0)
-
-
-def _fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
-                     weight: torch.Tensor | None) -> torch.Tensor:
-    """The DRR with its bone part re-weighted to match the radiograph's edges best.
-
-    ``drr`` is ``S + B`` (soft tissue and ``bone`` = B, the CT's μ above ``bone_threshold_hu``);
-    the radiograph's Sobel derivatives are fitted by those of ``p·drr + q·B`` in weighted least
-    squares over both axes (closed form, per image), and ``drr + (q/p)·B`` returned: bone then
-    weighs ``w = 1 + q/p`` against soft tissue, clamped to :data:`_BONE_WEIGHT_RANGE`. (A third
-    term fitting a change of blur, ``r·Δdrr``, was tried and doubled the bias.) A radiograph
-    made with another HU-to-μ mapping or spectrum than the renderer's (bone weighing 3.6×
-    water per mm under a 70 kVp beam, against 2.5× in the DRR) otherwise moves a gradient
-    metric's optimum, mostly along the view. Differentiable; ``(B, H, W)`` in and out.
-    """
-    from regkit.metrics._ops import erode, sobel
-
-    bases = [drr, bone]
-    grads = [sobel(x) for x in bases]
-    gf = sobel(fixed)
-    w = None if weight is None else erode(weight)   # as the gradient metrics weigh pixels
-
-    def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-        total = sum((x * y if w is None else x * y * w) for x, y in zip(a, b, strict=True))
-        assert isinstance(total, torch.Tensor)
-        return total.flatten(1).sum(dim=1).to(torch.float64)
-
-    k = len(bases)
-    gram = torch.stack([torch.stack([dot(grads[i], grads[j]) for j in range(k)], dim=-1)
-                        for i in range(k)], dim=-2)                        # (B, k, k)
-    rhs = torch.stack([dot(grads[i], gf) for i in range(k)], dim=-1)      # (B, k)
-    scale = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
-    norm = gram / (scale[:, :, None] * scale[:, None, :]) \
-        + 1e-9 * torch.eye(k, dtype=gram.dtype)
-    coef = torch.linalg.solve(norm, (rhs / scale)[..., None])[..., 0] / scale
-    p = coef[:, 0]
-    ok = torch.isfinite(coef).all(dim=1) & (p > 0)
-    p = torch.where(ok, p, torch.ones_like(p))
-    lo, hi = _BONE_WEIGHT_RANGE
-    ratio = torch.where(ok, coef[:, 1] / p, torch.zeros_like(p)).clamp(lo - 1.0, hi - 1.0)
-    return drr + ratio.to(drr.dtype)[:, None, None] * bone
-
-
-def _detector_factor(cam: Camera, max_pixels: int) -> int:
-    f = 1
-    while (cam.width // f) * (cam.height // f) > max_pixels and min(cam.width, cam.height) // (
-            f + 1) >= 3:
-        f += 1
-    return f
 
 
 @dataclass
@@ -764,7 +462,8 @@ class _LevelBuilder:
 
     def bone_volume(self, shrink: float) -> Volume:
         """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing: the part of
-        the DRR whose weight :func:`_fit_bone_weight` fits (the rest is soft tissue)."""
+        the DRR whose weight :func:`~regkit.registration._radiograph_images.fit_bone_weight`
+        fits (the rest is soft tissue)."""
         if shrink not in self._bone_volumes:
             if self._excess is None:
                 mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
@@ -871,13 +570,13 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
         bones: Register these labelled bones only: the metric counts only the pixels where
             they project (their own DRR, dilated), so neighbours are ignored; the views are
             cropped to them and the pivot is their centroid. One view fixes a single bone's
-            position across the view, not along it: on the whole CT (T9, 256² AP, starts
-            7–10 mm off) the projection error fell to 0.8–2.8 px but the depth stayed 15–21 mm
-            off. Register single bones from two or more views.
+            position across the view, not along it (its depth stayed 15–21 mm off): register
+            single bones from two or more views. See docs/decisions/registration-2d3d-bones.md.
         image_masks: One mask per image (None for none): ``(H, W)`` bool or weights in [0, 1];
             only the pixels inside count.
         metric: A 2-D metric name of :func:`regkit.metrics.get_metric` (default ``"gncc"``,
-            gradient-magnitude NCC: see :data:`DEFAULT_LEVELS` for why).
+            gradient-magnitude NCC: with ``smooth_px`` little depth bias and a steep optimum;
+            see docs/decisions/registration-2d3d-levels.md).
         optimizer: The method of the first (widest) level: ``"cmaes"`` (default) or another
             registered derivative-free method; later levels keep their own.
         seed: Seed of every random draw (default
@@ -932,41 +631,6 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
         builder = _LevelBuilder(mu, work_cams, work_imgs, work_weights, scorer, bone_labels,
                                 opts, backend)
         return _register(builder, cams, levels, metric, seed, opts, progress, t_start)
-
-
-def _bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
-               images: list[NDArray[np.float32]], weights: list[NDArray[np.float32] | None],
-               margin_mm: float) -> tuple[list[Camera], list[NDArray[np.float32]],
-                                          list[NDArray[np.float32] | None]]:
-    """Each view cropped to the bones' projected box at the initial pose, widened by
-    ``margin_mm`` at the bones' depth on each side: the pyramid's pixels then go to the bone."""
-    assert mu.labels is not None
-    index = np.argwhere(np.isin(mu.labels, bones))
-    lo, hi = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
-    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)],
-                       dtype=np.float64)
-    world = mu.index_to_world(corners)
-    centroid = mu.index_to_world(index.mean(axis=0))
-    out_c, out_i, out_w = [], [], []
-    for cam, img, w in zip(cams, images, weights, strict=True):
-        uv = cam.project(world)
-        depth = float((cam.camera_from_world @ np.append(centroid, 1.0))[2])
-        if not np.isfinite(uv).all() or depth <= 0:
-            out_c.append(cam)
-            out_i.append(img)
-            out_w.append(w)
-            continue
-        margin = margin_mm * np.array(cam.focal_lengths) / depth   # pixels (u, v)
-        u0, v0 = np.floor(uv.min(axis=0) - margin).astype(int)
-        u1, v1 = np.ceil(uv.max(axis=0) + margin).astype(int)
-        u0, v0 = max(0, int(u0)), max(0, int(v0))
-        u1, v1 = min(cam.width, int(u1)), min(cam.height, int(v1))
-        if u1 - u0 < 8 or v1 - v0 < 8:   # the bone is (nearly) off this detector: keep it all
-            u0, v0, u1, v1 = 0, 0, cam.width, cam.height
-        out_c.append(cam.crop(u0, v0, u1 - u0, v1 - v0))
-        out_i.append(np.ascontiguousarray(img[v0:v1, u0:u1]))
-        out_w.append(None if w is None else np.ascontiguousarray(w[v0:v1, u0:u1]))
-    return out_c, out_i, out_w
 
 
 def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOptions]:
@@ -1025,61 +689,3 @@ def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOpti
             "levels": list(done.levels),
             "stop_reasons": done.stop_reasons,
         })
-
-
-# ----------------------------------------------------------------------------------- report
-
-
-def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequence[Camera],
-                images: Sequence[Any], result: Registration2D3DResult, *,
-                image_kind: str = "line-integral", bones: Sequence[int] | None = None,
-                backend: str | None = None) -> list[Path]:
-    """PNGs showing a 2D–3D registration: per view, the DRR's edges over the radiograph.
-
-    ``view_<i>.png``: the radiograph in grey with the edges of the DRR at the input cameras in
-    magenta (left) and at the refined cameras in green (right). ``convergence.png``: the best
-    score per level against evaluations.
-
-    Args:
-        directory: Created if missing.
-        volume, cameras, images, image_kind, bones: As given to :func:`register_2d3d`.
-        result: Its result.
-        backend: Renderer backend for the DRRs (None: the default rule).
-
-    Returns:
-        The files written.
-    """
-    from regkit.registration.report import (
-        GREEN,
-        MAGENTA,
-        convergence_plot,
-        edge_overlay,
-        save_side_by_side,
-    )
-    from regkit.render.select import make_renderer
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    mu = _check_volume(volume, 0.02)
-    cams = _check_cameras(cameras)
-    imgs = _check_images(images, cams, image_kind)
-    labels = _check_bones(bones, mu)
-    renderer = make_renderer(mu, backend=backend)
-    written = []
-    for i, (cam, img) in enumerate(zip(cams, imgs, strict=True)):
-        panels = []
-        for pose, color in ((cam.camera_from_world, MAGENTA),
-                            (result.cameras[i].camera_from_world, GREEN)):
-            with torch.no_grad():
-                drr = renderer.drr(Views.from_cameras(cam.with_pose(pose)), bones=labels)[0]
-            panels.append(edge_overlay(img, drr.cpu().numpy(), color))
-        path = out / f"view_{i}.png"
-        save_side_by_side(path, panels)
-        written.append(path)
-    if result.history:
-        path = out / "convergence.png"
-        convergence_plot(path, result.history, title=f"{result.metric} by level",
-                         higher_is_better=get_metric(result.metric).higher_is_better)
-        written.append(path)
-    return written
-

@@ -7,7 +7,8 @@ show at a glance whether it worked.
   colour (magenta before, green after, by convention of the callers).
 * :func:`checkerboard`: tiles taken alternately from the fixed and the moving image; a good
   alignment makes edges run straight across tile borders.
-* :func:`convergence_plot`: the best score so far against evaluations, level boundaries marked.
+* :func:`convergence_plot`: the best score so far against evaluations, level boundaries marked;
+  :func:`save_convergence` writes it for a registration result.
 
 Everything is drawn with Pillow; no plotting library is needed.
 """
@@ -17,14 +18,20 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from regkit.errors import InputError, ShapeError
 from regkit.io.png import to_uint8, write_png
-from regkit.registration.results import ConvergencePoint
+from regkit.registration.results import (
+    ConvergencePoint,
+    Registration2D3DResult,
+    Registration3D3DResult,
+)
 
-__all__ = ["checkerboard", "convergence_plot", "edge_overlay", "edges", "save_side_by_side"]
+__all__ = ["checkerboard", "convergence_plot", "edge_overlay", "edges", "save_convergence",
+           "save_side_by_side"]
 
 MAGENTA = (255, 0, 255)
 GREEN = (0, 230, 0)
@@ -162,3 +169,21 @@ def convergence_plot(path: str | os.PathLike[str], history: Sequence[Convergence
     if len(pts) > 1:
         draw.line(pts, fill=(200, 30, 30), width=2)
     write_png(path, np.asarray(img))
+
+
+def save_convergence(directory: str | os.PathLike[str],
+                     result: Registration2D3DResult | Registration3D3DResult) -> list[Path]:
+    """``convergence.png`` in ``directory``: :func:`convergence_plot` of ``result``'s history,
+    titled by its metric; nothing when it has no history.
+
+    Returns:
+        The file written (an empty list when none was).
+    """
+    from regkit.metrics import get_metric
+
+    if not result.history:
+        return []
+    path = Path(directory) / "convergence.png"
+    convergence_plot(path, result.history, title=f"{result.metric} by level",
+                     higher_is_better=get_metric(result.metric).higher_is_better)
+    return [path]

@@ -46,7 +46,7 @@ Convention:
     where memory is short).
 
     **Defaults** (:data:`DEFAULT_RIGID_LEVELS`, :data:`DEFAULT_AFFINE_LEVELS`) were chosen from
-    measurements, documented with those constants.
+    measurements: see docs/decisions/registration-3d3d-levels.md.
 
 Example:
     >>> from regkit.io.nifti import load_nifti
@@ -57,13 +57,10 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -75,6 +72,9 @@ from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, optimizers
 from regkit.registration import engine, pose_error
+from regkit.registration._volume_inputs import as_volume as _as_volume
+from regkit.registration._volume_inputs import check_mask as _check_mask
+from regkit.registration._volume_inputs import check_variance as _check_variance
 from regkit.registration.engine import Level
 from regkit.registration.levels import (
     DEFAULT_THREADS,
@@ -85,6 +85,9 @@ from regkit.registration.levels import (
 )
 from regkit.registration.levels import at_spacing as _at_spacing
 from regkit.registration.results import Registration3D3DResult
+from regkit.registration.volume_init import initial_candidates as _initial_candidates
+from regkit.registration.volume_init import initial_transform
+from regkit.registration.volume_report import resample_moving, save_report
 from regkit.render.base import Renderer
 from regkit.volume import Volume
 
@@ -105,14 +108,9 @@ __all__ = [
 TransformKind = Literal["rigid", "affine"]
 InitKind = Literal["identity", "center", "moments"]
 
-# Foreground for the centre-of-mass and moments initialisations: CT voxels above -500 HU (the
-# body and the table, not the air). For other units, see _foreground_rule.
-_HU_FOREGROUND = -500.0
-# Voxels used at most to estimate a centroid or a covariance (a regular subsample beyond that).
-_MOMENT_VOXELS = 1 << 19
 # Largest moving level image handed to a renderer: bounds its memory (the torch backend keeps
-# four copies, 128 MB in float32) and stays clear of the torch backend's path for volumes over
-# 2**24 voxels, which returns unset values when no gradient is asked for (reported).
+# four copies, 128 MB in float32) and keeps the torch backend on its packed fast path (at most
+# 2**24 voxels). See docs/decisions/registration-3d3d-levels.md.
 _MAX_MOVING_VOXELS = 1 << 23
 
 
@@ -136,26 +134,10 @@ DEFAULT_RIGID_LEVELS: tuple[LevelOptions, ...] = (
 """The rigid pyramid: 3 levels at 4, 2 and 1 times the base spacing.
 
 Level 0 searches wide (CMA-ES, σ = 15° and 15 mm, popsize 20, IPOP restarts if it converges
-early); levels 1 and 2 refine with small steps. Measured on the benchmark's pairs
-(``benchmarks/test_bench_3d3d.py``: the chest CT at 2.8 mm, 128 × 128 × 119, against a moved,
-cropped, noisy copy on a 3.0 × 2.6 × 3.2 mm grid; starts up to 60° and 40 mm), on 2 shared cores
-(load 2–4), OpenGL resampling, 1 torch thread unless said:
-
-* **Threads.** A whole registration took 2.4–3.2 s with 1 torch thread and 6.3–31 s with 2
-  (3 runs each, load about 3.5): OpenGL-free torch work comes in calls of ≤ 10⁶ voxels, where
-  fork/join costs more than it saves and a busy core stalls the other. Hence ``threads=1``.
-* **Finest level as is.** Smoothing both images to a common spacing at the finest level (2.93
-  mm here) biased the optimum, more the denser the metric grid: median mTRE 0.19, 0.36, 0.69 mm
-  with 32k, 128k, 512k samples (8 pairs); with the images as they are, 0.20, 0.08, 0.27 mm.
-* **Metric grid by stride, not interpolation.** Coarsening the fixed image trilinearly to 64k
-  points gave a median mTRE of 0.46–0.50 mm whatever the optimizer and budget; taking every 4th
-  voxel (31k) gives 0.13 mm (CMA-ES, 400 evaluations). Stride 3 (74k): median 0.17 but p90
-  0.51 mm; an oblique lattice: 0.14–0.24 mm at twice the time. Hence ``max_voxels=40000`` at the
-  finest level (stride 4 on a 128³ image).
-* **Budgets.** Level 0 with 250–600 evaluations found all 30 same-modality pairs; across
-  modalities (mattes_mi, 20 pairs) popsize 12 with 400 evaluations missed 1, popsize 16 or 20
-  with 600 missed none. The finest level: CMA-ES 400 evaluations 0.13 mm in 0.45 s, 200: 0.19 mm;
-  Powell 200: 0.11 mm in 0.50 s. Totals near 1 400 evaluations, about 0.5–1 s a registration.
+early); levels 1 and 2 refine with small steps. The finest level scores the images as they are
+on every 4th voxel (``max_voxels=40000``: stride 4 on a 128³ image), since smoothing or
+interpolating them there biased the optimum: median mTRE 0.13 mm on the benchmark's pairs against
+0.46–0.50 mm with a trilinear grid. See docs/decisions/registration-3d3d-levels.md.
 """
 
 DEFAULT_AFFINE_LEVELS: tuple[LevelOptions, ...] = (
@@ -180,9 +162,9 @@ class Register3D3DOptions:
         affine_levels: Affine refinement levels run after ``levels`` when
             ``transform="affine"`` (they start from the rigid result).
         min_overlap: Smallest overlap fraction (see the module docstring) a candidate needs to be
-            scored by the metric, in ``(0, 1]``. At 0.3, mattes_mi (50 bins, 4k samples at level
-            0) on the shipped crop preferred a 70 mm-off partial overlap to the truth 12 mm
-            away; at 0.5 it recovered it to 0.07 mm.
+            scored by the metric, in ``(0, 1]`` (default 0.5): below it, mutual information can
+            prefer a partial overlap far off to the truth. See
+            docs/decisions/registration-3d3d-overlap.md.
         rot_range_deg: Search bound on each rotation coordinate about the initial transform,
             degrees.
         trans_range_mm: Search bound on each translation coordinate, mm.
@@ -194,9 +176,9 @@ class Register3D3DOptions:
             quarter of its 1–99 percentile range.
         max_batch: Most candidates resampled in one call (None: the whole population).
         threads: torch's intra-op threads while the registration runs (restored after); None
-            leaves torch's setting alone. Each call works on at most a few hundred thousand
-            voxels, where thread start-up and synchronisation cost as much as they save, and on
-            a loaded machine far more: see :data:`DEFAULT_RIGID_LEVELS` for the measurements.
+            leaves torch's setting alone. Default 1: each call works on at most a few hundred
+            thousand voxels, where thread start-up and synchronisation cost as much as they save
+            (far more on a loaded machine). See docs/decisions/registration-3d3d-levels.md.
     """
 
     levels: tuple[LevelOptions, ...] = DEFAULT_RIGID_LEVELS
@@ -249,8 +231,6 @@ class Register3D3DOptions:
 def _coerce_options(options: Register3D3DOptions | Mapping[str, Any] | None
                     ) -> Register3D3DOptions:
     return coerce_options(Register3D3DOptions, options, "registration")
-
-
 
 
 # ---------------------------------------------------------------------------- transform models
@@ -352,100 +332,14 @@ _STAGES: dict[str, tuple[tuple[_Model, str], ...]] = {
 # ----------------------------------------------------------------------------- image helpers
 
 
-def _check_mask(mask: Any, volume: Volume, key: str) -> NDArray[np.bool_] | None:
-    """A user mask as a boolean array on ``volume``'s grid, or a clear error."""
-    if mask is None:
-        return None
-    if isinstance(mask, Volume):
-        raise InputError("give the mask as an array on the image's grid (e.g. volume.labels "
-                         "> 0), not as a Volume", key=key)
-    array = np.asarray(mask)
-    if array.shape != volume.shape:
-        raise ShapeError(f"{key} has shape {array.shape} but its image has shape "
-                         f"{volume.shape}; a mask must lie on its image's grid")
-    if array.dtype != np.bool_:
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-            raise InputError(f"must be boolean or numeric, got dtype {array.dtype}", key=key)
-        if not np.isfinite(array).all():
-            raise InputError("holds NaN or infinite values", key=key)
-        array = array > 0.5 if np.issubdtype(array.dtype, np.floating) else array != 0
-    if not array.any():
-        raise InputError("selects no voxel", key=key)
-    return array
-
-
-def _check_variance(volume: Volume, mask: NDArray[np.bool_] | None, key: str) -> None:
-    values = volume.data if mask is None else volume.data[mask]
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
-        where = " inside its mask" if mask is not None else ""
-        raise InputError(f"the image is constant ({lo:g}){where}: a zero-variance image cannot "
-                         "be registered", key=key)
-
-
-Foreground = Callable[[np.ndarray], np.ndarray]
-
-
-def _foreground_rule(volume: Volume, explicit: float | None) -> Foreground:
-    """Which voxel values count as foreground, as a function of an array of values.
-
-    An explicit threshold ``t`` means ``value > t``; a CT in HU means above -500 HU; any other
-    image means values that differ from the median of its border voxels (the background, e.g. the
-    air around a body) by more than a quarter of its 1–99 percentile range: with intensities
-    remapped in an unknown way, "unlike the background" is the one definition that holds for
-    every remapping.
-    """
-    if explicit is not None or volume.units == "HU":
-        threshold = float(explicit) if explicit is not None else _HU_FOREGROUND
-        return lambda values: values > threshold
-    data = volume.data
-    border = np.concatenate([data[0].ravel(), data[-1].ravel(), data[:, 0].ravel(),
-                             data[:, -1].ravel(), data[:, :, 0].ravel(), data[:, :, -1].ravel()])
-    background = float(np.median(border))
-    lo, hi = np.percentile(_subsample(data), [1.0, 99.0])
-    radius = 0.25 * float(hi - lo)
-    return lambda values: np.abs(values.astype(np.float64) - background) > radius
-
-
-def _subsample(data: np.ndarray) -> np.ndarray:
-    """A regular subsample of ``data`` with at most about :data:`_MOMENT_VOXELS` voxels."""
-    step = max(1, math.ceil((data.size / _MOMENT_VOXELS) ** (1.0 / 3.0)))
-    return np.asarray(data[::step, ::step, ::step])
-
-
-def _moments(volume: Volume, mask: NDArray[np.bool_] | None, foreground: Foreground
-             ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Centroid (3,) and covariance (3, 3) of the foreground's voxel centres, world mm.
-
-    The foreground is the (masked) voxels that ``foreground`` accepts, on a regular subsample of
-    at most about :data:`_MOMENT_VOXELS` voxels; when fewer than 10 qualify, every (masked) voxel
-    counts, so that an image without a clear foreground still has a centre. The moments are taken in
-    index space and carried to the world by the grid's affine (exact for an affine map).
-    """
-    step = max(1, math.ceil((volume.data.size / _MOMENT_VOXELS) ** (1.0 / 3.0)))
-    sub = np.asarray(volume.data[::step, ::step, ::step])
-    inside = np.ones(sub.shape, dtype=bool) if mask is None else mask[::step, ::step, ::step]
-    keep = foreground(sub) & inside
-    if np.count_nonzero(keep) < 10:
-        keep = inside
-    index = np.nonzero(keep)
-    n = index[0].size
-    coords = [np.asarray(a, dtype=np.float64) * step for a in index]
-    mean = np.array([c.mean() for c in coords])
-    centred = [c - m for c, m in zip(coords, mean, strict=True)]
-    cov = np.array([[float(np.dot(a, b)) / max(1, n) for b in centred] for a in centred])
-    linear = volume.world_from_index[:3, :3]
-    centroid = linear @ mean + volume.world_from_index[:3, 3]
-    return centroid, linear @ cov @ linear.T
-
-
 def _coarsened(volume: Volume, max_voxels: int) -> Volume:
     """Every ``s``-th voxel of ``volume`` on each axis, ``s`` the least stride keeping at most
     ``max_voxels`` voxels; the kept voxels are centred in the grid.
 
     The values are the volume's own, not interpolated: a metric grid whose points fall between
     the image's voxels samples it with a blur that changes from point to point, and that biased
-    the optimum by up to 0.5 mm in the measurements (see :data:`DEFAULT_RIGID_LEVELS`).
+    the optimum by up to 0.5 mm in the measurements (see
+    docs/decisions/registration-3d3d-levels.md).
     """
     shape = np.asarray(volume.shape)
     if np.prod(shape) <= max_voxels:
@@ -578,7 +472,7 @@ def _build_level(level: LevelOptions, base: float, fixed: Volume, moving: Volume
     from regkit.render.select import make_renderer
 
     # shrink 1 works on the images as they are: smoothing only one of them, or one axis, biases
-    # the optimum (measured: see DEFAULT_RIGID_LEVELS).
+    # the optimum (measured: see docs/decisions/registration-3d3d-levels.md).
     spacing = level.shrink * base if level.shrink > 1 else 0.0
     fixed_level = _at_spacing(fixed, spacing)
     grid = _coarsened(fixed_level, level.max_voxels)
@@ -610,134 +504,7 @@ def _build_level(level: LevelOptions, base: float, fixed: Volume, moving: Volume
                   max_batch=opts.max_batch, spacing_mm=moving_level.spacing)
 
 
-# ---------------------------------------------------------------------------- initialisation
-
-
-def _signed_permutations() -> list[NDArray[np.float64]]:
-    """The 24 proper rotations that map coordinate axes to coordinate axes (det +1)."""
-    out = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1.0, -1.0), repeat=3):
-            m = np.zeros((3, 3))
-            for row, (col, sign) in enumerate(zip(perm, signs, strict=True)):
-                m[row, col] = sign
-            if np.linalg.det(m) > 0:
-                out.append(m)
-    return out
-
-
-def initial_transform(fixed: Volume, moving: Volume, init: str | Any = "center", *,
-                      fixed_mask: Any = None, moving_mask: Any = None,
-                      threshold: float | None = None) -> list[NDArray[np.float64]]:
-    """Candidate initial ``fixed_from_moving`` transforms ``(4, 4)``, best guess first.
-
-    * ``"identity"``: the images' world frames already agree: ``[I]``.
-    * ``"center"``: the translation that brings the moving foreground's centroid onto the fixed
-      foreground's centroid (foreground: voxels above -500 HU for CT, see
-      :class:`Register3D3DOptions` for other images; within the masks when both images have
-      one, else in the whole images, so that both centroids describe the same anatomy).
-    * ``"moments"``: the centre translation combined with each of the 24 rotations that map the
-      moving foreground's principal axes onto the fixed one's (every axis permutation and
-      sign choice with determinant +1, since axes of similar extent may swap), preceded by the
-      plain ``"center"`` transform; :func:`register_3d3d` scores all 25 in one batch and keeps
-      the best.
-    * a ``(4, 4)`` array: that transform, as given.
-
-    Args:
-        fixed, moving: The two volumes.
-        init: One of the names above or a ``(4, 4)`` matrix.
-        fixed_mask, moving_mask: Optional masks on each image's grid.
-        threshold: Foreground threshold for both images (None: see
-            :class:`Register3D3DOptions`).
-
-    Raises:
-        InputError: an unknown name, or a matrix that is not a finite invertible ``(4, 4)``
-            affine.
-    """
-    fm = _check_mask(fixed_mask, fixed, "fixed_mask")
-    mm = _check_mask(moving_mask, moving, "moving_mask")
-    return _initial_candidates(fixed, moving, init, fm, mm, threshold)[0]
-
-
-def _initial_candidates(fixed: Volume, moving: Volume, init: str | Any,
-                        fixed_mask: NDArray[np.bool_] | None,
-                        moving_mask: NDArray[np.bool_] | None, threshold: float | None
-                        ) -> tuple[list[NDArray[np.float64]], NDArray[np.float64]]:
-    """:func:`initial_transform`'s candidates, and the moving foreground's centroid (3,)."""
-    moving_rule = _foreground_rule(moving, threshold)
-    pivot_centre, cov_m = _moments(moving, moving_mask, moving_rule)
-    c_m = pivot_centre
-    # The centroids must describe the same anatomy: a mask on one image only would compare the
-    # centre of a region of interest with the centre of a whole image.
-    both = fixed_mask is not None and moving_mask is not None
-    if moving_mask is not None and not both:
-        c_m, cov_m = _moments(moving, None, moving_rule)
-    if not isinstance(init, str):
-        try:
-            m = np.array(init, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"must be 'identity', 'center', 'moments' or a 4x4 matrix, got "
-                             f"{type(init).__name__}", key="init") from None
-        if m.shape != (4, 4) or not np.isfinite(m).all():
-            raise InputError(f"an initial transform must be a finite 4x4 matrix, got shape "
-                             f"{m.shape}", key="init")
-        if not np.allclose(m[3], [0, 0, 0, 1]) or abs(np.linalg.det(m[:3, :3])) < 1e-9:
-            raise InputError("an initial transform needs last row [0, 0, 0, 1] and an "
-                             "invertible 3x3 part", key="init")
-        return [m], pivot_centre
-    maker = _INITIALISERS.get(init)
-    if maker is None:
-        raise InputError(f"must be one of {', '.join(sorted(_INITIALISERS))} or a 4x4 matrix, "
-                         f"got {init!r}", key="init")
-    if maker is _init_identity:
-        return [np.eye(4)], pivot_centre
-    c_f, cov_f = _moments(fixed, fixed_mask if both else None, _foreground_rule(fixed, threshold))
-    return maker(c_f, cov_f, c_m, cov_m), pivot_centre
-
-
-def _init_identity(*_: Any) -> list[NDArray[np.float64]]:
-    return [np.eye(4)]
-
-
-def _init_center(c_f: np.ndarray, _cov_f: np.ndarray, c_m: np.ndarray, _cov_m: np.ndarray
-                 ) -> list[NDArray[np.float64]]:
-    m = np.eye(4)
-    m[:3, 3] = c_f - c_m
-    return [m]
-
-
-def _init_moments(c_f: np.ndarray, cov_f: np.ndarray, c_m: np.ndarray, cov_m: np.ndarray
-                  ) -> list[NDArray[np.float64]]:
-    _, axes_f = np.linalg.eigh(cov_f)   # columns: principal axes, ascending variance
-    _, axes_m = np.linalg.eigh(cov_m)
-    out = _init_center(c_f, cov_f, c_m, cov_m)
-    for d in _signed_permutations():
-        rot = axes_f @ d @ axes_m.T
-        if np.linalg.det(rot) < 0:  # eigh may return a left-handed basis
-            rot = axes_f @ (d * np.array([1.0, 1.0, -1.0])[:, None]) @ axes_m.T
-            if np.linalg.det(rot) < 0:
-                rot = -rot
-        m = np.eye(4)
-        m[:3, :3] = rot
-        m[:3, 3] = c_f - rot @ c_m
-        out.append(m)
-    return out
-
-
-_INITIALISERS: dict[str, Callable[..., list[NDArray[np.float64]]]] = {
-    "identity": _init_identity,
-    "center": _init_center,
-    "moments": _init_moments,
-}
-
-
 # ----------------------------------------------------------------------- the entry point
-
-
-def _as_volume(value: Any, key: str) -> Volume:
-    if not isinstance(value, Volume):
-        raise InputError(f"must be a regkit Volume, got {type(value).__name__}", key=key)
-    return value
 
 
 def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "rigid",
@@ -771,9 +538,8 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
         options: :class:`Register3D3DOptions` or a dict of its fields (levels, budgets, ranges).
         backend: Renderer backend that resamples the moving image (``"torch"``, ``"gl"``); None
             applies :func:`regkit.render.select.make_renderer`'s rule (OpenGL where an EGL
-            context can be made). Measured here on 8k-voxel grids, batches of 12: 0.14 ms per
-            candidate with ``"gl"``, 0.47 ms with ``"torch"``, whose resampling loops over the
-            batch.
+            context can be made): ``"gl"`` resamples a batch faster than ``"torch"``, whose
+            resampling loops over the batch. See docs/decisions/registration-3d3d-levels.md.
         progress: Called with a :class:`Progress` after every optimizer iteration and at every
             level's end.
 
@@ -901,121 +667,3 @@ def mean_target_error(fixed_from_moving_est: Any, fixed_from_moving_true: Any,
     if est.shape != (4, 4) or true.shape != (4, 4):
         raise ShapeError(f"transforms must be 4x4, got {est.shape} and {true.shape}")
     return pose_error.mean_target_error(est, true, points_moving)
-
-
-# ----------------------------------------------------------------------------------- outputs
-
-
-def resample_moving(fixed: Volume, moving: Volume, fixed_from_moving: Any, *,
-                    fill: float | None = None) -> Volume:
-    """The moving image resampled onto the fixed grid under ``fixed_from_moving`` (trilinear).
-
-    Args:
-        fixed: Gives the target grid (its shape and ``world_from_index``).
-        moving: The image to resample.
-        fixed_from_moving: ``(4, 4)`` moving world mm to fixed world mm.
-        fill: Value outside the moving image (default: its minimum, air for a CT).
-
-    Returns:
-        A float32 volume on the fixed grid, in the moving image's units.
-    """
-    m = np.asarray(fixed_from_moving, dtype=np.float64)
-    if m.shape != (4, 4):
-        raise ShapeError(f"fixed_from_moving must be 4x4, got {m.shape}")
-    placed = Volume(np.asarray(moving.data, dtype=np.float32), m @ moving.world_from_index,
-                    units=moving.units)
-    value = float(moving.data.min()) if fill is None else float(fill)
-    return placed.resample_to_grid(fixed.shape, fixed.world_from_index, fill=value)
-
-
-# Report planes: (name, world axis of the normal, world direction down the rows, world direction
-# along the columns). Radiological display: the patient's right on the viewer's left, superior
-# (axial: anterior) at the top, anterior on the left of a sagittal slice.
-_PLANES = (
-    ("sagittal", 0, (0.0, 0.0, -1.0), (0.0, -1.0, 0.0)),
-    ("coronal", 1, (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)),
-    ("axial", 2, (0.0, -1.0, 0.0), (-1.0, 0.0, 0.0)),
-)
-_REPORT_MAX_PIXELS = 512
-_REPORT_MIN_PIXELS = 256
-
-
-def _plane_grid(fixed: Volume, normal_axis: int, down: Sequence[float], across: Sequence[float]
-                ) -> tuple[tuple[int, int, int], NDArray[np.float64]]:
-    """A one-voxel-thick grid through the fixed image's centre, square pixels, world-aligned."""
-    bounds = fixed.bounds_world
-    lo, hi = bounds.min(axis=0), bounds.max(axis=0)
-    d, a = np.asarray(down), np.asarray(across)
-    row_axis, col_axis = int(np.argmax(np.abs(d))), int(np.argmax(np.abs(a)))
-    extent = hi - lo
-    longest = float(max(extent[row_axis], extent[col_axis]))
-    # The finest spacing, but at least _REPORT_MIN_PIXELS and at most _REPORT_MAX_PIXELS across.
-    pixel = min(max(float(fixed.spacing.min()), longest / _REPORT_MAX_PIXELS),
-                longest / _REPORT_MIN_PIXELS)
-    rows = max(2, int(extent[row_axis] / pixel))
-    cols = max(2, int(extent[col_axis] / pixel))
-    normal = np.zeros(3)
-    normal[normal_axis] = 1.0
-    affine = np.eye(4)
-    affine[:3, 0] = d * pixel
-    affine[:3, 1] = a * pixel
-    affine[:3, 2] = normal * pixel
-    centre = fixed.center_world
-    affine[:3, 3] = centre - d * pixel * (rows - 1) / 2.0 - a * pixel * (cols - 1) / 2.0
-    return (rows, cols, 1), affine
-
-
-def save_report(directory: str | os.PathLike[str], fixed: Volume, moving: Volume,
-                result: Registration3D3DResult, *,
-                before: Any = None) -> list[Path]:
-    """PNGs showing a 3D–3D registration: three mid-slices before and after, and convergence.
-
-    For each orthogonal plane through the fixed image's centre (``sagittal.png``,
-    ``coronal.png``, ``axial.png``): a checkerboard of fixed and moving before, the same after,
-    then the fixed image with the moving image's edges in magenta (before) and green (after).
-    ``convergence.png`` plots the best score per level against evaluations.
-
-    Args:
-        directory: Created if missing.
-        fixed, moving: The registered images.
-        result: The registration result.
-        before: ``(4, 4)`` ``fixed_from_moving`` shown as "before" (default: identity, the
-            images as given).
-
-    Returns:
-        The files written.
-    """
-    from regkit.registration.report import (
-        GREEN,
-        MAGENTA,
-        checkerboard,
-        convergence_plot,
-        edge_overlay,
-        save_side_by_side,
-    )
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    start = np.eye(4) if before is None else np.asarray(before, dtype=np.float64)
-    written = []
-    for name, normal_axis, down, across in _PLANES:
-        shape, affine = _plane_grid(fixed, normal_axis, down, across)
-        fixed_slice = fixed.resample_to_grid(shape, affine, fill=float(fixed.data.min()))
-        grid = Volume(np.zeros(shape, np.float32), affine)
-        images = []
-        slices = [resample_moving(grid, moving, m).data[..., 0]
-                  for m in (start, result.fixed_from_moving)]
-        f2d = fixed_slice.data[..., 0]
-        images += [checkerboard(f2d, s) for s in slices]
-        images += [edge_overlay(f2d, s, color) for s, color in zip(slices, (MAGENTA, GREEN),
-                                                                    strict=True)]
-        path = out / f"{name}.png"
-        save_side_by_side(path, images)
-        written.append(path)
-    if result.history:
-        path = out / "convergence.png"
-        higher = get_metric(result.metric).higher_is_better
-        convergence_plot(path, result.history, title=f"{result.metric} by level",
-                         higher_is_better=higher)
-        written.append(path)
-    return written

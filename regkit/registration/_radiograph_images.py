@@ -1,0 +1,175 @@
+"""Image helpers of the 2D–3D registration: views cropped to the bones, radiographs and their
+weights binned to a level's detector, the Gaussian smoothing applied to radiographs and DRRs
+alike, and the bone weight fitted to each radiograph.
+
+Used by :mod:`regkit.registration.radiograph_registration`; all work on ``(H, W)`` numpy images
+or ``(B, H, W)`` torch batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from regkit.geometry.camera import Camera
+from regkit.volume import Volume
+
+__all__ = [
+    "BONE_WEIGHT_RANGE",
+    "bin_image",
+    "bin_weight",
+    "bone_rois",
+    "detector_factor",
+    "fit_bone_weight",
+    "smooth",
+]
+
+
+def bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
+              images: list[NDArray[np.float32]], weights: list[NDArray[np.float32] | None],
+              margin_mm: float) -> tuple[list[Camera], list[NDArray[np.float32]],
+                                         list[NDArray[np.float32] | None]]:
+    """Each view cropped to the bones' projected box at the initial pose, widened by
+    ``margin_mm`` at the bones' depth on each side: the pyramid's pixels then go to the bone."""
+    assert mu.labels is not None
+    index = np.argwhere(np.isin(mu.labels, bones))
+    lo, hi = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)],
+                       dtype=np.float64)
+    world = mu.index_to_world(corners)
+    centroid = mu.index_to_world(index.mean(axis=0))
+    out_c, out_i, out_w = [], [], []
+    for cam, img, w in zip(cams, images, weights, strict=True):
+        uv = cam.project(world)
+        depth = float((cam.camera_from_world @ np.append(centroid, 1.0))[2])
+        if not np.isfinite(uv).all() or depth <= 0:
+            out_c.append(cam)
+            out_i.append(img)
+            out_w.append(w)
+            continue
+        margin = margin_mm * np.array(cam.focal_lengths) / depth   # pixels (u, v)
+        u0, v0 = np.floor(uv.min(axis=0) - margin).astype(int)
+        u1, v1 = np.ceil(uv.max(axis=0) + margin).astype(int)
+        u0, v0 = max(0, int(u0)), max(0, int(v0))
+        u1, v1 = min(cam.width, int(u1)), min(cam.height, int(v1))
+        if u1 - u0 < 8 or v1 - v0 < 8:   # the bone is (nearly) off this detector: keep it all
+            u0, v0, u1, v1 = 0, 0, cam.width, cam.height
+        out_c.append(cam.crop(u0, v0, u1 - u0, v1 - v0))
+        out_i.append(np.ascontiguousarray(img[v0:v1, u0:u1]))
+        out_w.append(None if w is None else np.ascontiguousarray(w[v0:v1, u0:u1]))
+    return out_c, out_i, out_w
+
+
+def _blocks(a: NDArray[np.float32], factor: int) -> NDArray[np.float64]:
+    h, w = a.shape[0] // factor, a.shape[1] // factor
+    return a[:h * factor, :w * factor].astype(np.float64).reshape(h, factor, w, factor)
+
+
+def bin_image(image: NDArray[np.float32], factor: int,
+              weight: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample);
+    with ``weight``, the weighted mean (a block with no weight keeps its plain mean)."""
+    if factor == 1:
+        return image
+    if weight is None:
+        return _blocks(image, factor).mean(axis=(1, 3)).astype(np.float32)
+    w = _blocks(weight, factor)
+    total = w.sum(axis=(1, 3))
+    num = (_blocks(image, factor) * w).sum(axis=(1, 3))
+    plain = _blocks(image, factor).mean(axis=(1, 3))
+    return np.where(total > 0, num / np.maximum(total, 1e-12), plain).astype(np.float32)
+
+
+def bin_weight(weight: NDArray[np.float32], factor: int) -> NDArray[np.float32]:
+    """A block's weight is its least pixel weight: a block half under a collimator is out."""
+    if factor == 1:
+        return weight
+    return _blocks(weight, factor).min(axis=(1, 3)).astype(np.float32)
+
+
+def smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """``(B, H, W)`` images blurred by a Gaussian of ``sigma`` pixels (separable, edges
+    replicated); differentiable; ``sigma = 0`` returns them as they are.
+
+    With ``weight`` (B, H, W), a normalised convolution ``G * (w·x) / G * w``: pixels of zero
+    weight (a collimator's border) do not bleed into their neighbours. The radiograph and the
+    DRRs must be smoothed with the same weights: smoothing only the radiograph this way made
+    masked registrations fail. See docs/decisions/registration-2d3d-depth-bias.md.
+    """
+    if sigma <= 0:
+        return images
+    if weight is not None:
+        num = smooth(images * weight, sigma)
+        den = smooth(weight, sigma)
+        return torch.where(den > 1e-6, num / den.clamp(min=1e-6), images)
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = images[:, None]
+    out = torch.nn.functional.pad(out, (radius, radius, radius, radius), mode="replicate")
+    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+# Bounds of the fitted bone weight (1: the CT's own HU-to-μ mapping).
+BONE_WEIGHT_RANGE = (0.25, 5.0)
+
+
+def fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
+                    weight: torch.Tensor | None) -> torch.Tensor:
+    """The DRR with its bone part re-weighted to match the radiograph's edges best.
+
+    ``drr`` is ``S + B`` (soft tissue and ``bone`` = B, the CT's μ above ``bone_threshold_hu``
+    of :class:`~regkit.registration.radiograph_registration.Register2D3DOptions`); the
+    radiograph's Sobel derivatives are fitted by those of ``p·drr + q·B`` in weighted least
+    squares over both axes (closed form, per image), and ``drr + (q/p)·B`` returned: bone then
+    weighs ``w = 1 + q/p`` against soft tissue, clamped to :data:`BONE_WEIGHT_RANGE`. A
+    radiograph made with another HU-to-μ mapping or spectrum than the renderer's (bone weighing
+    3.6× water per mm under a 70 kVp beam, against 2.5× in the DRR) otherwise moves a gradient
+    metric's optimum, mostly along the view. Differentiable; ``(B, H, W)`` in and out. See
+    docs/decisions/registration-2d3d-bones.md.
+    """
+    from regkit.metrics._ops import erode, sobel
+
+    bases = [drr, bone]
+    grads = [sobel(x) for x in bases]
+    gf = sobel(fixed)
+    w = None if weight is None else erode(weight)   # as the gradient metrics weigh pixels
+
+    def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        total = sum((x * y if w is None else x * y * w) for x, y in zip(a, b, strict=True))
+        assert isinstance(total, torch.Tensor)
+        return total.flatten(1).sum(dim=1).to(torch.float64)
+
+    k = len(bases)
+    gram = torch.stack([torch.stack([dot(grads[i], grads[j]) for j in range(k)], dim=-1)
+                        for i in range(k)], dim=-2)                        # (B, k, k)
+    rhs = torch.stack([dot(grads[i], gf) for i in range(k)], dim=-1)      # (B, k)
+    scale = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
+    norm = gram / (scale[:, :, None] * scale[:, None, :]) \
+        + 1e-9 * torch.eye(k, dtype=gram.dtype)
+    coef = torch.linalg.solve(norm, (rhs / scale)[..., None])[..., 0] / scale
+    p = coef[:, 0]
+    ok = torch.isfinite(coef).all(dim=1) & (p > 0)
+    p = torch.where(ok, p, torch.ones_like(p))
+    lo, hi = BONE_WEIGHT_RANGE
+    ratio = torch.where(ok, coef[:, 1] / p, torch.zeros_like(p)).clamp(lo - 1.0, hi - 1.0)
+    return drr + ratio.to(drr.dtype)[:, None, None] * bone
+
+
+def detector_factor(cam: Camera, max_pixels: int) -> int:
+    """The least whole binning factor that leaves ``cam``'s detector at most ``max_pixels``
+    pixels, but none that leaves fewer than 3 on its shorter side."""
+    f = 1
+    while (cam.width // f) * (cam.height // f) > max_pixels and min(cam.width, cam.height) // (
+            f + 1) >= 3:
+        f += 1
+    return f
+
+
