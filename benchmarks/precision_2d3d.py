@@ -22,7 +22,7 @@ turned so give the start), then the radiographs' noise, view by view. With ``--m
 --forward bone15`` case ``i`` is therefore ``test_bench_2d3d.py``'s case ``i``, image included.
 
 Radiographs (``--forward``): ``poly`` (default), the polychromatic two-material model of
-``benchmarks/forward_model.py`` (70 kVp, 2.5 mm Al, water + cortical bone, beam hardening, 5 %
+``regkit/testing/radiographs.py`` (70 kVp, 2.5 mm Al, water + cortical bone, beam hardening, 5 %
 scatter, 10⁴ photons, 1 px blur; ``--forward-options`` sets its :class:`PolyOptions` fields), or
 ``bone15``, the existing benchmark's monochromatic model with bone weighted 1.5×.
 
@@ -97,14 +97,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from forward_model import ForwardModel, make_forward_model
-
 from regkit.geometry.camera import Camera, save_cameras
 from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.nifti import load_nifti
+from regkit.testing.radiographs import ForwardModel, make_forward_model
 from regkit.volume import Volume
 
 CT_PATH = Path("/work/shared/data/chest_ct/ct.nii.gz")

@@ -8,7 +8,7 @@ nanodrr registers too (default 2: 2–4 minutes each here). Needs the real CT at
 ``/work/shared/data/chest_ct/`` (skipped when absent).
 
 Cases and figures are those of ``benchmarks/precision_2d3d.py`` (its module docstring): the
-whole chest CT, 256² radiographs of ``benchmarks/forward_model.py``'s polychromatic two-material
+whole chest CT, 256² radiographs of ``regkit/testing/radiographs.py``'s polychromatic two-material
 model (70 kVp, beam hardening, scatter, Poisson noise, blur), starts up to 15° and 30 mm (wide:
 20–40° and 30–80 mm), mTRE over 20 000 voxels above 200 HU, split along and across the view.
 regkit runs :func:`~regkit.registration.register_2d3d` with its defaults (seed = case index);
@@ -47,9 +47,8 @@ def _count(name: str, default: int) -> int:
 
 
 def _run(mode: str, n: int, method: str = "regkit") -> dict[str, Any]:
-    from forward_model import make_forward_model  # type: ignore[import-not-found]
-
     from regkit.io.nifti import load_nifti
+    from regkit.testing.radiographs import make_forward_model
 
     ct = load_nifti(harness.CT_PATH)
     spec = harness.MODES[mode]

@@ -23,10 +23,7 @@ Results go to ``benchmarks/results/bench_recon.json``.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -45,10 +42,11 @@ from regkit_recon.groundtruth.generate import (
 )
 from regkit_recon.groundtruth.sample import write_sample
 
+from regkit.testing.results import machine, save_case
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_recon.json"
 SAMPLES = int(os.environ.get("REGKIT_BENCH_RECON_SAMPLES", "24"))
 SIZE, LAYERS, VOXEL, SEED = 256, 2, 0.4, 0
-_ROWS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +63,9 @@ def _spec(out: Path, workers: int, views: int = SAMPLES) -> GenerateSpec:
 
 
 def _save(case: str, row: dict[str, Any]) -> None:
-    """Add (or replace) one case in the results file; the other cases of earlier runs stay."""
-    if not _ROWS and RESULTS.is_file():
-        with contextlib.suppress(ValueError, KeyError):
-            _ROWS.update(json.loads(RESULTS.read_text())["cases"])
-    row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
-    _ROWS[case] = row
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": ".venv/bin/pytest benchmarks/test_bench_recon.py --benchmark-only",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg": [round(x, 2) for x in os.getloadavg()]},
-        "cases": _ROWS}, indent=2) + "\n")
+    save_case(RESULTS, case, row,
+              command=".venv/bin/pytest benchmarks/test_bench_recon.py --benchmark-only",
+              machine_info=machine())
 
 
 def test_phantom(benchmark: Any) -> None:

@@ -18,10 +18,6 @@ Results go to ``benchmarks/results/bench_recon_net.json``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -36,8 +32,9 @@ from regkit_recon.groundtruth.generate import GenerateSpec, generate
 from regkit_recon.groundtruth.sample import camera_of, read_sample
 from regkit_recon.net.predict import DEFAULT_MODEL, predict
 
+from regkit.testing.results import machine, save_case
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_recon_net.json"
-_ROWS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +47,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _save(case: str, row: dict[str, Any]) -> None:
-    if not _ROWS and RESULTS.is_file():
-        with contextlib.suppress(ValueError, KeyError):
-            _ROWS.update(json.loads(RESULTS.read_text())["cases"])
-    row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
-    _ROWS[case] = row
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": ".venv/bin/pytest benchmarks/test_bench_recon_net.py --benchmark-only",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "cases": _ROWS}, indent=2) + "\n")
+    save_case(RESULTS, case, row,
+              command=".venv/bin/pytest benchmarks/test_bench_recon_net.py --benchmark-only",
+              machine_info=machine(torch=torch.__version__, threads=torch.get_num_threads()))
 
 
 def test_predict_256(benchmark: Any, data: Path) -> None:

@@ -18,10 +18,6 @@ Results go to ``benchmarks/results/bench_reconstruct.json``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import platform
 import resource
 from pathlib import Path
 from typing import Any
@@ -37,26 +33,15 @@ from regkit_recon.groundtruth.sample import camera_of, phantom_of, read_sample
 from regkit_recon.reconstruct import HandReconstructor, View
 from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
 
+from regkit.testing.results import machine, save_case
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_reconstruct.json"
-_ROWS: dict[str, dict[str, Any]] = {}
 
 
 def _save(case: str, row: dict[str, Any]) -> None:
-    if not _ROWS and RESULTS.is_file():
-        with contextlib.suppress(ValueError, KeyError):
-            _ROWS.update(json.loads(RESULTS.read_text())["cases"])
-    row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
-    _ROWS[case] = row
-    previous = {}
-    if RESULTS.is_file():
-        with contextlib.suppress(ValueError):
-            previous = json.loads(RESULTS.read_text())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": ".venv/bin/pytest benchmarks/test_bench_reconstruct.py --benchmark-only",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "cases": _ROWS, "accuracy": previous.get("accuracy")}, indent=2) + "\n")
+    save_case(RESULTS, case, row,
+              command=".venv/bin/pytest benchmarks/test_bench_reconstruct.py --benchmark-only",
+              machine_info=machine(torch=torch.__version__, threads=torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ isolates the intensity model. :class:`Bone15ForwardModel` reimplements those rad
 bone weighted 1.5× above 0 HU, blur on the line integrals), drawing the same random numbers in
 the same order, so a case seeded alike is the same image.
 
-Run ``python benchmarks/forward_model.py --png /tmp/poly_case.png`` for the sanity figures and a
+Run ``python -m regkit.testing.radiographs --png /tmp/poly_case.png`` for the sanity figures and a
 picture of the chest CT's AP view: the poly radiograph | the same noise-free and without scatter |
 regkit's DRR | the poly transmitted image.
 """
@@ -612,16 +612,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from regkit.io.png import write_png
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ct", type=Path, default=Path("/work/shared/data/chest_ct/ct.nii.gz"))
+    p.add_argument("--ct", type=Path, default=None,
+                   help="CT (NIfTI, HU); default: the chest CT crop shipped with regkit")
     p.add_argument("--png", type=Path, default=Path("/tmp/poly_case.png"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default=None)
     p.add_argument("--options", default=None, help="PolyOptions fields as JSON")
     args = p.parse_args(argv)
+    if args.ct is None:
+        from regkit.data import chest_ct_crop
+
+        args.ct = chest_ct_crop()["ct"]
     ct = load_nifti(args.ct)
     cam = camera_from_carm(source_to_detector_mm=1020.0, source_to_isocenter_mm=850.0,
                            pixel_spacing_mm=1.6, width=256, height=256,
-                           isocenter_world=ct.center_world)
+                           isocenter_world=tuple(float(v) for v in ct.center_world))
     model = PolyForwardModel(ct, json.loads(args.options) if args.options else None,
                              backend=args.backend)
     drr_renderer = make_renderer(ct, backend=args.backend)

@@ -1,13 +1,9 @@
-"""Behavioural tests of regkit.geometry.camera: projection, rays, detector edits, camera files."""
+"""Behavioural tests of regkit.geometry.camera: projection, rays, detector edits, the object."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,33 +12,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from regkit.errors import FileFormatError, FrameError, InputError, ShapeError
+from regkit.errors import FrameError, InputError, ShapeError
 from regkit.geometry.camera import (
     Camera,
-    load_cameras,
     pixel_rays,
     project_points,
-    save_cameras,
     stack_cameras,
 )
-from regkit.geometry.carm import camera_from_carm
-
-# The conventions' example: AP view, source 850 mm posterior of the origin, detector 256 × 256.
-K_EXAMPLE = np.array([[1275.0, 0.0, 128.0], [0.0, 1275.0, 128.0], [0.0, 0.0, 1.0]])
-T_EXAMPLE = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 850], [0, 0, 0, 1]])
-
-
-def example(spacing: tuple[float, float] | None = (0.8, 0.8)) -> Camera:
-    return Camera(K_EXAMPLE, T_EXAMPLE, 256, 256, spacing)
-
-
-def oblique(primary: float = 0.4, secondary: float = -0.25, width: int = 64,
-            height: int = 48) -> Camera:
-    """A camera with no zero or one in its matrices, and a non-square detector."""
-    return camera_from_carm(source_to_detector_mm=1000.0, source_to_isocenter_mm=700.0,
-                            pixel_spacing_mm=(3.1, 2.7), width=width, height=height,
-                            principal_offset_mm=(4.3, -7.9), primary_angle=primary,
-                            secondary_angle=secondary, isocenter_world=(12.5, -30.25, 101.0))
+from regkit.testing.cameras import (
+    EXAMPLE_CAMERA_FROM_WORLD,
+    EXAMPLE_INTRINSIC,
+    example_camera,
+    oblique_camera,
+)
 
 
 def project_by_hand(k: np.ndarray, t: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -57,7 +39,7 @@ def project_by_hand(k: np.ndarray, t: np.ndarray, pts: np.ndarray) -> np.ndarray
 
 
 def test_example_projections_by_hand() -> None:
-    cam = example()
+    cam = example_camera()
     pts = np.array([
         [0.0, 0.0, 0.0],      # camera (0, 0, 850): the principal point
         [10.0, 0.0, 0.0],     # camera (10, 0, 850): u = 128 + 1275·10/850 = 143
@@ -75,12 +57,12 @@ def test_example_projections_by_hand() -> None:
         [77.0, 137.0],
     ])
     np.testing.assert_allclose(cam.project(pts), expected, atol=1e-9)
-    np.testing.assert_allclose(cam.project(pts), project_by_hand(K_EXAMPLE, T_EXAMPLE, pts),
-                               atol=1e-9)
+    by_hand = project_by_hand(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, pts)
+    np.testing.assert_allclose(cam.project(pts), by_hand, atol=1e-9)
 
 
 def test_example_source_and_direction() -> None:
-    cam = example()
+    cam = example_camera()
     np.testing.assert_allclose(cam.source_world, [0.0, -850.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(cam.view_direction_world, [0.0, 1.0, 0.0], atol=0)
     np.testing.assert_allclose(cam.world_from_camera @ cam.camera_from_world, np.eye(4),
@@ -88,11 +70,11 @@ def test_example_source_and_direction() -> None:
     assert cam.focal_lengths == (1275.0, 1275.0)
     assert cam.principal_point == (128.0, 128.0)
     assert cam.source_to_detector_mm == pytest.approx(1020.0, rel=1e-12)
-    assert example(None).source_to_detector_mm is None
+    assert example_camera(None).source_to_detector_mm is None
 
 
 def test_points_behind_or_at_the_source_are_nan() -> None:
-    cam = example()
+    cam = example_camera()
     pts = np.array([
         [0.0, -900.0, 0.0],   # 50 mm behind the source
         [5.0, -850.0, 3.0],   # in the source plane (w = 0)
@@ -109,7 +91,7 @@ def test_points_behind_or_at_the_source_are_nan() -> None:
        primary=st.floats(-3.0, 3.0), secondary=st.floats(-1.2, 1.2))
 def test_project_matches_convention(pts: list[tuple[float, float, float]], primary: float,
                                     secondary: float) -> None:
-    cam = oblique(primary, secondary)
+    cam = oblique_camera(primary, secondary)
     p = np.array(pts)
     np.testing.assert_allclose(cam.project(p),
                                project_by_hand(cam.intrinsic, cam.camera_from_world, p),
@@ -117,7 +99,7 @@ def test_project_matches_convention(pts: list[tuple[float, float, float]], prima
 
 
 def test_project_points_batched_numpy_and_torch() -> None:
-    cams = [oblique(0.3, 0.1), oblique(-1.2, 0.5), oblique(2.5, -0.7)]
+    cams = [oblique_camera(0.3, 0.1), oblique_camera(-1.2, 0.5), oblique_camera(2.5, -0.7)]
     k, t, _, _ = stack_cameras(cams)
     pts = np.random.default_rng(0).uniform(-100, 100, size=(7, 3))
     out = project_points(k, t, pts)
@@ -139,20 +121,20 @@ def test_project_points_batched_numpy_and_torch() -> None:
 
 
 def test_project_shape_errors() -> None:
-    cam = example()
+    cam = example_camera()
     for bad in (np.zeros(3), np.zeros((4, 2)), np.zeros((2, 4, 3))):
         with pytest.raises(ShapeError):
             cam.project(bad)
     with pytest.raises(ShapeError):
-        project_points(np.eye(4), T_EXAMPLE, np.zeros((2, 3)))
+        project_points(np.eye(4), EXAMPLE_CAMERA_FROM_WORLD, np.zeros((2, 3)))
     with pytest.raises(ShapeError):
-        project_points(K_EXAMPLE, np.eye(3), np.zeros((2, 3)))
+        project_points(EXAMPLE_INTRINSIC, np.eye(3), np.zeros((2, 3)))
     with pytest.raises(ShapeError):
-        project_points(K_EXAMPLE, T_EXAMPLE, np.zeros((2, 2)))
+        project_points(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, np.zeros((2, 2)))
 
 
 def test_project_points_gradcheck() -> None:
-    cam = oblique()
+    cam = oblique_camera()
     t = torch.tensor(cam.camera_from_world, requires_grad=True)
     k = torch.tensor(cam.intrinsic, requires_grad=True)
     pts = torch.tensor([[10.0, -20.0, 30.0], [0.0, 5.0, -7.0]], dtype=torch.float64,
@@ -164,7 +146,8 @@ def test_project_points_gradcheck() -> None:
 # rays
 
 
-@pytest.mark.parametrize("cam", [example(), oblique(), oblique(-2.9, 1.1, width=5, height=7)],
+@pytest.mark.parametrize("cam", [example_camera(), oblique_camera(),
+                                 oblique_camera(-2.9, 1.1, width=5, height=7)],
                          ids=["example", "oblique", "tiny"])
 def test_rays_pass_through_pixel_centres(cam: Camera) -> None:
     origin, dirs = cam.rays()
@@ -182,14 +165,14 @@ def test_rays_pass_through_pixel_centres(cam: Camera) -> None:
 
 
 def test_ray_through_principal_point_is_the_view_direction() -> None:
-    cam = oblique()
+    cam = oblique_camera()
     _, d = pixel_rays(cam.intrinsic, cam.camera_from_world, cam.height, cam.width,
                       pixels=np.array([cam.principal_point]))
     np.testing.assert_allclose(d[0], cam.view_direction_world, atol=1e-12)
 
 
 def test_example_rays_by_hand() -> None:
-    cam = example()
+    cam = example_camera()
     _, dirs = cam.rays()
     # pixel [row 127, column 200] has centre (200.5, 127.5): camera direction (72.5, −0.5, 1275)
     d = np.array([72.5, -0.5, 1275.0])
@@ -199,7 +182,7 @@ def test_example_rays_by_hand() -> None:
 
 
 def test_pixel_subset_agrees_with_full_grid() -> None:
-    cam = oblique()
+    cam = oblique_camera()
     _, full = cam.rays()
     rc = np.array([[0, 0], [47, 63], [10, 20], [33, 5]])
     pix = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=-1)
@@ -214,7 +197,7 @@ def test_pixel_subset_agrees_with_full_grid() -> None:
 
 
 def test_pixel_rays_batched_numpy_and_torch() -> None:
-    cams = [oblique(0.3, 0.1), oblique(-1.2, 0.5)]
+    cams = [oblique_camera(0.3, 0.1), oblique_camera(-1.2, 0.5)]
     k, t, h, w = stack_cameras(cams)
     origins, dirs = pixel_rays(k, t, h, w)
     assert origins.shape == (2, 3) and dirs.shape == (2, h, w, 3)
@@ -233,7 +216,7 @@ def test_pixel_rays_batched_numpy_and_torch() -> None:
 
 def test_pixel_rays_batched_pixels() -> None:
     """Pixels ``(B, P, 2)``: view b traces its own P pixels, not every view's."""
-    cams = [oblique(0.3, 0.1), oblique(-1.2, 0.5), oblique(2.0, -0.3)]
+    cams = [oblique_camera(0.3, 0.1), oblique_camera(-1.2, 0.5), oblique_camera(2.0, -0.3)]
     k, t, h, w = stack_cameras(cams)
     pix = np.random.default_rng(4).uniform(0, 40, size=(3, 6, 2))
     origins, dirs = pixel_rays(k, t, h, w, pixels=pix)
@@ -250,15 +233,15 @@ def test_pixel_rays_batched_pixels() -> None:
 
 def test_pixel_rays_shape_errors() -> None:
     with pytest.raises(ShapeError):
-        pixel_rays(np.eye(4), T_EXAMPLE, 2, 2)
+        pixel_rays(np.eye(4), EXAMPLE_CAMERA_FROM_WORLD, 2, 2)
     with pytest.raises(ShapeError):
-        pixel_rays(K_EXAMPLE, np.eye(3), 2, 2)
+        pixel_rays(EXAMPLE_INTRINSIC, np.eye(3), 2, 2)
     with pytest.raises(ShapeError):
-        pixel_rays(K_EXAMPLE, T_EXAMPLE, 2, 2, pixels=np.zeros((4, 3)))
+        pixel_rays(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 2, 2, pixels=np.zeros((4, 3)))
 
 
 def test_gradient_flows_to_pose() -> None:
-    cam = oblique(width=4, height=3)
+    cam = oblique_camera(width=4, height=3)
     t = torch.tensor(cam.camera_from_world, requires_grad=True)
     k = torch.tensor(cam.intrinsic)
     origin, dirs = pixel_rays(k, t, cam.height, cam.width)
@@ -282,7 +265,7 @@ def _grid_pts() -> np.ndarray:
 
 
 def test_crop_shifts_projections() -> None:
-    cam = oblique()
+    cam = oblique_camera()
     sub = cam.crop(u0=10, v0=7, width=30, height=20)
     assert (sub.width, sub.height) == (30, 20)
     assert sub.principal_point == pytest.approx((cam.principal_point[0] - 10,
@@ -308,12 +291,12 @@ def test_crop_shifts_projections() -> None:
 ])
 def test_bad_crops(args: tuple[Any, ...]) -> None:
     with pytest.raises(InputError):
-        oblique().crop(*args)
+        oblique_camera().crop(*args)
 
 
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_downsample_scales_projections(factor: int) -> None:
-    cam = oblique(width=64, height=49)
+    cam = oblique_camera(width=64, height=49)
     small = cam.downsample(factor)
     assert (small.width, small.height) == (64 // factor, 49 // factor)
     pts = _grid_pts()
@@ -328,7 +311,7 @@ def test_downsample_scales_projections(factor: int) -> None:
 
 
 def test_downsample_without_spacing_and_by_one() -> None:
-    cam = Camera(K_EXAMPLE, T_EXAMPLE, 256, 256)
+    cam = Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 256, 256)
     assert cam.downsample(2).pixel_spacing_mm is None
     np.testing.assert_array_equal(cam.downsample(1).intrinsic, cam.intrinsic)
     numpy_int: Any = np.int32(4)
@@ -338,14 +321,14 @@ def test_downsample_without_spacing_and_by_one() -> None:
 @pytest.mark.parametrize("factor", [0, -2, 2.5, 2.0, True, "2", None])
 def test_bad_downsample(factor: Any) -> None:
     with pytest.raises(InputError, match="positive integer"):
-        oblique(width=64, height=48).downsample(factor)
+        oblique_camera(width=64, height=48).downsample(factor)
 
 
 @pytest.mark.parametrize(("width", "height", "factor"),
                          [(64, 48, 49), (48, 64, 49), (64, 48, 65)])
 def test_downsample_too_far(width: int, height: int, factor: int) -> None:
     with pytest.raises(InputError, match="no pixel"):
-        oblique(width=width, height=height).downsample(factor)
+        oblique_camera(width=width, height=height).downsample(factor)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +336,7 @@ def test_downsample_too_far(width: int, height: int, factor: int) -> None:
 
 
 def test_camera_is_frozen() -> None:
-    cam = example()
+    cam = example_camera()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cam.width = 3  # type: ignore[misc]
     with pytest.raises(ValueError):
@@ -361,344 +344,64 @@ def test_camera_is_frozen() -> None:
     with pytest.raises(ValueError):
         cam.camera_from_world[0, 3] = 1.0
     # it holds its own copy: editing the caller's array afterwards changes nothing
-    k = K_EXAMPLE.copy()
-    cam = Camera(k, T_EXAMPLE, 256, 256)
+    k = EXAMPLE_INTRINSIC.copy()
+    cam = Camera(k, EXAMPLE_CAMERA_FROM_WORLD, 256, 256)
     k[0, 0] = 1.0
     assert cam.intrinsic[0, 0] == 1275.0
 
 
 def test_camera_constructor_validates() -> None:
-    reflected = T_EXAMPLE.copy()
+    reflected = EXAMPLE_CAMERA_FROM_WORLD.copy()
     reflected[0, 0] = -1.0
     with pytest.raises(FrameError, match="reflection"):
-        Camera(K_EXAMPLE, reflected, 256, 256)
+        Camera(EXAMPLE_INTRINSIC, reflected, 256, 256)
     with pytest.raises(ShapeError):
-        Camera(np.eye(2), T_EXAMPLE, 256, 256)
+        Camera(np.eye(2), EXAMPLE_CAMERA_FROM_WORLD, 256, 256)
     with pytest.raises(ShapeError):
-        Camera(K_EXAMPLE, np.eye(3), 256, 256)
+        Camera(EXAMPLE_INTRINSIC, np.eye(3), 256, 256)
     with pytest.raises(InputError):
-        Camera(K_EXAMPLE, T_EXAMPLE, 0, 256)
+        Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 0, 256)
     with pytest.raises(InputError):
-        Camera(K_EXAMPLE, T_EXAMPLE, 256, 256, (0.8, -0.8))
-    cam = Camera(K_EXAMPLE.tolist(), T_EXAMPLE.tolist(), 256.0, np.int64(128))  # type: ignore[arg-type]
+        Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 256, 256, (0.8, -0.8))
+    cam = Camera(EXAMPLE_INTRINSIC.tolist(), EXAMPLE_CAMERA_FROM_WORLD.tolist(),  # type: ignore[arg-type]
+                 256.0, np.int64(128))
     assert (cam.width, cam.height) == (256, 128)
     assert type(cam.width) is int and type(cam.height) is int
 
 
 def test_with_pose() -> None:
-    cam = example()
-    moved = cam.with_pose(oblique().camera_from_world)
+    cam = example_camera()
+    moved = cam.with_pose(oblique_camera().camera_from_world)
     np.testing.assert_array_equal(moved.intrinsic, cam.intrinsic)
-    np.testing.assert_array_equal(moved.camera_from_world, oblique().camera_from_world)
+    np.testing.assert_array_equal(moved.camera_from_world, oblique_camera().camera_from_world)
     assert moved.pixel_spacing_mm == (0.8, 0.8)
     with pytest.raises(FrameError):
         cam.with_pose(np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
 def test_summary() -> None:
-    s = example().summary()
+    s = example_camera().summary()
     assert s["size"] == (256, 256)
     assert s["focal_lengths_px"] == (1275.0, 1275.0)
     assert s["principal_point_px"] == (128.0, 128.0)
     assert s["source_world_mm"] == pytest.approx((0.0, -850.0, 0.0), abs=1e-12)
     assert s["view_direction_world"] == (0.0, 1.0, 0.0)
     assert s["source_to_detector_mm"] == pytest.approx(1020.0)
-    s = Camera(K_EXAMPLE, T_EXAMPLE, 300, 200).summary()
+    s = Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 300, 200).summary()
     assert s["size"] == (300, 200)  # (width, height)
     assert s["source_to_detector_mm"] is None
     json.dumps(s)  # plain Python values
 
 
 def test_stack_cameras() -> None:
-    cams = [oblique(0.1), oblique(0.2), oblique(0.3)]
+    cams = [oblique_camera(0.1), oblique_camera(0.2), oblique_camera(0.3)]
     k, t, h, w = stack_cameras(cams)
     assert k.shape == (3, 3, 3) and t.shape == (3, 4, 4)
     assert (h, w) == (48, 64)
     np.testing.assert_array_equal(t[1], cams[1].camera_from_world)
     with pytest.raises(ShapeError, match="size"):
-        stack_cameras([oblique(width=64, height=48), oblique(width=48, height=64)])
+        stack_cameras([oblique_camera(width=64, height=48), oblique_camera(width=48, height=64)])
     with pytest.raises(ShapeError):
-        stack_cameras([oblique(width=64), oblique(width=63)])
+        stack_cameras([oblique_camera(width=64), oblique_camera(width=63)])
     with pytest.raises(ShapeError):
         stack_cameras([])
-
-
-# --------------------------------------------------------------------------------------------------
-# the camera file
-
-
-def _camera_dict() -> dict[str, Any]:
-    return {
-        "width": 256,
-        "height": 256,
-        "intrinsic": K_EXAMPLE.tolist(),
-        "camera_from_world": T_EXAMPLE.tolist(),
-        "pixel_spacing_mm": [0.8, 0.8],
-    }
-
-
-def _write(path: Path, obj: Any) -> Path:
-    path.write_text(json.dumps(obj), encoding="utf-8")  # NaN is written as the literal NaN
-    return path
-
-
-def assert_same_camera(a: Camera, b: Camera) -> None:
-    assert np.array_equal(a.intrinsic, b.intrinsic)
-    assert np.array_equal(a.camera_from_world, b.camera_from_world)
-    assert (a.width, a.height) == (b.width, b.height)
-    assert a.pixel_spacing_mm == b.pixel_spacing_mm
-
-
-def test_example_file_loads(tmp_path: Path) -> None:
-    path = tmp_path / "cam.json"
-    path.write_text("""{
-      "width": 256,
-      "height": 256,
-      "intrinsic": [[1275.0, 0.0, 128.0], [0.0, 1275.0, 128.0], [0.0, 0.0, 1.0]],
-      "camera_from_world": [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 850], [0, 0, 0, 1]],
-      "pixel_spacing_mm": [0.8, 0.8]
-    }""", encoding="utf-8")
-    (cam,) = load_cameras(path)
-    assert_same_camera(cam, example())
-    np.testing.assert_allclose(cam.project([[10.0, 0.0, 0.0]]), [[143.0, 128.0]], atol=1e-9)
-
-
-def test_round_trip_single_is_bit_exact(tmp_path: Path) -> None:
-    cam = oblique(0.123456789, -0.987654321)
-    path = tmp_path / "one.json"
-    save_cameras(path, cam)
-    assert isinstance(json.loads(path.read_text()), dict)  # a single object, not a list
-    (back,) = load_cameras(path)
-    assert_same_camera(back, cam)
-    assert_same_camera(Camera.from_json(cam.to_json()), cam)
-    assert_same_camera(Camera.from_json(cam.to_json(indent=None)), cam)
-    no_spacing = Camera(cam.intrinsic, cam.camera_from_world, cam.width, cam.height)
-    assert "pixel_spacing_mm" not in no_spacing.to_dict()
-    save_cameras(path, no_spacing)
-    (back,) = load_cameras(path)
-    assert_same_camera(back, no_spacing)
-
-
-def test_round_trip_list_is_bit_exact(tmp_path: Path) -> None:
-    rng = np.random.default_rng(11)
-    cams = [oblique(*rng.uniform(-1, 1, size=2)) for _ in range(4)]
-    path = tmp_path / "sub" / "views.json"
-    save_cameras(path, cams)
-    assert isinstance(json.loads(path.read_text()), list)
-    back = load_cameras(path)
-    assert len(back) == 4
-    for a, b in zip(back, cams, strict=True):
-        assert_same_camera(a, b)
-    # a list of one stays a list of one
-    save_cameras(path, cams[:1])
-    assert isinstance(json.loads(path.read_text()), list)
-    assert len(load_cameras(path)) == 1
-    with pytest.raises(InputError):
-        save_cameras(path, [])
-
-
-def test_whole_number_floats_are_accepted(tmp_path: Path) -> None:
-    d = _camera_dict()
-    d["width"] = 256.0
-    (cam,) = load_cameras(_write(tmp_path / "c.json", d))
-    assert cam.width == 256 and type(cam.width) is int
-
-
-def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
-    def edit(d: dict[str, Any]) -> None:
-        target: Any = d
-        for p in path[:-1]:
-            target = target[p]
-        target[path[-1]] = value
-    return edit
-
-
-def _drop(key: str) -> Callable[[dict[str, Any]], None]:
-    def edit(d: dict[str, Any]) -> None:
-        del d[key]
-    return edit
-
-
-def _scale_pose(d: dict[str, Any]) -> None:
-    d["camera_from_world"] = (np.diag([1.1, 1.1, 1.1, 1.0]) @ T_EXAMPLE).tolist()
-
-
-def _reflect_pose(d: dict[str, Any]) -> None:
-    d["camera_from_world"] = (np.diag([-1.0, 1.0, 1.0, 1.0]) @ T_EXAMPLE).tolist()
-
-
-def _shear_pose(d: dict[str, Any]) -> None:
-    shear = np.eye(4)
-    shear[0, 1] = 0.05
-    d["camera_from_world"] = (shear @ T_EXAMPLE).tolist()
-
-
-def _tiny_scale_pose(d: dict[str, Any]) -> None:
-    d["camera_from_world"] = (np.diag([1 + 1e-5, 1 + 1e-5, 1 + 1e-5, 1.0]) @ T_EXAMPLE).tolist()
-
-
-# (case id, edit, key the message must name, word the message must contain)
-BAD_FIELDS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
-    ("missing width", _drop("width"), "width", "missing"),
-    ("missing height", _drop("height"), "height", "missing"),
-    ("missing intrinsic", _drop("intrinsic"), "intrinsic", "missing"),
-    ("missing camera_from_world", _drop("camera_from_world"), "camera_from_world", "missing"),
-    ("unknown key", _set(("focal_mm",), 5.0), "focal_mm", "unknown"),
-    ("pose scaled", _scale_pose, "camera_from_world", "rigid"),
-    ("pose slightly scaled", _tiny_scale_pose, "camera_from_world", "rigid"),
-    ("pose reflected", _reflect_pose, "camera_from_world", "reflection"),
-    ("pose sheared", _shear_pose, "camera_from_world", "rigid"),
-    ("pose last row", _set(("camera_from_world", 3), [0, 0, 1, 1]), "camera_from_world",
-     "last row"),
-    ("pose last one", _set(("camera_from_world", 3, 3), 2.0), "camera_from_world", "last row"),
-    ("pose NaN", _set(("camera_from_world", 1, 3), math.nan), "camera_from_world", "NaN"),
-    ("pose Infinity", _set(("camera_from_world", 0, 0), math.inf), "camera_from_world",
-     "infinite"),
-    ("pose 3x3", _set(("camera_from_world",), np.eye(3).tolist()), "camera_from_world", "4x4"),
-    ("pose ragged", _set(("camera_from_world", 2), [0, 1, 0]), "camera_from_world", "4x4"),
-    ("pose string", _set(("camera_from_world", 0, 0), "1"), "camera_from_world", "number"),
-    ("pose bool", _set(("camera_from_world", 0, 0), True), "camera_from_world", "number"),
-    ("pose null", _set(("camera_from_world",), None), "camera_from_world", "4x4"),
-    ("fx negative", _set(("intrinsic", 0, 0), -1275.0), "intrinsic", "focal"),
-    ("fx zero", _set(("intrinsic", 0, 0), 0.0), "intrinsic", "focal"),
-    ("fy negative", _set(("intrinsic", 1, 1), -1.0), "intrinsic", "focal"),
-    ("skew", _set(("intrinsic", 0, 1), 0.5), "intrinsic", "skew"),
-    ("lower skew", _set(("intrinsic", 1, 0), 0.5), "intrinsic", "skew"),
-    ("K last row", _set(("intrinsic", 2), [0, 0, 2]), "intrinsic", "last row"),
-    ("K last row offset", _set(("intrinsic", 2, 0), 0.1), "intrinsic", "last row"),
-    ("K NaN", _set(("intrinsic", 0, 2), math.nan), "intrinsic", "NaN"),
-    ("K 2x3", _set(("intrinsic",), [[1, 0, 0], [0, 1, 0]]), "intrinsic", "3x3"),
-    ("K string", _set(("intrinsic",), "eye"), "intrinsic", "3x3"),
-    ("width 0", _set(("width",), 0), "width", "positive"),
-    ("width negative", _set(("width",), -256), "width", "positive"),
-    ("width 2.5", _set(("width",), 2.5), "width", "whole"),
-    ("width string", _set(("width",), "256"), "width", "whole"),
-    ("width true", _set(("width",), True), "width", "whole"),
-    ("width null", _set(("width",), None), "width", "whole"),
-    ("width NaN", _set(("width",), math.nan), "width", "whole"),
-    ("height 0", _set(("height",), 0), "height", "positive"),
-    ("height 2.5", _set(("height",), 2.5), "height", "whole"),
-    ("height string", _set(("height",), "256"), "height", "whole"),
-    ("height true", _set(("height",), True), "height", "whole"),
-    ("spacing negative", _set(("pixel_spacing_mm",), [-0.8, 0.8]), "pixel_spacing_mm",
-     "positive"),
-    ("spacing zero", _set(("pixel_spacing_mm",), [0.8, 0.0]), "pixel_spacing_mm", "positive"),
-    ("spacing NaN", _set(("pixel_spacing_mm",), [0.8, math.nan]), "pixel_spacing_mm",
-     "positive"),
-    ("spacing one", _set(("pixel_spacing_mm",), [0.8]), "pixel_spacing_mm", "two numbers"),
-    ("spacing three", _set(("pixel_spacing_mm",), [0.8, 0.8, 0.8]), "pixel_spacing_mm",
-     "two numbers"),
-    ("spacing scalar", _set(("pixel_spacing_mm",), 0.8), "pixel_spacing_mm", "two numbers"),
-    ("spacing strings", _set(("pixel_spacing_mm",), ["0.8", "0.8"]), "pixel_spacing_mm",
-     "two numbers"),
-]
-
-
-@pytest.mark.parametrize(("edit", "key", "word"), [c[1:] for c in BAD_FIELDS],
-                         ids=[c[0] for c in BAD_FIELDS])
-def test_bad_field_names_file_and_key(tmp_path: Path, edit: Callable[[dict[str, Any]], None],
-                                      key: str, word: str) -> None:
-    d = _camera_dict()
-    edit(d)
-    path = _write(tmp_path / "bad_camera.json", d)
-    with pytest.raises(InputError) as info:
-        load_cameras(path)
-    msg = str(info.value)
-    assert str(path) in msg, msg
-    assert f"'{key}'" in msg, msg
-    assert word in msg, msg
-    assert info.value.key == key
-    assert info.value.source == str(path)
-    # the same object inside a list, as its second view: the message says which view
-    path = _write(tmp_path / "bad_list.json", [_camera_dict(), d, _camera_dict()])
-    with pytest.raises(InputError) as info:
-        load_cameras(path)
-    msg = str(info.value)
-    assert str(path) in msg and f"'[1].{key}'" in msg, msg
-    # and straight from text
-    with pytest.raises(InputError, match=key):
-        Camera.from_json(json.dumps(d), source="inline.json")
-
-
-def test_nan_literal_is_refused(tmp_path: Path) -> None:
-    text = json.dumps(_camera_dict()).replace("850.0", "NaN")
-    assert "NaN" in text
-    path = tmp_path / "nan.json"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(InputError, match="camera_from_world") as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-
-
-def test_near_rigid_pose_is_accepted(tmp_path: Path) -> None:
-    d = _camera_dict()
-    t = copy.deepcopy(T_EXAMPLE)
-    t[:3, :3] *= 1 + 1e-9  # within the 1e-6 of the contract
-    d["camera_from_world"] = t.tolist()
-    (cam,) = load_cameras(_write(tmp_path / "c.json", d))
-    np.testing.assert_array_equal(cam.camera_from_world, t)  # kept as given, not re-orthogonalised
-
-
-@pytest.mark.parametrize(("text", "word"), [
-    ("not json at all", "JSON"),
-    ('{"width": 256, "height": 256, "intrinsic": [[1275.0, 0.0, 12', "JSON"),
-    ("", "JSON"),
-    ("{'width': 256}", "JSON"),
-])
-def test_not_json(tmp_path: Path, text: str, word: str) -> None:
-    path = tmp_path / "broken.json"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(FileFormatError, match=word) as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-
-
-def test_truncated_real_file(tmp_path: Path) -> None:
-    path = tmp_path / "cams.json"
-    save_cameras(path, [example(), oblique()])
-    text = path.read_text()
-    path.write_text(text[: len(text) // 2], encoding="utf-8")
-    with pytest.raises(FileFormatError) as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-
-
-def test_missing_file_and_directory(tmp_path: Path) -> None:
-    path = tmp_path / "nope.json"
-    with pytest.raises(FileFormatError, match="not found") as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-    with pytest.raises(FileFormatError) as info:
-        load_cameras(tmp_path)
-    assert str(tmp_path) in str(info.value)
-
-
-def test_not_utf8(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.json"
-    path.write_bytes(b'{"width": "\xff"}')
-    with pytest.raises(FileFormatError) as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-
-
-def test_empty_list(tmp_path: Path) -> None:
-    path = _write(tmp_path / "empty.json", [])
-    with pytest.raises(InputError, match="empty") as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-
-
-@pytest.mark.parametrize("obj", [5, "camera", None, [[1, 2]], [_camera_dict(), 3]])
-def test_not_an_object(tmp_path: Path, obj: Any) -> None:
-    path = _write(tmp_path / "odd.json", obj)
-    with pytest.raises(InputError, match="object") as info:
-        load_cameras(path)
-    assert str(path) in str(info.value)
-    if isinstance(obj, list):
-        assert f"[{len(obj) - 1}]" in str(info.value)
-
-
-def test_error_classes() -> None:
-    # the command line relies on these being user errors, and ValueError for callers
-    assert issubclass(FileFormatError, InputError)
-    assert issubclass(InputError, ValueError)

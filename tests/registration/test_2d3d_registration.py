@@ -29,25 +29,13 @@ from regkit.registration.radiograph_registration import (
 from regkit.registration.results import load_result_2d3d
 from regkit.render.base import Views
 from regkit.render.select import make_renderer
+from regkit.testing.levels import fast_levels_2d3d
 from regkit.volume import Volume
 
 SIZE = 80
 T9 = 35
 
-# Three quick levels: CMA-ES on a 26² detector (CT at 4x its spacing) and on 40² (2x), then
-# Powell on the whole 80² detector and the CT as it is.
-FAST = {"levels": (
-    LevelOptions(shrink=4.0, max_voxels=27 * 27, method="cmaes",
-                 options={"popsize": 12, "max_evaluations": 400, "restarts": 1, "tol_x": 0.01,
-                          "tol_fun": 1e-5},
-                 rot_step_deg=6.0, trans_step_mm=10.0),
-    LevelOptions(shrink=2.0, max_voxels=40 * 40, method="cmaes",
-                 options={"popsize": 8, "max_evaluations": 160, "tol_x": 0.01, "tol_fun": 1e-6},
-                 rot_step_deg=2.0, trans_step_mm=3.0),
-    LevelOptions(shrink=1.0, max_voxels=SIZE * SIZE, method="powell",
-                 options={"max_evaluations": 100, "tol_x": 0.02},
-                 rot_step_deg=0.5, trans_step_mm=1.5),
-)}
+FAST = {"levels": fast_levels_2d3d(SIZE)}
 
 
 @cache
@@ -118,6 +106,7 @@ def _check_contract(result, start: list[Camera]) -> None:
         np.testing.assert_array_equal(after.intrinsic, before.intrinsic)
 
 
+@pytest.mark.slow
 def test_single_view_recovers_a_perturbed_pose_and_keeps_its_inputs() -> None:
     true = [_camera()]
     images = _radiographs(true)
@@ -136,6 +125,7 @@ def test_single_view_recovers_a_perturbed_pose_and_keeps_its_inputs() -> None:
     assert result.history and result.history[-1].level == 2
 
 
+@pytest.mark.slow
 def test_biplane_shares_one_correction() -> None:
     true = [_camera(0.0), _camera(np.pi / 2)]
     images = _radiographs(true, seed=2)
@@ -145,6 +135,7 @@ def test_biplane_shares_one_correction() -> None:
     _check_contract(result, start)
 
 
+@pytest.mark.slow
 def test_one_bone_with_its_neighbours_ignored() -> None:
     true = [_camera(0.0), _camera(np.pi / 2)]   # one vertebra fixes depth only from two views
     images = _radiographs(true, seed=5)
@@ -159,6 +150,7 @@ def test_one_bone_with_its_neighbours_ignored() -> None:
     assert result.extras["bones"] == [T9]
 
 
+@pytest.mark.slow
 def test_transmitted_images_match_line_integrals_and_runs_repeat() -> None:
     true = [_camera()]
     line = _radiographs(true, seed=7)[0]
@@ -179,6 +171,7 @@ def test_transmitted_images_match_line_integrals_and_runs_repeat() -> None:
     assert not np.array_equal(other_seed.world_correction, runs[0].world_correction)
 
 
+@pytest.mark.slow
 def test_collimated_biplane_radiographs() -> None:
     true = [_camera(0.0), _camera(np.pi / 2)]
     images = [4000.0 * np.exp(-x) for x in _radiographs(true, seed=14)]
@@ -220,6 +213,7 @@ def test_gradient_refinement_improves_a_near_start(method: str, options: dict, s
     _check_contract(result, start)
 
 
+@pytest.mark.slow
 def test_result_file_round_trips(tmp_path: Path) -> None:
     true = [_camera()]
     images = _radiographs(true, seed=12)
@@ -307,6 +301,7 @@ def test_partial_ray_mask_keeps_rays_through_the_whole_depth() -> None:
     assert 0.25 < full.mean() < 0.9
 
 
+@pytest.mark.slow
 def test_optimizer_switches_the_search_levels() -> None:
     true = [_camera()]
     images = _radiographs(true, seed=16)
@@ -316,6 +311,7 @@ def test_optimizer_switches_the_search_levels() -> None:
     assert _mtre(result.cameras, true, _bone_points()) < _mtre(start, true, _bone_points())
 
 
+@pytest.mark.slow
 def test_image_mask_leaves_an_overlay_out() -> None:
     true = [_camera(0.0), _camera(np.pi / 2)]
     images = _radiographs(true, seed=7)
@@ -367,6 +363,7 @@ def test_the_bone_weight_fit_recovers_another_hu_to_mu_mapping() -> None:
     np.testing.assert_allclose(masked.numpy(), (soft + 2.0 * bone).numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_registration_holds_where_the_radiograph_weighs_bone_differently() -> None:
     # The radiograph: bone (above 150 HU) weighs 2.5× what the renderer gives it, then blur.
     ct = _ct()

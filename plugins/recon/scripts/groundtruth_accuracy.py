@@ -21,8 +21,7 @@ import numpy as np
 from regkit_recon.groundtruth.generate import GenerateSpec, generate, render_sample
 from regkit_recon.groundtruth.sample import read_sample
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_groundtruth import _trilinear_crossings
+from regkit.testing.oracles import trilinear_crossings
 
 
 def main() -> None:
@@ -47,7 +46,7 @@ def main() -> None:
             r, c = rows[n], cols[n]
             d = rot.T @ np.linalg.solve(k, np.array([c + 0.5, r + 0.5, 1.0]))
             d /= np.linalg.norm(d)
-            entries, exits = _trilinear_crossings(
+            entries, exits = trilinear_crossings(
                 mask, index_from_world, origin, d, float(s["front"][b, 0, r, c]) - 3.0,
                 float(np.nanmax(s["back"][b, :, r, c])) + 3.0)
             pixels += 1

@@ -29,6 +29,8 @@ from regkit.cli.main import main
 from regkit.data import chest_ct_crop
 from regkit.errors import InputError
 from regkit.render import Views, available_backends, make_renderer
+from regkit.testing.levels import fast_levels_2d3d
+from regkit.testing.oracles import trilinear_crossings
 from regkit.volume import Volume
 
 SEED = 3
@@ -101,36 +103,6 @@ def test_file_contract(phantom_run: Path) -> None:
 # ------------------------------------------------------------------------------ accuracy
 
 
-def _trilinear_crossings(mask: np.ndarray, index_from_world: np.ndarray, origin: np.ndarray,
-                         direction: np.ndarray, t_min: float, t_max: float, step: float = 0.01
-                         ) -> tuple[list[float], list[float]]:
-    """Entries and exits of the 0.5 level set of ``mask`` along one ray: a plain march of the
-    trilinear field, each sign change refined by bisection (written apart from regkit's)."""
-    def field(t: np.ndarray) -> np.ndarray:
-        pts = origin[None] + t[:, None] * direction[None]
-        idx = pts @ index_from_world[:3, :3].T + index_from_world[:3, 3]
-        # zero padding beyond the grid, interpolated (a bone cut by the grid's face closes
-        # half a voxel out, as the conventions' trilinear field does)
-        values = ndimage.map_coordinates(mask, idx.T, order=1, mode="grid-constant", cval=0.0)
-        return values - 0.5
-
-    ts = np.arange(t_min, t_max, step)
-    f = field(ts)
-    entries, exits = [], []
-    for i in np.flatnonzero(np.sign(f[:-1]) != np.sign(f[1:])):
-        lo, hi = ts[i], ts[i + 1]
-        rising = f[i] < f[i + 1]
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            above = field(np.array([mid]))[0] > 0
-            if above == rising:
-                hi = mid
-            else:
-                lo = mid
-        (entries if rising else exits).append(0.5 * (lo + hi))
-    return entries, exits
-
-
 def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
     """Two random pixels per bone where the bone is over 1 mm thick, every bone: the first
     entry and exit agree to 0.01 mm wherever both marches see the same number of crossings (a
@@ -160,7 +132,7 @@ def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
             r, c = rows[n], cols[n]
             d = rot.T @ np.linalg.solve(k, np.array([c + 0.5, r + 0.5, 1.0]))
             d /= np.linalg.norm(d)
-            entries, exits = _trilinear_crossings(
+            entries, exits = trilinear_crossings(
                 mask, shift @ index_from_world, origin, d,
                 t_min=float(s["front"][b, 0, r, c]) - 3.0,
                 t_max=float(np.nanmax(s["back"][b, :, r, c])) + 3.0)
@@ -175,6 +147,7 @@ def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
     assert max(errors) < 2e-3, max(errors)
 
 
+@pytest.mark.gl
 @pytest.mark.skipif("gl" not in available_backends(), reason="no OpenGL (EGL) context here")
 def test_torch_and_gl_agree_on_a_sample(phantom_run: Path) -> None:
     manifest = json.loads((phantom_run / "manifest.json").read_text())
@@ -312,6 +285,7 @@ def test_folders_of_an_older_format_are_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ runs
 
 
+@pytest.mark.slow
 def test_real_ct_deterministic_over_workers(tmp_path: Path) -> None:
     generate(_ct_spec(tmp_path / "w1", workers=1))
     generate(_ct_spec(tmp_path / "w2", workers=2))
@@ -453,6 +427,7 @@ def test_cli_generate_writes_samples(tmp_path: Path, capsys: pytest.CaptureFixtu
 # ------------------------------------------------------------------------------ real radiograph
 
 
+@pytest.mark.slow
 def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     """A radiograph of the crop at a known pose, a start 3° and 6 mm off: the sample's camera is
     the registered one (bone points within 1 mm of the truth) and its depths are those of the
@@ -461,7 +436,6 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     from scipy.spatial.transform import Rotation
 
     from regkit import Volume, camera_from_carm, load_nifti
-    from regkit.registration.levels import LevelOptions
     from regkit.render import Views, make_renderer
 
     crop = chest_ct_crop()
@@ -483,18 +457,8 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     turn[:3, 3] = centre - turn[:3, :3] @ centre + np.array([4.0, -3.0, 3.0])
     start = true.with_pose(true.camera_from_world @ turn)
     (tmp_path / "start.json").write_text(start.to_json())
-    fast = {"levels": (
-        LevelOptions(shrink=4.0, max_voxels=27 * 27, method="cmaes",
-                     options={"popsize": 12, "max_evaluations": 300, "restarts": 0,
-                              "tol_x": 0.01, "tol_fun": 1e-5},
-                     rot_step_deg=4.0, trans_step_mm=8.0),
-        LevelOptions(shrink=2.0, max_voxels=40 * 40, method="cmaes",
-                     options={"popsize": 8, "max_evaluations": 160, "tol_x": 0.01,
-                              "tol_fun": 1e-6}, rot_step_deg=1.5, trans_step_mm=3.0),
-        LevelOptions(shrink=1.0, max_voxels=size * size, method="powell",
-                     options={"max_evaluations": 100, "tol_x": 0.02},
-                     rot_step_deg=0.5, trans_step_mm=1.5),
-    )}
+    fast = {"levels": fast_levels_2d3d(size, evaluations=300, restarts=0, rot_step_deg=(4.0, 1.5),
+                                         trans_step_mm=(8.0, 3.0))}
     spec = GenerateSpec(out=str(tmp_path / "o"), ct=str(crop["ct"]), labels=str(crop["bones"]),
                         bones=(34, 35, 36), radiograph=str(tmp_path / "xray.npy"),
                         camera=str(tmp_path / "start.json"), montage=1)
@@ -529,6 +493,7 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     assert np.median(np.abs(s["front"][1, 0][both] - truth.front[0, 0].numpy()[both])) < 1.5
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
     import signal
     import subprocess
@@ -562,6 +527,7 @@ def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
     assert not list((out / "samples").glob(".*"))
 
 
+@pytest.mark.slow
 def test_a_worker_failure_comes_back_as_one_message(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """A phantom folder whose CT is broken: the worker's error reaches the command line (exit
