@@ -224,16 +224,6 @@ def test_check_refuses_bad_options(tmp_path: Path) -> None:
         tr._check(replace(spec, data=()), 1)
 
 
-def test_autocast_dtype() -> None:
-    cpu = torch.device("cpu")
-    assert tr.autocast_dtype("fp32", cpu) is None
-    assert tr.autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert tr.autocast_dtype("auto", cpu) is (torch.bfloat16 if tr.cpu_has_bf16() else None)
-    with pytest.raises(InputError) as info:
-        tr.autocast_dtype("fp16", cpu)
-    assert info.value.key == "precision"
-
-
 # ------------------------------------------------------------------------------- training
 
 
@@ -272,6 +262,7 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
     assert batch["image"].shape == (2, 1, 32, 32) and batch["index"].tolist() == [2, 2]
 
 
+@pytest.mark.slow
 def test_a_few_samples_are_overfitted(gt: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # TrainItems always augments training items (a new turn, mirror, zoom and tone curve each
@@ -511,6 +502,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on the loopback device 'lo'")
 def test_two_processes_take_the_single_process_steps(gt: Path, tmp_path: Path) -> None:
     # train() on two processes (the environment torchrun sets, gloo over the loopback device),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +44,14 @@ import torch.nn.functional as F
 from regkit.errors import FileFormatError, InputError
 from regkit.utils.files import atomic_write_bytes, atomic_write_text
 from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
+from regkit_recon.net.runtime import (
+    Interrupts,
+    any_rank_interrupted,
+    autocast_dtype,
+    device_name,
+    join_process_group,
+    rank_device,
+)
 
 __all__ = ["TrainSpec", "batch_loss", "global_batches", "train"]
 
@@ -232,93 +239,6 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _device_name(spec: TrainSpec) -> str:
-    name = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"must be cpu or cuda, got {name!r}", key="device")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("no CUDA device here", key="device")
-    return name
-
-
-def _distributed(device: str) -> tuple[int, int]:
-    """(rank, world size); joins the process group under torchrun (NCCL for CUDA, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _any_rank(interrupts: _Interrupts, world: int, device: torch.device) -> bool:
-    """Whether any process has a Ctrl-C pending (all ranks stop at the same step)."""
-    if world > 1:
-        flag = torch.tensor([1.0 if interrupts.pending else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        interrupts.pending = bool(flag.item() > 0)
-    return interrupts.pending
-
-
-class _Interrupts:
-    """Ctrl-C waits for the step under way to finish (so the checkpoint is a step boundary); a
-    second Ctrl-C stops at once, keeping the last checkpoint written."""
-
-    def __init__(self) -> None:
-        self.pending = False
-        self.hard = False
-        self._old: Any = None
-
-    def __enter__(self) -> _Interrupts:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.pending:
-            self.hard = True
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: full float32)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise InputError(f"must be auto, bf16 or fp32, got {precision!r}", key="precision")
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda" or cpu_has_bf16():
-        return torch.bfloat16
-    return None
-
-
-def _device(name: str, rank: int) -> torch.device:
-    if name == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
 def open_folders(folders: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
     """The sample files and manifests of ground-truth folders, in the order of
     :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` (which checks they go
@@ -370,12 +290,12 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
     if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
                                 or stop_at < 1):
         raise InputError(f"must be a whole number >= 1, got {stop_at!r}", key="stop_at")
-    name = _device_name(spec)
-    rank, world = _distributed(name)
+    name = device_name(spec.device)
+    rank, world = join_process_group(name)
     try:
-        with _Interrupts() as interrupts:
+        with Interrupts() as interrupts:
             record = _train(spec, resume, stream if stream is not None else sys.stderr, rank,
-                            world, _device(name, rank), interrupts, stop_at)
+                            world, rank_device(name, rank), interrupts, stop_at)
         if world > 1:
             # Every rank past its last collective before any tears the group down: a rank that
             # destroyed it while another's gloo work was in flight aborted at exit (SIGABRT,
@@ -388,7 +308,7 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
 
 
 def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
-           device: torch.device, interrupts: _Interrupts,
+           device: torch.device, interrupts: Interrupts,
            stop_at: int | None = None) -> dict[str, Any]:
     from regkit_recon.groundtruth.dataset import collate_ground_truth
     from regkit_recon.net.data import TrainItems
@@ -495,7 +415,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
     end = total if stop_at is None else min(total, stop_at)
     try:
         while step < end:
-            if _any_rank(interrupts, world, device):
+            if any_rank_interrupted(interrupts, world, device):
                 raise KeyboardInterrupt
             epoch, within = divmod(step, per_epoch)
             items.epoch = epoch
@@ -530,7 +450,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
                 if time.perf_counter() - last_ckpt > spec.checkpoint_s:
                     save("periodic")
                     last_ckpt = time.perf_counter()
-                if _any_rank(interrupts, world, device):
+                if any_rank_interrupted(interrupts, world, device):
                     raise KeyboardInterrupt
             epoch_done = step % per_epoch == 0 or step == total
             if epoch_done:
