@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import regkit
 
@@ -18,6 +19,7 @@ def test_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_import_touches_no_environment_variable() -> None:
     code = ("import os; before = dict(os.environ); import regkit, regkit.render.select; "
             "print(dict(os.environ) == before)")

@@ -172,6 +172,7 @@ def test_existing_output_untouched_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.json", "pts.csv", "uv.npy"]
 
 
+@pytest.mark.slow
 def test_console_script_exit_status(tmp_path: Path) -> None:
     """The installed ``regkit`` entry point (run as a module here) returns the statuses."""
     bad = _write(tmp_path / "cam.json", dict(AP_CAMERA, width=0))

@@ -94,6 +94,7 @@ def test_end_to_end_writes_every_output(files: dict[str, Path], tmp_path: Path,
     assert "-> " + str(out) in err
 
 
+@pytest.mark.slow
 def test_affine_with_masks_and_metric(files: dict[str, Path], tmp_path: Path) -> None:
     fixed, moving, true, points = _volumes()
     mask = np.ones(moving.shape, dtype=np.uint8)

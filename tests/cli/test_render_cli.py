@@ -29,7 +29,7 @@ def camera_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("backend", ["torch", "gl"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("gl", marks=pytest.mark.gl)])
 def test_render_writes_drr_depth_and_preview(tmp_path: Path, camera_file: Path,
                                               backend: str) -> None:
     paths = chest_ct_crop()

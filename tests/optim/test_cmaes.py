@@ -199,6 +199,7 @@ def test_bipop_alternates_regimes_by_budget() -> None:
     check_bookkeeping(result)
 
 
+@pytest.mark.slow
 def test_restarts_beat_a_single_run_at_equal_budget_on_rastrigin(rastrigin: Any) -> None:
     # Rastrigin 6-D from x0 = 3 with steps of 2: one default-population run gets stuck in a local
     # minimum and stops early; restarts use the rest of the same budget. Same seed on all sides,

@@ -103,6 +103,7 @@ def test_recovers_known_rigid_transform() -> None:
                        np.eye(3), atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["nmi", "mattes_mi"])
 def test_cross_modality_non_monotonic_remap(metric: str) -> None:
     true = _true_rigid()
@@ -115,6 +116,7 @@ def test_cross_modality_non_monotonic_remap(metric: str) -> None:
     assert result.metric == metric
 
 
+@pytest.mark.slow
 def test_affine_recovers_scaling_and_shear() -> None:
     params = np.array([0.05, -0.03, 0.08, 4.0, -3.0, 2.0, 0.04, -0.03, 0.02, 0.03, -0.02, 0.02])
     true = np.asarray(affine_from_params(params, _ct().center_world))
@@ -145,6 +147,7 @@ def test_moments_initialisation_handles_a_large_rotation() -> None:
     assert any(np.array_equal(chosen, c) for c in candidates[1:])
 
 
+@pytest.mark.slow
 def test_seed_makes_it_deterministic() -> None:
     true = _true_rigid()
     fixed, moving, _ = _pair(true)
@@ -197,6 +200,7 @@ def test_fixed_mask_excludes_voxels_from_the_score() -> None:
     assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
 
 
+@pytest.mark.slow
 def test_moving_mask_excludes_a_spurious_object() -> None:
     true = _true_rigid()
     fixed, moving, points = _pair(true)

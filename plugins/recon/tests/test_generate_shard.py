@@ -87,6 +87,7 @@ def _assert_same_sample(a: dict[str, Any], b: dict[str, Any], what: Any) -> None
 # ------------------------------------------------------------------------------ shards
 
 
+@pytest.mark.slow
 def test_shards_together_are_the_unsharded_run(runs: dict[str, Path]) -> None:
     whole = _manifest(runs["whole"])
     assert whole["complete"] and whole["shard"] is None

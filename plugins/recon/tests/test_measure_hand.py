@@ -49,6 +49,7 @@ def _check(result: dict, truth: list[dict], world_from_phantom: np.ndarray) -> N
             assert 8.0 < fields["length_mm"] < 300.0
 
 
+@pytest.mark.slow
 def test_recorded_malunions_are_measured_without_the_fracture_level(hand) -> None:
     names = dict(hand.bone_table)
     result = measure_hand(np.asarray(hand.labels), hand.volume.world_from_index, names)
@@ -58,6 +59,7 @@ def test_recorded_malunions_are_measured_without_the_fracture_level(hand) -> Non
     assert set(result["bones"]) >= {"radius", "ulna", "metacarpal_5", "distal_phalanx_5"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mirror", [False, True], ids=["right", "left"])
 def test_any_position_and_either_hand_give_the_same_figures(hand, mirror: bool) -> None:
     names = dict(hand.bone_table)
@@ -80,6 +82,7 @@ def test_any_position_and_either_hand_give_the_same_figures(hand, mirror: bool) 
     _check(result, hand.to_json()["deformities"], moved)
 
 
+@pytest.mark.slow
 def test_measure_file_reads_names_beside_and_refuses_what_it_cannot_measure(
         hand, tmp_path: Path) -> None:
     labels = np.asarray(hand.labels)

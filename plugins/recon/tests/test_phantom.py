@@ -53,6 +53,7 @@ def deformed() -> HandPhantom:
 # ------------------------------------------------------------------------------------ bones
 
 
+@pytest.mark.slow
 def test_29_labelled_bones_with_the_documented_names(phantom: HandPhantom) -> None:
     assert dict(BONE_NAMES) == EXPECTED_NAMES
     assert phantom.bone_table == tuple(EXPECTED_NAMES.items())
@@ -122,6 +123,7 @@ def test_world_convention_right_hand_anatomical_position(phantom: HandPhantom) -
 # ------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_arrays(phantom: HandPhantom) -> None:
     again = make_hand_phantom(SEED, voxel_mm=VOXEL)
     assert np.array_equal(again.volume.data, phantom.volume.data)
@@ -221,6 +223,7 @@ def _fracture(phantom: HandPhantom, name: str) -> tuple[float, float, float, flo
             m.length)
 
 
+@pytest.mark.slow
 def test_shaft_malunions_are_reproduced_by_measurement(phantom: HandPhantom,
                                                        deformed: HandPhantom) -> None:
     """Measured on the voxels: within 2° and 0.5 mm of what was asked for."""

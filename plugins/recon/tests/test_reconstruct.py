@@ -54,6 +54,7 @@ def single(files: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_command_writes_every_output(single: Path, files: Path) -> None:
     for name in RECONSTRUCTION_FILES:
         assert (single / name).exists(), name
@@ -143,6 +144,7 @@ def test_cameras_from_the_standard_geometry(files: Path) -> None:
         standard_camera(256, 256, pixel_spacing_mm=0.0)
 
 
+@pytest.mark.slow
 def test_measure_command(tmp_path: Path, single: Path, capsys: pytest.CaptureFixture[str]
                          ) -> None:
     from regkit_recon import make_hand_phantom
@@ -176,6 +178,7 @@ def test_registry_knows_the_hand_and_a_plugin_can_add_one() -> None:
     assert "nothing-test" in reconstructors.names()
 
 
+@pytest.mark.slow
 def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
     """Exact depths shifted 10 mm along the rays: the second view puts the bones back."""
     first, second = _sample(0), _sample(1)
@@ -213,6 +216,7 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
         refine([], [], views)
 
 
+@pytest.mark.slow
 def test_camera_from_dicom_geometry_and_labels_round_trip(files: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:

@@ -157,6 +157,7 @@ def demo_hand() -> tuple[dict, object]:
     return sample, phantom
 
 
+@pytest.mark.slow
 def test_exact_depths_of_a_phantom_hand_give_back_every_bone(demo_hand) -> None:
     sample, phantom = demo_hand
     camera = Camera.from_dict(json.loads(str(sample["camera"])))
