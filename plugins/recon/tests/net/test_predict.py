@@ -40,12 +40,7 @@ W, H = 48, 40
 TURNS = [(k, m) for m in (False, True) for k in range(4)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _camera(**kw: Any) -> Camera:

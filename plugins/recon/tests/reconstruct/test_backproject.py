@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from regkit_recon.data import demo_hand
 from regkit_recon.groundtruth.sample import SampleRenderer
 from regkit_recon.reconstruct.backproject import backproject, backproject_bone, label_volume
 from regkit_recon.reconstruct.mesh import (
@@ -23,7 +24,7 @@ from regkit.errors import InputError, ShapeError
 from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
 
-DEMO = Path(__file__).parents[1] / "src" / "regkit_recon" / "data" / "demo_hand" / "samples"
+DEMO = demo_hand() / "samples"
 
 
 def _ellipsoid_volume(radii: tuple[float, float, float], centre: tuple[float, float, float],

@@ -37,13 +37,7 @@ TINY: dict[str, Any] = {"size": 32, "widths": (8, 16), "stem": 8, "precision": "
 TERMS = ("bce", "dice", "depth", "offset", "loss")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # one thread: the machine may be busy, and a test must not depend on the thread count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from regkit_recon.data import demo_hand
 from regkit_recon.net.model import BoneNet, NetConfig, save_model
 from regkit_recon.reconstruct import (
     RECONSTRUCTION_FILES,
@@ -27,7 +28,7 @@ from regkit.cli.main import main
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera, save_cameras
 
-DEMO = Path(__file__).parents[1] / "src" / "regkit_recon" / "data" / "demo_hand" / "samples"
+DEMO = demo_hand() / "samples"
 
 
 def _sample(i: int) -> dict:
