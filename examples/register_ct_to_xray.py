@@ -76,8 +76,8 @@ def main() -> None:
 
     # One view of this small crop fixes the depth poorly: its cut faces give its DRRs edges
     # that the coarse levels' smoothed CT shifts, leaving the depth a few mm off after them
-    # (see Register2D3DOptions.mask_partial_rays). Its renders are cheap, so a single view gets
-    # a longer final polish than the defaults (which were measured on the whole chest CT).
+    # (see docs/decisions/registration-2d3d-depth-bias.md). Its renders are cheap, so a single
+    # view gets a longer final polish than the defaults (measured on the whole chest CT).
     options = None
     if not args.biplane:
         polish = replace(DEFAULT_LEVELS[-1], options={"max_evaluations": 300, "tol_x": 0.01,

@@ -175,12 +175,6 @@ class Register2D3DOptions:
             and a gradient metric then prefers a wrong magnification, i.e. a wrong depth;
             smoothing both makes their blurs more alike. See
             docs/decisions/registration-2d3d-depth-bias.md.
-        mask_partial_rays: Score only the pixels whose ray, at the candidate's pose, crosses
-            the CT's whole depth: it enters and leaves the voxel box through the two faces
-            across the viewing direction (eroded by one level pixel). Ignored for a view where
-            fewer than a quarter of the pixels would remain. Off by default: it cut the depth
-            bias of the CT's field-of-view edge at level 1 but not at level 0, and made whole
-            registrations no better. See docs/decisions/registration-2d3d-depth-bias.md.
         mask_flat: Leave the radiographs' flat (collimated, padded) pixels out of the metric.
         fit_bone_weight: At every level but the first, fit the weight of the CT's bone
             against its soft tissue to each radiograph, per candidate
@@ -206,7 +200,6 @@ class Register2D3DOptions:
     bone_roi_margin_mm: float = 30.0
     smooth_px: float = 1.0
     mask_flat: bool = True
-    mask_partial_rays: bool = False
     fit_bone_weight: bool = True
     bone_threshold_hu: float = 150.0
     mu_water: float = 0.02
@@ -244,7 +237,7 @@ class Register2D3DOptions:
                 or not math.isfinite(self.bone_threshold_hu):
             raise InputError(f"must be a finite number, got {self.bone_threshold_hu!r}",
                              key="bone_threshold_hu")
-        for key in ("mask_flat", "mask_partial_rays", "fit_bone_weight"):
+        for key in ("mask_flat", "fit_bone_weight"):
             if not isinstance(getattr(self, key), bool):
                 raise InputError(f"must be True or False, got {getattr(self, key)!r}", key=key)
         for key in ("max_batch", "threads"):
@@ -295,40 +288,6 @@ class _Group:
     weight: torch.Tensor | None             # (V, H, W) float32 weights or None
 
 
-@dataclass
-class _Box:
-    """The CT's voxel-edge box, for the pixels whose rays cross its whole depth."""
-
-    index_from_world: torch.Tensor   # (4, 4) float64
-    upper: torch.Tensor              # (3,) n - 0.5 per axis (the lower bound is -0.5)
-    spacing: torch.Tensor            # (3,) mm per index step
-
-    def full_depth(self, k: torch.Tensor, poses: torch.Tensor, height: int, width: int
-                   ) -> torch.Tensor:
-        """``(B, H, W)`` float 0/1: rays entering and leaving through the faces across the
-        index axis each view looks most along, eroded by one pixel; all ones for a view where
-        under a quarter remain."""
-        from regkit.geometry.camera import pixel_rays
-
-        with torch.no_grad():
-            origin, direction = pixel_rays(k, poses.detach(), height, width)
-            m = self.index_from_world[:3, :3]
-            o = origin @ m.T + self.index_from_world[:3, 3]              # (B, 3)
-            d = direction @ m.T                                          # (B, H, W, 3)
-            safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-            t1 = (-0.5 - o[:, None, None, :]) / safe
-            t2 = (self.upper - o[:, None, None, :]) / safe
-            near, far = torch.minimum(t1, t2), torch.maximum(t1, t2)
-            t_in, enter = near.max(dim=-1)
-            t_out, leave = far.min(dim=-1)
-            axis = (d.mean(dim=(1, 2)).abs() * self.spacing).argmax(dim=-1)[:, None, None]
-            full = (enter == axis) & (leave == axis) & (t_in < t_out)
-            out = -torch.nn.functional.max_pool2d(-full[:, None].to(torch.float32), 3,
-                                                  stride=1, padding=1)[:, 0]
-            keep = out.flatten(1).mean(dim=1) >= 0.25
-            return torch.where(keep[:, None, None], out, torch.ones_like(out))
-
-
 @dataclass(eq=False)
 class _Level(Level):
     """One pyramid level: a renderer on the level CT, the binned views and the metric; its
@@ -344,7 +303,6 @@ class _Level(Level):
     factors: list[int]
     spacing_mm: NDArray[np.float64]
     smooth_px: float
-    box: _Box | None = None
     bone_renderer: Renderer | None = None
     spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
     pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
@@ -367,9 +325,6 @@ class _Level(Level):
                     feet.append(self._footprint(self.renderer.drr(views, bones=self.bones)))
         drr = torch.cat(parts).to(torch.float32)
         foot = torch.cat(feet) if feet else None
-        if self.box is not None:
-            full = self.box.full_depth(k, poses, g.height, g.width)
-            foot = full if foot is None else foot * full
         fixed = g.fixed.repeat(lam, 1, 1)
         weight = None if g.weight is None else g.weight.repeat(lam, 1, 1)
         drr = _smooth(drr, self.smooth_px, weight)   # as the radiograph was (see build)
@@ -441,13 +396,6 @@ class _LevelBuilder:
         self._bone_volumes: dict[float, Volume] = {}
         self._excess: Volume | None = None
         self._renderers: dict[tuple[bool, float, str], Renderer] = {}
-
-    def _box(self) -> _Box:
-        """The CT's box (the input grid; every level covers the same extent)."""
-        return _Box(index_from_world=torch.as_tensor(self.mu.index_from_world,
-                                                     dtype=torch.float64),
-                    upper=torch.as_tensor(np.asarray(self.mu.shape, np.float64) - 0.5),
-                    spacing=torch.as_tensor(self.mu.spacing, dtype=torch.float64))
 
     def _spacing(self, shrink: float) -> float:
         """The level's CT spacing (0: as it is), coarsened to stay within the voxel cap."""
@@ -531,7 +479,6 @@ class _LevelBuilder:
                       bone_margin_px=self.opts.bone_margin_px, max_batch=self.opts.max_batch,
                       factors=factors, spacing_mm=self.volume(level.shrink).spacing,
                       smooth_px=self.opts.smooth_px,
-                      box=self._box() if self.opts.mask_partial_rays else None,
                       bone_renderer=self.renderer(level.shrink, gradient, bone=True)
                       if fit_bone else None)
 
