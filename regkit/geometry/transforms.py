@@ -70,7 +70,6 @@ def _as_torch(x: Any) -> tuple[torch.Tensor, bool]:
     return t, was_numpy
 
 
-_back = from_tensor
 
 
 def _numpy_or_torch(fn: Callable[..., torch.Tensor]) -> Callable[..., Any]:
@@ -78,7 +77,7 @@ def _numpy_or_torch(fn: Callable[..., torch.Tensor]) -> Callable[..., Any]:
 
     def wrapper(x: Any, *args: Any, **kwargs: Any) -> Any:
         t, was_numpy = _as_torch(x)
-        return _back(fn(t, *args, **kwargs), was_numpy)
+        return from_tensor(fn(t, *args, **kwargs), was_numpy)
 
     wrapper.__name__ = fn.__name__
     wrapper.__qualname__ = fn.__qualname__
@@ -123,7 +122,7 @@ def compose(*transforms: Any) -> Any:
     out = tensors[0]
     for t in tensors[1:]:
         out = _compose2(out, t.to(dtype=dtype, device=out.device))
-    return _back(out, was_numpy)
+    return from_tensor(out, was_numpy)
 
 
 @_numpy_or_torch
@@ -164,7 +163,7 @@ def apply(transform: Any, points: Any) -> Any:
         raise ShapeError(f"points must have shape (..., N, 3), got {tuple(p.shape)}")
     t = t.to(dtype=p.dtype, device=p.device)
     out = p @ t[..., :3, :3].transpose(-1, -2) + t[..., None, :3, 3]
-    return _back(out, was_numpy)
+    return from_tensor(out, was_numpy)
 
 
 @_numpy_or_torch
@@ -189,7 +188,7 @@ def rigid(rotation: Any, offset: Any) -> Any:
     top = torch.cat([r.expand(*batch, 3, 3), t.expand(*batch, 3)[..., None]], dim=-1)
     bottom = torch.zeros(*batch, 1, 4, dtype=r.dtype, device=r.device)
     bottom[..., 0, 3] = 1.0
-    return _back(torch.cat([top, bottom], dim=-2), was_numpy)
+    return from_tensor(torch.cat([top, bottom], dim=-2), was_numpy)
 
 
 def is_rigid(transform: Any, atol: float = 1e-6) -> Any:
@@ -331,7 +330,7 @@ def rotation_between(a: Any, b: Any) -> Any:
     p = torch.linalg.cross(u, least, dim=-1)
     p = p / p.norm(dim=-1, keepdim=True)
     half_turn = 2.0 * p[..., :, None] * p[..., None, :] - eye
-    return _back(torch.where(opposite[..., None, None], half_turn, general), was_numpy)
+    return from_tensor(torch.where(opposite[..., None, None], half_turn, general), was_numpy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,7 +431,7 @@ def euler_to_matrix(angles: Any, order: str = "XYZ",
     _check_last(a, (3,), "angles")
     mats = [_axis_rotation(order[i], a[..., i]) for i in range(3)]
     out = mats[2] @ mats[1] @ mats[0] if convention == "extrinsic" else mats[0] @ mats[1] @ mats[2]
-    return _back(out, was_numpy)
+    return from_tensor(out, was_numpy)
 
 
 def matrix_to_euler(matrix: Any, order: str = "XYZ",
@@ -452,7 +451,7 @@ def matrix_to_euler(matrix: Any, order: str = "XYZ",
     angles = _intrinsic_angles(m, intrinsic_order, zero_first=convention == "extrinsic")
     if convention == "extrinsic":
         angles = angles.flip(-1)
-    return _back(angles, was_numpy)
+    return from_tensor(angles, was_numpy)
 
 
 def _intrinsic_angles(m: torch.Tensor, order: str, zero_first: bool = False) -> torch.Tensor:
@@ -519,7 +518,7 @@ def rotate_about(rotation: Any, center: Any) -> Any:
         rot, off = r, torch.zeros(3, dtype=r.dtype, device=r.device)
     _check_last(c, (3,), "center")
     t = c - (rot @ c[..., None])[..., 0] + off
-    return _back(torch.as_tensor(rigid(rot, t)), was_numpy)
+    return from_tensor(torch.as_tensor(rigid(rot, t)), was_numpy)
 
 
 def rigid_from_params(params: Any, center: Any = None) -> Any:
@@ -536,7 +535,7 @@ def rigid_from_params(params: Any, center: Any = None) -> Any:
     out = rigid(rot, p[..., 3:])
     if center is not None:
         out = rotate_about(out, center)
-    return _back(out, was_numpy)
+    return from_tensor(out, was_numpy)
 
 
 def params_from_rigid(transform: Any, center: Any = None) -> Any:
@@ -550,4 +549,4 @@ def params_from_rigid(transform: Any, center: Any = None) -> Any:
         c = c.to(dtype=t.dtype, device=t.device)
         off = off - c + (rot @ c[..., None])[..., 0]
     out = torch.cat([matrix_to_rotvec(rot), off], dim=-1)
-    return _back(out, was_numpy)
+    return from_tensor(out, was_numpy)

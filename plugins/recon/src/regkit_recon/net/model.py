@@ -258,11 +258,6 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     return LoadedModel(net, dict(blob.get("record", {})), str(source))
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def bone_table(bones: Sequence[int]) -> tuple[str, ...]:
     """Names of hand phantom labels (``bone_<label>`` for labels the hand table lacks)."""
     from regkit_recon.phantom.anatomy import BONE_NAMES

@@ -89,12 +89,6 @@ class BoneSolid:
                        shift_mm=(float(shift[0]), float(shift[1]), float(shift[2])))
 
     # -------------------------------------------------------------- the field
-    def _grid_uv(self) -> tuple[Array, Array]:
-        h, w = self.inside.shape
-        u = self.origin[0] + (np.arange(w) + 0.5) / self.upsample
-        v = self.origin[1] + (np.arange(h) + 0.5) / self.upsample
-        return u, v
-
     def _depths(self) -> Array:
         t0, t1 = self.depth_range
         n = math.ceil((t1 - t0) / self.step_mm) + 1
