@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("regkit.errors",),
-    ("regkit.volume", "regkit.registry", "regkit.utils", "regkit.lazy", "regkit.data"),
+    ("regkit.volume", "regkit.registry", "regkit.utils", "regkit.lazy", "regkit.data",
+     "regkit.labels"),
     ("regkit.geometry",),
     ("regkit.render", "regkit.metrics", "regkit.optim", "regkit.io"),
     ("regkit.registration",),

@@ -9,27 +9,10 @@ from typing import Any
 
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
+from regkit.labels import parse_labels
 from regkit.registration.levels import DEFAULT_SEED
 
 __all__ = ["register"]
-
-
-def _bones(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise InputError(f"must be comma-separated label numbers (e.g. 70,72), got "
-                             f"{text!r}", key="--bones") from None
-    if not out:
-        raise InputError("names no label", key="--bones")
-    return out
 
 
 def _register2d3d(args: argparse.Namespace) -> int:
@@ -47,7 +30,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
         raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
     if not args.out.name.lower().endswith(".json"):
         raise InputError(f"must end with .json, got '{args.out.name}'", key="--out")
-    bones = _bones(args.bones)
+    bones = None if args.bones is None else parse_labels(args.bones)
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")

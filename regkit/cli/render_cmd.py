@@ -14,28 +14,10 @@ from regkit.errors import InputError
 from regkit.geometry.camera import load_cameras
 from regkit.io.nifti import load_nifti
 from regkit.io.png import montage, to_uint8, write_png
+from regkit.labels import check_present, parse_labels, present_labels
 from regkit.utils.files import atomic_path
 
-__all__ = ["parse_bones", "register"]
-
-
-def parse_bones(text: str, flag: str = "--bones") -> list[int]:
-    """Parse ``"70,72"`` into label values; refuses empty, non-integer or out-of-range entries."""
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            v = int(part)
-        except ValueError:
-            raise InputError(f"'{part}' is not a label number", key=flag) from None
-        if not 0 < v < 2**31:
-            raise InputError(f"label {v} must be a positive integer", key=flag)
-        values.append(v)
-    if not values:
-        raise InputError("no label numbers given", key=flag)
-    return values
+__all__ = ["register"]
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -58,13 +40,10 @@ def _render(args: argparse.Namespace) -> int:
     volume = load_nifti(args.volume, labels=args.labels)
     if args.units == "mu":
         volume = volume.with_data(volume.data, "mu")
-    bones = parse_bones(args.bones) if args.bones is not None else None
+    bones = parse_labels(args.bones) if args.bones is not None else None
     if bones is not None and volume.labels is not None:
-        present = set(np.unique(volume.labels).tolist())
-        absent = [b for b in bones if b not in present]
-        if absent:
-            raise InputError(f"label(s) {absent} do not occur in the label map",
-                             source=args.labels, key="--bones")
+        check_present(bones, present_labels(volume.labels), key="--bones",
+                      source=str(args.labels))
     try:
         views = Views.from_cameras(cameras)
     except ValueError as err:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from regkit.errors import InputError, ShapeError
 from regkit.geometry.camera import Camera
 from regkit.io.radiograph import Radiograph, to_line_integral
+from regkit.labels import check_present, present_labels
 from regkit.render.base import bone_key
 from regkit.volume import Volume
 
@@ -155,13 +156,7 @@ def check_bones(bones: Any, volume: Volume) -> tuple[int, ...] | None:
     if volume.labels is None:
         raise InputError("bones were given but the volume has no label map (load it with "
                          "labels=...)", key="bones")
-    present = set(np.unique(volume.labels).tolist())
-    missing = [b for b in key if b not in present]
-    if missing:
-        shown = sorted(present - {0})
-        listing = ", ".join(str(v) for v in shown[:30]) + (" ..." if len(shown) > 30 else "")
-        raise InputError(f"label(s) {missing} not in the volume's label map (present: "
-                         f"{listing})", key="bones")
+    check_present(key, present_labels(volume.labels), key="bones")
     return key
 
 

@@ -263,7 +263,7 @@ def test_bad_counts_shapes_and_values() -> None:
 
 def test_bad_bones_masks_metric_and_options() -> None:
     cams, images = _good()
-    with pytest.raises(InputError, match=r"\[7\] not in the volume's label map") as err:
+    with pytest.raises(InputError, match=r"\[7\] do not occur in the label map") as err:
         register_2d3d(_ct(), cams, images, bones=[T9, 7])
     assert err.value.key == "bones"
     with pytest.raises(InputError, match="no label map"):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from regkit.errors import InputError
+from regkit.labels import parse_labels
 
 __all__ = ["FORMAT_VERSION", "MAX_LAYERS", "SIZE_RANGE", "GenerateSpec", "malunion_stream",
            "parse_bones", "parse_shard", "phantom_is_malunited", "phantom_seed", "sample_streams"]
@@ -175,17 +176,7 @@ def phantom_is_malunited(seed: int, k: int, fraction: float) -> bool:
 
 def parse_bones(text: str | None) -> tuple[int, ...] | None:
     """``"70,72"`` → ``(70, 72)``; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"must be label values separated by commas, got {text!r}",
-                         key="bones") from None
-    if not values or any(v <= 0 for v in values):
-        raise InputError(f"must be positive label values separated by commas, got {text!r}",
-                         key="bones")
-    return tuple(sorted(set(values)))
+    return None if text is None else parse_labels(text, key="bones")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
