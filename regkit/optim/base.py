@@ -471,7 +471,7 @@ def coerce_options(options_type: type[OptionsT], options: Any, owner: str) -> Op
                                  key=str(key))
         return options_type(**options)
     raise InputError(f"{owner} options must be a {options_type.__name__} or a dict, got "
-                     f"{type(options).__name__}", key="options")
+                     f"{type(options).__name__} (None: the defaults)", key="options")
 
 
 # -- the derivative-free contract ------------------------------------------------------------

@@ -3,7 +3,8 @@
 The 3D–3D problem (:mod:`regkit.registration.volume_registration`) and the 2D–3D engine
 (:mod:`regkit.registration.radiograph_registration`) describe their pyramids with the same
 :class:`LevelOptions`, report with the same :class:`Progress`, check their options dataclasses
-with :func:`coerce_options` and bring a volume to a level's spacing with :func:`at_spacing`.
+with :func:`regkit.optim.coerce_options` and bring a volume to a level's spacing with
+:func:`at_spacing`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from regkit.errors import InputError
 from regkit.optim import gradient_methods, optimizers
-from regkit.optim.base import coerce_options as optim_coerce_options
 from regkit.volume import Volume
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "ProgressCallback",
     "at_spacing",
     "block_mean",
-    "coerce_options",
     "level_options",
 ]
 
@@ -37,7 +36,6 @@ _SPACING_SLACK = 1.01
 # Gaussian of the pyramid, in target voxels (elastix's choice: half the shrink factor).
 _PYRAMID_SIGMA = 0.5
 
-OptionsT = TypeVar("OptionsT")
 
 DEFAULT_SEED = 0
 """The seed of every registration kind when none is given: runs repeat unless asked not to
@@ -148,23 +146,6 @@ def level_options(level: LevelOptions, seed: int) -> Any:
     if "seed" in {f.name for f in fields(options_type)} and opts.get("seed") is None:
         opts["seed"] = seed
     return opts
-
-
-def coerce_options(options_type: type[OptionsT], options: Any, what: str) -> OptionsT:
-    """``None`` (defaults), an instance or a dict of fields, as an ``options_type`` instance.
-
-    Args:
-        options_type: A frozen options dataclass.
-        options: What the caller gave.
-        what: Its name in messages (``"registration"``).
-
-    Raises:
-        InputError: an unknown key (naming the closest known one), or another type.
-    """
-    if options is None or isinstance(options, options_type | Mapping):
-        return optim_coerce_options(options_type, options, what)
-    raise InputError(f"must be {options_type.__name__}, a dict of its fields or None, got "
-                     f"{type(options).__name__}", key="options")
 
 
 def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:

@@ -75,7 +75,7 @@ from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.transforms import rigid_from_params
 from regkit.metrics import Metric, get_metric
-from regkit.optim import ParamSpec, gradient_methods, optimizers
+from regkit.optim import ParamSpec, coerce_options, gradient_methods, optimizers
 from regkit.registration import engine
 from regkit.registration._radiograph_images import bin_image as _bin
 from regkit.registration._radiograph_images import bin_weight as _bin_weight
@@ -96,7 +96,6 @@ from regkit.registration.levels import (
     LevelOptions,
     ProgressCallback,
     at_spacing,
-    coerce_options,
 )
 from regkit.registration.pose_error import mean_target_error
 from regkit.registration.radiograph_report import save_report

@@ -70,7 +70,7 @@ from numpy.typing import NDArray
 from regkit.errors import InputError, ShapeError
 from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
-from regkit.optim import ParamSpec, optimizers
+from regkit.optim import ParamSpec, coerce_options, optimizers
 from regkit.registration import engine, pose_error
 from regkit.registration._volume_inputs import as_volume as _as_volume
 from regkit.registration._volume_inputs import check_mask as _check_mask
@@ -81,7 +81,6 @@ from regkit.registration.levels import (
     LevelOptions,
     Progress,
     ProgressCallback,
-    coerce_options,
 )
 from regkit.registration.levels import at_spacing as _at_spacing
 from regkit.registration.results import Registration3D3DResult
@@ -226,11 +225,6 @@ class Register3D3DOptions:
                                          or self.threads < 1):
             raise InputError(f"must be None or an integer >= 1, got {self.threads!r}",
                              key="threads")
-
-
-def _coerce_options(options: Register3D3DOptions | Mapping[str, Any] | None
-                    ) -> Register3D3DOptions:
-    return coerce_options(Register3D3DOptions, options, "registration")
 
 
 # ---------------------------------------------------------------------------- transform models
@@ -567,7 +561,7 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
     if stages is None:
         raise InputError(f"must be one of {', '.join(_STAGES)}, got {transform!r}",
                          key="transform")
-    opts = _coerce_options(options)
+    opts = coerce_options(Register3D3DOptions, options, "registration")
     metric_opts = {"check_finite": False, **dict(metric_options or {})}
     scorer = get_metric(metric, **metric_opts)
     if 3 not in scorer.spatial_dims:
