@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from regkit.errors import InputError, ShapeError
+from regkit.utils.blocks import block_reduce
 
 __all__ = ["MU_WATER_PER_MM", "Units", "Volume", "hu_to_mu"]
 
@@ -555,14 +556,8 @@ class Volume:
         box = tuple(slice(0, n * f) for n in new_shape)
         blocked_shape = (new_shape[0], f, new_shape[1], f, new_shape[2], f)
         dtype = _float_dtype(self.data.dtype)
-        # one axis at a time (each pass shrinks the data f-fold), summing in the output dtype:
-        # twice as fast as one 6-D mean, and exact for integer CTs (sums of f³ int16 values)
-        data = np.asarray(self.data[box])
-        for axis in range(3):
-            shape = data.shape
-            data = data.reshape(*shape[:axis], shape[axis] // f, f, *shape[axis + 1:]).sum(
-                axis=axis + 1, dtype=dtype)
-        data /= dtype(f ** 3)
+        # summed in the output dtype: exact for integer CTs (sums of f³ int16 values)
+        data = block_reduce(self.data, (f, f, f), "mean", dtype)
         labels = None
         if self.labels is not None:
             blocks = self.labels[box].reshape(blocked_shape).transpose(0, 2, 4, 1, 3, 5)

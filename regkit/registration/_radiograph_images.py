@@ -15,6 +15,7 @@ import torch
 from numpy.typing import NDArray
 
 from regkit.geometry.camera import Camera
+from regkit.utils.blocks import block_reduce
 from regkit.volume import Volume
 
 __all__ = [
@@ -63,23 +64,19 @@ def bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
     return out_c, out_i, out_w
 
 
-def _blocks(a: NDArray[np.float32], factor: int) -> NDArray[np.float64]:
-    h, w = a.shape[0] // factor, a.shape[1] // factor
-    return a[:h * factor, :w * factor].astype(np.float64).reshape(h, factor, w, factor)
-
-
 def bin_image(image: NDArray[np.float32], factor: int,
               weight: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
     """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample);
     with ``weight``, the weighted mean (a block with no weight keeps its plain mean)."""
     if factor == 1:
         return image
+    blocks = (factor, factor)
+    plain = block_reduce(image, blocks, "mean", np.float64)
     if weight is None:
-        return _blocks(image, factor).mean(axis=(1, 3)).astype(np.float32)
-    w = _blocks(weight, factor)
-    total = w.sum(axis=(1, 3))
-    num = (_blocks(image, factor) * w).sum(axis=(1, 3))
-    plain = _blocks(image, factor).mean(axis=(1, 3))
+        return plain.astype(np.float32)
+    w = weight.astype(np.float64)
+    total = block_reduce(w, blocks, "sum")
+    num = block_reduce(image * w, blocks, "sum")
     return np.where(total > 0, num / np.maximum(total, 1e-12), plain).astype(np.float32)
 
 
@@ -87,7 +84,7 @@ def bin_weight(weight: NDArray[np.float32], factor: int) -> NDArray[np.float32]:
     """A block's weight is its least pixel weight: a block half under a collimator is out."""
     if factor == 1:
         return weight
-    return _blocks(weight, factor).min(axis=(1, 3)).astype(np.float32)
+    return block_reduce(weight, (factor, factor), "min").astype(np.float32)
 
 
 def smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = None

@@ -18,6 +18,7 @@ import numpy as np
 
 from regkit.errors import InputError
 from regkit.optim import gradient_methods, optimizers
+from regkit.utils.blocks import block_reduce
 from regkit.volume import Volume
 
 __all__ = [
@@ -150,13 +151,7 @@ def level_options(level: LevelOptions, seed: int) -> Any:
 
 def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped)."""
-    f = [int(x) for x in factors]
-    if f == [1, 1, 1]:
-        return np.asarray(data, dtype=np.float32)
-    n = [s // k for s, k in zip(data.shape, f, strict=True)]
-    box = data[:n[0] * f[0], :n[1] * f[1], :n[2] * f[2]]
-    blocks = box.reshape(n[0], f[0], n[1], f[1], n[2], f[2])
-    return blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    return block_reduce(data, factors, "mean", np.float64).astype(np.float32)
 
 
 def at_spacing(volume: Volume, spacing_mm: float) -> Volume:
