@@ -174,20 +174,8 @@ def plane_slices(vol: torch.Tensor, axis: int, n_cells: int, p0: int, p1: int,
 
 def _plane_slices(vol: torch.Tensor, axis: int, n_cells: int, p0: int, p1: int,
                  dtype: torch.dtype) -> torch.Tensor:
-    """The trilinear field on mid-planes ``p0 … p1 − 1`` along ``axis``, zero beyond the volume.
-
-    Mid-plane ``p`` lies at ``x_a = (p + ½)·n_a / n_cells − ½``, a blend of the two voxel slices
-    around it.
-
-    Args:
-        vol: ``(I, J, K)`` values (any real dtype; may carry gradients).
-        axis, n_cells: Marching axis and number of cells.
-        p0, p1: Cell range (may extend past either end of the volume, where slices are 0).
-        dtype: Output dtype.
-
-    Returns:
-        ``(p1 − p0, 1, n_u, n_v)`` slices, ``u < v`` the two other axes in order.
-    """
+    """:func:`plane_slices` before an in-plane axis of length 1 is padded: ``(p1 − p0, 1, n_u,
+    n_v)`` slices, not necessarily contiguous."""
     n_a = vol.shape[axis]
     slices = vol.movedim(axis, 0)
     if n_cells == n_a and p0 >= 0 and p1 <= n_a:

@@ -2,8 +2,10 @@
 
 A renderer is bound to one volume when it is built, so that whatever a backend prepares (a 3-D
 texture, a padded tensor, a label mask) is prepared once and reused for thousands of renders. Every
-backend returns the same output types: float32 torch tensors on the renderer's device (CPU for
-OpenGL), with the shapes and units of ``docs/CONVENTIONS.md``.
+backend returns the same output types: float32 torch tensors (or the renderer's dtype) on the
+renderer's device (CPU for OpenGL), with the shapes and units of ``docs/CONVENTIONS.md``.
+:class:`Renderer`'s public methods check every argument once and call the backend's private
+method, so every backend refuses bad input the same way.
 
 Convention:
     * DRR pixel = ∫ μ dl along the pixel's ray (μ in 1/mm, l in mm), dimensionless, clipped to the
@@ -18,12 +20,10 @@ Convention:
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,18 @@ import torch
 from regkit.errors import BackendUnavailableError, InputError, ShapeError
 from regkit.geometry.camera import Camera, stack_cameras
 from regkit.registry import Registry
+from regkit.render._checks import (
+    bone_key,
+    bone_list,
+    check_bones_present,
+    check_grid_shape,
+    check_layers,
+    check_pixels,
+    check_poses,
+    check_roi,
+    check_transforms,
+    default_step_mm,
+)
 
 __all__ = [
     "DepthMaps",
@@ -136,87 +148,28 @@ class Resampled:
     mask: torch.Tensor
 
 
-def bone_key(bones: Any) -> tuple[int, ...]:
-    """Sorted unique positive labels from ``bones``, refusing anything else.
-
-    Every backend validates its ``bones`` arguments through this one function, so they refuse
-    the same inputs with the same messages.
-    """
-    if bones is None or isinstance(bones, numbers.Integral | str | bytes):
-        raise InputError(f"must be a sequence of label values, got {bones!r}", key="bones")
-    if isinstance(bones, torch.Tensor | np.ndarray):
-        bones = np.asarray(bones.tolist() if isinstance(bones, torch.Tensor) else bones).ravel()
-    try:
-        values = list(bones)
-    except TypeError:
-        raise InputError(f"must be a sequence of label values, got {bones!r}",
-                         key="bones") from None
-    out = []
-    for v in values:
-        if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Integral):
-            raise InputError(f"bone labels must be whole numbers, got {v!r}", key="bones")
-        if int(v) <= 0:
-            raise InputError(f"bone labels must be positive (0 is background), got {int(v)}",
-                             key="bones")
-        out.append(int(v))
-    if not out:
-        raise InputError("no bone labels given", key="bones")
-    return tuple(sorted(set(out)))
-
-
-def check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
-    """Validate a region of interest ``(u0, v0, w, h)`` on a ``width × height`` detector.
-
-    None means the whole detector. Every backend checks its ``roi`` through this function.
-    """
-    if roi is None:
-        return 0, 0, int(width), int(height)
-    try:
-        values = list(roi)
-    except TypeError:
-        raise InputError(f"must be (u0, v0, w, h), got {roi!r}", key="roi") from None
-    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                               for v in values):
-        raise InputError(f"must be four whole numbers (u0, v0, w, h), got {roi!r}", key="roi")
-    u0, v0, w, h = (int(v) for v in values)
-    if w < 1 or h < 1 or u0 < 0 or v0 < 0 or u0 + w > width or v0 + h > height:
-        raise InputError(f"[{u0}, {u0 + w}) x [{v0}, {v0 + h}) does not lie inside the "
-                         f"{width} x {height} detector", key="roi")
-    return u0, v0, w, h
-
-
-def check_grid_shape(shape: Any) -> tuple[int, int, int]:
-    """Validate the ``(I, J, K)`` voxel counts of a resampling grid (``fixed_shape``).
-
-    Every backend checks its ``fixed_shape`` through this function.
-    """
-    try:
-        values = list(shape)
-    except TypeError:
-        raise InputError(f"must be (I, J, K), got {shape!r}", key="fixed_shape") from None
-    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                               or int(v) < 1 for v in values):
-        raise InputError(f"must be three whole numbers >= 1, got {shape!r}", key="fixed_shape")
-    return int(values[0]), int(values[1]), int(values[2])
-
-
-def default_step_mm(spacing: Iterable[float]) -> float:
-    """The default sampling step along a ray: half the smallest voxel spacing, in mm."""
-    values = tuple(float(x) for x in spacing)
-    s = min(values)
-    if not math.isfinite(s) or s <= 0:
-        raise InputError(f"voxel spacing must be positive, got {values}")
-    return 0.5 * s
+R = TypeVar("R", bound="Renderer")
 
 
 class Renderer(ABC):
     """A DRR, depth-map and resampling engine bound to one volume.
 
-    Subclasses set the class attributes and implement the abstract methods; their constructors
-    take ``(volume, *, step_mm=None, device=None, dtype=None, requires_grad=False, **options)``
-    and must raise :class:`~regkit.errors.BackendUnavailableError` when the backend cannot run
-    here, and :class:`~regkit.errors.InputError` at once when ``requires_grad`` is asked of a
-    non-differentiable backend.
+    The public methods are the contract, the same for every backend: each checks and normalises
+    its arguments once (through :mod:`regkit.render._checks`, so every backend refuses the same
+    inputs with the same error class, ``key`` and message), calls the backend's private method
+    with values it can trust, and wraps what comes back in the contract's output types, as
+    :meth:`regkit.metrics.Metric.__call__` does for ``forward``.
+
+    A backend sets the class attributes and implements ``__init__``, :meth:`_label_values`,
+    :meth:`_drr`, :meth:`_depth`, :meth:`_bone_index` and :meth:`_resample`; it may override
+    :meth:`_depth_stack` (a faster way to render many bones) and :meth:`_release` (what
+    :meth:`close` frees). Its constructor takes ``(volume, *, step_mm=None, device=None,
+    dtype=None, requires_grad=False, **options)``, checks the shared options with
+    :func:`~regkit.render._checks.common_options`, and raises
+    :class:`~regkit.errors.BackendUnavailableError` when the backend cannot run here.
+
+    A renderer holds resources (GL textures, cached tensors): use it as a context manager or
+    call :meth:`close` to free them at once; a closed renderer refuses every call.
 
     Attributes:
         backend: The registry name (``"torch"``, ``"gl"``).
@@ -227,64 +180,258 @@ class Renderer(ABC):
     backend: ClassVar[str]
     differentiable: ClassVar[bool]
     devices: ClassVar[tuple[str, ...]]
+    _closed: bool = False
 
     @abstractmethod
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
                  dtype: Any = None, requires_grad: bool = False, **options: Any) -> None:
         """Bind the backend to ``volume`` and prepare it (see the class docstring)."""
 
-    @abstractmethod
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def close(self) -> None:
+        """Free what the renderer holds (GL objects, cached tensors) now; idempotent.
+
+        Every later call of a rendering method raises :class:`~regkit.errors.InputError` (key
+        ``renderer``) rather than work on freed resources.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Free the backend's resources (called once, by :meth:`close`); default: nothing."""
+        return None
+
+    def __enter__(self: R) -> R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError(f"this {type(self).__name__} has been closed; build a new one",
+                             key="renderer")
+
+    # ------------------------------------------------------------------ the contract
     def drr(self, views: Views, *, roi: tuple[int, int, int, int] | None = None,
             pixels: Any = None, bones: Sequence[int] | None = None) -> torch.Tensor:
-        """Line integrals of μ, float32.
+        """Line integrals of μ along each pixel's ray: dimensionless, in the renderer's dtype
+        (float32 by default) and on its device.
 
         Args:
             views: B views.
             roi: Only the pixels ``[v0, v0 + h) × [u0, u0 + w)`` given as ``(u0, v0, w, h)``;
-                the output is then ``(B, h, w)``.
-            pixels: Only these pixel coordinates ``(P, 2)`` or ``(B, P, 2)`` as ``(u, v)``; the
-                output is then ``(B, P)``.
+                the output is then ``(B, h, w)``. Default: the whole detector.
+            pixels: Only these pixel coordinates ``(P, 2)`` or ``(B, P, 2)`` as ``(u, v)``
+                (pixels, centre of the first at 0.5); the output is then ``(B, P)``. Not with
+                ``roi``.
             bones: Only the voxels whose label is one of these (needs a label map).
 
         Returns:
             ``(B, H, W)`` (or as above).
+
+        Raises:
+            InputError: ``views`` not :class:`Views`; NaN/inf or non-positive focal lengths;
+                both ``roi`` and ``pixels``; a ``roi`` off the detector; bad or absent bones;
+                a closed renderer.
+            ShapeError: ``pixels`` of another shape.
+            FrameError: a pose that is not rigid.
         """
+        checked = self._views(views)
+        if roi is not None and pixels is not None:
+            raise InputError("give either roi or pixels, not both", key="roi")
+        if pixels is not None:
+            uv = check_pixels(pixels, checked.batch)
+            shape: tuple[int, ...] = (checked.batch, int(uv.shape[1]))
+            out = self._drr(checked, roi=None, pixels=uv, bones=self._bones(bones))
+        else:
+            box = check_roi(roi, checked.width, checked.height)
+            shape = (checked.batch, box[3], box[2])
+            out = self._drr(checked, roi=box, pixels=None, bones=self._bones(bones))
+        return out.reshape(shape)
 
-    @abstractmethod
     def depth(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
-        """Front and back crossings of the union of ``bones``' surface (ray-marched layers)."""
+        """Front and back crossings of the surface of the union of ``bones`` (ray-marched).
 
-    @abstractmethod
+        Args:
+            views: B views.
+            bones: The labels whose union's surface is found (at least one; needs a label map).
+            layers: How many entries and exits to keep per ray, nearest first (default 2:
+                most bones are crossed once, a few twice).
+
+        Returns:
+            :class:`DepthMaps`: ``front``/``back`` ``(B, layers, H, W)`` mm (NaN where there is
+            no such crossing), ``layers`` ``(B, H, W)`` uint8 (all entries, saturating at 255).
+
+        Raises:
+            InputError: as :meth:`drr` for ``views`` and ``bones``; ``layers`` not >= 1.
+        """
+        checked = self._views(views)
+        key = self._bones(bones)
+        assert key is not None
+        n_layers = check_layers(layers)
+        return _stamp(self._depth(checked, key, n_layers))
+
+    def depth_per_bone(self, views: Views, bones: Sequence[int], *,
+                       layers: int = 2) -> list[DepthMaps]:
+        """One :class:`DepthMaps` per bone, in the order given, each that of
+        ``depth(views, [b], layers=layers)``; an empty list for no bones.
+
+        This default calls :meth:`depth` once per bone; a backend may do better (as a slice
+        of :meth:`depth_stack`).
+        """
+        self._views(views)
+        check_layers(layers)
+        return [self.depth(views, [b], layers=layers) for b in bone_list(bones)]
+
+    def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
+        """Each bone's own maps, as :meth:`depth_per_bone` gives them, on a bone axis.
+
+        Every bone is rendered only where it can be (the backends march each bone within its
+        own bounding box and the pixels whose rays cross it), so that many small bones on a
+        large detector cost little more than their own footprint.
+
+        Returns:
+            :class:`DepthMaps` with ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers``
+            ``(B, NB, H, W)``, bones in the order given (a repeated bone gets its own copy).
+
+        Raises:
+            InputError: as :meth:`depth`, and no bones at all.
+        """
+        checked = self._views(views)
+        n_layers = check_layers(layers)
+        wanted = bone_list(bones)
+        if not wanted:
+            raise InputError("no bones given", key="bones")
+        unique = self._bones(wanted)
+        assert unique is not None
+        maps = _stamp(self._depth_stack(checked, unique, n_layers))
+        rows = [unique.index(b) for b in wanted]
+        if rows == list(range(len(unique))):
+            return maps
+        index = torch.tensor(rows, device=maps.front.device)
+        return DepthMaps(front=maps.front.index_select(1, index),
+                         back=maps.back.index_select(1, index),
+                         layers=maps.layers.index_select(1, index))
+
     def bone_index(self, views: Views, bones: Sequence[int]) -> torch.Tensor:
-        """``(B, H, W)`` int32: the label of the first bone each ray enters, 0 where none."""
+        """``(B, H, W)`` int32: the label of the first bone each ray enters, 0 where none.
 
-    @abstractmethod
+        Of the given bones, the one whose own trilinear mask is largest just past the ray's
+        first entry into their union (the bone it enters first, for bones that do not touch).
+
+        Raises:
+            InputError: as :meth:`depth`.
+        """
+        checked = self._views(views)
+        key = self._bones(bones)
+        assert key is not None
+        out = self._bone_index(checked, key)
+        return out.to(torch.int32).reshape(checked.batch, checked.height, checked.width)
+
     def resample(self, fixed_shape: Sequence[int], fixed_world_from_index: Any,
                  fixed_from_moving: Any, *, fill: float = 0.0) -> Resampled:
         """Warp the bound (moving) volume under B transforms onto a fixed grid, trilinearly.
 
+        Values are the volume's own as stored (HU stays HU), in the renderer's dtype.
+
         Args:
             fixed_shape: ``(I, J, K)`` of the target grid.
-            fixed_world_from_index: ``(4, 4)`` affine of the target grid.
-            fixed_from_moving: ``(B, 4, 4)`` transforms (rigid or affine), world mm to world mm.
-            fill: Value outside the moving volume.
+            fixed_world_from_index: ``(4, 4)`` index → world (mm) affine of the target grid.
+            fixed_from_moving: ``(B, 4, 4)`` transforms (rigid or affine), moving world mm to
+                fixed world mm (numpy, or a tensor that may carry gradients).
+            fill: Value outside the moving volume (default 0).
+
+        Returns:
+            :class:`Resampled`: ``values`` and bool ``mask``, ``(B, I, J, K)`` each.
+
+        Raises:
+            InputError: a bad ``fixed_shape`` or ``fill``, NaN/inf, a singular transform, a
+                closed renderer.
+            ShapeError: an affine that is not 4x4, transforms that are not ``(B, 4, 4)``.
+        """
+        self._check_open()
+        shape = check_grid_shape(fixed_shape)
+        fixed, maps, fill_value = check_transforms(fixed_world_from_index, fixed_from_moving,
+                                                   fill)
+        out = self._resample(shape, fixed, maps, fill_value)
+        return Resampled(values=out.values, mask=out.mask.to(torch.bool))
+
+    # ------------------------------------------------------------------ shared checks
+    def _views(self, views: Any) -> Views:
+        """``views`` checked (a renderer that is open, :class:`Views`, finite, positive focal
+        lengths, rigid poses), with float64 tensors that keep any autograd graph."""
+        self._check_open()
+        if not isinstance(views, Views):
+            raise InputError(f"expected regkit.render.Views, got {type(views).__name__}",
+                             key="views")
+        k, t = check_poses(views.intrinsic, views.camera_from_world)
+        return Views(k, t, views.height, views.width)
+
+    def _bones(self, bones: Any) -> tuple[int, ...] | None:
+        """``bones`` as sorted unique labels that the label map holds (None stays None)."""
+        if bones is None:
+            return None
+        key = bone_key(bones)
+        check_bones_present(key, self._label_values())
+        return key
+
+    # ------------------------------------------------------------------ the backend's part
+    @abstractmethod
+    def _label_values(self) -> Collection[int] | None:
+        """The positive labels of the bound volume's label map; None when it has none."""
+
+    @abstractmethod
+    def _drr(self, views: Views, *, roi: tuple[int, int, int, int] | None,
+             pixels: torch.Tensor | None, bones: tuple[int, ...] | None) -> torch.Tensor:
+        """DRRs of checked arguments: ``(B, h·w)`` (the roi, row-major) or ``(B, P)``.
+
+        Args:
+            views: Checked views (float64 tensors, maybe with gradients).
+            roi: The checked block ``(u0, v0, w, h)``; None when ``pixels`` is given.
+            pixels: ``(1 or B, P, 2)`` float64; None when ``roi`` is given.
+            bones: Labels present in the label map, sorted, or None for the whole volume.
         """
 
-    def depth_per_bone(self, views: Views, bones: Sequence[int], *,
-                       layers: int = 2) -> list[DepthMaps]:
-        """One :class:`DepthMaps` per bone, in the order given."""
-        return [self.depth(views, [b], layers=layers) for b in bones]
+    @abstractmethod
+    def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
+        """:meth:`depth` of checked arguments; ``layers`` of the result may be any integer
+        dtype (counts are clipped to 255 and made uint8 here)."""
 
-    def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
-        """Each bone's own maps, as :meth:`depth_per_bone` gives them, on a bone axis:
-        ``front``/``back`` ``(B, NB, L, H, W)``, ``layers`` ``(B, NB, H, W)``, bones in the order
-        given (a backend may fill these arrays directly instead of stacking)."""
-        maps = self.depth_per_bone(views, bones, layers=layers)
-        if not maps:
-            raise InputError("no bones given", key="bones")
+    def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
+        """:meth:`depth_stack` of checked, distinct, sorted ``bones`` (one row each).
+
+        This default stacks one :meth:`_depth` per bone; backends override it to render each
+        bone only where it can be.
+        """
+        maps = [_stamp(self._depth(views, (b,), layers)) for b in bones]
         return DepthMaps(front=torch.stack([m.front for m in maps], dim=1),
                          back=torch.stack([m.back for m in maps], dim=1),
                          layers=torch.stack([m.layers for m in maps], dim=1))
+
+    @abstractmethod
+    def _bone_index(self, views: Views, bones: tuple[int, ...]) -> torch.Tensor:
+        """:meth:`bone_index` of checked arguments, any integer dtype, ``B·H·W`` entries."""
+
+    @abstractmethod
+    def _resample(self, shape: tuple[int, int, int], fixed_world_from_index: torch.Tensor,
+                  fixed_from_moving: torch.Tensor, fill: float) -> Resampled:
+        """:meth:`resample` of checked arguments (float64 tensors, maybe with gradients)."""
+
+
+def _stamp(maps: DepthMaps) -> DepthMaps:
+    """``maps`` with its crossing counts as the contract's uint8 (saturating at 255)."""
+    if maps.layers.dtype == torch.uint8:
+        return maps
+    return DepthMaps(front=maps.front, back=maps.back,
+                     layers=maps.layers.clamp(max=255).to(torch.uint8))
 
 
 def check_backend_available(name: str, available: bool, why: str) -> None:

@@ -58,3 +58,18 @@ def choose_axes(d: Any, shape: tuple[int, int, int],
             best = (a, MAX_CELLS_PER_VOXEL * shape[a])
         out.append(best)
     return out
+
+
+def border_pixels(width: int, height: int) -> np.ndarray:
+    """``(1, N, 2)`` float64 centres ``(u, v)`` of a detector's outermost pixels.
+
+    Their rays bound a view's, so both backends choose a view's plan (:func:`choose_axes`) from
+    them: a pixel's value then never depends on a roi or on the other views of a batch.
+    """
+    u = np.arange(width) + 0.5
+    v = np.arange(height) + 0.5
+    edges = [np.stack([u, np.full_like(u, 0.5)], axis=-1),
+             np.stack([u, np.full_like(u, height - 0.5)], axis=-1),
+             np.stack([np.full_like(v, 0.5), v], axis=-1),
+             np.stack([np.full_like(v, width - 0.5), v], axis=-1)]
+    return np.concatenate(edges)[None]

@@ -34,6 +34,11 @@ Sampling model (shared with the OpenGL backend, so that both render the same fie
       bisection steps on the exact trilinear field (float64), i.e. to ``step_mm · 2⁻²⁴``.
       Crossings thinner than a step can be missed. Layer ``l`` holds the ``l``-th entry and exit
       in order of distance; ``layers`` counts every entry. Depth maps carry no gradients.
+    * **depth_stack** marches each bone only by the rays that cross its box (its voxels'
+      bounding box grown by 2 voxels, outside which its trilinear mask is below 0.5), on a crop
+      of its own mask that keeps the whole volume along the marching axis: the planes, so the
+      samples, of :meth:`~TorchRenderer.depth` of that bone alone, at the cost of the bone's
+      footprint rather than the detector's and the volume's.
     * **bone_index** is the label of the bone that dominates the first crossing into the union:
       of the given bones, the one whose own trilinear mask is largest at that point (for bones
       that do not touch this is the bone the ray enters first).
@@ -52,30 +57,24 @@ up to 2²⁴ voxels; larger ones take the slower 8-gather path).
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from regkit.errors import BackendUnavailableError, FrameError, InputError, ShapeError
+from regkit.errors import BackendUnavailableError, InputError, ShapeError
 from regkit.render import _torch_kernels as kern
-from regkit.render.base import (
-    DepthMaps,
-    Renderer,
-    Resampled,
-    Views,
-    check_grid_shape,
-    check_roi,
-    default_step_mm,
-    renderers,
+from regkit.render._checks import (
+    check_dtype,
+    check_step_mm,
+    common_options,
+    label_boxes,
+    volume_mu,
 )
-from regkit.render.base import (
-    bone_key as _bone_key,
-)
+from regkit.render.base import DepthMaps, Renderer, Resampled, Views, renderers
+from regkit.render.sampling import TINY_DIRECTION, border_pixels
 
 __all__ = ["TorchRenderer"]
 
@@ -86,8 +85,8 @@ _CUDA_RAYS_PER_BLOCK = 1 << 20
 _RESAMPLE_POINTS_PER_BLOCK = 1 << 16
 _MAX_PACKED_VOXELS = 1 << 24  # the fast resampling path keeps 4 copies of the volume
 _RESAMPLE_TOLERANCE = 1e-3  # voxels of slack around the moving voxel-centre box
-_RIGID_ATOL = 1e-4
 _MAX_CACHED_BONE_SETS = 4
+_BONE_MARGIN = 2  # voxels around a bone where its trilinear mask may still reach 0.5
 _NAN = float("nan")
 
 
@@ -107,32 +106,6 @@ def _device(device: Any) -> torch.device:
     return dev
 
 
-def _dtype(dtype: Any) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if dtype not in (torch.float32, torch.float64):
-        raise InputError(f"must be torch.float32 or torch.float64, got {dtype!r}", key="dtype")
-    return dtype
-
-
-def _as_tensor64(x: Any, name: str, device: torch.device) -> torch.Tensor:
-    """``x`` as a float64 tensor on ``device`` (keeps the autograd graph of a tensor)."""
-    if isinstance(x, torch.Tensor):
-        t = x.to(device=device, dtype=torch.float64)
-    else:
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"must be an array of numbers, got {type(x).__name__}",
-                             key=name) from None
-        t = torch.from_numpy(np.array(arr, dtype=np.float64, copy=True)).to(device)
-    if not bool(torch.isfinite(t.detach()).all()):
-        raise InputError("contains NaN or infinite values", key=name)
-    return t
-
-
-
-
 def _compact_labels(labels: np.ndarray) -> np.ndarray:
     """The label map in the smallest integer dtype torch holds that fits its values."""
     lo = int(labels.min()) if labels.size else 0
@@ -142,27 +115,6 @@ def _compact_labels(labels: np.ndarray) -> np.ndarray:
         if info.min <= lo and hi <= info.max:
             return np.array(labels, dtype=dt, order="C")
     return np.array(labels, dtype=np.int64, order="C")
-
-
-def _present_labels(labels: np.ndarray) -> frozenset[int]:
-    if labels.size == 0:
-        return frozenset()
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo >= 0 and hi < (1 << 20):
-        counts = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=hi + 1)
-        return frozenset(int(v) for v in np.flatnonzero(counts))
-    return frozenset(int(v) for v in np.unique(labels))
-
-
-def _border_pixels(width: int, height: int, device: torch.device) -> torch.Tensor:
-    """``(1, N, 2)`` float64 centres ``(u, v)`` of the detector's outermost pixels."""
-    u = torch.arange(width, dtype=torch.float64, device=device) + 0.5
-    v = torch.arange(height, dtype=torch.float64, device=device) + 0.5
-    top = torch.stack([u, torch.full_like(u, 0.5)], dim=-1)
-    bottom = torch.stack([u, torch.full_like(u, height - 0.5)], dim=-1)
-    left = torch.stack([torch.full_like(v, 0.5), v], dim=-1)
-    right = torch.stack([torch.full_like(v, width - 0.5), v], dim=-1)
-    return torch.cat([top, bottom, left, right])[None]
 
 
 def _pixel_centres(u0: int, v0: int, w: int, h: int, device: torch.device) -> torch.Tensor:
@@ -194,6 +146,9 @@ class TorchRenderer(Renderer):
             CUDA).
         mu_water: Attenuation of water in 1/mm, for HU volumes.
 
+    :meth:`close` (or leaving a ``with`` block) drops the cached masks, masked μ and packed
+    copies; the renderer then refuses every call.
+
     Raises:
         InputError: a bad option or volume.
         BackendUnavailableError: a CUDA device was asked for and there is none.
@@ -215,7 +170,7 @@ class TorchRenderer(Renderer):
     _samples_per_block: int
     _labels_np: np.ndarray | None
     _labels: torch.Tensor | None
-    _present: frozenset[int] | None
+    _boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None
     _raw_np: np.ndarray | None
     _raw: torch.Tensor | None
     _packed: torch.Tensor | None
@@ -227,24 +182,19 @@ class TorchRenderer(Renderer):
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
                  dtype: Any = torch.float32, requires_grad: bool = False,
                  chunk_rays: int | None = None, mu_water: float = 0.02):
-        from regkit.volume import Volume, hu_to_mu
-
-        if not isinstance(volume, Volume):
-            raise InputError(f"expected a regkit Volume, got {type(volume).__name__} (use "
-                             "TorchRenderer.from_tensor for a tensor of μ)", key="volume")
-        dev, dt = _device(device), _dtype(dtype)
-        if volume.units == "HU":
-            mu_np = hu_to_mu(volume.data, mu_water)
-        else:
-            mu_np = np.asarray(volume.data, dtype=np.float64 if dt == torch.float64
-                               else np.float32)
+        opts = common_options(self.backend, self.differentiable, volume, step_mm=step_mm,
+                              dtype=dtype, requires_grad=requires_grad, mu_water=mu_water,
+                              hint=" (use TorchRenderer.from_tensor for a tensor of μ)")
+        dev, dt = _device(device), opts.dtype
+        mu_np = volume_mu(volume, opts.mu_water,
+                          np.float64 if dt == torch.float64 else np.float32)
         if not mu_np.flags.writeable or not mu_np.flags.c_contiguous:
             mu_np = np.array(mu_np, order="C")  # torch cannot wrap read-only memory
         mu = torch.from_numpy(mu_np).to(device=dev, dtype=dt)
         if requires_grad:
             mu.requires_grad_(True)
-        self._setup(mu, volume.world_from_index, volume.labels, step_mm=step_mm, device=dev,
-                    dtype=dt, chunk_rays=chunk_rays, raw=np.asarray(volume.data))
+        self._setup(mu, volume.world_from_index, volume.labels, step_mm=opts.step_mm,
+                    device=dev, dtype=dt, chunk_rays=chunk_rays, raw=np.asarray(volume.data))
 
     @classmethod
     def from_tensor(cls, mu: torch.Tensor, world_from_index: Any, *, labels: Any = None,
@@ -274,7 +224,7 @@ class TorchRenderer(Renderer):
         dev = _device(mu.device if device is None else device)
         if dtype is None:
             dtype = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
-        dt = _dtype(dtype)
+        dt = check_dtype(dtype)
         affine = np.asarray(world_from_index, dtype=np.float64)
         if affine.shape != (4, 4) or not np.isfinite(affine).all():
             raise InputError(f"must be a finite 4x4 matrix, got shape {affine.shape}",
@@ -302,14 +252,7 @@ class TorchRenderer(Renderer):
         self.world_from_index = np.array(world_from_index, dtype=np.float64)
         self._index_from_world = np.linalg.inv(self.world_from_index)
         self.spacing = np.linalg.norm(self.world_from_index[:3, :3], axis=0)
-        if step_mm is None:
-            self.step_mm = default_step_mm(self.spacing)
-        else:
-            if isinstance(step_mm, bool) or not isinstance(step_mm, numbers.Real) \
-                    or not (math.isfinite(float(step_mm)) and float(step_mm) > 0):
-                raise InputError(f"must be a positive number of mm, got {step_mm!r}",
-                                 key="step_mm")
-            self.step_mm = float(step_mm)
+        self.step_mm = check_step_mm(step_mm, self.spacing)
         cuda = device.type == "cuda"
         if chunk_rays is None:
             chunk_rays = _CUDA_RAYS_PER_BLOCK if cuda else _CPU_RAYS_PER_BLOCK
@@ -323,7 +266,7 @@ class TorchRenderer(Renderer):
         self._labels = None
         if self._labels_np is not None:
             self._labels = torch.from_numpy(self._labels_np).to(device)
-        self._present = None
+        self._boxes = None
         self._raw_np = raw
         self._raw = None
         self._packed = None
@@ -344,20 +287,22 @@ class TorchRenderer(Renderer):
         """``(I, J, K)`` attenuation in 1/mm on the renderer's device and dtype."""
         return self._mu_source.to(device=self.device, dtype=self.dtype)
 
-    def _bones(self, bones: Any) -> tuple[int, ...]:
-        key = _bone_key(bones)
-        if self._labels_np is None:
-            raise InputError("the volume has no label map, so bones cannot be selected",
-                             key="bones")
-        if self._present is None:
-            self._present = _present_labels(self._labels_np)
-        missing = [b for b in key if b not in self._present]
-        if missing:
-            shown = sorted(self._present - {0})
-            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
-            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
-                             f"{listing or 'none'})", key="bones")
-        return key
+    def _label_values(self) -> frozenset[int] | None:
+        return None if self._labels_np is None else frozenset(self._label_boxes())
+
+    def _label_boxes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Voxel bounding box ``[lo, hi)`` of every positive label (computed once)."""
+        if self._boxes is None:
+            assert self._labels_np is not None
+            self._boxes = label_boxes(self._labels_np)
+        return self._boxes
+
+    def _release(self) -> None:
+        """Drop every cache (bone masks, masked μ, packed and raw copies, label boxes)."""
+        self._bone_mu.clear()
+        self._bone_mask.clear()
+        self._bone_box.clear()
+        self._packed = self._raw = self._boxes = None
 
     def _mask_for(self, key: tuple[int, ...]) -> torch.Tensor:
         """``(I, J, K)`` uint8: 1 where the label is one of ``key`` (cached)."""
@@ -397,11 +342,10 @@ class TorchRenderer(Renderer):
             self._bone_box[key] = found
         return found
 
-    def _mu_for(self, bones: Any) -> torch.Tensor:
+    def _mu_for(self, key: tuple[int, ...] | None) -> torch.Tensor:
         mu = self.mu
-        if bones is None:
+        if key is None:
             return mu
-        key = self._bones(bones)
         if mu.requires_grad or not self._cache_values:
             return mu * self._mask_for(key).to(mu.dtype)
         found = self._bone_mu.get(key)
@@ -414,35 +358,13 @@ class TorchRenderer(Renderer):
 
     # ------------------------------------------------------------------ rays
     def _poses(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(views, Views):
-            raise InputError(f"expected regkit.render.Views, got {type(views).__name__}",
-                             key="views")
-        k = _as_tensor64(views.intrinsic, "intrinsic", self.device)
-        t = _as_tensor64(views.camera_from_world, "camera_from_world", self.device)
-        kd = k.detach()
-        if bool(((kd[:, 0, 0] <= 0) | (kd[:, 1, 1] <= 0)).any()):
-            raise InputError("focal lengths must be positive", key="intrinsic")
-        rot = t.detach()[:, :3, :3]
-        err = (rot.transpose(-1, -2) @ rot - torch.eye(3, dtype=rot.dtype, device=rot.device))
-        if float(err.abs().max()) > _RIGID_ATOL or \
-                float((torch.linalg.det(rot) - 1.0).abs().max()) > _RIGID_ATOL:
-            raise FrameError("camera_from_world must be rigid (orthonormal rotation, det +1)")
-        return k, t
+        """``views``' K and poses, checked (as the public methods check them), on the device."""
+        checked = self._views(views)
+        return self._on_device(checked)
 
-    def _pixels(self, views: Views, roi: Any, pixels: Any,
-                batch: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-        if roi is not None and pixels is not None:
-            raise InputError("give either roi or pixels, not both", key="roi")
-        if pixels is not None:
-            uv = _as_tensor64(pixels, "pixels", self.device)
-            if uv.ndim == 2:
-                uv = uv[None]
-            if uv.ndim != 3 or uv.shape[-1] != 2 or uv.shape[0] not in (1, batch):
-                raise ShapeError(f"pixels must have shape (P, 2) or (B, P, 2) with B = {batch}, "
-                                 f"got {tuple(np.shape(pixels))}")
-            return uv, (batch, int(uv.shape[1]))
-        u0, v0, w, h = check_roi(roi, views.width, views.height)
-        return _pixel_centres(u0, v0, w, h, self.device), (batch, h, w)
+    def _on_device(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked views' float64 K and poses on the renderer's device (graphs kept)."""
+        return views.intrinsic.to(self.device), views.camera_from_world.to(self.device)
 
     def _rays(self, k: torch.Tensor, t: torch.Tensor,
               uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,7 +389,7 @@ class TorchRenderer(Renderer):
         never on the other views of the batch or on a roi, so that a pixel's value does not
         depend on what else is rendered with it.
         """
-        probe = _border_pixels(views.width, views.height, self.device)
+        probe = torch.from_numpy(border_pixels(views.width, views.height)).to(self.device)
         if uv is not None:
             probe = torch.cat([probe.expand(uv.shape[0], -1, -1), uv.detach()], dim=1)
         _, d = self._rays(k.detach(), t.detach(), probe)
@@ -478,24 +400,21 @@ class TorchRenderer(Renderer):
 
     def _group_rays(self, o: torch.Tensor, d: torch.Tensor, members: list[int], axis: int,
                     n_cells: int) -> kern.PlaneRays:
-        idx = torch.tensor(members, device=self.device)
-        n_pix = d.shape[1]
-        og = o.index_select(0, idx)[:, None, :].expand(-1, n_pix, -1).reshape(-1, 3)
-        dg = d.index_select(0, idx).reshape(-1, 3)
+        og, dg, _ = _group_origins(o, d, members)
         return kern.plane_rays(og, dg, self.shape, axis, n_cells, self.dtype)
 
     # ------------------------------------------------------------------ DRR
-    def drr(self, views: Views, *, roi: tuple[int, int, int, int] | None = None,
-            pixels: Any = None, bones: Sequence[int] | None = None) -> torch.Tensor:
-        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`).
-
-        Returns:
-            ``(B, H, W)``, ``(B, h, w)`` for a ``roi`` or ``(B, P)`` for ``pixels``; the
-            renderer's dtype and device, dimensionless. Differentiable with respect to the pose,
-            the intrinsics, the pixel coordinates and (see the class) the volume.
-        """
-        k, t = self._poses(views)
-        uv, out_shape = self._pixels(views, roi, pixels, k.shape[0])
+    def _drr(self, views: Views, *, roi: tuple[int, int, int, int] | None,
+             pixels: torch.Tensor | None, bones: tuple[int, ...] | None) -> torch.Tensor:
+        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`): the
+        renderer's dtype and device, differentiable with respect to the pose, the intrinsics,
+        the pixel coordinates and (see the class) the volume."""
+        k, t = self._on_device(views)
+        if pixels is not None:
+            uv = pixels.to(self.device)
+        else:
+            assert roi is not None
+            uv = _pixel_centres(*roi, self.device)
         vol = self._mu_for(bones)
         grad = torch.is_grad_enabled() and (vol.requires_grad or k.requires_grad
                                             or t.requires_grad or uv.requires_grad)
@@ -512,8 +431,7 @@ class TorchRenderer(Renderer):
                 vals = vals.view(len(members), n_pix)
                 for n, b in enumerate(members):
                     per_view[b] = vals[n]
-            out = torch.stack([v for v in per_view if v is not None])
-        return out.reshape(out_shape)
+            return torch.stack([v for v in per_view if v is not None])
 
     # ------------------------------------------------------------------ depth
     def _crossings(self, views: Views, key: tuple[int, ...]) -> tuple[
@@ -525,13 +443,13 @@ class TorchRenderer(Renderer):
             ``entry`` (N,) bool, sources ``o`` (B, 3) and directions ``d`` (B, P, 3) in index
             space, and the number of rays.
         """
-        k, t = self._poses(views)
+        k, t = self._on_device(views)
         mask = self._mask_for(key)
         uv = _pixel_centres(0, 0, views.width, views.height, self.device)
         with torch.no_grad():
             o, d = self._rays(k.detach(), t.detach(), uv)
             n_pix = d.shape[1]
-            rays_all, t_all, e_all = [], [], []
+            found = []
             for (axis, cells), members in self._groups(k, t, views, None).items():
                 rays = kern.restrict_to_box(self._group_rays(o, d, members, axis, cells),
                                             *self._mask_box(key))
@@ -539,15 +457,9 @@ class TorchRenderer(Renderer):
                     mask, rays, samples_per_block=self._samples_per_block,
                     rays_per_block=self.chunk_rays)
                 view = torch.tensor(members, device=self.device)[r // n_pix]
-                rays_all.append(view * n_pix + r % n_pix)
-                t_all.append(tt)
-                e_all.append(entry)
-            r = torch.cat(rays_all)
-            tt = torch.cat(t_all)
-            entry = torch.cat(e_all)
-            order = torch.argsort(tt, stable=True)
-            order = order[torch.argsort(r[order], stable=True)]
-        return r[order], tt[order], entry[order], o, d, d.shape[0] * n_pix
+                found.append((view * n_pix + r % n_pix, tt, entry))
+            ray, tt, entry = _sorted_crossings(found)
+        return ray, tt, entry, o, d, d.shape[0] * n_pix
 
     @staticmethod
     def _ranks(ray: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
@@ -557,39 +469,101 @@ class TorchRenderer(Renderer):
         start = torch.searchsorted(ray, ray)
         return before - before[start]
 
-    def depth(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
-        """Front and back crossings of the union of ``bones`` (see :meth:`Renderer.depth`).
-
-        Returns:
-            :class:`DepthMaps` with ``front``/``back`` ``(B, layers, H, W)`` mm (renderer dtype,
-            NaN where there is no such layer) and ``layers`` ``(B, H, W)`` uint8.
-        """
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
-            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
-        n_layers = int(layers)
-        key = self._bones(bones)
-        ray, t, entry, _, _, n_rays = self._crossings(views, key)
-        front = torch.full((n_rays, n_layers), _NAN, dtype=torch.float64, device=self.device)
+    def _layered(self, views: Views, ray: torch.Tensor, t: torch.Tensor, entry: torch.Tensor,
+                 layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sorted crossings as depth maps: ``front``, ``back`` ``(B, layers, H, W)`` mm in the
+        renderer's dtype (NaN where no such layer) and entry counts ``(B, H, W)`` int64."""
+        batch, h, w = views.batch, views.height, views.width
+        n_rays = batch * h * w
+        front = torch.full((n_rays, layers), _NAN, dtype=torch.float64, device=self.device)
         back = torch.full_like(front, _NAN)
         rank_in = self._ranks(ray, entry)
         rank_out = self._ranks(ray, ~entry)
-        sel = entry & (rank_in < n_layers)
+        sel = entry & (rank_in < layers)
         front[ray[sel], rank_in[sel]] = t[sel]
-        sel = ~entry & (rank_out < n_layers)
+        sel = ~entry & (rank_out < layers)
         back[ray[sel], rank_out[sel]] = t[sel]
-        count = torch.bincount(ray[entry], minlength=n_rays).clamp(max=255).to(torch.uint8)
-        batch, h, w = views.batch, views.height, views.width
+        count = torch.bincount(ray[entry], minlength=n_rays)
 
         def layout(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, h, w, n_layers).permute(0, 3, 1, 2).contiguous().to(self.dtype)
+            return x.view(batch, h, w, layers).permute(0, 3, 1, 2).contiguous().to(self.dtype)
 
-        return DepthMaps(front=layout(front), back=layout(back),
-                         layers=count.view(batch, h, w))
+        return layout(front), layout(back), count.view(batch, h, w)
 
-    def bone_index(self, views: Views, bones: Sequence[int]) -> torch.Tensor:
+    def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
+        """Front and back crossings of the union of ``bones`` (see :meth:`Renderer.depth`), in
+        the renderer's dtype; no gradients."""
+        ray, t, entry, _, _, _ = self._crossings(views, bones)
+        front, back, count = self._layered(views, ray, t, entry, layers)
+        return DepthMaps(front=front, back=back, layers=count)
+
+    def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
+        """Each bone's own maps (see :meth:`Renderer.depth_stack`), each bone marched only by
+        the rays that cross its box (its voxels' bounding box with a margin of 2 voxels) and
+        only across it, on a crop of its own mask.
+
+        The planes, so every sample, are those of :meth:`depth` for that bone alone: the crop
+        spans the whole volume along the marching axis and the box across it, and a bone's
+        trilinear mask is below 0.5 outside its box; the results agree to rounding.
+        """
+        k, t = self._on_device(views)
+        batch, h, w = views.batch, views.height, views.width
+        front = torch.full((batch, len(bones), layers, h, w), _NAN, dtype=self.dtype,
+                           device=self.device)
+        back = torch.full_like(front, _NAN)
+        count = torch.zeros((batch, len(bones), h, w), dtype=torch.int64, device=self.device)
+        uv = _pixel_centres(0, 0, w, h, self.device)
+        with torch.no_grad():
+            o, d = self._rays(k.detach(), t.detach(), uv)
+            groups = [(axis, cells, *_group_origins(o, d, members))
+                      for (axis, cells), members in self._groups(k, t, views, None).items()]
+            for i, bone in enumerate(bones):
+                box = self._margin_box(bone)
+                found = [self._bone_crossings(bone, box, axis, cells, og, dg, ids)
+                         for axis, cells, og, dg, ids in groups]
+                ray, tt, entry = _sorted_crossings(found)
+                front[:, i], back[:, i], count[:, i] = self._layered(views, ray, tt, entry,
+                                                                     layers)
+        return DepthMaps(front=front, back=back, layers=count)
+
+    def _margin_box(self, bone: int) -> tuple[np.ndarray, np.ndarray]:
+        """``[lo, hi)``: the bone's voxel box grown by :data:`_BONE_MARGIN`, clipped to the
+        volume (as :meth:`_mask_box` of that bone alone)."""
+        lo, hi = self._label_boxes()[bone]
+        return (np.maximum(lo - _BONE_MARGIN, 0),
+                np.minimum(hi + _BONE_MARGIN, np.asarray(self.shape)))
+
+    def _bone_crossings(self, bone: int, box: tuple[np.ndarray, np.ndarray], axis: int,
+                        cells: int, og: torch.Tensor, dg: torch.Tensor, ids: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The crossings of one bone's surface by the rays ``og + t·dg`` (global ray indices
+        ``ids``) of a group marched along ``axis`` in ``cells`` cells.
+
+        Only the rays through the box are marched, on a crop of the bone's mask that keeps the
+        whole volume along ``axis`` (so its planes are the volume's) and the box across it.
+        """
+        lo, hi = box
+        sel = _box_hits(og, dg, lo, hi)
+        if sel.numel() == 0:
+            return _no_crossings(self.device)
+        assert self._labels is not None
+        shift = np.where(np.arange(3) == axis, 0, lo)
+        crop_shape = _triple(np.where(np.arange(3) == axis, self.shape, hi - lo))
+        crop = torch.zeros(crop_shape, dtype=torch.uint8, device=self.device)
+        box_labels = self._labels[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi,
+                                                                              strict=True))]
+        crop[tuple(slice(int(a), int(b)) for a, b in zip(lo - shift, hi - shift, strict=True))] \
+            = (box_labels == bone).to(torch.uint8)
+        offset = torch.from_numpy(shift.astype(np.float64)).to(self.device)
+        rays = kern.plane_rays(og[sel] - offset, dg[sel], crop_shape, axis, cells, self.dtype)
+        rays = kern.restrict_to_box(rays, _triple(lo - shift), _triple(hi - shift))
+        r, t, entry = kern.march_crossings(crop, rays, samples_per_block=self._samples_per_block,
+                                           rays_per_block=self.chunk_rays)
+        return ids[sel[r]], t, entry
+
+    def _bone_index(self, views: Views, bones: tuple[int, ...]) -> torch.Tensor:
         """``(B, H, W)`` int32: the bone that dominates each ray's first entry, 0 where none."""
-        key = self._bones(bones)
-        ray, t, entry, o, d, n_rays = self._crossings(views, key)
+        ray, t, entry, o, d, n_rays = self._crossings(views, bones)
         out = torch.zeros(n_rays, dtype=torch.int32, device=self.device)
         first = entry & (self._ranks(ray, entry) == 0)
         if bool(first.any()):
@@ -600,10 +574,10 @@ class TorchRenderer(Renderer):
             # A hair past the crossing (1e-4 mm), so that the point is on the bone side.
             pts = o[r // n_pix] + (t[first] + 1e-4)[:, None] * dirs
             labs, weights = kern.corner_labels(self._labels, pts)
-            scores = torch.stack([(weights * (labs == b)).sum(dim=1) for b in key], dim=1)
-            best = torch.tensor(key, device=self.device, dtype=torch.int32)[scores.argmax(dim=1)]
+            scores = torch.stack([(weights * (labs == b)).sum(dim=1) for b in bones], dim=1)
+            best = torch.tensor(bones, device=self.device, dtype=torch.int32)[scores.argmax(dim=1)]
             out[r] = best
-        return out.view(views.batch, views.height, views.width)
+        return out
 
     # ------------------------------------------------------------------ resampling
     def _resample_source(self) -> torch.Tensor:
@@ -615,37 +589,16 @@ class TorchRenderer(Renderer):
                 device=self.device, dtype=self.dtype)
         return self._raw
 
-    def resample(self, fixed_shape: Sequence[int], fixed_world_from_index: Any,
-                 fixed_from_moving: Any, *, fill: float = 0.0) -> Resampled:
+    def _resample(self, shape: tuple[int, int, int], fixed_world_from_index: torch.Tensor,
+                  fixed_from_moving: torch.Tensor, fill: float) -> Resampled:
         """Warp the bound volume onto a fixed grid under B transforms, trilinearly.
 
-        Values are the volume's own (HU stays HU; μ for :meth:`from_tensor`). See
-        :meth:`Renderer.resample` and the module docstring for the mask.
-
-        Args:
-            fixed_shape: ``(I, J, K)`` of the target grid.
-            fixed_world_from_index: ``(4, 4)`` index → world (mm) affine of the target grid.
-            fixed_from_moving: ``(B, 4, 4)`` transforms, moving world mm → fixed world mm
-                (numpy, or a tensor that may carry gradients).
-            fill: Value outside the moving volume.
-
-        Returns:
-            :class:`Resampled` with ``values`` ``(B, I, J, K)`` (renderer dtype) and ``mask``.
+        Values are the volume's own (HU stays HU; μ for :meth:`from_tensor`) in the renderer's
+        dtype, differentiable with respect to the transforms and (see the class) the volume.
+        See :meth:`Renderer.resample` and the module docstring for the mask.
         """
-        shape = check_grid_shape(fixed_shape)
-        fixed = _as_tensor64(fixed_world_from_index, "fixed_world_from_index", self.device)
-        if tuple(fixed.shape) != (4, 4):
-            raise ShapeError(f"fixed_world_from_index must be 4x4, got shape "
-                             f"{tuple(fixed.shape)}")
-        maps = _as_tensor64(fixed_from_moving, "fixed_from_moving", self.device)
-        if maps.ndim != 3 or tuple(maps.shape[1:]) != (4, 4) or maps.shape[0] < 1:
-            raise ShapeError(f"fixed_from_moving must have shape (B, 4, 4), got "
-                             f"{tuple(maps.shape)}")
-        if isinstance(fill, bool) or not isinstance(fill, numbers.Real) \
-                or not math.isfinite(float(fill)):
-            raise InputError(f"must be a finite number, got {fill!r}", key="fill")
-        if bool((torch.linalg.det(maps.detach()[:, :3, :3]).abs() < 1e-12).any()):
-            raise InputError("a transform is singular", key="fixed_from_moving")
+        fixed = fixed_world_from_index.to(self.device)
+        maps = fixed_from_moving.to(self.device)
         src = self._resample_source()
         index_from_world = torch.from_numpy(self._index_from_world).to(self.device)
         index_maps = index_from_world @ torch.linalg.inv(maps) @ fixed   # (B, 4, 4)
@@ -664,7 +617,7 @@ class TorchRenderer(Renderer):
         with torch.set_grad_enabled(grad):
             for b in range(batch):
                 res = kern.resample_affine(
-                    src, packed, index_maps[b, :3].to(self.dtype), shape, fill=float(fill),
+                    src, packed, index_maps[b, :3].to(self.dtype), shape, fill=fill,
                     tolerance=_RESAMPLE_TOLERANCE, points_per_block=_RESAMPLE_POINTS_PER_BLOCK,
                     out_values=values[b], out_mask=mask[b])
                 if not grad and res.data_ptr() != values[b].data_ptr():
@@ -673,3 +626,51 @@ class TorchRenderer(Renderer):
             if grad:
                 values = torch.stack(pieces)
         return Resampled(values=values, mask=mask)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _group_origins(o: torch.Tensor, d: torch.Tensor, members: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rays of the views ``members``, one row each: origins and directions ``(R, 3)``
+    (index space) and global ray indices ``view · P + pixel`` ``(R,)``."""
+    idx = torch.tensor(members, device=d.device)
+    n_pix = d.shape[1]
+    og = o.index_select(0, idx)[:, None, :].expand(-1, n_pix, -1).reshape(-1, 3)
+    dg = d.index_select(0, idx).reshape(-1, 3)
+    ids = (idx[:, None] * n_pix + torch.arange(n_pix, device=d.device)[None]).reshape(-1)
+    return og, dg, ids
+
+
+def _box_hits(o: torch.Tensor, d: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+    """Indices of the rays ``o + t·d`` (``t >= 0``) that cross the index box
+    ``[lo − ½, hi − ½]``: every ray :func:`~regkit.render._torch_kernels.restrict_to_box`
+    keeps for it (the same arithmetic, on the same tiny-safe directions)."""
+    d = torch.where(d.abs() < TINY_DIRECTION, torch.full_like(d, TINY_DIRECTION), d)
+    t1 = (torch.from_numpy(lo - 0.5).to(o) - o) / d
+    t2 = (torch.from_numpy(hi - 0.5).to(o) - o) / d
+    near = torch.minimum(t1, t2).max(dim=-1).values.clamp(min=0.0)
+    far = torch.maximum(t1, t2).min(dim=-1).values
+    return (far > near).nonzero()[:, 0]
+
+
+def _triple(x: np.ndarray) -> tuple[int, int, int]:
+    return int(x[0]), int(x[1]), int(x[2])
+
+
+def _no_crossings(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, dtype=torch.float64, device=device),
+            torch.zeros(0, dtype=torch.bool, device=device))
+
+
+def _sorted_crossings(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crossings ``(ray, t, entry)`` of several groups in one list, sorted by ray, then t."""
+    ray = torch.cat([f[0] for f in found])
+    t = torch.cat([f[1] for f in found])
+    entry = torch.cat([f[2] for f in found])
+    order = torch.argsort(t, stable=True)
+    order = order[torch.argsort(ray[order], stable=True)]
+    return ray[order], t[order], entry[order]

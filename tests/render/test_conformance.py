@@ -441,3 +441,154 @@ def test_declares_what_it_is(make: Factory, ellipsoid_volume: Volume) -> None:
     if not renderer.differentiable:
         with pytest.raises(InputError):
             make(ellipsoid_volume, requires_grad=True)
+
+
+def _resample_args(volume: Volume) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    return (4, 5, 6), np.asarray(volume.world_from_index), np.eye(4)[None]
+
+
+def _with_pose(views: Views, edit: Callable[[np.ndarray, np.ndarray], None]) -> Views:
+    k, t = np.array(views.intrinsic), np.array(views.camera_from_world)
+    edit(k, t)
+    return Views(k, t, views.height, views.width)
+
+
+def _set(array: np.ndarray, index: tuple[int, ...], value: float) -> None:
+    array[index] = value
+
+
+# (what is wrong, the call, the error class, its key): every backend refuses each the same way.
+BAD_CALLS: list[tuple[str, Callable[[Renderer, Views, Volume], Any], type[Exception],
+                      str | None]] = [
+    ("views not Views", lambda r, v, vol: r.drr("not views"), InputError, "views"),
+    ("views not Views (depth)", lambda r, v, vol: r.depth(np.eye(4), [1]), InputError, "views"),
+    ("NaN pose", lambda r, v, vol: r.drr(_with_pose(v, lambda k, t: _set(t, (1, 0, 3), np.nan))),
+     InputError, "camera_from_world"),
+    ("negative focal length",
+     lambda r, v, vol: r.drr(_with_pose(v, lambda k, t: _set(k, (0, 0, 0), -400.0))),
+     InputError, "intrinsic"),
+    ("pose not rigid",
+     lambda r, v, vol: r.bone_index(_with_pose(v, lambda k, t: _set(t, (0, 0, 0), 1.5)), [1]),
+     FrameError, None),
+    ("roi off the detector", lambda r, v, vol: r.drr(v, roi=(30, 0, 20, 10)), InputError, "roi"),
+    ("roi not four numbers", lambda r, v, vol: r.drr(v, roi=(0, 0, 4)), InputError, "roi"),
+    ("roi and pixels", lambda r, v, vol: r.drr(v, roi=(0, 0, 4, 4), pixels=np.zeros((3, 2))),
+     InputError, "roi"),
+    ("pixels (P, 3)", lambda r, v, vol: r.drr(v, pixels=np.zeros((3, 3))), ShapeError, None),
+    ("pixels of 5 views for 2", lambda r, v, vol: r.drr(v, pixels=np.zeros((5, 3, 2))),
+     ShapeError, None),
+    ("NaN pixel", lambda r, v, vol: r.drr(v, pixels=np.full((3, 2), np.nan)), InputError,
+     "pixels"),
+    ("no bones (drr)", lambda r, v, vol: r.drr(v, bones=[]), InputError, "bones"),
+    ("no bones (depth)", lambda r, v, vol: r.depth(v, []), InputError, "bones"),
+    ("no bones (depth_stack)", lambda r, v, vol: r.depth_stack(v, []), InputError, "bones"),
+    ("no bones (bone_index)", lambda r, v, vol: r.bone_index(v, []), InputError, "bones"),
+    ("bone 0", lambda r, v, vol: r.depth(v, [0]), InputError, "bones"),
+    ("bone not a number", lambda r, v, vol: r.depth_stack(v, [1, "2"]), InputError, "bones"),
+    ("bones a number", lambda r, v, vol: r.depth(v, 1), InputError, "bones"),
+    ("bone not in the label map", lambda r, v, vol: r.depth_per_bone(v, [1, 7]), InputError,
+     "bones"),
+    ("layers 0", lambda r, v, vol: r.depth(v, [1], layers=0), InputError, "layers"),
+    ("layers 0 (depth_stack)", lambda r, v, vol: r.depth_stack(v, [1], layers=0), InputError,
+     "layers"),
+    ("layers 1.5", lambda r, v, vol: r.depth_per_bone(v, [1], layers=1.5), InputError,
+     "layers"),
+    ("fixed_shape with a 0", lambda r, v, vol: r.resample((4, 0, 4), np.eye(4), np.eye(4)[None]),
+     InputError, "fixed_shape"),
+    ("fixed_shape of 2", lambda r, v, vol: r.resample((4, 4), np.eye(4), np.eye(4)[None]),
+     InputError, "fixed_shape"),
+    ("grid affine 3x3", lambda r, v, vol: r.resample((4, 4, 4), np.eye(3), np.eye(4)[None]),
+     ShapeError, None),
+    ("transforms (4, 4)", lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.eye(4)),
+     ShapeError, None),
+    ("NaN transform",
+     lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.full((1, 4, 4), np.nan)),
+     InputError, "fixed_from_moving"),
+    ("infinite grid affine",
+     lambda r, v, vol: r.resample((4, 4, 4), np.full((4, 4), np.inf), np.eye(4)[None]),
+     InputError, "fixed_world_from_index"),
+    ("singular transform",
+     lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.zeros((1, 4, 4))), InputError,
+     "fixed_from_moving"),
+    ("NaN fill",
+     lambda r, v, vol: r.resample(*_resample_args(vol), fill=float("nan")), InputError, "fill"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "key"), [case[1:] for case in BAD_CALLS],
+                         ids=[case[0] for case in BAD_CALLS])
+def test_every_backend_refuses_the_same_way(tools: Tools, make: Factory,
+                                            two_bones_volume: Volume, cameras: list[Camera],
+                                            call: Callable[[Renderer, Views, Volume], Any],
+                                            error: type[Exception], key: str | None) -> None:
+    """Each bad argument raises the same error class with the same ``key`` on every backend:
+    the checks live in the contract (``Renderer``), not in each backend."""
+    renderer = make(two_bones_volume)
+    with pytest.raises(error) as caught:
+        call(renderer, tools.views_of(cameras[:2]), two_bones_volume)
+    assert type(caught.value) is error
+    assert getattr(caught.value, "key", None) == key
+
+
+@pytest.mark.parametrize(("options", "key"), [
+    ({"step_mm": 0.0}, "step_mm"), ({"step_mm": float("nan")}, "step_mm"),
+    ({"step_mm": True}, "step_mm"), ({"dtype": torch.int32}, "dtype"),
+    ({"mu_water": 0.0}, "mu_water"), ({"mu_water": float("inf")}, "mu_water"),
+])
+def test_every_backend_refuses_the_same_options(make: Factory, ellipsoid_volume: Volume,
+                                                options: dict[str, Any], key: str) -> None:
+    with pytest.raises(InputError) as caught:
+        make(ellipsoid_volume, **options)
+    assert caught.value.key == key
+
+
+def test_a_plain_array_is_not_a_volume(make: Factory) -> None:
+    with pytest.raises(InputError, match="Volume") as caught:
+        make(np.zeros((4, 4, 4), dtype=np.float32))
+    assert caught.value.key == "volume"
+
+
+def test_close_is_idempotent_and_later_calls_are_refused(
+        tools: Tools, make: Factory, two_bones_volume: Volume, cameras: list[Camera]) -> None:
+    views = tools.views_of(cameras[:1])
+    with make(two_bones_volume) as renderer:
+        assert not renderer.closed
+        expected = renderer.drr(views)
+        renderer.depth_stack(views, [1, 2])
+    assert renderer.closed
+    renderer.close()  # idempotent
+    assert renderer.closed
+    calls: list[Callable[[], Any]] = [
+        lambda: renderer.drr(views), lambda: renderer.depth(views, [1]),
+        lambda: renderer.depth_stack(views, [1]), lambda: renderer.depth_per_bone(views, [1]),
+        lambda: renderer.bone_index(views, [1]),
+        lambda: renderer.resample(*_resample_args(two_bones_volume))]
+    for call in calls:
+        with pytest.raises(InputError, match="closed") as caught:
+            call()
+        assert caught.value.key == "renderer"
+    with make(two_bones_volume) as again:  # a new renderer on the same volume works
+        torch.testing.assert_close(again.drr(views), expected)
+
+
+def test_depth_stack_is_each_bone_alone(tools: Tools, make: Factory, two_bones_volume: Volume,
+                                        cameras: list[Camera]) -> None:
+    """Each row of ``depth_stack`` is ``depth`` of that bone alone, repeats included, also for
+    a view so close that the bones lie partly behind its source and off its detector."""
+    near = tools.look_at(np.asarray(two_bones_volume.center_world) - np.array([0.0, 9.0, 0.0]),
+                         np.asarray(two_bones_volume.center_world), focal=30.0, width=40,
+                         height=36)
+    views = tools.views_of([*cameras, near])
+    renderer = make(two_bones_volume)
+    stack = renderer.depth_stack(views, [2, 1, 2], layers=2)
+    assert stack.front.shape == (5, 3, 2, 36, 40) and stack.layers.shape == (5, 3, 36, 40)
+    assert stack.layers.dtype == torch.uint8
+    for row, bone in enumerate([2, 1, 2]):
+        alone = renderer.depth(views, [bone], layers=2)
+        assert int(alone.layers.bool().sum()) > 100
+        torch.testing.assert_close(stack.layers[:, row], alone.layers, rtol=0, atol=0)
+        for got, want in ((stack.front[:, row], alone.front), (stack.back[:, row], alone.back)):
+            assert torch.equal(torch.isnan(got), torch.isnan(want))
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-3, equal_nan=True)
+    stack.front[:, 0].fill_(0.0)
+    assert torch.isnan(stack.front[:, 2]).any()  # a repeated bone is its own copy

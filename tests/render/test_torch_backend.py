@@ -351,3 +351,35 @@ def test_resample_without_the_packed_fast_path_fills_its_output(
     assert torch.isfinite(slow.values).all()
     torch.testing.assert_close(slow.values, fast.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(slow.mask, fast.mask)
+
+
+def test_depth_stack_windows_give_the_depth_of_each_bone(two_bones_volume: Volume,
+                                                         cameras: list[Camera]) -> None:
+    """Per-bone windowing (rays through the bone's box, on a crop of its mask) samples the
+    planes that ``depth`` samples for that bone alone: the same crossings to rounding, in
+    float64 too."""
+    views = Views.from_cameras(cameras)
+    renderer = TorchRenderer(two_bones_volume, dtype=torch.float64, chunk_rays=500)
+    stack = renderer.depth_stack(views, [1, 2], layers=3)
+    assert stack.front.dtype == torch.float64
+    for row, bone in enumerate([1, 2]):
+        alone = renderer.depth(views, [bone], layers=3)
+        assert torch.equal(stack.layers[:, row], alone.layers)
+        torch.testing.assert_close(stack.front[:, row], alone.front, rtol=0, atol=1e-9,
+                                   equal_nan=True)
+        torch.testing.assert_close(stack.back[:, row], alone.back, rtol=0, atol=1e-9,
+                                   equal_nan=True)
+
+
+def test_close_drops_the_caches(two_bones_volume: Volume, cameras: list[Camera]) -> None:
+    views = Views.from_cameras(cameras[:1])
+    renderer = TorchRenderer(two_bones_volume)
+    renderer.drr(views, bones=[1])
+    renderer.depth(views, [1, 2])
+    renderer.resample((4, 4, 4), two_bones_volume.world_from_index, np.eye(4)[None])
+    assert renderer._bone_mask and renderer._bone_mu and renderer._packed is not None
+    renderer.close()
+    assert renderer.closed and not renderer._bone_mask and not renderer._bone_mu
+    assert renderer._packed is None and renderer._raw is None
+    with pytest.raises(InputError, match="TorchRenderer has been closed"):
+        renderer.depth(views, [1])

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from regkit.errors import InputError
-from regkit.render.base import bone_key as _bone_key
+from regkit.render._checks import bone_key, check_bones_present, label_boxes, volume_mu
 
 __all__ = ["CROP_BRICK", "MAX_BONE_SETS", "TEXTURE_FORMATS", "Block", "BoneSet", "GLObjects",
            "VolumeTextures"]
@@ -173,11 +172,7 @@ class VolumeTextures:
     def volume_mu(self, ctx: Any) -> Block:
         """Upload the whole volume's μ (HU converted with ``mu_water``, other units as given),
         zero-margined, without an occupancy grid: the texture of full-volume DRRs."""
-        from regkit.volume import hu_to_mu
-
-        volume = self.volume
-        mu = hu_to_mu(volume.data, self.mu_water) if volume.units == "HU" \
-            else np.asarray(volume.data, dtype=np.float32)
+        mu = volume_mu(self.volume, self.mu_water)
         n = np.asarray(self.shape, dtype=np.float64)
         return self.upload(ctx, _padded(mu), origin=np.full(3, -1.0), brick=0,
                            support_lo=np.full(3, -0.5), support_hi=n - 0.5, encode=True)
@@ -193,26 +188,11 @@ class VolumeTextures:
         return self._data_block
 
     # ------------------------------------------------------------------ bones
-    def _boxes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def boxes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Bounding box ``[lo, hi)`` of every positive label present (computed once)."""
         if self._label_boxes is None:
             assert self.labels is not None
-            labels = self.labels
-            boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            if labels.size and int(labels.min()) >= 0 and int(labels.max()) < (1 << 20):
-                from scipy import ndimage
-
-                for index, sl in enumerate(ndimage.find_objects(labels)):
-                    if sl is not None:
-                        boxes[index + 1] = (np.array([s.start for s in sl]),
-                                            np.array([s.stop for s in sl]))
-            else:
-                for value in np.unique(labels):
-                    if value > 0:
-                        where = np.nonzero(labels == value)
-                        boxes[int(value)] = (np.array([w.min() for w in where]),
-                                             np.array([w.max() + 1 for w in where]))
-            self._label_boxes = boxes
+            self._label_boxes = label_boxes(self.labels)
         return self._label_boxes
 
     def check_labels(self, bones: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -222,17 +202,8 @@ class VolumeTextures:
         Raises:
             InputError: no label map, or a label that does not occur.
         """
-        if self.labels is None:
-            raise InputError("the volume has no label map, so bones cannot be selected",
-                             key="bones")
-        known = self._boxes()
-        missing = [b for b in bones if b not in known]
-        if missing:
-            shown = sorted(known)
-            listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
-            raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
-                             f"{listing or 'none'})", key="bones")
-        return known
+        check_bones_present(bones, None if self.labels is None else self.boxes())
+        return self.boxes()
 
     def bone_set(self, bones: Any) -> BoneSet:
         """The (cached) crops for ``bones``.
@@ -240,7 +211,7 @@ class VolumeTextures:
         Raises:
             InputError: no label map, a bad label, or a label that does not occur.
         """
-        key = _bone_key(bones)
+        key = bone_key(bones)
         found = self.bone_sets.get(key)
         if found is not None:
             self.bone_sets.move_to_end(key)

@@ -69,7 +69,6 @@ Measured agreement and speed: ``docs/decisions/gl-renderer.md``.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import weakref
 from collections import OrderedDict
@@ -80,41 +79,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from regkit.errors import (
-    BackendUnavailableError,
-    FrameError,
-    InputError,
-    RegkitError,
-    ShapeError,
-)
-from regkit.render.base import (
-    DepthMaps,
-    Renderer,
-    Resampled,
-    Views,
-    check_grid_shape,
-    check_roi,
-    default_step_mm,
-    renderers,
-)
-from regkit.render.base import bone_key as _bone_key
+from regkit.errors import BackendUnavailableError, InputError, RegkitError
+from regkit.render._checks import bone_list, common_options
+from regkit.render.base import DepthMaps, Renderer, Resampled, Views, renderers
 from regkit.render.gl._atlas import Atlas, atlas_set, bone_windows
 from regkit.render.gl._dispatch import ScratchBuffers, dispatch, even_chunks, packed_chunks
 from regkit.render.gl._dispatch import groups as _groups
 from regkit.render.gl._dispatch import set_uniform as _set
 from regkit.render.gl._textures import CROP_BRICK, TEXTURE_FORMATS, Block, GLObjects, VolumeTextures
 from regkit.render.gl._textures import _occupancy as _occupancy  # re-exported: tests import it here
+from regkit.render.sampling import border_pixels as _border_pixels
 
 __all__ = ["GLRenderer"]
 
 _RESAMPLE_TOLERANCE = 1e-3  # slack of the voxel-centre box in resampling, voxels
-_RIGID_ATOL = 1e-4       # tolerance on camera_from_world's rotation being orthonormal
 _NAN = float("nan")
-
-
-def _not_differentiable() -> InputError:
-    return InputError("the OpenGL backend is not differentiable; use backend='torch'",
-                      key="requires_grad")
 
 
 @renderers.register("gl")
@@ -125,8 +104,8 @@ class GLRenderer(Renderer):
     renderer's dtype), ``int32`` for :meth:`bone_index`, ``uint8`` layer counts, ``bool`` masks.
     Not differentiable. See the module docstring for the sampling model and its precision.
 
-    Use it as a context manager, or call :meth:`close`, to free its GL textures at once; they are
-    freed when it is garbage-collected otherwise.
+    Use it as a context manager, or call :meth:`close`, to free its GL textures at once (a
+    closed renderer refuses every call); they are freed when it is garbage-collected otherwise.
 
     Args:
         volume: A :class:`~regkit.volume.Volume`. Units ``"HU"`` are converted to μ with
@@ -160,35 +139,20 @@ class GLRenderer(Renderer):
                  texture_format: str = "unorm16"):
         self._closed = True  # until the GL objects exist
         self._gl_objects: list[Any] = []
-        if requires_grad:
-            raise _not_differentiable()
+        opts = common_options(self.backend, self.differentiable, volume, step_mm=step_mm,
+                              dtype=dtype, requires_grad=requires_grad, mu_water=mu_water)
         if device is not None and str(device) not in ("cpu", "gl"):
             raise InputError(f"the OpenGL backend returns CPU tensors; device must be None, "
                              f"'cpu' or 'gl', got {device!r}", key="device")
-        if dtype not in (None, torch.float32, torch.float64):
-            raise InputError(f"must be None, torch.float32 or torch.float64, got {dtype!r}",
-                             key="dtype")
         if texture_format not in TEXTURE_FORMATS:
             raise InputError(f"must be one of {', '.join(TEXTURE_FORMATS)}, got "
                              f"{texture_format!r}", key="texture_format")
         self.texture_format = texture_format
-        from regkit.volume import Volume
-
-        if not isinstance(volume, Volume):
-            raise InputError(f"expected a regkit Volume, got {type(volume).__name__}",
-                             key="volume")
-        if step_mm is None:
-            step = default_step_mm(volume.spacing)
-        elif isinstance(step_mm, bool) or not isinstance(step_mm, numbers.Real) \
-                or not (math.isfinite(float(step_mm)) and float(step_mm) > 0):
-            raise InputError(f"must be a positive number of mm, got {step_mm!r}", key="step_mm")
-        else:
-            step = float(step_mm)
         self.volume = volume
         self.shape: tuple[int, int, int] = volume.shape
-        self.step_mm = step
-        self.mu_water = float(mu_water)
-        self.dtype = torch.float32 if dtype is None else dtype
+        self.step_mm = opts.step_mm
+        self.mu_water = opts.mu_water
+        self.dtype = opts.dtype
         self._index_from_world = np.linalg.inv(np.asarray(volume.world_from_index, np.float64))
         owned = GLObjects(self._gl_objects)
         self._textures = VolumeTextures(volume, owned, mu_water=self.mu_water,
@@ -212,26 +176,15 @@ class GLRenderer(Renderer):
         self._closed = False
 
     # ------------------------------------------------------------------ life cycle
-    def close(self) -> None:
-        """Release every GL object of this renderer (idempotent); later calls raise."""
-        if self._closed:
-            return
-        self._closed = True
+    def _label_values(self) -> frozenset[int] | None:
+        return None if self._textures.labels is None else frozenset(self._textures.boxes())
+
+    def _release(self) -> None:
+        """Release every GL object of this renderer (through :meth:`close`)."""
         self._textures.clear()
         self._atlases.clear()
         self._scratch.clear()
         self._finalizer()
-
-    def __enter__(self) -> GLRenderer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has run."""
-        return self._closed
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"step_mm={self.step_mm:g}"
@@ -241,8 +194,7 @@ class GLRenderer(Renderer):
     def _session(self) -> Iterator[Any]:
         from regkit.render.gl.context import gl_session
 
-        if self._closed:
-            raise RegkitError("this GLRenderer has been closed")
+        self._check_open()
         if os.getpid() != self._pid:
             raise RegkitError("this GLRenderer was built in another process (its textures live "
                               "in that process's OpenGL context); build a new one here")
@@ -260,17 +212,7 @@ class GLRenderer(Renderer):
             pixels: ``(1 or B, P, 2)`` probe pixels ``(u, v)``: the marching plan of view ``b``
                 is chosen from its rays through ``pixels[b]`` (or ``pixels[0]``).
         """
-        if not isinstance(views, Views):
-            raise InputError(f"expected regkit.render.Views, got {type(views).__name__}",
-                             key="views")
-        k = _as_float64(views.intrinsic, "intrinsic")
-        t = _as_float64(views.camera_from_world, "camera_from_world")
-        if np.any(k[:, 0, 0] <= 0) or np.any(k[:, 1, 1] <= 0):
-            raise InputError("focal lengths must be positive", key="intrinsic")
-        rot = t[:, :3, :3]
-        gram = np.swapaxes(rot, 1, 2) @ rot - np.eye(3)
-        if np.abs(gram).max() > _RIGID_ATOL or np.abs(np.linalg.det(rot) - 1.0).max() > _RIGID_ATOL:
-            raise FrameError("camera_from_world must be rigid (orthonormal rotation, det +1)")
+        k, t = _numpy(views.intrinsic), _numpy(views.camera_from_world)
         rot_t = np.swapaxes(t[:, :3, :3], 1, 2)                  # world_from_camera rotation
         source = -(rot_t @ t[:, :3, 3:])[..., 0]                # (B, 3) world
         a = self._index_from_world
@@ -301,33 +243,26 @@ class GLRenderer(Renderer):
                 "value_scale": block.value_scale}
 
     # ------------------------------------------------------------------ DRR
-    def drr(self, views: Views, *, roi: tuple[int, int, int, int] | None = None,
-            pixels: Any = None, bones: Sequence[int] | None = None) -> torch.Tensor:
-        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`).
-
-        Returns:
-            float32 CPU tensor ``(B, H, W)``, ``(B, h, w)`` for a ``roi`` or ``(B, P)`` for
-            ``pixels``; dimensionless.
-        """
+    def _drr(self, views: Views, *, roi: tuple[int, int, int, int] | None,
+             pixels: torch.Tensor | None, bones: tuple[int, ...] | None) -> torch.Tensor:
+        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`): a float32
+        CPU tensor, one row per view."""
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import drr_source
 
-        if roi is not None and pixels is not None:
-            raise InputError("give either roi or pixels, not both", key="roi")
-        batch = _batch(views)
+        batch = views.batch
         probe = _border_pixels(views.width, views.height)
         if pixels is not None:
-            pix = _pixel_list(pixels, batch)
+            pix = np.ascontiguousarray(_numpy(pixels), dtype=np.float32)
             probe = np.concatenate([np.repeat(probe, pix.shape[0], axis=0), pix], axis=1)
             grid = (0, 0, 0, 0)
             n_per_view = pix.shape[1]
-            out_shape: tuple[int, ...] = (batch, n_per_view)
         else:
-            grid = check_roi(roi, views.width, views.height)
+            assert roi is not None
+            grid = roi
             n_per_view = grid[2] * grid[3]
-            out_shape = (batch, grid[3], grid[2])
         view_data = self._views_array(views, probe)
-        result = torch.zeros(out_shape, dtype=torch.float32)
+        result = torch.zeros((batch, n_per_view), dtype=torch.float32)
         with self._session() as ctx:
             if bones is None:
                 block = self._mu_block
@@ -348,24 +283,21 @@ class GLRenderer(Renderer):
                 uniforms["roi"] = grid
             dispatch(ctx, prog, self._scratch, even_chunks(batch, 4 * n_per_view, self._ssbo_limit),
                      lambda b0, b1: _groups(pixels is not None, grid, n_per_view, b1 - b0),
-                     outputs={"out": (0, result.numpy().reshape(batch, -1))}, inputs=inputs,
+                     outputs={"out": (0, result.numpy())}, inputs=inputs,
                      textures=(block.texture, block.bricks), uniforms=uniforms,
                      offset="view_offset")
         return result
 
     # ------------------------------------------------------------------ depth
-    def depth(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
-        """Front and back crossings of the surface of the union of ``bones`` (ray-marched layers).
-
-        Returns:
-            :class:`DepthMaps`: ``front``/``back`` float32 ``(B, layers, H, W)`` mm from the
-            source (NaN where there is no such layer), ``layers`` uint8 ``(B, H, W)``.
-        """
+    def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
+        """Front and back crossings of the surface of the union of ``bones`` (ray-marched
+        layers): ``front``/``back`` float32 ``(B, layers, H, W)`` mm from the source (NaN where
+        there is no such layer), ``layers`` uint8 ``(B, H, W)``."""
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_source
 
-        n_layers = self._check_layers(layers)
-        batch = _batch(views)
+        n_layers = layers
+        batch = views.batch
         h, w = views.height, views.width
         grid = (0, 0, w, h)
         view_data = self._views_array(views, _border_pixels(w, h))
@@ -408,52 +340,34 @@ class GLRenderer(Renderer):
         Raises:
             InputError: a bad ``layers``, no label map, a bad label or one that does not occur.
         """
-        wanted = [_bone_key([b])[0] for b in bones]
+        wanted = bone_list(bones)
         if not wanted:
-            self._check_layers(layers)
-            _batch(views)
-            return []
+            return super().depth_per_bone(views, wanted, layers=layers)
         stack = self.depth_stack(views, wanted, layers=layers)  # a row per entry, repeats too
         return [DepthMaps(front=stack.front[:, i], back=stack.back[:, i],
                           layers=stack.layers[:, i]) for i in range(len(wanted))]
 
-    @staticmethod
-    def _check_layers(layers: Any) -> int:
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
-            raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
-        return int(layers)
-
-    def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
+    def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
         """Each bone's own maps on a bone axis (see :meth:`depth_per_bone` for how), written
-        straight into ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers`` ``(B, NB, H, W)``.
-
-        Raises:
-            InputError: a bad ``layers``, no bones, no label map, a bad label or one that does
-                not occur.
-        """
+        straight into ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers`` ``(B, NB, H, W)``,
+        one row per bone of ``bones`` (distinct, sorted)."""
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_atlas_source
 
-        n_layers = self._check_layers(layers)
-        batch = _batch(views)
-        wanted = [_bone_key([b])[0] for b in bones]
-        if not wanted:
-            raise InputError("no bones given", key="bones")
-        unique = tuple(sorted(set(wanted)))
+        n_layers = layers
+        batch = views.batch
         h, w = views.height, views.width
         view_data = self._views_array(views, _border_pixels(w, h))
-        intrinsic = _as_float64(views.intrinsic, "intrinsic")
-        camera_from_world = _as_float64(views.camera_from_world, "camera_from_world")
-        front = np.full((batch, len(wanted), n_layers, h, w), _NAN, dtype=np.float32)
+        intrinsic = _numpy(views.intrinsic)
+        camera_from_world = _numpy(views.camera_from_world)
+        front = np.full((batch, len(bones), n_layers, h, w), _NAN, dtype=np.float32)
         back = np.full_like(front, _NAN)
-        count = np.zeros((batch, len(wanted), h, w), dtype=np.uint8)
-        rows: dict[int, list[int]] = {}
-        for i, b in enumerate(wanted):
-            rows.setdefault(b, []).append(i)
+        count = np.zeros((batch, len(bones), h, w), dtype=np.uint8)
+        rows = {b: [i] for i, b in enumerate(bones)}
         bytes_per_ray = 4 * (2 * n_layers + 1)
         max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
         with self._session() as ctx:
-            atlases = atlas_set(ctx, self._textures, self._atlases, unique, self._tex_limit)
+            atlases = atlas_set(ctx, self._textures, self._atlases, bones, self._tex_limit)
             prog = program(depth_atlas_source(brick=CROP_BRICK))
             self._scratch.upload(ctx, "views", view_data).bind_to_storage_buffer(1)
             for atlas in atlases:
@@ -509,7 +423,8 @@ class GLRenderer(Renderer):
                         f_out[:, a:z].reshape(n_layers, hh, ww)
                     back[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
                         b_out[:, a:z].reshape(n_layers, hh, ww)
-                    count[b_view, k, v0:v0 + hh, u0:u0 + ww] = c_out[a:z].reshape(hh, ww)
+                    count[b_view, k, v0:v0 + hh, u0:u0 + ww] = \
+                        np.minimum(c_out[a:z], 255).reshape(hh, ww)
 
         block = atlas.block
         dispatch(ctx, prog, self._scratch, packed_chunks(sizes, max_rays),
@@ -520,13 +435,13 @@ class GLRenderer(Renderer):
                  prepare=prepare, finish=scatter)
 
     # ------------------------------------------------------------------ bone index
-    def bone_index(self, views: Views, bones: Sequence[int]) -> torch.Tensor:
+    def _bone_index(self, views: Views, bones: tuple[int, ...]) -> torch.Tensor:
         """``(B, H, W)`` int32: the bone that dominates each ray's first entry into the union of
         ``bones``, 0 where the ray enters none."""
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import bone_index_source
 
-        batch = _batch(views)
+        batch = views.batch
         h, w = views.height, views.width
         grid = (0, 0, w, h)
         view_data = self._views_array(views, _border_pixels(w, h))
@@ -546,31 +461,15 @@ class GLRenderer(Renderer):
         return result
 
     # ------------------------------------------------------------------ resampling
-    def resample(self, fixed_shape: Sequence[int], fixed_world_from_index: Any,
-                 fixed_from_moving: Any, *, fill: float = 0.0) -> Resampled:
-        """Warp the bound volume onto a fixed grid under B transforms, trilinearly.
-
-        Values are the volume's own (HU stays HU); see :meth:`Renderer.resample`.
-
-        Returns:
-            :class:`Resampled`: ``values`` ``(B, I, J, K)`` in the renderer's dtype, ``mask``
-            bool.
-        """
+    def _resample(self, shape: tuple[int, int, int], fixed_world_from_index: torch.Tensor,
+                  fixed_from_moving: torch.Tensor, fill: float) -> Resampled:
+        """Warp the bound volume onto a fixed grid under B transforms, trilinearly: values as
+        stored (HU stays HU) in the renderer's dtype, computed in float32; mask bool."""
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import resample_source
 
-        shape = check_grid_shape(fixed_shape)
-        fixed = _as_float64(fixed_world_from_index, "fixed_world_from_index")
-        if fixed.shape != (4, 4):
-            raise ShapeError(f"fixed_world_from_index must be 4x4, got shape {fixed.shape}")
-        maps = _as_float64(fixed_from_moving, "fixed_from_moving")
-        if maps.ndim != 3 or maps.shape[1:] != (4, 4) or maps.shape[0] < 1:
-            raise ShapeError(f"fixed_from_moving must have shape (B, 4, 4), got {maps.shape}")
-        if isinstance(fill, bool) or not isinstance(fill, numbers.Real) \
-                or not math.isfinite(float(fill)):
-            raise InputError(f"must be a finite number, got {fill!r}", key="fill")
-        if np.any(np.abs(np.linalg.det(maps[:, :3, :3])) < 1e-12):
-            raise InputError("a transform is singular", key="fixed_from_moving")
+        fixed = _numpy(fixed_world_from_index)
+        maps = _numpy(fixed_from_moving)
         index_maps = self._index_from_world @ np.linalg.inv(maps) @ fixed  # (B, 4, 4)
         rows = np.ascontiguousarray(index_maps[:, :3, :], dtype=np.float32).reshape(-1, 4)
         batch = maps.shape[0]
@@ -594,7 +493,7 @@ class GLRenderer(Renderer):
                      inputs={"maps": (1, rows)}, textures=(block.texture,),
                      uniforms={"grid": shape, "row_len": row_len,
                                "upper": tuple(float(n - 1) for n in self.shape),
-                               "tolerance": _RESAMPLE_TOLERANCE, "fill": float(fill),
+                               "tolerance": _RESAMPLE_TOLERANCE, "fill": fill,
                                "tex_origin": tuple(float(x) for x in block.origin),
                                "tex_scale": tuple(1.0 / s for s in block.size)},
                      offset="slab_offset")
@@ -635,44 +534,6 @@ def _marching_plans(d: np.ndarray, shape: tuple[int, int, int], step_mm: float) 
                       dtype=np.int32).reshape(-1, 2)
 
 
-def _border_pixels(width: int, height: int) -> np.ndarray:
-    """``(1, N, 2)`` centres ``(u, v)`` of the detector's outermost pixels: the rays that bound
-    a view, from which its marching plan is chosen (so a pixel's value never depends on a roi or
-    on the other views of a batch)."""
-    u = np.arange(width) + 0.5
-    v = np.arange(height) + 0.5
-    edges = [np.stack([u, np.full_like(u, 0.5)], axis=-1),
-             np.stack([u, np.full_like(u, height - 0.5)], axis=-1),
-             np.stack([np.full_like(v, 0.5), v], axis=-1),
-             np.stack([np.full_like(v, width - 0.5), v], axis=-1)]
-    return np.concatenate(edges)[None]
-
-
-def _as_float64(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"must be an array of numbers, got {type(x).__name__}",
-                         key=name) from None
-    if not np.isfinite(arr).all():
-        raise InputError("contains NaN or infinite values", key=name)
-    return arr
-
-
-def _batch(views: Any) -> int:
-    if not isinstance(views, Views):
-        raise InputError(f"expected regkit.render.Views, got {type(views).__name__}",
-                         key="views")
-    return views.batch
-
-
-def _pixel_list(pixels: Any, batch: int) -> np.ndarray:
-    pix = _as_float64(pixels, "pixels")
-    if pix.ndim == 2:
-        pix = pix[None]
-    if pix.ndim != 3 or pix.shape[-1] != 2 or pix.shape[0] not in (1, batch):
-        raise ShapeError(f"pixels must have shape (P, 2) or (B, P, 2) with B = {batch}, got "
-                         f"{tuple(np.shape(pixels))}")
-    return np.ascontiguousarray(pix, dtype=np.float32)
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """A checked float64 tensor as a numpy array (the GL kernels take no gradients)."""
+    return x.detach().cpu().numpy()

@@ -1,16 +1,10 @@
 """One ground-truth sample: a DRR and per-bone depth layers in one camera, and its file.
 
 Per-bone depth is the cost that matters (29 bones of a hand at 256²). :class:`SampleRenderer`
-makes it cheap through the public renderer API alone:
-
-* with the OpenGL backend, one renderer bound to the whole CT renders every bone's depth layers
-  in one call (:meth:`regkit.render.Renderer.depth_stack`, which packs the bones' masks into
-  one texture and marches each bone only on the detector window it projects into);
-* with another backend, each bone gets its own renderer bound to a crop of the CT around that
-  bone (2 voxels of margin: the trilinear 0.5 level set of a bone's mask lies within one voxel of
-  its voxels, so the crop holds the whole surface and the same field), rendered only on the
-  detector window its crop projects into (the camera's ``crop``); everything outside that window
-  is a miss by construction.
+makes it cheap through the public renderer API alone: one renderer bound to the CT's label map
+renders every bone's depth layers in one call (:meth:`regkit.render.Renderer.depth_stack`, in
+which every backend marches each bone only within its own bounding box, on the pixels whose rays
+cross it), the same call on every backend.
 
 The DRR is rendered by one renderer bound to the whole CT, optionally block-averaged over
 ``drr_factor``³ voxels first (:func:`drr_volume`): a detector pixel integrates the beam over its
@@ -46,7 +40,6 @@ SAMPLE_KEYS = ("image", "image_clean", "camera", "bones", "hit", "front", "back"
                "source", "meta")
 """The arrays every sample file holds."""
 
-_MARGIN_VOXELS = 2
 _AIR_HU = -1000.0
 
 
@@ -102,7 +95,11 @@ class SampleRenderer:
         drr_factor: Block-average the CT over this many voxels per axis for the DRR
             (:func:`drr_volume`); depths always come from the full-resolution labels.
         boxes: The bones' boxes (:func:`~regkit_recon.groundtruth.views.bone_boxes`) when
-            already known.
+            already known: then the labels are not searched again to refuse bones that do not
+            occur (the renderer finds its own boxes).
+
+    Raises:
+        InputError: no label map, or a bone that does not occur in it.
     """
 
     def __init__(self, volume: Any, bones: Sequence[int], *, backend: str | None = None,
@@ -115,7 +112,7 @@ class SampleRenderer:
         labels = np.asarray(volume.labels)
         self.bones = tuple(int(b) for b in bones)
         if boxes is None or any(b not in boxes for b in self.bones):
-            boxes = bone_boxes(labels, self.bones)  # refuses labels that do not occur
+            bone_boxes(labels, self.bones)  # refuses labels that do not occur, before any work
         self.drr_factor = int(drr_factor)
         coarse = drr_volume(volume, self.drr_factor)
         if step_mm is None and self.drr_factor > 1:
@@ -125,34 +122,17 @@ class SampleRenderer:
         self.drr_step_mm = step_mm
         self._drr = make_renderer(coarse, backend=backend, step_mm=step_mm)
         self.backend = self._drr.backend
-        self._depth: Any = None
-        self._bone: list[tuple[Any, np.ndarray]] = []
-        if self.backend == "gl":  # one renderer, every bone in one call
-            from regkit import Volume
+        from regkit import Volume
 
-            # depths read only the labels: no need to convert and upload the CT again
-            shell = Volume(np.zeros(volume.shape, dtype=np.float32),
-                           np.asarray(volume.world_from_index), labels, "mu")
-            self._depth = make_renderer(shell, backend="gl")
-            return
-        for b in self.bones:
-            lo = [int(v) - _MARGIN_VOXELS for v in boxes[b][0]]
-            hi = [int(v) + _MARGIN_VOXELS for v in boxes[b][1]]
-            crop = volume.crop(lo, hi)
-            n = np.array(crop.shape, dtype=np.float64)
-            corners = np.array([[x, y, z] for x in (-0.5, n[0] - 0.5) for y in (-0.5, n[1] - 0.5)
-                                for z in (-0.5, n[2] - 0.5)])
-            self._bone.append((make_renderer(crop, backend=backend),
-                               np.asarray(crop.index_to_world(corners))))
+        # depths read only the labels: no need to convert (and, on gl, upload) the CT again
+        shell = Volume(np.zeros(volume.shape, dtype=np.float32),
+                       np.asarray(volume.world_from_index), labels, "mu")
+        self._depth: Any = make_renderer(shell, backend=self.backend)
 
     def close(self) -> None:
-        """Release the renderers (GL objects) now."""
-        for r in [self._drr, self._depth, *(r for r, _ in self._bone)]:
-            close = getattr(r, "close", None)
-            if close is not None:
-                close()
-        self._bone = []
-        self._depth = None
+        """Release the renderers (GL objects, cached tensors) now; idempotent."""
+        self._drr.close()
+        self._depth.close()
 
     def drr(self, camera: Camera) -> np.ndarray:
         """The clean DRR ``(H, W)`` float32 line integrals."""
@@ -160,34 +140,14 @@ class SampleRenderer:
         return np.ascontiguousarray(out[0].detach().cpu().numpy(), dtype=np.float32)
 
     def depth(self, camera: Camera, layers: int) -> dict[str, np.ndarray]:
-        """Per-bone ``hit`` ``[NB, H, W]``, ``front``/``back`` ``[NB, L, H, W]``, ``layers``."""
-        if self._depth is not None:
-            maps = self._depth.depth_stack(Views.from_cameras(camera), self.bones,
-                                           layers=layers)
-            count = maps.layers[0].numpy()
-            return {"hit": count > 0, "front": maps.front[0].numpy(),
-                    "back": maps.back[0].numpy(), "layers": count}
-        h, w, nb = camera.height, camera.width, len(self.bones)
-        front = np.full((nb, layers, h, w), np.nan, dtype=np.float32)
-        back = np.full_like(front, np.nan)
-        count = np.zeros((nb, h, w), dtype=np.uint8)
-        for i, (renderer, corners) in enumerate(self._bone):
-            uv = camera.project(corners)
-            if not np.isfinite(uv).all():
-                raise InputError("a bone lies behind the X-ray source of this view",
-                                 key="camera")
-            u0 = max(int(np.floor(uv[:, 0].min())), 0)
-            v0 = max(int(np.floor(uv[:, 1].min())), 0)
-            u1 = min(int(np.ceil(uv[:, 0].max())), w)
-            v1 = min(int(np.ceil(uv[:, 1].max())), h)
-            if u1 <= u0 or v1 <= v0:
-                continue  # the bone projects off the detector
-            window = camera.crop(u0, v0, u1 - u0, v1 - v0)
-            maps = renderer.depth(Views.from_cameras(window), [self.bones[i]], layers=layers)
-            front[i, :, v0:v1, u0:u1] = maps.front[0].cpu().numpy()
-            back[i, :, v0:v1, u0:u1] = maps.back[0].cpu().numpy()
-            count[i, v0:v1, u0:u1] = maps.layers[0].cpu().numpy()
-        return {"hit": count > 0, "front": front, "back": back, "layers": count}
+        """Per-bone ``hit`` ``[NB, H, W]``, ``front``/``back`` ``[NB, L, H, W]`` float32 mm from
+        the source (NaN: no such crossing), ``layers`` uint8 ``[NB, H, W]``."""
+        maps = self._depth.depth_stack(Views.from_cameras(camera), self.bones, layers=layers)
+        count = maps.layers[0].cpu().numpy()
+        return {"hit": count > 0,
+                "front": np.ascontiguousarray(maps.front[0].cpu().numpy(), dtype=np.float32),
+                "back": np.ascontiguousarray(maps.back[0].cpu().numpy(), dtype=np.float32),
+                "layers": count}
 
 
 def write_sample(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
