@@ -4,49 +4,14 @@ Runs wherever PyTorch runs (CPU, CUDA), in float32 or float64, and carries gradi
 (a ``camera_from_world`` tensor with ``requires_grad``) and to the volume (``requires_grad=True``,
 or a μ tensor given to :meth:`TorchRenderer.from_tensor`).
 
-Sampling model (shared with the OpenGL backend, so that both render the same field):
-    * **The μ field.** μ(x) at an index-space point x is the trilinear interpolation of the voxel
-      values with **zero padding**: the volume is taken to be surrounded by voxels of value 0, so
-      between the outermost voxel centre (index ``n − 1``) and the padding centre (index ``n``)
-      the field falls linearly to 0; at the voxel edge ``n − ½`` it is half the edge voxel's
-      value. Rays are **clipped to the voxel-edge box** ``[−½, n − ½]`` on every axis, and to
-      ``t ≥ 0`` (in front of the source): nothing outside the box contributes.
-    * **DRR.** Pixel value = ``∫ μ dl`` (μ in 1/mm, l in mm) along the ray through the pixel
-      centre, by the midpoint rule on cells no longer than ``step_mm`` along the ray. The cells
-      are the slabs between equally spaced planes perpendicular to the index axis a view's rays
-      run most along; each is sampled where the ray crosses its mid-plane, and the two end cells
-      are weighted by the part of them inside the box (so the weights add up to the clipped
-      length exactly). The number of cells per voxel is the least multiple of 1/32 that keeps
-      every ray of the view's whole detector at or under ``step_mm``: it depends on the view
-      alone, so a pixel's value does not depend on the roi, the pixel list or the other views of
-      the batch. On a mid-plane, trilinear interpolation is bilinear interpolation in a slice
-      (blended once per plane from the two voxel slices around it), which
-      :func:`torch.nn.functional.grid_sample` does for all the rays of a batch at once (see
-      :mod:`regkit.render._torch_kernels`). The OpenGL backend integrates the same field with
-      ``ceil(L / step_mm)`` equal segments per ray instead: the two agree to the quadrature
-      error, a fraction of a percent at the default step.
-    * **Bones in a DRR.** ``bones=[...]`` renders μ · 1[label ∈ bones]: the label mask is applied
-      to the voxels **before** interpolation (one masked volume, interpolated as above).
-    * **Depth maps.** The surface of a set of bones is the 0.5 level set of the union's binary
-      mask (1 in a voxel whose label is one of the bones), interpolated trilinearly with zero
-      padding, outside the box counting as 0. Each ray samples it on the same mid-planes as the
-      DRR (at most ``step_mm`` apart); a change of side between two samples is refined by 24
-      bisection steps on the exact trilinear field (float64), i.e. to ``step_mm · 2⁻²⁴``.
-      Crossings thinner than a step can be missed. Layer ``l`` holds the ``l``-th entry and exit
-      in order of distance; ``layers`` counts every entry. Depth maps carry no gradients.
-    * **depth_stack** marches each bone only by the rays that cross its box (its voxels'
-      bounding box grown by 2 voxels, outside which its trilinear mask is below 0.5), on a crop
-      of its own mask that keeps the whole volume along the marching axis: the planes, so the
-      samples, of :meth:`~TorchRenderer.depth` of that bone alone, at the cost of the bone's
-      footprint rather than the detector's and the volume's.
-    * **bone_index** is the label of the bone that dominates the first crossing into the union:
-      of the given bones, the one whose own trilinear mask is largest at that point (for bones
-      that do not touch this is the bone the ray enters first).
-    * **Resampling** interpolates the volume's values **as stored** (HU stays HU; the μ tensor for
-      :meth:`TorchRenderer.from_tensor`) trilinearly at ``moving_index_from_fixed_index ·
-      (i, j, k)`` for every fixed voxel. The mask is True where that point lies inside the moving
-      volume's voxel-centre box ``[0, n − 1]`` on every axis, with a slack of 1e-3 voxel for
-      rounding (inside the slack the coordinate is clamped to the box); ``fill`` elsewhere.
+Sampling model: the one of ``docs/renderers.md``, shared with the OpenGL backend so that both
+render the same field at the same points: trilinear μ with zero padding, rays clipped to the
+voxel-edge box, the midpoint rule on cells of at most ``step_mm`` across the planes of the axis a
+view looks most along (:func:`regkit.render.sampling.choose_axes`), depth maps from marching the
+0.5 level set of the bones' trilinear mask, each crossing refined by 24 bisections in float64.
+Here a mid-plane's trilinear interpolation is bilinear interpolation in a slice blended once per
+plane, which :func:`torch.nn.functional.grid_sample` does for a whole batch of rays (see
+:mod:`regkit.render._torch_kernels`).
 
 Memory: rays are marched in blocks of at most ``chunk_rays`` rays and about 1 M samples on the
 CPU (16 M on CUDA), some 16 bytes a sample, plus one block of blended slices; a 512² DRR of a

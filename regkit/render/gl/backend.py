@@ -5,43 +5,22 @@ loaded, and the process's EGL context created, when the first :class:`GLRenderer
 textures are kept by :mod:`regkit.render.gl._textures`, its per-bone atlases by
 :mod:`regkit.render.gl._atlas`, and every kernel runs through :mod:`regkit.render.gl._dispatch`.
 
-Sampling model: the one of :mod:`regkit.render.torch_backend`, point for point, so that the two
-backends sample the same positions and differ only by float32 rounding:
+Sampling model: the one of ``docs/renderers.md``, point for point, shared with the PyTorch
+backend, so that the two sample the same positions and differ only by float32 rounding. Here:
 
-* μ (HU converted with ``mu_water`` as the conventions say; ``"mu"`` and ``"other"`` as given)
-  is uploaded once as a 3-D texture with a margin of zero voxels and ``GL_LINEAR`` filtering:
-  trilinear interpolation with zero padding (the margin does what ``CLAMP_TO_BORDER`` with
-  border 0 would). By default the texels are 16-bit fixed point over [0, max μ] (R16, see
-  *Precision*); ``texture_format="float32"`` keeps R32F. Rays are clipped to the voxel-edge
-  box ``[-1/2, n - 1/2]`` and to ``t >= 0``.
-* **DRR**: each view marches across the planes perpendicular to one index axis, cutting the
-  volume's extent along it into equal cells, few enough but none longer than ``step_mm`` along
-  any ray (axis and count chosen per view on the host by the PyTorch backend's own function,
-  from the rays through the detector's border and any listed pixels); the midpoint rule on the
-  cells, the two end cells weighted by their part inside the box. ``bones=[...]`` renders
-  μ · 1[label ∈ bones] (the mask applied before interpolation) from a texture cropped to those
-  bones.
-* **Depth maps come from ray marching, not rasterised depth peeling.** The bone surface of the
-  conventions is the 0.5 level set of the trilinearly interpolated binary mask; no triangle mesh
-  carries it, and marching it directly gives that very surface where a marching-cubes mesh would
-  add its own error. The union mask of the chosen bones (an R16F texture cropped to their
-  bounding box, built once per bone set and cached) is sampled by the texture unit on the same
-  lattice; each change of side between two samples is refined by 12 bisections and 6 Illinois
-  (modified regula falsi) steps on the exact trilinear field, computed in float from the eight
-  texels (``texelFetch``), to about 1e-4 mm (float32's resolution a metre from the source).
-  Outside the box counts as outside. Crossings thinner than a cell can be missed, as in the
-  PyTorch backend. Layers are kept in order of distance.
-* **depth_per_bone** packs the chosen bones' own masks into one atlas texture (each crop with
-  its zero margin, 2 zero texels apart) and marches every bone, in one dispatch, only on the
-  detector window its crop projects into; each bone's maps are those :meth:`depth` gives for
-  it alone, on the same lattice (the texture coordinates differ by the atlas offset, so values
-  agree to float32 rounding: about 1e-3 mm at a metre).
-* **bone_index**: of the chosen bones, the one whose own trilinear mask is largest 1e-4 mm past
-  the first entry into the union (ties to the smaller label), from a cropped R8UI/R16UI texture
-  of the chosen labels.
-* **resample** interpolates the volume's values as stored (HU stays HU) trilinearly at
-  ``moving_index_from_fixed_index · (i, j, k)``; the mask is True inside the moving voxel-centre
-  box ``[0, n - 1]`` with a slack of 1e-3 voxel (the coordinate clamped to the box there).
+* μ is uploaded once as a 3-D texture with a margin of zero voxels and ``GL_LINEAR`` filtering
+  (the margin does what ``CLAMP_TO_BORDER`` with border 0 would), 16-bit fixed point over
+  [0, max μ] by default (see *Precision*); ``texture_format="float32"`` keeps R32F.
+* The marching axis and cell count of each view are chosen on the host by
+  :func:`regkit.render.sampling.choose_axes`, as the PyTorch backend does; ``bones=[...]``
+  DRRs read a texture cropped to those bones.
+* Depth maps march the union mask of the chosen bones (an R16F texture cropped to their box,
+  cached per bone set); each crossing is refined by 12 bisections and 6 Illinois steps on the
+  exact trilinear field computed in float from the eight texels (``texelFetch``), to about
+  1e-4 mm a metre from the source. ``depth_stack`` packs the bones' own masks into one atlas
+  texture (each crop with its zero margin, 2 zero texels apart) and marches every bone, in one
+  dispatch, only on the detector window its crop projects into.
+* ``bone_index`` reads a cropped R8UI/R16UI texture of the chosen labels.
 * Empty space in bone crops is skipped exactly: an occupancy grid of bricks of 8³ cells lets
   rays step over bricks whose field is 0 everywhere. The full volume is marched without it: a
   CT has little space at exactly μ = 0, and on llvmpipe lanes that leave bricks at different
