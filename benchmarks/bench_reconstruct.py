@@ -1,11 +1,11 @@
-"""Reconstruction accuracy and speed on held-out phantoms (issue 12's targets).
+r"""Reconstruction accuracy and speed on held-out phantoms (issue 12's targets).
 
 Usage::
 
     regkit recon generate --out DATA/test --phantoms 10 --views 12 --seed 303   # the test split
-    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out results.json \\
+    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out results.json \
         [--limit N] [--variants right,left,up] [--biplane [--biplane-phantoms K]] [--no-single]
-    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out exact.json \\
+    .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out exact.json \
         --exact-deformity
 
 Per sample (PA and oblique views only; the lateral is not a target), per variant (``right`` as
@@ -32,7 +32,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -52,7 +52,7 @@ class Truth:
     """One phantom's labels, meshes and measurements (cached per phantom)."""
 
     def __init__(self, folder: Path) -> None:
-        image = nib.load(folder / "labels.nii.gz")
+        image = cast(nib.Nifti1Image, nib.load(folder / "labels.nii.gz"))
         self.labels = np.asarray(image.dataobj)
         self.affine = np.asarray(image.affine, dtype=np.float64)
         rows = (folder / "labels.csv").read_text().split()[1:]
@@ -94,7 +94,7 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
     return out
 
 
-def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
+def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # noqa: C901 - one linear driver over variants and cases
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None) -> dict[str, Any]:
     loaded = resolve_model(None)
@@ -190,8 +190,10 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,
 
 
 def exact_deformity(data: Path, stream: Any = sys.stderr) -> dict[str, Any]:
-    """Deformity measured on the exact back-projection of every PA view of a malunited phantom
-    (the pipeline's floor for the deformity targets)."""
+    """Deformity measured on the exact back-projection of every PA view of a malunited phantom.
+
+    This is the pipeline's floor for the deformity targets.
+    """
     truths: dict[str, Truth] = {}
     cases = []
     for f in sorted((data / "samples").glob("*.npz")):
@@ -220,7 +222,7 @@ def exact_deformity(data: Path, stream: Any = sys.stderr) -> dict[str, Any]:
 
 
 def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> dict[str, Any]:
-    def med(values: list[float]) -> float:
+    def med(values: list[float | None]) -> float:
         v = [x for x in values if x is not None and np.isfinite(x)]
         return round(float(np.median(v)), 3) if v else float("nan")
 

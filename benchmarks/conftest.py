@@ -22,7 +22,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ _ROWS: list[dict[str, Any]] = []
 _RUN: dict[str, Any] = {}
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001 - pytest hook signature
     """Fix threads and seeds before anything runs (poses use ``np.random.default_rng(seed)``)."""
     _RUN["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
     _RUN["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -160,7 +160,7 @@ def monitor() -> CaseMonitor:
 
 # ------------------------------------------------------------------ recording
 @pytest.fixture
-def record(request: pytest.FixtureRequest):
+def record(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any] | None]:
     """``record(benchmark, case=..., backend=..., **fields)``: keep one row for the report."""
 
     def _record(benchmark: Any, *, case: str, backend: str, scale: float = 1.0,

@@ -1,15 +1,15 @@
-"""Where 2D–3D registration error goes, on radiographs regkit's renderer did not make.
+r"""Where 2D–3D registration error goes, on radiographs regkit's renderer did not make.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/precision_2d3d.py --cases 14 --mode single --out results.json
-    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode wide --out wide.json \\
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode wide --out wide.json \
         --options '{"starts": 64}'
-    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --out lv.json \\
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --out lv.json \
         --options '{"levels": [{"shrink": 4, "max_voxels": 1024, "method": "cmaes",
                                 "options": {"popsize": 16, "max_evaluations": 800}}, ...]}'
     .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --out cli.json --whole-process
-    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --method nanodrr \\
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --method nanodrr \
         --out nano.json
 
 Cases (the geometry of ``benchmarks/test_bench_2d3d.py``): the whole chest CT at
@@ -354,7 +354,7 @@ def nanodrr_setup() -> dict[str, Any]:
 
 
 def register_nanodrr(subject: Any, case: Case) -> dict[str, Any]:
-    """nanodrr 0.1.7's gradient registration from the case's start, timed around the loop."""
+    """The nanodrr 0.1.7 gradient registration from the case's start, timed around the loop."""
     import torch
 
     bench = _nanodrr_bench()

@@ -288,11 +288,12 @@ def _nanodrr_subject(path: Path) -> Any:
     """The CT as a nanodrr ``Subject`` with regkit's HU → μ mapping."""
     from nanodrr.data import Subject
 
-    return Subject.from_filepath(str(path), **NANODRR_MU)
+    # NANODRR_MU's keys go to from_filepath's **mu, never to its named parameters
+    return Subject.from_filepath(str(path), **NANODRR_MU)  # type: ignore[arg-type]
 
 
 def _nanodrr_register(subject: Any, start: Camera, image: np.ndarray) -> tuple[np.ndarray, float]:
-    """nanodrr 0.1.7: Registration + GNCC + Adam on a 128² detector; the best pose found.
+    """The nanodrr 0.1.7 peer: Registration + GNCC + Adam on a 128² detector; the best pose found.
 
     ``start`` is a ``SIZE``² camera of ``PIXEL_MM`` pixels at ``SDD_MM``, ``image`` its ``SIZE``²
     line integrals. Returns the best pose's camera_from_world (4 × 4) and its loss (−GNCC).

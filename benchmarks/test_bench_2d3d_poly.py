@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the harness beside this file
-import precision_2d3d as harness  # type: ignore[import-not-found]
+import precision_2d3d as harness
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_2d3d_poly.json"
 TARGETS = {

@@ -187,7 +187,7 @@ def _elastix(write_image: bool) -> Callable[[Volume, Volume, int], np.ndarray] |
         rigid["WriteResultImage"] = ["false"]
     parameters.AddParameterMap(rigid)
 
-    def run(fixed: Volume, moving: Volume, seed: int) -> np.ndarray:
+    def run(fixed: Volume, moving: Volume, _seed: int) -> np.ndarray:
         _, found = itk.elastix_registration_method(_to_itk(fixed), _to_itk(moving),
                                                    parameter_object=parameters,
                                                    log_to_console=False)

@@ -97,9 +97,11 @@ def test_sample_1proc(benchmark: Any, ready: Path) -> None:
 
 
 def test_generate_2workers(benchmark: Any, ready: Path) -> None:
-    """Two runs of different lengths on the ready phantom: the difference gives the steady
-    rate (what a long run sustains), the short run the fixed cost of starting two workers and
-    binding their renderers (paid once per phantom per worker)."""
+    """Two runs of different lengths on the ready phantom.
+
+    The difference gives the steady rate (what a long run sustains), the short run the fixed cost of
+    starting two workers and binding their renderers (paid once per phantom per worker).
+    """
     short, long = SAMPLES, 4 * SAMPLES
     times: dict[int, float] = {}
 

@@ -1,5 +1,7 @@
-"""Renderer benchmarks (issue 3): regkit's ``torch`` and ``gl`` backends on the full chest CT, and
-nanodrr 0.1.7's PyTorch CPU renderer at an equal number of samples per ray.
+"""Renderer benchmarks (issue 3): regkit's ``torch`` and ``gl`` backends, and nanodrr 0.1.7.
+
+The ``torch`` and ``gl`` backends run on the full chest CT, nanodrr 0.1.7's PyTorch CPU renderer at
+an equal number of samples per ray.
 
 Run (about 5 minutes on 2 cores)::
 
@@ -263,7 +265,8 @@ def batch_views(volume: Volume, seed: int,
 
 
 @pytest.fixture(scope="module")
-def renderers(volume: Volume, run_info: dict[str, Any]) -> Iterator[dict[str, Renderer]]:
+def renderers(volume: Volume, run_info: dict[str, Any]  # noqa: ARG001 - they outlive this fixture
+              ) -> Iterator[dict[str, Renderer]]:
     """Renderers bound to the full CT, built on first use (build time kept, not timed)."""
     built: dict[str, Renderer] = {}
     yield built
@@ -338,15 +341,19 @@ def _nanodrr_drr(size: int, pixel_mm: float) -> Any:
 
 
 def _rt_inv(cams: list[Camera]) -> torch.Tensor:
-    """nanodrr's pose: camera → world, the inverse of regkit's camera_from_world (same frames:
-    a pinhole at the source with +z to the detector, and RAS+ world from the NIfTI affine)."""
+    """The nanodrr pose: camera → world, the inverse of regkit's camera_from_world.
+
+    Same frames: a pinhole at the source with +z to the detector, and RAS+ world from the NIfTI
+    affine.
+    """
     return torch.from_numpy(np.stack([np.linalg.inv(c.camera_from_world) for c in cams])).float()
 
 
 def _run(benchmark: Any, monitor: Any, fn: Callable[[], Any], *, rounds: int,
          warmup_rounds: int, digest: Callable[[Any], Any]) -> tuple[Any, float]:
-    """Time one first call by hand (it builds caches and first touches memory), keep
-    ``digest(output)`` of it, then the timed rounds; peak memory over both.
+    """Time one first call by hand, keep ``digest(output)`` of it, then the timed rounds.
+
+    The first call builds caches and first touches memory. Peak memory is taken over both.
 
     Each round's output is released after the round, outside the timing, so that a round never
     runs while the previous round's output (0.7 GB for the resampling) is still held.
@@ -379,7 +386,9 @@ def test_drr_256(benchmark: Any, record: Any, monitor: Any, renderers: dict[str,
     benchmark.group = "drr_256"
     img, first_s = _run(benchmark, monitor, lambda: renderer.drr(views), rounds=20,
                         warmup_rounds=2, digest=lambda out: out[0].numpy().copy())
-    assert img.shape == (DRR_SIZE, DRR_SIZE) and np.isfinite(img).all() and img.max() > 1.0
+    assert img.shape == (DRR_SIZE, DRR_SIZE)
+    assert np.isfinite(img).all()
+    assert img.max() > 1.0
     _OUTPUTS[("drr_256", backend)] = img
     sampling = run_info["inputs"]["ap_view"]["sampling"]
     checks = run_info.setdefault("checks", {})
@@ -442,7 +451,8 @@ def test_batch_64x128(benchmark: Any, record: Any, monitor: Any,
     benchmark.group = "batch_64x128"
     imgs, first_s = _run(benchmark, monitor, lambda: renderer.drr(views), rounds=5,
                          warmup_rounds=1, digest=lambda out: out.numpy().copy())
-    assert imgs.shape == (BATCH, BATCH_SIZE, BATCH_SIZE) and np.isfinite(imgs).all()
+    assert imgs.shape == (BATCH, BATCH_SIZE, BATCH_SIZE)
+    assert np.isfinite(imgs).all()
     _OUTPUTS[("batch_64x128", backend)] = imgs
     checks = run_info.setdefault("checks", {})
     if backend == "torch":
@@ -471,7 +481,8 @@ def test_depth_256(benchmark: Any, record: Any, monitor: Any, renderers: dict[st
         digest=lambda out: (tuple(out.front.shape), out.front[0, 0].numpy().copy(),
                             out.hit[0].numpy().copy()))
     hits = int(hit.sum())
-    assert shape == (1, LAYERS, DRR_SIZE, DRR_SIZE) and hits > 100
+    assert shape == (1, LAYERS, DRR_SIZE, DRR_SIZE)
+    assert hits > 100
     _OUTPUTS[("depth_256", backend)] = (front, hit)
     checks = run_info.setdefault("checks", {})
     checks[f"depth_256_{backend}_hit_pixels"] = hits

@@ -78,8 +78,11 @@ class BackendUnavailableError(RegkitError, ImportError):
 
 
 def did_you_mean(name: str, known: Iterable[str], n: int = 1) -> str:
-    """The hint an unknown-name message carries: ``" (did you mean 'x'?)"`` with up to ``n``
-    close matches among ``known`` (difflib's), or ``""`` when none is close."""
+    """The hint an unknown-name message carries: ``" (did you mean 'x'?)"``.
+
+    It offers up to ``n`` close matches among ``known`` (difflib's), or is ``""`` when none is
+    close.
+    """
     import difflib
 
     close = difflib.get_close_matches(str(name), list(known), n=n)

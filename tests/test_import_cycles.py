@@ -39,7 +39,8 @@ def test_a_deferred_import_still_makes_a_cycle(tmp_path: Path) -> None:
     run = _run(pkg)
     assert run.returncode == 1
     assert "import cycle among 2 modules" in run.stdout
-    assert "pkg.a -> pkg.b" in run.stdout and "pkg.b -> pkg.a" in run.stdout
+    assert "pkg.a -> pkg.b" in run.stdout
+    assert "pkg.b -> pkg.a" in run.stdout
     assert "pkg.c" not in run.stdout
 
 
@@ -63,7 +64,8 @@ def test_a_name_from_the_own_package_is_a_cycle(tmp_path: Path) -> None:
     })
     run = _run(pkg)
     assert run.returncode == 1
-    assert "pkg -> pkg.b" in run.stdout and "pkg.b -> pkg" in run.stdout
+    assert "pkg -> pkg.b" in run.stdout
+    assert "pkg.b -> pkg" in run.stdout
 
 
 def test_an_import_that_climbs_the_layers_is_reported(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ def test_check_present_lists_what_is_there() -> None:
     pattern = r"label\(s\) \[7\] do not occur .*present: 3, 9\)"
     with pytest.raises(InputError, match=pattern) as info:
         check_present([3, 7], {0, 3, 9}, key="--bones", source="labels.nii.gz")
-    assert info.value.key == "--bones" and info.value.source == "labels.nii.gz"
+    assert info.value.key == "--bones"
+    assert info.value.source == "labels.nii.gz"
     with pytest.raises(InputError, match="present: none"):
         check_present([1], {0})

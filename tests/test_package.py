@@ -44,4 +44,5 @@ def test_shipped_crop_loads_with_its_labels() -> None:
     listed = {int(line.split(",")[0]) for line in paths["bones_csv"].read_text().splitlines()[1:]}
     assert set(np.unique(vol.labels).tolist()) - {0} == listed
     # Real anatomy: air, soft tissue and cortical bone are all there.
-    assert vol.data.min() < -900 and vol.data.max() > 1000
+    assert vol.data.min() < -900
+    assert vol.data.max() > 1000

@@ -16,7 +16,8 @@ def test_register_and_get() -> None:
         pass
 
     assert reg.get("ncc") is NCC
-    assert "ncc" in reg and "gc" not in reg
+    assert "ncc" in reg
+    assert "gc" not in reg
     assert reg.names() == ["ncc"]
 
 
@@ -30,7 +31,8 @@ def test_unknown_name_lists_known_and_suggests() -> None:
     assert "unknown optimizer 'cmaess'" in msg
     assert "did you mean 'cmaes'" in msg
     assert "known: cmaes, powell" in msg
-    assert isinstance(info.value, UserInputError) and isinstance(info.value, KeyError)
+    assert isinstance(info.value, UserInputError)
+    assert isinstance(info.value, KeyError)
 
 
 def test_name_taken_twice_is_refused() -> None:

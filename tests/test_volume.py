@@ -64,10 +64,13 @@ def test_arrays_are_read_only_views_and_callers_untouched() -> None:
     affine = np.eye(4)
     labels = np.zeros((2, 3, 4), np.uint8)
     volume = Volume(data, affine, labels)
-    assert data.flags.writeable and affine.flags.writeable and labels.flags.writeable
+    assert data.flags.writeable
+    assert affine.flags.writeable
+    assert labels.flags.writeable
     assert not volume.data.flags.writeable
     assert not volume.world_from_index.flags.writeable
-    assert volume.labels is not None and not volume.labels.flags.writeable
+    assert volume.labels is not None
+    assert not volume.labels.flags.writeable
     assert np.shares_memory(volume.data, data)
     with pytest.raises(ValueError, match="read-only"):
         volume.data[0, 0, 0] = 5
@@ -164,9 +167,11 @@ def test_to_mu() -> None:
     volume = Volume(np.array([[[-1000, 0], [1000, 2000]]], np.int16), np.eye(4),
                     np.ones((1, 2, 2), np.uint8))
     mu = volume.to_mu()
-    assert mu.units == "mu" and mu.data.dtype == np.float32
+    assert mu.units == "mu"
+    assert mu.data.dtype == np.float32
     np.testing.assert_allclose(mu.data, [[[0, 0.02], [0.04, 0.06]]], rtol=1e-6)
-    assert mu.labels is not None and volume.labels is not None
+    assert mu.labels is not None
+    assert volume.labels is not None
     assert np.shares_memory(mu.labels, volume.labels)
     np.testing.assert_allclose(volume.to_mu(mu_water=0.01).data[0, 0, 1], 0.01)
     assert mu.to_mu() is mu
@@ -177,11 +182,13 @@ def test_to_mu() -> None:
 def test_with_labels_and_with_data() -> None:
     volume = Volume(np.zeros((2, 2, 2), np.int16), np.eye(4))
     labelled = volume.with_labels(np.ones((2, 2, 2), np.int32))
-    assert labelled.labels is not None and labelled.labels.dtype == np.int32
+    assert labelled.labels is not None
+    assert labelled.labels.dtype == np.int32
     assert volume.labels is None
     assert labelled.with_labels(None).labels is None
     replaced = labelled.with_data(np.full((2, 2, 2), 0.5), units="mu")
-    assert replaced.units == "mu" and replaced.labels is not None
+    assert replaced.units == "mu"
+    assert replaced.labels is not None
     assert np.shares_memory(replaced.labels, labelled.labels)
     assert labelled.with_data(np.zeros((2, 2, 2))).units == "HU"
     with pytest.raises(ShapeError):
@@ -259,7 +266,8 @@ def test_resample_keeps_extent_orientation_and_interpolates_linearly() -> None:
     coarse = volume.resample((3.0, 2.5, 2.0))
     # ceil(10/3) = 4, ceil(12/2.5) = 5, 9 unchanged
     assert coarse.shape == (4, 5, 9)
-    assert coarse.units == "mu" and coarse.data.dtype == np.float64
+    assert coarse.units == "mu"
+    assert coarse.data.dtype == np.float64
     np.testing.assert_allclose(coarse.spacing, [3.0, 2.5, 2.0])
     directions = coarse.world_from_index[:3, :3] / coarse.spacing
     np.testing.assert_allclose(directions, affine[:3, :3] / volume.spacing, atol=1e-12)
@@ -282,8 +290,10 @@ def test_resample_labels_nearest_and_int_data_to_float32() -> None:
     labels[2:, :, :] = 5
     volume = Volume(np.zeros((4, 4, 4), np.int16), np.eye(4), labels)
     fine = volume.resample(0.5)
-    assert fine.shape == (8, 8, 8) and fine.data.dtype == np.float32
-    assert fine.labels is not None and fine.labels.dtype == np.int16
+    assert fine.shape == (8, 8, 8)
+    assert fine.data.dtype == np.float32
+    assert fine.labels is not None
+    assert fine.labels.dtype == np.int16
     # New centres at old index -0.25, 0.25, 0.75, ...: the boundary between 1 and 2 is at 1.5.
     np.testing.assert_array_equal(fine.labels[:, 0, 0], [0, 0, 0, 0, 5, 5, 5, 5])
     with pytest.raises(InputError, match="spacing_mm"):
@@ -339,7 +349,8 @@ def test_axis_aligned_and_general_sampling_agree() -> None:
     tilted[:3, :3] = tilted[:3, :3] @ _rotation((1.0, 0.0, 0.0), 1e-9)  # off the fast path
     general = volume.resample_to_grid(fast.shape, tilted)
     np.testing.assert_allclose(fast.data, general.data, atol=1e-6)
-    assert fast.labels is not None and general.labels is not None
+    assert fast.labels is not None
+    assert general.labels is not None
     np.testing.assert_array_equal(fast.labels, general.labels)
 
 
@@ -348,7 +359,8 @@ def test_downsample_block_mean_and_affine() -> None:
     data = np.random.default_rng(3).integers(-1000, 2000, size=(9, 8, 6)).astype(np.int16)
     volume = Volume(data, affine)
     half = volume.downsample(2)
-    assert half.shape == (4, 4, 3) and half.data.dtype == np.float32
+    assert half.shape == (4, 4, 3)
+    assert half.data.dtype == np.float32
     expected = data[:8].astype(np.float64).reshape(4, 2, 4, 2, 3, 2).mean(axis=(1, 3, 5))
     np.testing.assert_allclose(half.data, expected, rtol=1e-6)
     np.testing.assert_allclose(half.spacing, 2 * volume.spacing)
@@ -367,7 +379,8 @@ def test_downsample_labels_majority_with_ties_to_smallest() -> None:
     labels[3] = 6
     volume = Volume(np.zeros((4, 2, 2)), np.eye(4), labels)
     down = volume.downsample(2)
-    assert down.labels is not None and down.labels.dtype == np.uint8
+    assert down.labels is not None
+    assert down.labels.dtype == np.uint8
     np.testing.assert_array_equal(down.labels.ravel(), [9, 4])
     labels[2, 0, 0] = 6  # now five 6s against three 4s
     down = Volume(np.zeros((4, 2, 2)), np.eye(4), labels).downsample(2)

@@ -27,6 +27,7 @@ class ProgressPrinter:
         self._level = -1
 
     def __call__(self, p: Any) -> None:
+        """Print ``p`` (a registration progress report), at most once an interval per level."""
         now = time.monotonic()
         if p.level == self._level and now - self._last < _PROGRESS_INTERVAL_S:
             return

@@ -415,7 +415,8 @@ def pixel_rays(intrinsic: Any, camera_from_world: Any, height: int, width: int, 
     Args:
         intrinsic: ``(..., 3, 3)`` K.
         camera_from_world: ``(..., 4, 4)`` rigid poses.
-        height, width: Detector size in pixels (ignored when ``pixels`` is given).
+        height: Detector height in pixels (ignored when ``pixels`` is given).
+        width: Detector width in pixels (ignored when ``pixels`` is given).
         pixels: Optional ``(P, 2)`` or ``(..., P, 2)`` pixel coordinates ``(u, v)`` to trace
             instead of every pixel centre.
 

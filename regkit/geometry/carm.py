@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
@@ -77,7 +78,7 @@ def camera_from_carm(
     principal_offset_mm: Sequence[float] = (0.0, 0.0),
     primary_angle: float = 0.0,
     secondary_angle: float = 0.0,
-    isocenter_world: Sequence[float] = (0.0, 0.0, 0.0),
+    isocenter_world: Sequence[float] | NDArray[np.float64] = (0.0, 0.0, 0.0),
 ) -> Camera:
     """Build a camera from C-arm parameters (angles in radians; see the module's convention).
 
@@ -85,7 +86,8 @@ def camera_from_carm(
         source_to_detector_mm: Source-to-image distance (SID), mm.
         source_to_isocenter_mm: Source-to-isocentre distance, mm; less than the SID.
         pixel_spacing_mm: Detector pixel size, one number or ``(x, y)`` (column, row), mm/px.
-        width, height: Detector size in pixels.
+        width: Detector width in pixels.
+        height: Detector height in pixels.
         principal_offset_mm: Where the central ray meets the detector, relative to the detector
             centre, ``(x, y)`` in mm along columns and rows.
         primary_angle: LAO (+) / RAO (−), radians.

@@ -127,7 +127,7 @@ def compose(*transforms: Any) -> Any:
 
 @_numpy_or_torch
 def invert(transform: torch.Tensor) -> torch.Tensor:
-    """Invert rigid transforms exactly: ``a_from_b = invert(b_from_a)``.
+    """Invert rigid transforms exactly: ``b_from_a`` to ``a_from_b``.
 
     Uses ``[Rᵀ, −Rᵀt]``, which is exact for rigid matrices; for a general affine matrix use
     ``numpy.linalg.inv``.
@@ -177,8 +177,7 @@ def translation(offset: torch.Tensor) -> torch.Tensor:
 
 
 def rigid(rotation: Any, offset: Any) -> Any:
-    """Assemble ``(..., 4, 4)`` transforms from rotations ``(..., 3, 3)`` and offsets ``(..., 3)``.
-    """
+    """Transforms ``(..., 4, 4)`` from rotations ``(..., 3, 3)`` and offsets ``(..., 3)``."""
     r, was_numpy = _as_torch(rotation)
     t, _ = _as_torch(offset)
     _check_last(r, (3, 3), "rotation")
@@ -296,8 +295,9 @@ def matrix_to_rotvec(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def rotation_between(a: Any, b: Any) -> Any:
-    """The smallest rotation taking the direction of ``a`` onto that of ``b``: ``(..., 3)``
-    non-zero vectors (any length) to matrices ``(..., 3, 3)``, numpy or torch.
+    """The smallest rotation taking the direction of ``a`` onto that of ``b``.
+
+    ``(..., 3)`` non-zero vectors (any length) to matrices ``(..., 3, 3)``, numpy or torch.
 
     Parallel vectors give the identity; opposite ones a half turn about an axis square to ``a``
     (any such axis is a smallest rotation; the one square to the coordinate axis least aligned
@@ -436,8 +436,9 @@ def euler_to_matrix(angles: Any, order: str = "XYZ",
 
 def matrix_to_euler(matrix: Any, order: str = "XYZ",
                     convention: EulerConvention = "extrinsic") -> Any:
-    """Rotation matrices ``(..., 3, 3)`` to Euler angles ``(..., 3)``, inverse of
-    :func:`euler_to_matrix` with the same ``order`` and ``convention``.
+    """Rotation matrices ``(..., 3, 3)`` to Euler angles ``(..., 3)``.
+
+    The inverse of :func:`euler_to_matrix` with the same ``order`` and ``convention``.
 
     Angles: the first and third in (−π, π]; the middle one in [−π/2, π/2] (Tait–Bryan) or
     [0, π] (proper Euler). At gimbal lock the third angle is set to 0.

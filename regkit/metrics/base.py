@@ -96,6 +96,7 @@ class Metric(ABC):
     requires_mask: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **options: Any) -> Metric:
+        """Refuse positional arguments and unknown options, then make the metric."""
         # Runs before the subclass's __init__, so that an unknown option is refused with the
         # same message whether the metric is built directly or through get_metric.
         if args:
@@ -205,24 +206,30 @@ class Metric(ABC):
             weight = _batched(mask, "mask", moving)
 
         if self.check_finite and moving.numel() > 0:
-            # One read-only pass per tensor (min and max propagate NaN, and show ±inf), and a
-            # single device synchronisation for all of them.
-            tensors = [("moving", moving), ("fixed", fixed_b)]
-            if weight is not None and weight.dtype != torch.bool:
-                tensors.append(("mask", weight))
-            with torch.no_grad():
-                extremes = torch.cat([torch.stack(torch.aminmax(t)).to(torch.float64)
-                                      for _, t in tensors]).tolist()
-            for i, (key, _) in enumerate(tensors):
-                lo, hi = extremes[2 * i], extremes[2 * i + 1]
-                if key != "mask" and not (math.isfinite(lo) and math.isfinite(hi)):
-                    raise InputError("contains NaN or inf", key=key)
-                if key == "mask" and not (lo >= 0.0 and hi <= 1.0):
-                    raise InputError("weights must lie in [0, 1] (NaN is refused too)",
-                                     key=key)
+            _check_values(moving, fixed_b, weight)
         if weight is not None:
             weight = weight.to(dtype=moving.dtype)
         return fixed_b, moving, weight
+
+
+def _check_values(moving: torch.Tensor, fixed: torch.Tensor, weight: torch.Tensor | None
+                  ) -> None:
+    """Refuse NaN or inf in ``moving`` and ``fixed``, and real ``weight`` outside ``[0, 1]``."""
+    # One read-only pass per tensor (min and max propagate NaN, and show ±inf), and a
+    # single device synchronisation for all of them.
+    tensors = [("moving", moving), ("fixed", fixed)]
+    if weight is not None and weight.dtype != torch.bool:
+        tensors.append(("mask", weight))
+    with torch.no_grad():
+        extremes = torch.cat([torch.stack(torch.aminmax(t)).to(torch.float64)
+                              for _, t in tensors]).tolist()
+    for i, (key, _) in enumerate(tensors):
+        lo, hi = extremes[2 * i], extremes[2 * i + 1]
+        if key != "mask" and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError("contains NaN or inf", key=key)
+        if key == "mask" and not (lo >= 0.0 and hi <= 1.0):
+            raise InputError("weights must lie in [0, 1] (NaN is refused too)",
+                             key=key)
 
 
 def _batched(x: torch.Tensor, key: str, moving: torch.Tensor) -> torch.Tensor:

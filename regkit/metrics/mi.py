@@ -1,5 +1,4 @@
-"""Histogram-based similarities: normalised MI (``nmi``) and Mattes mutual information
-(``mattes_mi``).
+"""Histogram-based similarities: normalised MI (``nmi``) and Mattes MI (``mattes_mi``).
 
 Both build a soft joint histogram with B-spline Parzen windows of order 0 (box), 1 (linear) or
 3 (cubic). A B-spline of order p gives weight to only p + 1 neighbouring bins per pixel, so the
@@ -102,6 +101,9 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, w: torch.Tensor 
         fixed: ``(Bf, N)``, Bf 1 or B.
         moving: ``(B, N)``.
         w: None or ``(Bw, N)`` weights, Bw 1 or B.
+        bins: Bins along each axis.
+        order_f: B-spline order of the fixed image's Parzen window (0, 1 or 3).
+        order_m: B-spline order of the moving image's Parzen window (1 or 3).
     """
     batch, n = moving.shape
     first_f, wts_f = _parzen(fixed, w, bins, order_f)

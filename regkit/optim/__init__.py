@@ -1,5 +1,7 @@
-"""Optimizers: CMA-ES (pycma), Powell and Nelder–Mead (scipy), a batched quadratic-model trust
-region, Adam and L-BFGS (torch), starts.
+"""Optimizers: CMA-ES, Powell, Nelder–Mead, quadratic trust region, Adam, L-BFGS, starts.
+
+CMA-ES comes from pycma, Powell and Nelder–Mead from scipy, Adam and L-BFGS from torch; the trust
+region is a batched quadratic model.
 
 ``import regkit.optim`` registers the built-in methods but loads neither pycma, scipy nor torch:
 each is imported when a method that needs it is first used. The contracts, the parameter

@@ -168,8 +168,11 @@ class Tracker:
 
     def penalized(self, candidates: np.ndarray, values: np.ndarray, scales: np.ndarray
                   ) -> np.ndarray:
-        """:func:`replace_nonfinite` for ``(m, n)`` observed candidates, with their distances (in
-        ``scales``) to the best point so far (to ``x0`` while there is none)."""
+        """:func:`replace_nonfinite` for ``(m, n)`` observed candidates.
+
+        Their distances are measured (in ``scales``) to the best point so far (to ``x0`` while there
+        is none).
+        """
         distances = np.linalg.norm((candidates - self.x) / scales, axis=-1)
         return replace_nonfinite(values, self.worst_value, distances)
 
@@ -180,8 +183,10 @@ class Tracker:
 
     def single_run_result(self, method: str, reasons: dict[str, Any], popsize: int | None
                           ) -> OptimResult:
-        """The result of a method that makes one run (no restarts): its best point, counts,
-        ``reasons`` and history, with one :class:`RunRecord`."""
+        """The result of a method that makes one run (no restarts).
+
+        Its best point, counts, ``reasons`` and history, with one :class:`RunRecord`.
+        """
         run = RunRecord(index=0, regime="single", popsize=popsize, step=1.0,
                         evaluations=self.evaluations, iterations=len(self.history),
                         best_value=self.best_value, best_x=self.x, stop_reasons=reasons)

@@ -71,8 +71,11 @@ OptionsT = TypeVar("OptionsT")
 
 
 class OptimizerStateError(RegkitError, RuntimeError):
-    """An optimizer used out of order: ``tell`` without ``ask``, ``ask`` after it has stopped, or
-    ask/tell on a method that only runs whole (:attr:`Optimizer.supports_ask_tell` is False)."""
+    """An optimizer used out of order.
+
+    ``tell`` without ``ask``, ``ask`` after it has stopped, or ask/tell on a method that only runs
+    whole (:attr:`Optimizer.supports_ask_tell` is False).
+    """
 
 
 def _floats(values: Sequence[float], what: str) -> tuple[float, ...]:
@@ -200,8 +203,10 @@ class ParamSpec:
             trans_step_mm: Initial translation step, mm.
             log_scale_step: Initial step of each log-scale.
             shear_step: Initial step of each shear.
-            rot_bound_deg, trans_bound_mm, log_scale_bound, shear_bound: If given, that group is
-                bounded to ``[-b, b]`` (rotations given in degrees).
+            rot_bound_deg: If given, the rotations are bounded to ``[-b, b]``, b in degrees.
+            trans_bound_mm: If given, the translations are bounded to ``[-b, b]``, mm.
+            log_scale_bound: If given, the log-scales are bounded to ``[-b, b]``.
+            shear_bound: If given, the shears are bounded to ``[-b, b]``.
         """
         return cls._grouped([
             (("rx", "ry", "rz"), "rad", math.radians(_positive("rot_step_deg", rot_step_deg)),

@@ -138,7 +138,7 @@ class _RestartState:
     rng: np.random.Generator
 
 
-def _plan_none(state: _RestartState) -> _RunPlan | None:
+def _plan_none(_state: _RestartState) -> _RunPlan | None:
     return None
 
 

@@ -125,7 +125,7 @@ class LBFGS(GradientMethod):
     name = "lbfgs"
     default_lr = 1.0  # unused: the line search chooses the steps
 
-    def run(self, problem: GradientProblem, lr: float, max_iterations: int) -> dict[str, Any]:
+    def run(self, problem: GradientProblem, lr: float, max_iterations: int) -> dict[str, Any]:  # noqa: ARG002 - override; the line search sets the steps
         """L-BFGS-B until the problem says stop, or until scipy can go no further."""
         import torch
         from scipy.optimize import Bounds
@@ -137,7 +137,7 @@ class LBFGS(GradientMethod):
             value, grad = problem.evaluate(torch.as_tensor(z, dtype=like.dtype, device=like.device))
             return value, grad.detach().cpu().numpy().astype(np.float64)
 
-        def on_iteration(intermediate_result: Any) -> None:
+        def on_iteration(intermediate_result: Any) -> None:  # noqa: ARG001 - scipy calls by this name
             if problem.end_iteration():
                 raise StopIteration
 

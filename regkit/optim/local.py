@@ -87,7 +87,7 @@ class _ScipyLocal(Optimizer):
     @abstractmethod
     def _scipy_options(self, z0: np.ndarray, lower: np.ndarray, upper: np.ndarray
                        ) -> dict[str, Any]:
-        """scipy's ``options`` for this method, given the scaled start and bounds."""
+        """The scipy ``options`` for this method, given the scaled start and bounds."""
 
     def ask(self) -> np.ndarray:
         """Not available: see the module docstring.
@@ -98,7 +98,7 @@ class _ScipyLocal(Optimizer):
         raise OptimizerStateError(f"{self.name} is not ask/tell: use run(objective) or "
                                   f"minimize(objective, x0, spec, method={self.name!r})")
 
-    def tell(self, candidates: np.ndarray, values: Any) -> None:
+    def tell(self, candidates: np.ndarray, values: Any) -> None:  # noqa: ARG002 - the Optimizer interface
         """Not available: see the module docstring.
 
         Raises:
@@ -118,8 +118,11 @@ class _ScipyLocal(Optimizer):
 
     @property
     def result(self) -> OptimResult:
-        """Best point, counts, stop reasons and history (one record per scipy iteration, the
-        last one also holding the evaluations after the final iteration)."""
+        """Best point, counts, stop reasons and history.
+
+        The history has one record per scipy iteration, the last one also holding the evaluations
+        after the final iteration.
+        """
         return self._tracker.single_run_result(self.name, self.stop(), None)
 
     def run(self, objective: Objective, callback: Callback | None = None) -> OptimResult:
@@ -151,7 +154,7 @@ class _ScipyLocal(Optimizer):
             tracker.observe(x, values)
             return float(tracker.penalized(x, values, spec.scale_array)[0])
 
-        def on_iteration(intermediate_result: Any) -> None:
+        def on_iteration(intermediate_result: Any) -> None:  # noqa: ARG001 - scipy calls by this name
             record = tracker.close_iteration(run=0)
             if callback is not None and callback(record):
                 self.request_stop("callback")
@@ -196,7 +199,7 @@ class Powell(_ScipyLocal):
     name = "powell"
     scipy_method = "Powell"
 
-    def _scipy_options(self, z0: np.ndarray, lower: np.ndarray, upper: np.ndarray
+    def _scipy_options(self, z0: np.ndarray, lower: np.ndarray, upper: np.ndarray  # noqa: ARG002 - override
                        ) -> dict[str, Any]:
         o = self.options
         return {"xtol": o.tol_x, "ftol": o.tol_fun, "maxfev": o.max_evaluations,

@@ -94,8 +94,11 @@ class QuadraticOptions:
 
 
 def design(n: int, kind: str = "full") -> np.ndarray:
-    """The unit design, the origin first: ``±eᵢ``, then ``(eᵢ + eⱼ)/√2`` for ``i < j`` and, for
-    ``"full"`` (``n² + n + 1`` points), ``(eᵢ − eⱼ)/√2`` too (``"minimal"``: ``(n+1)(n+2)/2``)."""
+    """The unit design, the origin first.
+
+    ``±eᵢ``, then ``(eᵢ + eⱼ)/√2`` for ``i < j`` and, for ``"full"`` (``n² + n + 1`` points),
+    ``(eᵢ − eⱼ)/√2`` too (``"minimal"``: ``(n+1)(n+2)/2``).
+    """
     eye = np.eye(n)
     rows = [np.zeros(n)]
     for i in range(n):
@@ -173,8 +176,9 @@ class Quadratic(Optimizer):
         return np.clip(z, self._lower, self._upper)
 
     def ask(self) -> np.ndarray:
-        """The next design around the centre, ``(m, n)`` in original units (``m`` the design's
-        points: 28 or 43 for 6 coordinates).
+        """The next design around the centre, ``(m, n)`` in original units.
+
+        ``m`` is the design's points: 28 or 43 for 6 coordinates.
 
         Raises:
             OptimizerStateError: after the optimizer stopped, or twice without a tell.

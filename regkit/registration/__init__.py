@@ -1,5 +1,6 @@
-"""Registration: one engine (:mod:`regkit.registration.engine`) and its 2D–3D and 3D–3D problems,
-their results and PNG reports.
+"""Registration: one engine, its 2D–3D and 3D–3D problems, their results and PNG reports.
+
+The engine is :mod:`regkit.registration.engine`.
 
 The registrations load torch and the renderers, so they are imported on first use of their names:
 ``from regkit.registration import register_2d3d`` works, and ``import regkit.registration``

@@ -1,6 +1,7 @@
-"""Image helpers of the 2D–3D registration: views cropped to the bones, radiographs and their
-weights binned to a level's detector, the Gaussian smoothing applied to radiographs and DRRs
-alike, and the bone weight fitted to each radiograph.
+"""Image helpers of the 2D–3D registration.
+
+Views cropped to the bones, radiographs and their weights binned to a level's detector, the Gaussian
+smoothing applied to radiographs and DRRs alike, and the bone weight fitted to each radiograph.
 
 Used by :mod:`regkit.registration.radiograph_registration`; all work on ``(H, W)`` numpy images
 or ``(B, H, W)`` torch batches.
@@ -33,8 +34,10 @@ def bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
               images: list[NDArray[np.float32]], weights: list[NDArray[np.float32] | None],
               margin_mm: float) -> tuple[list[Camera], list[NDArray[np.float32]],
                                          list[NDArray[np.float32] | None]]:
-    """Each view cropped to the bones' projected box at the initial pose, widened by
-    ``margin_mm`` at the bones' depth on each side: the pyramid's pixels then go to the bone."""
+    """Each view cropped to the bones' projected box at the initial pose, widened by ``margin_mm``.
+
+    The margin is at the bones' depth on each side: the pyramid's pixels then go to the bone.
+    """
     assert mu.labels is not None
     index = np.argwhere(np.isin(mu.labels, bones))
     lo, hi = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
@@ -66,8 +69,10 @@ def bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
 
 def bin_image(image: NDArray[np.float32], factor: int,
               weight: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
-    """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample);
-    with ``weight``, the weighted mean (a block with no weight keeps its plain mean)."""
+    """Mean over ``factor × factor`` pixel blocks (a remainder dropped, as Camera.downsample).
+
+    With ``weight``, the weighted mean (a block with no weight keeps its plain mean).
+    """
     if factor == 1:
         return image
     blocks = (factor, factor)
@@ -89,8 +94,9 @@ def bin_weight(weight: NDArray[np.float32], factor: int) -> NDArray[np.float32]:
 
 def smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = None
            ) -> torch.Tensor:
-    """``(B, H, W)`` images blurred by a Gaussian of ``sigma`` pixels (separable, edges
-    replicated); differentiable; ``sigma = 0`` returns them as they are.
+    """``(B, H, W)`` images blurred by a Gaussian of ``sigma`` pixels; differentiable.
+
+    Separable, edges replicated; ``sigma = 0`` returns them as they are.
 
     With ``weight`` (B, H, W), a normalised convolution ``G * (w·x) / G * w``: pixels of zero
     weight (a collimator's border) do not bleed into their neighbours. The radiograph and the
@@ -161,8 +167,10 @@ def fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
 
 
 def detector_factor(cam: Camera, max_pixels: int) -> int:
-    """The least whole binning factor that leaves ``cam``'s detector at most ``max_pixels``
-    pixels, but none that leaves fewer than 3 on its shorter side."""
+    """The least whole binning factor that leaves ``cam``'s detector at most ``max_pixels`` pixels.
+
+    It never leaves fewer than 3 pixels on the detector's shorter side.
+    """
     f = 1
     while (cam.width // f) * (cam.height // f) > max_pixels and min(cam.width, cam.height) // (
             f + 1) >= 3:

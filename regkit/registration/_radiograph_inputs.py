@@ -1,6 +1,8 @@
-"""Input checks of the 2D–3D registration: the CT, the cameras, the radiographs, their masks
-and bones, each refused with a message that names the argument; and the radiographs' flat
-(collimated, padded) pixels, found so that the metric can leave them out.
+"""Input checks of the 2D–3D registration, and the radiographs' flat pixels.
+
+The CT, the cameras, the radiographs, their masks and bones, each refused with a message that names
+the argument; and the radiographs' flat (collimated, padded) pixels, found so that the metric can
+leave them out.
 
 Used by :func:`~regkit.registration.radiograph_registration.register_2d3d` and its report.
 """

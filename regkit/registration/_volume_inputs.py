@@ -1,5 +1,6 @@
-"""Input checks of the 3D–3D registration: the volumes and their masks, each refused with a
-message that names the argument.
+"""Input checks of the 3D–3D registration: the volumes and their masks.
+
+Each is refused with a message that names the argument.
 
 Used by :func:`~regkit.registration.volume_registration.register_3d3d` and
 :func:`~regkit.registration.volume_init.initial_transform`.

@@ -97,8 +97,11 @@ def check_seed(seed: Any) -> int:
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` inside the block and restored after (None:
-    left alone). Registrations score small batches, where threads cost more than they save."""
+    """The torch intra-op threads set to ``threads`` inside the block and restored after.
+
+    None leaves them alone. Registrations score small batches, where threads cost more than they
+    save.
+    """
     import torch
 
     previous = torch.get_num_threads()
@@ -133,7 +136,7 @@ class Level:
         """``(λ,)`` values to minimise of ``(λ, n)`` candidates."""
         raise NotImplementedError
 
-    def loss(self, params: torch.Tensor) -> torch.Tensor:
+    def loss(self, params: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the default refuses
         """The loss of one ``(n,)`` float64 candidate as a differentiable scalar tensor."""
         raise InputError(f"a {type(self).__name__} level cannot run a gradient method: its "
                          "loss is not differentiable", key="method")
@@ -142,7 +145,7 @@ class Level:
         """The level's score (its metric's own sense) of a loss."""
         return -float(loss) if self.higher_is_better else float(loss)
 
-    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
+    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:  # noqa: ARG002 - interface
         """The score of the level's result ``x`` and facts about the level for the record.
 
         Called once per level after its optimizer (one evaluation). A level may raise here
@@ -283,7 +286,9 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
             "score": score,
             "stop_reasons": result.stop_reasons,
         })
-    assert level is not None and result is not None and x is not None
+    assert level is not None
+    assert result is not None
+    assert x is not None
     return EngineResult(x=x, score=score, level=level, evaluations=evaluations,
                         history=tuple(history), levels=tuple(facts),
                         stop_reasons=list(result.stop_reasons), seed=seed)

@@ -40,7 +40,7 @@ def _poses(est: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mean_target_error(est: Any, true: Any, points: Any) -> float:
-    """mTRE in mm: the mean of ``‖est · x − true · x‖`` over ``points``.
+    """The mTRE in mm: the mean of ``‖est · x − true · x‖`` over ``points``.
 
     Args:
         est: ``(4, 4)`` estimated transform (``camera_from_world`` or ``fixed_from_moving``),
@@ -76,7 +76,7 @@ def target_error_split(est: Any, true: Any, points: Any) -> tuple[float, float]:
 
 def mean_projection_distance(est: Camera | Sequence[Camera], true: Camera | Sequence[Camera],
                              points: Any) -> float:
-    """mPD in mm on the detector: the mean distance between the projections of ``points``.
+    """The mPD in mm on the detector: the mean distance between the projections of ``points``.
 
     Args:
         est: The estimated camera(s).

@@ -260,7 +260,7 @@ def correction_from_params(params: Any, pivot: Any) -> Any:
 
 def mean_target_error_2d3d(camera_from_world_est: Any, camera_from_world_true: Any,
                            points_world: Any) -> float:
-    """mTRE of camera poses, mm: :func:`regkit.registration.pose_error.mean_target_error`.
+    """The mTRE of camera poses, mm: :func:`regkit.registration.pose_error.mean_target_error`.
 
     Args:
         camera_from_world_est: ``(4, 4)`` estimated pose of one view (or ``(V, 4, 4)``: the
@@ -289,8 +289,10 @@ class _Group:
 
 @dataclass(eq=False)
 class _Level(Level):
-    """One pyramid level: a renderer on the level CT, the binned views and the metric; its
-    parameters are the six of :func:`correction_from_params` about ``pivot``."""
+    """One pyramid level: a renderer on the level CT, the binned views and the metric.
+
+    Its parameters are the six of :func:`correction_from_params` about ``pivot``.
+    """
 
     renderer: Renderer
     groups: list[_Group]
@@ -369,7 +371,7 @@ class _Level(Level):
         sign = -1.0 if self.higher_is_better else 1.0
         return sign * self.scores(self.corrections(params)[None])[0]
 
-    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
+    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:  # noqa: ARG002 - override
         score = self.score_from_loss(float(self.losses(x[None])[0]))
         return score, {"detector_factors": self.factors,
                        "spacing_mm": np.round(self.spacing_mm, 4).tolist()}
@@ -408,9 +410,12 @@ class _LevelBuilder:
         return spacing
 
     def bone_volume(self, shrink: float) -> Volume:
-        """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing: the part of
-        the DRR whose weight :func:`~regkit.registration._radiograph_images.fit_bone_weight`
-        fits (the rest is soft tissue)."""
+        """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing.
+
+        It is the part of the DRR whose weight
+        :func:`~regkit.registration._radiograph_images.fit_bone_weight` fits (the rest is soft
+        tissue).
+        """
         if shrink not in self._bone_volumes:
             if self._excess is None:
                 mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
@@ -580,8 +585,10 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
 
 
 def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOptions]:
-    """The levels with every CMA-ES level switched to ``optimizer`` (keeping the options the
-    new method shares: budgets and tolerances)."""
+    """The levels with every CMA-ES level switched to ``optimizer``.
+
+    The options the new method shares are kept: budgets and tolerances.
+    """
     from dataclasses import fields as dc_fields
 
     if optimizer == "cmaes":

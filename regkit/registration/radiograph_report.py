@@ -1,5 +1,8 @@
-"""The PNG report of a 2D–3D registration: per view, the DRR's edges over the radiograph before
-and after, and the convergence curve (drawn by :mod:`regkit.registration.report`)."""
+"""The PNG report of a 2D–3D registration.
+
+Per view, the DRR's edges over the radiograph before and after, and the convergence curve (drawn by
+:mod:`regkit.registration.report`).
+"""
 
 from __future__ import annotations
 
@@ -36,8 +39,12 @@ def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequ
 
     Args:
         directory: Created if missing.
-        volume, cameras, images, image_kind, bones: As given to
+        volume: As given to :func:`~regkit.registration.radiograph_registration.register_2d3d`.
+        cameras: As given to :func:`~regkit.registration.radiograph_registration.register_2d3d`.
+        images: As given to :func:`~regkit.registration.radiograph_registration.register_2d3d`.
+        image_kind: As given to
             :func:`~regkit.registration.radiograph_registration.register_2d3d`.
+        bones: As given to :func:`~regkit.registration.radiograph_registration.register_2d3d`.
         result: Its result.
         backend: Renderer backend for the DRRs (None: the default rule).
 

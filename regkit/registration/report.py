@@ -173,8 +173,9 @@ def convergence_plot(path: str | os.PathLike[str], history: Sequence[Convergence
 
 def save_convergence(directory: str | os.PathLike[str],
                      result: Registration2D3DResult | Registration3D3DResult) -> list[Path]:
-    """``convergence.png`` in ``directory``: :func:`convergence_plot` of ``result``'s history,
-    titled by its metric; nothing when it has no history.
+    """``convergence.png`` in ``directory``: :func:`convergence_plot` of ``result``'s history.
+
+    Titled by its metric; nothing when it has no history.
 
     Returns:
         The file written (an empty list when none was).

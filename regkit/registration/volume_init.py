@@ -1,7 +1,8 @@
-"""The 3D–3D registration's initial transforms: the moving image placed on the fixed one as it
-is (``"identity"``), by its foreground's centroid (``"center"``) or also by its principal axes
-(``"moments"``: 25 candidates that the registration scores), and the moving foreground's
-centroid, which the search turns about.
+"""The 3D–3D registration's initial transforms and the moving foreground's centroid.
+
+The moving image is placed on the fixed one as it is (``"identity"``), by its foreground's centroid
+(``"center"``) or also by its principal axes (``"moments"``: 25 candidates that the registration
+scores); the search turns about the moving foreground's centroid.
 
 Used by :func:`~regkit.registration.volume_registration.register_3d3d`.
 """
@@ -117,9 +118,11 @@ def initial_transform(fixed: Volume, moving: Volume, init: str | Any = "center",
     * a ``(4, 4)`` array: that transform, as given.
 
     Args:
-        fixed, moving: The two volumes.
+        fixed: The fixed volume.
+        moving: The moving volume.
         init: One of the names above or a ``(4, 4)`` matrix.
-        fixed_mask, moving_mask: Optional masks on each image's grid.
+        fixed_mask: Optional mask on the fixed image's grid.
+        moving_mask: Optional mask on the moving image's grid.
         threshold: Foreground threshold for both images (None: see
             :class:`~regkit.registration.volume_registration.Register3D3DOptions`).
 

@@ -327,8 +327,10 @@ _STAGES: dict[str, tuple[tuple[_Model, str], ...]] = {
 
 
 def _coarsened(volume: Volume, max_voxels: int) -> Volume:
-    """Every ``s``-th voxel of ``volume`` on each axis, ``s`` the least stride keeping at most
-    ``max_voxels`` voxels; the kept voxels are centred in the grid.
+    """Every ``s``-th voxel of ``volume`` on each axis.
+
+    ``s`` is the least stride keeping at most ``max_voxels`` voxels; the kept voxels are centred in
+    the grid.
 
     The values are the volume's own, not interpolated: a metric grid whose points fall between
     the image's voxels samples it with a blur that changes from point to point, and that biased
@@ -441,7 +443,7 @@ class _Level(Level):
     def losses(self, params: NDArray[np.float64]) -> NDArray[np.float64]:
         return self.matrix_losses(self.transforms(params))[0]
 
-    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:
+    def finish(self, x: NDArray[np.float64], index: int) -> tuple[float, dict[str, Any]]:  # noqa: ARG002 - override
         score, overlap = self.scores(self.transforms(x[None]))
         self.overlap = float(overlap[0])
         if self.no_overlap is not None and self.overlap < self.min_overlap:
@@ -648,7 +650,9 @@ def _register(fixed: Volume, moving: Volume, fm: NDArray[np.bool_] | None,
 
 def mean_target_error(fixed_from_moving_est: Any, fixed_from_moving_true: Any,
                       points_moving: Any) -> float:
-    """mTRE of ``fixed_from_moving``, mm: :func:`regkit.registration.pose_error.mean_target_error`.
+    """The mTRE of ``fixed_from_moving`` in mm.
+
+    The same as :func:`regkit.registration.pose_error.mean_target_error`, for 4 × 4 transforms.
 
     Args:
         fixed_from_moving_est: ``(4, 4)`` estimated transform.

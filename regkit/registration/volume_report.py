@@ -1,6 +1,8 @@
-"""3D–3D outputs: the moving image resampled onto the fixed grid, and the PNG report of a
-registration (mid-slices before and after, and the convergence curve, drawn by
-:mod:`regkit.registration.report`)."""
+"""3D–3D outputs: the moving image resampled onto the fixed grid, and the PNG report.
+
+The report of a registration shows mid-slices before and after, and the convergence curve, drawn by
+:mod:`regkit.registration.report`.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ def save_report(directory: str | os.PathLike[str], fixed: Volume, moving: Volume
 
     Args:
         directory: Created if missing.
-        fixed, moving: The registered images.
+        fixed: The fixed image of the registration.
+        moving: The moving image of the registration.
         result: The registration result.
         before: ``(4, 4)`` ``fixed_from_moving`` shown as "before" (default: identity, the
             images as given).

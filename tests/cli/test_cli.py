@@ -44,7 +44,8 @@ def test_camera_show_prints_each_view(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["camera", "show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 views" in out
-    assert "view 0: 256 x 256 px" in out and "view 1: 128 x 64 px" in out
+    assert "view 0: 256 x 256 px" in out
+    assert "view 1: 128 x 64 px" in out
     assert "fx = 1275.000 px" in out
     assert "(0.00, -850.00, 0.00) mm" in out  # source 850 mm posterior
     assert "(0.0000, 1.0000, 0.0000)" in out  # looking anterior
@@ -81,7 +82,8 @@ def test_bad_camera_exits_2_naming_file_and_key(
     path.write_text(json.dumps(obj))  # json writes NaN as a bare NaN literal, which it also reads
     assert main(["camera", "show", str(path)]) == 2
     err = capsys.readouterr().err
-    assert str(path) in err and needle in err
+    assert str(path) in err
+    assert needle in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
@@ -134,7 +136,7 @@ def test_project_csv_refuses_several_cameras(tmp_path: Path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("content, needle", [
+@pytest.mark.parametrize(("content", "needle"), [
     ("1,2\n", "columns"),
     ("1,2,nan\n", "NaN"),
     ("1,2,abc\n", "not a number"),
@@ -148,7 +150,8 @@ def test_project_bad_points(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
     assert main(["project", "--camera", str(cam), "--points", str(pts),
                  "--out", str(tmp_path / "uv.npy")]) == 2
     err = capsys.readouterr().err
-    assert needle in err and str(pts) in err
+    assert needle in err
+    assert str(pts) in err
     assert not (tmp_path / "uv.npy").exists()
 
 
@@ -179,4 +182,5 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "regkit.cli.main", "camera", "show", str(bad)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
-    assert "'width'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "'width'" in proc.stderr
+    assert "Traceback" not in proc.stderr

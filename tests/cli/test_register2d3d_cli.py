@@ -27,8 +27,10 @@ SIZE = 80
 
 @cache
 def _case() -> tuple[list[Camera], list[Camera], list[np.ndarray], np.ndarray]:
-    """True and perturbed biplane cameras of the shipped crop, noisy radiographs of the true
-    ones, and bone points (world mm)."""
+    """True and perturbed biplane cameras of the shipped crop, radiographs and bone points.
+
+    The radiographs are noisy ones of the true cameras; the bone points are in world mm.
+    """
     paths = chest_ct_crop()
     ct = load_nifti(paths["ct"], labels=paths["bones"])
     true = [camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
@@ -73,7 +75,9 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     obj = json.loads(out.read_text())
     assert {"cameras", "world_correction", "metric", "final_score", "seconds",
             "evaluations"} <= set(obj)
-    assert obj["metric"] == "gncc" and obj["seed"] == 5 and len(obj["cameras"]) == 2
+    assert obj["metric"] == "gncc"
+    assert obj["seed"] == 5
+    assert len(obj["cameras"]) == 2
     true, start, _, points = _case()
     result = load_result_2d3d(out)
     for before, after in zip(start, result.cameras, strict=True):
@@ -86,7 +90,8 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     names = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert names == ["convergence.png", "view_0.png", "view_1.png"]
     with Image.open(tmp_path / "report" / "view_0.png") as im:
-        assert im.format == "PNG" and im.size[0] > 2 * SIZE
+        assert im.format == "PNG"
+        assert im.size[0] > 2 * SIZE
     progress = [line for line in err.splitlines() if "level" in line]
     assert any("level 1/3" in line for line in progress)
     assert any("level 3/3" in line for line in progress)
@@ -131,6 +136,8 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     status = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
-    assert len(err) == 1 and err[0].startswith("regkit: error:")
-    assert message is not None and message in err[0]
+    assert len(err) == 1
+    assert err[0].startswith("regkit: error:")
+    assert message is not None
+    assert message in err[0]
     assert not Path(out).exists()

@@ -23,8 +23,10 @@ from regkit.volume import Volume
 
 @cache
 def _volumes() -> tuple[Volume, Volume, np.ndarray, np.ndarray]:
-    """A 2.5 mm copy of the shipped crop, a moved and noisy copy on another grid, the truth,
-    and bone targets in the moving world."""
+    """The shipped crop at 2.5 mm, a moved noisy copy on another grid, the truth, bone targets.
+
+    The bone targets are in the moving world.
+    """
     paths = chest_ct_crop()
     ct = load_nifti(paths["ct"], labels=paths["bones"])
     fixed = ct.resample(2.5).with_labels(None)
@@ -64,7 +66,8 @@ def test_end_to_end_writes_every_output(files: dict[str, Path], tmp_path: Path,
     # The result file follows the conventions and recovers the truth.
     obj = json.loads(out.read_text())
     assert {"fixed_from_moving", "metric", "final_score", "seconds", "evaluations"} <= set(obj)
-    assert obj["metric"] == "ncc" and obj["seed"] == 7
+    assert obj["metric"] == "ncc"
+    assert obj["seed"] == 7
     _, _, true, points = _volumes()
     result = load_result_3d3d(out)
     assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
@@ -84,7 +87,8 @@ def test_end_to_end_writes_every_output(files: dict[str, Path], tmp_path: Path,
     assert names == ["axial.png", "convergence.png", "coronal.png", "sagittal.png"]
     for name in names:
         with Image.open(tmp_path / "report" / name) as im:
-            assert im.format == "PNG" and min(im.size) > 20
+            assert im.format == "PNG"
+            assert min(im.size) > 20
     # Progress on stderr: level, evaluations, best score, at a modest rate.
     progress = [line for line in err.splitlines() if "level" in line]
     assert any("level 1/3" in line for line in progress)
@@ -110,7 +114,8 @@ def test_affine_with_masks_and_metric(files: dict[str, Path], tmp_path: Path) ->
                    "--init", "moments"])
     assert status == 0
     result = load_result_3d3d(out)
-    assert result.metric == "nmi" and result.extras["transform"] == "affine"
+    assert result.metric == "nmi"
+    assert result.extras["transform"] == "affine"
     assert mean_target_error(result.fixed_from_moving, true, points) < 1.5
 
 

@@ -40,15 +40,22 @@ def test_render_writes_drr_depth_and_preview(tmp_path: Path, camera_file: Path,
                    "--png", str(png)])
     assert status == 0
     drr = np.load(out)
-    assert drr.dtype == np.float32 and drr.shape == (2, 40, 48)
-    assert np.isfinite(drr).all() and drr.max() > 1.0  # bone and soft tissue along the rays
+    assert drr.dtype == np.float32
+    assert drr.shape == (2, 40, 48)
+    # bone and soft tissue along the rays
+    assert np.isfinite(drr).all()
+    assert drr.max() > 1.0
     with np.load(depth) as z:
         assert z["front"].shape == z["back"].shape == (2, 3, 40, 48)
-        assert z["front"].dtype == np.float32 and z["layers"].dtype == np.uint8
+        assert z["front"].dtype == np.float32
+        assert z["layers"].dtype == np.uint8
         hit = z["layers"] > 0
-        assert hit.any() and not hit.all()  # one vertebra covers part of the detector
+        # one vertebra covers part of the detector
+        assert hit.any()
+        assert not hit.all()
         f0, b0 = z["front"][:, 0], z["back"][:, 0]
-        assert np.isfinite(f0[hit]).all() and np.isnan(f0[~hit]).all()
+        assert np.isfinite(f0[hit]).all()
+        assert np.isnan(f0[~hit]).all()
         assert (b0[hit] > f0[hit]).all()
         # The vertebra lies near the isocentre, 850 mm from the source.
         assert 780 < np.nanmedian(f0) < 900
@@ -66,7 +73,7 @@ def test_render_units_mu_reads_values_as_given(tmp_path: Path, camera_file: Path
     assert np.abs(np.load(hu) - np.load(mu)).max() > 10
 
 
-@pytest.mark.parametrize("extra, needle", [
+@pytest.mark.parametrize(("extra", "needle"), [
     (["--bones", "36"], "--bones needs --labels"),
     (["--depth-out", "d.npz"], "--depth-out needs --labels"),
     (["--labels", "LABELS", "--bones", "36,999", "--depth-out", "d.npz"], "999"),
@@ -85,7 +92,8 @@ def test_render_bad_input_exits_2(tmp_path: Path, camera_file: Path,
     assert main(["render", "--volume", str(paths["ct"]), "--camera", str(camera_file),
                  "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
+    assert needle in err
+    assert "Traceback" not in err
     assert not out.exists()
 
 

@@ -103,7 +103,8 @@ def test_project_points_batched_numpy_and_torch() -> None:
     k, t, _, _ = stack_cameras(cams)
     pts = np.random.default_rng(0).uniform(-100, 100, size=(7, 3))
     out = project_points(k, t, pts)
-    assert isinstance(out, np.ndarray) and out.shape == (3, 7, 2)
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (3, 7, 2)
     for b, cam in enumerate(cams):
         np.testing.assert_allclose(out[b], cam.project(pts), atol=1e-9)
     # one point set per camera
@@ -112,7 +113,8 @@ def test_project_points_batched_numpy_and_torch() -> None:
     np.testing.assert_allclose(out[2], cams[2].project(pts_b[2]), atol=1e-9)
     # torch in, torch out, same numbers
     out_t = project_points(torch.from_numpy(k), torch.from_numpy(t), torch.from_numpy(pts))
-    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float64
+    assert isinstance(out_t, torch.Tensor)
+    assert out_t.dtype == torch.float64
     np.testing.assert_allclose(out_t.numpy(), project_points(k, t, pts), atol=1e-9)
     out_32 = project_points(torch.from_numpy(k).float(), torch.from_numpy(t).float(),
                             torch.from_numpy(pts).float())
@@ -200,17 +202,20 @@ def test_pixel_rays_batched_numpy_and_torch() -> None:
     cams = [oblique_camera(0.3, 0.1), oblique_camera(-1.2, 0.5)]
     k, t, h, w = stack_cameras(cams)
     origins, dirs = pixel_rays(k, t, h, w)
-    assert origins.shape == (2, 3) and dirs.shape == (2, h, w, 3)
+    assert origins.shape == (2, 3)
+    assert dirs.shape == (2, h, w, 3)
     for b, cam in enumerate(cams):
         o, d = cam.rays()
         np.testing.assert_allclose(origins[b], o, atol=1e-9)
         np.testing.assert_allclose(dirs[b], d, atol=1e-12)
     o_t, d_t = pixel_rays(torch.from_numpy(k), torch.from_numpy(t), h, w)
-    assert isinstance(d_t, torch.Tensor) and d_t.dtype == torch.float64
+    assert isinstance(d_t, torch.Tensor)
+    assert d_t.dtype == torch.float64
     np.testing.assert_allclose(o_t.numpy(), origins, atol=1e-9)
     np.testing.assert_allclose(d_t.numpy(), dirs, atol=1e-12)
     o_32, d_32 = pixel_rays(torch.from_numpy(k).float(), torch.from_numpy(t).float(), h, w)
-    assert d_32.dtype == torch.float32 and o_32.dtype == torch.float32
+    assert d_32.dtype == torch.float32
+    assert o_32.dtype == torch.float32
     np.testing.assert_allclose(d_32.numpy(), dirs, atol=1e-5)
 
 
@@ -339,9 +344,9 @@ def test_camera_is_frozen() -> None:
     cam = example_camera()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cam.width = 3  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         cam.intrinsic[0, 0] = 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         cam.camera_from_world[0, 3] = 1.0
     # it holds its own copy: editing the caller's array afterwards changes nothing
     k = EXAMPLE_INTRINSIC.copy()
@@ -363,10 +368,11 @@ def test_camera_constructor_validates() -> None:
         Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 0, 256)
     with pytest.raises(InputError):
         Camera(EXAMPLE_INTRINSIC, EXAMPLE_CAMERA_FROM_WORLD, 256, 256, (0.8, -0.8))
-    cam = Camera(EXAMPLE_INTRINSIC.tolist(), EXAMPLE_CAMERA_FROM_WORLD.tolist(),  # type: ignore[arg-type]
-                 256.0, np.int64(128))
+    cam = Camera(EXAMPLE_INTRINSIC.tolist(), EXAMPLE_CAMERA_FROM_WORLD.tolist(),
+                 256.0, np.int64(128))  # type: ignore[arg-type]
     assert (cam.width, cam.height) == (256, 128)
-    assert type(cam.width) is int and type(cam.height) is int
+    assert type(cam.width) is int
+    assert type(cam.height) is int
 
 
 def test_with_pose() -> None:
@@ -396,7 +402,8 @@ def test_summary() -> None:
 def test_stack_cameras() -> None:
     cams = [oblique_camera(0.1), oblique_camera(0.2), oblique_camera(0.3)]
     k, t, h, w = stack_cameras(cams)
-    assert k.shape == (3, 3, 3) and t.shape == (3, 4, 4)
+    assert k.shape == (3, 3, 3)
+    assert t.shape == (3, 4, 4)
     assert (h, w) == (48, 64)
     np.testing.assert_array_equal(t[1], cams[1].camera_from_world)
     with pytest.raises(ShapeError, match="size"):

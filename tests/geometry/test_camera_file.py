@@ -103,7 +103,8 @@ def test_whole_number_floats_are_accepted(tmp_path: Path) -> None:
     d = _camera_dict()
     d["width"] = 256.0
     (cam,) = load_cameras(_write(tmp_path / "c.json", d))
-    assert cam.width == 256 and type(cam.width) is int
+    assert cam.width == 256
+    assert type(cam.width) is int
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -217,7 +218,8 @@ def test_bad_field_names_file_and_key(tmp_path: Path, edit: Callable[[dict[str, 
     with pytest.raises(InputError) as info:
         load_cameras(path)
     msg = str(info.value)
-    assert str(path) in msg and f"'[1].{key}'" in msg, msg
+    assert str(path) in msg, msg
+    assert f"'[1].{key}'" in msg, msg
     # and straight from text
     with pytest.raises(InputError, match=key):
         Camera.from_json(json.dumps(d), source="inline.json")

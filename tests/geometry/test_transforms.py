@@ -148,7 +148,8 @@ def test_rotvec_batch_shapes() -> None:
 
 def test_lists_are_float64_numpy() -> None:
     out = tf.rotvec_to_matrix([0, 0, 1])
-    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float64
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def test_compose_order_is_right_to_left() -> None:
     three = tf.compose(shift, rot, shift)
     np.testing.assert_allclose(tf.apply(three, p), [[10, 11, 0]], atol=1e-12)
     np.testing.assert_array_equal(tf.compose(rot), rot)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one transform"):
         tf.compose()
 
 
@@ -307,16 +308,20 @@ def test_apply_kind_follows_points() -> None:
     t = torch.eye(4, dtype=torch.float64)
     pts = np.ones((2, 3), dtype=np.float32)
     out = tf.apply(t, pts)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float32
     out = tf.apply(np.eye(4), torch.ones(2, 3, dtype=torch.float32))
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert isinstance(out, torch.Tensor)
+    assert out.dtype == torch.float32
 
 
 def test_compose_kind_follows_first() -> None:
     out = tf.compose(np.eye(4, dtype=np.float32), torch.eye(4, dtype=torch.float64))
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float32
     out = tf.compose(torch.eye(4, dtype=torch.float32), np.eye(4))
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert isinstance(out, torch.Tensor)
+    assert out.dtype == torch.float32
 
 
 @pytest.mark.parametrize(("kind", "dtype"), BACKENDS, ids=BACKEND_IDS)
@@ -541,7 +546,9 @@ def test_rigid_checks_shape_error(shape: tuple[int, ...]) -> None:
 def test_is_rigid_batch_shape() -> None:
     batch = np.broadcast_to(np.eye(4), (2, 3, 4, 4))
     ok = tf.is_rigid(batch)
-    assert isinstance(ok, np.ndarray) and ok.shape == (2, 3) and ok.all()
+    assert isinstance(ok, np.ndarray)
+    assert ok.shape == (2, 3)
+    assert ok.all()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,7 +568,7 @@ def test_gradcheck_rotvec_to_matrix(rv: list[float]) -> None:
 
 
 def test_gradient_of_rotvec_at_zero_is_the_generators() -> None:
-    """d R / d v_k at v = 0 is the skew generator of axis k."""
+    """The derivative d R / d v_k at v = 0 is the skew generator of axis k."""
     v = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     jac = torch.autograd.functional.jacobian(tf.rotvec_to_matrix, v)  # (3, 3, 3)
     gens = np.zeros((3, 3, 3))
@@ -607,7 +614,8 @@ def test_torch_graph_survives() -> None:
     params = torch.tensor([0.1, 0.2, 0.3, 1.0, 2.0, 3.0], requires_grad=True)
     out = tf.apply(tf.rigid_from_params(params), torch.ones(1, 3))
     out.sum().backward()
-    assert params.grad is not None and torch.isfinite(params.grad).all()
+    assert params.grad is not None
+    assert torch.isfinite(params.grad).all()
     assert params.grad[3:].tolist() == [1.0, 1.0, 1.0]  # d(sum)/d(t) = 1 for each axis
 
 
@@ -636,7 +644,8 @@ def test_rotation_between_takes_one_direction_onto_another() -> None:
     a = rng.normal(size=(50, 3))
     b = rng.normal(size=(50, 3)) * 4.0
     r = rotation_between(a, b)
-    assert isinstance(r, np.ndarray) and r.shape == (50, 3, 3)
+    assert isinstance(r, np.ndarray)
+    assert r.shape == (50, 3, 3)
     ua = a / np.linalg.norm(a, axis=1, keepdims=True)
     ub = b / np.linalg.norm(b, axis=1, keepdims=True)
     np.testing.assert_allclose(np.einsum("nij,nj->ni", r, ua), ub, atol=1e-12)

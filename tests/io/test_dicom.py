@@ -93,7 +93,8 @@ def test_written_headers_follow_the_documented_convention(tmp_path: Path) -> Non
     np.testing.assert_array_equal(second.pixel_array, volume.data[:, :, 1].T)
     assert first.SOPClassUID == pydicom.uid.CTImageStorage
     assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-    assert first.Modality == "CT" and first.RescaleType == "HU"
+    assert first.Modality == "CT"
+    assert first.RescaleType == "HU"
     assert (float(first.RescaleSlope), float(first.RescaleIntercept)) == (1.0, 0.0)
     assert first.SeriesInstanceUID == second.SeriesInstanceUID
     assert first.SOPInstanceUID != second.SOPInstanceUID
@@ -120,9 +121,11 @@ def test_fractional_and_wide_values_use_a_rescale_slope(tmp_path: Path) -> None:
     save_dicom_series(volume, tmp_path / "mu")
     header = pydicom.dcmread(_files(tmp_path / "mu")[0])
     slope = float(header.RescaleSlope)
-    assert slope != 1.0 and header.RescaleType == "US"
+    assert slope != 1.0
+    assert header.RescaleType == "US"
     loaded = load_dicom_series(tmp_path / "mu")
-    assert loaded.data.dtype == np.float32 and loaded.units == "other"
+    assert loaded.data.dtype == np.float32
+    assert loaded.units == "other"
     np.testing.assert_allclose(loaded.data, data, atol=slope * 0.51 + 1e-9)
 
     wide = Volume(np.array([-70000, 0, 5, 90000], np.int32).reshape(2, 2, 1), np.eye(4))
@@ -330,7 +333,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
                                             ) -> None:
     calls = []
 
-    def failing_write(path: Path, dataset: pydicom.Dataset, **kwargs: Any) -> None:
+    def failing_write(path: Path, _dataset: pydicom.Dataset, **_kwargs: Any) -> None:
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")

@@ -42,11 +42,13 @@ def test_round_trip_is_exact_for_data_and_float32_affine(tmp_path: Path) -> None
     assert loaded.data.dtype == np.int16
     np.testing.assert_array_equal(loaded.data, data)
     np.testing.assert_array_equal(loaded.world_from_index, affine)
-    assert loaded.labels is not None and loaded.labels.dtype == np.uint8
+    assert loaded.labels is not None
+    assert loaded.labels.dtype == np.uint8
     np.testing.assert_array_equal(loaded.labels, labels)
     image = nib.load(tmp_path / "ct.nii.gz")
     assert isinstance(image, nib.Nifti1Image)
-    assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+    assert int(image.header["sform_code"]) == 1
+    assert int(image.header["qform_code"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "labels.nii.gz"]
 
 
@@ -158,7 +160,8 @@ def test_label_grid_must_match(tmp_path: Path) -> None:
     shifted[0, 3] = 1e-6
     close = _write(tmp_path / "close.nii", np.ones((3, 4, 5), np.uint8), shifted)
     volume = load_nifti(ct, labels=close)
-    assert volume.labels is not None and int(volume.labels.sum()) == 60
+    assert volume.labels is not None
+    assert int(volume.labels.sum()) == 60
     np.testing.assert_array_equal(volume.world_from_index, np.eye(4))
 
 
@@ -177,7 +180,8 @@ def test_int64_and_float16_are_stored_in_portable_dtypes(tmp_path: Path) -> None
     labels = np.array([0, 1, 2, 255], np.int64).reshape(1, 2, 2)
     save_nifti(Volume(data, np.eye(4), labels), tmp_path / "a.nii", labels_path=tmp_path / "l.nii")
     loaded = load_nifti(tmp_path / "a.nii", labels=tmp_path / "l.nii")
-    assert loaded.data.dtype == np.int32 and loaded.labels is not None
+    assert loaded.data.dtype == np.int32
+    assert loaded.labels is not None
     assert loaded.labels.dtype == np.uint8
     np.testing.assert_array_equal(loaded.data, data)
     np.testing.assert_array_equal(loaded.labels, labels)
@@ -204,7 +208,7 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path: Path,
     save_nifti(Volume(np.ones((2, 2, 2), np.int16), np.eye(4)), target)
     before = target.read_bytes()
 
-    def fail(self: nib.Nifti1Image, filename: Path) -> None:
+    def fail(_self: nib.Nifti1Image, filename: Path) -> None:
         Path(filename).write_bytes(b"half")
         raise OSError("disk full")
 
@@ -219,8 +223,10 @@ def test_shipped_chest_crop_loads_with_bone_labels() -> None:
     paths = chest_ct_crop()
     volume = load_nifti(paths["ct"], labels=paths["bones"])
     assert volume.shape == (160, 192, 64)
-    assert volume.data.dtype == np.int16 and volume.units == "HU"
+    assert volume.data.dtype == np.int16
+    assert volume.units == "HU"
     assert volume.world_from_index[0, 0] < 0  # stored LAS, not reoriented
     np.testing.assert_allclose(volume.spacing, [0.703125, 0.703125, 2.5])
-    assert volume.labels is not None and volume.labels.dtype == np.uint8
+    assert volume.labels is not None
+    assert volume.labels.dtype == np.uint8
     assert int(volume.labels.max()) > 0

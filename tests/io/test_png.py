@@ -26,8 +26,12 @@ def test_montage_layout() -> None:
     tiles = [np.full((2, 3), i, np.uint8) for i in range(1, 4)]
     out = montage(tiles, columns=2, pad=1)
     assert out.shape == (5, 7)
-    assert out[0, 0] == 1 and out[0, 4] == 2 and out[3, 0] == 3
-    assert out[2].max() == 0 and out[3, 4] == 0  # gap and empty slot are black
+    assert out[0, 0] == 1
+    assert out[0, 4] == 2
+    assert out[3, 0] == 3
+    # gap and empty slot are black
+    assert out[2].max() == 0
+    assert out[3, 4] == 0
     with pytest.raises(ShapeError):
         montage([np.zeros((2, 2), np.uint8), np.zeros((3, 2), np.uint8)])
 

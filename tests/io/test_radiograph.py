@@ -104,9 +104,11 @@ def test_to_line_integral_refuses(image: np.ndarray, kind: Any, i0: float | None
 def test_radiograph_stores_read_only_float32_without_touching_the_caller() -> None:
     pixels = np.arange(6, dtype=np.float64).reshape(2, 3)
     radiograph = Radiograph(pixels, source="x.npy")
-    assert radiograph.image.dtype == np.float32 and not radiograph.image.flags.writeable
+    assert radiograph.image.dtype == np.float32
+    assert not radiograph.image.flags.writeable
     assert pixels.flags.writeable
-    assert radiograph.shape == (2, 3) and radiograph.camera is None
+    assert radiograph.shape == (2, 3)
+    assert radiograph.camera is None
     assert radiograph.geometry_missing == ()
     with pytest.raises(ShapeError, match="2-D"):
         Radiograph(np.zeros((2, 3, 4)))
@@ -138,9 +140,11 @@ def test_png_and_tiff_read_back_exactly(tmp_path: Path, suffix: str, dtype: type
     path = tmp_path / f"image{suffix}"
     Image.fromarray(pixels).save(path)
     radiograph = load_radiograph(path)
-    assert radiograph.shape == (17, 23) and radiograph.image.dtype == np.float32
+    assert radiograph.shape == (17, 23)
+    assert radiograph.image.dtype == np.float32
     np.testing.assert_array_equal(radiograph.image, pixels.astype(np.float32))
-    assert radiograph.source == str(path) and radiograph.camera is None
+    assert radiograph.source == str(path)
+    assert radiograph.camera is None
 
 
 def test_float_tiff_and_equal_channel_rgb(tmp_path: Path) -> None:

@@ -67,8 +67,11 @@ def test_gc_keeps_contrast_polarity_and_gncc_ignores_it(
 
 def test_gc_ignores_a_smooth_offset_field_that_ncc_sees(
         smooth: Callable[..., torch.Tensor]) -> None:
-    """Gradients remove a constant offset; a gentle linear background changes only the
-    gradient means, which NCC of the gradients removes too."""
+    """Gradients remove a constant offset.
+
+    A gentle linear background changes only the gradient means, which NCC of the gradients removes
+    too.
+    """
     fixed = smooth((30, 30), seed=0, sigma=1.5)
     background = 5.0 * torch.linspace(0.0, 1.0, 30, dtype=torch.float64)[:, None].expand(30, 30)
     moving = (fixed + background)[None]
@@ -84,8 +87,10 @@ def test_a_ramp_has_no_gradient_information() -> None:
 
 
 def test_gc_in_3d_averages_three_axes() -> None:
-    """An image that varies along one axis only: that axis correlates fully, the other two have
-    zero-variance derivatives and contribute 0, so identical copies score 1/3."""
+    """An image that varies along one axis only: identical copies score 1/3.
+
+    That axis correlates fully; the other two have zero-variance derivatives and contribute 0.
+    """
     profile = torch.sin(torch.linspace(0.0, 6.0, 9, dtype=torch.float64)) + \
         torch.linspace(0.0, 1.0, 9, dtype=torch.float64) ** 2
     volume = profile[:, None, None].expand(9, 7, 8).clone()

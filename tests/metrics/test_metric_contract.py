@@ -1,5 +1,8 @@
-"""The metric contract, checked against every built-in metric: registry, options, shapes,
-batching, broadcasting, masks, degenerate inputs, NaN checks, gradients, devices."""
+"""The metric contract, checked against every built-in metric.
+
+Registry, options, shapes, batching, broadcasting, masks, degenerate inputs, NaN checks, gradients,
+devices.
+"""
 
 from __future__ import annotations
 
@@ -38,19 +41,23 @@ def test_builtins_are_registered_with_their_names() -> None:
     assert metrics.entry_point_group == "regkit.metrics"
     for key in BUILTIN_NAMES:
         cls = metrics.get(key)
-        assert issubclass(cls, Metric) and cls.name == key
+        assert issubclass(cls, Metric)
+        assert cls.name == key
         assert isinstance(cls.higher_is_better, bool)
         assert set(cls.spatial_dims) == {2, 3}
-        assert math.isfinite(cls.empty_score) and cls.empty_score == EMPTY_SCORE[key]
+        assert math.isfinite(cls.empty_score)
+        assert cls.empty_score == EMPTY_SCORE[key]
     assert metrics.get("ssd").higher_is_better is False
-    assert metrics.get("masked_ncc").requires_mask and not metrics.get("ncc").requires_mask
+    assert metrics.get("masked_ncc").requires_mask
+    assert not metrics.get("ncc").requires_mask
 
 
 def test_unknown_name_lists_known_names_and_suggests() -> None:
     with pytest.raises(UnknownNameError) as info:
         get_metric("nccc")
     msg = str(info.value)
-    assert "unknown metric 'nccc'" in msg and "did you mean 'ncc'" in msg
+    assert "unknown metric 'nccc'" in msg
+    assert "did you mean 'ncc'" in msg
     assert "known: gc, gncc, lncc, masked_ncc, mattes_mi, ncc, nmi, ssd" in msg
     assert isinstance(info.value, UserInputError)
 
@@ -106,7 +113,7 @@ class _MeanAbsolute(Metric):
         self.power = power
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor,
-                weight: torch.Tensor | None) -> torch.Tensor:
+                weight: torch.Tensor | None) -> torch.Tensor:  # noqa: ARG002 - override
         return ((moving - fixed).abs() ** self.power).flatten(1).mean(dim=1)
 
 
@@ -129,7 +136,8 @@ def test_plugins_arrive_through_the_entry_point_group(monkeypatch: pytest.Monkey
     fresh: Registry[type[Metric]] = Registry("metric", entry_point_group="regkit.metrics")
     monkeypatch.setattr(base, "metrics", fresh)
     metric = base.get_metric("mean_abs", power=2)
-    assert metric.name == "mean_abs" and metric.options() == {"power": 2, "check_finite": True}
+    assert metric.name == "mean_abs"
+    assert metric.options() == {"power": 2, "check_finite": True}
     out = metric(torch.zeros(4, 4), torch.ones(3, 4, 4))
     torch.testing.assert_close(out, torch.ones(3))
     with pytest.raises(ShapeError):
@@ -148,7 +156,8 @@ def test_scores_have_batch_shape_dtype_and_loss_sign(name: str, build: Build, sc
     moving = torch.stack([smooth((12, 13), seed=s) for s in (1, 2, 3)])
     for dtype in (torch.float32, torch.float64):
         out = score(metric, fixed, moving.to(dtype))
-        assert out.shape == (3,) and out.dtype == dtype
+        assert out.shape == (3,)
+        assert out.dtype == dtype
         assert torch.isfinite(out).all()
     mask = torch.ones(12, 13, dtype=torch.bool)
     loss = metric.loss(fixed, moving, mask)
@@ -212,7 +221,8 @@ def test_nan_and_inf_are_refused_naming_the_argument(name: str, build: Build,
     bad_moving[1, 2, 3] = float("nan")
     with pytest.raises(InputError) as info:
         score(metric, fixed, bad_moving)
-    assert info.value.key == "moving" and "NaN" in str(info.value)
+    assert info.value.key == "moving"
+    assert "NaN" in str(info.value)
     bad_fixed = fixed.clone()
     bad_fixed[0, 0] = float("inf")
     with pytest.raises(InputError) as info:
@@ -314,7 +324,8 @@ def test_zero_variance_images_give_the_documented_finite_value(
             expected = torch.tensor([CONSTANT_SCORE[name]])
         torch.testing.assert_close(out.detach(), expected, atol=1e-6, rtol=1e-5)
         metric.loss(fixed, moving, torch.ones(shape, dtype=torch.bool)).sum().backward()
-        assert moving.grad is not None and torch.isfinite(moving.grad).all()
+        assert moving.grad is not None
+        assert torch.isfinite(moving.grad).all()
 
 
 @pytest.mark.parametrize("shape", [(10, 11), (6, 7, 8)], ids=["2d", "3d"])
@@ -331,7 +342,8 @@ def test_empty_mask_gives_the_empty_score_with_finite_gradients(
     torch.testing.assert_close(out[:1], metric(fixed, moving[:1]) if not metric.requires_mask
                                else metric(fixed, moving[:1], masks[0]))
     out.sum().backward()
-    assert moving.grad is not None and torch.isfinite(moving.grad).all()
+    assert moving.grad is not None
+    assert torch.isfinite(moving.grad).all()
     assert (moving.grad[1] == 0).all()
 
 
@@ -370,8 +382,11 @@ def test_identity_scores_best_and_scores_worsen_with_shift_3d(
 
 def test_affine_intensity_changes(name: str, build: Build, score: Score,
                                   smooth: Callable[..., torch.Tensor]) -> None:
-    """a·m + b with a > 0 leaves every metric but SSD unchanged; a < 0 negates the NCC family
-    and GC, and leaves GNCC (polarity-free by design) and the MI family unchanged."""
+    """a·m + b with a > 0 leaves every metric but SSD unchanged.
+
+    With a < 0 it negates the NCC family and GC, and leaves GNCC (polarity-free by design) and the
+    MI family unchanged.
+    """
     metric = build(name)
     fixed = smooth((20, 21), seed=0, sigma=2.0)
     moving = (0.8 * fixed + 0.2 * smooth((20, 21), seed=1, sigma=2.0))[None]
@@ -418,7 +433,8 @@ def test_gradients_are_finite_for_float32_images(name: str, build: Build, score:
     moving[1] = fixed
     moving.requires_grad_(True)
     score(metric, fixed, moving).sum().backward()
-    assert moving.grad is not None and torch.isfinite(moving.grad).all()
+    assert moving.grad is not None
+    assert torch.isfinite(moving.grad).all()
     assert moving.grad.abs().sum() > 0
 
 
@@ -439,6 +455,7 @@ def test_cuda_matches_cpu(name: str, build: Build, score: Score,
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
     gpu.sum().backward()
-    assert moving_gpu.grad is not None and torch.isfinite(moving_gpu.grad).all()
+    assert moving_gpu.grad is not None
+    assert torch.isfinite(moving_gpu.grad).all()
     with pytest.raises(InputError, match="cuda"):
         metric(fixed, moving_gpu.detach(), mask.cuda())

@@ -1,15 +1,19 @@
-"""NMI and Mattes MI: a dense NumPy reference, exact values on piecewise-constant images, and
-the invariance to intensity remappings that is their reason to exist."""
+"""NMI and Mattes MI: a dense NumPy reference and exact values on piecewise-constant images.
+
+Also the invariance to intensity remappings that is their reason to exist.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
 
 from regkit.metrics import get_metric
+from regkit.metrics.mi import NMI, MattesMI
 
 Labels = Callable[..., np.ndarray]
 
@@ -102,8 +106,10 @@ def test_nmi_of_identical_images_is_two_when_levels_sit_on_bin_centres(
 
 
 def test_mattes_mi_of_identical_images_is_the_label_entropy(labels: Labels) -> None:
-    """Levels 12 bins apart (bins = 3 + 4 * 12): the cubic windows of the levels do not
-    overlap, so the moving image determines the fixed one and MI = H(fixed)."""
+    """Levels 12 bins apart (bins = 3 + 4 * 12): the moving image determines the fixed one.
+
+    The cubic windows of the levels do not overlap, so MI = H(fixed).
+    """
     lab = labels((24, 24), levels=5, seed=1)
     image = torch.from_numpy(lab.astype(np.float64))
     out = get_metric("mattes_mi", bins=51)(image, image[None]).item()
@@ -173,7 +179,7 @@ def test_mattes_sampling_respects_the_mask_and_has_gradients(
 
 
 def test_defaults_rank_an_aligned_image_first(smooth: Callable[..., torch.Tensor]) -> None:
-    nmi, mattes = get_metric("nmi"), get_metric("mattes_mi")
+    nmi, mattes = cast(NMI, get_metric("nmi")), cast(MattesMI, get_metric("mattes_mi"))
     assert (nmi.bins, nmi.window, mattes.bins, mattes.samples) == (32, "linear", 50, None)
     big = smooth((80, 80), seed=9, sigma=3.0).float()
     fixed = big[8:72, 8:72]

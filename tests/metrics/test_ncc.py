@@ -64,8 +64,10 @@ def test_masked_ncc_is_the_correlation_of_the_masked_pixels(
 
 
 def test_float32_constant_image_is_caught_despite_rounding() -> None:
-    """0.1 is not exact in float32 and a 65536-pixel mean of it is off by rounding; the
-    resulting tiny spread must count as zero variance, not as signal."""
+    """0.1 is not exact in float32 and a 65536-pixel mean of it is off by rounding.
+
+    The resulting tiny spread must count as zero variance, not as signal.
+    """
     constant = torch.full((256, 256), 0.1, dtype=torch.float32)
     noise = torch.rand(2, 256, 256, generator=torch.Generator().manual_seed(0))
     assert get_metric("ncc")(constant, noise).tolist() == [0.0, 0.0]
@@ -100,8 +102,11 @@ def test_lncc_with_one_patch_is_global_ncc(smooth: Callable[..., torch.Tensor]) 
 
 
 def test_lncc_constant_patches_count_as_zero(smooth: Callable[..., torch.Tensor]) -> None:
-    """An image that is flat on its left part: identical copies score the share of patches that
-    see texture (each such patch 1, each flat patch 0)."""
+    """An image that is flat on its left part.
+
+    Identical copies score the share of patches that see texture (each such patch 1, each flat patch
+    0).
+    """
     image = smooth((10, 20), seed=0, sigma=1.0)
     image[:, :8] = 0.25
     out = get_metric("lncc", patch_size=4)(image, image[None]).item()
@@ -118,7 +123,8 @@ def test_lncc_sees_local_structure_that_global_ncc_misses(
     moving = (fixed * ramp)[None]
     global_ncc = get_metric("ncc")(fixed, moving).item()
     local_ncc = get_metric("lncc", patch_size=5)(fixed, moving).item()
-    assert local_ncc > 0.9 and global_ncc < 0.6
+    assert local_ncc > 0.9
+    assert global_ncc < 0.6
 
 
 def test_lncc_patch_larger_than_image_is_a_shape_error() -> None:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from regkit.errors import InputError, ShapeError
-from regkit.optim import CMAES, OptimizerStateError, OptimResult, ParamSpec, minimize
+from regkit.optim import (
+    CMAES,
+    OptimizerStateError,
+    OptimResult,
+    ParamSpec,
+    RunRecord,
+    minimize,
+)
 
 TIGHT = {"tol_fun": 1e-15, "tol_x": 1e-12}
+
+
+def _popsize(run: RunRecord) -> int:
+    """A CMA-ES run's population size (never None for a method with a population)."""
+    assert run.popsize is not None
+    return run.popsize
 
 
 def check_bookkeeping(result: OptimResult) -> None:
@@ -19,7 +32,7 @@ def check_bookkeeping(result: OptimResult) -> None:
     assert result.iterations == len(history) == sum(r.iterations for r in result.runs)
     assert result.evaluations == sum(h.count for h in history) == history[-1].evaluations
     assert result.evaluations == sum(r.evaluations for r in result.runs)
-    assert result.evaluations == sum(r.popsize * r.iterations for r in result.runs)
+    assert result.evaluations == sum(_popsize(r) * r.iterations for r in result.runs)
     for h in history:
         assert h.count == result.runs[h.run].popsize  # one population per iteration
     assert np.all(np.diff(result.history_array("evaluations")) > 0)
@@ -91,12 +104,15 @@ def test_same_seed_bit_identical_and_global_rng_untouched(ellipsoid: Any) -> Non
     np.random.seed(0)  # noqa: NPY002  (the legacy global state is the point here)
     first = minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes", options)
     np.random.seed(12345)  # noqa: NPY002  a different global state must not matter
-    state = np.random.get_state()  # noqa: NPY002
+    state = cast(tuple[Any, ...], np.random.get_state())  # noqa: NPY002
     second = minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes", options)
-    after = np.random.get_state()  # noqa: NPY002
-    assert np.array_equal(first.x, second.x) and first.value == second.value
+    after = cast(tuple[Any, ...], np.random.get_state())  # noqa: NPY002
+    assert np.array_equal(first.x, second.x)
+    assert first.value == second.value
     assert first.history == second.history
-    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2] == after[2]
+    assert state[0] == after[0]
+    assert np.array_equal(state[1], after[1])
+    assert state[2] == after[2]
 
 
 def test_different_seeds_take_different_paths(ellipsoid: Any) -> None:
@@ -135,7 +151,8 @@ def test_nan_and_inf_values_are_counted_and_do_not_crash(ellipsoid: Any) -> None
     assert result.nonfinite == returned_nonfinite > result.evaluations // 5
     assert np.isfinite(result.value)
     assert ellipsoid.scaled_error(result.x) < 1e-4
-    assert np.isinf(result.history[0].best) and np.isinf(result.history[0].median)
+    assert np.isinf(result.history[0].best)
+    assert np.isinf(result.history[0].median)
     check_bookkeeping(result)
 
 
@@ -143,7 +160,8 @@ def test_all_values_nan_stops_cleanly(ellipsoid: Any) -> None:
     result = minimize(lambda x: np.full(len(x), np.nan), np.zeros(6), ellipsoid.spec, "cmaes",
                       {"seed": 0, "max_evaluations": 500})
     assert result.nonfinite == result.evaluations > 0
-    assert result.value == np.inf and np.array_equal(result.x, np.zeros(6))
+    assert result.value == np.inf
+    assert np.array_equal(result.x, np.zeros(6))
     assert result.stop_reasons[-1]
 
 
@@ -154,7 +172,8 @@ def test_budget_reasons_and_overshoot(ellipsoid: Any) -> None:
     assert 100 <= result.evaluations < 100 + 12
     result = minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes",
                       {"seed": 0, "max_iterations": 7})
-    assert result.stop_reasons == [{"max_iterations": 7}] and result.iterations == 7
+    assert result.stop_reasons == [{"max_iterations": 7}]
+    assert result.iterations == 7
 
 
 def sphere(x: np.ndarray) -> np.ndarray:
@@ -169,7 +188,8 @@ def test_ipop_doubles_the_population() -> None:
     assert [r.regime for r in result.runs] == ["default", "large", "large", "large"]
     assert all(r.step == 1.0 for r in result.runs)
     for reasons in result.stop_reasons:  # every run ended by pycma, not by a budget
-        assert reasons and "max_evaluations" not in reasons
+        assert reasons
+        assert "max_evaluations" not in reasons
     check_bookkeeping(result)
 
 
@@ -178,7 +198,9 @@ def test_bipop_alternates_regimes_by_budget() -> None:
     result = minimize(sphere, np.full(6, 3.0), spec, "cmaes",
                       {"seed": 5, "restarts": 3, "restart_strategy": "bipop", "tol_fun": 1e-8})
     runs = result.runs
-    assert runs[0].regime == "default" and runs[0].popsize == 9 and runs[0].step == 1.0
+    assert runs[0].regime == "default"
+    assert runs[0].popsize == 9
+    assert runs[0].step == 1.0
     large = [r for r in runs if r.regime == "large"]
     small = [r for r in runs if r.regime == "small"]
     assert [r.popsize for r in large] == [18, 36, 72]  # restarts=3 counts the large runs
@@ -190,10 +212,10 @@ def test_bipop_alternates_regimes_by_budget() -> None:
         budget_small = sum(r.evaluations for r in runs[:i] if r.regime != "large")
         if run.regime == "small":
             assert budget_small < budget_large
-            last_large = max(r.popsize for r in runs[:i] if r.regime == "large")
-            assert 9 <= run.popsize <= last_large
+            last_large = max(_popsize(r) for r in runs[:i] if r.regime == "large")
+            assert 9 <= _popsize(run) <= last_large
             assert 0.01 <= run.step <= 1.0
-            assert run.iterations <= 0.5 * budget_large / run.popsize + 1
+            assert run.iterations <= 0.5 * budget_large / _popsize(run) + 1
         else:
             assert budget_small >= max(1, budget_large)
     check_bookkeeping(result)
@@ -210,14 +232,16 @@ def test_restarts_beat_a_single_run_at_equal_budget_on_rastrigin(rastrigin: Any)
     for seed in range(3):
         one = minimize(rastrigin, np.full(6, 3.0), spec, "cmaes",
                        {"seed": seed, "max_evaluations": budget})
-        assert one.evaluations <= budget and "max_evaluations" not in one.stop_reasons[0]
+        assert one.evaluations <= budget
+        assert "max_evaluations" not in one.stop_reasons[0]
         found["single"].append(one.value)
         for strategy in ("ipop", "bipop"):
             many = minimize(rastrigin, np.full(6, 3.0), spec, "cmaes",
                             {"seed": seed, "max_evaluations": budget, "restarts": 20,
                              "restart_strategy": strategy})
-            assert budget <= many.evaluations < budget + many.runs[-1].popsize
-            assert len(many.runs) >= 3 and many.stop_reasons[-1]["max_evaluations"] == budget
+            assert budget <= many.evaluations < budget + _popsize(many.runs[-1])
+            assert len(many.runs) >= 3
+            assert many.stop_reasons[-1]["max_evaluations"] == budget
             found[strategy].append(many.value)
     for strategy in ("ipop", "bipop"):
         pairs = zip(found[strategy], found["single"], strict=True)
@@ -227,7 +251,8 @@ def test_restarts_beat_a_single_run_at_equal_budget_on_rastrigin(rastrigin: Any)
 
 def test_ask_tell_protocol(ellipsoid: Any) -> None:
     opt = CMAES(np.zeros(6), ellipsoid.spec, {"seed": 0, "max_iterations": 3})
-    assert opt.stop() == {} and opt.latest is None
+    assert opt.stop() == {}
+    assert opt.latest is None
     with pytest.raises(OptimizerStateError, match="without a pending ask"):
         opt.tell(np.zeros((9, 6)), np.zeros(9))
     candidates = opt.ask()
@@ -238,9 +263,11 @@ def test_ask_tell_protocol(ellipsoid: Any) -> None:
     with pytest.raises(ShapeError, match=r"\(9,\)"):
         opt.tell(candidates, np.zeros(8))
     opt.tell(candidates, ellipsoid.objective(candidates))  # still waiting: the errors kept it
-    assert opt.latest is not None and opt.latest.count == 9
+    assert opt.latest is not None
+    assert opt.latest.count == 9
     running = opt.result
-    assert running.stop_reasons == [{}] and running.evaluations == 9
+    assert running.stop_reasons == [{}]
+    assert running.evaluations == 9
     while not opt.stop():
         c = opt.ask()
         opt.tell(c, ellipsoid.objective(c))
@@ -266,14 +293,16 @@ def test_callback_stops_the_run(ellipsoid: Any) -> None:
     result = minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes",
                       {"seed": 0, "restarts": 2}, callback=callback)
     assert seen == [1, 2, 3, 4, 5]
-    assert result.iterations == 5 and result.stop_reasons == [{"callback": True}]
+    assert result.iterations == 5
+    assert result.stop_reasons == [{"callback": True}]
 
 
 def test_quiet_unless_verbose(ellipsoid: Any, capsys: pytest.CaptureFixture[str]) -> None:
     minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes",
              {"seed": 0, "max_iterations": 5})
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
+    assert captured.out == ""
+    assert captured.err == ""
     minimize(ellipsoid.objective, np.zeros(6), ellipsoid.spec, "cmaes",
              {"seed": 0, "max_iterations": 5, "verbose": True})
     assert "cmaes: run 0" in capsys.readouterr().out
@@ -293,4 +322,5 @@ def test_invalid_option_values_name_the_key(ellipsoid: Any, options: dict[str, A
                                             key: str) -> None:
     with pytest.raises(InputError) as info:
         CMAES(np.zeros(6), ellipsoid.spec, options)
-    assert info.value.key == key and f"'{key}'" in str(info.value)
+    assert info.value.key == key
+    assert f"'{key}'" in str(info.value)

@@ -32,7 +32,8 @@ def test_reaches_the_minimum_of_a_mixed_scale_quadratic(rotated_quadratic: Any, 
     result = minimize_torch(torch_loss(rotated_quadratic), np.zeros(6), rotated_quadratic.spec,
                             method)
     assert rotated_quadratic.scaled_error(result.x) < tolerance
-    assert result.method == method and result.nonfinite == 0
+    assert result.method == method
+    assert result.nonfinite == 0
     assert result.evaluations == sum(h.count for h in result.history)
     assert result.iterations == len(result.history) < 1000
     assert np.all(np.diff(result.history_array("best_so_far")) <= 0)
@@ -76,8 +77,10 @@ def test_non_finite_loss_stops_and_returns_the_best_finite_point(rotated_quadrat
 
     result = minimize_torch(loss, np.zeros(6), rotated_quadratic.spec, method)
     assert result.stop_reasons == [{"non_finite_loss": pytest.approx(np.nan, nan_ok=True)}]
-    assert np.isnan(evaluated[-1]) and result.nonfinite == 1
-    assert np.isfinite(result.value) and result.x[3] <= 20.0
+    assert np.isnan(evaluated[-1])
+    assert result.nonfinite == 1
+    assert np.isfinite(result.value)
+    assert result.x[3] <= 20.0
     assert result.value == min(v for v in evaluated if np.isfinite(v))
     assert result.evaluations == len(evaluated)
 
@@ -113,7 +116,8 @@ def test_tensor_start_keeps_dtype_and_callback_stops(rotated_quadratic: Any) -> 
     result = minimize_torch(loss, torch.zeros(6, dtype=torch.float32), rotated_quadratic.spec,
                             "adam", callback=lambda record: record.iteration == 3)
     assert set(dtypes) == {torch.float32}
-    assert result.stop_reasons == [{"callback": True}] and result.iterations == 3
+    assert result.stop_reasons == [{"callback": True}]
+    assert result.iterations == 3
 
 
 def test_bad_losses_and_options_are_refused(rotated_quadratic: Any) -> None:
@@ -121,7 +125,7 @@ def test_bad_losses_and_options_are_refused(rotated_quadratic: Any) -> None:
     with pytest.raises(ShapeError, match="scalar"):
         minimize_torch(lambda x: x * 2.0, np.zeros(6), spec)
     with pytest.raises(InputError, match="differentiabl"):
-        minimize_torch(lambda x: torch.tensor(1.0), np.zeros(6), spec)
+        minimize_torch(lambda _x: torch.tensor(1.0), np.zeros(6), spec)
     with pytest.raises(InputError, match=r"'patiense'.*did you mean 'patience'"):
         minimize_torch(torch_loss(rotated_quadratic), np.zeros(6), spec,
                        options={"patiense": 3})

@@ -15,7 +15,8 @@ def test_powell_reaches_the_minimum_of_a_mixed_scale_quadratic(rotated_quadratic
     assert rotated_quadratic.scaled_error(result.x) < 1e-6
     assert result.value < 1e-12
     assert "converged" in result.stop_reasons[0]
-    assert result.method == "powell" and result.runs[0].popsize is None
+    assert result.method == "powell"
+    assert result.runs[0].popsize is None
     assert result.evaluations == sum(h.count for h in result.history) == \
         result.history[-1].evaluations
     assert result.iterations == len(result.history) >= 2
@@ -46,7 +47,8 @@ def test_bounds_are_respected(method: str, tolerance: float, make_pose_spec: Any
         return problem.objective(x)
 
     result = minimize(objective, np.full(6, 0.01), spec, method)
-    assert np.all(spec.contains(np.array(seen))) and len(seen) == result.evaluations
+    assert np.all(spec.contains(np.array(seen)))
+    assert len(seen) == result.evaluations
     expected = np.clip(optimum, spec.lower_array, spec.upper_array)
     np.testing.assert_allclose((result.x - expected) / spec.scale_array, 0.0, atol=tolerance)
 
@@ -71,12 +73,14 @@ def test_budget_and_callback_reasons(rotated_quadratic: Any) -> None:
     assert result.stop_reasons == [{"max_iterations": 10}]
     result = minimize(p.objective, np.zeros(6), p.spec, "powell",
                       callback=lambda record: record.iteration >= 2)
-    assert result.stop_reasons == [{"callback": True}] and result.iterations >= 2
+    assert result.stop_reasons == [{"callback": True}]
+    assert result.iterations >= 2
 
 
 def test_not_ask_tell_but_runs_through_the_registry(rotated_quadratic: Any) -> None:
     cls = optimizers.get("powell")
-    assert cls is Powell and not cls.supports_ask_tell
+    assert cls is Powell
+    assert not cls.supports_ask_tell
     opt = cls(np.zeros(6), rotated_quadratic.spec)
     with pytest.raises(OptimizerStateError, match="not ask/tell"):
         opt.ask()

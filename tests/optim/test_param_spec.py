@@ -19,13 +19,17 @@ def test_rigid6_converts_degrees_to_radians_once() -> None:
     np.testing.assert_allclose(spec.scales, [math.radians(2.0)] * 3 + [5.0] * 3)
     np.testing.assert_allclose(spec.upper_array, [math.radians(20.0)] * 3 + [50.0] * 3)
     np.testing.assert_allclose(spec.lower_array, -spec.upper_array)
-    assert spec.bounded and len(spec) == spec.size == 6
+    assert spec.bounded
+    assert len(spec) == spec.size == 6
 
 
 def test_rigid6_half_bounded_and_unbounded() -> None:
     free = ParamSpec.rigid6()
-    assert free.lower is None and free.upper is None and not free.bounded
-    assert np.all(np.isinf(free.lower_array)) and np.all(np.isinf(free.upper_array))
+    assert free.lower is None
+    assert free.upper is None
+    assert not free.bounded
+    assert np.all(np.isinf(free.lower_array))
+    assert np.all(np.isinf(free.upper_array))
     half = ParamSpec.rigid6(trans_bound_mm=30.0)
     np.testing.assert_array_equal(half.upper_array, [np.inf] * 3 + [30.0] * 3)
     assert half.bounded
@@ -38,7 +42,8 @@ def test_affine12_layout() -> None:
     assert spec.units == ("rad",) * 3 + ("mm",) * 3 + ("1",) * 6
     np.testing.assert_allclose(spec.scales[6:], [0.02] * 3 + [0.01] * 3)
     np.testing.assert_array_equal(spec.upper_array[6:9], [0.2] * 3)
-    assert np.all(np.isinf(spec.upper_array[:6])) and np.all(np.isinf(spec.upper_array[9:]))
+    assert np.all(np.isinf(spec.upper_array[:6]))
+    assert np.all(np.isinf(spec.upper_array[9:]))
 
 
 def test_scaled_coordinates_round_trip() -> None:

@@ -1,5 +1,7 @@
-"""The batched quadratic-model trust region: exact on quadratics, flat directions, bounds,
-noise, NaN values, budgets and the ask/tell contract."""
+"""The batched quadratic-model trust region.
+
+Exact on quadratics, flat directions, bounds, noise, NaN values, budgets and the ask/tell contract.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ def test_the_design_fits_a_full_quadratic_exactly() -> None:
     rng = np.random.default_rng(0)
     n = 6
     s = design(n)
-    assert s.shape == (n * n + n + 1, n) and np.all(s[0] == 0)
+    assert s.shape == (n * n + n + 1, n)
+    assert np.all(s[0] == 0)
     a = rng.normal(size=(n, n))
     h = a @ a.T
     g = rng.normal(size=n)
@@ -42,15 +45,18 @@ def test_the_minimal_design_fits_exactly_too(rotated_quadratic: Any) -> None:
     p = rotated_quadratic
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
                       {"tol_x": 1e-4, "max_evaluations": 3000, "design": "minimal"})
-    assert p.scaled_error(result.x) < 1e-6 and result.runs[0].popsize == 28
+    assert p.scaled_error(result.x) < 1e-6
+    assert result.runs[0].popsize == 28
 
 
 def test_reaches_the_minimum_of_a_mixed_scale_quadratic(rotated_quadratic: Any) -> None:
     p = rotated_quadratic
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
                       {"tol_x": 1e-4, "max_evaluations": 3000})
-    assert p.scaled_error(result.x) < 1e-6 and result.value < 1e-10
-    assert result.method == "quadratic" and result.runs[0].popsize == 43
+    assert p.scaled_error(result.x) < 1e-6
+    assert result.value < 1e-10
+    assert result.method == "quadratic"
+    assert result.runs[0].popsize == 43
     assert result.evaluations == sum(h.count for h in result.history) == \
         result.history[-1].evaluations
     assert set(result.stop_reasons[0]) & {"tol_x", "tol_fun"}
@@ -107,7 +113,8 @@ def test_nan_values_are_counted_and_avoided(rotated_quadratic: Any, kind: str) -
 
     result = minimize(objective, np.zeros(6), rotated_quadratic.spec, "quadratic",
                       {"tol_x": 1e-4, "max_evaluations": 4000, "design": kind})
-    assert result.nonfinite > 0 and np.isfinite(result.value)
+    assert result.nonfinite > 0
+    assert np.isfinite(result.value)
     assert rotated_quadratic.scaled_error(result.x) < 1e-3
 
 
@@ -127,12 +134,14 @@ def test_a_design_too_damaged_to_fit_is_a_failed_step(rotated_quadratic: Any) ->
 def test_budgets_callback_and_the_ask_tell_contract(rotated_quadratic: Any) -> None:
     p = rotated_quadratic
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic", {"max_evaluations": 50})
-    assert result.stop_reasons == [{"max_evaluations": 50}] and result.evaluations == 86
+    assert result.stop_reasons == [{"max_evaluations": 50}]
+    assert result.evaluations == 86
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic", {"max_iterations": 1})
     assert result.stop_reasons == [{"max_iterations": 1}]
     result = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
                       callback=lambda record: record.iteration >= 2)
-    assert result.stop_reasons == [{"callback": True}] and result.iterations == 2
+    assert result.stop_reasons == [{"callback": True}]
+    assert result.iterations == 2
     assert optimizers.get("quadratic") is Quadratic
     opt = Quadratic(np.zeros(6), p.spec)
     with pytest.raises(OptimizerStateError, match="without ask"):
@@ -141,7 +150,8 @@ def test_budgets_callback_and_the_ask_tell_contract(rotated_quadratic: Any) -> N
     with pytest.raises(OptimizerStateError, match="twice"):
         opt.ask()
     opt.tell(cands, p.objective(cands))
-    assert opt.latest is not None and opt.latest.count == 43
+    assert opt.latest is not None
+    assert opt.latest.count == 43
 
 
 def test_bad_options_are_refused() -> None:

@@ -25,8 +25,12 @@ def test_random_starts_lie_in_the_spread_and_the_bounds() -> None:
     assert starts.shape == (200, 6)
     np.testing.assert_array_equal(starts[0], center)
     offsets = np.abs(starts - center) / spec.scale_array
-    assert offsets.max() <= 2.0 and offsets[:, :3].max() > 1.8  # the box is used, not exceeded
-    assert np.all(spec.contains(starts)) and starts[:, 3].max() == 25.0  # clipped at the bound
+    # the box is used, not exceeded
+    assert offsets.max() <= 2.0
+    assert offsets[:, :3].max() > 1.8
+    # clipped at the bound
+    assert np.all(spec.contains(starts))
+    assert starts[:, 3].max() == 25.0
     np.testing.assert_array_equal(starts, random_starts(center, spec, 200, spread=2.0, seed=1))
     assert not np.array_equal(starts, random_starts(center, spec, 200, spread=2.0, seed=2))
 
@@ -73,9 +77,11 @@ def test_multistart_finds_the_global_minimum_a_single_start_misses(rastrigin: An
     found = multistart(rastrigin, spec, center, n_starts=60, spread=6.0, method="nelder_mead",
                        seed=0)
     assert sum(r.value < 1e-6 for r in found.results) >= 3  # not a lucky single hit
-    assert found.value < 1e-6 and np.allclose(found.x, 0.0, atol=1e-4)
+    assert found.value < 1e-6
+    assert np.allclose(found.x, 0.0, atol=1e-4)
     assert found.best is min(found.results, key=lambda r: r.value)
-    assert len(found.results) == 60 and found.starts.shape == (60, 2)
+    assert len(found.results) == 60
+    assert found.starts.shape == (60, 2)
     assert found.evaluations == sum(r.evaluations for r in found.results)
 
 
@@ -90,8 +96,11 @@ def test_multistart_screens_a_grid_in_one_call_then_refines_the_best(rastrigin: 
     grid = grid_starts([3.0, 3.0], spec, {"x0": np.arange(-6.0, 1.0).tolist(),
                                           "x1": np.arange(-6.0, 1.0).tolist()})
     found = multistart(objective, spec, [3.0, 3.0], starts=grid, keep=3, method="nelder_mead")
-    assert batch_sizes[0] == 49 and set(batch_sizes[1:]) == {1}  # one call for the whole grid
-    assert found.screen_evaluations == 49 and len(found.results) == 3
+    # one call for the whole grid
+    assert batch_sizes[0] == 49
+    assert set(batch_sizes[1:]) == {1}
+    assert found.screen_evaluations == 49
+    assert len(found.results) == 3
     np.testing.assert_array_equal(found.starts[0], [0.0, 0.0])  # the best grid point first
     assert found.value < 1e-8
     assert found.evaluations == 49 + sum(r.evaluations for r in found.results)

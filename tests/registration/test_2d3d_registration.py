@@ -1,6 +1,9 @@
-"""2D–3D registration on the shipped CT crop: recovery (one and two views), bones, image kinds,
-seeds, gradient refinement, bad input and the result-file contract. Small detectors (80 px) and
-small budgets keep each registration to a second or two."""
+"""2D–3D registration on the shipped CT crop.
+
+Recovery (one and two views), bones, image kinds, seeds, gradient refinement, bad input and the
+result-file contract. Small detectors (80 px) and small budgets keep each registration to a second
+or two.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from regkit.registration.radiograph_registration import (
     mean_target_error_2d3d,
     save_report,
 )
-from regkit.registration.results import load_result_2d3d
+from regkit.registration.results import Registration2D3DResult, load_result_2d3d
 from regkit.render.base import Views
 from regkit.render.select import make_renderer
 from regkit.testing.levels import fast_levels_2d3d
@@ -69,9 +72,11 @@ def _perturbation(deg: float, mm: float, seed: int) -> np.ndarray:
 
 
 def _radiographs(cameras: list[Camera], seed: int = 0, boost: float = 1.5) -> list[np.ndarray]:
-    """Line-integral radiographs of the crop: Poisson noise (10⁴ photons), a Gaussian blur of
-    0.7 px and, unless ``boost`` is 1, a HU-to-μ mapping that weighs bone ``boost`` times more
-    than the registration's: not the DRR the registration renders."""
+    """Line-integral radiographs of the crop: not the DRR the registration renders.
+
+    Poisson noise (10⁴ photons), a Gaussian blur of 0.7 px and, unless ``boost`` is 1, a HU-to-μ
+    mapping that weighs bone ``boost`` times more than the registration's.
+    """
     ct = _ct()
     hu = ct.data.astype(np.float32)
     mu = np.where(hu > 0, 0.02 * (1 + boost * hu / 1000), 0.02 * (1 + hu / 1000)).clip(0)
@@ -97,7 +102,7 @@ def _start(true: list[Camera], deg: float, mm: float, seed: int) -> list[Camera]
     return [c.with_pose(c.camera_from_world @ e) for c in true]
 
 
-def _check_contract(result, start: list[Camera]) -> None:
+def _check_contract(result: Registration2D3DResult, start: list[Camera]) -> None:
     corr = result.world_correction
     np.testing.assert_allclose(corr[:3, :3] @ corr[:3, :3].T, np.eye(3), atol=1e-9)
     for before, after in zip(start, result.cameras, strict=True):
@@ -118,11 +123,14 @@ def test_single_view_recovers_a_perturbed_pose_and_keeps_its_inputs() -> None:
     result = register_2d3d(_ct(), start, images, seed=3, options=FAST)
     assert _mtre(result.cameras, true, _bone_points()) < 2.0
     _check_contract(result, start)
-    assert result.metric == "gncc" and result.evaluations > 300
+    assert result.metric == "gncc"
+    assert result.evaluations > 300
     assert [f["method"] for f in result.extras["levels"]] == ["cmaes", "cmaes", "powell"]
-    assert result.extras["stop_reasons"] and result.extras["levels"][0]["stop_reasons"]
+    assert result.extras["stop_reasons"]
+    assert result.extras["levels"][0]["stop_reasons"]
     np.testing.assert_allclose(result.extras["pivot_mm"], _ct().center_world)
-    assert result.history and result.history[-1].level == 2
+    assert result.history
+    assert result.history[-1].level == 2
 
 
 @pytest.mark.slow
@@ -190,7 +198,8 @@ def test_flat_mask_drops_collimated_border_with_a_margin() -> None:
     weight = _flat_mask(image)
     assert weight is not None
     # columns 0-3 are flat (column 4 sees column 5's values), dilated by 2 px: 0-5 drop
-    assert (weight[:, :6] == 0).all() and (weight[:, 6:] == 1).all()
+    assert (weight[:, :6] == 0).all()
+    assert (weight[:, 6:] == 1).all()
     assert _flat_mask(rng.normal(size=(40, 40)).astype(np.float32)) is None
 
 
@@ -208,7 +217,8 @@ def test_gradient_refinement_improves_a_near_start(method: str, options: dict, s
                            rot_step_deg=1.0, trans_step_mm=2.0),)
     result = register_2d3d(_ct(), start, images, seed=0, options={"levels": levels})
     after = _mtre(result.cameras, true, _bone_points())
-    assert after < 0.6 * before and after < bound
+    assert after < 0.6 * before
+    assert after < bound
     assert result.extras["levels"][0]["method"] == method
     _check_contract(result, start)
 
@@ -224,8 +234,10 @@ def test_result_file_round_trips(tmp_path: Path) -> None:
     loaded = load_result_2d3d(path)
     np.testing.assert_allclose(loaded.world_correction, result.world_correction, atol=1e-12)
     _check_contract(loaded, start)
-    assert loaded.metric == "gncc" and loaded.evaluations == result.evaluations
-    assert loaded.extras["seed"] == 2 and "stop_reasons" in loaded.extras
+    assert loaded.metric == "gncc"
+    assert loaded.evaluations == result.evaluations
+    assert loaded.extras["seed"] == 2
+    assert "stop_reasons" in loaded.extras
     written = save_report(tmp_path / "report", _ct(), start, images, result)
     assert {p.name for p in written} == {"view_0.png", "convergence.png"}
     assert all(p.stat().st_size > 0 for p in written)
@@ -373,6 +385,7 @@ def test_registration_holds_where_the_radiograph_weighs_bone_differently() -> No
     # measured: 0.19 mm without the fit, 0.47 mm with it (this crop of one vertebra gives the
     # fit little soft tissue to weigh bone against; on the whole CT's polychromatic benchmark
     # the fit took the median from 0.46 to 0.32 mm); Powell at the last level: 1.9 / 1.3 mm
-    assert errors[False] < 1.0 and errors[True] < 1.0
+    assert errors[False] < 1.0
+    assert errors[True] < 1.0
     assert results[True].extras["levels"][-1]["method"] == "quadratic"
     assert results[True].final_score != results[False].final_score   # the option is honoured

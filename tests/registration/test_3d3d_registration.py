@@ -17,6 +17,7 @@ from regkit.registration.results import Registration3D3DResult
 from regkit.registration.volume_registration import (
     DEFAULT_RIGID_LEVELS,
     LevelOptions,
+    Progress,
     Register3D3DOptions,
     _build_level,
     affine_from_params,
@@ -24,7 +25,7 @@ from regkit.registration.volume_registration import (
     mean_target_error,
     register_3d3d,
 )
-from regkit.volume import Volume
+from regkit.volume import Units, Volume
 
 # A non-monotonic remapping of HU (air dark, fat brightest, bone darker than soft tissue): what
 # another modality might show; only a statistical metric can match it to the CT.
@@ -53,8 +54,11 @@ def _bone_points_moving(true: np.ndarray) -> np.ndarray:
 
 def _pair(true: np.ndarray, *, remap: bool = False, noise: float = 20.0, seed: int = 0
           ) -> tuple[Volume, Volume, np.ndarray]:
-    """The crop (2 mm grid) and a moved copy on an oblique 2.2 x 1.9 x 2.4 mm grid that sees
-    less of it (a cropped field of view), with Gaussian noise; and bone targets (moving world)."""
+    """The crop (2 mm grid), a moved copy on an oblique grid, and bone targets (moving world).
+
+    The copy is on a 2.2 x 1.9 x 2.4 mm grid that sees less of it (a cropped field of view), with
+    Gaussian noise.
+    """
     ct = _ct()
     centre = ct.center_world
     shape = np.array([46, 62, 56])
@@ -66,7 +70,7 @@ def _pair(true: np.ndarray, *, remap: bool = False, noise: float = 20.0, seed: i
     # moving(y) = CT(true · y): sample the crop on the moving grid placed in the fixed world.
     data = ct.resample_to_grid(tuple(int(n) for n in shape), true @ grid, fill=-1024.0).data
     rng = np.random.default_rng(seed)
-    units = "HU"
+    units: Units = "HU"
     if remap:
         data = np.interp(data, REMAP_HU, REMAP_TO)
         units = "other"
@@ -92,10 +96,12 @@ def test_recovers_known_rigid_transform() -> None:
     assert isinstance(result, Registration3D3DResult)
     assert mean_target_error(result.fixed_from_moving, true, points) < 1.0
     # The result contract: metric, score in the metric's own sense, counts, history, extras.
-    assert result.metric == "ncc" and 0.9 < result.final_score <= 1.0
+    assert result.metric == "ncc"
+    assert 0.9 < result.final_score <= 1.0
     assert result.evaluations >= sum(lv["evaluations"] for lv in result.extras["levels"])
     assert len(result.extras["levels"]) == len(DEFAULT_RIGID_LEVELS)
-    assert result.extras["seed"] == 3 and result.extras["transform"] == "rigid"
+    assert result.extras["seed"] == 3
+    assert result.extras["transform"] == "rigid"
     assert all(lv["stop_reasons"] for lv in result.extras["levels"])
     assert {p.level for p in result.history} == {0, 1, 2}
     assert result.history[-1].evaluations <= result.evaluations
@@ -164,12 +170,14 @@ def test_threads_are_restored_and_progress_reported() -> None:
     true = _true_rigid()
     fixed, moving, _ = _pair(true)
     before = torch.get_num_threads()
-    seen = []
+    seen: list[Progress] = []
     levels = (LevelOptions(shrink=4.0, max_voxels=4096, options={"max_evaluations": 60}),)
     register_3d3d(fixed, moving, seed=1, options={"levels": levels, "threads": 1},
                   progress=seen.append)
     assert torch.get_num_threads() == before
-    assert seen and seen[-1].levels == 1 and seen[-1].metric == "ncc"
+    assert seen
+    assert seen[-1].levels == 1
+    assert seen[-1].metric == "ncc"
     assert [p.evaluations for p in seen] == sorted(p.evaluations for p in seen)
 
 
@@ -222,7 +230,9 @@ def test_too_little_overlap_scores_badly_but_finitely() -> None:
     shifted[1][0, 3] = 80.0   # most of the moving image leaves the fixed one
     shifted[2][0, 3] = 105.0  # even less overlap
     losses, overlap = problem.matrix_losses(np.stack([true, true @ shifted[1], true @ shifted[2]]))
-    assert overlap[0] > 0.9 and overlap[1] < 0.5 and overlap[2] < overlap[1]
+    assert overlap[0] > 0.9
+    assert overlap[1] < 0.5
+    assert overlap[2] < overlap[1]
     assert np.isfinite(losses).all()
     assert losses[0] < -0.9               # a real NCC of about 1
     assert losses[1] > 1.0                # worse than any real NCC (loss >= -1 ... 1)
@@ -289,7 +299,8 @@ def test_affine_from_params_convention() -> None:
                                rigid_from_params(six, centre), atol=1e-12)
     full = rng.normal(size=(2, 3, 12)) * 0.1
     out = affine_from_params(torch.from_numpy(full))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 4, 4)
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 3, 4, 4)
     lin = out[1, 2, :3, :3].numpy()
     r = np.asarray(rigid_from_params(np.r_[full[1, 2, :3], 0, 0, 0]))[:3, :3]
     h = np.array([[1, full[1, 2, 9], full[1, 2, 10]], [0, 1, full[1, 2, 11]], [0, 0, 1]])

@@ -1,5 +1,8 @@
-"""The one registration engine on toy problems with known optima: every optimizer, restarts,
-starts, growing parameters, progress, the record, determinism, and a problem from outside."""
+"""The one registration engine on toy problems with known optima.
+
+Every optimizer, restarts, starts, growing parameters, progress, the record, determinism, and a
+problem from outside.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ class BowlProblem:
         self.sizes, self.ripple = sizes, ripple
         self.built: list[Bowl] = []
 
-    def level(self, index: int, options: LevelOptions) -> Bowl:
+    def level(self, index: int, options: LevelOptions) -> Bowl:  # noqa: ARG002 - Problem protocol
         bowl = Bowl(self.sizes[min(index, len(self.sizes) - 1)], self.ripple)
         self.built.append(bowl)
         return bowl
@@ -78,11 +81,14 @@ def test_every_optimizer_finds_the_optimum(method: str, options: dict[str, Any])
     assert result.score == pytest.approx(0.0, abs=1e-5)
     # the record: one level, its method, every evaluation counted (the result's score is one)
     (facts,) = result.levels
-    assert facts["method"] == method and facts["level"] == 0 and facts["stage"] == "rigid"
+    assert facts["method"] == method
+    assert facts["level"] == 0
+    assert facts["stage"] == "rigid"
     assert result.evaluations == facts["evaluations"]
     if method not in ("adam", "lbfgs"):
         assert result.evaluations == problem.built[0].calls
-    assert result.history and result.history[-1].best == pytest.approx(result.score, abs=1e-4)
+    assert result.history
+    assert result.history[-1].best == pytest.approx(result.score, abs=1e-4)
 
 
 def test_cmaes_restarts_escape_a_rippled_bowl_and_are_recorded() -> None:
@@ -116,9 +122,11 @@ def test_levels_run_in_order_and_may_add_parameters() -> None:
     assert result.evaluations == sum(b.calls for b in problem.built) == \
         sum(f["evaluations"] for f in result.levels)
     # progress: every iteration and every level's end, in order, evaluations never falling
-    assert {p.level for p in seen} == {0, 1} and all(p.levels == 2 for p in seen)
+    assert {p.level for p in seen} == {0, 1}
+    assert all(p.levels == 2 for p in seen)
     assert [p.evaluations for p in seen] == sorted(p.evaluations for p in seen)
-    assert seen[-1].evaluations == result.evaluations and seen[-1].metric == "bowl"
+    assert seen[-1].evaluations == result.evaluations
+    assert seen[-1].metric == "bowl"
 
 
 def test_parameters_never_shrink() -> None:
@@ -132,13 +140,15 @@ def test_same_seed_same_result_other_seed_other_path() -> None:
     b = run(BowlProblem(ripple=1.0), levels, seed=5, x0=[3.0, 3.0, 3.0])
     c = run(BowlProblem(ripple=1.0), levels, seed=6, x0=[3.0, 3.0, 3.0])
     np.testing.assert_array_equal(a.x, b.x)
-    assert a.evaluations == b.evaluations and a.seed == 5
+    assert a.evaluations == b.evaluations
+    assert a.seed == 5
     assert not np.array_equal(a.x, c.x)
 
 
 def test_seed_none_draws_one_and_records_it() -> None:
     result = run(BowlProblem(), [_level("powell", max_evaluations=50)], seed=None)
-    assert isinstance(result.seed, int) and result.seed >= 0
+    assert isinstance(result.seed, int)
+    assert result.seed >= 0
     with pytest.raises(InputError, match="seed"):
         run(BowlProblem(), [_level("powell")], seed=-1)
     with pytest.raises(InputError, match="levels"):
@@ -156,7 +166,7 @@ def test_a_level_without_a_gradient_refuses_gradient_methods() -> None:
     class P:
         metric, higher_is_better = "q", False
 
-        def level(self, index: int, options: LevelOptions) -> Level:
+        def level(self, index: int, options: LevelOptions) -> Level:  # noqa: ARG002 - Problem protocol
             return NoGrad()
 
     assert isinstance(P(), Problem)
@@ -172,7 +182,7 @@ def test_higher_is_better_scores_are_reported_in_their_own_sense() -> None:
     class P:
         metric, higher_is_better = "peak", True
 
-        def level(self, index: int, options: LevelOptions) -> Level:
+        def level(self, index: int, options: LevelOptions) -> Level:  # noqa: ARG002 - Problem protocol
             return Peak(higher_is_better=True)
 
     result = run(P(), [_level("powell", tol_x=1e-8)])
@@ -182,4 +192,5 @@ def test_higher_is_better_scores_are_reported_in_their_own_sense() -> None:
 
 def test_the_module_example_runs() -> None:
     failures, tried = doctest.testmod(engine_module, verbose=False)
-    assert tried > 0 and failures == 0
+    assert tried > 0
+    assert failures == 0

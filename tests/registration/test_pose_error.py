@@ -28,7 +28,8 @@ def test_a_pure_shift_gives_its_length_and_its_split() -> None:
         pytest.approx(5.0)
     depth, plane = target_error_split(_camera((0, 0, 2.0)).camera_from_world,
                                       b.camera_from_world, pts)
-    assert depth == pytest.approx(2.0) and plane == pytest.approx(0.0, abs=1e-12)
+    assert depth == pytest.approx(2.0)
+    assert plane == pytest.approx(0.0, abs=1e-12)
     # views: the mean over views
     both = np.stack([a.camera_from_world, b.camera_from_world])
     assert mean_target_error(both, np.stack([b.camera_from_world] * 2), pts) == \

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from regkit.errors import InputError
+from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.transforms import rigid_from_params
 from regkit.registration.report import checkerboard, convergence_plot, edge_overlay, edges
@@ -23,7 +24,7 @@ from regkit.registration.results import (
 )
 
 
-def _camera(angle: float = 0.0):
+def _camera(angle: float = 0.0) -> Camera:
     return camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
                             pixel_spacing_mm=0.8, width=64, height=48, primary_angle=angle)
 
@@ -44,7 +45,9 @@ def test_2d3d_result_round_trip_and_contract(tmp_path: Path) -> None:
                                    cam_in.camera_from_world @ corr, atol=1e-12)
     back = load_result_2d3d(tmp_path / "r.json")
     np.testing.assert_array_equal(back.world_correction, corr)
-    assert back.metric == "gncc" and back.evaluations == 4800 and back.extras["seed"] == 3
+    assert back.metric == "gncc"
+    assert back.evaluations == 4800
+    assert back.extras["seed"] == 3
 
 
 def test_3d3d_result_round_trip(tmp_path: Path) -> None:
@@ -78,15 +81,24 @@ def test_edges_and_overlays() -> None:
     img = np.zeros((32, 32))
     img[8:24, 8:24] = 1.0
     e = edges(img)
-    assert e[8:24, 7:9].any() and not e[14:18, 14:18].any()  # border found, flat inside not
+    # border found, flat inside not
+    assert e[8:24, 7:9].any()
+    assert not e[14:18, 14:18].any()
     ov = edge_overlay(img, img)
-    assert ov.shape == (32, 32, 3) and (ov[e] == [0, 230, 0]).all()
+    assert ov.shape == (32, 32, 3)
+    assert (ov[e] == [0, 230, 0]).all()
     cb = checkerboard(np.zeros((16, 16)), np.ones((16, 16)) * 5, tiles=2)
-    assert cb[0, 0] == 0 and cb[0, 15] == 0  # each image windowed on its own: constant -> 0
+    # each image windowed on its own: constant -> 0
+    assert cb[0, 0] == 0
+    assert cb[0, 15] == 0
     ramp = np.tile(np.arange(16.0), (16, 1))
     cb = checkerboard(ramp, -ramp, tiles=2)  # tiles: fixed at top-left and bottom-right
-    assert cb[8, 15] > 200 and cb[0, 15] < 50  # right column: fixed bright, moving dark
-    assert cb[8, 0] > 200 and cb[0, 0] < 50  # left column: moving bright, fixed dark
+    # right column: fixed bright, moving dark
+    assert cb[8, 15] > 200
+    assert cb[0, 15] < 50
+    # left column: moving bright, fixed dark
+    assert cb[8, 0] > 200
+    assert cb[0, 0] < 50
 
 
 def test_convergence_plot_writes_png(tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ def test_a_case_is_added_and_other_cases_and_sections_stay(tmp_path: Path) -> No
     save_case(path, "a", {"median_s": 0.5}, command="third", machine_info=machine(threads=2))
     final = json.loads(path.read_text())
     assert final["command"] == "third"
-    assert final["machine"]["threads"] == 2 and final["machine"]["cpus"] >= 1
+    assert final["machine"]["threads"] == 2
+    assert final["machine"]["cpus"] >= 1
     assert final["accuracy"] == {"assd_mm": 9.4}
-    assert final["cases"]["a"]["median_s"] == 0.5 and final["cases"]["b"]["median_s"] == 2.0
+    assert final["cases"]["a"]["median_s"] == 0.5
+    assert final["cases"]["b"]["median_s"] == 2.0
     assert len(final["cases"]["a"]["load_avg"]) == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["bench.json"]  # no temporary left
 

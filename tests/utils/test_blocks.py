@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ def _reference(a: np.ndarray, f: tuple[int, ...], op: str) -> np.ndarray:
     box = a[tuple(slice(0, m * k) for m, k in zip(n, f, strict=True))]
     view = box.reshape([x for m, k in zip(n, f, strict=True) for x in (m, k)])
     axes = tuple(range(1, 2 * a.ndim, 2))
-    return {"sum": view.sum, "mean": view.mean, "min": view.min}[op](axis=axes)
+    reducers: dict[str, Callable[..., np.ndarray]] = {"sum": view.sum, "mean": view.mean,
+                                                   "min": view.min}
+    return reducers[op](axis=axes)
 
 
 @pytest.mark.parametrize("op", ["sum", "mean", "min"])

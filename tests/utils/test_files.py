@@ -19,21 +19,26 @@ def test_write_creates_parents_and_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]
 
 
+def _write_half_then_raise(target: Path, error: BaseException) -> None:
+    """Write part of ``target`` through :func:`atomic_path`, then fail with ``error``."""
+    with atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise error
+
+
 def test_failure_leaves_old_file_and_no_debris(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError):
+        _write_half_then_raise(target, RuntimeError("interrupted"))
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
 def test_keyboard_interrupt_also_cleans_up(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
-    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _write_half_then_raise(target, KeyboardInterrupt())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,8 +10,10 @@ import torch
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """Torch on one thread for the test: the machine may be busy, and a test must not depend on
-    the thread count."""
+    """Torch on one thread for the test.
+
+    The machine may be busy, and a test must not depend on the thread count.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

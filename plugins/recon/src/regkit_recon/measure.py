@@ -418,8 +418,7 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
 def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: ArrayLike,
                               shaft_mm: float = 35.0, rim_mm: float = 25.0,
                               section_mm: float = 3.0, label: int | str = "?") -> RadiusAngles:
-    """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world
-    mm)."""
+    """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world mm)."""
     axis = _unit(distal)
     anchor = points.mean(axis=0)
     for _ in range(3):

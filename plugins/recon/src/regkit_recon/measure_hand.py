@@ -153,8 +153,11 @@ def find_hand_frame(points: Mapping[str, Vector]) -> HandFrame:
 
 def _centreline(points: Vector, axis: Vector, step_mm: float = 1.0, trim: float = 0.12
                 ) -> tuple[Vector, Vector]:
-    """Centroids of ``step_mm`` slabs across ``axis`` over the bone's middle (``trim`` of its
-    length left out at each end): positions along the axis and the centroids ``(n, 3)``."""
+    """Centroids of ``step_mm`` slabs across ``axis`` over the bone's middle.
+
+    ``trim`` of its length is left out at each end. Returns the positions along the axis and the
+    centroids ``(n, 3)``.
+    """
     s = (points - points.mean(axis=0)) @ axis
     lo, hi = float(s.min()), float(s.max())
     span = hi - lo
@@ -242,8 +245,11 @@ def _flatness(points: Vector, axis: Vector) -> float:
 
 
 def _fingers_dorsal(points: Mapping[str, Vector], hand_dorsal: Vector) -> Vector:
-    """The fingers' common dorsal direction: the thinner cross-section axes of metacarpals and
-    proximal phalanges 2-5, weighted by how flat each is (a nearly round shaft says little)."""
+    """The fingers' common dorsal direction.
+
+    The thinner cross-section axes of metacarpals and proximal phalanges 2-5, weighted by how flat
+    each is (a nearly round shaft says little).
+    """
     total = np.zeros(3)
     for name in [f"{kind}_{ray}" for kind in ("metacarpal", "proximal_phalanx")
                  for ray in (2, 3, 4, 5)]:
@@ -370,8 +376,11 @@ def _order(name: str, names: Mapping[int, str]) -> int:
 
 
 def measure_labels_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """:func:`measure_hand` of a label NIfTI, with the bone names from the ``labels.csv`` beside
-    it (``label,name``) or the plugin's bone table."""
+    """:func:`measure_hand` of a label NIfTI.
+
+    The bone names come from the ``labels.csv`` beside it (``label,name``) or the plugin's bone
+    table.
+    """
     from .phantom import anatomy
 
     labels, affine = _load_labels(path)

@@ -1,5 +1,6 @@
-"""``regkit recon generate --shard K/N`` and ``--malunion-fraction F``, random malunions
-(:func:`draw_malunions`) and reading several ground-truth folders as one
+"""``regkit recon generate --shard K/N`` and ``--malunion-fraction F``.
+
+Also random malunions (:func:`draw_malunions`) and reading several ground-truth folders as one
 (:func:`open_ground_truth`).
 
 Small on purpose: 2 phantoms at 0.8 mm voxels, 3 views each on a 64 px detector (about 2 s a run).
@@ -79,7 +80,8 @@ def _assert_same_sample(a: dict[str, Any], b: dict[str, Any], what: Any) -> None
         if isinstance(a[key], str):
             assert a[key] == b[key], (what, key)
         else:
-            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, (what, key)
+            assert a[key].dtype == b[key].dtype, (what, key)
+            assert a[key].shape == b[key].shape, (what, key)
             assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), \
                 (what, key)
 
@@ -90,12 +92,14 @@ def _assert_same_sample(a: dict[str, Any], b: dict[str, Any], what: Any) -> None
 @pytest.mark.slow
 def test_shards_together_are_the_unsharded_run(runs: dict[str, Path]) -> None:
     whole = _manifest(runs["whole"])
-    assert whole["complete"] and whole["shard"] is None
+    assert whole["complete"]
+    assert whole["shard"] is None
     assert [s["index"] for s in whole["samples"]] == list(range(SAMPLES))
     held: dict[int, Path] = {}
     for k, name in enumerate(("s0", "s1")):
         manifest = _manifest(runs[name])
-        assert manifest["complete"] and manifest["shard"] == [k, 2]
+        assert manifest["complete"]
+        assert manifest["shard"] == [k, 2]
         assert manifest["parameters"] == whole["parameters"]
         assert manifest["sources"] == whole["sources"]      # every source is listed
         indices = [s["index"] for s in manifest["samples"]]
@@ -120,14 +124,16 @@ def test_resuming_with_another_shard_is_refused(runs: dict[str, Path]) -> None:
     for other in ((1, 2), (0, 3), None):
         with pytest.raises(InputError, match="shard") as info:
             generate(_spec(runs["s0"], shard=other))
-        assert info.value.key == "out" and str(runs["s0"]) in str(info.value)
+        assert info.value.key == "out"
+        assert str(runs["s0"]) in str(info.value)
     assert sorted((runs["s0"] / "samples").iterdir()) == before
     # an unsharded folder is not resumed as a shard either
     with pytest.raises(InputError, match="shard"):
         generate(_spec(runs["whole"], shard=(0, 2)))
     # the same shard resumes: nothing left to make
     manifest = generate(_spec(runs["s0"], shard=(0, 2)))
-    assert manifest["generated_last_run"] == 0 and manifest["shard"] == [0, 2]
+    assert manifest["generated_last_run"] == 0
+    assert manifest["shard"] == [0, 2]
 
 
 def test_parse_shard() -> None:
@@ -224,17 +230,20 @@ def test_draw_malunions() -> None:
                 radius += 1
                 assert set(d) == radius_keys
             else:
-                assert d["bone"] in LONG_BONES and set(d) == shaft_keys
+                assert d["bone"] in LONG_BONES
+                assert set(d) == shaft_keys
                 cap = SHORTENING_MAX_FRACTION * LONG_BONES[d["bone"]].length
                 assert d["shortening_mm"] <= cap
                 capped += d["shortening_mm"] == cap
             for f, v in d.items():
                 if f != "bone":
                     lo, hi = MALUNION_DRAW[f]
-                    assert isinstance(v, float) and lo <= v <= hi, (seed, f, v)
+                    assert isinstance(v, float), (seed, f, v)
+                    assert lo <= v <= hi, (seed, f, v)
         parsed = parse_deformity(items)
         assert [p.bone for p in parsed] == bones
-    assert counts[1] > 50 and counts[2] > 50
+    assert counts[1] > 50
+    assert counts[2] > 50
     assert 0 < radius < 300
     assert capped > 0  # some short phalanx asked for more shortening than it may have
     assert draw_malunions(np.random.default_rng(1)) != draw_malunions(np.random.default_rng(2))
@@ -273,19 +282,23 @@ def test_open_ground_truth_reads_the_shards_as_one(runs: dict[str, Path]) -> Non
                 assert value == b[key], (i, key)
         assert a["meta"]["index"] == i
     filled = open_ground_truth([runs["s0"], runs["s1"]], nan_fill=0.0)
-    assert not torch.isnan(filled[0]["front"]).any() and filled[0]["image"].shape == (1, 64, 64)
+    assert not torch.isnan(filled[0]["front"]).any()
+    assert filled[0]["image"].shape == (1, 64, 64)
     # the two phantoms carry different malunions: torch's default collation cannot zip their
     # meta records (KeyError), collate_ground_truth keeps them as lists
     batch = next(iter(torch.utils.data.DataLoader(filled, batch_size=SAMPLES,
                                                   collate_fn=collate_ground_truth)))
     assert batch["front"].shape == (SAMPLES, 29, 2, 64, 64)
-    assert batch["image"].shape == (SAMPLES, 1, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["image"].shape == (SAMPLES, 1, 64, 64)
+    assert batch["image"].dtype == torch.float32
     assert batch["index"].tolist() == list(range(SAMPLES))
     assert [m["deformities"] for m in batch["meta"]] == [filled[i]["meta"]["deformities"]
                                                          for i in range(SAMPLES)]
-    assert isinstance(batch["camera"][0], str) and batch["source"][3]["index"] == 1
+    assert isinstance(batch["camera"][0], str)
+    assert batch["source"][3]["index"] == 1
     single = open_ground_truth(str(runs["s0"]))
-    assert len(single) == 3 and single.locations == [(0, 0), (0, 2), (0, 4)]
+    assert len(single) == 3
+    assert single.locations == [(0, 0), (0, 2), (0, 4)]
 
 
 def _copy(src: Path, dst: Path, **changes: Any) -> Path:
@@ -350,7 +363,8 @@ def test_cli_shard_and_malunion_fraction(tmp_path: Path,
     code = main([*base, "--shard", "0/2", "--malunion-fraction", "0"])
     assert code == 0, capsys.readouterr().err
     manifest = _manifest(out)
-    assert manifest["shard"] == [0, 2] and [s["index"] for s in manifest["samples"]] == [0]
+    assert manifest["shard"] == [0, 2]
+    assert [s["index"] for s in manifest["samples"]] == [0]
     assert manifest["parameters"]["malunion_fraction"] == 0.0
     assert sorted(f.name for f in (out / "samples").glob("*.npz")) == ["000000.npz"]
     capsys.readouterr()
@@ -361,4 +375,5 @@ def test_cli_shard_and_malunion_fraction(tmp_path: Path,
         code = main([*base, *args])
         err = capsys.readouterr().err
         assert code == 2, (args, err)
-        assert word in err and "Traceback" not in err, (args, err)
+        assert word in err, (args, err)
+        assert "Traceback" not in err, (args, err)

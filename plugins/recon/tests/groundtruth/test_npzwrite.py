@@ -57,7 +57,8 @@ def _check_equal(path: Path, arrays: dict[str, Any]) -> None:
         assert sorted(data.files) == sorted(arrays)
         for key, value in arrays.items():
             want, got = np.asarray(value), data[key]
-            assert got.dtype == want.dtype and got.shape == want.shape, key
+            assert got.dtype == want.dtype, key
+            assert got.shape == want.shape, key
             if want.dtype.kind == "f":
                 assert np.array_equal(got, want, equal_nan=True), key
                 bits = {4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
@@ -119,7 +120,8 @@ def test_inputs_unchanged(tmp_path: Path) -> None:
         if copy.dtype.kind == "f":
             bits = {4: np.uint32, 8: np.uint64}[copy.dtype.itemsize]
             assert np.array_equal(np.ascontiguousarray(value).view(bits), copy.view(bits))
-    assert arrays["fortran"].flags.f_contiguous and not arrays["fortran"].flags.c_contiguous
+    assert arrays["fortran"].flags.f_contiguous
+    assert not arrays["fortran"].flags.c_contiguous
 
 
 def test_error_leaves_nothing(tmp_path: Path) -> None:
@@ -131,7 +133,7 @@ def test_error_leaves_nothing(tmp_path: Path) -> None:
 
     existing = tmp_path / "keep.npz"
     existing.write_bytes(b"old")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="object"):
         write_npz(existing, arrays)
     assert existing.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [existing]

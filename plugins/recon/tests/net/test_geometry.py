@@ -53,6 +53,7 @@ def test_rank_channel_ignores_increasing_intensity_maps() -> None:
         2, 1, 16, 16)
     r = rank_channel(x)
     assert torch.equal(r, rank_channel(3.0 * x ** 2 + 7.0))  # exposure, gain, tone curve
-    assert float(r.min()) > 0 and float(r.max()) == 1.0
+    assert float(r.min()) > 0
+    assert float(r.max()) == 1.0
     flat = torch.zeros((1, 1, 4, 4))
     assert torch.equal(rank_channel(flat), torch.ones_like(flat))  # ties share one rank

@@ -1,5 +1,7 @@
-"""``regkit recon predict`` and ``evaluate``: the prediction file, bad input, equivariance under
-flips and turns, the camera turns, height ↔ depth, and the evaluation's figures.
+"""``regkit recon predict`` and ``evaluate``.
+
+The prediction file, bad input, equivariance under flips and turns, the camera turns, height ↔
+depth, and the evaluation's figures.
 
 Fast on purpose: a tiny untrained network (32² input), a 48 × 40 detector (resampled to fit) and
 synthetic ground-truth samples written by hand.
@@ -93,23 +95,32 @@ def test_prediction_file_contract(tmp_path: Path, model_path: Path,
                               str(tmp_path / "out" / "pred.npz")])
     assert pr.run_predict(args) == 0
     line = capsys.readouterr().err.strip()
-    assert line.startswith("regkit recon predict:") and "bones seen" in line
+    assert line.startswith("regkit recon predict:")
+    assert "bones seen" in line
     with np.load(tmp_path / "out" / "pred.npz") as data:
         assert sorted(data.files) == sorted(PREDICTION_KEYS)
         arrays = {k: data[k] for k in data.files}
-    assert arrays["bones"].dtype == np.int32 and arrays["bones"].tolist() == list(BONES)
-    assert arrays["hit"].dtype == np.bool_ and arrays["hit"].shape == (3, H, W)
-    assert arrays["prob"].dtype == np.float32 and arrays["prob"].shape == (3, H, W)
+    assert arrays["bones"].dtype == np.int32
+    assert arrays["bones"].tolist() == list(BONES)
+    assert arrays["hit"].dtype == np.bool_
+    assert arrays["hit"].shape == (3, H, W)
+    assert arrays["prob"].dtype == np.float32
+    assert arrays["prob"].shape == (3, H, W)
     for key in ("front", "back"):
-        assert arrays[key].dtype == np.float32 and arrays[key].shape == (3, 1, H, W)
+        assert arrays[key].dtype == np.float32
+        assert arrays[key].shape == (3, 1, H, W)
     hit, prob, front, back = arrays["hit"], arrays["prob"], arrays["front"][:, 0], \
         arrays["back"][:, 0]
-    assert hit.any() and (~hit).any()
+    assert hit.any()
+    assert (~hit).any()
     assert ((prob >= 0) & (prob <= 1)).all()
     assert np.array_equal(hit, prob > 0.5)
-    assert np.array_equal(np.isfinite(front), hit) and np.array_equal(np.isfinite(back), hit)
+    assert np.array_equal(np.isfinite(front), hit)
+    assert np.array_equal(np.isfinite(back), hit)
     assert (front[hit] <= back[hit]).all()
-    assert np.nanmin(front) > 800 and np.nanmax(back) < 1100  # mm from the source, near SDD
+    # mm from the source, near SDD
+    assert np.nanmin(front) > 800
+    assert np.nanmax(back) < 1100
     again = load_prediction(tmp_path / "out" / "pred.npz")
     assert all(np.array_equal(again[k], arrays[k], equal_nan=k in ("front", "back"))
                for k in PREDICTION_KEYS)
@@ -119,11 +130,15 @@ def test_prediction_file_contract(tmp_path: Path, model_path: Path,
 def test_prediction_object(model_path: Path) -> None:
     cam = _camera()
     pred = predict(_image(), cam, model=model_path)
-    assert isinstance(pred, Prediction) and pred.camera is cam
-    assert pred.bone_names == NAMES and pred.model == str(model_path)
+    assert isinstance(pred, Prediction)
+    assert pred.camera is cam
+    assert pred.bone_names == NAMES
+    assert pred.model == str(model_path)
     assert pred.offset_method == pr.OFFSET_PRIOR
-    assert pred.front_all is not None and pred.back_all is not None
-    assert np.isfinite(pred.front_all).all() and (pred.front_all <= pred.back_all).all()
+    assert pred.front_all is not None
+    assert pred.back_all is not None
+    assert np.isfinite(pred.front_all).all()
+    assert (pred.front_all <= pred.back_all).all()
     assert np.array_equal(pred.front[:, 0][pred.hit], pred.front_all[pred.hit])
     assert set(pred.to_arrays()) == set(PREDICTION_KEYS)
     # a transmitted image is the same radiograph once converted
@@ -243,8 +258,10 @@ def test_tta_is_equivariant(model_path: Path, k: int, mirror: bool) -> None:
     base = predict(img, cam, model=model_path, tta=True)
     turned = predict(turn_array(img, k, mirror), turn_camera(cam, k, mirror), model=model_path,
                      tta=True)
-    assert base.front_all is not None and turned.front_all is not None
-    assert base.back_all is not None and turned.back_all is not None
+    assert base.front_all is not None
+    assert turned.front_all is not None
+    assert base.back_all is not None
+    assert turned.back_all is not None
     np.testing.assert_allclose(turned.prob, turn_array(base.prob, k, mirror), atol=1e-6)
     assert _relative(turned.front_all, turn_array(base.front_all, k, mirror)) < 1e-4
     assert _relative(turned.back_all, turn_array(base.back_all, k, mirror)) < 1e-4
@@ -340,10 +357,12 @@ def truth_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _oracle(shift_mm: float = 0.0) -> Any:
-    """A stand-in for predict that reads the truth out of the encoded radiograph, its heights
-    moved by ``shift_mm`` (towards the source)."""
+    """A stand-in for predict that reads the truth out of the encoded radiograph.
 
-    def fake(image: np.ndarray, camera: Camera, **kw: Any) -> Prediction:
+    Its heights are moved by ``shift_mm`` (towards the source).
+    """
+
+    def fake(image: np.ndarray, camera: Camera, **_kw: Any) -> Prediction:
         hit = _decode(image)
         front = np.stack([height_to_depth(np.full(hit.shape[1:], h + shift_mm), camera)
                           for h in HEIGHTS_FRONT]).astype(np.float32)
@@ -367,7 +386,8 @@ def test_perfect_prediction_scores_dice_1_and_no_error(
         truth_folder: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pr, "predict", _oracle())
     report = ev.evaluate(model_path, [truth_folder], variants=tuple(ev.VARIANTS))
-    assert report["samples"] == 3 and len(report["per_case"]) == 12
+    assert report["samples"] == 3
+    assert len(report["per_case"]) == 12
     assert report["overall"]["dice"]["mean"] == pytest.approx(1.0)
     assert report["overall"]["dice"]["min"] == pytest.approx(1.0)
     for q in ("front", "back", "thickness"):
@@ -407,7 +427,8 @@ def test_score_case_regions() -> None:
     pf = tf + np.where(pred_hit, 0.0, 10.0)       # wrong only where the bone was missed
     score = ev.score_case(truth, np.where(truth, tf, np.nan), np.where(truth, tb, np.nan),
                           pred_hit, pf, tb, cos_theta(cam))
-    assert score["dice"][0] == pytest.approx(1.0) and score["dice"][1] < 1.0
+    assert score["dice"][0] == pytest.approx(1.0)
+    assert score["dice"][1] < 1.0
     assert score["errors"]["front"]["pred_mask"]["absolute"] == pytest.approx(0.0, abs=1e-9)
     assert score["per_bone"]["front"]["absolute"][1] == pytest.approx(10.0)
     assert score["per_bone"]["front"]["absolute"][0] == pytest.approx(0.0, abs=1e-9)
@@ -425,16 +446,21 @@ def test_evaluate_runs_the_network_and_writes_the_report(
                               "--all-variants", "--examples", "3"])
     assert ev.run_evaluate(args) == 0
     out = capsys.readouterr()
-    assert out.out.splitlines()[0].startswith("group") and "view=pa" in out.out
+    assert out.out.splitlines()[0].startswith("group")
+    assert "view=pa" in out.out
     assert "evaluate: 6/6" in out.err
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert report["format"] == ev.REPORT_FORMAT and report["variants"] == list(ev.ALL_VARIANTS)
-    assert report["samples"] == 2 and len(report["per_case"]) == 6
+    assert report["format"] == ev.REPORT_FORMAT
+    assert report["variants"] == list(ev.ALL_VARIANTS)
+    assert report["samples"] == 2
+    assert len(report["per_case"]) == 6
     assert 0.0 <= report["overall"]["dice"]["mean"] <= 1.0
     from PIL import Image
 
     with Image.open(tmp_path / "rep" / "report.png") as im:
-        assert im.mode == "RGB" and im.size[0] >= 640 and im.size[1] > 3 * 128
+        assert im.mode == "RGB"
+        assert im.size[0] >= 640
+        assert im.size[1] > 3 * 128
 
 
 def test_evaluate_refuses_bad_input(tmp_path: Path, truth_folder: Path) -> None:

@@ -40,7 +40,8 @@ def test_one_process_joins_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_first_ctrl_c_waits_for_the_step_and_a_second_stops_at_once() -> None:
     with runtime.Interrupts() as interrupts:
         interrupts._handle(2, None)
-        assert interrupts.pending and not interrupts.hard
+        assert interrupts.pending
+        assert not interrupts.hard
         assert runtime.any_rank_interrupted(interrupts, 1, torch.device("cpu"))
         with pytest.raises(KeyboardInterrupt):
             interrupts._handle(2, None)

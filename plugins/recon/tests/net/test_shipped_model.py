@@ -16,7 +16,8 @@ def test_the_shipped_model_loads_with_its_record() -> None:
     model = load_model(DEFAULT_MODEL)
     assert model.net.config.bones == tuple(range(1, 30))
     assert model.net.config.size == 256
-    assert model.record["steps"] > 0 and "recipe" in model.record
+    assert model.record["steps"] > 0
+    assert "recipe" in model.record
     blob = torch.load(DEFAULT_MODEL, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in blob["state"].values() if v.is_floating_point())
     assert DEFAULT_MODEL.with_suffix(".md").is_file()  # its model card
@@ -32,13 +33,15 @@ def test_the_demo_hand_is_a_ground_truth_set_the_default_model_reads() -> None:
     assert pred.prob.shape == (29, camera.height, camera.width)
     assert pred.front.shape == (29, 1, camera.height, camera.width)
     hit = pred.hit[:, None]
-    assert np.isnan(pred.front[~hit]).all() and np.isfinite(pred.front[hit]).all()
+    assert np.isnan(pred.front[~hit]).all()
+    assert np.isfinite(pred.front[hit]).all()
     assert (pred.front[hit] <= pred.back[hit] + 1e-4).all()
     sdd = camera.source_to_detector_mm
     assert sdd is not None
     seen = pred.front[hit]
     if seen.size:  # the depths lie between the source and the detector
-        assert 0.5 * sdd < float(seen.min()) and float(pred.back[hit].max()) < 1.1 * sdd
+        assert 0.5 * sdd < float(seen.min())
+        assert float(pred.back[hit].max()) < 1.1 * sdd
 
 
 @pytest.mark.parametrize("name", ["000000.npz", "000001.npz", "000002.npz"])

@@ -1,5 +1,6 @@
-"""``regkit recon train``: the loss, the batches, overfitting, determinism, checkpoints and
-resuming, DistributedDataParallel on two processes, and the command line.
+"""``regkit recon train``: the loss, the batches, overfitting and determinism.
+
+Also checkpoints and resuming, DistributedDataParallel on two processes, and the command line.
 
 Fast on purpose: a tiny network (32² input, widths 8, 16, stem 8) in float32, no loader workers,
 and a ground-truth folder of 4 samples (one phantom at 0.8 mm voxels, 4 views on a 64 px
@@ -79,8 +80,10 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _batch(seed: int = 0, n: int = 4, nb: int = 3, s: int = 8) -> dict[str, torch.Tensor]:
-    """Random targets: hits, heights (NaN where not hit, and at a few hit pixels, as at a
-    bone's outline), one item without any bone."""
+    """Random targets: hits, heights and one item without any bone.
+
+    Heights are NaN where not hit, and at a few hit pixels, as at a bone's outline.
+    """
     g = torch.Generator().manual_seed(seed)
     hit = torch.rand((n, nb, s, s), generator=g) < 0.4
     hit[:, 0] = False  # a bone absent from every item
@@ -109,14 +112,17 @@ def test_a_perfect_prediction_costs_nothing() -> None:
     batch = _batch()
     terms = _loss(_perfect(batch), batch)
     assert set(terms) == set(TERMS)
-    assert terms["bce"] < 1e-6 and terms["dice"] < 1e-6
-    assert terms["depth"] == 0.0 and terms["offset"] == 0.0
+    assert terms["bce"] < 1e-6
+    assert terms["dice"] < 1e-6
+    assert terms["depth"] == 0.0
+    assert terms["offset"] == 0.0
     assert terms["loss"] < 1e-6
     # and a wrong one costs
     wrong = _perfect(batch)
     wrong["logits"] = -wrong["logits"]
     bad = _loss(wrong, batch)
-    assert bad["bce"] > 5.0 and bad["dice"] > 0.5
+    assert bad["bce"] > 5.0
+    assert bad["dice"] > 0.5
 
 
 def test_a_common_shift_is_offset_not_depth() -> None:
@@ -152,13 +158,17 @@ def test_unknown_heights_are_ignored() -> None:
     noisy = {k: v + 0.1 * torch.randn_like(v) for k, v in out.items()}
     batch_loss(noisy, batch, depth_weight=0.1, offset_weight=0.02)["loss"].backward()
     grad = out["front"].grad
-    assert grad is not None and torch.isfinite(grad).all()
-    assert (grad[unknown] == 0).all() and (grad[~unknown] != 0).any()
+    assert grad is not None
+    assert torch.isfinite(grad).all()
+    assert (grad[unknown] == 0).all()
+    assert (grad[~unknown] != 0).any()
     # a batch without any known height: zero depth terms, not NaN
     blind = dict(batch, front=torch.full_like(batch["front"], torch.nan),
                  back=torch.full_like(batch["back"], torch.nan))
     terms = _loss(out, blind)
-    assert terms["depth"] == 0.0 and terms["offset"] == 0.0 and np.isfinite(terms["loss"])
+    assert terms["depth"] == 0.0
+    assert terms["offset"] == 0.0
+    assert np.isfinite(terms["loss"])
 
 
 def test_the_loss_of_a_batch_is_the_mean_of_its_halves() -> None:
@@ -186,7 +196,8 @@ def test_global_batches() -> None:
     assert first == global_batches(10, 3, seed=7, epoch=0)
     assert [len(b) for b in first] == [3, 3, 3]  # the incomplete last batch is dropped
     flat = [i for b in first for i in b]
-    assert len(set(flat)) == 9 and set(flat) <= set(range(10))
+    assert len(set(flat)) == 9
+    assert set(flat) <= set(range(10))
     assert all(isinstance(i, int) for i in flat)
     whole = global_batches(12, 4, seed=7, epoch=0)
     assert sorted(i for b in whole for i in b) == list(range(12))  # a permutation
@@ -224,7 +235,8 @@ def test_check_refuses_bad_options(tmp_path: Path) -> None:
 def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
     files, manifests = open_folders([str(gt)])
     bones, _ = tr._bones_of(manifests)
-    assert len(files) == ITEMS and len(bones) == 29
+    assert len(files) == ITEMS
+    assert len(bones) == 29
 
     def item(seed: int, epoch: int, index: int, augmented: bool = True
              ) -> dict[str, torch.Tensor]:
@@ -237,10 +249,13 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
             torch.equal(a[k].nan_to_num(-9.0), b[k].nan_to_num(-9.0)) for k in a)
 
     a = item(0, 1, 2)
-    assert a["image"].shape == (1, 32, 32) and a["hit"].shape == (29, 32, 32)
-    assert a["hit"].dtype == torch.bool and int(a["index"]) == 2
+    assert a["image"].shape == (1, 32, 32)
+    assert a["hit"].shape == (29, 32, 32)
+    assert a["hit"].dtype == torch.bool
+    assert int(a["index"]) == 2
     assert same(a, item(0, 1, 2))
-    assert not same(a, item(0, 2, 2)) and not same(a, item(1, 1, 2))
+    assert not same(a, item(0, 2, 2))
+    assert not same(a, item(1, 1, 2))
     plain = item(0, 1, 2, augmented=False)
     assert same(plain, item(5, 3, 2, augmented=False))
     assert not torch.equal(plain["image"], a["image"])
@@ -253,7 +268,8 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
         assert torch.equal(torch.isfinite(x["front"]), torch.isfinite(x["back"]))
     assert torch.isfinite(plain["front"]).any()
     batch = collate_ground_truth([a, plain])
-    assert batch["image"].shape == (2, 1, 32, 32) and batch["index"].tolist() == [2, 2]
+    assert batch["image"].shape == (2, 1, 32, 32)
+    assert batch["index"].tolist() == [2, 2]
 
 
 @pytest.mark.slow
@@ -265,14 +281,16 @@ def test_a_few_samples_are_overfitted(gt: Path, tmp_path: Path,
     # (validation items are made unaugmented anyway).
     original = net_data.TrainItems.__init__
 
-    def unaugmented(self: Any, *args: Any, augmented: bool = True, **kw: Any) -> None:
+    def unaugmented(self: Any, *args: Any, augmented: bool = True, **kw: Any  # noqa: ARG001 - overridden
+                    ) -> None:
         original(self, *args, augmented=False, **kw)
 
     monkeypatch.setattr(net_data.TrainItems, "__init__", unaugmented)
     run = tmp_path / "run"
     spec = _spec(gt, run, epochs=60, batch=ITEMS, lr=3e-2, warmup=5)
     record = _run(spec)
-    assert record["steps"] == 60 and record["world_size"] == 1
+    assert record["steps"] == 60
+    assert record["world_size"] == 1
     rows = _log(run)
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
     first, last = rows[0], rows[-1]
@@ -312,7 +330,8 @@ def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
     state = torch.load(straight / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert {"model", "optimiser", "scheduler", "step", "torch_rng", "recipe", "config",
             "seconds", "reason"} <= set(state)
-    assert state["step"] == 6 and state["reason"] == "epoch"
+    assert state["step"] == 6
+    assert state["reason"] == "epoch"
     assert state["recipe"] == _spec(gt, straight).recipe()
 
     # the same run, interrupted (Ctrl-C) in the middle of its second epoch, after 3 steps
@@ -331,7 +350,8 @@ def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
     assert "interrupted at step 3" in stream.getvalue()
     monkeypatch.setattr(tr, "batch_loss", batch_loss)
     state = torch.load(broken / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["step"] == 3 and state["reason"] == "interrupted"
+    assert state["step"] == 3
+    assert state["reason"] == "interrupted"
     assert not _same(dict(state["model"]), _weights(straight))
 
     # a new run into the folder is refused; so is a resume with another recipe
@@ -365,10 +385,13 @@ def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
     # model.pt: float16 in the file, the checkpoint's weights when loaded
     blob = torch.load(straight / "model.pt", map_location="cpu", weights_only=True)
     floats = [v for v in blob["state"].values() if v.is_floating_point()]
-    assert floats and all(v.dtype == torch.float16 for v in floats)
-    assert blob["record"]["steps"] == 6 and blob["record"]["training_items"] == ITEMS
+    assert floats
+    assert all(v.dtype == torch.float16 for v in floats)
+    assert blob["record"]["steps"] == 6
+    assert blob["record"]["training_items"] == ITEMS
     loaded = load_model(straight / "model.pt")
-    assert loaded.net.config.size == 32 and loaded.net.config.widths == (8, 16)
+    assert loaded.net.config.size == 32
+    assert loaded.net.config.widths == (8, 16)
     assert len(loaded.net.config.bones) == 29
     weights = _weights(straight)
     for key, value in loaded.net.state_dict().items():
@@ -378,8 +401,11 @@ def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
 
 def test_ctrl_c_finishes_the_step_under_way(gt: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real SIGINT in the middle of step 4 (inside the loss) lets that step finish, then
-    checkpoints at step 4; a second SIGINT stops at once and keeps the last checkpoint."""
+    """A real SIGINT in the middle of step 4 lets that step finish, then checkpoints.
+
+    The SIGINT comes inside the loss; the checkpoint is at step 4. A second SIGINT stops at once and
+    keeps the last checkpoint.
+    """
     import os
     import signal
 
@@ -401,7 +427,8 @@ def test_ctrl_c_finishes_the_step_under_way(gt: Path, tmp_path: Path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(tr, "batch_loss", batch_loss)
     state = torch.load(broken / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["step"] == 4 and state["reason"] == "interrupted"
+    assert state["step"] == 4
+    assert state["reason"] == "interrupted"
     _run(_spec(gt, broken), resume=True)
     assert _same(_weights(broken), _weights(straight))
 
@@ -435,22 +462,29 @@ def test_a_resume_may_train_longer(gt: Path, tmp_path: Path) -> None:
     assert "new length (epochs 2 -> 3)" in stream.getvalue()
     assert not _same(_weights(run), first)
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["recipe"]["epochs"] == 3 and state["step"] == 6
+    assert state["recipe"]["epochs"] == 3
+    assert state["step"] == 6
 
 
 def test_stop_at_replays_an_interruption(gt: Path, tmp_path: Path) -> None:
-    """--stop-at N stops as an interruption at step N would: a resume ends bit-identical to
-    the run that was never stopped, and the schedule is the whole run's (unlike max_steps)."""
+    """--stop-at N stops as an interruption at step N would.
+
+    A resume ends bit-identical to the run that was never stopped, and the schedule is the whole
+    run's (unlike max_steps).
+    """
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _run(_spec(gt, straight))                      # 3 epochs of 2 steps
     record = _run(_spec(gt, stopped), stop_at=3)   # mid-epoch
-    assert record["steps"] == 3 and record["stopped"]
+    assert record["steps"] == 3
+    assert record["stopped"]
     state = torch.load(stopped / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["step"] == 3 and state["reason"] == "stopped"
+    assert state["step"] == 3
+    assert state["reason"] == "stopped"
     assert (stopped / "model.pt").exists()
     lr = {r["step"]: r["lr"] for r in _log(straight)}
     record = _run(_spec(gt, stopped), resume=True)
-    assert record["steps"] == 6 and not record["stopped"]
+    assert record["steps"] == 6
+    assert not record["stopped"]
     assert _same(_weights(straight), _weights(stopped))
     assert {r["step"]: r["lr"] for r in _log(stopped)} == lr
     with pytest.raises(InputError, match="stop_at"):
@@ -458,8 +492,10 @@ def test_stop_at_replays_an_interruption(gt: Path, tmp_path: Path) -> None:
 
 
 def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:
-    """--init: the run starts from a model file's weights; a model of another shape is
-    refused."""
+    """--init: the run starts from a model file's weights.
+
+    A model of another shape is refused.
+    """
     first = tmp_path / "first"
     _run(_spec(gt, first, epochs=1))
     model = load_model(first / "model.pt")
@@ -567,7 +603,8 @@ def test_cli_train(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code = main(_train_args(gt, run, "--val", str(gt), "--val-limit", "2"))
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "regkit recon train: 2 steps" in err and "validation after epoch 1" in err
+    assert "regkit recon train: 2 steps" in err
+    assert "validation after epoch 1" in err
     for name in ("checkpoint.pt", "model.pt", "log.jsonl", "curves.png", "spec.json"):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -576,11 +613,16 @@ def test_cli_train(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with Image.open(run / "curves.png") as img:
         img.verify()
     spec = json.loads((run / "spec.json").read_text())
-    assert spec["steps"] == 2 and spec["items"] == ITEMS and spec["world_size"] == 1
-    assert spec["recipe"]["widths"] == [8, 16] and spec["precision"] == "float32"
+    assert spec["steps"] == 2
+    assert spec["items"] == ITEMS
+    assert spec["world_size"] == 1
+    assert spec["recipe"]["widths"] == [8, 16]
+    assert spec["precision"] == "float32"
     assert [r["step"] for r in _log(run)] == [2]
     (val,) = _log(run, "val")
-    assert val["items"] == 2 and 0.0 <= val["dice"] <= 1.0 and len(val["dice_per_bone"]) == 29
+    assert val["items"] == 2
+    assert 0.0 <= val["dice"] <= 1.0
+    assert len(val["dice_per_bone"]) == 29
     assert load_model(run / "model.pt").record["steps"] == 2
     # a rerun into the same folder needs --resume; with it, nothing is left to do
     assert main(_train_args(gt, run)) == 2
@@ -607,8 +649,10 @@ def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,
         err = capsys.readouterr().err
         assert code == 2, (argv, err)
         lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("regkit: error: "), (argv, err)
-        assert words in err and "Traceback" not in err, (argv, err)
+        assert len(lines) == 1, (argv, err)
+        assert lines[0].startswith("regkit: error: "), (argv, err)
+        assert words in err, (argv, err)
+        assert "Traceback" not in err, (argv, err)
     assert not (run / "checkpoint.pt").exists()
 
 
@@ -627,8 +671,11 @@ def test_validation_with_other_bones_is_refused_before_training(
     with pytest.raises(InputError, match="validation data hold bones") as info:
         _run(_spec(gt, run, val=(str(three_bones),)))
     assert info.value.key == "val"
-    assert not (run / "checkpoint.pt").exists() and not (run / "log.jsonl").exists()
+    assert not (run / "checkpoint.pt").exists()
+    assert not (run / "log.jsonl").exists()
     code = main(_train_args(gt, tmp_path / "cli", "--val", str(three_bones)))
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "'val'" in err and "bones" in err and "Traceback" not in err, err
+    assert "'val'" in err, err
+    assert "bones" in err, err
+    assert "Traceback" not in err, err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -59,7 +60,8 @@ def test_29_labelled_bones_with_the_documented_names(phantom: HandPhantom) -> No
     assert phantom.bone_table == tuple(EXPECTED_NAMES.items())
     present = set(np.unique(phantom.labels).tolist()) - {0}
     assert present == set(range(1, 30))
-    assert phantom.labels.dtype == np.uint8 and phantom.volume.data.dtype == np.int16
+    assert phantom.labels.dtype == np.uint8
+    assert phantom.volume.data.dtype == np.int16
 
 
 def test_each_bone_is_one_piece_of_plausible_size(phantom: HandPhantom) -> None:
@@ -87,7 +89,7 @@ def test_long_bone_lengths_follow_the_anthropometric_table(phantom: HandPhantom)
         assert float(axis.direction @ record.world_from_local[:3, 2]) > math.cos(math.radians(2))
     # middle + distal phalanx = proximal phalanx, ray by ray
     for ray in (2, 3, 4, 5):
-        lengths = {kind: phantom.bone(f"{kind}_phalanx_{ray}").length_mm
+        lengths = {kind: cast(float, phantom.bone(f"{kind}_phalanx_{ray}").length_mm)
                    for kind in ("proximal", "middle", "distal")}
         assert lengths["middle"] + lengths["distal"] == pytest.approx(lengths["proximal"])
 
@@ -141,7 +143,8 @@ def test_different_seeds_differ(phantom: HandPhantom) -> None:
 
 def test_drawn_parameters_lie_in_their_documented_ranges(phantom: HandPhantom) -> None:
     record = phantom.to_json()
-    assert record["seed"] == SEED and record["version"]
+    assert record["seed"] == SEED
+    assert record["version"]
     for name, value in record["parameters"].items():
         lo, hi = record["ranges"][name]
         assert lo <= value <= hi, name
@@ -154,9 +157,11 @@ def test_drawn_parameters_lie_in_their_documented_ranges(phantom: HandPhantom) -
 def test_hu_ranges_per_material(phantom: HandPhantom) -> None:
     ct, labels = np.asarray(phantom.volume.data), phantom.labels
     bone = labels > 0
-    assert ct[bone].min() >= 150 and ct[bone].max() <= 1800
+    assert ct[bone].min() >= 150
+    assert ct[bone].max() <= 1800
     soft = ~bone & (ct > -1000)
-    assert ct[soft].min() >= 0 and ct[soft].max() <= 60
+    assert ct[soft].min() >= 0
+    assert ct[soft].max() <= 60
     assert set(np.unique(ct[~bone & (ct < 0)]).tolist()) == {-1000}
     # air all around but at the proximal cut through the forearm
     for axis in range(3):
@@ -300,7 +305,8 @@ def test_deformity_spec_forms_agree() -> None:
     again = parse_deformity(text[0])
     assert text == data == again
     assert text[0].angulation == pytest.approx(math.radians(20))
-    assert text[0].level == 0.5 and text[0].shortening_mm == 0.0
+    assert text[0].level == 0.5
+    assert text[0].shortening_mm == 0.0
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [
@@ -309,7 +315,7 @@ def test_deformity_spec_forms_agree() -> None:
 ])
 def test_bad_arguments_are_refused(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(InputError) as caught:
-        make_hand_phantom(**kwargs)  # type: ignore[arg-type]
+        make_hand_phantom(**kwargs)
     assert caught.value.key == key
 
 
@@ -324,14 +330,17 @@ def test_cli_writes_the_four_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["ct.nii.gz", "labels.nii.gz", "labels.csv", "phantom.json"])
     assert [p.name for p in tmp_path.iterdir()] == ["hand"]  # no staging debris
-    ct = nib.load(out / "ct.nii.gz")
-    labels = nib.load(out / "labels.nii.gz")
-    assert ct.get_data_dtype() == np.int16 and labels.get_data_dtype() == np.uint8
+    ct = cast(nib.Nifti1Image, nib.load(out / "ct.nii.gz"))
+    labels = cast(nib.Nifti1Image, nib.load(out / "labels.nii.gz"))
+    assert ct.get_data_dtype() == np.int16
+    assert labels.get_data_dtype() == np.uint8
     assert np.allclose(ct.affine, labels.affine)
     rows = (out / "labels.csv").read_text().splitlines()
-    assert rows[0] == "label,bone" and rows[1:] == [f"{k},{v}" for k, v in EXPECTED_NAMES.items()]
+    assert rows[0] == "label,bone"
+    assert rows[1:] == [f"{k},{v}" for k, v in EXPECTED_NAMES.items()]
     record = json.loads((out / "phantom.json").read_text())
-    assert record["seed"] == 3 and record["voxel_mm"] == 1.0
+    assert record["seed"] == 3
+    assert record["voxel_mm"] == 1.0
     assert record["deformities"][0]["bone"] == "metacarpal_2"
     assert record["deformities"][0]["angulation_deg"] == pytest.approx(10.0)
     assert set(np.unique(np.asarray(labels.dataobj)).tolist()) == set(range(30))
@@ -351,7 +360,7 @@ def test_cli_failure_while_writing_leaves_no_folder(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import regkit_recon.phantom.phantom as module
 
-    def broken(path: object, text: str) -> None:
+    def broken(_path: object, _text: str) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(module, "atomic_write_text", broken)

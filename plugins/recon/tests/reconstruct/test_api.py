@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +15,7 @@ from regkit_recon.net.model import BoneNet, NetConfig, save_model
 from regkit_recon.reconstruct import (
     RECONSTRUCTION_FILES,
     HandReconstructor,
+    Reconstruction,
     Reconstructor,
     View,
     load_view,
@@ -20,6 +23,7 @@ from regkit_recon.reconstruct import (
     standard_camera,
 )
 from regkit_recon.reconstruct.backproject import backproject
+from regkit_recon.reconstruct.base import Progress
 from regkit_recon.reconstruct.evaluate import surface_errors
 from regkit_recon.reconstruct.mesh import read_stl
 from regkit_recon.reconstruct.refine import RefineView, refine
@@ -60,23 +64,27 @@ def test_the_command_writes_every_output(single: Path, files: Path) -> None:
     for name in RECONSTRUCTION_FILES:
         assert (single / name).exists(), name
     result = json.loads((single / "result.json").read_text())
-    assert result["refined"] is False and result["offset_method"]
+    assert result["refined"] is False
+    assert result["offset_method"]
     assert result["views"][0]["camera_source"] == "camera file"
     assert set(result["timings"]) >= {"predict_s", "backproject_s", "labels_s", "total_s"}
-    image = nib.load(single / "labels.nii.gz")
+    image = cast(nib.Nifti1Image, nib.load(single / "labels.nii.gz"))
     labels = np.asarray(image.dataobj)
     assert labels.dtype == np.uint8
     spacing = np.linalg.norm(image.affine[:3, :3], axis=0)
     assert spacing.max() <= 0.5 + 1e-6
     table = (single / "labels.csv").read_text().splitlines()
-    assert table[0] == "label,name" and table[1] == "1,radius" and len(table) == 30
+    assert table[0] == "label,name"
+    assert table[1] == "1,radius"
+    assert len(table) == 30
     names = dict(line.split(",") for line in table[1:])
     stls = sorted((single / "meshes").glob("*.stl"))
     assert len(stls) == result["bones"]
     for path in stls[:5]:
         assert path.read_bytes().startswith(b"regkit-recon bone mesh; binary STL; LPS")
         mesh = read_stl(path)
-        assert mesh.is_closed and mesh.volume > 0
+        assert mesh.is_closed
+        assert mesh.volume > 0
         # the mesh lies where its label lies (the labels in RAS, the STL read back to RAS)
         label = int(next(k for k, v in names.items() if v == path.stem))
         world = np.argwhere(labels == label) @ image.affine[:3, :3].T + image.affine[:3, 3]
@@ -146,7 +154,7 @@ def test_cameras_from_the_standard_geometry(files: Path) -> None:
 
 
 @pytest.mark.slow
-def test_measure_command(tmp_path: Path, single: Path, capsys: pytest.CaptureFixture[str]
+def test_measure_command(tmp_path: Path, single: Path, capsys: pytest.CaptureFixture[str]  # noqa: ARG001 - fixtures for side effects
                          ) -> None:
     from regkit_recon import make_hand_phantom
 
@@ -172,7 +180,9 @@ def test_registry_knows_the_hand_and_a_plugin_can_add_one() -> None:
         def bone_names(self) -> dict[int, str]:
             return {}
 
-        def reconstruct(self, views, *, refine=None, progress=None):  # type: ignore[override]
+        # the signature of Reconstructor.reconstruct, whose arguments this one ignores
+        def reconstruct(self, views: Sequence[View], *, refine: bool | None = None,  # noqa: ARG002
+                        progress: Progress | None = None) -> Reconstruction:  # noqa: ARG002
             raise InputError("nothing to do", key="image")
 
     reconstructors.add("nothing-test", Nothing)
@@ -212,7 +222,8 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
                    for v in offset_only.shifts.values())
     # one view: depth is not observable, the placement is skipped
     alone = refine(solids, meshes, views[:1], seed=0)
-    assert alone.offset_mm == 0.0 and not any(np.any(v) for v in alone.shifts.values())
+    assert alone.offset_mm == 0.0
+    assert not any(np.any(v) for v in alone.shifts.values())
     with pytest.raises(InputError):
         refine([], [], views)
 
@@ -227,13 +238,13 @@ def test_camera_from_dicom_geometry_and_labels_round_trip(files: Path, tmp_path:
     image = np.load(files / "x0.npy").astype(np.float64)
     # A DICOM radiograph whose geometry fields gave a camera (regkit.io reads those fields).
     monkeypatch.setattr(rio, "load_radiograph",
-                        lambda *a, **k: rio.Radiograph(image, camera=cam))
+                        lambda *_a, **_k: rio.Radiograph(image, camera=cam))
     view = load_view(tmp_path / "view.dcm")
     assert view.camera_source == "DICOM geometry"
     rec = HandReconstructor().reconstruct([view], refine=False)
     assert rec.result["views"][0]["camera_source"] == "DICOM geometry"
     out = rec.save(tmp_path / "rec")
-    saved = nib.load(out / "labels.nii.gz")
+    saved = cast(nib.Nifti1Image, nib.load(out / "labels.nii.gz"))
     np.testing.assert_array_equal(np.asarray(saved.dataobj), rec.labels)
     np.testing.assert_allclose(saved.affine, rec.world_from_index)
     for name, mesh in list(rec.meshes.items())[:3]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from regkit_recon.data import demo_hand
+from regkit_recon.data import demo_hand as demo_hand_folder
 from regkit_recon.groundtruth.sample import SampleRenderer
 from regkit_recon.reconstruct.backproject import backproject, backproject_bone, label_volume
 from regkit_recon.reconstruct.mesh import (
@@ -24,7 +25,7 @@ from regkit.errors import InputError, ShapeError
 from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
 
-DEMO = demo_hand() / "samples"
+DEMO = demo_hand_folder() / "samples"
 
 
 def _ellipsoid_volume(radii: tuple[float, float, float], centre: tuple[float, float, float],
@@ -34,7 +35,7 @@ def _ellipsoid_volume(radii: tuple[float, float, float], centre: tuple[float, fl
     n = np.ceil(2 * half / voxel).astype(int)
     affine = np.diag([voxel, voxel, voxel, 1.0])
     affine[:3, 3] = np.array(centre) - half
-    index = np.indices(n).reshape(3, -1).T
+    index = np.indices(tuple(n)).reshape(3, -1).T
     world = index * voxel + affine[:3, 3]
     inside = (((world - centre) / radii) ** 2).sum(axis=1) <= 1.0
     labels = np.zeros(n, dtype=np.uint8)
@@ -44,8 +45,10 @@ def _ellipsoid_volume(radii: tuple[float, float, float], centre: tuple[float, fl
 
 
 def _ellipsoid_distance(points: np.ndarray, radii: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """First-order distance to an ellipsoid's surface: |g| / |∇g| for g = Σ(x/r)² − 1 (exact to
-    well under 0.01 mm for points within a millimetre of it)."""
+    """First-order distance to an ellipsoid's surface: |g| / |∇g| for g = Σ(x/r)² − 1.
+
+    Exact to well under 0.01 mm for points within a millimetre of it.
+    """
     q = (points - centre) / radii
     g = (q ** 2).sum(axis=1) - 1.0
     grad = 2 * q / radii
@@ -68,7 +71,8 @@ def test_mesh_basics_and_stl_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "bone.stl"
     write_stl(path, mesh)
     data = path.read_bytes()
-    assert data.startswith(STL_HEADER) and len(data) == 84 + 50 * len(mesh.faces)
+    assert data.startswith(STL_HEADER)
+    assert len(data) == 84 + 50 * len(mesh.faces)
     back = read_stl(path)
     assert back.is_closed
     assert len(back.faces) == len(mesh.faces)
@@ -138,7 +142,9 @@ def test_silhouette_closes_a_slab_that_stays_thick_to_its_outline() -> None:
     mesh = solid.mesh()
     assert mesh.is_closed
     t = np.linalg.norm(mesh.vertices - camera.source_world, axis=1)
-    assert t.min() > 939.0 and t.max() < 951.0               # no spike towards the source
+    # no spike towards the source
+    assert t.min() > 939.0
+    assert t.max() < 951.0
     # a bone that is not seen gives nothing
     assert backproject_bone(front, back, np.zeros((64, 64)), camera, label=1, name="x") is None
     with pytest.raises(ShapeError, match="detector"):
@@ -146,7 +152,7 @@ def test_silhouette_closes_a_slab_that_stays_thick_to_its_outline() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_hand() -> tuple[dict, object]:
+def demo_hand() -> tuple[dict[str, Any], Any]:
     from regkit_recon.groundtruth.sample import phantom_of
 
     with np.load(DEMO / "000000.npz") as z:
@@ -159,7 +165,8 @@ def demo_hand() -> tuple[dict, object]:
 
 
 @pytest.mark.slow
-def test_exact_depths_of_a_phantom_hand_give_back_every_bone(demo_hand) -> None:
+def test_exact_depths_of_a_phantom_hand_give_back_every_bone(
+        demo_hand: tuple[dict[str, Any], Any]) -> None:
     sample, phantom = demo_hand
     camera = Camera.from_dict(json.loads(str(sample["camera"])))
     names = dict(phantom.bone_table)
@@ -183,7 +190,8 @@ def test_exact_depths_of_a_phantom_hand_give_back_every_bone(demo_hand) -> None:
         b = surface_distances(truth.sample(2.0, rng), mesh)
         assd.append(0.5 * (a.mean() + b.mean()))
     # 1.2 mm detector pixels, 0.4 mm phantom voxels: well under a voxel
-    assert np.median(assd) < 0.2 and max(assd) < 0.3, assd
+    assert np.median(assd) < 0.2, assd
+    assert max(assd) < 0.3, assd
 
 
 def test_a_hole_in_the_silhouette_is_filled_and_a_thin_bone_still_closes() -> None:
@@ -204,7 +212,8 @@ def test_a_hole_in_the_silhouette_is_filled_and_a_thin_bone_still_closes() -> No
                                                             (f[2], f[0]))}
     assert len(mesh.vertices) - len(edges) + len(mesh.faces) == 2
     thin = backproject_bone(front, front + 0.05, prob, camera, label=1, name="thin")
-    assert thin is not None and thin.mesh().is_closed
+    assert thin is not None
+    assert thin.mesh().is_closed
 
 
 def test_labels_hold_the_solid_of_a_bone_tilted_towards_the_beam() -> None:

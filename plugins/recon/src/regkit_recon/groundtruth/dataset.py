@@ -1,4 +1,4 @@
-"""PyTorch ``Dataset``\\ s over ground-truth folders made by ``regkit recon generate``.
+r"""PyTorch ``Dataset``\ s over ground-truth folders made by ``regkit recon generate``.
 
 :class:`GroundTruthDataset` reads one folder; :func:`open_ground_truth` reads several as one (the
 shard folders of one data set, ``generate --shard K/N``, and/or unrelated data sets with the same
@@ -210,7 +210,8 @@ def open_ground_truth(roots: str | os.PathLike[str] | Iterable[str | os.PathLike
 
     Args:
         roots: A folder, or several.
-        image, nan_fill: As for :class:`GroundTruthDataset`.
+        image: As for :class:`GroundTruthDataset`.
+        nan_fill: As for :class:`GroundTruthDataset`.
 
     Returns:
         The dataset (items as :class:`GroundTruthDataset`'s).

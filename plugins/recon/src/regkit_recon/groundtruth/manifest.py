@@ -1,6 +1,8 @@
-"""The output folder's manifest: sample file names, the sources (phantoms or a CT) a run renders,
-the check that a rerun may resume a folder, the clean-up of an interrupted run's temporary files
-and the writing of ``DIR/manifest.json`` (layout: :mod:`regkit_recon.groundtruth.generate`).
+"""The output folder's manifest (layout: :mod:`regkit_recon.groundtruth.generate`).
+
+Sample file names, the sources (phantoms or a CT) a run renders, the check that a rerun may resume a
+folder, the clean-up of an interrupted run's temporary files and the writing of
+``DIR/manifest.json``.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ def clean_temporaries(folder: Path, phantoms: Path) -> int:
 
 
 def _bone_names(labels: str, bones: tuple[int, ...]) -> dict[str, str]:
-    """Names of ``bones`` from a ``label,name`` CSV beside the label map (``bones.nii.gz`` ->
-    ``bones.csv``), or {} when there is none or it cannot be read."""
+    """Names of ``bones`` from a ``label,name`` CSV beside the label map.
+
+    The CSV of ``bones.nii.gz`` is ``bones.csv``. Returns {} when there is none or it cannot be
+    read.
+    """
     import csv
 
     path = Path(labels)
@@ -140,7 +145,8 @@ def list_sources(spec: GenerateSpec, out: Path) -> list[dict[str, Any]]:
                            "malunited": phantom_is_malunited(spec.seed, k,
                                                              spec.malunion_fraction)}})
         return out_sources
-    assert spec.ct is not None and spec.labels is not None
+    assert spec.ct is not None
+    assert spec.labels is not None
     bones = _bones_of(spec.ct, spec.labels, spec.bones)
     ct, labels = str(Path(spec.ct).absolute()), str(Path(spec.labels).absolute())
     return [{"id": "ct", "ct": ct, "labels": labels, "bones": list(bones),

@@ -1,5 +1,8 @@
-"""``montage.png``: one row per sample: degraded radiograph, clean DRR, bone masks (one colour
-per bone), nearest front depth, farthest back depth and total bone thickness along each ray."""
+"""``montage.png``: one row per sample.
+
+Each row: degraded radiograph, clean DRR, bone masks (one colour per bone), nearest front depth,
+farthest back depth and total bone thickness along each ray.
+"""
 
 from __future__ import annotations
 

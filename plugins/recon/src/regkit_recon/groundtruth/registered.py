@@ -29,7 +29,7 @@ def _register_2d3d() -> Any:
     return register_2d3d
 
 
-def registered_sample(spec: Any, out: Path, *, stream: Any = None,
+def registered_sample(spec: Any, out: Path, *, stream: Any = None,  # noqa: ARG001 - generate passes it
                       options: Any = None) -> dict[str, Any]:
     """Register ``spec.ct`` to ``spec.radiograph`` from ``spec.camera``; write sample 0.
 

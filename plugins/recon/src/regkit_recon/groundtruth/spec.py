@@ -1,6 +1,7 @@
-"""What ``regkit recon generate`` is asked for: :class:`GenerateSpec`, its limits, the parsing of
-its ``--bones`` and ``--shard`` flags, and the seeds every random draw of a run comes from (see
-:mod:`regkit_recon.groundtruth.generate`).
+"""What ``regkit recon generate`` is asked for: :class:`GenerateSpec` and its limits.
+
+Also the parsing of its ``--bones`` and ``--shard`` flags, and the seeds every random draw of a run
+comes from (see :mod:`regkit_recon.groundtruth.generate`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class GenerateSpec:
     malunion_fraction: float = 1.0 / 3.0
     shard: tuple[int, int] | None = None
 
-    def checked(self) -> GenerateSpec:
+    def checked(self) -> GenerateSpec:  # noqa: C901 - a flat list of per-field checks
         """Validate every field; InputError names the flag."""
         from regkit_recon.groundtruth.views import VIEW_KINDS
 

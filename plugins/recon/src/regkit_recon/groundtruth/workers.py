@@ -1,7 +1,8 @@
-"""What runs in the worker processes of ``regkit recon generate`` (or in the calling process with
-one worker): making phantoms and rendering samples, with the renderers of the last source kept
-between tasks. The functions handed to a process pool live here, at module level, so that a
-spawned worker can import them.
+"""What runs in the worker processes of ``regkit recon generate``.
+
+They run in the calling process when there is one worker. They make phantoms and render samples,
+with the renderers of the last source kept between tasks. The functions handed to a process pool
+live here, at module level, so that a spawned worker can import them.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def init_worker(threads: int) -> None:
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed; ``args`` are (message naming the job and the error, whether
-    the error was the user's input).
+    """A worker process failed.
+
+    ``args`` are (message naming the job and the error, whether the error was the user's input).
 
     (Regkit's own errors take keyword arguments and do not survive the trip back from a worker,
     so every worker failure is sent as this plain RuntimeError;
@@ -66,8 +68,10 @@ MALUNION_ATTEMPTS = 12
 
 
 def make_phantom(job: tuple[int, int, float, str, int, bool]) -> int:
-    """Make and save one phantom; ``job`` is (index, seed, voxel mm, folder, run seed,
-    malunited). Returns the index."""
+    """Make and save one phantom; returns the index.
+
+    ``job`` is (index, seed, voxel mm, folder, run seed, malunited).
+    """
     from regkit_recon.phantom.deformity import draw_malunions
     from regkit_recon.phantom.phantom import make_hand_phantom
 
@@ -158,8 +162,10 @@ def render_sample(index: int, source: dict[str, Any], params: dict[str, Any],
 
 
 def make_samples(task: tuple[list[int], dict[str, Any], dict[str, Any], str, int]) -> list[int]:
-    """Render and write a chunk of samples; ``task`` is (indices, source, parameters, samples
-    folder, views per source). Returns the indices made."""
+    """Render and write a chunk of samples; returns the indices made.
+
+    ``task`` is (indices, source, parameters, samples folder, views per source).
+    """
     from regkit_recon.groundtruth.sample import write_sample
 
     indices, source, params, folder, views = task

@@ -99,10 +99,16 @@ def score_case(truth_hit: np.ndarray, truth_front: np.ndarray, truth_back: np.nd
     """The figures of one case (see the module's docstring).
 
     Args:
-        truth_hit: bool ``[NB, H, W]``; ``truth_front``, ``truth_back``: ``[NB, H, W]`` mm
-            along the rays (the first layer; finite where ``truth_hit``).
-        pred_hit: bool ``[NB, H, W]``; ``pred_front``, ``pred_back``: ``[NB, H, W]`` mm, the
-            predicted depths at every pixel (finite where they are to be scored).
+        truth_hit: bool ``[NB, H, W]``.
+        truth_front: ``[NB, H, W]`` mm along the rays (the first layer; finite where
+            ``truth_hit``).
+        truth_back: ``[NB, H, W]`` mm along the rays (the first layer; finite where
+            ``truth_hit``).
+        pred_hit: bool ``[NB, H, W]``.
+        pred_front: ``[NB, H, W]`` mm, the predicted depths at every pixel (finite where they
+            are to be scored).
+        pred_back: ``[NB, H, W]`` mm, the predicted depths at every pixel (finite where they
+            are to be scored).
         cos: ``[H, W]`` cosine of each pixel's ray to the camera's z axis.
 
     Returns:
@@ -322,7 +328,8 @@ def evaluate(model: ModelLike, roots: str | os.PathLike[str] | Sequence[str | os
             tb = turn_array(sample["back"][:, 0], k, mirror)
             pred = predict(image, cam, model=loaded, tta=tta, threshold=threshold,
                            device=device)
-            assert pred.front_all is not None and pred.back_all is not None
+            assert pred.front_all is not None
+            assert pred.back_all is not None
             cos = cos_theta(cam)
             score = score_case(th, tf, tb, pred.hit, pred.front_all, pred.back_all, cos)
             case = {"file": str(f), "sample": _sample_index(sample), "view": view,

@@ -186,10 +186,12 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
 
     Args:
         image: ``(1, S, S)`` normalised input.
-        hit: ``(NB, S, S)`` bool; ``front``, ``back``: ``(NB, S, S)`` heights, height units
-            (anything where ``hit`` is False).
+        hit: ``(NB, S, S)`` bool.
+        front: ``(NB, S, S)`` heights, height units (anything where ``hit`` is False).
+        back: ``(NB, S, S)`` heights, height units (anything where ``hit`` is False).
         rng: The sample's generator.
-        zoom, gamma: Ranges drawn from (log-uniform zoom, uniform gamma).
+        zoom: Range the zoom factor is drawn from (log-uniform).
+        gamma: Range the tone curve's gamma is drawn from (uniform).
 
     Returns:
         ``image``, ``hit``, ``front``, ``back`` turned (heights NaN wherever a resampled value

@@ -153,12 +153,14 @@ class BoneNet(nn.Module):
             nn.Conv2d(w[0] + nb, w[0], 3, padding=1, bias=False), nn.GroupNorm(g, w[0]),
             nn.SiLU())
         self.depth_out = nn.Conv2d(w[0], 2 * nb, 1)
-        assert self.seg.bias is not None and self.depth_out.bias is not None
+        assert self.seg.bias is not None
+        assert self.depth_out.bias is not None
         nn.init.constant_(self.seg.bias, -4.0)  # bones are rare: start at p ≈ 0.02
         with torch.no_grad():  # start mid-heights near a hand's (~40 mm at 0.8 mm/px)
             self.depth_out.bias[:nb].fill_(1.5)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits``, ``front`` and ``back`` of ``x`` (shapes and units: see the class)."""
         stem = self.stem(torch.cat([x, rank_channel(x)], dim=1))
         h = self.enter(stem)
         skips = []

@@ -22,7 +22,8 @@ def line_chart(path: str | os.PathLike[str],
     Args:
         path: The PNG file.
         panels: ``(title, x, {name: y}, log_y)`` per panel; non-finite values are skipped.
-        width, height: Size of one panel in pixels.
+        width: Width of one panel in pixels.
+        height: Height of one panel in pixels.
     """
     from PIL import Image, ImageDraw
 

@@ -71,8 +71,9 @@ _KINDS = ("line-integral", "transmitted")
 
 def _step_camera(camera: Camera, a: np.ndarray, t: np.ndarray, width: int, height: int
                  ) -> Camera:
-    """The camera of a detector whose pixels moved by ``p' = a · p + t`` (``a`` a signed
-    permutation), ``width × height`` pixels after the move.
+    """The camera of a detector whose pixels moved by ``p' = a · p + t``.
+
+    ``a`` is a signed permutation; the detector is ``width × height`` pixels after the move.
 
     The camera frame turns with the detector: ``(x', y') = a · (x, y)``. When ``a`` mirrors
     (det −1), the camera frame cannot follow rigidly, so the world is mirrored too (x → −x):
@@ -406,7 +407,12 @@ def predict_file(image_path: str | os.PathLike[str], camera_path: str | os.PathL
         image_path: ``.npy``, PNG, TIFF or DICOM (:func:`regkit.io.radiograph.load_radiograph`).
         camera_path: A camera file holding one camera (a list of several is refused).
         out_path: The prediction file to write (None: write nothing).
-        model, image_kind, i0, tta, threshold, device: As for :func:`predict`.
+        model: As for :func:`predict`.
+        image_kind: As for :func:`predict`.
+        i0: As for :func:`predict`.
+        tta: As for :func:`predict`.
+        threshold: As for :func:`predict`.
+        device: As for :func:`predict`.
 
     Raises:
         FileFormatError: an unreadable image, camera or model file.
@@ -442,8 +448,10 @@ def predict_file(image_path: str | os.PathLike[str], camera_path: str | os.PathL
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of running a model (``--model``, ``--tta``, ``--threshold``,
-    ``--device``), shared by ``predict`` and ``evaluate``."""
+    """Add the options of running a model, shared by ``predict`` and ``evaluate``.
+
+    The options: ``--model``, ``--tta``, ``--threshold``, ``--device``.
+    """
     parser.add_argument("--model", default=None, metavar="M",
                         help="model file (default: the model shipped with regkit-recon)")
     parser.add_argument("--tta", action="store_true",

@@ -47,8 +47,11 @@ def any_rank_interrupted(interrupts: Interrupts, world: int, device: torch.devic
 
 
 class Interrupts:
-    """Ctrl-C waits for the step under way to finish (so the checkpoint is a step boundary); a
-    second Ctrl-C stops at once, keeping the last checkpoint written."""
+    """Ctrl-C waits for the step under way to finish; a second Ctrl-C stops at once.
+
+    Waiting makes the checkpoint a step boundary; stopping at once keeps the last checkpoint
+    written.
+    """
 
     def __init__(self) -> None:
         self.pending = False
@@ -63,7 +66,7 @@ class Interrupts:
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, _signum: int, _frame: Any) -> None:
         if self.pending:
             self.hard = True
             raise KeyboardInterrupt

@@ -135,7 +135,8 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         batch: ``hit`` bool ``(B, NB, S, S)``; ``front``, ``back`` heights in height units
             ``(B, NB, S, S)``, NaN where unknown (not hit, or at a bone's outline, where a
             resampled height would mix inside and outside).
-        depth_weight, offset_weight: Weights of the shift-aligned and the raw depth terms.
+        depth_weight: Weight of the shift-aligned depth term.
+        offset_weight: Weight of the raw depth term.
 
     Returns:
         ``loss`` and its terms ``bce``, ``dice``, ``depth`` and ``offset`` (mean absolute
@@ -240,9 +241,11 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def open_folders(folders: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
-    """The sample files and manifests of ground-truth folders, in the order of
-    :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` (which checks they go
-    together): shards of one data set read exactly as the unsharded set."""
+    """The sample files and manifests of ground-truth folders.
+
+    In the order of :func:`~regkit_recon.groundtruth.dataset.open_ground_truth` (which checks they
+    go together): shards of one data set read exactly as the unsharded set.
+    """
     from regkit_recon.groundtruth.dataset import open_ground_truth
 
     data = open_ground_truth(folders)  # the shards of one set in index order, as unsharded
@@ -307,7 +310,7 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
             dist.destroy_process_group()
 
 
-def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,
+def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  # noqa: C901 - the training loop, one linear pass
            device: torch.device, interrupts: Interrupts,
            stop_at: int | None = None) -> dict[str, Any]:
     from regkit_recon.groundtruth.dataset import collate_ground_truth
@@ -523,8 +526,10 @@ def _check(spec: TrainSpec, world: int) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop the log lines of steps past ``step`` (written after the checkpoint a resume starts
-    from, by a run stopped hard), so the curves do not run backwards."""
+    """Drop the log lines of steps past ``step``, so the curves do not run backwards.
+
+    Those lines were written after the checkpoint a resume starts from, by a run stopped hard.
+    """
     if not path.is_file():
         return
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
@@ -600,8 +605,10 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
 
 
 def write_curves(log_path: Path, png: Path) -> None:
-    """Draw the learning curves of a run's ``log.jsonl`` into a PNG (training loss terms by
-    step, validation Dice and depth errors by step)."""
+    """Draw the learning curves of a run's ``log.jsonl`` into a PNG.
+
+    Training loss terms by step, validation Dice and depth errors by step.
+    """
     from regkit_recon.net.plot import line_chart
 
     train_rows: list[dict[str, Any]] = []

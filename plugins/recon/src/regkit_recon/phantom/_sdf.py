@@ -175,8 +175,10 @@ class SphereCut:
 
 @dataclass(frozen=True)
 class CylinderCut:
-    """Keep the points farther than ``radius`` from the line through ``point`` along
-    ``direction`` (unit)."""
+    """Keep the points farther than ``radius`` from a line.
+
+    The line goes through ``point`` along ``direction`` (unit).
+    """
 
     point: tuple[float, float, float]
     direction: tuple[float, float, float]
@@ -261,8 +263,10 @@ class SweptBone:
 
     @property
     def _full_width_at(self) -> float:
-        """Local z where the flare reaches ``end``: the head's centre, or ``plateau`` mm short
-        of the distal end."""
+        """Local z where the flare reaches ``end``.
+
+        That is the head's centre, or ``plateau`` mm short of the distal end.
+        """
         if self.head_radius > 0:
             return self.head_center
         return self.length - self.plateau

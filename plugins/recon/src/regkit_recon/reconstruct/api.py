@@ -31,9 +31,12 @@ HAND_ABOVE_DETECTOR_MM = 15.0
 
 def standard_camera(width: int, height: int, *, pixel_spacing_mm: float,
                     sdd_mm: float = 1000.0) -> Camera:
-    """A hand radiograph's standard geometry: the central ray through the detector's centre,
-    the hand on the detector (see the module notes), looking along world +y (the C-arm
-    convention at zero angles; a PA view of the plugin's hand phantom)."""
+    """A hand radiograph's standard geometry.
+
+    The central ray through the detector's centre, the hand on the detector (see the module notes),
+    looking along world +y (the C-arm convention at zero angles; a PA view of the plugin's hand
+    phantom).
+    """
     from regkit.geometry.carm import camera_from_carm
 
     if not pixel_spacing_mm > 0:

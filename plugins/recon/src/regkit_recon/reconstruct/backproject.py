@@ -77,8 +77,11 @@ class BoneSolid:
 
     def moved(self, shift_mm: NDArray[np.float64] | None = None,
               thickness_scale: float = 1.0) -> BoneSolid:
-        """The solid translated by ``shift_mm`` (world, added to the current shift) and with
-        every layer's thickness scaled by ``thickness_scale`` about its mid-depth."""
+        """The solid translated by ``shift_mm`` and with every layer's thickness scaled.
+
+        ``shift_mm`` is in world axes, added to the current shift; each thickness is scaled by
+        ``thickness_scale`` about its mid-depth.
+        """
         shift = np.asarray(self.shift_mm) + (0.0 if shift_mm is None else np.asarray(shift_mm))
         scale = float(thickness_scale)
         if not scale > 0:
@@ -101,8 +104,10 @@ class BoneSolid:
         return np.asarray(np.minimum(self.inside[..., None], slab.max(axis=0)), dtype=np.float64)
 
     def field(self, points: Array) -> Array:
-        """``F`` at world points ``(N, 3)``: the same field, interpolated across (−inf outside the
-        window)."""
+        """``F`` at world points ``(N, 3)``: the same field, interpolated across.
+
+        It is −inf outside the window.
+        """
         p = np.asarray(points, dtype=np.float64) - np.asarray(self.shift_mm)
         uv = self.camera.project(p)
         t = np.linalg.norm(p - self.camera.source_world, axis=1)
@@ -161,8 +166,10 @@ class BoneSolid:
 
 
 def _clean_mask(mask: NDArray[np.bool_], keep_fraction: float) -> NDArray[np.bool_]:
-    """The mask's largest connected piece and any piece at least ``keep_fraction`` of it, holes
-    filled."""
+    """The mask's largest connected piece and any piece at least ``keep_fraction`` of it.
+
+    Holes are filled.
+    """
     parts, count = ndimage.label(mask)
     if count > 1:
         sizes = np.bincount(parts.ravel())[1:]
@@ -209,12 +216,15 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
     """One bone's solid from its depth layers in one view.
 
     Args:
-        front, back: ``(L, H, W)`` (or ``(H, W)``) mm along each pixel's ray from the source, NaN
+        front: ``(L, H, W)`` (or ``(H, W)``) mm along each pixel's ray from the source, NaN
+            where the ray does not cross that layer.
+        back: ``(L, H, W)`` (or ``(H, W)``) mm along each pixel's ray from the source, NaN
             where the ray does not cross that layer.
         silhouette: ``(H, W)``: where the bone is seen: a probability in [0, 1] (its ``level``
             contour is the outline, found to a fraction of a pixel) or a boolean mask.
         camera: The view (with ``pixel_spacing_mm``, or the pixel footprint is unknown).
-        label, name: The bone.
+        label: The bone's label value.
+        name: The bone's name.
         upsample: Grid cells per detector pixel across.
         step_mm: Grid step along the rays, mm.
         spike_mm: Depth outlier threshold (see the module notes).
@@ -308,8 +318,10 @@ def backproject_bone(front: Array, back: Array, silhouette: Array, camera: Camer
 
 def backproject(front: Array, back: Array, silhouettes: Array, camera: Camera, *,
                 bones: Sequence[int], names: Sequence[str], **options: float) -> list[BoneSolid]:
-    """Every seen bone's solid from ``[NB, L, H, W]`` depths and ``[NB, H, W]`` silhouettes
-    (see :func:`backproject_bone` for the options); bones not seen are left out."""
+    """Every seen bone's solid from ``[NB, L, H, W]`` depths and ``[NB, H, W]`` silhouettes.
+
+    See :func:`backproject_bone` for the options; bones not seen are left out.
+    """
     f = np.asarray(front)
     if f.ndim == 3:
         f = f[:, None]
@@ -332,11 +344,13 @@ def backproject(front: Array, back: Array, silhouettes: Array, camera: Camera, *
 def _sample_field(solid: BoneSolid, a: NDArray[np.int64], z: NDArray[np.int64],
                   lo: NDArray[np.float64], voxel_mm: float, coarse: int = 4
                   ) -> NDArray[np.float32]:
-    """The solid's field at the voxel centres of the box ``[a, z)``, evaluated only in the
-    ``coarse``³ blocks whose centre lies within reach of the solid: the field changes by at most
-    its steepest slope on the grid (:meth:`BoneSolid.max_slope`) per mm, so a block whose centre
-    is further outside than that times its half-diagonal holds no inside voxel; elsewhere
-    −inf."""
+    """The solid's field at the voxel centres of the box ``[a, z)``, in blocks near the solid.
+
+    It is evaluated only in the ``coarse``³ blocks whose centre lies within reach of the solid: the
+    field changes by at most its steepest slope on the grid (:meth:`BoneSolid.max_slope`) per mm, so
+    a block whose centre is further outside than that times its half-diagonal holds no inside voxel;
+    elsewhere −inf.
+    """
     shape = tuple(int(n) for n in z - a)
     out = np.full(shape, -np.inf, dtype=np.float32)
     blocks = [np.arange(0, n, coarse) for n in shape]

@@ -176,8 +176,11 @@ class Reconstructor(ABC):
     @abstractmethod
     def reconstruct(self, views: Sequence[View], *, refine: bool | None = None,
                     progress: Progress | None = None) -> Reconstruction:
-        """Reconstruct from ``views`` (the first is the main view; all show the same anatomy
-        with known cameras). ``refine`` None applies the reconstructor's default."""
+        """Reconstruct from ``views`` (the first is the main view).
+
+        All show the same anatomy with known cameras. ``refine`` None applies the reconstructor's
+        default.
+        """
 
 
 reconstructors: Registry[type[Reconstructor]] = Registry("reconstructor",

@@ -58,7 +58,8 @@ def surface_errors(predicted: Mapping[str, Mesh], truth: Mapping[str, Mesh],
     """ASSD and HD95 per bone, absolute and shift-aligned (see the module notes).
 
     Args:
-        predicted, truth: Bone name → mesh (world mm); bones in both are scored.
+        predicted: Bone name → predicted mesh (world mm); bones in both are scored.
+        truth: Bone name → true mesh (world mm).
         direction: The view's central ray (unit, world).
         seed: Seed of the surface sampling.
         max_offset_mm: The alignment's search range, ± mm.

@@ -33,9 +33,12 @@ __all__ = ["HandReconstructor"]
 def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[BoneSolid],
                     shifts: dict[str, list[float]], thickness: dict[str, float],
                     names: Sequence[str], view: View) -> dict[str, NDArray[Any]]:
-    """The first view's depth maps moved as the refinement moved each bone: its translation's
-    component along each pixel's ray is added to both depths, and the thickness scaled about the
-    mid-depth (the in-plane part of a translation, a fraction of a pixel, is left out)."""
+    """The first view's depth maps moved as the refinement moved each bone.
+
+    Each bone's translation's component along each pixel's ray is added to both depths, and the
+    thickness scaled about the mid-depth (the in-plane part of a translation, a fraction of a pixel,
+    is left out).
+    """
     _, rays = view.camera.rays()
     front = depth["front"].astype(np.float64).copy()
     back = depth["back"].astype(np.float64).copy()
@@ -93,10 +96,12 @@ class HandReconstructor(Reconstructor):
 
     @property
     def bone_names(self) -> dict[int, str]:
+        """Label value → bone name of the network's bones."""
         return dict(self._names)
 
     def reconstruct(self, views: Sequence[View], *, refine: bool | None = None,
                     progress: Progress | None = None) -> Reconstruction:
+        """Reconstruct the hand's bones from ``views`` (see :meth:`Reconstructor.reconstruct`)."""
         from regkit_recon.measure_hand import measure_hand
         from regkit_recon.net.predict import predict
 

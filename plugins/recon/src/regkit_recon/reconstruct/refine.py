@@ -137,9 +137,11 @@ class _BoneRender:
 
     def window(self, camera: Camera, extra: Array | None, shift: Array, reach_mm: float,
                along: Array, along_mm: float) -> tuple[int, int, int, int] | None:
-        """``(u0, v0, u1, v1)``: where the bone, moved by ``shift``, then by up to ``reach_mm``
-        any way and ``along_mm`` along the unit vector ``along``, and ``extra`` (a probability
-        map) can show."""
+        """``(u0, v0, u1, v1)``: where the moved bone and ``extra`` can show.
+
+        The bone is moved by ``shift``, then by up to ``reach_mm`` any way and ``along_mm`` along
+        the unit vector ``along``; ``extra`` is a probability map.
+        """
         centre = self.corners.mean(axis=0)
         grown = self.corners + shift + np.sign(self.corners - centre) * reach_mm
         grown = np.concatenate([grown + along_mm * along, grown - along_mm * along])
@@ -229,8 +231,10 @@ class _OffsetLevel(Level):
 
 
 class _ShiftLevel(Level):
-    """One bone's translation, in the first view's camera axes: across the image (x, y) and
-    along its central ray (z, where one view knows least)."""
+    """One bone's translation, in the first view's camera axes.
+
+    Across the image (x, y) and along its central ray (z, where one view knows least).
+    """
 
     stage = "placement"
     higher_is_better = True
@@ -295,9 +299,11 @@ class _Job:
         self._occupied = self._occupancy_index(np.zeros((len(self.bones), 3)), exclude=-1)
 
     def set_windows(self, shifts: Array, reach_mm: float, along_mm: float = 0.0) -> None:
-        """Detector windows (and the probability maps cut to them) that hold each bone moved
-        by its shift, then by up to ``reach_mm`` any way and ``along_mm`` along the first
-        view's central ray."""
+        """Detector windows (and the probability maps cut to them) that hold each moved bone.
+
+        Each bone is moved by its shift, then by up to ``reach_mm`` any way and ``along_mm`` along
+        the first view's central ray.
+        """
         self.windows: list[list[tuple[int, int, int, int] | None]] = []
         self.probs: list[list[Array | None]] = []
         for b, (bone, solid) in enumerate(zip(self.bones, self.solids, strict=True)):
@@ -353,8 +359,11 @@ class _Job:
         self._occupied = self._occupancy_index(shifts, exclude=b)
 
     def collision(self, b: int, shifts: Array) -> Array:
-        """``(λ,)`` fraction of bone ``b``'s volume (moved by each of ``shifts``) inside the
-        other bones (where :meth:`place_others` put them)."""
+        """``(λ,)`` fraction of bone ``b``'s volume inside the other bones.
+
+        Bone ``b`` is moved by each of ``shifts``; the others are where :meth:`place_others` put
+        them.
+        """
         lo, grid, shape = self._occupied
         pts = self.bones[b].points
         if len(pts) > 1500:
@@ -430,7 +439,8 @@ def refine(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[
     """Refine back-projected bones against their radiographs (see the module notes).
 
     Args:
-        solids, meshes: The bones (from the first view) and their meshes.
+        solids: The bones (from the first view).
+        meshes: Their meshes.
         views: The radiographs, the first being the one the solids came from.
         seed: The engine's seed.
         placement: With two or more views, fit each bone's translation after the common

@@ -91,8 +91,10 @@ def _gray(image: NDArray[np.float64], masks: list[NDArray[np.bool_]]) -> NDArray
 
 def before_after_overlay(image: NDArray[np.float64], before: dict[str, NDArray[np.bool_]],
                          after: dict[str, NDArray[np.bool_]]) -> NDArray[np.uint8]:
-    """The radiograph with the bones' re-projected outlines before (green) and after (magenta)
-    refinement, white where they agree."""
+    """The radiograph with the bones' re-projected outlines before and after refinement.
+
+    Before is green, after magenta, white where they agree.
+    """
     rgb = _rgb(_gray(image, list(before.values())))
     edge_b = np.zeros(image.shape, bool)
     edge_a = np.zeros(image.shape, bool)
@@ -108,8 +110,10 @@ def before_after_overlay(image: NDArray[np.float64], before: dict[str, NDArray[n
 
 def shaded_meshes(meshes: dict[str, Mesh], direction: NDArray[np.float64],
                   up: NDArray[np.float64], size: int = _TILE) -> NDArray[np.uint8]:
-    """The meshes seen along ``direction`` (orthographic, z-buffered, Lambert-shaded faces, one
-    colour per bone)."""
+    """The meshes seen along ``direction``.
+
+    Orthographic, z-buffered, Lambert-shaded faces, one colour per bone.
+    """
     d = np.asarray(direction, float)
     d /= np.linalg.norm(d)
     u = np.asarray(up, float) - (np.asarray(up, float) @ d) * d
