@@ -155,8 +155,10 @@ def check_grid_shape(shape: Any) -> tuple[int, int, int]:
 
 def check_transforms(fixed_world_from_index: Any, fixed_from_moving: Any,
                      fill: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The checked arguments of a resampling: the ``(4, 4)`` grid affine and ``(B, 4, 4)``
-    transforms as float64 tensors (graphs kept), and ``fill`` as a float.
+    """The checked arguments of a resampling.
+
+    The ``(4, 4)`` grid affine and ``(B, 4, 4)`` transforms as float64 tensors (graphs kept), and
+    ``fill`` as a float.
 
     Raises:
         InputError: NaN/inf or not numbers (keyed by the argument), a ``fill`` that is not a
@@ -193,8 +195,9 @@ def check_layers(layers: Any) -> int:
 
 
 def bone_list(bones: Any) -> list[int]:
-    """Every entry of ``bones`` as a positive int, in the order given (repeats kept; may be
-    empty), refusing anything else.
+    """Every entry of ``bones`` as a positive int, refusing anything else.
+
+    In the order given (repeats kept; may be empty).
 
     Raises:
         InputError: not a sequence of labels, or an entry that is not a whole number > 0 (key
@@ -258,9 +261,11 @@ def check_bones_present(key: Iterable[int], present: Collection[int] | None) -> 
 
 
 def label_boxes(labels: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The voxel bounding box ``[lo, hi)`` (int64 ``(3,)`` each) of every positive label of a
-    label map: what a backend needs to render a bone only where it can be (and its keys are
-    the labels present)."""
+    """The voxel bounding box ``[lo, hi)`` of every positive label of a label map.
+
+    ``lo`` and ``hi`` are int64 ``(3,)`` each. This is what a backend needs to render a bone only
+    where it can be (and its keys are the labels present).
+    """
     boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if labels.size and int(labels.min()) >= 0 and int(labels.max()) < _MAX_FIND_OBJECTS_LABEL:
         from scipy import ndimage
@@ -340,9 +345,11 @@ def check_mu_water(mu_water: Any) -> float:
 
 
 def volume_mu(volume: Any, mu_water: float, dtype: Any = np.float32) -> np.ndarray:
-    """The μ (1/mm) that a renderer integrates: HU converted with ``mu_water``
-    (``μ = μ_water · (1 + HU / 1000)``, clamped at 0, float32), ``"mu"`` and ``"other"``
-    values as given, in ``dtype``."""
+    """The μ (1/mm) that a renderer integrates.
+
+    HU converted with ``mu_water`` (``μ = μ_water · (1 + HU / 1000)``, clamped at 0, float32),
+    ``"mu"`` and ``"other"`` values as given, in ``dtype``.
+    """
     from regkit.volume import hu_to_mu
 
     if volume.units == "HU":
@@ -367,12 +374,22 @@ class Options:
 
 def common_options(backend: str, differentiable: bool, volume: Any, *, step_mm: Any,
                    dtype: Any, requires_grad: Any, mu_water: Any, hint: str = "") -> Options:
-    """Check what every backend's constructor takes, in the contract's order: ``requires_grad``
-    first (so that a non-differentiable backend refuses it before building anything), then the
-    volume, ``dtype``, ``step_mm`` (default from the volume's spacing) and ``mu_water``.
+    """Check what every backend's constructor takes, in the contract's order.
+
+    ``requires_grad`` first (so that a non-differentiable backend refuses it before building
+    anything), then the volume, ``dtype``, ``step_mm`` (default from the volume's spacing) and
+    ``mu_water``.
 
     Args:
-        backend, differentiable: The backend's registry name and whether it carries gradients.
+        backend: The backend's registry name (for the message).
+        differentiable: Whether the backend carries gradients.
+        volume: The volume to render (must be a :class:`~regkit.volume.Volume`).
+        step_mm: Largest step along a ray, mm; None for the default from the volume's spacing.
+        dtype: dtype of the renderer's float outputs: None (float32), ``torch.float32`` or
+            ``torch.float64``.
+        requires_grad: Whether μ should collect gradients (refused by a non-differentiable
+            backend).
+        mu_water: μ of water in 1/mm, for HU volumes.
         hint: Appended to the message when ``volume`` is not a Volume.
 
     Raises:

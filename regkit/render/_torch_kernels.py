@@ -96,7 +96,9 @@ def plane_rays(o: torch.Tensor, d: torch.Tensor, shape: tuple[int, int, int], ax
         o: ``(R, 3)`` float64 ray origins in index space (may carry gradients).
         d: ``(R, 3)`` float64 directions, voxels per mm (may carry gradients); ``|d_axis| > 0``.
         shape: Volume shape ``(I, J, K)``.
-        axis, n_cells: From :func:`choose_axes`.
+        axis: Marching axis (0, 1 or 2), from :func:`choose_axes`.
+        n_cells: Number of cells along ``axis`` over the volume's extent, from
+            :func:`choose_axes`.
         dtype: Compute dtype of the returned per-ray tensors.
 
     Returns:
@@ -159,8 +161,10 @@ def plane_slices(vol: torch.Tensor, axis: int, n_cells: int, p0: int, p1: int,
 
     Args:
         vol: ``(I, J, K)`` values (any real dtype; may carry gradients).
-        axis, n_cells: Marching axis and number of cells.
-        p0, p1: Cell range (may extend past either end of the volume, where slices are 0).
+        axis: Marching axis (0, 1 or 2).
+        n_cells: Number of cells along ``axis`` over the volume's extent.
+        p0: First cell (mid-plane) of the range; may lie before the volume (slices there are 0).
+        p1: End of the cell range, exclusive; may lie past the volume (slices there are 0).
         dtype: Output dtype.
 
     Returns:
@@ -174,8 +178,10 @@ def plane_slices(vol: torch.Tensor, axis: int, n_cells: int, p0: int, p1: int,
 
 def _plane_slices(vol: torch.Tensor, axis: int, n_cells: int, p0: int, p1: int,
                  dtype: torch.dtype) -> torch.Tensor:
-    """:func:`plane_slices` before an in-plane axis of length 1 is padded: ``(p1 − p0, 1, n_u,
-    n_v)`` slices, not necessarily contiguous."""
+    """:func:`plane_slices` before an in-plane axis of length 1 is padded.
+
+    ``(p1 − p0, 1, n_u, n_v)`` slices, not necessarily contiguous.
+    """
     n_a = vol.shape[axis]
     slices = vol.movedim(axis, 0)
     if n_cells == n_a and p0 >= 0 and p1 <= n_a:
@@ -353,7 +359,9 @@ def march_crossings(mask: torch.Tensor, rays: PlaneRays, *, samples_per_block: i
     Args:
         mask: ``(I, J, K)`` binary mask (uint8 or bool).
         rays: From :func:`plane_rays`.
-        samples_per_block, rays_per_block: Memory bounds, as in :func:`march_integrals`.
+        samples_per_block: Mid-plane samples evaluated at once (bounds the memory), as in
+            :func:`march_integrals`.
+        rays_per_block: Rays evaluated at once, as in :func:`march_integrals`.
         bisections: Bisection steps per crossing.
 
     Returns:
@@ -479,8 +487,10 @@ def corner_labels(labels: torch.Tensor,
 
 
 def pack_quads(vol: torch.Tensor) -> torch.Tensor:
-    """``vol`` edge-padded by one voxel on every side, as 4 rows: the voxels ``(j, k)``,
-    ``(j, k + 1)``, ``(j + 1, k)`` and ``(j + 1, k + 1)`` of each padded ``(i, j, k)``.
+    """``vol`` edge-padded by one voxel on every side, as 4 rows of neighbouring voxels.
+
+    The rows hold the voxels ``(j, k)``, ``(j, k + 1)``, ``(j + 1, k)`` and ``(j + 1, k + 1)`` of
+    each padded ``(i, j, k)``.
 
     Returns:
         ``(4, (I + 2)·(J + 2)·(K + 2))`` (indices past the padding clamped). Two gathers of
@@ -649,8 +659,11 @@ def _tile_mask(lo_k: torch.Tensor, hi_k: torch.Tensor, kk: torch.Tensor,
 
 def _resample_rows(m: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor,
                    shape: tuple[int, int, int], tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each fixed row (i, j): the interval ``[lo, hi]`` of k whose moving index lies in
-    ``[−tol, n − 1 + tol]`` on every axis, ``(ni, nj)`` float64 each (empty when lo > hi)."""
+    """For each fixed row (i, j): the interval ``[lo, hi]`` of k that lands in the moving grid.
+
+    That is, of k whose moving index lies in ``[−tol, n − 1 + tol]`` on every axis; ``(ni, nj)``
+    float64 each (empty when lo > hi).
+    """
     lo_k = torch.full((ii.shape[0], jj.shape[0]), -math.inf, dtype=torch.float64,
                       device=ii.device)
     hi_k = torch.full_like(lo_k, math.inf)

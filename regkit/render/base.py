@@ -122,8 +122,11 @@ class DepthMaps:
         return self.layers > 0
 
     def thickness(self) -> torch.Tensor:
-        """``(B, H, W)`` (or ``(B, NB, H, W)``) float32 mm: sum over the stored layers of
-        back − front (0 on a miss)."""
+        """The bone thickness along each ray, float32 mm.
+
+        ``(B, H, W)`` (or ``(B, NB, H, W)``): sum over the stored layers of back − front (0 on a
+        miss).
+        """
         return torch.nan_to_num(self.back - self.front, nan=0.0).sum(dim=-3)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -222,8 +225,9 @@ class Renderer(ABC):
     # ------------------------------------------------------------------ the contract
     def drr(self, views: Views, *, roi: tuple[int, int, int, int] | None = None,
             pixels: Any = None, bones: Sequence[int] | None = None) -> torch.Tensor:
-        """Line integrals of μ along each pixel's ray: dimensionless, in the renderer's dtype
-        (float32 by default) and on its device.
+        """Line integrals of μ along each pixel's ray.
+
+        Dimensionless, in the renderer's dtype (float32 by default) and on its device.
 
         Args:
             views: B views.
@@ -281,8 +285,9 @@ class Renderer(ABC):
 
     def depth_per_bone(self, views: Views, bones: Sequence[int], *,
                        layers: int = 2) -> list[DepthMaps]:
-        """One :class:`DepthMaps` per bone, in the order given, each that of
-        ``depth(views, [b], layers=layers)``; an empty list for no bones.
+        """One :class:`DepthMaps` per bone, in the order given.
+
+        Each is that of ``depth(views, [b], layers=layers)``; an empty list for no bones.
 
         This default calls :meth:`depth` once per bone; a backend may do better (as a slice
         of :meth:`depth_stack`).
@@ -366,8 +371,11 @@ class Renderer(ABC):
 
     # ------------------------------------------------------------------ shared checks
     def _views(self, views: Any) -> Views:
-        """``views`` checked (a renderer that is open, :class:`Views`, finite, positive focal
-        lengths, rigid poses), with float64 tensors that keep any autograd graph."""
+        """``views`` checked, with float64 tensors that keep any autograd graph.
+
+        Checked: a renderer that is open, :class:`Views`, finite, positive focal lengths, rigid
+        poses.
+        """
         self._check_open()
         if not isinstance(views, Views):
             raise InputError(f"expected regkit.render.Views, got {type(views).__name__}",
@@ -402,8 +410,11 @@ class Renderer(ABC):
 
     @abstractmethod
     def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
-        """:meth:`depth` of checked arguments; ``layers`` of the result may be any integer
-        dtype (counts are clipped to 255 and made uint8 here)."""
+        """:meth:`depth` of checked arguments.
+
+        ``layers`` of the result may be any integer dtype (counts are clipped to 255 and made uint8
+        here).
+        """
 
     def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
         """:meth:`depth_stack` of checked, distinct, sorted ``bones`` (one row each).

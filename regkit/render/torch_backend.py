@@ -172,9 +172,12 @@ class TorchRenderer(Renderer):
                 call, so the graph from it is rebuilt each time).
             world_from_index: ``(4, 4)`` index → RAS+ world (mm) affine of the grid.
             labels: Optional ``(I, J, K)`` integer label map.
-            step_mm, chunk_rays: As in the constructor.
+            step_mm: Largest step along a ray, mm (default: half the smallest voxel spacing),
+                as in the constructor.
             device: Default: the tensor's device.
             dtype: Default: the tensor's dtype if float32 or float64, else float32.
+            chunk_rays: Rays marched at once (bounds the memory; default 65536 on the CPU, 2²⁰
+                on CUDA), as in the constructor.
 
         Returns:
             The renderer. :meth:`resample` resamples ``mu`` itself.
@@ -371,9 +374,11 @@ class TorchRenderer(Renderer):
     # ------------------------------------------------------------------ DRR
     def _drr(self, views: Views, *, roi: tuple[int, int, int, int] | None,
              pixels: torch.Tensor | None, bones: tuple[int, ...] | None) -> torch.Tensor:
-        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`): the
-        renderer's dtype and device, differentiable with respect to the pose, the intrinsics,
-        the pixel coordinates and (see the class) the volume."""
+        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`).
+
+        In the renderer's dtype and on its device, differentiable with respect to the pose, the
+        intrinsics, the pixel coordinates and (see the class) the volume.
+        """
         k, t = self._on_device(views)
         if pixels is not None:
             uv = pixels.to(self.device)
@@ -436,8 +441,11 @@ class TorchRenderer(Renderer):
 
     def _layered(self, views: Views, ray: torch.Tensor, t: torch.Tensor, entry: torch.Tensor,
                  layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sorted crossings as depth maps: ``front``, ``back`` ``(B, layers, H, W)`` mm in the
-        renderer's dtype (NaN where no such layer) and entry counts ``(B, H, W)`` int64."""
+        """Sorted crossings as depth maps.
+
+        ``front``, ``back`` ``(B, layers, H, W)`` mm in the renderer's dtype (NaN where no such
+        layer) and entry counts ``(B, H, W)`` int64.
+        """
         batch, h, w = views.batch, views.height, views.width
         n_rays = batch * h * w
         front = torch.full((n_rays, layers), _NAN, dtype=torch.float64, device=self.device)
@@ -456,16 +464,19 @@ class TorchRenderer(Renderer):
         return layout(front), layout(back), count.view(batch, h, w)
 
     def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
-        """Front and back crossings of the union of ``bones`` (see :meth:`Renderer.depth`), in
-        the renderer's dtype; no gradients."""
+        """Front and back crossings of the union of ``bones`` (see :meth:`Renderer.depth`).
+
+        In the renderer's dtype; no gradients.
+        """
         ray, t, entry, _, _, _ = self._crossings(views, bones)
         front, back, count = self._layered(views, ray, t, entry, layers)
         return DepthMaps(front=front, back=back, layers=count)
 
     def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
-        """Each bone's own maps (see :meth:`Renderer.depth_stack`), each bone marched only by
-        the rays that cross its box (its voxels' bounding box with a margin of 2 voxels) and
-        only across it, on a crop of its own mask.
+        """Each bone's own maps (see :meth:`Renderer.depth_stack`), marched bone by bone.
+
+        Each bone is marched only by the rays that cross its box (its voxels' bounding box with a
+        margin of 2 voxels) and only across it, on a crop of its own mask.
 
         The planes, so every sample, are those of :meth:`depth` for that bone alone: the crop
         spans the whole volume along the marching axis and the box across it, and a bone's
@@ -492,8 +503,10 @@ class TorchRenderer(Renderer):
         return DepthMaps(front=front, back=back, layers=count)
 
     def _margin_box(self, bone: int) -> tuple[np.ndarray, np.ndarray]:
-        """``[lo, hi)``: the bone's voxel box grown by :data:`_BONE_MARGIN`, clipped to the
-        volume (as :meth:`_mask_box` of that bone alone)."""
+        """``[lo, hi)``: the bone's voxel box grown by :data:`_BONE_MARGIN`, clipped to the volume.
+
+        As :meth:`_mask_box` of that bone alone.
+        """
         lo, hi = self._label_boxes()[bone]
         return (np.maximum(lo - _BONE_MARGIN, 0),
                 np.minimum(hi + _BONE_MARGIN, np.asarray(self.shape)))
@@ -501,8 +514,10 @@ class TorchRenderer(Renderer):
     def _bone_crossings(self, bone: int, box: tuple[np.ndarray, np.ndarray], axis: int,
                         cells: int, og: torch.Tensor, dg: torch.Tensor, ids: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The crossings of one bone's surface by the rays ``og + t·dg`` (global ray indices
-        ``ids``) of a group marched along ``axis`` in ``cells`` cells.
+        """The crossings of one bone's surface by the rays of a group.
+
+        The rays are ``og + t·dg`` (global ray indices ``ids``), of a group marched along ``axis``
+        in ``cells`` cells.
 
         Only the rays through the box are marched, on a crop of the bone's mask that keeps the
         whole volume along ``axis`` (so its planes are the volume's) and the box across it.
@@ -598,8 +613,11 @@ class TorchRenderer(Renderer):
 
 def _group_origins(o: torch.Tensor, d: torch.Tensor, members: list[int]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The rays of the views ``members``, one row each: origins and directions ``(R, 3)``
-    (index space) and global ray indices ``view · P + pixel`` ``(R,)``."""
+    """The rays of the views ``members``, one row each.
+
+    Origins and directions ``(R, 3)`` (index space) and global ray indices ``view · P + pixel``
+    ``(R,)``.
+    """
     idx = torch.tensor(members, device=d.device)
     n_pix = d.shape[1]
     og = o.index_select(0, idx)[:, None, :].expand(-1, n_pix, -1).reshape(-1, 3)
@@ -609,9 +627,11 @@ def _group_origins(o: torch.Tensor, d: torch.Tensor, members: list[int]
 
 
 def _box_hits(o: torch.Tensor, d: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    """Indices of the rays ``o + t·d`` (``t >= 0``) that cross the index box
-    ``[lo − ½, hi − ½]``: every ray :func:`~regkit.render._torch_kernels.restrict_to_box`
-    keeps for it (the same arithmetic, on the same tiny-safe directions)."""
+    """Indices of the rays ``o + t·d`` (``t >= 0``) that cross the index box ``[lo − ½, hi − ½]``.
+
+    Every ray :func:`~regkit.render._torch_kernels.restrict_to_box` keeps for it (the same
+    arithmetic, on the same tiny-safe directions).
+    """
     d = torch.where(d.abs() < TINY_DIRECTION, torch.full_like(d, TINY_DIRECTION), d)
     t1 = (torch.from_numpy(lo - 0.5).to(o) - o) / d
     t2 = (torch.from_numpy(hi - 0.5).to(o) - o) / d

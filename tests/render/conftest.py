@@ -145,7 +145,11 @@ def trilinear_profile(volume: np.ndarray, world_from_index: np.ndarray, origin: 
     """Zero-padded trilinear interpolation of ``volume`` at ``origin + t·dirs`` (scipy).
 
     Args:
-        dirs: ``(N, 3)`` unit world directions; ``t``: ``(N, S)`` or ``(S,)`` distances, mm.
+        volume: ``(I, J, K)`` voxel values.
+        world_from_index: ``(4, 4)`` index → world affine, mm.
+        origin: ``(3,)`` ray origin in world coordinates, mm.
+        dirs: ``(N, 3)`` unit world directions.
+        t: ``(N, S)`` or ``(S,)`` distances along the rays, mm.
 
     Returns:
         ``(N, S)`` values.
@@ -183,8 +187,10 @@ def ellipsoid() -> Ellipsoid:
 @pytest.fixture(scope="session")
 def ellipsoid_volume(grid: tuple[tuple[int, int, int], np.ndarray],
                      ellipsoid: Ellipsoid) -> Volume:
-    """μ = MU inside the ellipsoid by exact partial volume (6³ sub-samples), label 1 at voxel
-    centres inside, in units ``"mu"``."""
+    """μ = MU inside the ellipsoid by exact partial volume (6³ sub-samples), in units ``"mu"``.
+
+    Label 1 at voxel centres inside.
+    """
     shape, aff = grid
     mu = (MU * partial_volume(ellipsoid, shape, aff)).astype(np.float32)
     return Volume(mu, aff, labels=binary_mask(ellipsoid, shape, aff), units="mu")
@@ -313,8 +319,10 @@ def reference_drr(values: np.ndarray, world_from_index: np.ndarray, origin: np.n
 
 
 def level_min(solid: Ellipsoid, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Smallest ``|A (x − c)|`` along each ray (a line): below 1 for rays through ``solid``;
-    about 0 for rays through its centre."""
+    """Smallest ``|A (x − c)|`` along each ray (a line).
+
+    Below 1 for rays through ``solid``; about 0 for rays through its centre.
+    """
     p = (origin - solid.center) @ solid.matrix.T
     q = dirs @ solid.matrix.T
     return np.sqrt(np.maximum(p @ p - (q @ p) ** 2 / np.sum(q * q, axis=1), 0.0))
@@ -368,7 +376,7 @@ def shell_volume(grid: tuple[tuple[int, int, int], np.ndarray],
 
 
 @pytest.fixture(scope="session")
-def two_bones(grid: tuple[tuple[int, int, int], np.ndarray]) -> tuple[Ellipsoid, Ellipsoid]:
+def two_bones() -> tuple[Ellipsoid, Ellipsoid]:
     """Two disjoint ellipsoids, labelled 1 and 2 in :func:`two_bones_volume`."""
     rot = np.asarray(rotvec_to_matrix(np.array([0.1, 0.2, 0.3])))
     return (Ellipsoid(np.array([-3.0, -6.0, 0.5]), np.array([7.0, 6.0, 5.5]), rot),

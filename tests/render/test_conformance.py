@@ -57,7 +57,8 @@ def test_drr_of_ellipsoid_matches_its_chords(
     """
     renderer = make(big_ellipsoid_volume)
     drr = _np(renderer.drr(tools.views_of(big_cameras)))
-    assert drr.shape == (4, 40, 48) and drr.dtype == np.float32
+    assert drr.shape == (4, 40, 48)
+    assert drr.dtype == np.float32
     voxel = float(np.max(big_ellipsoid_volume.spacing))
     for b, cam in enumerate(big_cameras):
         origin, dirs = _rays(cam)
@@ -103,8 +104,10 @@ def test_drr_boundary_model_on_a_volume_filled_to_its_edges(
         tools: Tools,
         make: Factory,
 ) -> None:
-    """A volume with μ up to its faces: the box clip and the zero padding are rendered exactly as
-    the contract states (half the edge value at the edge, nothing beyond)."""
+    """The box clip and the zero padding are rendered exactly as the contract states.
+
+    A volume with μ up to its faces: half the edge value at the edge, nothing beyond.
+    """
     shape = (14, 11, 9)
     aff = tools.grid_affine(shape, (1.2, 1.0, 1.4), (0.2, 0.1, -0.3), (1.0, 2.0, -1.0))
     rng = np.random.default_rng(3)
@@ -203,7 +206,8 @@ def _layer_errors(front: np.ndarray, back: np.ndarray, layers: np.ndarray,
             if k < len(entries):
                 errs += [abs(front[k, n] - entries[k]), abs(back[k, n] - exits[k])]
             else:
-                assert np.isnan(front[k, n]) and np.isnan(back[k, n])
+                assert np.isnan(front[k, n])
+                assert np.isnan(back[k, n])
     return np.array(errs), compared, skipped
 
 
@@ -215,13 +219,17 @@ def test_depth_of_ellipsoid_matches_reference_surface(
         ellipsoid: Any,
         cameras: list[Camera],
 ) -> None:
-    """Front/back = the 0.5 level set of the trilinear binary mask (scipy + brentq reference):
-    within 0.05 mm + 0.1 voxel; and within half a voxel diagonal of the analytic surface on rays
-    through the inner part."""
+    """Front/back = the 0.5 level set of the trilinear binary mask.
+
+    Within 0.05 mm + 0.1 voxel of a scipy + brentq reference; and within half a voxel diagonal of
+    the analytic surface on rays through the inner part.
+    """
     renderer = make(ellipsoid_volume)
     dm = renderer.depth(tools.views_of(cameras), [1], layers=2)
-    assert dm.front.shape == (4, 2, 36, 40) and dm.back.shape == (4, 2, 36, 40)
-    assert dm.front.dtype == torch.float32 and dm.layers.dtype == torch.uint8
+    assert dm.front.shape == (4, 2, 36, 40)
+    assert dm.back.shape == (4, 2, 36, 40)
+    assert dm.front.dtype == torch.float32
+    assert dm.layers.dtype == torch.uint8
     spacing = ellipsoid_volume.spacing
     tol = 0.05 + 0.1 * float(np.max(spacing))
     half_diag = 0.5 * float(np.linalg.norm(spacing))
@@ -235,7 +243,8 @@ def test_depth_of_ellipsoid_matches_reference_surface(
         ref = refs.get(f"ellipsoid-depth-{b}", tools.reference_crossings, mask,
                        ellipsoid_volume.world_from_index, origin, dirs)
         errs, compared, skipped = _layer_errors(front, back, layers, ref, 2.0 * step)
-        assert compared > 1300 and skipped < 80
+        assert compared > 1300
+        assert skipped < 80
         assert errs.max() <= tol, f"view {b}: worst {errs.max():.4f} mm"
         inner = tools.level_min(ellipsoid, origin, dirs) < 0.6
         t_in, t_out = ellipsoid.intersect(origin, dirs)
@@ -243,7 +252,8 @@ def test_depth_of_ellipsoid_matches_reference_surface(
         assert np.abs(front[0, inner] - t_in[inner]).max() <= half_diag
         assert np.abs(back[0, inner] - t_out[inner]).max() <= half_diag
         miss = tools.level_min(ellipsoid, origin, dirs) > 1.3
-        assert np.all(layers[miss] == 0) and np.all(np.isnan(front[:, miss]))
+        assert np.all(layers[miss] == 0)
+        assert np.all(np.isnan(front[:, miss]))
 
 
 def test_depth_of_a_hollow_shell_has_two_layers(
@@ -254,8 +264,10 @@ def test_depth_of_a_hollow_shell_has_two_layers(
         shell: tuple[Any, Any],
         cameras: list[Camera],
 ) -> None:
-    """Rays through the cavity enter and leave twice, nearest first; layers beyond L are counted
-    but not stored."""
+    """Rays through the cavity enter and leave twice, nearest first.
+
+    Layers beyond L are counted but not stored.
+    """
     outer, inner = shell
     renderer = make(shell_volume)
     views = tools.views_of(cameras[:2])
@@ -289,14 +301,16 @@ def test_depth_of_a_hollow_shell_has_two_layers(
 
 
 def test_bone_index_and_depth_per_bone(tools: Tools, make: Factory, two_bones_volume: Volume,
-                                       two_bones: tuple[Any, Any],
                                        cameras: list[Camera]) -> None:
-    """The first bone hit is the one whose own front is nearest; per-bone depth equals depth of
-    that bone alone."""
+    """The first bone hit is the one whose own front is nearest.
+
+    Per-bone depth equals depth of that bone alone.
+    """
     renderer = make(two_bones_volume)
     views = tools.views_of(cameras)
     index = _np(renderer.bone_index(views, [1, 2]))
-    assert index.dtype == np.int32 and index.shape == (4, 36, 40)
+    assert index.dtype == np.int32
+    assert index.shape == (4, 36, 40)
     per_bone = renderer.depth_per_bone(views, [1, 2], layers=1)
     assert len(per_bone) == 2
     f1, f2 = _np(per_bone[0].front[:, 0]), _np(per_bone[1].front[:, 0])
@@ -305,7 +319,8 @@ def test_bone_index_and_depth_per_bone(tools: Tools, make: Factory, two_bones_vo
     expect = np.where(np.isnan(f1) & np.isnan(f2), 0,
                       np.where(np.nan_to_num(f1, nan=np.inf) <= np.nan_to_num(f2, nan=np.inf),
                                1, 2))
-    assert (expect == 1).sum() > 100 and (expect == 2).sum() > 100
+    assert (expect == 1).sum() > 100
+    assert (expect == 2).sum() > 100
     assert np.mean(index == expect) > 0.995
     union = renderer.depth(views, [1, 2], layers=2)
     np.testing.assert_array_equal(_np(union.layers) > 0, index > 0)
@@ -330,16 +345,20 @@ def test_resample_identity_and_mask(
     data = _smooth(tools, shape, aff)
     renderer = make(Volume(data, aff, units="HU"))
     res = renderer.resample(shape, aff, np.eye(4)[None])
-    assert res.values.shape == (1, *shape) and res.values.dtype == torch.float32
-    assert res.mask.dtype == torch.bool and bool(res.mask.all())
+    assert res.values.shape == (1, *shape)
+    assert res.values.dtype == torch.float32
+    assert res.mask.dtype == torch.bool
+    assert bool(res.mask.all())
     np.testing.assert_allclose(_np(res.values[0]), data, rtol=1e-6, atol=1e-3)
 
 
 def test_resample_round_trip_and_field_of_view(tools: Tools, make: Factory,
                                                grid: tuple[tuple[int, int, int], np.ndarray]
                                                ) -> None:
-    """A rigid transform and then its inverse give the volume back (to interpolation error), and
-    the mask is exactly the analytic field of view: moving index inside [0, n − 1]."""
+    """A rigid transform and then its inverse give the volume back (to interpolation error).
+
+    The mask is exactly the analytic field of view: moving index inside [0, n − 1].
+    """
     shape, aff = grid
     data = _smooth(tools, shape, aff)
     volume = Volume(data, aff, units="other")
@@ -379,7 +398,8 @@ def test_resample_round_trip_and_field_of_view(tools: Tools, make: Factory,
     assert core.sum() > 5000
     assert bool(_np(back.mask[0])[core].all())
     err = np.abs(_np(back.values[0]) - data)[core]
-    assert err.max() < 3.0 and np.median(err) < 0.5
+    assert err.max() < 3.0
+    assert np.median(err) < 0.5
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -460,58 +480,64 @@ def _set(array: np.ndarray, index: tuple[int, ...], value: float) -> None:
 # (what is wrong, the call, the error class, its key): every backend refuses each the same way.
 BAD_CALLS: list[tuple[str, Callable[[Renderer, Views, Volume], Any], type[Exception],
                       str | None]] = [
-    ("views not Views", lambda r, v, vol: r.drr("not views"), InputError, "views"),
-    ("views not Views (depth)", lambda r, v, vol: r.depth(np.eye(4), [1]), InputError, "views"),
-    ("NaN pose", lambda r, v, vol: r.drr(_with_pose(v, lambda k, t: _set(t, (1, 0, 3), np.nan))),
+    ("views not Views", lambda r, *_: r.drr("not views"), InputError, "views"),
+    ("views not Views (depth)", lambda r, *_: r.depth(np.eye(4), [1]), InputError, "views"),
+    ("NaN pose", lambda r, v, _: r.drr(_with_pose(v, lambda _, t: _set(t, (1, 0, 3), np.nan))),
      InputError, "camera_from_world"),
     ("negative focal length",
-     lambda r, v, vol: r.drr(_with_pose(v, lambda k, t: _set(k, (0, 0, 0), -400.0))),
+     lambda r, v, _: r.drr(_with_pose(v, lambda k, _: _set(k, (0, 0, 0), -400.0))),
      InputError, "intrinsic"),
     ("pose not rigid",
-     lambda r, v, vol: r.bone_index(_with_pose(v, lambda k, t: _set(t, (0, 0, 0), 1.5)), [1]),
+     lambda r, v, _: r.bone_index(_with_pose(v, lambda _, t: _set(t, (0, 0, 0), 1.5)), [1]),
      FrameError, None),
-    ("roi off the detector", lambda r, v, vol: r.drr(v, roi=(30, 0, 20, 10)), InputError, "roi"),
-    ("roi not four numbers", lambda r, v, vol: r.drr(v, roi=(0, 0, 4)), InputError, "roi"),
-    ("roi and pixels", lambda r, v, vol: r.drr(v, roi=(0, 0, 4, 4), pixels=np.zeros((3, 2))),
+    ("roi off the detector", lambda r, v, _: r.drr(v, roi=(30, 0, 20, 10)), InputError, "roi"),
+    ("roi not four numbers",
+     lambda r, v, _: r.drr(v, roi=(0, 0, 4)),  # type: ignore[arg-type]
      InputError, "roi"),
-    ("pixels (P, 3)", lambda r, v, vol: r.drr(v, pixels=np.zeros((3, 3))), ShapeError, None),
-    ("pixels of 5 views for 2", lambda r, v, vol: r.drr(v, pixels=np.zeros((5, 3, 2))),
+    ("roi and pixels", lambda r, v, _: r.drr(v, roi=(0, 0, 4, 4), pixels=np.zeros((3, 2))),
+     InputError, "roi"),
+    ("pixels (P, 3)", lambda r, v, _: r.drr(v, pixels=np.zeros((3, 3))), ShapeError, None),
+    ("pixels of 5 views for 2", lambda r, v, _: r.drr(v, pixels=np.zeros((5, 3, 2))),
      ShapeError, None),
-    ("NaN pixel", lambda r, v, vol: r.drr(v, pixels=np.full((3, 2), np.nan)), InputError,
+    ("NaN pixel", lambda r, v, _: r.drr(v, pixels=np.full((3, 2), np.nan)), InputError,
      "pixels"),
-    ("no bones (drr)", lambda r, v, vol: r.drr(v, bones=[]), InputError, "bones"),
-    ("no bones (depth)", lambda r, v, vol: r.depth(v, []), InputError, "bones"),
-    ("no bones (depth_stack)", lambda r, v, vol: r.depth_stack(v, []), InputError, "bones"),
-    ("no bones (bone_index)", lambda r, v, vol: r.bone_index(v, []), InputError, "bones"),
-    ("bone 0", lambda r, v, vol: r.depth(v, [0]), InputError, "bones"),
-    ("bone not a number", lambda r, v, vol: r.depth_stack(v, [1, "2"]), InputError, "bones"),
-    ("bones a number", lambda r, v, vol: r.depth(v, 1), InputError, "bones"),
-    ("bone not in the label map", lambda r, v, vol: r.depth_per_bone(v, [1, 7]), InputError,
+    ("no bones (drr)", lambda r, v, _: r.drr(v, bones=[]), InputError, "bones"),
+    ("no bones (depth)", lambda r, v, _: r.depth(v, []), InputError, "bones"),
+    ("no bones (depth_stack)", lambda r, v, _: r.depth_stack(v, []), InputError, "bones"),
+    ("no bones (bone_index)", lambda r, v, _: r.bone_index(v, []), InputError, "bones"),
+    ("bone 0", lambda r, v, _: r.depth(v, [0]), InputError, "bones"),
+    ("bone not a number",
+     lambda r, v, _: r.depth_stack(v, [1, "2"]),  # type: ignore[list-item]
+     InputError, "bones"),
+    ("bones a number", lambda r, v, _: r.depth(v, 1),  # type: ignore[arg-type]
+     InputError, "bones"),
+    ("bone not in the label map", lambda r, v, _: r.depth_per_bone(v, [1, 7]), InputError,
      "bones"),
-    ("layers 0", lambda r, v, vol: r.depth(v, [1], layers=0), InputError, "layers"),
-    ("layers 0 (depth_stack)", lambda r, v, vol: r.depth_stack(v, [1], layers=0), InputError,
+    ("layers 0", lambda r, v, _: r.depth(v, [1], layers=0), InputError, "layers"),
+    ("layers 0 (depth_stack)", lambda r, v, _: r.depth_stack(v, [1], layers=0), InputError,
      "layers"),
-    ("layers 1.5", lambda r, v, vol: r.depth_per_bone(v, [1], layers=1.5), InputError,
-     "layers"),
-    ("fixed_shape with a 0", lambda r, v, vol: r.resample((4, 0, 4), np.eye(4), np.eye(4)[None]),
+    ("layers 1.5",
+     lambda r, v, _: r.depth_per_bone(v, [1], layers=1.5),  # type: ignore[arg-type]
+     InputError, "layers"),
+    ("fixed_shape with a 0", lambda r, *_: r.resample((4, 0, 4), np.eye(4), np.eye(4)[None]),
      InputError, "fixed_shape"),
-    ("fixed_shape of 2", lambda r, v, vol: r.resample((4, 4), np.eye(4), np.eye(4)[None]),
+    ("fixed_shape of 2", lambda r, *_: r.resample((4, 4), np.eye(4), np.eye(4)[None]),
      InputError, "fixed_shape"),
-    ("grid affine 3x3", lambda r, v, vol: r.resample((4, 4, 4), np.eye(3), np.eye(4)[None]),
+    ("grid affine 3x3", lambda r, *_: r.resample((4, 4, 4), np.eye(3), np.eye(4)[None]),
      ShapeError, None),
-    ("transforms (4, 4)", lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.eye(4)),
+    ("transforms (4, 4)", lambda r, *_: r.resample((4, 4, 4), np.eye(4), np.eye(4)),
      ShapeError, None),
     ("NaN transform",
-     lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.full((1, 4, 4), np.nan)),
+     lambda r, *_: r.resample((4, 4, 4), np.eye(4), np.full((1, 4, 4), np.nan)),
      InputError, "fixed_from_moving"),
     ("infinite grid affine",
-     lambda r, v, vol: r.resample((4, 4, 4), np.full((4, 4), np.inf), np.eye(4)[None]),
+     lambda r, *_: r.resample((4, 4, 4), np.full((4, 4), np.inf), np.eye(4)[None]),
      InputError, "fixed_world_from_index"),
     ("singular transform",
-     lambda r, v, vol: r.resample((4, 4, 4), np.eye(4), np.zeros((1, 4, 4))), InputError,
+     lambda r, *_: r.resample((4, 4, 4), np.eye(4), np.zeros((1, 4, 4))), InputError,
      "fixed_from_moving"),
     ("NaN fill",
-     lambda r, v, vol: r.resample(*_resample_args(vol), fill=float("nan")), InputError, "fill"),
+     lambda r, _, vol: r.resample(*_resample_args(vol), fill=float("nan")), InputError, "fill"),
 ]
 
 
@@ -521,8 +547,10 @@ def test_every_backend_refuses_the_same_way(tools: Tools, make: Factory,
                                             two_bones_volume: Volume, cameras: list[Camera],
                                             call: Callable[[Renderer, Views, Volume], Any],
                                             error: type[Exception], key: str | None) -> None:
-    """Each bad argument raises the same error class with the same ``key`` on every backend:
-    the checks live in the contract (``Renderer``), not in each backend."""
+    """Each bad argument raises the same error class with the same ``key`` on every backend.
+
+    The checks live in the contract (``Renderer``), not in each backend.
+    """
     renderer = make(two_bones_volume)
     with pytest.raises(error) as caught:
         call(renderer, tools.views_of(cameras[:2]), two_bones_volume)
@@ -573,15 +601,18 @@ def test_close_is_idempotent_and_later_calls_are_refused(
 
 def test_depth_stack_is_each_bone_alone(tools: Tools, make: Factory, two_bones_volume: Volume,
                                         cameras: list[Camera]) -> None:
-    """Each row of ``depth_stack`` is ``depth`` of that bone alone, repeats included, also for
-    a view so close that the bones lie partly behind its source and off its detector."""
+    """Each row of ``depth_stack`` is ``depth`` of that bone alone, repeats included.
+
+    Also for a view so close that the bones lie partly behind its source and off its detector.
+    """
     near = tools.look_at(np.asarray(two_bones_volume.center_world) - np.array([0.0, 9.0, 0.0]),
                          np.asarray(two_bones_volume.center_world), focal=30.0, width=40,
                          height=36)
     views = tools.views_of([*cameras, near])
     renderer = make(two_bones_volume)
     stack = renderer.depth_stack(views, [2, 1, 2], layers=2)
-    assert stack.front.shape == (5, 3, 2, 36, 40) and stack.layers.shape == (5, 3, 36, 40)
+    assert stack.front.shape == (5, 3, 2, 36, 40)
+    assert stack.layers.shape == (5, 3, 36, 40)
     assert stack.layers.dtype == torch.uint8
     for row, bone in enumerate([2, 1, 2]):
         alone = renderer.depth(views, [bone], layers=2)

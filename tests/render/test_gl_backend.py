@@ -1,5 +1,7 @@
-"""The OpenGL backend's own behaviour: refusals, laziness, releasing, exactness, and its agreement
-with the PyTorch backend (the conformance suite checks both against closed-form ground truth).
+"""The OpenGL backend's own behaviour.
+
+Refusals, laziness, releasing, exactness, and its agreement with the PyTorch backend (the
+conformance suite checks both against closed-form ground truth).
 
 Every test that needs a GL context skips where none can be made (``test_gl_required`` turns that
 into a failure in CI). The volumes are small and synthetic so the whole file runs in seconds on
@@ -136,7 +138,7 @@ def test_bad_calls_are_refused(gl: GLRenderer, views: Views) -> None:
     with pytest.raises(InputError, match="layers"):
         gl.depth(views, [3], layers=0)
     with pytest.raises(InputError, match="views"):
-        gl.drr(np.eye(4))
+        gl.drr(np.eye(4))  # type: ignore[arg-type]
     with pytest.raises(ShapeError):
         gl.resample(SHAPE, np.eye(4), np.eye(4))
     singular = np.zeros((1, 4, 4))
@@ -163,7 +165,8 @@ def test_close_releases_and_refuses_later_calls(labelled_volume: Volume, views: 
     assert objects
     renderer.close()
     renderer.close()  # idempotent
-    assert renderer.closed and not renderer._gl_objects
+    assert renderer.closed
+    assert not renderer._gl_objects
     assert all(type(o.mglo).__name__ == "InvalidObject" for o in objects)
     with pytest.raises(RegkitError, match="closed"):
         renderer.drr(views)
@@ -193,20 +196,26 @@ def test_works_from_another_thread(gl: GLRenderer, views: Views) -> None:
 def test_output_types(gl: GLRenderer, views: Views, labelled_volume: Volume) -> None:
     b, h, w = views.batch, views.height, views.width
     img = gl.drr(views)
-    assert img.shape == (b, h, w) and img.dtype == torch.float32 and img.device.type == "cpu"
+    assert img.shape == (b, h, w)
+    assert img.dtype == torch.float32
+    assert img.device.type == "cpu"
     assert gl.drr(views, roi=(3, 4, 10, 6)).shape == (b, 6, 10)
     assert gl.drr(views, pixels=np.full((5, 2), 8.5)).shape == (b, 5)
     d = gl.depth(views, [3, 7], layers=3)
     assert isinstance(d, DepthMaps)
-    assert d.front.shape == d.back.shape == (b, 3, h, w) and d.front.dtype == torch.float32
-    assert d.layers.shape == (b, h, w) and d.layers.dtype == torch.uint8
+    assert d.front.shape == d.back.shape == (b, 3, h, w)
+    assert d.front.dtype == torch.float32
+    assert d.layers.shape == (b, h, w)
+    assert d.layers.dtype == torch.uint8
     idx = gl.bone_index(views, [3, 7])
-    assert idx.shape == (b, h, w) and idx.dtype == torch.int32
+    assert idx.shape == (b, h, w)
+    assert idx.dtype == torch.int32
     assert set(torch.unique(idx).tolist()) <= {0, 3, 7}
     res = gl.resample((5, 6, 7), labelled_volume.world_from_index, np.eye(4)[None].repeat(2, 0))
     assert isinstance(res, Resampled)
     assert res.values.shape == res.mask.shape == (2, 5, 6, 7)
-    assert res.values.dtype == torch.float32 and res.mask.dtype == torch.bool
+    assert res.values.dtype == torch.float32
+    assert res.mask.dtype == torch.bool
 
 
 def test_roi_pixels_and_batches_are_consistent(gl: GLRenderer, views: Views) -> None:
@@ -274,7 +283,8 @@ def test_resample_identity_and_fill(gl: GLRenderer, labelled_volume: Volume) -> 
     torch.testing.assert_close(res.values[0], data, rtol=0, atol=1e-2)
     assert bool(res.mask[0].all())
     # Moved by half the extent: the fixed voxel i sees moving voxel i - 17.
-    assert not bool(res.mask[1, :16].any()) and bool(res.mask[1, 17:].all())
+    assert not bool(res.mask[1, :16].any())
+    assert bool(res.mask[1, 17:].all())
     assert bool((res.values[1, :16] == -5.0).all())
     torch.testing.assert_close(res.values[1, 17:], data[:-17], rtol=0, atol=1e-2)
 
@@ -291,13 +301,15 @@ def test_resample_float64_dtype(labelled_volume: Volume) -> None:
 
 def _reference_crossings(mask: np.ndarray, volume: Volume, camera: Camera,
                          pixels: np.ndarray) -> list[tuple[list[float], list[float]]]:
-    """Entries and exits of the 0.5 level set of the zero-padded trilinear mask (float64 scipy,
-    sampled every 2 µm and interpolated linearly), clipped to the voxel-edge box."""
+    """Entries and exits of the 0.5 level set of the zero-padded trilinear mask.
+
+    Float64 scipy, sampled every 2 µm and interpolated linearly, clipped to the voxel-edge box.
+    """
     origin, _ = camera.rays()
     k_inv = np.linalg.inv(camera.intrinsic)
     rot = camera.camera_from_world[:3, :3]
     index_from_world = volume.index_from_world
-    out = []
+    out: list[tuple[list[float], list[float]]] = []
     n = np.asarray(volume.shape, dtype=float)
     for u, v in pixels:
         d = rot.T @ (k_inv @ np.array([u, v, 1.0]))
@@ -420,7 +432,7 @@ def test_no_context_means_backend_unavailable(labelled_volume: Volume,
     assert "EGL" in str(gl_context.unavailable_reason())
 
 
-def test_volume_larger_than_the_texture_limit(labelled_volume: Volume) -> None:
+def test_volume_larger_than_the_texture_limit() -> None:
     _gl_or_skip()
     with gl_context.gl_session() as ctx:
         limit = int(ctx.info["GL_MAX_3D_TEXTURE_SIZE"])
@@ -430,8 +442,10 @@ def test_volume_larger_than_the_texture_limit(labelled_volume: Volume) -> None:
 
 
 def test_outputs_split_over_several_dispatches(labelled_volume: Volume, views: Views) -> None:
-    """Outputs larger than one storage buffer binding are written in several dispatches; the
-    result does not depend on the split."""
+    """Outputs larger than one storage buffer binding are written in several dispatches.
+
+    The result does not depend on the split.
+    """
     _gl_or_skip()
     maps = np.stack([np.eye(4)] * 3)
     maps[1, :3, 3] = [2.0, -1.0, 0.5]
@@ -468,8 +482,11 @@ def many_bones(tools: SimpleNamespace) -> Volume:
 
 
 def _many_views(tools: SimpleNamespace, volume: Volume) -> Views:
-    """Four views: three around the grid, one so close that part of the grid lies behind its
-    source plane and some bones fall off its small detector."""
+    """Four views: three around the grid and one very close.
+
+    The close one is so near that part of the grid lies behind its source plane and some bones
+    fall off its small detector.
+    """
     centre = volume.center_world
     cams = [tools.look_at(centre - 260.0 * d / np.linalg.norm(d), centre, focal=420.0,
                           width=44, height=38)
@@ -488,7 +505,8 @@ def _loop(renderer: GLRenderer, views: Views, bones: list[int], layers: int) -> 
 def _assert_same_depths(got: list[DepthMaps], want: list[DepthMaps]) -> None:
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
-        assert a.front.shape == b.front.shape and a.front.dtype == torch.float32
+        assert a.front.shape == b.front.shape
+        assert a.front.dtype == torch.float32
         assert a.layers.dtype == torch.uint8
         torch.testing.assert_close(a.layers, b.layers, rtol=0, atol=0)
         for x, y in ((a.front, b.front), (a.back, b.back)):
@@ -498,8 +516,11 @@ def _assert_same_depths(got: list[DepthMaps], want: list[DepthMaps]) -> None:
 
 def test_depth_per_bone_is_the_depth_of_each_bone_alone(tools: SimpleNamespace,
                                                           many_bones: Volume) -> None:
-    """One dispatch over an atlas of the bones' masks, each on its projected window, gives what
-    a depth call per bone gives on the whole detector: same crossings, same counts."""
+    """One dispatch over an atlas of the bones' masks gives what a depth call per bone gives.
+
+    The atlas dispatch marches each bone on its projected window, the depth calls the whole
+    detector: same crossings, same counts.
+    """
     _gl_or_skip()
     views = _many_views(tools, many_bones)
     bones = list(range(1, 13))
@@ -508,10 +529,12 @@ def test_depth_per_bone_is_the_depth_of_each_bone_alone(tools: SimpleNamespace,
         got = renderer.depth_per_bone(views, bones, layers=2)
         _assert_same_depths(got, want)
         hits = [int(m.layers.bool().sum()) for m in want]
-        assert min(hits) > 0 and sum(hits) > 2000, hits
+        assert min(hits) > 0, hits
+        assert sum(hits) > 2000, hits
         # the close view: some bones project off its detector, and still come back as misses
         close = [int(m.layers[3].bool().sum()) for m in want]
-        assert 0 in close and max(close) > 0, close
+        assert 0 in close, close
+        assert max(close) > 0, close
 
 
 def test_depth_per_bone_keeps_order_and_repeats(tools: SimpleNamespace,
@@ -528,8 +551,11 @@ def test_depth_per_bone_keeps_order_and_repeats(tools: SimpleNamespace,
 
 def test_depth_per_bone_split_over_atlases_and_dispatches(tools: SimpleNamespace,
                                                           many_bones: Volume) -> None:
-    """Bones that do not fit one texture go in several atlases, rays that do not fit one
-    buffer in several dispatches; the result does not depend on either split."""
+    """Splitting bones over atlases and rays over dispatches does not change the result.
+
+    Bones that do not fit one texture go in several atlases, rays that do not fit one buffer in
+    several dispatches; the result does not depend on either split.
+    """
     _gl_or_skip()
     views = _many_views(tools, many_bones)
     bones = list(range(1, 13))
@@ -557,9 +583,12 @@ def test_depth_per_bone_refuses_bad_input(many_bones: Volume, tools: SimpleNames
 
 
 def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> None:
-    """A thick solid bone has mask bricks that are 1 everywhere (occupancy 2): rays step over
-    them while inside, and the crossings stay those of the box faces (the 0.5 level set of a
-    box of voxels lies half a voxel out) and those of the torch backend, which skips nothing."""
+    """A thick solid bone's full mask bricks are marked and stepped over exactly.
+
+    Its mask bricks are 1 everywhere (occupancy 2): rays step over them while inside, and the
+    crossings stay those of the box faces (the 0.5 level set of a box of voxels lies half a voxel
+    out) and those of the torch backend, which skips nothing.
+    """
     _gl_or_skip()
     from regkit.render.gl.backend import _occupancy
 
@@ -567,11 +596,13 @@ def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> N
     mask[2:19, 2:19, 2:19] = True
     any_ = _occupancy(mask, 8)
     every = _occupancy(mask, 8, every=True)
-    assert every.sum() > 0 and np.all(every <= any_)
+    assert every.sum() > 0
+    assert np.all(every <= any_)
     # a brick is full only when every texel it interpolates (its 9³ footprint) is set
     for b in np.argwhere(every):
         foot = tuple(slice(8 * i, 8 * i + 9) for i in b)
-        assert mask[foot].all() and mask[foot].shape == (9, 9, 9)
+        assert mask[foot].all()
+        assert mask[foot].shape == (9, 9, 9)
     shape = (40, 40, 40)
     labels = np.zeros(shape, dtype=np.uint8)
     labels[6:34, 8:32, 5:35] = 1
@@ -595,16 +626,18 @@ def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> N
     assert centre.sum() > 300
     source_y = -300.0
     along = torch.tensor([0.5 * 7.5 - source_y, 0.5 * 31.5 - source_y])
-    f = got.front[0, 0][centre]
-    b = got.back[0, 0][centre]
-    assert float(f.min()) >= float(along[0]) - 1e-3 and float(b.max()) > float(along[1]) - 1e-3
+    front = got.front[0, 0][centre]
+    back = got.back[0, 0][centre]
+    assert float(front.min()) >= float(along[0]) - 1e-3
+    assert float(back.max()) > float(along[1]) - 1e-3
 
 
 def test_depth_stack_puts_the_bones_on_an_axis(tools: SimpleNamespace,
                                                many_bones: Volume) -> None:
-    """``depth_stack`` fills (B, NB, L, H, W) directly on gl and by stacking elsewhere; each
-    row is that bone's own maps, repeats included, and the DepthMaps methods see the bone
-    axis."""
+    """``depth_stack`` fills (B, NB, L, H, W) directly on gl and by stacking elsewhere.
+
+    Each row is that bone's own maps, repeats included, and the DepthMaps methods see the bone axis.
+    """
     _gl_or_skip()
     views = _many_views(tools, many_bones)
     bones = [5, 2, 5]
@@ -613,11 +646,13 @@ def test_depth_stack_puts_the_bones_on_an_axis(tools: SimpleNamespace,
         loop = _loop(renderer, views, bones, 2)
         with pytest.raises(InputError, match="no bones"):
             renderer.depth_stack(views, [])
-    assert stack.front.shape == (4, 3, 2, 38, 44) and stack.layers.shape == (4, 3, 38, 44)
+    assert stack.front.shape == (4, 3, 2, 38, 44)
+    assert stack.layers.shape == (4, 3, 38, 44)
     rows = [DepthMaps(front=stack.front[:, i], back=stack.back[:, i],
                       layers=stack.layers[:, i]) for i in range(3)]
     _assert_same_depths(rows, loop)
-    assert stack.thickness().shape == (4, 3, 38, 44) and stack.hit.shape == (4, 3, 38, 44)
+    assert stack.thickness().shape == (4, 3, 38, 44)
+    assert stack.hit.shape == (4, 3, 38, 44)
     torch.testing.assert_close(stack.thickness()[:, 1], loop[1].thickness(), rtol=0, atol=4e-3)
     stacked = TorchRenderer(many_bones).depth_stack(views, [2], layers=1)
     assert stacked.front.shape == (4, 1, 1, 38, 44)

@@ -57,7 +57,7 @@ def _small_scene(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, np.n
 
 
 def test_gradcheck_pose_parameters() -> None:
-    """d DRR / d (rotation vector, translation) of a pose correction, float64."""
+    """Gradcheck of d DRR / d (rotation vector, translation) of a pose correction, float64."""
     mu, aff, kmat, pose = _small_scene()
     renderer = TorchRenderer.from_tensor(mu, aff, step_mm=0.4)
 
@@ -68,13 +68,19 @@ def test_gradcheck_pose_parameters() -> None:
     params = torch.tensor([0.02, -0.03, 0.01, 0.4, -0.3, 0.2], dtype=torch.float64,
                           requires_grad=True)
     image = render(params)
-    assert image.shape == (1, 6, 6) and image.dtype == torch.float64
-    assert float(image.detach().min()) == 0.0 and float(image.detach().max()) > 0.1  # some miss
+    assert image.shape == (1, 6, 6)
+    assert image.dtype == torch.float64
+    # some miss
+    assert float(image.detach().min()) == 0.0
+    assert float(image.detach().max()) > 0.1
     assert torch.autograd.gradcheck(render, (params,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_gradcheck_volume() -> None:
-    """d DRR / d μ (every voxel), float64: the DRR is linear in μ, so this checks the weights."""
+    """Gradcheck of d DRR / d μ (every voxel), float64.
+
+    The DRR is linear in μ, so this checks the weights.
+    """
     mu, aff, kmat, pose = _small_scene()
     views = Views(kmat, pose, 6, 6)
 
@@ -86,7 +92,7 @@ def test_gradcheck_volume() -> None:
 
 
 def test_gradcheck_resample_transform() -> None:
-    """d resampled / d transform parameters and / d moving volume, float64."""
+    """Gradcheck of d resampled / d transform parameters and / d moving volume, float64."""
     mu, aff, _, _ = _small_scene()
     fixed_aff = np.diag([2.0, 2.0, 2.0, 1.0])
     fixed_aff[:3, 3] = -3.0
@@ -103,18 +109,25 @@ def test_gradcheck_resample_transform() -> None:
 
 def test_volume_gradients_collect_on_the_leaf(ellipsoid_volume: Volume,
                                               cameras: list[Camera]) -> None:
-    """``requires_grad=True``: μ is a leaf whose ``.grad`` fills, float32, no NaN; a pose tensor
-    with ``requires_grad`` gets its gradient in the same backward pass."""
+    """``requires_grad=True``: μ is a leaf whose ``.grad`` fills, float32, no NaN.
+
+    A pose tensor with ``requires_grad`` gets its gradient in the same backward pass.
+    """
     renderer = TorchRenderer(ellipsoid_volume, requires_grad=True)
-    assert renderer.mu.is_leaf and renderer.mu.requires_grad
+    assert renderer.mu.is_leaf
+    assert renderer.mu.requires_grad
     views = Views.from_cameras(cameras[:2])
     pose = torch.tensor(views.camera_from_world, dtype=torch.float32, requires_grad=True)
     image = renderer.drr(Views(views.intrinsic, pose, views.height, views.width))
-    assert image.dtype == torch.float32 and image.requires_grad
+    assert image.dtype == torch.float32
+    assert image.requires_grad
     image.sum().backward()
     grad = renderer.mu.grad
-    assert grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
-    assert pose.grad is not None and bool(torch.isfinite(pose.grad).all())
+    assert grad is not None
+    assert bool(torch.isfinite(grad).all())
+    assert float(grad.abs().max()) > 0
+    assert pose.grad is not None
+    assert bool(torch.isfinite(pose.grad).all())
     assert float(pose.grad[:, :3, 3].abs().max()) > 0
 
 
@@ -136,7 +149,8 @@ def test_float64_matches_float32(ellipsoid_volume: Volume, cameras: list[Camera]
     views = Views.from_cameras(cameras)
     single = TorchRenderer(ellipsoid_volume).drr(views)
     double = TorchRenderer(ellipsoid_volume, dtype=torch.float64).drr(views)
-    assert single.dtype == torch.float32 and double.dtype == torch.float64
+    assert single.dtype == torch.float32
+    assert double.dtype == torch.float64
     np.testing.assert_allclose(_np(single), _np(double), rtol=1e-4, atol=1e-6)
     depth = TorchRenderer(ellipsoid_volume, dtype=torch.float64).depth(views, [1])
     assert depth.front.dtype == torch.float64
@@ -144,8 +158,11 @@ def test_float64_matches_float32(ellipsoid_volume: Volume, cameras: list[Camera]
 
 def test_results_do_not_depend_on_chunking(two_bones_volume: Volume,
                                            cameras: list[Camera]) -> None:
-    """Tiny ray and sample blocks (many plane blocks, partial cells split across blocks) give the
-    same images, depths and resamplings as the defaults."""
+    """Tiny ray and sample blocks give the same results as the defaults.
+
+    Many plane blocks, with partial cells split across blocks, give the same images, depths and
+    resamplings as the defaults.
+    """
     views = Views.from_cameras(cameras[1:3])
     big = TorchRenderer(two_bones_volume)
     small = TorchRenderer(two_bones_volume, chunk_rays=97)
@@ -220,8 +237,10 @@ def test_from_tensor_matches_volume(ellipsoid_volume: Volume, cameras: list[Came
 
 
 def test_resample_batches_and_fills(grid: tuple[tuple[int, int, int], np.ndarray]) -> None:
-    """B transforms at once equal one at a time; float64 stays float64; translations by whole
-    voxels along an axis shift the array."""
+    """B transforms at once equal one at a time; float64 stays float64.
+
+    Translations by whole voxels along an axis shift the array.
+    """
     shape, aff = grid
     rng = np.random.default_rng(1)
     data = rng.random(shape).astype(np.float32)
@@ -234,7 +253,8 @@ def test_resample_batches_and_fills(grid: tuple[tuple[int, int, int], np.ndarray
     np.testing.assert_allclose(_np(both.values[1]), _np(one.values[0]))
     # fixed voxel i sees moving voxel i − 2: the first two planes lie outside
     np.testing.assert_allclose(_np(both.values[1])[2:], data[:-2], atol=1e-5)
-    assert not bool(both.mask[1, :2].any()) and bool(both.mask[1, 2:].all())
+    assert not bool(both.mask[1, :2].any())
+    assert bool(both.mask[1, 2:].all())
     assert float(both.values[1, :2].max()) == -1.0
     r64 = TorchRenderer(Volume(data, aff, units="other"), dtype=torch.float64)
     assert r64.resample(shape, aff, maps).values.dtype == torch.float64
@@ -245,7 +265,8 @@ def test_resample_batches_and_fills(grid: tuple[tuple[int, int, int], np.ndarray
 
 def test_registry_and_package_exports() -> None:
     assert renderers.get("torch") is TorchRenderer
-    assert TorchRenderer.differentiable and TorchRenderer.devices == ("cpu", "cuda")
+    assert TorchRenderer.differentiable
+    assert TorchRenderer.devices == ("cpu", "cuda")
     assert "TorchRenderer" in regkit.render.__all__
 
 
@@ -271,7 +292,7 @@ def test_constructor_refuses_bad_options(ellipsoid_volume: Volume) -> None:
     with pytest.raises(InputError):
         TorchRenderer(ellipsoid_volume, device="mps")
     with pytest.raises(InputError):
-        TorchRenderer(np.zeros((4, 4, 4)))  # type: ignore[arg-type]
+        TorchRenderer(np.zeros((4, 4, 4)))
     with pytest.raises(ShapeError):
         TorchRenderer.from_tensor(torch.zeros(4, 4), np.eye(4))
     with pytest.raises(InputError):
@@ -330,7 +351,8 @@ def test_cuda_gradients() -> None:
     params = torch.zeros(6, dtype=torch.float64, device="cuda", requires_grad=True)
     corrected = pose.cuda() @ rigid_from_params(params)[None]
     renderer.drr(Views(kmat.cuda(), corrected, 6, 6)).sum().backward()
-    assert volume.grad is not None and params.grad is not None
+    assert volume.grad is not None
+    assert params.grad is not None
     assert bool(torch.isfinite(params.grad).all())
 
 
@@ -355,9 +377,11 @@ def test_resample_without_the_packed_fast_path_fills_its_output(
 
 def test_depth_stack_windows_give_the_depth_of_each_bone(two_bones_volume: Volume,
                                                          cameras: list[Camera]) -> None:
-    """Per-bone windowing (rays through the bone's box, on a crop of its mask) samples the
-    planes that ``depth`` samples for that bone alone: the same crossings to rounding, in
-    float64 too."""
+    """Per-bone windowing samples the planes that ``depth`` samples for that bone alone.
+
+    Windowing: rays through the bone's box, on a crop of its mask. The same crossings to rounding,
+    in float64 too.
+    """
     views = Views.from_cameras(cameras)
     renderer = TorchRenderer(two_bones_volume, dtype=torch.float64, chunk_rays=500)
     stack = renderer.depth_stack(views, [1, 2], layers=3)
@@ -377,9 +401,14 @@ def test_close_drops_the_caches(two_bones_volume: Volume, cameras: list[Camera])
     renderer.drr(views, bones=[1])
     renderer.depth(views, [1, 2])
     renderer.resample((4, 4, 4), two_bones_volume.world_from_index, np.eye(4)[None])
-    assert renderer._bone_mask and renderer._bone_mu and renderer._packed is not None
+    assert renderer._bone_mask
+    assert renderer._bone_mu
+    assert renderer._packed is not None
     renderer.close()
-    assert renderer.closed and not renderer._bone_mask and not renderer._bone_mu
-    assert renderer._packed is None and renderer._raw is None
+    assert renderer.closed
+    assert not renderer._bone_mask
+    assert not renderer._bone_mu
+    assert renderer._packed is None
+    assert renderer._raw is None
     with pytest.raises(InputError, match="TorchRenderer has been closed"):
         renderer.depth(views, [1])

@@ -45,8 +45,9 @@ class Atlas:
 def atlas_set(ctx: Any, textures: VolumeTextures,
               cache: OrderedDict[tuple[int, ...], list[Atlas]], bones: tuple[int, ...],
               tex_limit: int) -> list[Atlas]:
-    """The (cached) atlases of ``bones``' own masks: one, or more when one texture cannot
-    hold them all.
+    """The (cached) atlases of ``bones``' own masks.
+
+    One, or more when one texture cannot hold them all.
 
     Args:
         ctx: The context (inside a session).
@@ -93,9 +94,11 @@ def atlas_set(ctx: Any, textures: VolumeTextures,
 
 def _pack_atlas(ctx: Any, textures: VolumeTextures, bones: list[int], lo: np.ndarray,
                 hi: np.ndarray, axis: int) -> Atlas:
-    """Upload the masks of ``bones`` side by side along ``axis``, ``ATLAS_GAP`` zero texels
-    apart (on top of each crop's own zero margin), so that no crop's interpolation reaches
-    another."""
+    """Upload the masks of ``bones`` side by side along ``axis``, ``ATLAS_GAP`` zero texels apart.
+
+    The gap comes on top of each crop's own zero margin, so that no crop's interpolation reaches
+    another.
+    """
     labels = textures.labels
     assert labels is not None
     sizes = hi - lo + 2
@@ -133,9 +136,11 @@ def bone_windows(intrinsic: np.ndarray, camera_from_world: np.ndarray, width: in
     Args:
         intrinsic: ``(B, 3, 3)`` float64 K of each view, pixels.
         camera_from_world: ``(B, 4, 4)`` float64 pose of each view, mm.
-        width, height: Detector size, pixels.
+        width: Detector width, pixels.
+        height: Detector height, pixels.
         world_from_index: The volume's 4×4 affine, mm per voxel.
-        lo, hi: ``(N, 3)`` each bone's voxel bounding box ``[lo, hi)``.
+        lo: ``(N, 3)`` each bone's voxel bounding box start (inclusive), voxel indices.
+        hi: ``(N, 3)`` each bone's voxel bounding box end (exclusive), voxel indices.
     """
     k, t = intrinsic, camera_from_world
     wfi = np.asarray(world_from_index, dtype=np.float64)

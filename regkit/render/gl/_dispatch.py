@@ -77,16 +77,20 @@ def groups(pixel_list: bool, grid: tuple[int, int, int, int], n_per_view: int,
 
 
 def even_chunks(count: int, item_bytes: int, limit: int) -> Iterator[tuple[int, int]]:
-    """Ranges of ``count`` items of ``item_bytes`` output bytes each (views, slabs), as many per
-    range as fit ``limit`` bytes and 65535 work groups along z (at least one)."""
+    """Ranges of ``count`` items of ``item_bytes`` output bytes each (views, slabs).
+
+    As many per range as fit ``limit`` bytes and 65535 work groups along z (at least one).
+    """
     per = max(1, min(count, 65535, limit // max(item_bytes, 1)))
     for start in range(0, count, per):
         yield start, min(count, start + per)
 
 
 def packed_chunks(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
-    """Ranges of consecutive items of the given sizes (rays of bone windows), each as many as
-    fit ``budget`` in total (at least one)."""
+    """Ranges of consecutive items of the given sizes (rays of bone windows).
+
+    Each range holds as many as fit ``budget`` in total (at least one).
+    """
     start = 0
     while start < len(sizes):
         run = np.cumsum(sizes[start:])

@@ -130,8 +130,9 @@ class VolumeTextures:
 
     def upload(self, ctx: Any, values: np.ndarray, *, origin: np.ndarray, brick: int,
                support_lo: np.ndarray, support_hi: np.ndarray, encode: bool = False) -> Block:
-        """Upload ``values`` (a zero-margined block, (i, j, k) C order) and, unless ``brick`` is
-        0, its occupancy grid.
+        """Upload ``values`` and, unless ``brick`` is 0, its occupancy grid.
+
+        ``values`` is a zero-margined block, (i, j, k) C order.
 
         float16 values (0/1 masks) go up as R16F. Other values go up as R32F, or, with
         ``encode`` and ``texture_format="unorm16"``, as 16-bit fixed point over their range
@@ -170,8 +171,11 @@ class VolumeTextures:
 
     # ------------------------------------------------------------------ whole volume
     def volume_mu(self, ctx: Any) -> Block:
-        """Upload the whole volume's μ (HU converted with ``mu_water``, other units as given),
-        zero-margined, without an occupancy grid: the texture of full-volume DRRs."""
+        """Upload the whole volume's μ: the texture of full-volume DRRs.
+
+        HU converted with ``mu_water``, other units as given; zero-margined, without an occupancy
+        grid.
+        """
         mu = volume_mu(self.volume, self.mu_water)
         n = np.asarray(self.shape, dtype=np.float64)
         return self.upload(ctx, _padded(mu), origin=np.full(3, -1.0), brick=0,
@@ -196,8 +200,9 @@ class VolumeTextures:
         return self._label_boxes
 
     def check_labels(self, bones: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """The label boxes, once the volume is known to have a label map holding ``bones``
-        (cached bone sets and atlases exist only when it does).
+        """The label boxes, once the volume is known to have a label map holding ``bones``.
+
+        Cached bone sets and atlases exist only when it does.
 
         Raises:
             InputError: no label map, or a label that does not occur.
@@ -242,8 +247,11 @@ class VolumeTextures:
 
     def margin_slices(self, lo: np.ndarray, hi: np.ndarray
                       ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """The box ``[lo, hi)`` plus a one-voxel margin: the slices of the volume it covers
-        and where they land in a block of that box (``hi - lo + 2`` per axis)."""
+        """The box ``[lo, hi)`` plus a one-voxel margin, as two tuples of slices.
+
+        The slices of the volume it covers and where they land in a block of that box
+        (``hi - lo + 2`` per axis).
+        """
         src, dst = [], []
         for axis in range(3):
             a = int(lo[axis]) - 1
@@ -328,8 +336,9 @@ def _encode_unorm16(values: np.ndarray) -> tuple[np.ndarray, float] | None:
 
 
 def _occupancy(flags: np.ndarray, brick: int, every: bool = False) -> np.ndarray:
-    """uint8 per brick of ``brick`` cells per axis: 1 where any texel it interpolates is set
-    (``every``: where all of them are, texels past the block's end counting as unset).
+    """uint8 per brick of ``brick`` cells per axis: 1 where any texel it interpolates is set.
+
+    With ``every``: where all of them are, texels past the block's end counting as unset.
 
     Cell ``c`` interpolates texels ``c`` and ``c + 1``, so brick ``b`` reads texels
     ``[b·brick, (b + 1)·brick]``, one shared with the next brick.

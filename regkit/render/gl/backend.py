@@ -182,9 +182,11 @@ class GLRenderer(Renderer):
 
     # ------------------------------------------------------------------ geometry
     def _views_array(self, views: Views, pixels: np.ndarray) -> np.ndarray:
-        """``(B, 6, 4)`` float32 per view: the source in index space, ``(fx, fy, cx, cy)``, the
-        rows of ``index_from_world[:3, :3] @ world_from_camera[:3, :3]``, and (int32 bits) the
-        marching axis and number of cells.
+        """``(B, 6, 4)`` float32: each view's source, intrinsics, rotation and marching plan.
+
+        Per view: the source in index space, ``(fx, fy, cx, cy)``, the rows of
+        ``index_from_world[:3, :3] @ world_from_camera[:3, :3]``, and (int32 bits) the marching axis
+        and number of cells.
 
         Args:
             views: The batch.
@@ -224,8 +226,10 @@ class GLRenderer(Renderer):
     # ------------------------------------------------------------------ DRR
     def _drr(self, views: Views, *, roi: tuple[int, int, int, int] | None,
              pixels: torch.Tensor | None, bones: tuple[int, ...] | None) -> torch.Tensor:
-        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`): a float32
-        CPU tensor, one row per view."""
+        """Line integrals of μ along each pixel's ray (see :meth:`Renderer.drr`).
+
+        A float32 CPU tensor, one row per view.
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import drr_source
 
@@ -269,9 +273,11 @@ class GLRenderer(Renderer):
 
     # ------------------------------------------------------------------ depth
     def _depth(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
-        """Front and back crossings of the surface of the union of ``bones`` (ray-marched
-        layers): ``front``/``back`` float32 ``(B, layers, H, W)`` mm from the source (NaN where
-        there is no such layer), ``layers`` uint8 ``(B, H, W)``."""
+        """Ray-marched front and back crossings of the surface of the union of ``bones``.
+
+        ``front``/``back`` float32 ``(B, layers, H, W)`` mm from the source (NaN where there is no
+        such layer), ``layers`` uint8 ``(B, H, W)``.
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_source
 
@@ -327,9 +333,11 @@ class GLRenderer(Renderer):
                           layers=stack.layers[:, i]) for i in range(len(wanted))]
 
     def _depth_stack(self, views: Views, bones: tuple[int, ...], layers: int) -> DepthMaps:
-        """Each bone's own maps on a bone axis (see :meth:`depth_per_bone` for how), written
-        straight into ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers`` ``(B, NB, H, W)``,
-        one row per bone of ``bones`` (distinct, sorted)."""
+        """Each bone's own maps on a bone axis (see :meth:`depth_per_bone` for how).
+
+        Written straight into ``front``/``back`` ``(B, NB, L, H, W)`` and ``layers``
+        ``(B, NB, H, W)``, one row per bone of ``bones`` (distinct, sorted).
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import depth_atlas_source
 
@@ -360,9 +368,12 @@ class GLRenderer(Renderer):
     def _depth_windows(self, ctx: Any, prog: Any, atlas: Atlas, windows: np.ndarray,
                        n_layers: int, max_rays: int, rows: dict[int, list[int]],
                        maps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """March the bones of ``atlas`` on their windows ``(B, N, 4)`` (see
-        :func:`~regkit.render.gl._atlas.bone_windows`), at most ``max_rays`` rays per dispatch,
-        and write bone ``b``'s maps into entries ``rows[b]`` of ``maps`` (front, back, count)."""
+        """March the bones of ``atlas`` on their windows and write each bone's maps into ``maps``.
+
+        The windows are ``(B, N, 4)`` (see :func:`~regkit.render.gl._atlas.bone_windows`), marched
+        with at most ``max_rays`` rays per dispatch; bone ``b``'s maps go into entries ``rows[b]``
+        of ``maps`` (front, back, count).
+        """
         view_i, bone_i = np.nonzero((windows[..., 2] > 0) & (windows[..., 3] > 0))
         if view_i.size == 0:
             return
@@ -415,8 +426,10 @@ class GLRenderer(Renderer):
 
     # ------------------------------------------------------------------ bone index
     def _bone_index(self, views: Views, bones: tuple[int, ...]) -> torch.Tensor:
-        """``(B, H, W)`` int32: the bone that dominates each ray's first entry into the union of
-        ``bones``, 0 where the ray enters none."""
+        """``(B, H, W)`` int32: the first bone each ray enters, 0 where it enters none.
+
+        The bone that dominates each ray's first entry into the union of ``bones``.
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import bone_index_source
 
@@ -442,8 +455,10 @@ class GLRenderer(Renderer):
     # ------------------------------------------------------------------ resampling
     def _resample(self, shape: tuple[int, int, int], fixed_world_from_index: torch.Tensor,
                   fixed_from_moving: torch.Tensor, fill: float) -> Resampled:
-        """Warp the bound volume onto a fixed grid under B transforms, trilinearly: values as
-        stored (HU stays HU) in the renderer's dtype, computed in float32; mask bool."""
+        """Warp the bound volume onto a fixed grid under B transforms, trilinearly.
+
+        Values as stored (HU stays HU) in the renderer's dtype, computed in float32; mask bool.
+        """
         from regkit.render.gl.context import program
         from regkit.render.gl.shaders import resample_source
 

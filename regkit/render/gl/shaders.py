@@ -537,8 +537,11 @@ void main() {
 
 
 def bone_index_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
-    """The first-bone kernel: the first entry into the union mask, refined; there (1e-4 mm past
-    it) the chosen label with the largest trilinear weight (ties to the smallest label)."""
+    """The first-bone kernel: the label where each ray first enters the union mask.
+
+    The first entry into the union mask, refined; there (1e-4 mm past it) the chosen label with the
+    largest trilinear weight (ties to the smallest label).
+    """
     defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
                f"#define REFINE_STEPS {int(refine_steps)}\n")
     return _HEADER + defines + _VIEWS + _MARCH + _MASK + """
@@ -607,10 +610,13 @@ void main() {
 
 
 def resample_source() -> str:
-    """The resampling kernel: invocation ``(x, y, z)`` fills voxels ``k = 4x … 4x + 3`` of row
-    ``j = y`` of slab ``g = slab_offset + z`` (transform ``g div I``, ``i = g mod I``): values,
-    and the inside mask packed as 4 bytes in one uint. Rows are padded to ``row_len`` (K rounded
-    up to a multiple of 4); outputs are laid out ``[z, j, k]`` from the dispatch's first slab."""
+    """The resampling kernel: values and inside mask of a fixed grid, 4 voxels per invocation.
+
+    Invocation ``(x, y, z)`` fills voxels ``k = 4x … 4x + 3`` of row ``j = y`` of slab
+    ``g = slab_offset + z`` (transform ``g div I``, ``i = g mod I``): values, and the inside mask
+    packed as 4 bytes in one uint. Rows are padded to ``row_len`` (K rounded up to a multiple of
+    4); outputs are laid out ``[z, j, k]`` from the dispatch's first slab.
+    """
     return """#version 430
 layout(local_size_x = 8, local_size_y = 8, local_size_z = 1) in;
 layout(binding = 0) uniform sampler3D volume;

@@ -1,5 +1,6 @@
-"""``regkit recon generate``: file contract, depth accuracy, backends, determinism, resuming,
-the Dataset and bad input.
+"""Tests of ``regkit recon generate``.
+
+File contract, depth accuracy, backends, determinism, resuming, the Dataset and bad input.
 
 Small on purpose: one phantom at 0.8 mm voxels and 64-96 px detectors, and the chest CT crop that
 regkit ships (nothing here may depend on the hand phantom).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -63,7 +64,8 @@ def _arrays(folder: Path) -> dict[str, dict[str, Any]]:
 
 def test_file_contract(phantom_run: Path) -> None:
     manifest = json.loads((phantom_run / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["samples"]) == 3
+    assert manifest["complete"]
+    assert len(manifest["samples"]) == 3
     assert manifest["sources"][0]["bone_names"]["13"] == "metacarpal_3"
     assert [s["view"] for s in manifest["samples"]] == ["pa", "oblique", "lateral"]
     assert (phantom_run / "montage.png").is_file()
@@ -71,13 +73,19 @@ def test_file_contract(phantom_run: Path) -> None:
         s = read_sample(phantom_run / entry["file"])
         assert set(SAMPLE_KEYS) <= set(s)
         nb = 29
-        assert s["image"].dtype == np.float32 and s["image"].shape == (96, 96)
-        assert s["image_clean"].dtype == np.float32 and s["image_clean"].shape == (96, 96)
-        assert s["bones"].dtype == np.int32 and s["bones"].tolist() == list(range(1, 30))
-        assert s["hit"].dtype == np.bool_ and s["hit"].shape == (nb, 96, 96)
+        assert s["image"].dtype == np.float32
+        assert s["image"].shape == (96, 96)
+        assert s["image_clean"].dtype == np.float32
+        assert s["image_clean"].shape == (96, 96)
+        assert s["bones"].dtype == np.int32
+        assert s["bones"].tolist() == list(range(1, 30))
+        assert s["hit"].dtype == np.bool_
+        assert s["hit"].shape == (nb, 96, 96)
         for key in ("front", "back"):
-            assert s[key].dtype == np.float32 and s[key].shape == (nb, 2, 96, 96)
-        assert s["layers"].dtype == np.uint8 and s["layers"].shape == (nb, 96, 96)
+            assert s[key].dtype == np.float32
+            assert s[key].shape == (nb, 2, 96, 96)
+        assert s["layers"].dtype == np.uint8
+        assert s["layers"].shape == (nb, 96, 96)
         assert np.array_equal(s["hit"], np.isfinite(s["front"][:, 0]))
         assert np.array_equal(np.isfinite(s["front"]), np.isfinite(s["back"]))
         assert (s["back"][s["hit"][:, None] & np.isfinite(s["back"])]
@@ -91,12 +99,14 @@ def test_file_contract(phantom_run: Path) -> None:
         sdd = cam["intrinsic"][0][0] * cam["pixel_spacing_mm"][0]
         assert 940 < sdd < 1060
         source = json.loads(s["source"])
-        assert source["kind"] == "phantom" and source["seed"] == phantom_seed(SEED, 0)
+        assert source["kind"] == "phantom"
+        assert source["seed"] == phantom_seed(SEED, 0)
         record = json.loads((phantom_run / source["path"] / "phantom.json").read_text())
         assert record["seed"] == source["seed"]
         assert record["checks"]["overlap_voxels"] == 0  # its bones do not intersect
         assert record["checks"]["min_gap_mm"] >= VOXEL / 2
-        assert np.isfinite(s["image"]).all() and not np.array_equal(s["image"],
+        assert np.isfinite(s["image"]).all()
+        assert not np.array_equal(s["image"],
                                                                      s["image_clean"])
 
 
@@ -104,11 +114,14 @@ def test_file_contract(phantom_run: Path) -> None:
 
 
 def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
-    """Two random pixels per bone where the bone is over 1 mm thick, every bone: the first
-    entry and exit agree to 0.01 mm wherever both marches see the same number of crossings (a
-    gap thinner than the renderer's step can be stepped over: at most 1 pixel in 10 here)."""
+    """The first entry and exit of each bone agree with an independent ray march.
+
+    Two random pixels per bone where the bone is over 1 mm thick, every bone: the first entry and
+    exit agree to 0.01 mm wherever both marches see the same number of crossings (a gap thinner than
+    the renderer's step can be stepped over: at most 1 pixel in 10 here).
+    """
     s = read_sample(phantom_run / "samples" / "000000.npz")
-    img = nib.load(phantom_run / "phantoms" / "p000" / "labels.nii.gz")
+    img = cast(nib.Nifti1Image, nib.load(phantom_run / "phantoms" / "p000" / "labels.nii.gz"))
     labels = np.asarray(img.dataobj)
     index_from_world = np.linalg.inv(img.affine)
     cam = json.loads(s["camera"])
@@ -137,7 +150,8 @@ def test_depths_agree_with_an_independent_ray_march(phantom_run: Path) -> None:
                 t_min=float(s["front"][b, 0, r, c]) - 3.0,
                 t_max=float(np.nanmax(s["back"][b, :, r, c])) + 3.0)
             pixels += 1
-            assert entries and exits, (bone, r, c)
+            assert entries, (bone, r, c)
+            assert exits, (bone, r, c)
             if len(entries) != int(s["layers"][b, r, c]):
                 continue
             same_count += 1
@@ -171,7 +185,8 @@ def test_torch_and_gl_agree_on_a_sample(phantom_run: Path) -> None:
         & np.isfinite(b["front"])
     for key in ("front", "back"):
         diff = np.abs(a[key] - b[key])[same]
-        assert np.median(diff) < 1e-3 and np.percentile(diff, 99) < 1e-2, key
+        assert np.median(diff) < 1e-3, key
+        assert np.percentile(diff, 99) < 1e-2, key
 
 
 # ------------------------------------------------------------------------------ DRR volume
@@ -192,25 +207,31 @@ def test_drr_volume_averages_blocks_and_keeps_the_extent() -> None:
     data_before = np.array(vol.data, copy=True)
     for f in (2, 3):
         coarse = drr_volume(vol, f)
-        assert coarse.labels is None and coarse.units == "HU"
+        assert coarse.labels is None
+        assert coarse.units == "HU"
         np.testing.assert_allclose(coarse.spacing, 0.4 * f)
         # padded with air up to whole blocks: the extent covers the original one, and the
         # attenuation it holds is the same (μ is linear in HU)
         lo, hi = vol.bounds_world, coarse.bounds_world
-        assert np.all(hi[0] <= lo[0] + 1e-9) and np.all(hi[1] >= lo[1] - 1e-9)
+        assert np.all(hi[0] <= lo[0] + 1e-9)
+        assert np.all(hi[1] >= lo[1] - 1e-9)
         total = float(vol.to_mu().data.sum()) * 0.4 ** 3
         assert float(coarse.to_mu().data.sum()) * (0.4 * f) ** 3 == pytest.approx(total,
                                                                                    rel=1e-5)
-    assert drr_volume(vol, 1).labels is None and drr_volume(vol, 1).shape == vol.shape
+    assert drr_volume(vol, 1).labels is None
+    assert drr_volume(vol, 1).shape == vol.shape
     assert np.array_equal(np.asarray(vol.data), data_before)   # the input is not modified
     with pytest.raises(InputError, match="drr_factor"):
         drr_volume(vol, 0)
 
 
 def test_block_averaged_drr_matches_the_pixel_area_average() -> None:
-    """With pixels 3.5× the voxel, the DRR of the 2× block-averaged CT is closer to the mean of
-    the line integrals over each pixel's area (what a detector pixel records) than the
-    point-sampled DRR of the CT itself, and the ball's total line integral is kept."""
+    """The DRR of a block-averaged CT is closer to the pixel-area average.
+
+    With pixels 3.5× the voxel, the DRR of the 2× block-averaged CT is closer to the mean of the
+    line integrals over each pixel's area (what a detector pixel records) than the point-sampled DRR
+    of the CT itself, and the ball's total line integral is kept.
+    """
     from regkit.geometry.camera import Camera
 
     vol = _ball_volume((48, 48, 48), 0.4)
@@ -252,7 +273,8 @@ def test_anatomy_box_and_bone_boxes() -> None:
     labels[10:12, 2:9, 15:19] = 9
     vol = vol.with_labels(labels)
     boxes = bone_boxes(labels, [4, 9])
-    assert boxes[4][0].tolist() == [3, 20, 5] and boxes[4][1].tolist() == [7, 24, 6]
+    assert boxes[4][0].tolist() == [3, 20, 5]
+    assert boxes[4][1].tolist() == [7, 24, 6]
     corners = anatomy_corners(vol, [4, 9], margin_mm=1.0)
     idx = vol.world_to_index(corners)
     # voxel edges of the union's extent, grown by 1 mm = 2 voxels on every axis
@@ -269,7 +291,8 @@ def test_samples_record_the_drr_factor(phantom_run: Path) -> None:
     meta = json.loads(s["meta"])
     assert meta["drr_factor"] == 2                        # 0.8 mm voxels, 96² of a hand
     manifest = json.loads((phantom_run / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["parameters"]["drr_factor"] is None
+    assert manifest["format_version"] == 2
+    assert manifest["parameters"]["drr_factor"] is None
 
 
 def test_folders_of_an_older_format_are_refused(tmp_path: Path) -> None:
@@ -302,7 +325,8 @@ def test_real_ct_deterministic_over_workers(tmp_path: Path) -> None:
         assert json.loads(s["source"])["kind"] == "ct"
         assert s["hit"].any(axis=(1, 2)).all()
     names = json.loads((tmp_path / "w1" / "manifest.json").read_text())["sources"][0]
-    assert names["bone_names"]["36"] == "vertebrae_T8" and names["bone_names"]["99"] == "rib_left_8"
+    assert names["bone_names"]["36"] == "vertebrae_T8"
+    assert names["bone_names"]["99"] == "rib_left_8"
     # another seed gives other samples
     generate(_ct_spec(tmp_path / "s2", seed=10, views=1))
     other = read_sample(tmp_path / "s2" / "samples" / "000000.npz")
@@ -358,10 +382,14 @@ def test_dataset_reads_samples_back(phantom_run: Path) -> None:
     ds = GroundTruthDataset(phantom_run)
     assert len(ds) == 3
     item = ds[0]
-    assert item["image"].shape == (1, 96, 96) and item["image"].dtype == torch.float32
-    assert item["hit"].shape == (29, 96, 96) and item["hit"].dtype == torch.bool
-    assert item["front"].shape == (29, 2, 96, 96) and torch.isnan(item["front"]).any()
-    assert item["intrinsic"].shape == (3, 3) and item["camera_from_world"].shape == (4, 4)
+    assert item["image"].shape == (1, 96, 96)
+    assert item["image"].dtype == torch.float32
+    assert item["hit"].shape == (29, 96, 96)
+    assert item["hit"].dtype == torch.bool
+    assert item["front"].shape == (29, 2, 96, 96)
+    assert torch.isnan(item["front"]).any()
+    assert item["intrinsic"].shape == (3, 3)
+    assert item["camera_from_world"].shape == (4, 4)
     assert item["source"]["kind"] == "phantom"
     raw = read_sample(phantom_run / "samples" / "000000.npz")
     assert np.array_equal(item["image"][0].numpy(), raw["image"])
@@ -371,7 +399,8 @@ def test_dataset_reads_samples_back(phantom_run: Path) -> None:
     assert not torch.isnan(both["front"]).any()
     batch = next(iter(torch.utils.data.DataLoader(GroundTruthDataset(phantom_run, image="clean"),
                                                   batch_size=2)))
-    assert batch["image"].shape == (2, 1, 96, 96) and batch["front"].shape == (2, 29, 2, 96, 96)
+    assert batch["image"].shape == (2, 1, 96, 96)
+    assert batch["front"].shape == (2, 29, 2, 96, 96)
     assert len(batch["camera"]) == 2
     with pytest.raises(InputError, match="image"):
         GroundTruthDataset(phantom_run, image="raw")
@@ -387,7 +416,7 @@ def _cli(tmp_path: Path, *args: str) -> list[str]:
 def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     crop = chest_ct_crop()
     ct, bones = str(crop["ct"]), str(crop["bones"])
-    img = nib.load(bones)
+    img = cast(nib.Nifti1Image, nib.load(bones))
     shifted = nib.Nifti1Image(np.asarray(img.dataobj)[:-4], img.affine)
     nib.save(shifted, tmp_path / "other_grid.nii.gz")
     cases = [
@@ -429,9 +458,11 @@ def test_cli_generate_writes_samples(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.slow
 def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
-    """A radiograph of the crop at a known pose, a start 3° and 6 mm off: the sample's camera is
-    the registered one (bone points within 1 mm of the truth) and its depths are those of the
-    true view."""
+    """A real radiograph is registered before its sample is rendered.
+
+    A radiograph of the crop at a known pose, a start 3° and 6 mm off: the sample's camera is the
+    registered one (bone points within 1 mm of the truth) and its depths are those of the true view.
+    """
     import torch
     from scipy.spatial.transform import Rotation
 
@@ -463,9 +494,11 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
                         bones=(34, 35, 36), radiograph=str(tmp_path / "xray.npy"),
                         camera=str(tmp_path / "start.json"), montage=1)
     manifest = generate(spec, registration_options=fast)
-    assert manifest["complete"] and len(manifest["samples"]) == 1
+    assert manifest["complete"]
+    assert len(manifest["samples"]) == 1
     s = read_sample(tmp_path / "o" / "samples" / "000000.npz")
-    assert s["image"].shape == (size, size) and s["hit"].shape == (3, size, size)
+    assert s["image"].shape == (size, size)
+    assert s["hit"].shape == (3, size, size)
     np.testing.assert_array_equal(s["image"], np.load(tmp_path / "xray.npy"))
     refined = np.array(json.loads(s["camera"])["camera_from_world"])
     assert ct.labels is not None
@@ -514,7 +547,8 @@ def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted" in err
+    assert "Traceback" not in err
     assert not json.loads((out / "manifest.json").read_text())["complete"]
     made = sorted((out / "samples").glob("[0-9]*.npz"))
     assert 2 <= len(made) < 120
@@ -530,8 +564,11 @@ def test_ctrl_c_stops_workers_and_a_rerun_completes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_worker_failure_comes_back_as_one_message(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """A phantom folder whose CT is broken: the worker's error reaches the command line (exit
-    2, the file named), no hang, no half sample."""
+    """A worker's failure comes back to the command line as one message.
+
+    A phantom folder whose CT is broken: the worker's error reaches the command line (exit 2, the
+    file named), no hang, no half sample.
+    """
     folder = tmp_path / "o" / "phantoms" / "p000"
     folder.mkdir(parents=True)
     (folder / "phantom.json").write_text("{}")
@@ -542,5 +579,6 @@ def test_a_worker_failure_comes_back_as_one_message(tmp_path: Path,
                          "--workers", workers))
         err = capsys.readouterr().err
         assert code == 2, err
-        assert "ct.nii.gz" in err and "sample 0" in err
+        assert "ct.nii.gz" in err
+        assert "sample 0" in err
     assert not list((tmp_path / "o" / "samples").glob("*"))

@@ -140,8 +140,11 @@ class SampleRenderer:
         return np.ascontiguousarray(out[0].detach().cpu().numpy(), dtype=np.float32)
 
     def depth(self, camera: Camera, layers: int) -> dict[str, np.ndarray]:
-        """Per-bone ``hit`` ``[NB, H, W]``, ``front``/``back`` ``[NB, L, H, W]`` float32 mm from
-        the source (NaN: no such crossing), ``layers`` uint8 ``[NB, H, W]``."""
+        """Per-bone depth maps of one view, as arrays.
+
+        ``hit`` ``[NB, H, W]``, ``front``/``back`` ``[NB, L, H, W]`` float32 mm from the source
+        (NaN: no such crossing), ``layers`` uint8 ``[NB, H, W]``.
+        """
         maps = self._depth.depth_stack(Views.from_cameras(camera), self.bones, layers=layers)
         count = maps.layers[0].cpu().numpy()
         return {"hit": count > 0,
@@ -187,8 +190,9 @@ def camera_of(sample: Mapping[str, Any]) -> Camera:
 
 
 def phantom_of(sample: Mapping[str, Any]) -> Any:
-    """The hand phantom a phantom sample was rendered from, rebuilt from its seed and the
-    malunions its ``meta`` records (the same arrays, byte for byte).
+    """The hand phantom a phantom sample was rendered from.
+
+    Rebuilt from its seed and the malunions its ``meta`` records (the same arrays, byte for byte).
 
     Raises:
         InputError: the sample was rendered from a CT, not a phantom.
