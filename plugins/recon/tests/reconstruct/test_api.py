@@ -27,6 +27,7 @@ from regkit_recon.reconstruct.base import Progress
 from regkit_recon.reconstruct.evaluate import surface_errors
 from regkit_recon.reconstruct.mesh import read_stl
 from regkit_recon.reconstruct.refine import RefineView, refine
+from scipy import ndimage
 
 from regkit.cli.main import main
 from regkit.errors import InputError
@@ -100,9 +101,11 @@ def test_the_command_writes_every_output(single: Path, files: Path) -> None:
     cam = Camera.from_dict(json.loads((files / "c0.json").read_text()))
     with np.load(single / "depth.npz") as z:
         hit = z["hit"][0]
+    # (the outline's vertices project onto the mask's edge: within a pixel of it)
+    near = ndimage.binary_dilation(hit, iterations=1)
     uv = cam.project(read_stl(single / "meshes" / "radius.stl").vertices)
-    inside = hit[np.clip(uv[:, 1].astype(int), 0, 255), np.clip(uv[:, 0].astype(int), 0, 255)]
-    assert inside.mean() > 0.8
+    inside = near[np.clip(uv[:, 1].astype(int), 0, 255), np.clip(uv[:, 0].astype(int), 0, 255)]
+    assert inside.mean() > 0.98
 
 
 def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
