@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from regkit.errors import FrameError, InputError, ShapeError
 from regkit.geometry.transforms import check_rigid, invert
 from regkit.utils.arrays import as_tensors, from_tensor
+from regkit.utils.checks import is_real, is_whole
 from regkit.utils.files import atomic_write_text
 from regkit.utils.jsonfile import parse_json, read_json
 
@@ -230,7 +230,7 @@ class Camera:
         The pose is unchanged; the principal point moves by ``(−u0, −v0)``.
         """
         for name, val in (("u0", u0), ("v0", v0), ("width", width), ("height", height)):
-            if not isinstance(val, numbers.Integral) or isinstance(val, bool):
+            if not is_whole(val):
                 raise InputError(f"{name} must be an integer, got {val!r}")
         if width <= 0 or height <= 0 or u0 < 0 or v0 < 0 or u0 + width > self.width \
                 or v0 + height > self.height:
@@ -249,7 +249,7 @@ class Camera:
         pixels it replaces (the outer corner (0, 0) stays put); a remainder of rows or columns is
         dropped. The pixel spacing grows by ``factor``.
         """
-        if not isinstance(factor, numbers.Integral) or isinstance(factor, bool) or factor < 1:
+        if not is_whole(factor) or factor < 1:
             raise InputError(f"downsample factor must be a positive integer, got {factor!r}")
         if self.width // factor < 1 or self.height // factor < 1:
             raise InputError(f"factor {factor} leaves no pixel of a "
@@ -285,7 +285,7 @@ def _matrix(value: Any, shape: tuple[int, int]) -> np.ndarray:
         raise InputError(f"must be a {shape[0]}x{shape[1]} array of numbers")
     for row in value:
         for x in row:
-            if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            if not is_real(x):
                 raise InputError(f"must hold only numbers, found {x!r}")
     arr = np.asarray(value, dtype=np.float64)
     if not np.isfinite(arr).all():
@@ -308,7 +308,7 @@ def _validate_intrinsic(k: np.ndarray, name: str) -> None:
 
 
 def _validate_size(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+    if not is_real(value) or \
             not float(value).is_integer() or value <= 0:
         raise InputError(f"{name} must be a positive whole number of pixels, got {value!r}")
     return int(float(value))
@@ -318,7 +318,7 @@ def _validate_spacing(value: Any, name: str) -> tuple[float, float]:
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2 or any(
-        isinstance(x, bool) or not isinstance(x, numbers.Real) for x in value
+        not is_real(x) for x in value
     ):
         raise InputError(f"{name} must be two numbers [x, y] in mm")
     sx, sy = float(value[0]), float(value[1])

@@ -25,7 +25,6 @@ Convention:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from numpy.typing import NDArray
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
+from regkit.utils.checks import is_real
 
 __all__ = ["camera_from_carm"]
 
@@ -112,7 +112,7 @@ def camera_from_carm(
     off = _floats("principal_offset_mm", principal_offset_mm)
     iso = _floats("isocenter_world", isocenter_world)
     for name, n in (("width", width), ("height", height)):
-        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not float(n).is_integer() \
+        if not is_real(n) or not float(n).is_integer() \
                 or n <= 0:
             raise InputError(f"must be a positive whole number of pixels, got {n!r}", key=name)
     if off.shape != (2,) or not np.isfinite(off).all():

@@ -43,6 +43,7 @@ import torch
 
 from regkit.errors import InputError, ShapeError, did_you_mean
 from regkit.registry import Registry
+from regkit.utils.checks import is_whole
 
 __all__ = ["Metric", "get_metric", "metrics", "register"]
 
@@ -272,7 +273,7 @@ def int_option(key: str, value: Any, minimum: int) -> int:
     Raises:
         InputError: Naming ``key`` when ``value`` is not an int or is below ``minimum``.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_whole(value):
         raise InputError(f"must be an integer, got {value!r}", key=key)
     if value < minimum:
         raise InputError(f"must be at least {minimum}, got {value}", key=key)

@@ -12,6 +12,7 @@ import numpy as np
 
 from regkit.errors import InputError, ShapeError
 from regkit.optim.base import IterationRecord, OptimResult, RunRecord
+from regkit.utils.checks import is_real, is_whole
 
 __all__ = [
     "Tracker",
@@ -27,7 +28,7 @@ def check_int(owner: str, name: str, value: Any, minimum: int, *, optional: bool
     """Refuse anything but an ``int`` (not a ``bool``) >= ``minimum`` (``None`` if optional)."""
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    if not is_whole(value) or value < minimum:
         kind = "None or an integer" if optional else "an integer"
         raise InputError(f"{owner} option must be {kind} >= {minimum}, got {value!r}", key=name)
 
@@ -37,8 +38,7 @@ def check_float(owner: str, name: str, value: Any, *, positive: bool = False,
     """Refuse anything but a finite real number >= 0 (> 0 if ``positive``; ``None`` if optional)."""
     if value is None and optional:
         return
-    ok = (not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    ok = is_real(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
     if not ok:
         bound = "> 0" if positive else ">= 0"
         kind = "None or a finite number" if optional else "a finite number"

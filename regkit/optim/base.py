@@ -37,6 +37,7 @@ import numpy as np
 
 from regkit.errors import InputError, RegkitError, ShapeError, UnknownNameError, did_you_mean
 from regkit.registry import Registry
+from regkit.utils.checks import is_whole
 
 if TYPE_CHECKING:
     import torch
@@ -223,7 +224,7 @@ class ParamSpec:
     def unitless(cls, n: int, scale: float = 1.0, lower: float | None = None,
                  upper: float | None = None) -> ParamSpec:
         """``n`` dimensionless coordinates ``x0 … x{n-1}``, one scale, optional box bounds."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_whole(n) or n < 1:
             raise InputError(f"must be a positive integer, got {n!r}", key="n")
         return cls(names=tuple(f"x{i}" for i in range(n)), units=("1",) * n,
                    scales=(float(scale),) * n,

@@ -32,6 +32,7 @@ from regkit.optim.base import (
     minimize,
     optimizers,
 )
+from regkit.utils.checks import is_whole
 
 __all__ = ["MultistartResult", "best_starts", "grid_starts", "multistart", "random_starts"]
 
@@ -84,7 +85,7 @@ def random_starts(center: Any, spec: ParamSpec, n_starts: int, spread: float = 2
         ``(n_starts, n)`` float64 starts.
     """
     c = spec.check_point(center, "center")
-    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
+    if not is_whole(n_starts) or n_starts < 1:
         raise InputError(f"must be an integer >= 1, got {n_starts!r}", key="n_starts")
     if not (np.isfinite(spread) and spread > 0):
         raise InputError(f"must be finite and > 0, got {spread!r}", key="spread")
@@ -146,7 +147,7 @@ def best_starts(objective: Objective, candidates: Any, k: int) -> tuple[np.ndarr
     cand = np.asarray(candidates, dtype=np.float64)
     if cand.ndim != 2 or cand.shape[0] == 0:
         raise ShapeError(f"candidates must be (m, n) with m >= 1, got {cand.shape}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_whole(k) or k < 1:
         raise InputError(f"must be an integer >= 1, got {k!r}", key="k")
     values = as_values(objective(cand), cand.shape[0])
     order = np.argsort(np.where(np.isfinite(values), values, np.inf), kind="stable")[:k]

@@ -65,6 +65,7 @@ from regkit.registration.levels import (
     level_options,
 )
 from regkit.registration.results import ConvergencePoint
+from regkit.utils.checks import is_whole
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ def check_seed(seed: Any) -> int:
     """
     if seed is None:
         return int(np.random.default_rng().integers(0, 2 ** 31 - 1))
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    if not is_whole(seed) or seed < 0:
         raise InputError(f"must be None or an integer >= 0, got {seed!r}", key="seed")
     return int(seed)
 

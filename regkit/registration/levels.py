@@ -19,6 +19,7 @@ import numpy as np
 from regkit.errors import InputError
 from regkit.optim import gradient_methods, optimizers
 from regkit.utils.blocks import block_reduce
+from regkit.utils.checks import is_real
 from regkit.volume import Volume
 
 __all__ = [
@@ -92,7 +93,7 @@ class LevelOptions:
     def __post_init__(self) -> None:
         for key in ("shrink", "rot_step_deg", "trans_step_mm", "log_scale_step", "shear_step"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
+            if not is_real(value) \
                     or not math.isfinite(value) or value <= 0:
                 raise InputError(f"must be a finite number > 0, got {value!r}", key=key)
         if self.shrink < 1:

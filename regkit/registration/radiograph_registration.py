@@ -101,6 +101,7 @@ from regkit.registration.pose_error import mean_target_error
 from regkit.registration.radiograph_report import save_report
 from regkit.registration.results import Registration2D3DResult, cameras_from_correction
 from regkit.render.base import Renderer, Views
+from regkit.utils.checks import is_real, is_whole
 from regkit.volume import Volume
 
 __all__ = [
@@ -217,7 +218,7 @@ class Register2D3DOptions:
         for key in ("rot_range_deg", "trans_range_mm", "start_spread", "mu_water",
                     "bone_roi_margin_mm"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
+            if not is_real(value) \
                     or not math.isfinite(value) or value <= 0:
                 raise InputError(f"must be a finite number > 0, got {value!r}", key=key)
         if self.rot_range_deg > 180:
@@ -229,7 +230,7 @@ class Register2D3DOptions:
                              key="smooth_px")
         for key, low in (("starts", 0), ("bone_margin_px", 0)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_whole(value) or value < low:
                 raise InputError(f"must be an integer >= {low}, got {value!r}", key=key)
         if isinstance(self.bone_threshold_hu, bool) \
                 or not isinstance(self.bone_threshold_hu, int | float) \
@@ -241,7 +242,7 @@ class Register2D3DOptions:
                 raise InputError(f"must be True or False, got {getattr(self, key)!r}", key=key)
         for key in ("max_batch", "threads"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+            if value is not None and (not is_whole(value)
                                       or value < 1):
                 raise InputError(f"must be None or an integer >= 1, got {value!r}", key=key)
 

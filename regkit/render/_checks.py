@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from regkit.errors import FrameError, InputError, ShapeError
+from regkit.utils.checks import is_real, is_whole
 
 __all__ = [
     "RIGID_ATOL",
@@ -125,7 +126,7 @@ def check_roi(roi: Any, width: int, height: int) -> tuple[int, int, int, int]:
         values = list(roi)
     except TypeError:
         raise InputError(f"must be (u0, v0, w, h), got {roi!r}", key="roi") from None
-    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+    if len(values) != 4 or any(not is_whole(v)
                                for v in values):
         raise InputError(f"must be four whole numbers (u0, v0, w, h), got {roi!r}", key="roi")
     u0, v0, w, h = (int(v) for v in values)
@@ -147,7 +148,7 @@ def check_grid_shape(shape: Any) -> tuple[int, int, int]:
         values = list(shape)
     except TypeError:
         raise InputError(f"must be (I, J, K), got {shape!r}", key="fixed_shape") from None
-    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+    if len(values) != 3 or any(not is_whole(v)
                                or int(v) < 1 for v in values):
         raise InputError(f"must be three whole numbers >= 1, got {shape!r}", key="fixed_shape")
     return int(values[0]), int(values[1]), int(values[2])
@@ -172,7 +173,7 @@ def check_transforms(fixed_world_from_index: Any, fixed_from_moving: Any,
     if maps.ndim != 3 or tuple(maps.shape[1:]) != (4, 4) or maps.shape[0] < 1:
         raise ShapeError(f"fixed_from_moving must have shape (B, 4, 4), got "
                          f"{tuple(maps.shape)}")
-    if isinstance(fill, bool) or not isinstance(fill, numbers.Real) \
+    if not is_real(fill) \
             or not math.isfinite(float(fill)):
         raise InputError(f"must be a finite number, got {fill!r}", key="fill")
     if bool((torch.linalg.det(maps.detach()[:, :3, :3]).abs() < _SINGULAR_DET).any()):
@@ -186,7 +187,7 @@ def check_layers(layers: Any) -> int:
     Raises:
         InputError: not a whole number >= 1 (key ``layers``).
     """
-    if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
+    if not is_whole(layers) or layers < 1:
         raise InputError(f"must be a whole number >= 1, got {layers!r}", key="layers")
     return int(layers)
 
@@ -310,7 +311,7 @@ def check_step_mm(step_mm: Any, spacing: Iterable[float]) -> float:
     """
     if step_mm is None:
         return default_step_mm(spacing)
-    if isinstance(step_mm, bool) or not isinstance(step_mm, numbers.Real) \
+    if not is_real(step_mm) \
             or not (math.isfinite(float(step_mm)) and float(step_mm) > 0):
         raise InputError(f"must be a positive number of mm, got {step_mm!r}", key="step_mm")
     return float(step_mm)
@@ -337,7 +338,7 @@ def check_mu_water(mu_water: Any) -> float:
         InputError: anything else (key ``mu_water``), refused whatever the volume's units, so
             that a bad option is caught before it meets an HU volume.
     """
-    if isinstance(mu_water, bool) or not isinstance(mu_water, numbers.Real) \
+    if not is_real(mu_water) \
             or not (math.isfinite(float(mu_water)) and float(mu_water) > 0):
         raise InputError(f"must be a positive finite attenuation in 1/mm, got {mu_water!r}",
                          key="mu_water")

@@ -22,7 +22,6 @@ up to 2²⁴ voxels; larger ones take the slower 8-gather path).
 
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -40,6 +39,7 @@ from regkit.render._checks import (
 )
 from regkit.render.base import DepthMaps, Renderer, Resampled, Views, renderers
 from regkit.render.sampling import TINY_DIRECTION, border_pixels
+from regkit.utils.checks import is_whole
 
 __all__ = ["TorchRenderer"]
 
@@ -224,7 +224,7 @@ class TorchRenderer(Renderer):
         cuda = device.type == "cuda"
         if chunk_rays is None:
             chunk_rays = _CUDA_RAYS_PER_BLOCK if cuda else _CPU_RAYS_PER_BLOCK
-        if isinstance(chunk_rays, bool) or not isinstance(chunk_rays, numbers.Integral) \
+        if not is_whole(chunk_rays) \
                 or chunk_rays < 1:
             raise InputError(f"must be a whole number >= 1, got {chunk_rays!r}",
                              key="chunk_rays")

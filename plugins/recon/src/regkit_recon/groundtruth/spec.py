@@ -15,6 +15,7 @@ import numpy as np
 
 from regkit.errors import InputError
 from regkit.labels import parse_labels
+from regkit.utils.checks import is_real, is_whole
 
 __all__ = ["FORMAT_VERSION", "MAX_LAYERS", "SIZE_RANGE", "GenerateSpec", "malunion_stream",
            "parse_bones", "parse_shard", "phantom_is_malunited", "phantom_seed", "sample_streams"]
@@ -82,7 +83,7 @@ class GenerateSpec:
         from regkit_recon.groundtruth.views import VIEW_KINDS
 
         def whole(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo \
+            if not is_whole(value) or value < lo \
                     or (hi is not None and value > hi):
                 span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise InputError(f"must be a whole number {span}, got {value!r}", key=name)
@@ -117,7 +118,7 @@ class GenerateSpec:
         if self.drr_factor is not None:
             whole("drr_factor", self.drr_factor, 1, 16)
         frac = self.malunion_fraction
-        if isinstance(frac, bool) or not isinstance(frac, int | float) \
+        if not is_real(frac) \
                 or not (math.isfinite(frac) and 0.0 <= frac <= 1.0):
             raise InputError(f"must be a fraction in [0, 1], got {frac!r}",
                              key="malunion_fraction")

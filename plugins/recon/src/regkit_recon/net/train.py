@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from regkit.errors import FileFormatError, InputError
+from regkit.utils.checks import is_whole
 from regkit.utils.files import atomic_write_bytes, atomic_write_text
 from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
 from regkit_recon.net.runtime import (
@@ -290,7 +291,7 @@ def train(spec: TrainSpec, *, resume: bool = False, stream: Any = None,
         InputError: bad data, options, or a resume with another recipe.
         KeyboardInterrupt: Ctrl-C, after the step under way and a checkpoint (rank 0).
     """
-    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
+    if stop_at is not None and (not is_whole(stop_at)
                                 or stop_at < 1):
         raise InputError(f"must be a whole number >= 1, got {stop_at!r}", key="stop_at")
     name = device_name(spec.device)
@@ -502,7 +503,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
 
 def _check(spec: TrainSpec, world: int) -> None:
     def whole(name: str, value: Any, lo: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        if not is_whole(value) or value < lo:
             raise InputError(f"must be a whole number >= {lo}, got {value!r}", key=name)
 
     if not spec.data:
