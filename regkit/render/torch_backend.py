@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from regkit.errors import BackendUnavailableError, InputError, ShapeError
+from regkit.geometry.camera import pixel_rays
 from regkit.render import _torch_kernels as kern
 from regkit.render._checks import (
     check_dtype,
@@ -337,13 +338,7 @@ class TorchRenderer(Renderer):
     def _rays(self, k: torch.Tensor, t: torch.Tensor,
               uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sources ``(B, 3)`` and directions ``(B, P, 3)`` (voxels per mm) in index space."""
-        rot = t[:, :3, :3]
-        src_world = -(rot.transpose(-1, -2) @ t[:, :3, 3:])[..., 0]
-        x = (uv[..., 0] - k[:, None, 0, 2]) / k[:, None, 0, 0]
-        y = (uv[..., 1] - k[:, None, 1, 2]) / k[:, None, 1, 1]
-        d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)          # (B, P, 3)
-        d_world = d_cam @ rot                                             # Rᵀ d per row
-        d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+        src_world, d_world = pixel_rays(k, t, 0, 0, pixels=uv)           # (B, 3), (B, P, 3)
         a = torch.from_numpy(self._index_from_world).to(device=self.device)
         o = src_world @ a[:3, :3].T + a[:3, 3]
         d = d_world @ a[:3, :3].T

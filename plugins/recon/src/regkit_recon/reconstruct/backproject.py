@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from regkit.errors import InputError, ShapeError
-from regkit.geometry.camera import Camera
+from regkit.geometry.camera import Camera, pixel_rays
 
 from .mesh import Mesh, extract_mesh
 
@@ -146,12 +146,9 @@ class BoneSolid:
         u = self.origin[0] + (g[:, 1] + 0.5) / self.upsample
         v = self.origin[1] + (g[:, 0] + 0.5) / self.upsample
         t = self.depth_range[0] + self.step_mm * g[:, 2]
-        k_inv = np.linalg.inv(self.camera.intrinsic)
-        d_cam = np.column_stack([u, v, np.ones_like(u)]) @ k_inv.T
-        d_cam /= np.linalg.norm(d_cam, axis=1, keepdims=True)
-        world_from_camera = self.camera.world_from_camera
-        d_world = d_cam @ world_from_camera[:3, :3].T
-        return self.camera.source_world + t[:, None] * d_world + np.asarray(self.shift_mm)
+        source, d_world = pixel_rays(self.camera.intrinsic, self.camera.camera_from_world, 0, 0,
+                                     pixels=np.column_stack([u, v]))
+        return source + t[:, None] * d_world + np.asarray(self.shift_mm)
 
     def mesh(self) -> Mesh:
         """The bone's closed surface in world RAS+ mm (faces wound outwards)."""
