@@ -44,7 +44,6 @@ __all__ = [
     "trilinear_zero",
 ]
 
-_TINY_DIRECTION = TINY_DIRECTION
 
 
 @dataclass
@@ -105,7 +104,7 @@ def plane_rays(o: torch.Tensor, d: torch.Tensor, shape: tuple[int, int, int], ax
         The :class:`PlaneRays`; differentiable with respect to ``o`` and ``d`` where hit.
     """
     n = torch.tensor(shape, dtype=o.dtype, device=o.device)
-    d_safe = torch.where(d.abs() < _TINY_DIRECTION, torch.full_like(d, _TINY_DIRECTION), d)
+    d_safe = torch.where(d.abs() < TINY_DIRECTION, torch.full_like(d, TINY_DIRECTION), d)
     t1 = (-0.5 - o) / d_safe
     t2 = (n - 0.5 - o) / d_safe
     t_min = torch.minimum(t1, t2)

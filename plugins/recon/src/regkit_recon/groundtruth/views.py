@@ -26,6 +26,7 @@ import numpy as np
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.carm import camera_from_carm
+from regkit.labels import check_present, present_labels
 
 __all__ = ["VIEW_KINDS", "ViewRanges", "anatomy_corners", "bone_boxes", "draw_view"]
 
@@ -85,10 +86,7 @@ def bone_boxes(labels: Any, bones: Sequence[int]) -> dict[int, tuple[np.ndarray,
             continue
         boxes[b] = (np.array([sl.start for sl in box]), np.array([sl.stop for sl in box]))
     if missing:
-        present = [int(v) for v in np.unique(lab) if v > 0]
-        shown = ", ".join(str(v) for v in present[:30]) + (" ..." if len(present) > 30 else "")
-        raise InputError(f"label(s) {missing} do not occur in the label map (present: "
-                         f"{shown or 'none'})", key="bones")
+        check_present(missing, present_labels(lab), key="bones")
     return boxes
 
 
