@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from regkit.errors import FrameError, InputError, ShapeError
+from regkit.labels import check_present
 from regkit.utils.checks import is_real, is_whole
 
 __all__ = [
@@ -253,12 +254,7 @@ def check_bones_present(key: Iterable[int], present: Collection[int] | None) -> 
     if present is None:
         raise InputError("the volume has no label map, so bones cannot be selected",
                          key="bones")
-    missing = [b for b in key if b not in present]
-    if missing:
-        shown = sorted(present)
-        listing = ", ".join(str(v) for v in shown[:20]) + (" ..." if len(shown) > 20 else "")
-        raise InputError(f"label(s) {missing} do not occur in the label map (labels present: "
-                         f"{listing or 'none'})", key="bones")
+    check_present(key, present, key="bones")
 
 
 def label_boxes(labels: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
