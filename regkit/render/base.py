@@ -254,11 +254,13 @@ class Renderer(ABC):
         if pixels is not None:
             uv = check_pixels(pixels, checked.batch)
             shape: tuple[int, ...] = (checked.batch, int(uv.shape[1]))
-            out = self._drr(checked, roi=None, pixels=uv, bones=self._bones(bones))
+            key = None if bones is None else self._bones(bones)
+            out = self._drr(checked, roi=None, pixels=uv, bones=key)
         else:
             box = check_roi(roi, checked.width, checked.height)
             shape = (checked.batch, box[3], box[2])
-            out = self._drr(checked, roi=box, pixels=None, bones=self._bones(bones))
+            key = None if bones is None else self._bones(bones)
+            out = self._drr(checked, roi=box, pixels=None, bones=key)
         return out.reshape(shape)
 
     def depth(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
@@ -279,7 +281,6 @@ class Renderer(ABC):
         """
         checked = self._views(views)
         key = self._bones(bones)
-        assert key is not None
         n_layers = check_layers(layers)
         return _stamp(self._depth(checked, key, n_layers))
 
@@ -292,9 +293,9 @@ class Renderer(ABC):
         This default calls :meth:`depth` once per bone; a backend may do better (as a slice
         of :meth:`depth_stack`).
         """
-        self._views(views)
-        check_layers(layers)
-        return [self.depth(views, [b], layers=layers) for b in bone_list(bones)]
+        checked = self._views(views)
+        n_layers = check_layers(layers)
+        return [_stamp(self._depth(checked, self._bones([b]), n_layers)) for b in bone_list(bones)]
 
     def depth_stack(self, views: Views, bones: Sequence[int], *, layers: int = 2) -> DepthMaps:
         """Each bone's own maps, as :meth:`depth_per_bone` gives them, on a bone axis.
@@ -316,7 +317,6 @@ class Renderer(ABC):
         if not wanted:
             raise InputError("no bones given", key="bones")
         unique = self._bones(wanted)
-        assert unique is not None
         maps = _stamp(self._depth_stack(checked, unique, n_layers))
         rows = [unique.index(b) for b in wanted]
         if rows == list(range(len(unique))):
@@ -337,7 +337,6 @@ class Renderer(ABC):
         """
         checked = self._views(views)
         key = self._bones(bones)
-        assert key is not None
         out = self._bone_index(checked, key)
         return out.to(torch.int32).reshape(checked.batch, checked.height, checked.width)
 
@@ -383,10 +382,8 @@ class Renderer(ABC):
         k, t = check_poses(views.intrinsic, views.camera_from_world)
         return Views(k, t, views.height, views.width)
 
-    def _bones(self, bones: Any) -> tuple[int, ...] | None:
-        """``bones`` as sorted unique labels that the label map holds (None stays None)."""
-        if bones is None:
-            return None
+    def _bones(self, bones: Any) -> tuple[int, ...]:
+        """``bones`` as sorted unique labels that the label map holds."""
         key = bone_key(bones)
         check_bones_present(key, self._label_values())
         return key

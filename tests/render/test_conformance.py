@@ -491,6 +491,8 @@ BAD_CALLS: list[tuple[str, Callable[[Renderer, Views, Volume], Any], type[Except
      lambda r, v, _: r.bone_index(_with_pose(v, lambda _, t: _set(t, (0, 0, 0), 1.5)), [1]),
      FrameError, None),
     ("roi off the detector", lambda r, v, _: r.drr(v, roi=(30, 0, 20, 10)), InputError, "roi"),
+    ("no bones for depth", lambda r, v, _: r.depth(v, None), InputError, "bones"),  # type: ignore[arg-type]
+    ("no bones for bone_index", lambda r, v, _: r.bone_index(v, None), InputError, "bones"),  # type: ignore[arg-type]
     ("roi not four numbers",
      lambda r, v, _: r.drr(v, roi=(0, 0, 4)),  # type: ignore[arg-type]
      InputError, "roi"),
