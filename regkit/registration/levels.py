@@ -152,6 +152,8 @@ def level_options(level: LevelOptions, seed: int) -> Any:
 
 def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped)."""
+    if all(int(k) == 1 for k in factors):   # no copy at a level that keeps the CT's grid
+        return np.asarray(data, dtype=np.float32)
     return block_reduce(data, factors, "mean", np.float64).astype(np.float32)
 
 
