@@ -18,6 +18,7 @@ from regkit.errors import InputError, ShapeError
 from regkit.geometry.camera import Camera
 from regkit.io.radiograph import Radiograph, to_line_integral
 from regkit.labels import check_present, present_labels
+from regkit.registration._volume_inputs import as_volume, refuse_constant
 from regkit.render.base import bone_key
 from regkit.volume import Volume
 
@@ -40,8 +41,7 @@ _FLAT_MARGIN_PX = 2
 
 def check_volume(volume: Any, mu_water: float) -> Volume:
     """The CT in μ (1/mm; HU converted with ``mu_water``), refused if not a non-constant Volume."""
-    if not isinstance(volume, Volume):
-        raise InputError(f"must be a regkit Volume, got {type(volume).__name__}", key="volume")
+    volume = as_volume(volume, "volume")
     if volume.units not in ("HU", "mu"):
         raise InputError(f"must be in 'HU' or 'mu', got units {volume.units!r}", key="volume")
     mu = volume.to_mu(mu_water) if volume.units == "HU" else volume
@@ -142,12 +142,7 @@ def check_variance(images: list[NDArray[np.float32]],
                    weights: list[NDArray[np.float32] | None]) -> None:
     """Refuse an image that is constant (inside its mask, where it has one)."""
     for i, (img, w) in enumerate(zip(images, weights, strict=True)):
-        values = img if w is None else img[w > 0]
-        lo, hi = float(values.min()), float(values.max())
-        if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
-            where = " inside its mask" if w is not None else ""
-            raise InputError(f"the image is constant ({lo:g}){where}: a zero-variance image "
-                             "cannot be registered", key=f"images[{i}]")
+        refuse_constant(img if w is None else img[w > 0], w is not None, f"images[{i}]")
 
 
 def check_bones(bones: Any, volume: Volume) -> tuple[int, ...] | None:

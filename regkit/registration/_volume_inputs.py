@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from regkit.errors import InputError, ShapeError
 from regkit.volume import Volume
 
-__all__ = ["as_volume", "check_mask", "check_variance"]
+__all__ = ["as_volume", "check_mask", "check_variance", "refuse_constant"]
 
 
 def check_mask(mask: Any, volume: Volume, key: str) -> NDArray[np.bool_] | None:
@@ -43,10 +43,20 @@ def check_mask(mask: Any, volume: Volume, key: str) -> NDArray[np.bool_] | None:
 
 def check_variance(volume: Volume, mask: NDArray[np.bool_] | None, key: str) -> None:
     """Refuse a volume that is constant (inside its mask, where it has one)."""
-    values = volume.data if mask is None else volume.data[mask]
-    lo, hi = float(values.min()), float(values.max())
+    refuse_constant(volume.data if mask is None else volume.data[mask], mask is not None, key)
+
+
+def refuse_constant(values: Any, masked: bool, key: str) -> None:
+    """Refuse values (an image's, or those inside its mask) that are all the same.
+
+    Args:
+        values: The image's values, or those of its masked part.
+        masked: Whether ``values`` are those inside a mask (said in the message).
+        key: The input that holds them, for the error.
+    """
+    lo, hi = float(np.min(values)), float(np.max(values))
     if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
-        where = " inside its mask" if mask is not None else ""
+        where = " inside its mask" if masked else ""
         raise InputError(f"the image is constant ({lo:g}){where}: a zero-variance image cannot "
                          "be registered", key=key)
 
