@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from regkit.errors import InputError
+from regkit.labels import present_labels
 from regkit.utils.files import atomic_write_text
 from regkit_recon.groundtruth.spec import (
     FORMAT_VERSION,
@@ -42,7 +41,7 @@ def _bones_of(ct: str, labels: str, bones: tuple[int, ...] | None) -> tuple[int,
 
     volume = load_nifti(ct, labels=labels)
     assert volume.labels is not None
-    present = sorted(int(v) for v in np.unique(volume.labels) if v > 0)
+    present = sorted(v for v in present_labels(volume.labels) if v > 0)
     if not present:
         raise InputError("the label map holds no bone (every voxel is 0)", source=labels,
                          key="labels")

@@ -17,8 +17,9 @@ from regkit.errors import InputError
 from regkit.labels import parse_labels
 from regkit.utils.checks import is_real, is_whole
 
-__all__ = ["FORMAT_VERSION", "MAX_LAYERS", "SIZE_RANGE", "GenerateSpec", "malunion_stream",
-           "parse_bones", "parse_shard", "phantom_is_malunited", "phantom_seed", "sample_streams"]
+__all__ = ["FORMAT_VERSION", "MAX_LAYERS", "SIZE_RANGE", "GenerateSpec", "malunion_attempt",
+           "malunion_stream", "parse_bones", "parse_shard", "phantom_is_malunited", "phantom_seed",
+           "sample_streams"]
 
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
@@ -169,6 +170,11 @@ def sample_streams(seed: int, index: int) -> tuple[np.random.Generator, np.rando
 def malunion_stream(seed: int, k: int) -> np.random.SeedSequence:
     """The seed sequence of phantom ``k``'s malunion draws in a run seeded with ``seed``."""
     return np.random.SeedSequence(seed, spawn_key=(2, k))
+
+
+def malunion_attempt(seed: int, k: int, attempt: int) -> np.random.SeedSequence:
+    """The seed sequence of phantom ``k``'s ``attempt``-th malunion draw (0 first)."""
+    return np.random.SeedSequence(seed, spawn_key=(2, k, attempt))
 
 
 def phantom_is_malunited(seed: int, k: int, fraction: float) -> bool:

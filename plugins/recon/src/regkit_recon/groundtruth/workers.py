@@ -17,7 +17,7 @@ import numpy as np
 
 from regkit.errors import InputError, UserInputError
 from regkit_recon.groundtruth.manifest import sample_name
-from regkit_recon.groundtruth.spec import sample_streams
+from regkit_recon.groundtruth.spec import malunion_attempt, sample_streams
 
 __all__ = ["MALUNION_ATTEMPTS", "WorkerError", "init_worker", "make_phantom", "make_samples",
            "release_renderers", "render_sample", "worker_threads"]
@@ -80,7 +80,7 @@ def make_phantom(job: tuple[int, int, float, str, int, bool]) -> int:
         phantom = None
         if malunited:
             for attempt in range(MALUNION_ATTEMPTS):
-                stream = np.random.SeedSequence(run_seed, spawn_key=(2, k, attempt))
+                stream = malunion_attempt(run_seed, k, attempt)
                 spec = draw_malunions(np.random.default_rng(stream))
                 try:
                     phantom = make_hand_phantom(seed, deformity=spec, voxel_mm=voxel)
