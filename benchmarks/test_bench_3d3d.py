@@ -50,6 +50,7 @@ import numpy as np
 import pytest
 import torch
 
+from regkit.geometry.frames import LPS_FROM_RAS
 from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.io.nifti import load_labels, load_nifti
 from regkit.registration.volume_registration import (
@@ -72,7 +73,6 @@ MAX_ANGLE_DEG = 60.0
 MAX_SHIFT_MM = 40.0
 REMAP_HU = [-2048.0, -1024.0, -500.0, -100.0, 40.0, 300.0, 1500.0, 3071.0]
 REMAP_TO = [0.0, 0.0, 50.0, 900.0, 500.0, 150.0, 250.0, 300.0]
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 THRESHOLDS_MM = (1.0, 2.0, 10.0)
 
 pytestmark = pytest.mark.skipif(not CT.exists(), reason=f"{CT} is not here")
@@ -142,7 +142,7 @@ def _regkit(metric: str) -> Callable[[Volume, Volume, int], np.ndarray]:
 def _to_itk(volume: Volume) -> Any:
     import itk
 
-    affine = LPS @ volume.world_from_index
+    affine = LPS_FROM_RAS @ volume.world_from_index
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     image = itk.GetImageFromArray(np.ascontiguousarray(
         np.asarray(volume.data, dtype=np.float32).transpose(2, 1, 0)))
@@ -155,7 +155,7 @@ def _to_itk(volume: Volume) -> Any:
 def _to_sitk(volume: Volume) -> Any:
     import SimpleITK as sitk
 
-    affine = LPS @ volume.world_from_index
+    affine = LPS_FROM_RAS @ volume.world_from_index
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.ascontiguousarray(
         np.asarray(volume.data, dtype=np.float32).transpose(2, 1, 0)))
@@ -172,7 +172,7 @@ def _fixed_from_moving(moving_from_fixed_lps: Callable[[list[float]], Any]) -> n
     m = np.eye(4)
     m[:3, :3] = (mapped[1:] - mapped[0]).T / 100.0
     m[:3, 3] = mapped[0]
-    return LPS @ np.linalg.inv(m) @ LPS
+    return LPS_FROM_RAS @ np.linalg.inv(m) @ LPS_FROM_RAS
 
 
 def _elastix(write_image: bool) -> Callable[[Volume, Volume, int], np.ndarray] | None:
