@@ -296,7 +296,7 @@ class _Job:
         first = views[0].camera
         self.direction = np.asarray(first.view_direction_world, dtype=np.float64)
         self.set_windows(np.zeros((len(self.bones), 3)), 0.0)
-        self._occupied = self._occupancy_index(np.zeros((len(self.bones), 3)), exclude=-1)
+        self._occupied: tuple[Array, NDArray[np.bool_], Array] | None = None  # place_others
 
     def set_windows(self, shifts: Array, reach_mm: float, along_mm: float = 0.0) -> None:
         """Detector windows (and the probability maps cut to them) that hold each moved bone.
@@ -364,6 +364,8 @@ class _Job:
         Bone ``b`` is moved by each of ``shifts``; the others are where :meth:`place_others` put
         them.
         """
+        if self._occupied is None:
+            raise RuntimeError("collision() needs place_others() first")
         lo, grid, shape = self._occupied
         pts = self.bones[b].points
         if len(pts) > 1500:
@@ -472,14 +474,14 @@ def refine(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[
             evaluations += result.evaluations
             shifts[:] = offset * job.direction
             say(f"common depth offset {offset:+.1f} mm")
-            job.set_windows(shifts, _SHIFT_ACROSS_MM * math.sqrt(2.0), _SHIFT_DEPTH_MM)
-            for b in range(n if placement else 0):
-                job.place_others(b, shifts)
-                level = _ShiftLevel(job, b, shifts[b].copy())
-                result = _engine(level, seed + 1 + b, 160)
-                shifts[b] = level.world(result.x)[0]
-                evaluations += result.evaluations
             if placement:
+                job.set_windows(shifts, _SHIFT_ACROSS_MM * math.sqrt(2.0), _SHIFT_DEPTH_MM)
+                for b in range(n):
+                    job.place_others(b, shifts)
+                    level = _ShiftLevel(job, b, shifts[b].copy())
+                    result = _engine(level, seed + 1 + b, 160)
+                    shifts[b] = level.world(result.x)[0]
+                    evaluations += result.evaluations
                 say(f"placed {n} bones")
             job.set_windows(shifts, 0.0)
             job.prepare_contrast(shifts)
