@@ -146,11 +146,8 @@ class SampleRenderer:
         (NaN: no such crossing), ``layers`` uint8 ``[NB, H, W]``.
         """
         maps = self._depth.depth_stack(Views.from_cameras(camera), self.bones, layers=layers)
-        count = maps.layers[0].cpu().numpy()
-        return {"hit": count > 0,
-                "front": np.ascontiguousarray(maps.front[0].cpu().numpy(), dtype=np.float32),
-                "back": np.ascontiguousarray(maps.back[0].cpu().numpy(), dtype=np.float32),
-                "layers": count}
+        arrays = {name: value[0] for name, value in maps.to_numpy().items()}   # the one view
+        return {"hit": arrays["layers"] > 0, **arrays}
 
 
 def write_sample(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
