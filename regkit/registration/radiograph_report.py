@@ -22,7 +22,7 @@ from regkit.registration._radiograph_inputs import (
 )
 from regkit.registration.results import Registration2D3DResult
 from regkit.render.base import Views
-from regkit.volume import Volume
+from regkit.volume import MU_WATER_PER_MM, Volume
 
 __all__ = ["save_report"]
 
@@ -62,7 +62,7 @@ def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequ
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    mu = check_volume(volume, 0.02)
+    mu = check_volume(volume, MU_WATER_PER_MM)
     cams = check_cameras(cameras)
     imgs = check_images(images, cams, image_kind)
     labels = check_bones(bones, mu)

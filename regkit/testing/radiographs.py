@@ -108,7 +108,7 @@ from scipy.ndimage import gaussian_filter
 from regkit.geometry.camera import Camera
 from regkit.render.base import Views
 from regkit.render.select import make_renderer
-from regkit.volume import Volume
+from regkit.volume import MU_WATER_PER_MM, Volume
 
 __all__ = [
     "BONE_DENSITY",
@@ -135,7 +135,7 @@ _MU_RHO = {  # cm²/g at NIST_ENERGIES_KEV (see the module docstring)
 WATER_DENSITY = 1.0  # g/cm³
 BONE_DENSITY = 1.92  # g/cm³, cortical bone (ICRU-44)
 ALUMINIUM_DENSITY = 2.699  # g/cm³
-MU_WATER_DRR = 0.02  # 1/mm, regkit's HU → μ (docs/CONVENTIONS.md)
+MU_WATER_DRR = MU_WATER_PER_MM  # 1/mm, regkit's HU → μ (docs/CONVENTIONS.md)
 _GRID_STEP_KEV = 0.5
 _GRID_LOW_KEV = 10.0
 
@@ -456,9 +456,7 @@ class PolyForwardModel:
     def close(self) -> None:
         """Release both renderers."""
         for r in (self._soft, self._bone):
-            closer = getattr(r, "close", None)
-            if closer is not None:
-                closer()
+            r.close()
 
 
 class Bone15ForwardModel:
@@ -512,9 +510,7 @@ class Bone15ForwardModel:
 
     def close(self) -> None:
         """Release the renderer."""
-        closer = getattr(self._renderer, "close", None)
-        if closer is not None:
-            closer()
+        self._renderer.close()
 
 
 def make_forward_model(name: str, ct: Volume, *, backend: str | None = None,
@@ -645,9 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drr = _no_grad_drr(drr_renderer, [cam])[0]
     finally:
         model.close()
-        closer = getattr(drr_renderer, "close", None)
-        if closer is not None:
-            closer()
+        drr_renderer.close()
     figures = sanity_figures(lw[0], lb[0], drr, model.spectrum, model.options)
     figures["seconds"] = {"two_path_drrs": round(t_paths, 3),
                           "spectrum_scatter_noise_blur": round(t_rest, 4)}
