@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from regkit.testing.results import load_avg
+
 THREADS = 2
 SEED = 0
 SHARED_CORES = 0.25  # CPU used by other processes, per wall second, above which a case is flagged
@@ -45,7 +47,7 @@ _RUN: dict[str, Any] = {}
 
 def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001 - pytest hook signature
     """Fix threads and seeds before anything runs (poses use ``np.random.default_rng(seed)``)."""
-    _RUN["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
+    _RUN["load_avg_start"] = load_avg()
     _RUN["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     random.seed(SEED)
     try:
@@ -148,7 +150,7 @@ class CaseMonitor:
             "peak_rss_scope": self.scope,
             "own_cores": None if self.own_cores is None else round(self.own_cores, 2),
             "others_cores": None if self.others_cores is None else round(self.others_cores, 2),
-            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+            "load_avg_after": load_avg(),
         }
 
 
@@ -311,7 +313,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     _evaluate(rows)
     table = markdown_table(rows)
     load_start = _RUN.get("load_avg_start")
-    load_end = [round(x, 2) for x in os.getloadavg()]
+    load_end = load_avg()
     notes = list(dict.fromkeys(n for r in rows for n in r.get("notes", [])))
     shared = [f"{r['case']}/{r['backend']}" for r in rows
               if (r.get("others_cores") or 0.0) > SHARED_CORES]

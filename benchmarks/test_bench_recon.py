@@ -42,7 +42,7 @@ from regkit_recon.groundtruth.generate import (
 )
 from regkit_recon.groundtruth.sample import write_sample
 
-from regkit.testing.results import machine, save_case
+from regkit.testing.results import save_case
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_recon.json"
 SAMPLES = int(os.environ.get("REGKIT_BENCH_RECON_SAMPLES", "24"))
@@ -64,8 +64,7 @@ def _spec(out: Path, workers: int, views: int = SAMPLES) -> GenerateSpec:
 
 def _save(case: str, row: dict[str, Any]) -> None:
     save_case(RESULTS, case, row,
-              command=".venv/bin/pytest benchmarks/test_bench_recon.py --benchmark-only",
-              machine_info=machine())
+              command=".venv/bin/pytest benchmarks/test_bench_recon.py --benchmark-only")
 
 
 def test_phantom(benchmark: Any) -> None:

@@ -17,13 +17,18 @@ from typing import Any
 
 from regkit.utils.files import atomic_write_text
 
-__all__ = ["machine", "save_case"]
+__all__ = ["load_avg", "machine", "save_case"]
+
+
+def load_avg() -> list[float]:
+    """The machine's 1-, 5- and 15-minute load averages, rounded to 0.01."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine(**extra: Any) -> dict[str, Any]:
     """The machine's description: CPU count, Python, load average, and ``extra`` fields."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()], **extra}
+            "load_avg": load_avg(), **extra}
 
 
 def save_case(path: str | os.PathLike[str], case: str, row: Mapping[str, Any], *,
@@ -42,7 +47,7 @@ def save_case(path: str | os.PathLike[str], case: str, row: Mapping[str, Any], *
                 content = loaded
     cases = content.get("cases")
     cases = dict(cases) if isinstance(cases, dict) else {}
-    cases[case] = {**row, "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    cases[case] = {**row, "load_avg": load_avg()}
     content.update(command=command, machine=dict(machine_info or machine()), cases=cases)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json.dumps(content, indent=2) + "\n")
