@@ -70,8 +70,6 @@ def _as_torch(x: Any) -> tuple[torch.Tensor, bool]:
     return t, was_numpy
 
 
-
-
 def _numpy_or_torch(fn: Callable[..., torch.Tensor]) -> Callable[..., Any]:
     """Let a torch function of one array argument take and give numpy as well."""
 

@@ -670,4 +670,3 @@ class GradientMethod(ABC):
 gradient_methods: Registry[type[GradientMethod]] = Registry(
     "gradient method", entry_point_group="regkit.gradient_methods")
 """Gradient methods by name: ``adam``, ``lbfgs`` and plugins."""
-

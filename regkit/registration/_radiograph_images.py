@@ -176,5 +176,3 @@ def detector_factor(cam: Camera, max_pixels: int) -> int:
             f + 1) >= 3:
         f += 1
     return f
-
-

@@ -171,4 +171,3 @@ def flat_mask(image: NDArray[np.float32]) -> NDArray[np.float32] | None:
     if flat.mean() > 0.9:   # nearly everything flat: a synthetic image; do not mask
         return None
     return (~flat).astype(np.float32)
-

@@ -310,4 +310,3 @@ def _gradient(level: Level, x: NDArray[np.float64], options: LevelOptions,
 
     return minimize_torch(level.loss, torch.as_tensor(level.spec.clip(x), dtype=torch.float64),
                           level.spec, options.method, dict(options.options), on_iteration)
-

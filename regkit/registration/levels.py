@@ -111,7 +111,6 @@ class LevelOptions:
         object.__setattr__(self, "options", dict(self.options))
 
 
-
 @dataclass(frozen=True)
 class Progress:
     """What a registration's progress callback receives after every optimizer iteration.

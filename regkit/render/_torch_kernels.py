@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class PlaneRays:
     """R rays set up for marching across the planes perpendicular to index axis ``axis``.

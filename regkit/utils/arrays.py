@@ -41,4 +41,3 @@ def as_tensors(*arrays: Any) -> tuple[list[torch.Tensor], bool]:
 def from_tensor(x: torch.Tensor, was_numpy: bool) -> Any:
     """Give ``x`` back as numpy (detached, on the CPU) when the caller gave numpy."""
     return x.detach().cpu().numpy() if was_numpy else x
-

@@ -35,7 +35,6 @@ BACKEND_IDS = KIND_IDS
 ATOL = {"float32": 2e-5, "float64": 1e-10}
 
 
-
 @st.composite
 def rotvecs(draw: Any, max_angle: float = math.pi - 1e-3) -> np.ndarray:
     """A rotation vector with angle in [0, max_angle] and a well-defined axis."""

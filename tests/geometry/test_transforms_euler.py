@@ -213,5 +213,3 @@ def test_euler_bad_convention_and_shape() -> None:
         tf.euler_to_matrix([0.0, 0.0], "XYZ")
     with pytest.raises(ShapeError):
         tf.matrix_to_euler(np.eye(4), "XYZ")
-
-

@@ -103,4 +103,3 @@ def test_measure_file_reads_names_beside_and_refuses_what_it_cannot_measure(
     with pytest.raises(InputError, match="cannot read"):
         measure_labels_file(tmp_path / "bad.nii.gz")
     assert math.isfinite(result["bones"]["radius"]["length_mm"])
-

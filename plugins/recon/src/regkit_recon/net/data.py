@@ -98,4 +98,3 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
                     "unit_mm": item["unit_mm"] / rec["zoom"]}
         item["index"] = torch.tensor(index)
         return item
-
