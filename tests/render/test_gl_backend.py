@@ -590,7 +590,7 @@ def test_full_bricks_are_marked_and_skipped_exactly(tools: SimpleNamespace) -> N
     out) and those of the torch backend, which skips nothing.
     """
     _gl_or_skip()
-    from regkit.render.gl.backend import _occupancy
+    from regkit.render.gl._textures import _occupancy
 
     mask = np.zeros((20, 20, 20), dtype=bool)
     mask[2:19, 2:19, 2:19] = True

@@ -53,17 +53,14 @@ def atlas_set(ctx: Any, textures: VolumeTextures,
         ctx: The context (inside a session).
         textures: The volume's textures (label map, and owner of the atlas textures).
         cache: The renderer's atlases by bone set; updated here.
-        bones: Sorted distinct labels.
+        bones: Sorted distinct labels the label map holds (the renderer contract checked them).
         tex_limit: Largest 3-D texture size per axis, texels.
-
-    Raises:
-        InputError: no label map, or a label that does not occur.
     """
     found = cache.get(bones)
     if found is not None:
         cache.move_to_end(bones)
         return found
-    known = textures.check_labels(bones)
+    known = textures.boxes()
     lo = np.array([known[b][0] for b in bones], dtype=np.int64)
     hi = np.array([known[b][1] for b in bones], dtype=np.int64)
     sizes = hi - lo + 2                                                  # crop + margins

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from regkit.render._checks import bone_key, check_bones_present, label_boxes, volume_mu
+from regkit.render._checks import label_boxes, volume_mu
 
 __all__ = ["CROP_BRICK", "MAX_BONE_SETS", "TEXTURE_FORMATS", "Block", "BoneSet", "GLObjects",
            "VolumeTextures"]
@@ -199,29 +199,16 @@ class VolumeTextures:
             self._label_boxes = label_boxes(self.labels)
         return self._label_boxes
 
-    def check_labels(self, bones: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """The label boxes, once the volume is known to have a label map holding ``bones``.
+    def bone_set(self, key: tuple[int, ...]) -> BoneSet:
+        """The (cached) crops for ``key``: sorted distinct labels the label map holds.
 
-        Cached bone sets and atlases exist only when it does.
-
-        Raises:
-            InputError: no label map, or a label that does not occur.
+        The renderer contract (:meth:`regkit.render.base.Renderer._bones`) has checked them.
         """
-        check_bones_present(bones, None if self.labels is None else self.boxes())
-        return self.boxes()
-
-    def bone_set(self, bones: Any) -> BoneSet:
-        """The (cached) crops for ``bones``.
-
-        Raises:
-            InputError: no label map, a bad label, or a label that does not occur.
-        """
-        key = bone_key(bones)
         found = self.bone_sets.get(key)
         if found is not None:
             self.bone_sets.move_to_end(key)
             return found
-        known = self.check_labels(key)
+        known = self.boxes()
         lo = np.min([known[b][0] for b in key], axis=0)
         hi = np.max([known[b][1] for b in key], axis=0)
         entry = BoneSet(key, lo, hi)

@@ -66,7 +66,6 @@ from regkit.render.gl._dispatch import ScratchBuffers, dispatch, even_chunks, pa
 from regkit.render.gl._dispatch import groups as _groups
 from regkit.render.gl._dispatch import set_uniform as _set
 from regkit.render.gl._textures import CROP_BRICK, TEXTURE_FORMATS, Block, GLObjects, VolumeTextures
-from regkit.render.gl._textures import _occupancy as _occupancy  # re-exported: tests import it here
 from regkit.render.sampling import border_pixels as _border_pixels
 
 __all__ = ["GLRenderer"]
@@ -350,7 +349,7 @@ class GLRenderer(Renderer):
         front = np.full((batch, len(bones), n_layers, h, w), _NAN, dtype=np.float32)
         back = np.full_like(front, _NAN)
         count = np.zeros((batch, len(bones), h, w), dtype=np.uint8)
-        rows = {b: [i] for i, b in enumerate(bones)}
+        rows = {b: i for i, b in enumerate(bones)}
         bytes_per_ray = 4 * (2 * n_layers + 1)
         max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
         with self._session() as ctx:
@@ -366,12 +365,12 @@ class GLRenderer(Renderer):
                          layers=torch.from_numpy(count))
 
     def _depth_windows(self, ctx: Any, prog: Any, atlas: Atlas, windows: np.ndarray,
-                       n_layers: int, max_rays: int, rows: dict[int, list[int]],
+                       n_layers: int, max_rays: int, rows: dict[int, int],
                        maps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """March the bones of ``atlas`` on their windows and write each bone's maps into ``maps``.
 
         The windows are ``(B, N, 4)`` (see :func:`~regkit.render.gl._atlas.bone_windows`), marched
-        with at most ``max_rays`` rays per dispatch; bone ``b``'s maps go into entries ``rows[b]``
+        with at most ``max_rays`` rays per dispatch; bone ``b``'s maps go into entry ``rows[b]``
         of ``maps`` (front, back, count).
         """
         view_i, bone_i = np.nonzero((windows[..., 2] > 0) & (windows[..., 3] > 0))
@@ -407,14 +406,13 @@ class GLRenderer(Renderer):
                 u0, v0, ww, hh = (int(x) for x in boxes[n])
                 b_view, bone = int(view_i[n]), atlas.bones[int(bone_i[n])]
                 a = int(firsts[n] - firsts[start])
-                z = a + ww * hh
-                for k in rows[bone]:
-                    front[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
-                        f_out[:, a:z].reshape(n_layers, hh, ww)
-                    back[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
-                        b_out[:, a:z].reshape(n_layers, hh, ww)
-                    count[b_view, k, v0:v0 + hh, u0:u0 + ww] = \
-                        np.minimum(c_out[a:z], 255).reshape(hh, ww)
+                z, k = a + ww * hh, rows[bone]
+                front[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
+                    f_out[:, a:z].reshape(n_layers, hh, ww)
+                back[b_view, k, :, v0:v0 + hh, u0:u0 + ww] = \
+                    b_out[:, a:z].reshape(n_layers, hh, ww)
+                count[b_view, k, v0:v0 + hh, u0:u0 + ww] = \
+                    np.minimum(c_out[a:z], 255).reshape(hh, ww)
 
         block = atlas.block
         dispatch(ctx, prog, self._scratch, packed_chunks(sizes, max_rays),
