@@ -83,6 +83,11 @@ def _compact_labels(labels: np.ndarray) -> np.ndarray:
     return np.array(labels, dtype=np.int64, order="C")
 
 
+def _int3(values: np.ndarray) -> tuple[int, int, int]:
+    """A voxel index triple as plain ints."""
+    return int(values[0]), int(values[1]), int(values[2])
+
+
 def _pixel_centres(u0: int, v0: int, w: int, h: int, device: torch.device) -> torch.Tensor:
     """``(1, h·w, 2)`` float64 pixel centres ``(u, v)`` of the block, row-major."""
     v, u = torch.meshgrid(torch.arange(v0, v0 + h, dtype=torch.float64, device=device) + 0.5,
@@ -143,7 +148,6 @@ class TorchRenderer(Renderer):
     _cache_values: bool
     _bone_mu: OrderedDict[tuple[int, ...], torch.Tensor]
     _bone_mask: OrderedDict[tuple[int, ...], torch.Tensor]
-    _bone_box: dict[tuple[int, ...], tuple[tuple[int, int, int], tuple[int, int, int]]]
 
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
                  dtype: Any = torch.float32, requires_grad: bool = False,
@@ -244,7 +248,6 @@ class TorchRenderer(Renderer):
         self._cache_values = raw is not None
         self._bone_mu = OrderedDict()
         self._bone_mask = OrderedDict()
-        self._bone_box = {}
 
     def __repr__(self) -> str:
         return (f"TorchRenderer(shape={self.shape}, step_mm={self.step_mm:g}, "
@@ -270,7 +273,6 @@ class TorchRenderer(Renderer):
         """Drop every cache (bone masks, masked μ, packed and raw copies, label boxes)."""
         self._bone_mu.clear()
         self._bone_mask.clear()
-        self._bone_box.clear()
         self._packed = self._raw = self._boxes = None
 
     def _mask_for(self, key: tuple[int, ...]) -> torch.Tensor:
@@ -285,30 +287,6 @@ class TorchRenderer(Renderer):
                 self._bone_mask.popitem(last=False)
         else:
             self._bone_mask.move_to_end(key)
-        return found
-
-    def _mask_box(self, key: tuple[int, ...]) -> tuple[tuple[int, int, int],
-                                                         tuple[int, int, int]]:
-        """Index box ``[lo, hi)`` of the union of ``key`` with a 2-voxel margin (cached).
-
-        The trilinear mask is below 0.5 more than a voxel away from the bones, so depth rays
-        are marched only across this box (:func:`~regkit.render._torch_kernels.restrict_to_box`):
-        the same crossings, found at a fraction of the cost for a small bone.
-        """
-        found = self._bone_box.get(key)
-        if found is None:
-            mask = self._mask_for(key)
-            lo: list[int] = []
-            hi: list[int] = []
-            for ax in range(3):
-                nz = torch.nonzero(mask.amax(dim=tuple(a for a in range(3) if a != ax)))
-                if nz.numel() == 0:
-                    lo, hi = [0, 0, 0], [0, 0, 0]
-                    break
-                lo.append(max(int(nz.min()) - 2, 0))
-                hi.append(min(int(nz.max()) + 3, self.shape[ax]))
-            found = ((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
-            self._bone_box[key] = found
         return found
 
     def _mu_for(self, key: tuple[int, ...] | None) -> torch.Tensor:
@@ -416,8 +394,9 @@ class TorchRenderer(Renderer):
             n_pix = d.shape[1]
             found = []
             for (axis, cells), members in self._groups(k, t, views, None).items():
+                lo, hi = self._margin_box(key)
                 rays = kern.restrict_to_box(self._group_rays(o, d, members, axis, cells),
-                                            *self._mask_box(key))
+                                            _int3(lo), _int3(hi))
                 r, tt, entry = kern.march_crossings(
                     mask, rays, samples_per_block=self._samples_per_block,
                     rays_per_block=self.chunk_rays)
@@ -489,7 +468,7 @@ class TorchRenderer(Renderer):
             groups = [(axis, cells, *_group_origins(o, d, members))
                       for (axis, cells), members in self._groups(k, t, views, None).items()]
             for i, bone in enumerate(bones):
-                box = self._margin_box(bone)
+                box = self._margin_box((bone,))
                 found = [self._bone_crossings(bone, box, axis, cells, og, dg, ids)
                          for axis, cells, og, dg, ids in groups]
                 ray, tt, entry = _sorted_crossings(found)
@@ -497,12 +476,17 @@ class TorchRenderer(Renderer):
                                                                      layers)
         return DepthMaps(front=front, back=back, layers=count)
 
-    def _margin_box(self, bone: int) -> tuple[np.ndarray, np.ndarray]:
-        """``[lo, hi)``: the bone's voxel box grown by :data:`_BONE_MARGIN`, clipped to the volume.
+    def _margin_box(self, key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``[lo, hi)``: the voxel box of the bones of ``key``, grown by :data:`_BONE_MARGIN`.
 
-        As :meth:`_mask_box` of that bone alone.
+        Clipped to the volume. The trilinear mask is below 0.5 more than a voxel away from the
+        bones, so depth rays are marched only across this box
+        (:func:`~regkit.render._torch_kernels.restrict_to_box`): the same crossings, found at a
+        fraction of the cost for a small bone.
         """
-        lo, hi = self._label_boxes()[bone]
+        boxes = self._label_boxes()
+        lo = np.min([boxes[b][0] for b in key], axis=0)
+        hi = np.max([boxes[b][1] for b in key], axis=0)
         return (np.maximum(lo - _BONE_MARGIN, 0),
                 np.minimum(hi + _BONE_MARGIN, np.asarray(self.shape)))
 
