@@ -253,3 +253,38 @@ def test_camera_from_dicom_geometry_and_labels_round_trip(files: Path, tmp_path:
     for name, mesh in list(rec.meshes.items())[:3]:
         back = read_stl(out / "meshes" / f"{name}.stl")
         assert back.volume == pytest.approx(mesh.volume, rel=1e-4)
+
+
+def _tiny_reconstruction(value: int) -> Reconstruction:
+    return Reconstruction(labels=np.full((2, 2, 2), value, np.uint8), world_from_index=np.eye(4),
+                          names={1: "radius"}, meshes={}, depth={}, measurements={},
+                          result={"value": value})
+
+
+def test_save_replaces_a_folder_and_never_loses_the_previous_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import regkit_recon.reconstruct.report as report
+
+    monkeypatch.setattr(report, "write_report", lambda path, _rec: Path(path).write_bytes(b"png"))
+    target = tmp_path / "rec"
+    _tiny_reconstruction(1).save(target)
+    _tiny_reconstruction(2).save(target, overwrite=True)
+    assert json.loads((target / "result.json").read_text()) == {"value": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]      # no staging left behind
+
+    # The swap fails and so does putting the old folder back: it must survive, and be named.
+    real = os.rename
+
+    def failing(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == target:
+            raise OSError("disk gone")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(InputError, match="previous folder is kept at") as caught:
+        _tiny_reconstruction(3).save(target, overwrite=True)
+    kept = Path(str(caught.value).split("kept at ")[1].split()[0].rstrip(":,"))
+    assert json.loads((kept / "result.json").read_text()) == {"value": 2}
+    assert not target.exists()

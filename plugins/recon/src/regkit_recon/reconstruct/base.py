@@ -144,10 +144,14 @@ class Reconstruction:
                 try:
                     os.rename(staging, target)
                 except OSError:
-                    os.rename(old / "previous", target)          # put the old folder back
-                    raise
-                finally:
+                    try:
+                        os.rename(old / "previous", target)      # put the old folder back
+                    except OSError as error:                     # keep it where it is, say where
+                        raise InputError(f"could not replace it; the previous folder is kept at "
+                                         f"{old / 'previous'}", source=target, key="out") from error
                     shutil.rmtree(old, ignore_errors=True)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(staging, target)
             return target
