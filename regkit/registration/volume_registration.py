@@ -88,6 +88,7 @@ from regkit.registration.volume_init import initial_candidates as _initial_candi
 from regkit.registration.volume_init import initial_transform
 from regkit.registration.volume_report import resample_moving, save_report
 from regkit.render.base import Renderer
+from regkit.utils.checks import is_whole
 from regkit.volume import Volume
 
 __all__ = [
@@ -215,16 +216,10 @@ class Register3D3DOptions:
                              key="rot_range_deg")
         if self.foreground_threshold is not None and not math.isfinite(self.foreground_threshold):
             raise InputError("must be finite or None", key="foreground_threshold")
-        if self.max_batch is not None and (isinstance(self.max_batch, bool)
-                                           or not isinstance(self.max_batch, int)
-                                           or self.max_batch < 1):
-            raise InputError(f"must be None or an integer >= 1, got {self.max_batch!r}",
-                             key="max_batch")
-        if self.threads is not None and (isinstance(self.threads, bool)
-                                         or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise InputError(f"must be None or an integer >= 1, got {self.threads!r}",
-                             key="threads")
+        for key in ("max_batch", "threads"):
+            value = getattr(self, key)
+            if value is not None and (not is_whole(value) or value < 1):
+                raise InputError(f"must be None or an integer >= 1, got {value!r}", key=key)
 
 
 # ---------------------------------------------------------------------------- transform models

@@ -270,6 +270,11 @@ def test_bad_inputs_are_refused_clearly() -> None:
         LevelOptions(method="newton")
     with pytest.raises(InputError, match="min_overlap"):
         Register3D3DOptions(min_overlap=0.0)
+    for key in ("max_batch", "threads"):
+        for bad in (0, True, 2.0, "2"):
+            with pytest.raises(InputError, match=key):
+                Register3D3DOptions(**{key: bad})
+        assert getattr(Register3D3DOptions(**{key: np.int64(2)}), key) == 2   # as 2D-3D accepts
 
 
 def test_volumes_that_cannot_overlap_are_refused() -> None:
