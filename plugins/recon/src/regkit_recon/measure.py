@@ -254,8 +254,10 @@ def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike
     Each fragment's axis is the centreline of its shaft (the line through the centroids of
     1 mm slabs across it), fitted to the voxels on its side of the fracture that lie at least
     ``margin_mm`` from the fracture point, leaving out the outer part of the fragment (the base,
-    whose joint facets are not symmetric, and the head). Each fit is refined three times with
-    slabs across its own axis. The axial
+    whose joint facets are not symmetric, and the head). Each fit is repeated with slabs across
+    its own axis until the axis turns by less than 0.01° (at most 50 rounds): on a short
+    fragment, wider than long, each round moves the axis only part of the way, and three rounds
+    left a 26° angulation of a 5 mm thumb tip measured as 11°. The axial
     rotation compares the fragments' widest cross-section directions once the angulation is
     undone; it needs cross-sections that are not round (the phantom's are elliptical).
 
@@ -282,6 +284,15 @@ def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike
                                 label=label)
 
 
+_FIT_ROUNDS = 50
+_SETTLED_DEG = 0.01
+
+
+def _settled(before: Vector, after: Vector) -> bool:
+    """Whether a refit turned the axis by less than :data:`_SETTLED_DEG`."""
+    return float(before @ after) >= math.cos(math.radians(_SETTLED_DEG))
+
+
 def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: ArrayLike,
                          dorsal: ArrayLike, margin_mm: float | tuple[float, float] = 3.0,
                          trim: tuple[float, float] = (0.3, 0.15), slab_mm: float = 1.0,
@@ -291,7 +302,8 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
     margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
         else (float(margin_mm[0]), float(margin_mm[1]))
     proximal_axis = _unit(distal)
-    for _ in range(3):
+    for _ in range(_FIT_ROUNDS):
+        previous = proximal_axis
         s = (points - f) @ proximal_axis
         outer = -float(s.min())
         if outer * (1.0 - trim[0]) <= margin_p + slab_mm:
@@ -299,8 +311,11 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
                              key="fracture_point")
         proximal_axis, proximal_pick, proximal_offsets = _slab_fit(
             points, f, proximal_axis, -outer * (1.0 - trim[0]), -margin_p, slab_mm)
+        if _settled(previous, proximal_axis):
+            break
     distal_axis = proximal_axis
-    for _ in range(4):
+    for _ in range(_FIT_ROUNDS):
+        previous = distal_axis
         s = (points - f) @ distal_axis
         outer = float(s.max())
         if outer * (1.0 - trim[1]) <= margin_d + slab_mm:
@@ -308,6 +323,8 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
                              key="fracture_point")
         distal_axis, distal_pick, distal_offsets = _slab_fit(
             points, f, distal_axis, margin_d, outer * (1.0 - trim[1]), slab_mm)
+        if _settled(previous, distal_axis):
+            break
     radial = np.cross(_unit(dorsal), proximal_axis)
     radial /= np.linalg.norm(radial)
     dorsal_axis = np.cross(proximal_axis, radial)
