@@ -86,11 +86,26 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
                                                         - apex_true)), 2),
             "truth_angulation_deg": want["angulation_deg"],
             "truth_angulation2_deg": want["angulation2_deg"]}
+        # Against the generator's record too: the measurement's own error adds to these.
+        fracture = np.asarray(item["fracture_point_world"])
+        if mirror:
+            fracture = fracture * np.array([-1.0, 1.0, 1.0])
+        out[name].update({
+            "recorded_angulation_error_deg": round(abs(got["angulation_deg"]
+                                                       - item["angulation_deg"]), 2),
+            "recorded_angulation2_error_deg": round(abs(got["angulation2_deg"]
+                                                        - item["angulation2_deg"]), 2),
+            "recorded_apex_error_mm": round(float(np.linalg.norm(np.asarray(got["apex_world"])
+                                                                 - fracture)), 2)})
     got, want = bones.get("radius", {}), truth.measured["bones"].get("radius", {})
+    recorded: dict[str, Any] = next((d for d in truth.deformities if d["bone"] == "radius"), {})
     for key in ("dorsal_tilt_deg", "radial_inclination_deg"):
         if key in got and key in want:
             out.setdefault("radius", {})[key.replace("_deg", "_error_deg")] = \
                 round(abs(got[key] - want[key]), 2)
+        if key in got and recorded.get(key) is not None:
+            out.setdefault("radius", {})["recorded_" + key.replace("_deg", "_error_deg")] = \
+                round(abs(got[key] - recorded[key]), 2)
     return out
 
 
@@ -239,12 +254,21 @@ def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> di
                 "median_apex_error_mm": med([d["apex_error_mm"] for d in bones]),
                 "within_3deg_3mm": sum(d["angulation_error_deg"] <= 3
                                        and d["angulation2_error_deg"] <= 3
-                                       and d["apex_error_mm"] <= 3 for d in bones)}
+                                       and d["apex_error_mm"] <= 3 for d in bones),
+                "within_3deg_3mm_of_record": sum(d["recorded_angulation_error_deg"] <= 3
+                                                 and d["recorded_angulation2_error_deg"] <= 3
+                                                 and d["recorded_apex_error_mm"] <= 3
+                                                 for d in bones)}
         if radius:
             out_deformity[key.replace("deformity", "radius")] = {
                 "median_tilt_error_deg": med([r["dorsal_tilt_error_deg"] for r in radius]),
                 "median_inclination_error_deg": med([r["radial_inclination_error_deg"]
-                                                     for r in radius])}
+                                                     for r in radius]),
+                "malunited_of_record": [
+                    [r["recorded_dorsal_tilt_error_deg"],
+                     r["recorded_radial_inclination_error_deg"]]
+                    for r in radius if "recorded_dorsal_tilt_error_deg" in r
+                    and "recorded_radial_inclination_error_deg" in r]}
     out: dict[str, Any] = {
         "cases": len(cases),
         "median_assd_mm": med([b["assd_mm"] for b in per_bone]),
