@@ -74,6 +74,22 @@ def test_short_distal_fragments_are_measured_to_their_full_angle() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("spec", ["dorsal_tilt_deg=30,radial_inclination_deg=30,level_mm=26",
+                                  "dorsal_tilt_deg=-20,radial_inclination_deg=8,level_mm=20"])
+def test_malunited_radius_angles_within_a_degree(spec: str) -> None:
+    # The sections turn with the radius' own shaft, not with the hand (which the malunion and
+    # the wrist's pose turn), and stay thin under a steep rim: before, these read 27.0° of 30°
+    # tilt and 11.8° of 8° inclination.
+    hand = make_hand_phantom(11, deformity="bone=radius," + spec, voxel_mm=0.4)
+    got = measure_hand(np.asarray(hand.labels), hand.volume.world_from_index,
+                       dict(hand.bone_table))["bones"]["radius"]
+    want = hand.to_json()["deformities"][0]
+    assert got["dorsal_tilt_deg"] == pytest.approx(want["dorsal_tilt_deg"], abs=1.0)
+    assert got["radial_inclination_deg"] == pytest.approx(want["radial_inclination_deg"],
+                                                          abs=1.0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mirror", [False, True], ids=["right", "left"])
 def test_any_position_and_either_hand_give_the_same_figures(hand: HandPhantom, mirror: bool
                                                             ) -> None:

