@@ -19,7 +19,9 @@ generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.
   phantoms, the deformity measured on that reconstruction: ``exact_deformity``);
 * ``deformity`` (PA, malunited phantoms): :func:`regkit_recon.measure_hand.measure_hand` of the
   reconstruction against the same function on the phantom's labels: angulation (both planes) and
-  apex of each malunited bone, the radius' tilt and inclination;
+  apex of each malunited bone, the radius' tilt and inclination; and against the generator's
+  record (``recorded_*`` fields, counted in ``within_3deg_3mm_of_record``; the radius' pairs of
+  (tilt, inclination) errors in ``malunited_of_record``), which adds the measurement's own error;
 * ``--biplane``: the first PA and oblique views of each phantom together, without and with
   refinement by re-projection (the default: the common depth offset): absolute and aligned ASSD
   before and after, the time.

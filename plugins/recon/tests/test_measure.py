@@ -82,3 +82,67 @@ def test_measurements_refuse_missing_labels_and_bad_arrays() -> None:
         measure_bone_axis(labels.astype(np.float32), 3, _affine())
     with pytest.raises(ShapeError):
         bone_gaps(labels[0], _affine())
+
+
+def _section(half: tuple[float, float], turn_deg: float) -> np.ndarray:
+    """Offsets (N, 3) filling an elliptical section across z, its thin axis turned by turn_deg."""
+    g = np.arange(-10.0, 10.0, 0.2)
+    wide, thin, z = (a.ravel() for a in np.meshgrid(g, g, [-0.2, 0.2]))
+    keep = (wide / half[0]) ** 2 + (thin / half[1]) ** 2 <= 1.0
+    wide, thin, z = wide[keep], thin[keep], z[keep]
+    c, s = math.cos(math.radians(turn_deg)), math.sin(math.radians(turn_deg))
+    # x is the hint's direction; the thin axis is turned by turn_deg from it towards y.
+    return np.column_stack([thin * c - wide * s, thin * s + wide * c, z])
+
+
+@pytest.mark.parametrize(("half", "turn", "expect"), [
+    ((8.0, 6.5), 20.0, 20.0),      # a clear thin axis near the hint: taken
+    ((8.0, 6.5), -20.0, -20.0),
+    ((8.0, 6.5), 40.0, 0.0),       # too far from the hint: the hint
+    ((7.0, 6.9), 20.0, 0.0),       # nearly round: the hint
+])
+def test_shaft_dorsal_takes_the_thin_axis_only_when_clear_and_near(
+        half: tuple[float, float], turn: float, expect: float) -> None:
+    from regkit_recon.measure import _shaft_dorsal
+
+    axis = np.array([0.0, 0.0, 1.0])
+    hint = np.array([1.0, 0.0, 0.3])                     # not square to the axis: made so
+    got = _shaft_dorsal(_section(half, turn), axis, hint)
+    assert got @ axis == pytest.approx(0.0, abs=1e-9)
+    assert math.degrees(math.atan2(got[1], got[0])) == pytest.approx(expect, abs=1.5)
+    flipped = _shaft_dorsal(_section(half, turn), axis, -hint)
+    np.testing.assert_allclose(flipped, -got, atol=1e-9)   # the sign follows the hint
+    with pytest.raises(InputError, match="along the radius' shaft"):
+        _shaft_dorsal(_section(half, turn), axis, axis * 2.0)
+
+
+def test_a_fragment_fit_that_fails_in_a_later_round_keeps_its_last_good_axis(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import regkit_recon.measure as measure
+
+    shape = (80, 80, 180)
+    _, world = _grid(shape)
+    labels = _rod(shape, (4.0, 3.0), 80.0)
+    points = world[labels.reshape(-1) == 7]
+    real = measure._slab_fit
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:                              # the second round fails
+            raise InputError("a fragment spans fewer than two 1 mm slabs; nothing to fit")
+        return real(*args, **kwargs)                     # type: ignore[arg-type]
+
+    monkeypatch.setattr(measure, "_slab_fit", flaky)
+    axis, offsets = measure._settle_fragment(points, np.array([0.0, 0.0, 40.0]),
+                                             np.array([0.05, 0.0, 1.0]) / math.hypot(0.05, 1),
+                                             -1.0, 3.0, 0.3, 1.0, "too short")
+    assert calls["n"] == 2
+    assert axis[2] > 0.999
+    assert len(offsets) > 100
+    calls["n"] = 10                                      # and a first-round failure still raises
+    monkeypatch.setattr(measure, "_slab_fit", lambda *_a, **_k: (_ for _ in ()).throw(
+        InputError("nothing to fit")))
+    with pytest.raises(InputError, match="nothing to fit"):
+        measure._settle_fragment(points, np.array([0.0, 0.0, 40.0]), np.array([0.0, 0.0, 1.0]),
+                                 -1.0, 3.0, 0.3, 1.0, "too short")

@@ -288,6 +288,42 @@ _FIT_ROUNDS = 50
 _SETTLED_DEG = 0.01
 
 
+def _settle_fragment(points: Vector, f: Vector, axis: Vector, side: float, margin: float,
+                     trim: float, slab_mm: float, too_short: str) -> tuple[Vector, Vector]:
+    """One fragment's centreline axis, refitted across its own axis until it settles.
+
+    ``side`` is -1 for the proximal fragment (behind ``f`` along ``axis``), +1 for the distal
+    one. A round that cannot fit (the turned axis leaves too few slabs) ends the refinement
+    with the last good fit; only the first round's failure is an error.
+
+    Returns:
+        The unit axis and the kept points' offsets from their slab centroids.
+
+    Raises:
+        InputError: the fragment is too short to fit at all (``too_short``).
+    """
+    fitted: tuple[Vector, Vector] | None = None
+    for _ in range(_FIT_ROUNDS):
+        s = side * ((points - f) @ axis)
+        outer = float(s.max())
+        try:
+            if outer * (1.0 - trim) <= margin + slab_mm:
+                raise InputError(too_short, key="fracture_point")
+            lo, hi = (margin, outer * (1.0 - trim)) if side > 0 else \
+                (-outer * (1.0 - trim), -margin)
+            new_axis, _, offsets = _slab_fit(points, f, axis, lo, hi, slab_mm)
+        except InputError:
+            if fitted is None:
+                raise
+            break
+        settled = fitted is not None and _settled(axis, new_axis)
+        axis, fitted = new_axis, (new_axis, offsets)
+        if settled:
+            break
+    assert fitted is not None
+    return fitted
+
+
 def _settled(before: Vector, after: Vector) -> bool:
     """Whether a refit turned the axis by less than :data:`_SETTLED_DEG`."""
     return float(before @ after) >= math.cos(math.radians(_SETTLED_DEG))
@@ -301,30 +337,12 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
     f = np.asarray(fracture_point, dtype=np.float64)
     margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
         else (float(margin_mm[0]), float(margin_mm[1]))
-    proximal_axis = _unit(distal)
-    for _ in range(_FIT_ROUNDS):
-        previous = proximal_axis
-        s = (points - f) @ proximal_axis
-        outer = -float(s.min())
-        if outer * (1.0 - trim[0]) <= margin_p + slab_mm:
-            raise InputError(f"the proximal fragment of label {label} is too short to measure",
-                             key="fracture_point")
-        proximal_axis, proximal_pick, proximal_offsets = _slab_fit(
-            points, f, proximal_axis, -outer * (1.0 - trim[0]), -margin_p, slab_mm)
-        if _settled(previous, proximal_axis):
-            break
-    distal_axis = proximal_axis
-    for _ in range(_FIT_ROUNDS):
-        previous = distal_axis
-        s = (points - f) @ distal_axis
-        outer = float(s.max())
-        if outer * (1.0 - trim[1]) <= margin_d + slab_mm:
-            raise InputError(f"the distal fragment of label {label} is too short to measure",
-                             key="fracture_point")
-        distal_axis, distal_pick, distal_offsets = _slab_fit(
-            points, f, distal_axis, margin_d, outer * (1.0 - trim[1]), slab_mm)
-        if _settled(previous, distal_axis):
-            break
+    proximal_axis, proximal_offsets = _settle_fragment(
+        points, f, _unit(distal), -1.0, margin_p, trim[0], slab_mm,
+        f"the proximal fragment of label {label} is too short to measure")
+    distal_axis, distal_offsets = _settle_fragment(
+        points, f, proximal_axis, 1.0, margin_d, trim[1], slab_mm,
+        f"the distal fragment of label {label} is too short to measure")
     radial = np.cross(_unit(dorsal), proximal_axis)
     radial /= np.linalg.norm(radial)
     dorsal_axis = np.cross(proximal_axis, radial)
@@ -353,7 +371,6 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
         raise InputError(f"label {label} has no voxel on one side of its fracture point",
                          key="fracture_point")
     length = float(-s_prox[s_prox < 0].min() + s_dist[s_dist > 0].max())
-    del proximal_pick, distal_pick
     return FractureMeasurement(angulation, angulation2, rotation, length, proximal_axis,
                                distal_axis)
 
@@ -368,11 +385,14 @@ class RadiusAngles:
         radial_inclination: PA view: angle of the line from the ulnar corner to the tip of the
             radial styloid against the perpendicular to the shaft, + when the styloid is distal.
         shaft_axis: Unit shaft axis (3,), pointing distally.
+        radial: Unit radial direction (3,) of the sections, square to ``shaft_axis`` (the
+            sagittal section's normal).
     """
 
     dorsal_tilt: float
     radial_inclination: float
     shaft_axis: Vector
+    radial: Vector
 
 
 def _bridge_slope(u: Vector, v: Vector) -> tuple[float, float]:
@@ -410,20 +430,26 @@ def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector) -> Vector:
 
     ``hint`` made square to ``axis`` when the section is nearly round or that axis strays from it
     (see :func:`measure_radius_angles`).
+
+    Raises:
+        InputError: ``hint`` runs along the shaft.
     """
     square = hint - (hint @ axis) * axis
-    square = square / np.linalg.norm(square)
-    flat = offsets - np.outer(offsets @ axis, axis)
-    values, vectors = np.linalg.eigh(flat.T @ flat)      # ascending: along axis, thin, wide
-    if values[1] <= 0 or math.sqrt(values[2] / values[1]) < _MIN_SECTION_RATIO:
+    norm = float(np.linalg.norm(square))
+    if norm < 1e-6:
+        raise InputError("the dorsal hint runs along the radius' shaft", key="dorsal")
+    square = square / norm
+    side = np.cross(axis, square)
+    # The section's spread in the plane across the shaft, in the basis (square, side).
+    uv = np.column_stack([offsets @ square, offsets @ side])
+    values, vectors = np.linalg.eigh(uv.T @ uv)            # ascending: thinner, wider
+    if values[0] <= 0 or math.sqrt(values[1] / values[0]) < _MIN_SECTION_RATIO:
         return square
-    thin = vectors[:, 1] - (vectors[:, 1] @ axis) * axis
-    thin = thin / np.linalg.norm(thin)
-    if thin @ square < 0:
-        thin = -thin
-    if float(thin @ square) < math.cos(math.radians(_MAX_DORSAL_TURN_DEG)):
+    u, v = vectors[:, 0] if vectors[0, 0] >= 0 else -vectors[:, 0]
+    if u < math.cos(math.radians(_MAX_DORSAL_TURN_DEG)):
         return square
-    return thin
+    thin = u * square + v * side
+    return thin / float(np.linalg.norm(thin))
 
 
 def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: ArrayLike, *,
@@ -499,4 +525,4 @@ def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: Arra
     inclination = math.atan2(dv, du)
     du, dv = _bridge_slope(depth[sagittal], height[sagittal])
     dorsal_tilt = -math.atan2(dv, du)
-    return RadiusAngles(dorsal_tilt, inclination, axis)
+    return RadiusAngles(dorsal_tilt, inclination, axis, radial)

@@ -342,13 +342,14 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
     if "radius" in points:
         r = points["radius"]
         fields = {}
+        across = radial          # the hand's, unless the radius' own sections give theirs
         try:
             # The forearm's axis, not the hand's: a malunion or wrist flexion turns the hand.
             shaft = _principal(r, distal).direction
             angles = radius_angles_from_points(r, distal=shaft, dorsal=dorsal)
             fields["dorsal_tilt_deg"] = math.degrees(angles.dorsal_tilt)
             fields["radial_inclination_deg"] = math.degrees(angles.radial_inclination)
-            axis = angles.shaft_axis
+            axis, across = angles.shaft_axis, angles.radial
         except InputError:
             axis = shaft
         fields["length_mm"] = _length(r, axis, voxel_mm)
@@ -356,7 +357,7 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
         if "ulna" in points:
             bones["ulna"] = {"length_mm": _length(points["ulna"], axis, voxel_mm),
                              "ulnar_variance_mm": _ulnar_variance(r, points["ulna"], axis,
-                                                                  radial)}
+                                                                  across)}
     for name in bones:
         for key, value in list(bones[name].items()):
             if isinstance(value, float):

@@ -285,6 +285,34 @@ def test_save_replaces_a_folder_and_never_loses_the_previous_one(
     monkeypatch.setattr(os, "rename", failing)
     with pytest.raises(InputError, match="previous folder is kept at") as caught:
         _tiny_reconstruction(3).save(target, overwrite=True)
-    kept = Path(str(caught.value).split("kept at ")[1].split()[0].rstrip(":,"))
-    assert json.loads((kept / "result.json").read_text()) == {"value": 2}
+    assert isinstance(caught.value.__cause__, OSError)
+    kept = list(tmp_path.glob(".rec.*.old/previous"))
+    assert len(kept) == 1
+    assert str(kept[0]) in str(caught.value)
+    assert json.loads((kept[0] / "result.json").read_text()) == {"value": 2}
     assert not target.exists()
+
+
+def test_save_puts_the_previous_folder_back_when_the_swap_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import regkit_recon.reconstruct.report as report
+
+    monkeypatch.setattr(report, "write_report", lambda path, _rec: Path(path).write_bytes(b"png"))
+    target = tmp_path / "rec"
+    _tiny_reconstruction(1).save(target)
+    real = os.rename
+    calls = {"n": 0}
+
+    def failing_once(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls["n"] += 1
+        if Path(dst) == target and calls["n"] == 2:        # the new folder's rename
+            raise OSError("disk busy")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_once)
+    with pytest.raises(OSError, match="disk busy"):
+        _tiny_reconstruction(2).save(target, overwrite=True)
+    assert json.loads((target / "result.json").read_text()) == {"value": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]   # nothing parked or staged

@@ -106,8 +106,14 @@ class Reconstruction:
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the folder (see the module notes); returns it.
 
+        With ``overwrite``, the old folder is moved aside, the new one renamed into place, and
+        the old one then removed; if that rename fails the old folder is put back and the error
+        raised, and if putting it back fails too an :class:`InputError` says where it is kept.
+
         Raises:
-            InputError: ``directory`` exists (and ``overwrite`` is False) or is a file.
+            InputError: ``directory`` exists (and ``overwrite`` is False) or is a file; or the
+                replacement and the restore both failed (the message names the kept folder).
+            OSError: the folder could not be written or replaced (the old one is back).
         """
         import nibabel as nib
 
@@ -140,7 +146,11 @@ class Reconstruction:
             write_report(staging / "report.png", self)
             if target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-                os.rename(target, old / "previous")
+                try:
+                    os.rename(target, old / "previous")
+                except OSError:
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
                 try:
                     os.rename(staging, target)
                 except OSError:
