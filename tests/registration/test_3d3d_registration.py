@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -272,9 +273,11 @@ def test_bad_inputs_are_refused_clearly() -> None:
         Register3D3DOptions(min_overlap=0.0)
     for key in ("max_batch", "threads"):
         for bad in (0, True, 2.0, "2"):
+            options: dict[str, Any] = {key: bad}
             with pytest.raises(InputError, match=key):
-                Register3D3DOptions(**{key: bad})
-        assert getattr(Register3D3DOptions(**{key: np.int64(2)}), key) == 2   # as 2D-3D accepts
+                Register3D3DOptions(**options)
+        options = {key: np.int64(2)}
+        assert getattr(Register3D3DOptions(**options), key) == 2      # as 2D-3D accepts
 
 
 def test_volumes_that_cannot_overlap_are_refused() -> None:
