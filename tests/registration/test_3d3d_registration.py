@@ -20,7 +20,9 @@ from regkit.registration.volume_registration import (
     LevelOptions,
     Progress,
     Register3D3DOptions,
+    _border,
     _build_level,
+    _cropped,
     affine_from_params,
     initial_transform,
     mean_target_error,
@@ -108,6 +110,71 @@ def test_recovers_known_rigid_transform() -> None:
     assert result.history[-1].evaluations <= result.evaluations
     assert np.allclose(result.fixed_from_moving[:3, :3].T @ result.fixed_from_moving[:3, :3],
                        np.eye(3), atol=1e-9)
+
+
+def test_smoothing_the_finest_level_removes_the_interpolation_bias() -> None:
+    # As they are, the noisy moving image's trilinear interpolation biases NCC's optimum by
+    # about 0.27 mm on this pair; smoothed by 0.8 voxel (the default for ncc), 0.01-0.02 mm.
+    true = _true_rigid()
+    fixed, moving, points = _pair(true)
+    smoothed = register_3d3d(fixed, moving, seed=3)
+    as_they_are = register_3d3d(fixed, moving, seed=3, options={"fine_sigma_voxels": 0})
+    assert smoothed.extras["fine_sigma_voxels"] == 0.8
+    assert as_they_are.extras["fine_sigma_voxels"] == 0.0
+    assert mean_target_error(smoothed.fixed_from_moving, true, points) < 0.08
+    assert mean_target_error(as_they_are.fixed_from_moving, true, points) > 0.15
+
+
+def test_finest_level_smooths_in_place_and_leaves_the_box_edges_unscored() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    fixed, moving, _ = _pair(_true_rigid())
+    metric = get_metric("ncc")
+    level = LevelOptions(shrink=1.0, max_voxels=10**7)  # every voxel: no stride
+    lv = _build_level(level, 2.0, fixed, moving, None, None, metric, Register3D3DOptions(),
+                      None, fine_sigma=0.8)
+    expected = gaussian_filter(np.asarray(fixed.data, np.float32), 0.8, mode="nearest",
+                               truncate=3.0)
+    np.testing.assert_allclose(lv.fixed_values.numpy(), expected, rtol=0, atol=1e-3)
+    assert lv.fixed_mask is not None
+    inner = np.zeros(fixed.shape, dtype=bool)
+    inner[2:-2, 2:-2, 2:-2] = True                     # ceil(2.5 * 0.8) = 2 voxels
+    np.testing.assert_array_equal(lv.fixed_mask.numpy(), inner)
+    # The moving image loses the same border: a fixed image on its grid padded by 5 voxels
+    # scores, at the identity, only the points on the moving image's inner box.
+    padded_affine = moving.world_from_index @ np.vstack(
+        [np.c_[np.eye(3), [-5.0, -5.0, -5.0]], [0.0, 0.0, 0.0, 1.0]])
+    padded = Volume(np.pad(np.asarray(moving.data), 5, mode="edge"), padded_affine)
+    same = _build_level(level, 2.0, padded, moving, None, None, metric, Register3D3DOptions(),
+                        None, fine_sigma=0.8)
+    score, overlap = same.scores(np.eye(4)[None])
+    assert score[0] > 0.99
+    scored = overlap[0] * np.prod(moving.shape)           # overlap: of the moving image's box
+    assert scored == pytest.approx(np.prod(np.asarray(moving.shape) - 4), abs=0.5)
+    # Coarser levels are the pyramid's: no extra smoothing, no border.
+    coarse = _build_level(LevelOptions(shrink=2.0, max_voxels=10**7), 2.0, fixed, moving, None,
+                          None, metric, Register3D3DOptions(), None, fine_sigma=0.8)
+    assert coarse.fixed_mask is None
+    # The default: smoothed for linear metrics, as they are for histogram ones.
+    for name, sigma in (("ncc", 0.8), ("nmi", 0.0)):
+        opts = Register3D3DOptions(levels=(LevelOptions(shrink=4.0, max_voxels=512, options={
+            "max_evaluations": 20}),))
+        result = register_3d3d(fixed, moving, metric=name, seed=0, options=opts)
+        assert result.extras["fine_sigma_voxels"] == sigma
+
+
+def test_border_and_crop_helpers() -> None:
+    assert _border((100, 100, 100), 0.8) == (2, 2, 2)
+    assert _border((100, 9, 3), 1.6) == (4, 2, 0)       # at most a quarter of the axis
+    assert _border((100, 100, 100), 0.0) == (0, 0, 0)
+    volume = Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8),
+                    np.asarray(rigid_from_params(np.array([0.1, 0.2, -0.3, 5.0, 6.0, 7.0]))))
+    inner = _cropped(volume, (1, 2, 3))
+    assert inner.shape == (4, 3, 2)
+    assert inner.data[0, 0, 0] == volume.data[1, 2, 3]
+    np.testing.assert_allclose(inner.index_to_world(np.zeros((1, 3))),
+                               volume.index_to_world(np.array([[1.0, 2.0, 3.0]])))
+    assert _cropped(volume, (0, 0, 0)) is volume
 
 
 @pytest.mark.slow
@@ -271,6 +338,9 @@ def test_bad_inputs_are_refused_clearly() -> None:
         LevelOptions(method="newton")
     with pytest.raises(InputError, match="min_overlap"):
         Register3D3DOptions(min_overlap=0.0)
+    for bad_sigma in (-0.5, 4.5, float("nan"), True, "1"):
+        with pytest.raises(InputError, match="fine_sigma_voxels"):
+            Register3D3DOptions(fine_sigma_voxels=bad_sigma)  # type: ignore[arg-type]
     for key in ("max_batch", "threads"):
         for bad in (0, True, 2.0, "2"):
             options: dict[str, Any] = {key: bad}
