@@ -532,8 +532,9 @@ def _build_level(level: LevelOptions, base: float, fixed: Volume, moving: Volume
                  fine_sigma: float = 0.0) -> _Level:
     from regkit.render.select import make_renderer
 
-    # shrink 1 works on the images as they are: smoothing only one of them, or one axis, biases
-    # the optimum (measured: see docs/decisions/registration-3d3d-levels.md).
+    # shrink 1 keeps both images on their own grids, smoothed in place alike (fine_sigma):
+    # resampling them to a common grid, or smoothing only one of them, biases the optimum
+    # (measured: see docs/decisions/registration-3d3d-levels.md).
     spacing = level.shrink * base if level.shrink > 1 else 0.0
     sigma = fine_sigma if spacing == 0.0 else 0.0
     fixed_level = _smoothed(_at_spacing(fixed, spacing), sigma)
