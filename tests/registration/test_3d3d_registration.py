@@ -114,15 +114,17 @@ def test_recovers_known_rigid_transform() -> None:
 
 def test_smoothing_the_finest_level_removes_the_interpolation_bias() -> None:
     # As they are, the noisy moving image's trilinear interpolation biases NCC's optimum by
-    # about 0.27 mm on this pair; smoothed by 0.8 voxel (the default for ncc), 0.01-0.02 mm.
+    # 0.14-0.18 mm on this pair (3 noise seeds); smoothed by 0.8 voxel (the default for ncc),
+    # 0.01-0.02 mm.
     true = _true_rigid()
     fixed, moving, points = _pair(true)
     smoothed = register_3d3d(fixed, moving, seed=3)
     as_they_are = register_3d3d(fixed, moving, seed=3, options={"fine_sigma_voxels": 0})
     assert smoothed.extras["fine_sigma_voxels"] == 0.8
     assert as_they_are.extras["fine_sigma_voxels"] == 0.0
-    assert mean_target_error(smoothed.fixed_from_moving, true, points) < 0.08
-    assert mean_target_error(as_they_are.fixed_from_moving, true, points) > 0.15
+    tre_smoothed = mean_target_error(smoothed.fixed_from_moving, true, points)
+    assert tre_smoothed < 0.05
+    assert mean_target_error(as_they_are.fixed_from_moving, true, points) > 3 * tre_smoothed
 
 
 def test_finest_level_smooths_in_place_and_leaves_the_box_edges_unscored() -> None:
@@ -155,8 +157,8 @@ def test_finest_level_smooths_in_place_and_leaves_the_box_edges_unscored() -> No
     coarse = _build_level(LevelOptions(shrink=2.0, max_voxels=10**7), 2.0, fixed, moving, None,
                           None, metric, Register3D3DOptions(), None, fine_sigma=0.8)
     assert coarse.fixed_mask is None
-    # The default: smoothed for linear metrics, as they are for histogram ones.
-    for name, sigma in (("ncc", 0.8), ("nmi", 0.0)):
+    # The default: 0.8 voxel for linear metrics, 0.4 for histogram ones.
+    for name, sigma in (("ncc", 0.8), ("nmi", 0.4)):
         opts = Register3D3DOptions(levels=(LevelOptions(shrink=4.0, max_voxels=512, options={
             "max_evaluations": 20}),))
         result = register_3d3d(fixed, moving, metric=name, seed=0, options=opts)
@@ -202,6 +204,8 @@ def test_affine_recovers_scaling_and_shear() -> None:
     assert tre_affine < 0.5 * mean_target_error(rigid.fixed_from_moving, true, points)
     stages = [lv["stage"] for lv in affine.extras["levels"]]
     assert stages == ["rigid"] * 3 + ["affine"] * 2
+    # Only the rigid finest level is smoothed; the affine refinement scores the images as is.
+    assert [lv["sigma_voxels"] for lv in affine.extras["levels"]] == [0.0, 0.0, 0.8, 0.0, 0.0]
     assert affine.extras["transform"] == "affine"
 
 
