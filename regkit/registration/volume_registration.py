@@ -40,10 +40,11 @@ Convention:
     a Gaussian of ``σ = 0.5`` target voxels, then trilinear resampling (the level's anti-aliasing).
     A level with ``shrink = 1`` keeps both images on their own grids. On the rigid levels it
     smooths them in place by a Gaussian of ``fine_sigma_voxels`` of their own voxels (0.8 for
-    NCC-like metrics, 0.4 for mutual information; see :class:`Register3D3DOptions`) and leaves
-    unscored the points within ``ceil(2.5 σ)`` voxels of either image's box, where the smoothing
-    mixed in the box's edge.
-    The metric is computed on every ``k``-th voxel of the fixed level image (``k`` the least
+    NCC-like metrics, none for mutual information; see :class:`Register3D3DOptions`) and leaves
+    unscored the points within the filter's reach, ``int(3 σ + 0.5)`` voxels, of either
+    image's box, where the smoothing mixed in the box's edge (the overlap fraction's regions
+    lose that border too). The metric is computed on every ``k``-th voxel of the fixed level
+    image, less that border (``k`` the least
     stride leaving at most ``max_voxels``): fine levels sample the images at fewer points, as
     elastix samples 2048 random points, rather than resampling them to a coarser grid, whose
     interpolation blurs each point differently. The moving level image is what the renderer
@@ -122,9 +123,10 @@ _MAX_MOVING_VOXELS = 1 << 23
 LINEAR_METRICS: frozenset[str] = frozenset({"ncc", "masked_ncc", "lncc", "ssd", "gc", "gncc"})
 """Metrics that compare intensities through a linear relation, where the intensities that
 smoothing mixes along an edge stay on it: ``fine_sigma_voxels=None`` smooths their finest levels
-by 0.8 voxel, and the others' (mutual information's) by 0.4."""
+by 0.8 voxel, and leaves the others' (mutual information's) as they are."""
 _FINE_SIGMA_LINEAR = 0.8
-_FINE_SIGMA_OTHER = 0.4
+_FINE_SIGMA_OTHER = 0.0
+_TRUNCATE = 3.0  # the in-place Gaussian's reach, in σ
 
 
 # ------------------------------------------------------------------------------------ options
@@ -139,7 +141,7 @@ DEFAULT_RIGID_LEVELS: tuple[LevelOptions, ...] = (
                  options={"popsize": 10, "max_evaluations": 200, "tol_x": 0.01,
                           "tol_fun": 1e-6},
                  rot_step_deg=2.0, trans_step_mm=2.0),
-    LevelOptions(shrink=1.0, max_voxels=20000, method="cmaes",
+    LevelOptions(shrink=1.0, max_voxels=40000, method="cmaes",
                  options={"popsize": 10, "max_evaluations": 400, "tol_x": 0.001,
                           "tol_fun": 1e-9},
                  rot_step_deg=0.5, trans_step_mm=0.5),
@@ -148,11 +150,11 @@ DEFAULT_RIGID_LEVELS: tuple[LevelOptions, ...] = (
 
 Level 0 searches wide (CMA-ES, σ = 15° and 15 mm, popsize 20, IPOP restarts if it converges
 early); levels 1 and 2 refine with small steps. The finest level scores the images on their own
-grids (smoothed in place, see ``fine_sigma_voxels``) on every 5th voxel (``max_voxels=20000``:
-stride 5 on a 128³ image), since resampling them to a coarser grid there biased the optimum
-(median mTRE 0.13 mm on the benchmark's pairs against 0.46–0.50 mm with a trilinear grid); once
-smoothed, 20 000 points were as precise as 40 000 in 30 % less time. See
-docs/decisions/registration-3d3d-levels.md.
+grids (smoothed in place, see ``fine_sigma_voxels``) on every 4th voxel (``max_voxels=40000``:
+stride 4 on a 128³ image), since resampling them to a coarser grid there biased the optimum
+(median mTRE 0.13 mm on the benchmark's pairs against 0.46–0.50 mm with a trilinear grid).
+Stride 5 was faster, but its median moved between 0.043 and 0.080 mm with the lattice's phase
+(stride 4: 0.045–0.051 mm). See docs/decisions/registration-3d3d-levels.md.
 """
 
 DEFAULT_AFFINE_LEVELS: tuple[LevelOptions, ...] = (
@@ -197,15 +199,15 @@ class Register3D3DOptions:
         fine_sigma_voxels: Gaussian σ, in each image's own voxels, by which both images are
             smoothed at the rigid levels with ``shrink = 1`` (coarser levels are smoothed by
             the pyramid; the affine refinement keeps the images as they are); 0 scores them as
-            they are. Points within ``ceil(2.5 σ)`` voxels (at most a quarter
-            of the axis) of either image's box are not scored there, since the smoothing mixes
-            the box's edge into them. None (default): 0.8 for the metrics that compare
-            intensities through a linear relation (:data:`LINEAR_METRICS`: ncc, ssd, gc, ...),
-            0.4 for the others (nmi, mattes_mi), since the intensities that smoothing mixes
-            along an edge fall off a non-monotonic joint histogram's ridges (mattes_mi: 0.21 mm
-            at σ 0.8). Measured on the benchmark's pairs, against the images as they are on
-            40 000 points before: ncc's median mTRE 0.118 → 0.043 mm, mattes_mi's 0.137 →
-            0.129 mm in 13 % less time. See docs/decisions/registration-3d3d-levels.md.
+            they are. Points within ``int(3 σ + 0.5)`` voxels (the filter's reach, at most a
+            quarter of the axis) of either image's box are not scored there, since the
+            smoothing mixes the box's edge into them. None (default): 0.8 for the metrics
+            that compare intensities through a linear relation (:data:`LINEAR_METRICS`: ncc,
+            ssd, gc, ...), 0 for the others (nmi, mattes_mi): the intensities that smoothing
+            mixes along an edge fall off a non-monotonic joint histogram's ridges (mattes_mi
+            0.137 → 0.211 mm at σ 0.8; nmi 0.21 → 0.29 mm at 0.4). Measured on the benchmark's
+            pairs: ncc's median mTRE 0.118 → 0.051 mm (p90 0.18 → 0.074). See
+            docs/decisions/registration-3d3d-levels.md.
     """
 
     levels: tuple[LevelOptions, ...] = DEFAULT_RIGID_LEVELS
@@ -389,16 +391,17 @@ def _smoothed(volume: Volume, sigma_voxels: float) -> Volume:
     from scipy.ndimage import gaussian_filter
 
     data = gaussian_filter(np.asarray(volume.data, dtype=np.float32), sigma_voxels,
-                           mode="nearest", truncate=3.0)
+                           mode="nearest", truncate=_TRUNCATE)
     return Volume(data, volume.world_from_index, units="other")
 
 
 def _border(shape: tuple[int, ...], sigma_voxels: float) -> tuple[int, int, int]:
     """Voxels to leave unscored at each end of each axis after a smoothing of ``sigma_voxels``.
 
-    ``ceil(2.5 σ)``, but never more than a quarter of the axis: a thin image keeps its middle.
+    The reach of :func:`_smoothed`'s filter, ``int(3 σ + 0.5)`` voxels (scipy's radius at
+    ``truncate=3``), but never more than a quarter of the axis: a thin image keeps its middle.
     """
-    width = math.ceil(2.5 * sigma_voxels) if sigma_voxels > 0 else 0
+    width = int(_TRUNCATE * sigma_voxels + 0.5) if sigma_voxels > 0 else 0
     a, b, c = (min(width, (int(n) - 1) // 4) for n in shape)
     return a, b, c
 
@@ -414,15 +417,35 @@ def _cropped(volume: Volume, border: tuple[int, int, int]) -> Volume:
                   units=volume.units)
 
 
-def _inside_box(grid: Volume, volume: Volume, border: tuple[int, int, int]) -> NDArray[np.bool_]:
-    """Which of ``grid``'s points lie at least ``border`` voxels inside ``volume``'s box."""
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"),
-                   axis=-1).reshape(-1, 3).astype(np.float64)
-    index = volume.world_to_index(grid.index_to_world(ijk))
-    low = np.asarray(border, dtype=np.float64)
-    top = np.asarray(volume.shape, dtype=np.float64) - 1 - low
-    inside = np.all((index >= low - 1e-6) & (index <= top + 1e-6), axis=1)
-    return inside.reshape(grid.shape)
+def _moving_level(moving: Volume, spacing: float) -> tuple[Volume, bool]:
+    """The moving image at the level's spacing, coarser still (``True``) beyond the voxel cap."""
+    moving_level = _at_spacing(moving, spacing)
+    count = float(np.prod(moving_level.shape))
+    if count <= _MAX_MOVING_VOXELS:
+        return moving_level, False
+    coarser = float(np.exp(np.log(moving_level.spacing).mean())) * \
+        (count / _MAX_MOVING_VOXELS) ** (1.0 / 3.0)
+    return _at_spacing(moving, max(spacing, coarser)), True
+
+
+def _moving_region_mm3(moving: Volume, mask: NDArray[np.bool_] | None,
+                       level_shape: tuple[int, int, int], border: tuple[int, int, int],
+                       capped: bool) -> float:
+    """The moving region (mm³) that can be scored: its box, or its mask, less the border.
+
+    ``border`` is in the voxels of the level image (shape ``level_shape``): the moving image's
+    own grid unless the level image was capped, where the region shrinks by the fraction of the
+    level image's box that the border keeps.
+    """
+    if not any(border):
+        return _region_mm3(moving, mask)
+    if capped:
+        kept = np.prod([n - 2 * b for b, n in zip(border, level_shape, strict=True)])
+        return _region_mm3(moving, mask) * float(kept) / float(np.prod(level_shape))
+    inner = tuple(slice(b, n - b) for b, n in zip(border, moving.shape, strict=True))
+    voxel = float(abs(np.linalg.det(moving.world_from_index[:3, :3])))
+    kept = np.prod([n - 2 * b for b, n in zip(border, moving.shape, strict=True)])
+    return voxel * (float(kept) if mask is None else float(np.count_nonzero(mask[inner])))
 
 
 def _mask_on_grid(mask: NDArray[np.bool_], source: Volume, grid: Volume) -> NDArray[np.bool_]:
@@ -545,25 +568,22 @@ def _build_level(level: LevelOptions, base: float, fixed: Volume, moving: Volume
     # (measured: see docs/decisions/registration-3d3d-levels.md).
     spacing = level.shrink * base if level.shrink > 1 else 0.0
     sigma = fine_sigma if spacing == 0.0 else 0.0
+    # The metric grid is strided from the smoothed fixed image without its border, so that
+    # the points its box's edge was smoothed into are never scored and the budget of points
+    # goes to those that are.
     fixed_level = _smoothed(_at_spacing(fixed, spacing), sigma)
-    grid = _coarsened(fixed_level, level.max_voxels)
+    grid = _coarsened(_cropped(fixed_level, _border(fixed_level.shape, sigma)), level.max_voxels)
     grid_mask = None if fixed_mask is None else _mask_on_grid(fixed_mask, fixed, grid)
-    if sigma > 0:
-        inner = _inside_box(grid, fixed_level, _border(fixed_level.shape, sigma))
-        grid_mask = inner if grid_mask is None else grid_mask & inner
     if grid_mask is not None and not grid_mask.any():
         raise InputError(f"the fixed mask vanishes on the {grid.shape} grid of a pyramid level "
                          f"(spacing {np.round(grid.spacing, 2).tolist()} mm): it is thinner than "
                          "a voxel there; use a larger mask or finer levels", key="fixed_mask")
-    moving_level = _at_spacing(moving, spacing)
-    count = float(np.prod(moving_level.shape))
-    if count > _MAX_MOVING_VOXELS:
-        coarser = float(np.exp(np.log(moving_level.spacing).mean())) * \
-            (count / _MAX_MOVING_VOXELS) ** (1.0 / 3.0)
-        moving_level = _at_spacing(moving, max(spacing, coarser))
-    # The renderer scores only points inside its image's box: cropping the smoothed image's
-    # border leaves the points its edge was smoothed into unscored, at no cost per candidate.
-    moving_level = _cropped(_smoothed(moving_level, sigma), _border(moving_level.shape, sigma))
+    moving_level, capped = _moving_level(moving, spacing)
+    # A moving image too large for the renderer is already coarsened and smoothed by the
+    # pyramid, by more than `sigma` of its own voxels: it is not smoothed again.
+    level_shape = moving_level.shape
+    border = _border(level_shape, sigma)
+    moving_level = _cropped(_smoothed(moving_level, 0.0 if capped else sigma), border)
     name = backend
     renderer = make_renderer(moving_level, backend=name)
     mask_renderer = None
@@ -572,7 +592,8 @@ def _build_level(level: LevelOptions, base: float, fixed: Volume, moving: Volume
                                       backend=name)
     fixed_region = float(abs(np.linalg.det(grid.world_from_index[:3, :3]))) * (
         float(np.prod(grid.shape)) if grid_mask is None else float(np.count_nonzero(grid_mask)))
-    region = min(fixed_region, _region_mm3(moving, moving_mask))
+    region = min(fixed_region,
+                 _moving_region_mm3(moving, moving_mask, level_shape, border, capped))
     values = torch.from_numpy(np.array(grid.data, dtype=np.float32))
     return _Level(grid=grid, fixed_values=values,
                   fixed_mask=None if grid_mask is None else torch.from_numpy(grid_mask),

@@ -14,6 +14,7 @@ from regkit.errors import InputError, ShapeError, UnknownNameError
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.nifti import load_nifti
 from regkit.metrics import get_metric
+from regkit.registration.levels import at_spacing as _at_spacing
 from regkit.registration.results import Registration3D3DResult
 from regkit.registration.volume_registration import (
     DEFAULT_RIGID_LEVELS,
@@ -137,37 +138,90 @@ def test_finest_level_smooths_in_place_and_leaves_the_box_edges_unscored() -> No
                       None, fine_sigma=0.8)
     expected = gaussian_filter(np.asarray(fixed.data, np.float32), 0.8, mode="nearest",
                                truncate=3.0)
-    np.testing.assert_allclose(lv.fixed_values.numpy(), expected, rtol=0, atol=1e-3)
-    assert lv.fixed_mask is not None
-    inner = np.zeros(fixed.shape, dtype=bool)
-    inner[2:-2, 2:-2, 2:-2] = True                     # ceil(2.5 * 0.8) = 2 voxels
-    np.testing.assert_array_equal(lv.fixed_mask.numpy(), inner)
-    # The moving image loses the same border: a fixed image on its grid padded by 5 voxels
-    # scores, at the identity, only the points on the moving image's inner box.
-    padded_affine = moving.world_from_index @ np.vstack(
-        [np.c_[np.eye(3), [-5.0, -5.0, -5.0]], [0.0, 0.0, 0.0, 1.0]])
-    padded = Volume(np.pad(np.asarray(moving.data), 5, mode="edge"), padded_affine)
-    same = _build_level(level, 2.0, padded, moving, None, None, metric, Register3D3DOptions(),
+    # The grid is the smoothed image less its border: int(3 * 0.8 + 0.5) = 2 voxels.
+    np.testing.assert_allclose(lv.fixed_values.numpy(), expected[2:-2, 2:-2, 2:-2], rtol=0,
+                               atol=1e-3)
+    np.testing.assert_allclose(lv.grid.index_to_world(np.zeros((1, 3))),
+                               fixed.index_to_world(np.full((1, 3), 2.0)))
+    assert lv.fixed_mask is None
+    # The moving image loses the same border: the renderer, bound to it, finds data only on
+    # its inner box, and the overlap fraction counts that box, so a perfect overlap is 1.
+    grid = moving.world_from_index
+    resampled = lv.renderer.resample(moving.shape, grid, np.eye(4)[None])
+    assert int(resampled.mask.sum()) == int(np.prod(np.asarray(moving.shape) - 4))
+    same = _build_level(level, 2.0, moving, moving, None, None, metric, Register3D3DOptions(),
                         None, fine_sigma=0.8)
     score, overlap = same.scores(np.eye(4)[None])
-    assert score[0] > 0.99
-    scored = overlap[0] * np.prod(moving.shape)           # overlap: of the moving image's box
-    assert scored == pytest.approx(np.prod(np.asarray(moving.shape) - 4), abs=0.5)
+    assert score[0] > 0.999
+    assert overlap[0] == pytest.approx(1.0)
     # Coarser levels are the pyramid's: no extra smoothing, no border.
     coarse = _build_level(LevelOptions(shrink=2.0, max_voxels=10**7), 2.0, fixed, moving, None,
                           None, metric, Register3D3DOptions(), None, fine_sigma=0.8)
-    assert coarse.fixed_mask is None
-    # The default: 0.8 voxel for linear metrics, 0.4 for histogram ones.
-    for name, sigma in (("ncc", 0.8), ("nmi", 0.4)):
-        opts = Register3D3DOptions(levels=(LevelOptions(shrink=4.0, max_voxels=512, options={
-            "max_evaluations": 20}),))
+    assert coarse.sigma_voxels == 0.0
+    assert coarse.grid.shape == _at_spacing(fixed, 4.0).shape
+    # The default, as each level used it: 0.8 voxel for linear metrics, none for histogram ones.
+    opts = Register3D3DOptions(levels=(
+        LevelOptions(shrink=4.0, max_voxels=512, options={"max_evaluations": 20}),
+        LevelOptions(shrink=1.0, max_voxels=4096, options={"max_evaluations": 20})))
+    for name, sigma in (("ncc", 0.8), ("nmi", 0.0)):
         result = register_3d3d(fixed, moving, metric=name, seed=0, options=opts)
         assert result.extras["fine_sigma_voxels"] == sigma
+        assert [lv["sigma_voxels"] for lv in result.extras["levels"]] == [0.0, sigma]
+
+
+def test_the_border_spares_thin_images_and_partial_views() -> None:
+    fixed, moving, _ = _pair(_true_rigid())
+    metric = get_metric("ncc")
+    level = LevelOptions(shrink=1.0, max_voxels=2000)
+    # A thin slab cut from the fixed image, at the identity: the border shrinks both regions
+    # alike, so the overlap stays whole (it once fell to about half, under min_overlap).
+    slab_shift = np.eye(4)
+    slab_shift[2, 3] = 10.0
+    slab = Volume(np.ascontiguousarray(fixed.data[:, :, 10:20]),
+                  fixed.world_from_index @ slab_shift)
+    lv = _build_level(level, 2.0, fixed, slab, None, None, metric, Register3D3DOptions(), None,
+                      fine_sigma=0.8)
+    _, overlap = lv.scores(np.eye(4)[None])
+    assert overlap[0] > 0.95
+    # A fixed image 5 voxels thick keeps its middle plane (the border is at most a quarter of
+    # an axis), and a strided grid never lands on the unscored border.
+    thin = Volume(np.ascontiguousarray(fixed.data[:, :, 10:15]), fixed.world_from_index)
+    lv = _build_level(level, 2.0, thin, moving, None, None, metric, Register3D3DOptions(), None,
+                      fine_sigma=0.8)
+    assert lv.fixed_mask is None
+    assert lv.grid.shape[2] >= 1
+    # A moving mask is counted on the inner box only.
+    mask = np.zeros(slab.shape, dtype=bool)
+    mask[:, :, :5] = True
+    lv = _build_level(level, 2.0, fixed, slab, None, mask, metric, Register3D3DOptions(), None,
+                      fine_sigma=0.8)
+    voxel = float(abs(np.linalg.det(slab.world_from_index[:3, :3])))
+    inner = mask[2:-2, 2:-2, 2:-2]
+    assert lv.region_mm3 == pytest.approx(voxel * np.count_nonzero(inner))
+
+
+def test_a_capped_moving_image_is_not_smoothed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import regkit.registration.volume_registration as vr
+
+    fixed, moving, _ = _pair(_true_rigid())
+    monkeypatch.setattr(vr, "_MAX_MOVING_VOXELS", 20000)
+    coarse, capped = vr._moving_level(moving, 0.0)
+    assert capped
+    assert np.prod(coarse.shape) < np.prod(moving.shape)
+    lv = _build_level(LevelOptions(shrink=1.0, max_voxels=4096), 2.0, fixed, moving, None, None,
+                      get_metric("ncc"), Register3D3DOptions(), None, fine_sigma=0.8)
+    border = _border(coarse.shape, 0.8)
+    expected = _cropped(coarse, border)                # cropped, not smoothed again
+    stored = lv.renderer.resample(expected.shape, expected.world_from_index, np.eye(4)[None])
+    # Equal to float32 rounding (HU ~ 1000: 0.002); smoothing again would move it by tens of HU.
+    np.testing.assert_allclose(stored.values[0].numpy(), np.asarray(expected.data), rtol=0,
+                               atol=0.01)
 
 
 def test_border_and_crop_helpers() -> None:
-    assert _border((100, 100, 100), 0.8) == (2, 2, 2)
-    assert _border((100, 9, 3), 1.6) == (4, 2, 0)       # at most a quarter of the axis
+    assert _border((100, 100, 100), 0.8) == (2, 2, 2)   # the filter's reach: int(3σ + 0.5)
+    assert _border((100, 100, 100), 0.4) == (1, 1, 1)
+    assert _border((100, 9, 3), 1.6) == (5, 2, 0)       # at most a quarter of the axis
     assert _border((100, 100, 100), 0.0) == (0, 0, 0)
     volume = Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8),
                     np.asarray(rigid_from_params(np.array([0.1, 0.2, -0.3, 5.0, 6.0, 7.0]))))
