@@ -44,10 +44,10 @@ Convention:
     unscored the points within the filter's reach, ``int(3 σ + 0.5)`` voxels, of either
     image's box, where the smoothing mixed in the box's edge (the overlap fraction's regions
     lose that border too). The metric is computed on every ``k``-th voxel of the fixed level
-    image, less that border (``k`` the least
-    stride leaving at most ``max_voxels``): fine levels sample the images at fewer points, as
-    elastix samples 2048 random points, rather than resampling them to a coarser grid, whose
-    interpolation blurs each point differently. The moving level image is what the renderer
+    image, less that border (``k`` the least stride leaving at most ``max_voxels``): fine
+    levels sample the images at fewer points, as elastix samples 2048 random points, rather
+    than resampling them to a coarser grid, whose interpolation blurs each point differently.
+    The moving level image is what the renderer
     resamples, the **whole population in one batched call** (B = popsize; ``max_batch`` splits it
     where memory is short).
 
@@ -433,19 +433,18 @@ def _moving_region_mm3(moving: Volume, mask: NDArray[np.bool_] | None,
                        capped: bool) -> float:
     """The moving region (mm³) that can be scored: its box, or its mask, less the border.
 
-    ``border`` is in the voxels of the level image (shape ``level_shape``): the moving image's
-    own grid unless the level image was capped, where the region shrinks by the fraction of the
-    level image's box that the border keeps.
+    ``border`` is in the voxels of the level image (shape ``level_shape``), which is the moving
+    image's own grid unless it was capped. A mask on that grid is counted on the inner box;
+    otherwise the region shrinks by the fraction of the level image's box that the border keeps
+    (exact for the box itself).
     """
     if not any(border):
         return _region_mm3(moving, mask)
-    if capped:
-        kept = np.prod([n - 2 * b for b, n in zip(border, level_shape, strict=True)])
-        return _region_mm3(moving, mask) * float(kept) / float(np.prod(level_shape))
-    inner = tuple(slice(b, n - b) for b, n in zip(border, moving.shape, strict=True))
-    voxel = float(abs(np.linalg.det(moving.world_from_index[:3, :3])))
-    kept = np.prod([n - 2 * b for b, n in zip(border, moving.shape, strict=True)])
-    return voxel * (float(kept) if mask is None else float(np.count_nonzero(mask[inner])))
+    if mask is not None and not capped:
+        inner = tuple(slice(b, n - b) for b, n in zip(border, moving.shape, strict=True))
+        return _region_mm3(moving, mask[inner])
+    kept = np.prod([n - 2 * b for b, n in zip(border, level_shape, strict=True)])
+    return _region_mm3(moving, mask) * float(kept) / float(np.prod(level_shape))
 
 
 def _mask_on_grid(mask: NDArray[np.bool_], source: Volume, grid: Volume) -> NDArray[np.bool_]:
