@@ -395,6 +395,7 @@ class _LevelBuilder:
         self.backend = backend
         self.base = float(np.exp(np.log(mu.spacing).mean()))
         self._volumes: dict[float, Volume] = {}
+        self._mu_levels: dict[float, Volume] = {}
         self._bone_volumes: dict[float, Volume] = {}
         self._excess: Volume | None = None
         self._renderers: dict[tuple[bool, float, str], Renderer] = {}
@@ -402,13 +403,22 @@ class _LevelBuilder:
     def _spacing(self, shrink: float) -> float:
         """The level's CT spacing (0: as it is), coarsened to stay within the voxel cap."""
         spacing = shrink * self.base if shrink > 1 else 0.0
-        level = at_spacing(self.mu, spacing)
+        level = self._mu_at(spacing)
         count = float(np.prod(level.shape))
         if count > _MAX_LEVEL_VOXELS:
             coarser = float(np.exp(np.log(level.spacing).mean())) * \
                 (count / _MAX_LEVEL_VOXELS) ** (1.0 / 3.0)
             spacing = max(spacing, coarser)
         return spacing
+
+    def _mu_at(self, spacing: float) -> Volume:
+        """:func:`at_spacing` of the CT's μ, computed once per spacing.
+
+        ``_spacing`` needs the level's shape and ``volume`` its data.
+        """
+        if spacing not in self._mu_levels:
+            self._mu_levels[spacing] = at_spacing(self.mu, spacing)
+        return self._mu_levels[spacing]
 
     def bone_volume(self, shrink: float) -> Volume:
         """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing.
@@ -428,7 +438,7 @@ class _LevelBuilder:
 
     def volume(self, shrink: float) -> Volume:
         if shrink not in self._volumes:
-            level = at_spacing(self.mu, self._spacing(shrink))
+            level = self._mu_at(self._spacing(shrink))
             level = Volume(level.data, level.world_from_index, units="mu")
             if self.bones is not None:
                 assert self.mu.labels is not None
