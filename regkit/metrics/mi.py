@@ -1,10 +1,14 @@
 """Histogram-based similarities: normalised MI (``nmi``) and Mattes MI (``mattes_mi``).
 
 Both build a soft joint histogram with B-spline Parzen windows of order 0 (box), 1 (linear) or
-3 (cubic). A B-spline of order p gives weight to only p + 1 neighbouring bins per pixel, so the
-histogram is filled with index arithmetic and one ``index_add`` per pair of bin offsets on
-flattened ``(batch, bin_f, bin_m)`` indices: memory and time grow with the number of pixels
-times ``(p_f + 1)(p_m + 1)``, never with the number of bins.
+3 (cubic). A B-spline of order p gives weight to only p + 1 neighbouring bins per pixel, and the
+window's bin weights are polynomials of degree p in the pixel's fraction past a bin. The
+histogram is therefore filled from moment histograms: one ``index_add`` per product of powers
+``s_f^a s_m^b`` (a ≤ p_f, b ≤ p_m) on flattened ``(batch, bin_f, bin_m)`` indices, then fixed
+combinations of them shifted by each window's bin offsets. Time grows with the number of
+pixels times ``(p_f + 1)(p_m + 1)``; memory holds as many ``batch × bins²`` moment
+histograms. Rounding can leave cells a few float epsilons below zero where the true mass is
+zero; entropies count only positive cells.
 
 Intensity range: each image is binned between its own minimum and maximum over the counted
 pixels (positive mask weight), per batch element, so both histograms always span the data.
@@ -13,6 +17,7 @@ Gradients flow through the Parzen weights and through that range.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import ClassVar, Literal
 
@@ -163,21 +168,22 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, w: torch.Tensor 
             source = (moving.new_ones(()) if value is None else value).expand(batch, n)
             moments.append(moving.new_zeros(batch * bins * bins)
                            .index_add(0, index, source.reshape(-1)))
-    # (P·Q, B·bins²) moments -> ((order_f + 1)(order_m + 1), B·bins²) bin-offset histograms
-    poly_f = _WINDOW_POLYNOMIALS[order_f].to(moving)
-    poly_m = _WINDOW_POLYNOMIALS[order_m].to(moving)
-    combine = (poly_f[:, None, :, None] * poly_m[None, :, None, :]).reshape(
-        poly_f.shape[0] * poly_m.shape[0], -1)
-    parts = (combine @ torch.stack(moments)).reshape(poly_f.shape[0], poly_m.shape[0], batch,
-                                                     bins, bins)
-    hist = parts[0, 0]
-    if parts.shape[0] > 1 or parts.shape[1] > 1:
-        hist = hist.clone()
-    for k in range(parts.shape[0]):
-        for j in range(parts.shape[1]):
-            if k or j:
+    # Each bin offset (k, j) of the windows gets Σ_pq poly_f[k, p] poly_m[j, q] M_pq, added at
+    # that offset. Element-wise in the moments' own dtype, never a matmul: the terms largely
+    # cancel, so reduced-precision matmuls (autocast, TF32) would ruin the histogram.
+    poly_f = _WINDOW_POLYNOMIALS[order_f].tolist()
+    poly_m = _WINDOW_POLYNOMIALS[order_m].tolist()
+    hist = moving.new_zeros(batch, bins, bins)
+    for k, row_f in enumerate(poly_f):
+        for j, row_m in enumerate(poly_m):
+            part: torch.Tensor | None = None
+            for i, (cf, cm) in enumerate(itertools.product(row_f, row_m)):
+                if cf * cm != 0.0:
+                    term = moments[i] * (cf * cm)
+                    part = term if part is None else part + term
+            if part is not None:
                 # Windows never reach past the last bin, so nothing is lost at the edges.
-                hist[:, k:, j:] += parts[k, j, :, : bins - k, : bins - j]
+                hist[:, k:, j:] += part.reshape(batch, bins, bins)[:, : bins - k, : bins - j]
     return hist
 
 

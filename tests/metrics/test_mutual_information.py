@@ -209,3 +209,18 @@ def test_float32_scores_of_a_large_image_keep_to_rounding(name: str, options: di
     exact = metric(fixed, moving, mask)
     single = metric(fixed.float(), moving.float(), mask)
     torch.testing.assert_close(single.double(), exact, rtol=0.0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["mattes_mi", "nmi"])
+def test_scores_are_unchanged_under_cpu_autocast(name: str) -> None:
+    """The histogram's cancelling combination never runs at reduced precision (bf16 autocast)."""
+    gen = torch.Generator().manual_seed(5)
+    fixed = torch.rand(120, 120, generator=gen) ** 2
+    moving = torch.stack([0.6 * fixed + 0.4 * torch.rand(120, 120, generator=gen)
+                          for _ in range(3)])
+    metric = get_metric(name)
+    plain = metric(fixed, moving)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast_score = metric(fixed, moving)
+    assert cast_score.dtype == torch.float32
+    torch.testing.assert_close(cast_score, plain, rtol=0.0, atol=1e-6)
