@@ -396,19 +396,24 @@ class _LevelBuilder:
         self.base = float(np.exp(np.log(mu.spacing).mean()))
         self._volumes: dict[float, Volume] = {}
         self._mu_levels: dict[float, Volume] = {}
+        self._spacings: dict[float, float] = {}
         self._bone_volumes: dict[float, Volume] = {}
         self._excess: Volume | None = None
         self._renderers: dict[tuple[bool, float, str], Renderer] = {}
 
     def _spacing(self, shrink: float) -> float:
         """The level's CT spacing (0: as it is), coarsened to stay within the voxel cap."""
+        if shrink in self._spacings:
+            return self._spacings[shrink]
         spacing = shrink * self.base if shrink > 1 else 0.0
         level = self._mu_at(spacing)
         count = float(np.prod(level.shape))
         if count > _MAX_LEVEL_VOXELS:
+            self._mu_levels.pop(spacing)  # never rendered: not kept for the registration
             coarser = float(np.exp(np.log(level.spacing).mean())) * \
                 (count / _MAX_LEVEL_VOXELS) ** (1.0 / 3.0)
             spacing = max(spacing, coarser)
+        self._spacings[shrink] = spacing
         return spacing
 
     def _mu_at(self, spacing: float) -> Volume:

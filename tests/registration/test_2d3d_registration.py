@@ -389,3 +389,36 @@ def test_registration_holds_where_the_radiograph_weighs_bone_differently() -> No
     assert errors[True] < 1.0
     assert results[True].extras["levels"][-1]["method"] == "quadratic"
     assert results[True].final_score != results[False].final_score   # the option is honoured
+
+
+def test_level_volumes_stay_within_the_voxel_cap_and_are_built_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A level over the renderer's voxel cap is coarsened; each level CT is computed once."""
+    import regkit.registration.radiograph_registration as rr
+    from regkit.metrics import get_metric
+
+    ct = _ct()
+    mu = Volume(np.asarray(ct.data, np.float32) * 1e-5 + 0.02, ct.world_from_index, units="mu")
+    cap = int(np.prod(mu.shape)) // 3  # the CT's own grid is over it, twice its spacing is not
+    monkeypatch.setattr(rr, "_MAX_LEVEL_VOXELS", cap)
+    calls: list[float] = []
+
+    def counted(volume: Volume, spacing_mm: float) -> Volume:
+        calls.append(spacing_mm)
+        return at_spacing(volume, spacing_mm)
+
+    at_spacing = rr.at_spacing
+    monkeypatch.setattr(rr, "at_spacing", counted)
+    builder = rr._LevelBuilder(mu, [_camera()], [np.zeros((SIZE, SIZE), np.float32)], [None],
+                               get_metric("gncc"), None, Register2D3DOptions(), None)
+    fine = builder.volume(1.0)
+    coarse = builder.volume(2.0)
+    assert np.prod(fine.shape) <= cap < np.prod(mu.shape)
+    assert np.prod(coarse.shape) <= cap
+    assert fine.spacing.min() > mu.spacing.min()  # coarsened to fit
+    builder.volume(1.0)
+    builder.volume(2.0)
+    # the CT's own grid (measured, then dropped), its capped level, and the 2x level: once each
+    assert len(calls) == 3
+    assert calls[0] == 0.0
+    assert 0.0 not in builder._mu_levels
