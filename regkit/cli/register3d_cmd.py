@@ -75,7 +75,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "register-3d3d", help="register two volumes (CT to CT, rigid or affine)",
         description="Find fixed_from_moving, the transform from the moving image's world (mm) "
-        "to the fixed image's, by a multi-resolution CMA-ES search, and write it as a result "
+        "to the fixed image's, by a multi-resolution search (CMA-ES, then a quadratic-model "
+        "polish), and write it as a result "
         "JSON (and optionally as an ITK .tfm, the resampled moving image and a PNG report).")
     p.add_argument("--fixed", required=True, type=Path, metavar="A.nii.gz")
     p.add_argument("--moving", required=True, type=Path, metavar="B.nii.gz")

@@ -66,7 +66,7 @@ class LevelOptions:
             voxels of the fixed level image. 2D–3D: pixels of each view's detector, binned by
             the least whole factor that leaves at most this many.
         method: A derivative-free optimizer registered in :data:`regkit.optim.optimizers`
-            (``"cmaes"``, ``"powell"``, ``"nelder_mead"``), or a gradient method of
+            (``"cmaes"``, ``"quadratic"``, ``"powell"``, ``"nelder_mead"``), or a gradient method of
             :data:`regkit.optim.gradient_methods` (``"adam"``, ``"lbfgs"``) for an engine with a
             differentiable objective (2D–3D; the 3D–3D engine refuses them).
         options: That optimizer's options (a dict of its options dataclass fields, e.g.
@@ -74,8 +74,8 @@ class LevelOptions:
             :class:`~regkit.optim.GradientOptions` fields for a gradient method); an unknown
             key is an error when the level runs. A ``seed`` left out is derived from the
             registration's seed.
-        rot_step_deg: Initial step (CMA-ES standard deviation, Powell unit step) of each rotation
-            coordinate, degrees.
+        rot_step_deg: Initial step (CMA-ES standard deviation, Powell unit step; the unit of
+            the quadratic model's ``radius``) of each rotation coordinate, degrees.
         trans_step_mm: Initial step of each translation coordinate, mm.
         log_scale_step: Initial step of each log-scale (affine levels only).
         shear_step: Initial step of each shear (affine levels only).

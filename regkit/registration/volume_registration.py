@@ -2,7 +2,8 @@
 
 :func:`register_3d3d` finds ``fixed_from_moving``, the transform that maps a point of the moving
 image's RAS+ world (mm) to the fixed image's world, by maximising an image similarity metric over a
-multi-resolution pyramid with CMA-ES (and optionally Powell).
+multi-resolution pyramid: CMA-ES searching wide, then a batched quadratic-model polish (any
+optimizer of :data:`regkit.optim.optimizers` per level).
 
 Convention:
     **Search parameters.** The search is relative to an initial transform ``init``
