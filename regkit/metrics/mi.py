@@ -91,20 +91,15 @@ def _parzen(x: torch.Tensor, w: torch.Tensor | None, bins: int, order: int
     return (first - 1 if order == 3 else first), s
 
 
-def _centred(coefficients: list[list[float]]) -> torch.Tensor:
+def _centred(coefficients: list[list[float]]) -> list[list[float]]:
     """Rows of polynomial coefficients in u (``Σ c_p u^p``) re-expressed in ``s = u - 1/2``."""
-    c = torch.tensor(coefficients, dtype=torch.float64)
-    degree = c.shape[1]
     # u^p = (s + 1/2)^p = Σ_q binom(p, q) (1/2)^(p - q) s^q
-    basis = torch.zeros(degree, degree, dtype=torch.float64)
-    for p in range(degree):
-        for q in range(p + 1):
-            basis[p, q] = math.comb(p, q) * 0.5 ** (p - q)
-    return c @ basis
+    return [[sum(row[p] * math.comb(p, q) * 0.5 ** (p - q) for p in range(q, len(row)))
+             for q in range(len(row))] for row in coefficients]
 
 
-_WINDOW_POLYNOMIALS: dict[int, torch.Tensor] = {
-    0: torch.ones(1, 1, dtype=torch.float64),
+_WINDOW_POLYNOMIALS: dict[int, list[list[float]]] = {
+    0: [[1.0]],
     # linear: bins first, first + 1 weigh 1 - u and u
     1: _centred([[1.0, -1.0], [0.0, 1.0]]),
     # cubic: bins first .. first + 3 (first + 1 the bin below the pixel) weigh the uniform
@@ -171,11 +166,9 @@ def _joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, w: torch.Tensor 
     # Each bin offset (k, j) of the windows gets Σ_pq poly_f[k, p] poly_m[j, q] M_pq, added at
     # that offset. Element-wise in the moments' own dtype, never a matmul: the terms largely
     # cancel, so reduced-precision matmuls (autocast, TF32) would ruin the histogram.
-    poly_f = _WINDOW_POLYNOMIALS[order_f].tolist()
-    poly_m = _WINDOW_POLYNOMIALS[order_m].tolist()
     hist = moving.new_zeros(batch, bins, bins)
-    for k, row_f in enumerate(poly_f):
-        for j, row_m in enumerate(poly_m):
+    for k, row_f in enumerate(_WINDOW_POLYNOMIALS[order_f]):
+        for j, row_m in enumerate(_WINDOW_POLYNOMIALS[order_m]):
             part: torch.Tensor | None = None
             for i, (cf, cm) in enumerate(itertools.product(row_f, row_m)):
                 if cf * cm != 0.0:
