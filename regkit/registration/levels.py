@@ -29,6 +29,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "at_spacing",
+    "at_spacing_within",
     "block_mean",
     "level_options",
 ]
@@ -186,3 +187,19 @@ def at_spacing(volume: Volume, spacing_mm: float) -> Volume:
     if np.allclose(final, block_spacing):
         return blocked
     return blocked.resample(final)
+
+
+def at_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int) -> tuple[Volume, float]:
+    """:func:`at_spacing`, coarser still where that level would exceed ``max_voxels`` voxels.
+
+    The coarser spacing scales the level's geometric-mean spacing by the cube root of its excess
+    voxel count. Returns the level and the spacing it was made at (``spacing_mm`` unless
+    coarsened).
+    """
+    level = at_spacing(volume, spacing_mm)
+    count = float(np.prod(level.shape))
+    if count <= max_voxels:
+        return level, spacing_mm
+    coarser = float(np.exp(np.log(level.spacing).mean())) * (count / max_voxels) ** (1.0 / 3.0)
+    spacing = max(spacing_mm, coarser)
+    return at_spacing(volume, spacing), spacing

@@ -96,6 +96,7 @@ from regkit.registration.levels import (
     LevelOptions,
     ProgressCallback,
     at_spacing,
+    at_spacing_within,
 )
 from regkit.registration.pose_error import mean_target_error
 from regkit.registration.radiograph_report import save_report
@@ -395,35 +396,21 @@ class _LevelBuilder:
         self.backend = backend
         self.base = float(np.exp(np.log(mu.spacing).mean()))
         self._volumes: dict[float, Volume] = {}
-        self._mu_levels: dict[float, Volume] = {}
-        self._spacings: dict[float, float] = {}
+        self._mu_levels: dict[float, tuple[Volume, float]] = {}
         self._bone_volumes: dict[float, Volume] = {}
         self._excess: Volume | None = None
         self._renderers: dict[tuple[bool, float, str], Renderer] = {}
 
-    def _spacing(self, shrink: float) -> float:
-        """The level's CT spacing (0: as it is), coarsened to stay within the voxel cap."""
-        if shrink in self._spacings:
-            return self._spacings[shrink]
-        spacing = shrink * self.base if shrink > 1 else 0.0
-        level = self._mu_at(spacing)
-        count = float(np.prod(level.shape))
-        if count > _MAX_LEVEL_VOXELS:
-            self._mu_levels.pop(spacing)  # never rendered: not kept for the registration
-            coarser = float(np.exp(np.log(level.spacing).mean())) * \
-                (count / _MAX_LEVEL_VOXELS) ** (1.0 / 3.0)
-            spacing = max(spacing, coarser)
-        self._spacings[shrink] = spacing
-        return spacing
+    def _mu_level(self, shrink: float) -> tuple[Volume, float]:
+        """The CT's μ at the level's spacing, and that spacing; computed once per level.
 
-    def _mu_at(self, spacing: float) -> Volume:
-        """:func:`at_spacing` of the CT's μ, computed once per spacing.
-
-        ``_spacing`` needs the level's shape and ``volume`` its data.
+        The spacing is 0 (the CT as it is) at ``shrink = 1``, coarsened to stay within the
+        renderer's voxel cap.
         """
-        if spacing not in self._mu_levels:
-            self._mu_levels[spacing] = at_spacing(self.mu, spacing)
-        return self._mu_levels[spacing]
+        if shrink not in self._mu_levels:
+            spacing = shrink * self.base if shrink > 1 else 0.0
+            self._mu_levels[shrink] = at_spacing_within(self.mu, spacing, _MAX_LEVEL_VOXELS)
+        return self._mu_levels[shrink]
 
     def bone_volume(self, shrink: float) -> Volume:
         """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing.
@@ -437,13 +424,13 @@ class _LevelBuilder:
                 mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
                 self._excess = Volume(np.maximum(np.asarray(self.mu.data, np.float32) - mu_t,
                                                  0.0), self.mu.world_from_index, units="mu")
-            level = at_spacing(self._excess, self._spacing(shrink))
+            level = at_spacing(self._excess, self._mu_level(shrink)[1])
             self._bone_volumes[shrink] = Volume(level.data, level.world_from_index, units="mu")
         return self._bone_volumes[shrink]
 
     def volume(self, shrink: float) -> Volume:
         if shrink not in self._volumes:
-            level = self._mu_at(self._spacing(shrink))
+            level = self._mu_level(shrink)[0]
             level = Volume(level.data, level.world_from_index, units="mu")
             if self.bones is not None:
                 assert self.mu.labels is not None

@@ -48,8 +48,8 @@ Convention:
     image, less that border (``k`` the least stride leaving at most ``max_voxels``): fine
     levels sample the images at fewer points, as elastix samples 2048 random points, rather
     than resampling them to a coarser grid, whose interpolation blurs each point differently.
-    The moving level image is what the renderer
-    resamples, the **whole population in one batched call** (B = CMA-ES's popsize, or the
+    The moving level image is what the renderer resamples, the **whole population in one
+    batched call** (B = CMA-ES's popsize, or the
     quadratic model's design of 28 poses; ``max_batch`` splits it where memory is short).
 
     **Defaults** (:data:`DEFAULT_RIGID_LEVELS`, :data:`DEFAULT_AFFINE_LEVELS`) were chosen from
@@ -90,6 +90,7 @@ from regkit.registration.levels import (
     ProgressCallback,
 )
 from regkit.registration.levels import at_spacing as _at_spacing
+from regkit.registration.levels import at_spacing_within as _at_spacing_within
 from regkit.registration.results import Registration3D3DResult
 from regkit.registration.volume_init import initial_candidates as _initial_candidates
 from regkit.registration.volume_init import initial_transform
@@ -428,13 +429,8 @@ def _cropped(volume: Volume, border: tuple[int, int, int]) -> Volume:
 
 def _moving_level(moving: Volume, spacing: float) -> tuple[Volume, bool]:
     """The moving image at the level's spacing, coarser still (``True``) beyond the voxel cap."""
-    moving_level = _at_spacing(moving, spacing)
-    count = float(np.prod(moving_level.shape))
-    if count <= _MAX_MOVING_VOXELS:
-        return moving_level, False
-    coarser = float(np.exp(np.log(moving_level.spacing).mean())) * \
-        (count / _MAX_MOVING_VOXELS) ** (1.0 / 3.0)
-    return _at_spacing(moving, max(spacing, coarser)), True
+    level, used = _at_spacing_within(moving, spacing, _MAX_MOVING_VOXELS)
+    return level, used != spacing
 
 
 def _moving_region_mm3(moving: Volume, mask: NDArray[np.bool_] | None,
