@@ -291,7 +291,7 @@ def test_samples_record_the_drr_factor(phantom_run: Path) -> None:
     meta = json.loads(s["meta"])
     assert meta["drr_factor"] == 2                        # 0.8 mm voxels, 96² of a hand
     manifest = json.loads((phantom_run / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["parameters"]["drr_factor"] is None
 
 

@@ -346,7 +346,7 @@ def truth_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "layers": hit.astype(np.uint8), "source": json.dumps({"kind": "synthetic"}),
             "meta": json.dumps(meta)})
         samples.append({"index": i, "file": name, "view": kind})
-    manifest = {"format": "regkit-recon ground truth", "format_version": 2,
+    manifest = {"format": "regkit-recon ground truth", "format_version": 3,
                 "parameters": {"synthetic": True},
                 "sources": [{"id": "synthetic", "bones": list(BONES),
                              "bone_names": {str(b): n for b, n in zip(BONES, NAMES,

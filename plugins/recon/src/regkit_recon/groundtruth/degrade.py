@@ -14,8 +14,11 @@ unattenuated beam of 1), each step with parameters drawn per sample from :class:
 5. **Quantum noise at a drawn dose and exposure**: Poisson counts of ``photons · exposure · T``
    per pixel; the image is normalised by the nominal ``photons`` (the exposure is not known to
    the reader), so ``−log`` of it is the measured line integral, offset by ``−log(exposure)``.
-6. **Tone curve (gamma)**: ``L = s · (max(L, 0) / s)^gamma`` with ``s`` the 99th percentile of
-   the clean DRR: contrast compressed or stretched non-linearly.
+6. **Tone curve (gamma)**: ``L = s · sign(L) · (|L| / s)^gamma`` with ``s`` the 99th percentile
+   of the clean DRR: contrast compressed or stretched non-linearly. The curve is strictly
+   increasing over all values: an exposure above the nominal one (plus scatter and the heel
+   effect) puts air and thin anatomy *below* zero, and the curve must not erase them there. (Up
+   to format version 2 it clipped at zero and blanked whole fingers of over-exposed samples.)
 
 The output is float32 line integrals (bone bright) of the same shape, like the clean DRR.
 """
@@ -118,5 +121,5 @@ def degrade(clean: np.ndarray, rng: np.random.Generator,
     scale = float(np.percentile(clean, 99.0))
     p["tone_scale"] = scale
     if scale > 0:
-        line = scale * (np.clip(line, 0.0, None) / scale) ** p["gamma"]
+        line = np.sign(line) * scale * (np.abs(line) / scale) ** p["gamma"]
     return line.astype(np.float32), p

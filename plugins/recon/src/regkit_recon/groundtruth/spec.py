@@ -23,8 +23,10 @@ __all__ = ["FORMAT_VERSION", "MAX_LAYERS", "SIZE_RANGE", "GenerateSpec", "maluni
 
 SIZE_RANGE = (32, 2048)
 MAX_LAYERS = 8
-FORMAT_VERSION = 2
-"""Version of the folder layout and sample content (2: DRRs from a block-averaged CT)."""
+FORMAT_VERSION = 3
+"""Version of the folder layout and sample content (2: DRRs from a block-averaged CT; 3: a tone
+curve that keeps values below the nominal air level, see
+:mod:`~regkit_recon.groundtruth.degrade`)."""
 
 
 @dataclass(frozen=True)
