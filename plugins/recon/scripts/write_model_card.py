@@ -3,8 +3,8 @@
 Usage::
 
     python plugins/recon/scripts/write_model_card.py --model M.pt --run RUN \
-        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v2.md \
-        --history "..."
+        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v3.md \
+        --script plugins/recon/scripts/train_hand_v3.sh --history "..."
 
 Every figure in the card is read from the files named, so the card cannot drift from them.
 """
@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--history", default="",
                         help="a paragraph on the training before this run (e.g. the run whose "
                         "weights --init started from)")
+    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v3.sh",
+                        help="the one command that remakes the data, the training and the "
+                        "evaluation (named in the card)")
     args = parser.parse_args()
     blob = torch.load(args.model, map_location="cpu", weights_only=True)
     record, config = blob["record"], blob["config"]
@@ -79,14 +82,14 @@ def main() -> None:
         "## Training",
         f"- Recipe: `{json.dumps(record['recipe'])}`.",
         f"- Data: {spec['items']} training items (the train folder of "
-        "`plugins/recon/scripts/train_hand_v2.sh`: 64 phantoms x 20 views, seed 101, a third "
+        f"`{args.script}`: 64 phantoms x 20 views, seed 101, a third "
         "with random malunions); validation 6 phantoms x 12 views (seed 202); test 10 "
         "phantoms x 12 views (seed 303). The three sets share no phantom.",
         f"- Steps: {record['steps']} of batch {record['recipe']['batch']}; time "
         f"{record['train_seconds'] / 60:.0f} min on 2 CPU cores ({spec.get('precision')}), "
         f"torch {record.get('torch')}.",
         *([f"- Before this run: {args.history}"] if args.history else []),
-        "- Retrain: `bash plugins/recon/scripts/train_hand_v2.sh` (data, training, "
+        f"- Retrain: `bash {args.script}` (data, training, "
         "evaluation; resumes when interrupted).",
         "",
         f"## Validation during this run ({vals[0]['items'] if vals else 0} items of the "

@@ -1,0 +1,91 @@
+"""Remake the shipped demo hand (``regkit_recon/data/demo_hand``) from a test split.
+
+The demo is the first phantom's PA, oblique and lateral radiographs of the shipped model's test
+split (``regkit recon generate --phantoms 10 --views 12 --seed 303``), never trained on. This
+copies those three sample files unchanged and writes a manifest that lists only them (the
+phantom volumes themselves are not shipped)::
+
+    .venv/bin/regkit recon generate --out work/test --phantoms 10 --views 12 --seed 303
+    .venv/bin/python plugins/recon/scripts/make_demo_hand.py work/test
+
+The folder is replaced atomically: a failure leaves the old demo in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DEMO = Path(__file__).resolve().parents[1] / "src" / "regkit_recon" / "data" / "demo_hand"
+KINDS = ("pa", "oblique", "lateral")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("test", type=Path, help="the test split's ground-truth folder")
+    parser.add_argument("--out", type=Path, default=DEMO, help="the demo folder to replace")
+    args = parser.parse_args(argv)
+    manifest = json.loads((args.test / "manifest.json").read_text())
+    params = manifest["parameters"]
+    if (params.get("seed"), params.get("views"), params.get("phantoms")) != (303, 12, 10):
+        print(f"error: {args.test} is not the test split (--phantoms 10 --views 12 --seed 303)",
+              file=sys.stderr)
+        return 2
+    if not manifest.get("complete"):
+        print(f"error: {args.test} is not complete", file=sys.stderr)
+        return 2
+    first = manifest["samples"][0]["source"]
+    picked = []
+    for kind in KINDS:
+        picked.append(next(s for s in manifest["samples"]
+                           if s["source"] == first and s["view"] == kind))
+    source = next(s for s in manifest["sources"] if s["id"] == first)
+    metas = []
+    for s in picked:
+        with np.load(args.test / s["file"]) as z:
+            metas.append(json.loads(str(z["meta"])))
+    broken = sorted({d["bone"] for m in metas for d in m.get("deformities", [])})
+    out = dict(manifest)
+    out["sources"] = [source]
+    out["samples"] = [dict(s, index=i, file=f"samples/{i:06d}.npz")
+                      for i, s in enumerate(picked)]
+    out["shard"] = None
+    out["complete"] = True
+    for key in ("seconds_last_run", "generated_last_run"):
+        out.pop(key, None)
+    out["note"] = (
+        "Three samples (PA, oblique, lateral) of the first phantom of the test split of the "
+        "shipped model (regkit recon generate --phantoms 10 --views 12 --seed 303): never "
+        "trained on; the phantom carries malunions of " + " and ".join(broken or ["no bone"])
+        + ". The phantoms themselves are not shipped. Remade by "
+        "plugins/recon/scripts/make_demo_hand.py.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".demo_hand.", dir=args.out.parent))
+    try:
+        stage.chmod(0o755)                                 # mkdtemp makes it private
+        (stage / "samples").mkdir()
+        for i, s in enumerate(picked):
+            shutil.copyfile(args.test / s["file"], stage / "samples" / f"{i:06d}.npz")
+        (stage / "manifest.json").write_text(json.dumps(out, indent=1) + "\n")
+        old = args.out.with_name(args.out.name + ".old")
+        if args.out.exists():
+            os.replace(args.out, old)
+        os.replace(stage, args.out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    print(f"demo hand: {len(picked)} samples of {first} from {args.test} -> {args.out} "
+          f"(malunions: {', '.join(broken) or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
