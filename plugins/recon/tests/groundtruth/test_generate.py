@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 import pytest
-from regkit_recon.groundtruth.dataset import GroundTruthDataset
+from regkit_recon.groundtruth.dataset import GroundTruthDataset, open_ground_truth
 from regkit_recon.groundtruth.generate import GenerateSpec, generate, phantom_seed, render_sample
 from regkit_recon.groundtruth.sample import (
     SAMPLE_KEYS,
@@ -404,6 +406,20 @@ def test_dataset_reads_samples_back(phantom_run: Path) -> None:
     assert len(batch["camera"]) == 2
     with pytest.raises(InputError, match="image"):
         GroundTruthDataset(phantom_run, image="raw")
+
+
+def test_reading_clipped_format_2_ground_truth_warns(phantom_run: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(open_ground_truth(phantom_run)) == 3          # format 3: silent
+    old = tmp_path / "old"
+    shutil.copytree(phantom_run, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="format_version 2.*clip"):
+        data = open_ground_truth(old)
+    assert len(data) == 3                                        # still readable
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,12 @@ def open_ground_truth(roots: str | os.PathLike[str] | Iterable[str | os.PathLike
         if manifest.get("format") != _FORMAT:
             raise InputError(f"manifest.json is not a {_FORMAT} manifest", source=root,
                              key="roots")
+        version = manifest.get("format_version")
+        if isinstance(version, int) and version < 3:
+            warnings.warn(f"{root}: ground truth of format_version {version}, whose degraded "
+                          "images clip over-exposed air and thin bones to zero while the "
+                          "truth keeps them; regenerate it (format 3)", UserWarning,
+                          stacklevel=2)
         if not manifest.get("complete"):
             raise InputError("the generation has not finished (rerun the same generate "
                              "command to complete it)", source=root, key="roots")
