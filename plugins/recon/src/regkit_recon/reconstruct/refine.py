@@ -206,10 +206,36 @@ def _ncc(a: Array, b: Array, mask: NDArray[np.bool_]) -> Array:
 
 
 def _field_mask(image: Array) -> NDArray[np.bool_]:
-    """The collimated field: pixels not flat against their neighbours' border value."""
+    """The collimated field of a line-integral radiograph, less any saturated (flat) air.
+
+    The collimator cuts the primary beam outside a rectangle, so its shadow is a band along some
+    sides whose every row (column) is brighter than the densest anatomy. A side's band is the
+    run of rows (columns) from the edge whose median lies above the midpoint between the edge's
+    median and the median of all rows (mostly air and hand); a side whose edge is not well above
+    that has no band. Pixels flat at the image's floor (air clipped by a saturated detector)
+    carry nothing either and are left out too.
+    """
     finite = np.isfinite(image)
-    lo = np.percentile(image[finite], 1.0)
-    return np.asarray(finite & (image > lo + 1e-6 * max(abs(lo), 1.0)), dtype=bool)
+    values = image[finite]
+    lo = float(np.percentile(values, 1.0))
+    spread = float(np.percentile(values, 99.5)) - lo
+    img = np.where(finite, image, lo)
+    mask = finite & (img > lo + 1e-6 * max(abs(lo), 1.0))
+    for axis in (0, 1):
+        profile = np.median(img, axis=1 - axis)        # one value per row (axis 0) or column
+        inner = float(np.median(profile))
+        for from_end in (False, True):
+            seq = profile[::-1] if from_end else profile
+            if seq[0] - inner < 0.25 * spread:
+                continue
+            below = np.flatnonzero(seq <= 0.5 * (seq[0] + inner))
+            n = int(below[0]) if below.size else seq.size
+            band = slice(seq.size - n, None) if from_end else slice(0, n)
+            if axis == 0:
+                mask[band, :] = False
+            else:
+                mask[:, band] = False
+    return np.asarray(mask, dtype=bool)
 
 
 # ------------------------------------------------------------------------------ the problems
