@@ -8,7 +8,7 @@ phantom volumes themselves are not shipped)::
     .venv/bin/regkit recon generate --out work/test --phantoms 10 --views 12 --seed 303
     .venv/bin/python plugins/recon/scripts/make_demo_hand.py work/test
 
-The folder is replaced atomically: a failure leaves the old demo in place.
+The folder is swapped in whole (two renames): a failure leaves the old demo in place.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from regkit_recon.groundtruth.spec import FORMAT_VERSION
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "regkit_recon" / "data" / "demo_hand"
 KINDS = ("pa", "oblique", "lateral")
@@ -38,14 +39,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.test} is not the test split (--phantoms 10 --views 12 --seed 303)",
               file=sys.stderr)
         return 2
-    if not manifest.get("complete"):
-        print(f"error: {args.test} is not complete", file=sys.stderr)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        print(f"error: {args.test} holds ground truth of format_version "
+              f"{manifest.get('format_version')!r}, not {FORMAT_VERSION}: regenerate it",
+              file=sys.stderr)
+        return 2
+    if not manifest.get("complete") or manifest.get("shard") is not None:
+        print(f"error: {args.test} is not a complete, unsharded run", file=sys.stderr)
         return 2
     first = manifest["samples"][0]["source"]
     picked = []
     for kind in KINDS:
-        picked.append(next(s for s in manifest["samples"]
-                           if s["source"] == first and s["view"] == kind))
+        entry = next((s for s in manifest["samples"]
+                      if s["source"] == first and s["view"] == kind), None)
+        if entry is None:
+            print(f"error: {args.test} has no {kind} view of {first}", file=sys.stderr)
+            return 2
+        picked.append(entry)
     source = next(s for s in manifest["sources"] if s["id"] == first)
     metas = []
     for s in picked:
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                       for i, s in enumerate(picked)]
     out["shard"] = None
     out["complete"] = True
-    for key in ("seconds_last_run", "generated_last_run"):
+    for key in ("seconds_last_run", "generated_last_run", "montage"):
         out.pop(key, None)
     out["note"] = (
         "Three samples (PA, oblique, lateral) of the first phantom of the test split of the "
@@ -75,9 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(args.test / s["file"], stage / "samples" / f"{i:06d}.npz")
         (stage / "manifest.json").write_text(json.dumps(out, indent=1) + "\n")
         old = args.out.with_name(args.out.name + ".old")
-        if args.out.exists():
+        shutil.rmtree(old, ignore_errors=True)             # a leftover of a killed run
+        moved = args.out.exists()
+        if moved:
             os.replace(args.out, old)
-        os.replace(stage, args.out)
+        try:
+            os.replace(stage, args.out)
+        except BaseException:
+            if moved:
+                os.replace(old, args.out)                  # put the old demo back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

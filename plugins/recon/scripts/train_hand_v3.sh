@@ -5,8 +5,9 @@
 # from hand_v2's weights, the evaluation on the test split, and the demo hand remade from it.
 # hand_v2 was trained on format-2 data, which this code no longer makes: its weights are read
 # from the commit that shipped it (7e9f7b7), and train_hand_v2.sh at that commit remakes them.
-# About 1.6 h on 2 CPU cores (data 10 min, training about 1.4 h with bfloat16 autocast,
-# evaluation 2 min); pass a folder (default work/hand_v3).
+# About 1.3 h on 2 CPU cores (data 10 min, training 63 min with bfloat16 autocast, evaluation
+# 2 min); pass a folder (default work/hand_v3). The last step rewrites the tracked demo folder
+# regkit_recon/data/demo_hand from the new test split (the same bytes when the run reproduces).
 # An interrupted run resumes when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -26,7 +27,7 @@ fi
 resume=()
 [ -f "$work/run/checkpoint.pt" ] && resume=(--resume)
 $R recon train --data "$work/train" --val "$work/val" --out "$work/run" \
-    --init "$work/hand_v2.pt" --lr 6e-4 --epochs 7 --seed 2 "${resume[@]}"
+    --init "$work/hand_v2.pt" --lr 6e-4 --epochs 7 --seed 2 ${resume[@]+"${resume[@]}"}
 $R recon evaluate --model "$work/run/model.pt" --data "$work/test" --out "$work/eval" --all-variants
 .venv/bin/python plugins/recon/scripts/make_demo_hand.py "$work/test"
 echo "model: $work/run/model.pt; evaluation: $work/eval/report.json"

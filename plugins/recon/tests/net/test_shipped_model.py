@@ -49,3 +49,20 @@ def test_demo_samples_are_never_trained_on(name: str) -> None:
     """The demo samples come from the test split (seed 303), not the training set (seed 101)."""
     meta = read_sample(demo_hand() / "samples" / name)["meta"]
     assert '"seed": 303' in meta
+
+
+def test_the_demo_hand_is_current_ground_truth_with_every_listed_file() -> None:
+    """Format 3 (no clipped air or thin bones), and no manifest entry without its file."""
+    import json
+
+    from regkit_recon.groundtruth.spec import FORMAT_VERSION
+
+    manifest = json.loads((demo_hand() / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert "montage" not in manifest
+    for entry in manifest["samples"]:
+        assert (demo_hand() / entry["file"]).is_file()
+    for name in ("000000.npz", "000001.npz", "000002.npz"):
+        sample = read_sample(demo_hand() / "samples" / name)
+        bone = sample["hit"].any(0)
+        assert not (sample["image"][bone] == 0.0).any()
