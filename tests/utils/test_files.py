@@ -59,3 +59,36 @@ def test_output_permissions_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+
+
+def test_atomic_dir_makes_and_replaces_a_folder_whole(tmp_path: Path) -> None:
+    from regkit.utils.files import atomic_dir
+
+    target = tmp_path / "out"
+    with atomic_dir(target) as staging:
+        assert staging.parent == tmp_path
+        assert staging.is_dir()
+        assert not any(staging.iterdir())
+        (staging / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_dir(target) as staging:
+        (staging / "b.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]      # replaced, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]       # nothing left beside
+
+
+def test_atomic_dir_leaves_the_old_folder_when_the_block_fails(tmp_path: Path) -> None:
+    from regkit.utils.files import atomic_dir
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "a.txt").write_text("old")
+    def fail_half_way() -> None:
+        with atomic_dir(target) as staging:
+            (staging / "a.txt").write_text("new")
+            raise RuntimeError("half way")
+
+    with pytest.raises(RuntimeError, match="half way"):
+        fail_half_way()
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

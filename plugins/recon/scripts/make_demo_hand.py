@@ -8,21 +8,22 @@ phantom volumes themselves are not shipped)::
     .venv/bin/regkit recon generate --out work/test --phantoms 10 --views 12 --seed 303
     .venv/bin/python plugins/recon/scripts/make_demo_hand.py work/test
 
-The folder is swapped in whole (two renames): a failure leaves the old demo in place.
+The folder is replaced whole (:func:`regkit.utils.files.atomic_dir`): a failure leaves the old demo
+in place.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from regkit_recon.groundtruth.spec import FORMAT_VERSION
+
+from regkit.utils.files import atomic_dir
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "regkit_recon" / "data" / "demo_hand"
 KINDS = ("pa", "oblique", "lateral")
@@ -76,29 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         "trained on; the phantom carries malunions of " + " and ".join(broken or ["no bone"])
         + ". The phantoms themselves are not shipped. Remade by "
         "plugins/recon/scripts/make_demo_hand.py.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".demo_hand.", dir=args.out.parent))
-    try:
-        stage.chmod(0o755)                                 # mkdtemp makes it private
+    with atomic_dir(args.out) as stage:
         (stage / "samples").mkdir()
         for i, s in enumerate(picked):
             shutil.copyfile(args.test / s["file"], stage / "samples" / f"{i:06d}.npz")
         (stage / "manifest.json").write_text(json.dumps(out, indent=1) + "\n")
-        old = args.out.with_name(args.out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)             # a leftover of a killed run
-        moved = args.out.exists()
-        if moved:
-            os.replace(args.out, old)
-        try:
-            os.replace(stage, args.out)
-        except BaseException:
-            if moved:
-                os.replace(old, args.out)                  # put the old demo back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     print(f"demo hand: {len(picked)} samples of {first} from {args.test} -> {args.out} "
           f"(malunions: {', '.join(broken) or 'none'})")
     return 0

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from numpy.typing import NDArray
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.registry import Registry
+from regkit.utils.files import atomic_dir
 
 from .mesh import Mesh, write_stl
 
@@ -124,11 +123,7 @@ class Reconstruction:
             raise InputError("exists already (pass overwrite to replace it)"
                              if target.is_dir() else "exists and is not a directory",
                              source=target, key="out")
-        parent = target.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-        try:
-            os.chmod(staging, 0o755)
+        with atomic_dir(target, key="out") as staging:
             image = nib.Nifti1Image(self.labels.astype(np.uint8), self.world_from_index)
             image.header.set_xyzt_units("mm")
             nib.save(image, staging / "labels.nii.gz")
@@ -144,30 +139,7 @@ class Reconstruction:
                 json.dumps(self.measurements, indent=2) + "\n")
             (staging / "result.json").write_text(json.dumps(self.result, indent=2) + "\n")
             write_report(staging / "report.png", self)
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-                try:
-                    os.rename(target, old / "previous")
-                except OSError:
-                    shutil.rmtree(old, ignore_errors=True)
-                    raise
-                try:
-                    os.rename(staging, target)
-                except OSError:
-                    try:
-                        os.rename(old / "previous", target)      # put the old folder back
-                    except OSError as error:                     # keep it where it is, say where
-                        raise InputError(f"could not replace it; the previous folder is kept at "
-                                         f"{old / 'previous'}", source=target, key="out") from error
-                    shutil.rmtree(old, ignore_errors=True)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(staging, target)
-            return target
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        return target
 
 
 Progress = Callable[[str], None]
