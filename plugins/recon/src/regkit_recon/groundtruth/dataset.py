@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from regkit.errors import InputError
+from regkit_recon.groundtruth.spec import FORMAT_VERSION
 
 __all__ = ["GroundTruthDataset", "GroundTruthFolders", "collate_ground_truth", "open_ground_truth"]
 
@@ -245,7 +246,7 @@ def open_ground_truth(roots: str | os.PathLike[str] | Iterable[str | os.PathLike
         if isinstance(version, int) and version < 3:
             warnings.warn(f"{root}: ground truth of format_version {version}, whose degraded "
                           "images clip over-exposed air and thin bones to zero while the "
-                          "truth keeps them; regenerate it (format 3)", UserWarning,
+                          f"truth keeps them; regenerate it (format {FORMAT_VERSION})", UserWarning,
                           stacklevel=2)
         if not manifest.get("complete"):
             raise InputError("the generation has not finished (rerun the same generate "
