@@ -92,6 +92,8 @@ def _train(args: argparse.Namespace) -> int:
                              f"{args.widths!r}", key="widths") from None
     if args.stem is not None:
         shape["stem"] = args.stem
+    if args.context is not None:
+        shape["context"] = args.context
     spec = TrainSpec(data=tuple(args.data), out=args.out,
                      val=tuple(args.val) if args.val else None, epochs=args.epochs,
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
@@ -211,6 +213,8 @@ def register(subparsers: Any) -> None:
                     help="U-Net channels per level (default 24,48,96,128,160)")
     tr.add_argument("--stem", type=int, default=None, metavar="C",
                     help="full-resolution channels (default 16)")
+    tr.add_argument("--context", type=int, default=None, metavar="N",
+                    help="self-attention blocks over the coarsest level (default 0)")
     tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                     help="seconds between checkpoints (default 300)")
     tr.add_argument("--max-steps", type=int, default=None, metavar="N",
@@ -226,7 +230,8 @@ def register(subparsers: Any) -> None:
                     help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
                          "native bfloat16)")
     tr.add_argument("--init", metavar="MODEL.pt",
-                    help="start from this model's weights (fine-tuning; same configuration)")
+                    help="start from this model's weights (fine-tuning; the same configuration, "
+                         "or fewer context blocks: new ones start as the identity)")
     tr.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
     tr.set_defaults(func=_train)
 

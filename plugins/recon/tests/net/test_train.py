@@ -512,6 +512,34 @@ def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:
     assert info.value.key == "init"
 
 
+def test_init_may_add_context_blocks(gt: Path, tmp_path: Path) -> None:
+    """--init into a network with more context blocks starts from the model's own outputs.
+
+    The new blocks start as the identity and then learn. Fewer blocks are refused.
+    """
+    first = tmp_path / "first"
+    _run(_spec(gt, first, epochs=1))
+    model = load_model(first / "model.pt").net
+    grown = tmp_path / "grown"
+    _run(_spec(gt, grown, epochs=1, max_steps=1, init=str(first / "model.pt"), lr=1e-12,
+               warmup=1, context=1))
+    net = load_model(grown / "model.pt").net
+    assert net.config.context == 1
+    assert model.config.context == 0
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model(x), net(x)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-3), key
+    trained = tmp_path / "trained"
+    _run(_spec(gt, trained, epochs=1, max_steps=2, init=str(first / "model.pt"), context=1))
+    proj = load_model(trained / "model.pt").net.context[0].proj.weight.detach()
+    assert float(proj.abs().max()) > 0  # the zero projection is not stuck
+    with pytest.raises(InputError, match="only context blocks may be added") as info:
+        _run(_spec(gt, tmp_path / "shrunk", epochs=1, init=str(grown / "model.pt")))
+    assert info.value.key == "init"
+
+
 # ------------------------------------------------------------------- two processes (DDP)
 
 _CHILD = """

@@ -55,6 +55,10 @@ class NetConfig:
         widths: Channels at each resolution of the U-Net (the first at half size).
         stem: Channels of the full-resolution stem and of the segmentation's last layer.
         groups: GroupNorm groups (each width must be a multiple).
+        context: Self-attention blocks over the whole image at the U-Net's coarsest level
+            (0: none). They let every position see the whole hand at once: which finger is
+            which depends on where the thumb is, which a stack of 3×3 convolutions reaches
+            only with a receptive field of the whole image.
     """
 
     bones: tuple[int, ...]
@@ -63,6 +67,7 @@ class NetConfig:
     widths: tuple[int, ...] = (24, 48, 96, 128, 160)
     stem: int = 16
     groups: int = 8
+    context: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bones", tuple(int(b) for b in self.bones))
@@ -78,6 +83,8 @@ class NetConfig:
                              f"{self.groups}", key="widths")
         if self.stem < 1:
             raise InputError(f"must be >= 1, got {self.stem}", key="stem")
+        if self.context < 0:
+            raise InputError(f"must be >= 0, got {self.context}", key="context")
         down = 2 ** len(self.widths)
         if self.size < down or self.size % down:
             raise InputError(f"must be a multiple of {down} (the network halves it "
@@ -90,7 +97,7 @@ class NetConfig:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NetConfig:
         """The inverse of :meth:`to_json`."""
-        known = {"bones", "bone_names", "size", "widths", "stem", "groups"}
+        known = {"bones", "bone_names", "size", "widths", "stem", "groups", "context"}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"unknown key(s) {unknown} in a network configuration",
@@ -114,6 +121,46 @@ class _Block(nn.Module):
         return self.body(x)
 
 
+_HEAD_WIDTH = 32
+"""Channels per attention head of a context block (one head where the width is not a multiple)."""
+
+
+class _Context(nn.Module):
+    """A transformer block over the positions of a feature map (pre-norm, residual).
+
+    Attention, then a two-layer MLP, each added to its input. Both residual branches end in a
+    zero-initialised projection, so a network given context blocks computes exactly what it
+    computed without them until training moves those weights: a trained model can be warm-started
+    into the larger network. Positions are told apart by a learnt embedding of the grid cell
+    (a fixed input size fixes the grid).
+    """
+
+    def __init__(self, width: int, cells: int) -> None:
+        super().__init__()
+        self.heads = width // _HEAD_WIDTH if width % _HEAD_WIDTH == 0 else 1
+        self.where = nn.Parameter(torch.randn(1, cells, width) * 0.02)
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(),
+                                 nn.Linear(2 * width, width))
+        for last in (self.proj, self.mlp[-1]):
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(self.norm1(t + self.where)).chunk(3, dim=-1)
+        q, k, v = (a.reshape(b, h * w, self.heads, -1).transpose(1, 2) for a in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        t = t + self.proj(a)
+        t = t + self.mlp(self.norm2(t))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
 class BoneNet(nn.Module):
     """Segmentation and per-bone depth from one normalised radiograph.
 
@@ -128,7 +175,8 @@ class BoneNet(nn.Module):
     is brought back to full resolution and fused with the stem for the segmentation logits. The
     depth head runs at half resolution on the decoder's features and the segmentation's
     probabilities (average-pooled), and its heights are upsampled bilinearly: depth varies
-    smoothly inside a bone, outlines do not.
+    smoothly inside a bone, outlines do not. Optional context blocks (``config.context``:
+    self-attention over the coarsest level's cells) give every position the whole image.
     """
 
     def __init__(self, config: NetConfig) -> None:
@@ -141,6 +189,8 @@ class BoneNet(nn.Module):
                                    nn.GroupNorm(g, w[0]), nn.SiLU())
         self.down = nn.ModuleList([_Block(w[0], w[0], g)] + [
             _Block(w[i - 1], w[i], g) for i in range(1, len(w))])
+        cells = (config.size // 2 ** len(w)) ** 2
+        self.context = nn.Sequential(*[_Context(w[-1], cells) for _ in range(config.context)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(w[i], w[i - 1], 2, stride=2)
                                  for i in range(len(w) - 1, 0, -1)])
         self.fuse = nn.ModuleList([_Block(2 * w[i - 1], w[i - 1], g)
@@ -167,7 +217,7 @@ class BoneNet(nn.Module):
         for i, block in enumerate(self.down):
             h = block(h if i == 0 else F.max_pool2d(h, 2))
             skips.append(h)
-        h = skips.pop()
+        h = self.context(skips.pop())
         for up, fuse in zip(self.up, self.fuse, strict=True):
             h = fuse(torch.cat([up(h), skips.pop()], dim=1))
         top = self.finish(torch.cat([self.rise(h), stem], dim=1))

@@ -32,7 +32,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class TrainSpec:
         weight_decay: AdamW's weight decay.
         warmup: Warm-up steps.
         widths, stem: The network's channels (see :class:`NetConfig`).
+        context: Self-attention blocks at the coarsest level (see :class:`NetConfig`).
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
         checkpoint_s: Seconds between checkpoints.
         val_limit: Validation items per validation (None: all).
@@ -82,7 +83,8 @@ class TrainSpec:
         device: ``cpu``, ``cuda`` or None (CUDA when present).
         init: A model file (``model.pt``) whose weights start the run instead of random ones
             (fine-tuning, or going on from a shipped model whose checkpoint is gone); its
-            configuration must match.
+            configuration must match, except that it may have fewer context blocks (the new
+            ones start as the identity, so the run starts from the model's own outputs).
         precision: ``bf16`` (autocast to bfloat16, the heads in float32), ``fp32``, or
             ``auto``: bf16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX; twice
             the speed measured on 2 EPYC cores), else fp32.
@@ -100,6 +102,7 @@ class TrainSpec:
     warmup: int = 100
     widths: tuple[int, ...] = (24, 48, 96, 128, 160)
     stem: int = 16
+    context: int = 0
     depth_weight: float = 0.1
     offset_weight: float = 0.02
     checkpoint_s: float = 300.0
@@ -322,7 +325,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     out = Path(spec.out)
     train_files, manifests = open_folders(list(spec.data))
     bones, names = _bones_of(manifests)
-    config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem)
+    config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
+                       context=spec.context)
     items = TrainItems(train_files, spec.size, bones, spec.seed)
     per_epoch = len(items) // spec.batch
     if per_epoch < 1:
@@ -338,10 +342,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
         from regkit_recon.net.model import load_model
 
         start = load_model(spec.init)
-        if start.net.config != config:
-            raise InputError(f"the model's configuration {start.net.config.to_json()} is not "
-                             f"this run's {config.to_json()}", source=spec.init, key="init")
-        net.load_state_dict(start.net.state_dict())
+        _warm_start(net, start.net, spec.init)
     optimiser = torch.optim.AdamW(net.parameters(), lr=spec.lr,
                                   weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -521,9 +522,30 @@ def _check(spec: TrainSpec, world: int) -> None:
     if spec.val_limit is not None:
         whole("val_limit", spec.val_limit, 1)
     whole("stem", spec.stem, 1)
+    whole("context", spec.context, 0)
     if not (spec.checkpoint_s > 0):  # NaN too
         raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",
                          key="checkpoint_s")
+
+
+def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
+    """Copy ``start``'s weights into ``net``: the same configuration, or fewer context blocks.
+
+    Context blocks ``start`` lacks keep their initialisation, which is the identity (their
+    residual branches end in zero projections), so ``net`` computes what ``start`` did.
+    """
+    a, b = start.config, net.config
+    if replace(a, context=b.context) != b or a.context > b.context:
+        raise InputError(f"the model's configuration {a.to_json()} is not this run's "
+                         f"{b.to_json()} (only context blocks may be added)", source=source,
+                         key="init")
+    missing, unexpected = net.load_state_dict(start.state_dict(), strict=False)
+    kept = {f"context.{i}." for i in range(a.context)}
+    if unexpected or any(not k.startswith("context.") or any(k.startswith(p) for p in kept)
+                         for k in missing):
+        raise InputError(f"the model's weights do not fit this run's network (missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]})", source=source,
+                         key="init")
 
 
 def _truncate_log(path: Path, step: int) -> None:
