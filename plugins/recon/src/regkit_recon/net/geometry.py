@@ -222,7 +222,7 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
     valid = out[-1] > 0.999
     air = float(torch.quantile(image.flatten(), 0.01))
     img = torch.where(valid[None], img, torch.full_like(img, air))
-    img = img.clamp_min(0.0) ** g
+    img = img.sign() * img.abs() ** g  # sign-preserving: the few values below 0 keep their order
     hit_t = out[1:1 + nb] > 0.5
     # heights are resampled bilinearly only where every contributing pixel had a height
     inside = out[1 + 3 * nb:1 + 4 * nb] > 0.999
