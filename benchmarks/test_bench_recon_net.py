@@ -77,17 +77,18 @@ def test_predict_256(benchmark: Any, data: Path) -> None:
 def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
     from regkit_recon.groundtruth.dataset import collate_ground_truth
     from regkit_recon.net.data import TrainItems
-    from regkit_recon.net.model import BoneNet, NetConfig, bone_table
+    from regkit_recon.net.model import BoneNet, load_model
     from regkit_recon.net.train import TrainSpec, autocast_dtype, batch_loss
 
     spec = TrainSpec(data=(str(data),), out="unused", precision=precision)
-    bones = tuple(range(1, 30))
-    items = TrainItems(sorted((data / "samples").glob("*.npz")), spec.size, bones, 0)
+    config = load_model(DEFAULT_MODEL).net.config  # the shipped network's shape, fresh weights
+    bones = config.bones
+    items = TrainItems(sorted((data / "samples").glob("*.npz")), config.size, bones, 0)
     start = time.perf_counter()
     batch = collate_ground_truth([items[i] for i in range(8)])
     load_s = time.perf_counter() - start
     torch.manual_seed(0)
-    net = BoneNet(NetConfig(bones, bone_table(bones), spec.size, spec.widths, spec.stem))
+    net = BoneNet(config)
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-4)
     amp = autocast_dtype(precision, torch.device("cpu"))
 

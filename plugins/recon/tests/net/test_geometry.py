@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from regkit_recon.net.geometry import augment
@@ -79,34 +77,3 @@ def test_the_augmented_tone_curve_keeps_values_below_zero() -> None:
     img, *_, rec = augment(flat, hit, nan, nan, np.random.default_rng(0))
     assert torch.allclose(img, torch.full_like(img, -(0.1 ** rec["gamma"])), rtol=1e-5)
 
-
-def test_context_blocks_see_the_whole_image_and_round_trip(tmp_path: Path) -> None:
-    """Context blocks: a new one is the identity; a trained one mixes every cell.
-
-    A change in one cell of the coarsest grid moves every cell; the model file loads back the
-    same; a configuration without the key (older files) means no blocks.
-    """
-    from regkit_recon.net.model import BoneNet, NetConfig, load_model, save_model
-
-    config = NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, context=1)
-    assert NetConfig.from_json(config.to_json()) == config
-    old = config.to_json()
-    del old["context"]
-    assert NetConfig.from_json(old).context == 0
-    torch.manual_seed(0)
-    net = BoneNet(config).eval()
-    feat = torch.randn((1, 16, 8, 8))  # the coarsest level of a 32² input: 8 × 8 cells
-    poked = feat.clone()
-    poked[0, :, 0, 0] += 3.0 * torch.randn(16)  # not a constant: LayerNorm removes those
-    with torch.no_grad():
-        assert torch.equal(net.context(feat), feat)
-        for p in net.context.parameters():  # as if trained: off the identity
-            p.add_(0.1 * torch.randn_like(p))
-        moved = (net.context(feat) - net.context(poked)).abs().amax(1)[0]
-    assert bool((moved > 1e-6).all())
-    save_model(tmp_path / "m.pt", net, half=False)
-    back = load_model(tmp_path / "m.pt").net
-    x = torch.rand((1, 1, 32, 32))
-    with torch.no_grad():
-        for k, v in net(x).items():
-            assert torch.allclose(v, back(x)[k], atol=1e-5), k

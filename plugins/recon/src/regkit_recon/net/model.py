@@ -91,8 +91,9 @@ class NetConfig:
                              f"{len(self.widths)} times), got {self.size}", key="size")
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-ready dict (without ``context`` when 0: as files were before context blocks)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == "context" and v == 0)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NetConfig:
@@ -211,6 +212,11 @@ class BoneNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``logits``, ``front`` and ``back`` of ``x`` (shapes and units: see the class)."""
+        size = self.config.size
+        if self.config.context and tuple(x.shape[-2:]) != (size, size):
+            raise InputError(f"a network with context blocks takes {size}×{size} inputs (its "
+                             f"cell embedding fixes the grid), got {tuple(x.shape[-2:])}",
+                             key="image")
         stem = self.stem(torch.cat([x, rank_channel(x)], dim=1))
         h = self.enter(stem)
         skips = []

@@ -122,6 +122,8 @@ class TrainSpec:
             d.pop(key)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
+        if not self.context:  # as recipes were before context blocks: older checkpoints resume
+            d.pop("context")
         if self.init is not None:
             d["init"] = str(Path(self.init).resolve())
         return d

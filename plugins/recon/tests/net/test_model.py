@@ -1,0 +1,92 @@
+"""The bone network's context blocks: the identity when new, global mixing, heads, files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from regkit_recon.net.model import BoneNet, NetConfig, _Context, load_model, save_model
+
+from regkit.errors import InputError
+
+
+def test_context_blocks_see_the_whole_image_and_round_trip(tmp_path: Path) -> None:
+    """Context blocks: a new one is the identity; a trained one mixes every cell.
+
+    A change in one cell of the coarsest grid moves every cell; the model file loads back the
+    same; a configuration without the key (older files) means no blocks.
+    """
+    config = NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, context=1)
+    assert NetConfig.from_json(config.to_json()) == config
+    old = config.to_json()
+    del old["context"]
+    assert NetConfig.from_json(old).context == 0
+    assert "context" not in NetConfig((1, 2), ("a", "b"), size=32).to_json()  # files as before
+    torch.manual_seed(0)
+    net = BoneNet(config).eval()
+    feat = torch.randn((1, 16, 8, 8))  # the coarsest level of a 32² input: 8 × 8 cells
+    poked = feat.clone()
+    poked[0, :, 0, 0] += 3.0 * torch.randn(16)  # not a constant: LayerNorm removes those
+    with torch.no_grad():
+        assert torch.equal(net.context(feat), feat)
+        for p in net.context.parameters():  # as if trained: off the identity
+            p.add_(0.1 * torch.randn_like(p))
+        moved = (net.context(feat) - net.context(poked)).abs().amax(1)[0]
+    assert bool((moved > 1e-6).all())
+    save_model(tmp_path / "m.pt", net, half=False)
+    back = load_model(tmp_path / "m.pt").net
+    x = torch.rand((1, 1, 32, 32))
+    with torch.no_grad():
+        for k, v in net(x).items():
+            assert torch.allclose(v, back(x)[k], atol=1e-5), k
+
+
+def test_a_context_block_is_attention_head_by_head() -> None:
+    """Five heads of 32 channels (a width of 160, as shipped), against attention written out."""
+    torch.manual_seed(1)
+    block = _Context(160, 16).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn((2, 160, 4, 4))
+        t = x.flatten(2).transpose(1, 2)  # (B, 16, 160)
+        q, k, v = block.qkv(block.norm1(t + block.where)).chunk(3, dim=-1)
+        heads = []
+        for h in range(5):
+            part = slice(32 * h, 32 * (h + 1))
+            w = (q[..., part] @ k[..., part].transpose(1, 2) / 32 ** 0.5).softmax(-1)
+            heads.append(w @ v[..., part])
+        t = t + block.proj(torch.cat(heads, dim=-1))
+        t = t + block.mlp(block.norm2(t))
+        want = t.transpose(1, 2).reshape(x.shape)
+        assert block.heads == 5
+        assert torch.allclose(block(x), want, atol=1e-5)
+        # the items of a batch do not see each other
+        assert torch.allclose(block(x[:1]), want[:1], atol=1e-5)
+
+
+def test_context_under_bfloat16_and_the_input_size() -> None:
+    """Context blocks under CPU bfloat16 autocast, and the input size they fix.
+
+    The network runs under autocast (its heads in float32); it refuses an input of another size
+    by name (the cell embedding fixes the grid).
+    """
+    torch.manual_seed(0)
+    net = BoneNet(NetConfig((1, 2), ("a", "b"), size=64, widths=(32, 64), stem=8, context=1))
+    with torch.no_grad():
+        for p in net.context.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand((2, 1, 64, 64))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    with torch.no_grad():
+        ref = net(x)
+    assert out["logits"].dtype == torch.float32
+    for key in ref:
+        assert bool(torch.isfinite(out[key]).all()), key
+    # bfloat16 keeps 8 bits of mantissa: the probabilities agree to a few hundredths
+    assert float((F.sigmoid(out["logits"]) - F.sigmoid(ref["logits"])).abs().max()) < 0.05
+    with pytest.raises(InputError, match="64×64 inputs"):
+        net(torch.rand((1, 1, 32, 32)))
