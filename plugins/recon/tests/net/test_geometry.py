@@ -76,4 +76,3 @@ def test_the_augmented_tone_curve_keeps_values_below_zero() -> None:
     flat = torch.full((1, size, size), -0.1)  # all air, below 0 (and the padding too)
     img, *_, rec = augment(flat, hit, nan, nan, np.random.default_rng(0))
     assert torch.allclose(img, torch.full_like(img, -(0.1 ** rec["gamma"])), rtol=1e-5)
-
