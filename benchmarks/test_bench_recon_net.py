@@ -30,7 +30,7 @@ pytest.importorskip("regkit_recon")
 import torch
 from regkit_recon.groundtruth.generate import GenerateSpec, generate
 from regkit_recon.groundtruth.sample import camera_of, read_sample
-from regkit_recon.net.predict import DEFAULT_MODEL, predict
+from regkit_recon.net.predict import DEFAULT_MODEL, predict, resolve_model
 
 from regkit.testing.results import machine, save_case
 
@@ -52,29 +52,32 @@ def _save(case: str, row: dict[str, Any]) -> None:
               machine_info=machine(torch=torch.__version__, threads=torch.get_num_threads()))
 
 
-def test_predict_256(benchmark: Any, data: Path) -> None:
-    from regkit_recon.net.predict import resolve_model
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-    if not DEFAULT_MODEL.is_file():
-        pytest.skip("no shipped model")
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_predict_256(benchmark: Any, data: Path, device: str) -> None:
     sample = read_sample(sorted((data / "samples").glob("*.npz"))[0])
     camera = camera_of(sample)
-    model = resolve_model()
-    predict(sample["image"], camera, model=model)  # warm-up
-    benchmark.pedantic(predict, args=(sample["image"], camera), kwargs={"model": model},
-                       rounds=10, iterations=1)
+    model = resolve_model(device=device)
+    predict(sample["image"], camera, model=model, device=device)  # warm-up
+    benchmark.pedantic(predict, args=(sample["image"], camera),
+                       kwargs={"model": model, "device": device}, rounds=10, iterations=1)
     median = benchmark.stats.stats.median
     start = time.perf_counter()
-    predict(sample["image"], camera, model=model, tta=True)
+    predict(sample["image"], camera, model=model, tta=True, device=device)
     tta_s = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    _save("predict_256", {"median_s": median, "tta_s": tta_s, "peak_rss_mb": peak_mb,
-                          "target_max_s": 0.5, "met": median <= 0.5,
-                          "model_mb": DEFAULT_MODEL.stat().st_size / 2**20})
+    _save("predict_256" if device == "cpu" else "predict_256_cuda", {
+        "median_s": median, "tta_s": tta_s, "peak_rss_mb": peak_mb, "target_max_s": 0.5,
+        "met": median <= 0.5, "model_mb": DEFAULT_MODEL.stat().st_size / 2**20})
 
 
-@pytest.mark.parametrize("precision", ["auto", "fp32"])
-def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
+@pytest.mark.parametrize(("precision", "device", "batch"), [
+    ("auto", "cpu", 8), ("fp32", "cpu", 8),
+    pytest.param("auto", "cuda", 8, marks=CUDA), pytest.param("auto", "cuda", 32, marks=CUDA),
+    pytest.param("fp32", "cuda", 32, marks=CUDA)])
+def test_train_step(benchmark: Any, data: Path, precision: str, device: str, batch: int) -> None:
     from regkit_recon.groundtruth.dataset import collate_ground_truth
     from regkit_recon.net.data import TrainItems
     from regkit_recon.net.model import BoneNet, load_model
@@ -85,26 +88,40 @@ def test_train_step(benchmark: Any, data: Path, precision: str) -> None:
     bones = config.bones
     items = TrainItems(sorted((data / "samples").glob("*.npz")), config.size, bones, 0)
     start = time.perf_counter()
-    batch = collate_ground_truth([items[i] for i in range(8)])
+    batch_items = collate_ground_truth([items[i % len(items)] for i in range(8)])
     load_s = time.perf_counter() - start
+    dev = torch.device(device)
+    batch_items = {k: v.repeat(batch // 8, *([1] * (v.ndim - 1))).to(dev)
+                   for k, v in batch_items.items()}
     torch.manual_seed(0)
-    net = BoneNet(config)
+    net = BoneNet(config).to(dev)
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    amp = autocast_dtype(precision, torch.device("cpu"))
+    amp = autocast_dtype(precision, dev)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            out = net(batch["image"])
-        terms = batch_loss(out, batch, depth_weight=spec.depth_weight,
+        with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            out = net(batch_items["image"])
+        terms = batch_loss(out, batch_items, depth_weight=spec.depth_weight,
                            offset_weight=spec.offset_weight)
         optimiser.zero_grad()
         terms["loss"].backward()
         optimiser.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     step()  # warm-up
-    benchmark.pedantic(step, rounds=4, iterations=1)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step()
+    benchmark.pedantic(step, rounds=4 if dev.type == "cpu" else 20, iterations=1)
     median = benchmark.stats.stats.median
-    _save(f"train_step_{precision}", {
-        "median_s": median, "items_per_s": 8 / median, "load_8_items_s": load_s,
-        "autocast": str(amp or "float32"), "parameters": sum(p.numel() for p in
-                                                            net.parameters())})
+    row: dict[str, Any] = {
+        "median_s": median, "items_per_s": batch / median, "batch": batch,
+        "load_8_items_s": load_s, "autocast": str(amp or "float32"),
+        "parameters": sum(p.numel() for p in net.parameters())}
+    if dev.type == "cuda":
+        row["device"] = torch.cuda.get_device_name(dev)
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        _save(f"train_step_cuda_{precision}_b{batch}", row)
+    else:
+        _save(f"train_step_{precision}", row)

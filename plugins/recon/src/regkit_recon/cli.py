@@ -99,7 +99,8 @@ def _train(args: argparse.Namespace) -> int:
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
                      checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
-                     precision=args.precision, init=args.init, **shape)
+                     precision=args.precision, init=args.init,
+                     loader_workers=args.loader_workers, **shape)
     if args.stop_at is not None and args.stop_at < 1:
         raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
     record = train(spec, resume=args.resume, stop_at=args.stop_at)
@@ -226,6 +227,10 @@ def register(subparsers: Any) -> None:
                     help="validation items (default 64; 0: all)")
     tr.add_argument("--device", choices=("cpu", "cuda"), default=None,
                     help="default: cuda when present")
+    tr.add_argument("--loader-workers", type=int, default=1, metavar="N",
+                    help="data loader processes per training process (default 1; a GPU "
+                         "wants most of the machine's cores: an augmented item costs about "
+                         "0.2 s of one core)")
     tr.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
                          "native bfloat16)")

@@ -322,6 +322,13 @@ def test_the_same_seed_gives_the_same_weights(gt: Path, tmp_path: Path) -> None:
     assert len(differ) > 0.9 * len(a), sorted(set(a) - set(differ))
 
 
+def test_loader_processes_give_the_same_weights(gt: Path, tmp_path: Path) -> None:
+    # each item's augmentation follows (seed, epoch, index), not the process that makes it
+    _run(_spec(gt, tmp_path / "inline", epochs=2))
+    _run(_spec(gt, tmp_path / "workers", epochs=2, loader_workers=2))
+    assert _same(_weights(tmp_path / "inline"), _weights(tmp_path / "workers"))
+
+
 def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -672,6 +679,7 @@ def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,
         ([*_train_args(gt, run), "--widths", "8,12"], "widths"),
         ([*_train_args(gt, run), "--size", "30"], "'size'"),
         ([*_train_args(gt, run), "--lr", "-1"], "'lr'"),
+        ([*_train_args(gt, run), "--loader-workers", "-1"], "'loader_workers'"),
         ([*_train_args(gt, run), "--resume"], "no checkpoint.pt"),
         ([*_train_args(gt, run), "--val", str(tmp_path / "missing")], "does not exist"),
     ]

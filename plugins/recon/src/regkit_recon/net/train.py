@@ -430,10 +430,10 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             local = [_local(b, rank, world) for b in batches[within:]][:end - step]
             loader = torch.utils.data.DataLoader(
                 items, batch_sampler=local, collate_fn=collate_ground_truth,
-                num_workers=spec.loader_workers)
+                num_workers=spec.loader_workers, pin_memory=device.type == "cuda")
             t0 = time.perf_counter()
             for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 model.train()
                 with torch.autocast(device.type, dtype=amp or torch.bfloat16,
                                     enabled=amp is not None):
@@ -525,6 +525,7 @@ def _check(spec: TrainSpec, world: int) -> None:
         whole("val_limit", spec.val_limit, 1)
     whole("stem", spec.stem, 1)
     whole("context", spec.context, 0)
+    whole("loader_workers", spec.loader_workers, 0)
     if not (spec.checkpoint_s > 0):  # NaN too
         raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",
                          key="checkpoint_s")

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The checks and measurements that need a GPU, as one script for a lent GPU machine whose Python
+# already holds torch (CUDA) and where regkit and regkit-recon are installed (or on PYTHONPATH).
+#
+#   bash scripts/device_gpu_check.sh OUT [DEADLINE_S] [TRAIN_PHANTOMS]
+#
+# In order, inside DEADLINE_S seconds (default 530) from the start:
+#   1. the machine (GPU, driver, torch) and the headless EGL context regkit's OpenGL renderer gets;
+#   2. the tests that need CUDA (renderer, metrics, transforms: CUDA against the CPU) and the OpenGL
+#      renderer's tests and its conformance with the torch renderer, on the GPU's EGL driver;
+#   3. benchmarks/test_bench_recon_net.py on CUDA (inference, and a training step at batch 8 and
+#      32, bf16 and fp32) -> OUT/bench_recon_net.json;
+#   4. benchmarks/gpu_render_timing.py (DRR, batch and depth maps of every renderer, a DRR's
+#      gradient on CUDA) -> OUT/render_timing.json;
+#   5. meanwhile, a training set made on all the CPU cores (TRAIN_PHANTOMS phantoms, default 96,
+#      x 16 views, seed 111: phantoms the shipped models never saw);
+#   6. a 30-step probe of `regkit recon train` on CUDA with the real data loader (its speed sets
+#      the run's length), then a fine-tuning run of the shipped model that fits the time left, its
+#      cosine schedule complete -> OUT/model.pt, OUT/log.jsonl, OUT/curves.png, OUT/spec.json.
+# Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
+set -u
+out=${1:?usage: device_gpu_check.sh OUT [DEADLINE_S] [TRAIN_PHANTOMS]}
+deadline=${2:-530}
+phantoms=${3:-96}
+py=${PYTHON:-python3}
+work=${WORK:-/tmp/regkit_gpu}
+mkdir -p "$out" "$work"
+cores=$(nproc)
+gen_workers=$(( cores > 4 ? cores - 3 : 1 ))
+load_workers=$(( cores > 2 ? cores - 1 : 1 ))
+R() { "$py" -c 'import sys; from regkit.cli.main import main; sys.exit(main())' "$@"; }
+stamp() { echo; echo "== [${SECONDS} s] $*"; }
+egl_vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+[ -f "$egl_vendor" ] && export __EGL_VENDOR_LIBRARY_FILENAMES="$egl_vendor"
+
+stamp "machine: $cores cores"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else '(no CUDA device)')"
+
+stamp "training data in the background: $phantoms phantoms x 16 views, $gen_workers workers"
+(
+    start=$SECONDS
+    R recon generate --out "$work/train" --phantoms "$phantoms" --views 16 --seed 111 \
+        --workers "$gen_workers" --montage 0 > "$work/generate.log" 2>&1
+    echo "generate: exit $? after $((SECONDS - start)) s" >> "$work/generate.log"
+) &
+gen=$!
+
+stamp "EGL context of the OpenGL renderer"
+"$py" -c "from regkit.render.gl.context import context_info; print(context_info())"
+
+stamp "tests that need CUDA"
+timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests plugins/recon/tests -k cuda 2>&1 \
+    | tail -15
+stamp "OpenGL renderer tests and renderer conformance on this GPU's EGL"
+timeout 120 "$py" -m pytest -q -p no:cacheprovider -rs tests/render/test_gl_backend.py \
+    tests/render/test_conformance.py plugins/recon/tests/net/test_runtime.py 2>&1 | tail -15
+
+stamp "benchmarks on CUDA: inference and training steps"
+timeout 150 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_recon_net.py \
+    --benchmark-only -k cuda --benchmark-columns=median,min,max,rounds 2>&1 | tail -14
+cp benchmarks/results/bench_recon_net.json "$out/" 2>/dev/null
+stamp "renderers' speed: torch on the CPU and on CUDA, OpenGL on this EGL driver"
+timeout 120 "$py" benchmarks/gpu_render_timing.py "$out/render_timing.json" 2>&1 | tail -5
+
+stamp "waiting for the training data"
+wait "$gen"
+tail -3 "$work/generate.log"
+if ! grep -q "exit 0" "$work/generate.log"; then
+    echo "no training data: the training run is skipped"; exit 1
+fi
+
+model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
+common=(--data "$work/train" --init "$model" --context 2 --batch 16 --lr 6e-4 --seed 5
+        --epochs 1000 --loader-workers "$load_workers" --checkpoint-s 60)
+stamp "probe: 30 training steps on CUDA with the real loader"
+R recon train "${common[@]}" --out "$work/probe" --max-steps 30 2>&1 | tail -2
+sps=$("$py" -c "
+import json, sys
+rows = [json.loads(l) for l in open('$work/probe/log.jsonl') if '\"train\"' in l]
+t = {r['step']: r['seconds'] for r in rows}
+print((t[30] - t[10]) / 20)")
+echo "seconds per step (batch 16): $sps"
+cp "$work/probe/log.jsonl" "$out/probe_log.jsonl"
+steps=$("$py" -c "print(int(($deadline - $SECONDS - 25) / $sps))")
+if [ "$steps" -lt 100 ]; then
+    echo "only $steps steps fit: the training run is skipped"; exit 0
+fi
+stamp "fine-tuning run: $steps steps of 16 on CUDA"
+timeout -s INT $((deadline - SECONDS)) \
+    "$py" -c 'import sys; from regkit.cli.main import main; sys.exit(main())' \
+    recon train "${common[@]}" --out "$work/run" --max-steps "$steps" 2>&1 | tr '\r' '\n' \
+    | awk 'NR % 50 == 0 || /validation|regkit|interrupted|rror/'
+for f in model.pt log.jsonl curves.png spec.json; do cp "$work/run/$f" "$out/" 2>/dev/null; done
+stamp "done"
