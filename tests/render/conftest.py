@@ -229,13 +229,31 @@ def views_of(cameras: Camera | list[Camera]) -> Views:
     return Views.from_cameras(cameras)
 
 
-@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.gl) if name == "gl" else name
-                        for name in backend_names()])
+def _backend_params() -> list[Any]:
+    params: list[Any] = []
+    for name in backend_names():
+        if name == "gl":
+            # also with trilinear samples computed from the texels (as on GPUs whose texture
+            # units weigh texels in fixed point), which llvmpipe would not choose by itself
+            params += [pytest.param("gl", marks=pytest.mark.gl),
+                       pytest.param("gl-exact", marks=pytest.mark.gl)]
+        else:
+            params.append(name)
+    return params
+
+
+@pytest.fixture(params=_backend_params())
 def make(request: pytest.FixtureRequest) -> Callable[..., Renderer]:
-    """Build each registered backend in turn on a volume; skip one that cannot run here."""
-    cls = renderers.get(request.param)
+    """Build each registered backend in turn on a volume; skip one that cannot run here.
+
+    ``gl-exact`` is the OpenGL backend with ``filtering="exact"``.
+    """
+    exact = request.param == "gl-exact"
+    cls = renderers.get("gl" if exact else request.param)
 
     def build(volume: Volume, **options: Any) -> Renderer:
+        if exact:
+            options.setdefault("filtering", "exact")
         try:
             return cls(volume, **options)
         except BackendUnavailableError as err:

@@ -88,7 +88,7 @@ def test_requires_grad_is_refused_before_any_gl(labelled_volume: Volume) -> None
 
 @pytest.mark.parametrize(("option", "value"), [
     ("device", "cuda"), ("dtype", torch.int32), ("step_mm", 0.0), ("step_mm", float("nan")),
-    ("texture_format", "float16"),
+    ("texture_format", "float16"), ("filtering", "linear"),
 ])
 def test_bad_options_are_refused(labelled_volume: Volume, option: str, value: object) -> None:
     with pytest.raises(InputError):
@@ -400,9 +400,20 @@ def test_depth_and_bone_index_agree_with_torch(gl: GLRenderer, torch_renderer: T
     assert float(same.float().mean()) > 0.99
 
 
-def test_resample_agrees_with_torch(gl: GLRenderer, torch_renderer: TorchRenderer,
-                                    tools: SimpleNamespace,
-                                    labelled_volume: Volume) -> None:
+@pytest.fixture(scope="module")
+def gl_exact(labelled_volume: Volume) -> Iterator[GLRenderer]:
+    """The renderer computing every trilinear sample in float from the texels."""
+    _gl_or_skip()
+    with GLRenderer(labelled_volume, filtering="exact") as renderer:
+        yield renderer
+
+
+@pytest.mark.parametrize("filtering", ["auto", "exact"])
+def test_resample_agrees_with_torch(gl: GLRenderer, gl_exact: GLRenderer,
+                                    torch_renderer: TorchRenderer, tools: SimpleNamespace,
+                                    labelled_volume: Volume, filtering: str) -> None:
+    if filtering == "exact":
+        gl = gl_exact
     rng = np.random.default_rng(3)
     maps = np.stack([np.asarray(rigid_from_params(np.r_[rng.normal(0, 0.1, 3),
                                                         rng.normal(0, 4.0, 3)],
@@ -415,6 +426,38 @@ def test_resample_agrees_with_torch(gl: GLRenderer, torch_renderer: TorchRendere
     both = a.mask & b.mask
     torch.testing.assert_close(a.values[both], b.values[both].to(torch.float32), rtol=1e-4,
                                atol=0.05)
+
+
+def test_the_filtering_probe_tells_float_from_fixed_point_weights() -> None:
+    _gl_or_skip()
+    errors = {fmt: gl_context.filtering_error(fmt) for fmt in ("f4", "f2", "nu2", "nu1")}
+    assert all(0.0 <= e < 1.0 / 256.0 for e in errors.values()), errors
+    renderer = gl_context.context_info()["GL_RENDERER"]
+    if "llvmpipe" not in renderer:
+        pytest.skip(f"the expected answers are llvmpipe's; this is {renderer}: {errors}")
+    # llvmpipe interpolates float and 16-bit texels in float, 8-bit ones in steps of 1/256
+    for fmt in ("f4", "f2", "nu2"):
+        assert errors[fmt] < 1e-6, errors
+    assert errors["nu1"] > 1e-3, errors
+    assert gl_context.texture_filtering_is_exact("f4")
+    assert not gl_context.texture_filtering_is_exact("nu1")
+
+
+def test_exact_filtering_equals_a_float_texture_unit(gl: GLRenderer, gl_exact: GLRenderer,
+                                                     views: Views) -> None:
+    # where the texture unit interpolates in float, the kernels' own interpolation agrees with it
+    _gl_or_skip()
+    if not (gl_context.texture_filtering_is_exact("nu2")
+            and gl_context.texture_filtering_is_exact("f2")):
+        pytest.skip("this driver's texture unit weighs texels in fixed point")
+    assert gl_exact._exact_filter("nu2")
+    assert not gl._exact_filter("nu2")
+    torch.testing.assert_close(gl_exact.drr(views), gl.drr(views), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(gl_exact.drr(views, bones=[3]), gl.drr(views, bones=[3]),
+                               rtol=2e-6, atol=1e-7)
+    a, b = gl_exact.depth(views, [3, 7]), gl.depth(views, [3, 7])
+    torch.testing.assert_close(a.front, b.front, rtol=0, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(a.back, b.back, rtol=0, atol=1e-4, equal_nan=True)
 
 
 def test_no_context_means_backend_unavailable(labelled_volume: Volume,

@@ -62,6 +62,7 @@ class Block:
         support_lo, support_hi: Index-space box outside which the block's field is 0.
         value_scale: A texel ``t`` read by the sampler means the value ``value_scale · t`` (1
             for float textures; see :func:`_encode_unorm16`).
+        texel_format: The texture's moderngl dtype: ``"f4"``, ``"f2"`` (masks) or ``"nu2"``.
     """
 
     texture: Any
@@ -72,6 +73,7 @@ class Block:
     support_lo: np.ndarray
     support_hi: np.ndarray
     value_scale: float = 1.0
+    texel_format: str = "f4"
 
     def release(self) -> list[Any]:
         objs = [self.texture, self.bricks]
@@ -167,7 +169,7 @@ class VolumeTextures:
         return Block(tex, bricks, n_bricks, np.asarray(origin, np.float64),
                      (int(size[0]), int(size[1]), int(size[2])),
                      np.asarray(support_lo, np.float64), np.asarray(support_hi, np.float64),
-                     value_scale=scale)
+                     value_scale=scale, texel_format=fmt)
 
     # ------------------------------------------------------------------ whole volume
     def volume_mu(self, ctx: Any) -> Block:

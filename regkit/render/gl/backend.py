@@ -27,14 +27,17 @@ backend, so that the two sample the same positions and differ only by float32 ro
   samples cost more than the skipping saves.
 
 Precision:
-    Texture units do not interpolate exactly everywhere: many GPUs use 8-bit fixed-point
-    fractional weights (steps of 1/256 voxel), and Mesa's llvmpipe does so for 8-bit formats,
-    while it interpolates float formats (R16F, R32F, used here) in float. DRRs and resampling
-    use the texture unit: with 8-bit weights a sample moves by at most 1/512 voxel, far below the
-    conformance tolerances. Depths hardly depend on it: crossings are refined on the exact field;
-    only where 8-bit weights put a sample within about 0.006 of 0.5 on the wrong side can a
-    sliver thinner than a cell be found or missed, or a crossing fall back to the line through
-    the two exact values. Geometry is set up in float64 on the host and traced in float32.
+    Texture units do not interpolate exactly everywhere: many GPUs weigh texels in 8-bit fixed
+    point (steps of 1/256 voxel; measured on an NVIDIA H200, driver 580: resampled HU off by up
+    to 2.7, bone DRRs by 9e-4 relative, depth layers out of order where a sliver was found by
+    the unit and refined on the exact field), and Mesa's llvmpipe does so for 8-bit formats,
+    while it interpolates float and 16-bit formats (used here) in float. So every kernel samples
+    through one function that either asks the texture unit or, with ``EXACT_FILTER``,
+    interpolates the eight texels in float itself; ``filtering="auto"`` (the default) measures
+    the unit once per context and format (``texture_filtering_is_exact`` in
+    :mod:`regkit.render.gl.context`) and takes the unit only where it is exact. Depth crossings are
+    refined on the exact field either way. Geometry is set up in float64 on the host and traced
+    in float32.
 
     μ in R16 fixed point (the default ``texture_format="unorm16"``): each texel is μ rounded to
     the nearest multiple of max μ / 65535, an error of at most max μ / 131070 per voxel (3.4e-7
@@ -68,8 +71,9 @@ from regkit.render.gl._dispatch import set_uniform as _set
 from regkit.render.gl._textures import CROP_BRICK, TEXTURE_FORMATS, Block, GLObjects, VolumeTextures
 from regkit.render.sampling import border_pixels as _border_pixels
 
-__all__ = ["GLRenderer"]
+__all__ = ["FILTERINGS", "GLRenderer"]
 
+FILTERINGS = ("auto", "exact", "texture-unit")  # how trilinear samples are computed
 _RESAMPLE_TOLERANCE = 1e-3  # slack of the voxel-centre box in resampling, voxels
 _NAN = float("nan")
 
@@ -101,6 +105,12 @@ class GLRenderer(Renderer):
             ``"float32"`` (the μ values exactly). μ with negative values (only a ``"mu"`` volume
             given so) stays float32 either way, so that outside the data stays exactly 0.
             Resampling always reads float32 texels.
+        filtering: How trilinear samples are computed: ``"auto"`` (default: by the texture
+            unit where it interpolates the texture's format in float, as Mesa's llvmpipe does,
+            else in float from the eight texels; measured once per context by
+            :func:`~regkit.render.gl.context.texture_filtering_is_exact`), ``"exact"`` (always
+            from the texels) or ``"texture-unit"`` (always by the unit: faster on a GPU whose
+            unit weighs texels in fixed point, at up to 1/512 of a voxel step in each value).
 
     Raises:
         InputError: ``requires_grad=True`` (before anything is built), a bad option or volume.
@@ -114,7 +124,7 @@ class GLRenderer(Renderer):
 
     def __init__(self, volume: Any, *, step_mm: float | None = None, device: Any = None,
                  dtype: Any = None, requires_grad: bool = False, mu_water: float = 0.02,
-                 texture_format: str = "unorm16"):
+                 texture_format: str = "unorm16", filtering: str = "auto"):
         self._closed = True  # until the GL objects exist
         self._gl_objects: list[Any] = []
         opts = common_options(self.backend, self.differentiable, volume, step_mm=step_mm,
@@ -125,7 +135,11 @@ class GLRenderer(Renderer):
         if texture_format not in TEXTURE_FORMATS:
             raise InputError(f"must be one of {', '.join(TEXTURE_FORMATS)}, got "
                              f"{texture_format!r}", key="texture_format")
+        if filtering not in FILTERINGS:
+            raise InputError(f"must be one of {', '.join(FILTERINGS)}, got {filtering!r}",
+                             key="filtering")
         self.texture_format = texture_format
+        self.filtering = filtering
         self.volume = volume
         self.shape: tuple[int, int, int] = volume.shape
         self.step_mm = opts.step_mm
@@ -211,6 +225,14 @@ class GLRenderer(Renderer):
         out[:, 5] = planes.view(np.float32)
         return out
 
+    def _exact_filter(self, fmt: str) -> bool:
+        """Whether kernels reading ``fmt`` texels interpolate them in float themselves."""
+        if self.filtering == "auto":
+            from regkit.render.gl.context import texture_filtering_is_exact
+
+            return not texture_filtering_is_exact(fmt)
+        return self.filtering == "exact"
+
     def _block_uniforms(self, block: Block) -> dict[str, Any]:
         """The uniforms through which the marching kernels read ``block``."""
         return {"n_bricks": block.n_bricks,
@@ -254,7 +276,8 @@ class GLRenderer(Renderer):
                 brick = CROP_BRICK
             if n_per_view == 0:
                 return result
-            prog = program(drr_source(pixel_list=pixels is not None, brick=brick))
+            prog = program(drr_source(pixel_list=pixels is not None, brick=brick,
+                                      exact_filter=self._exact_filter(block.texel_format)))
             inputs = {"views": (1, view_data)}
             uniforms = self._block_uniforms(block)
             if pixels is not None:
@@ -291,7 +314,7 @@ class GLRenderer(Renderer):
         count = np.zeros((batch, h, w), dtype=np.uint32)
         with self._session() as ctx:
             block = self._textures.mask(ctx, self._textures.bone_set(bones))
-            prog = program(depth_source(brick=CROP_BRICK))
+            prog = program(depth_source(brick=CROP_BRICK, exact_filter=self._exact_filter("f2")))
             outputs = {"front": (0, front.numpy().reshape(batch, -1)),
                        "back": (3, back.numpy().reshape(batch, -1)),
                        "count": (4, count.reshape(batch, -1))}
@@ -354,7 +377,8 @@ class GLRenderer(Renderer):
         max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
         with self._session() as ctx:
             atlases = atlas_set(ctx, self._textures, self._atlases, bones, self._tex_limit)
-            prog = program(depth_atlas_source(brick=CROP_BRICK))
+            prog = program(depth_atlas_source(brick=CROP_BRICK,
+                                              exact_filter=self._exact_filter("f2")))
             self._scratch.upload(ctx, "views", view_data).bind_to_storage_buffer(1)
             for atlas in atlases:
                 windows = bone_windows(intrinsic, camera_from_world, w, h,
@@ -440,7 +464,8 @@ class GLRenderer(Renderer):
             entry = self._textures.bone_set(bones)
             block = self._textures.mask(ctx, entry)
             labels = self._textures.label_texture(ctx, entry)
-            prog = program(bone_index_source(brick=CROP_BRICK))
+            prog = program(bone_index_source(brick=CROP_BRICK,
+                                             exact_filter=self._exact_filter("f2")))
             dispatch(ctx, prog, self._scratch, even_chunks(batch, 4 * h * w, self._ssbo_limit),
                      lambda b0, b1: _groups(False, grid, h * w, b1 - b0),
                      outputs={"out": (0, result.numpy().reshape(batch, -1))},
@@ -477,7 +502,7 @@ class GLRenderer(Renderer):
         m_np = inside.numpy().view(np.uint8).reshape(batch * n_i, per_slab)
         with self._session() as ctx:
             block = self._textures.data(ctx)
-            prog = program(resample_source())
+            prog = program(resample_source(exact_filter=self._exact_filter("f4")))
             dispatch(ctx, prog, self._scratch,
                      even_chunks(batch * n_i, 4 * per_slab, self._ssbo_limit),
                      lambda g0, g1: (math.ceil(row_len // 4 / 8), math.ceil(n_j / 8), g1 - g0),

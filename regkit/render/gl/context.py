@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from regkit.errors import BackendUnavailableError
 
 __all__ = [
@@ -44,6 +46,7 @@ _ctx_pid: int | None = None
 _failure: str | None = None
 _failure_pid: int | None = None
 _programs: dict[str, Any] = {}
+_filter_exact: dict[str, bool] = {}
 _pending: list[Any] = []
 _local = threading.local()  # .depth: how many gl_session blocks this thread is inside
 
@@ -84,6 +87,7 @@ def get_context() -> Any:
         if _ctx is not None:  # inherited through fork: unusable here, and not ours to release
             _ctx = None
             _programs.clear()
+            _filter_exact.clear()
             _pending.clear()
         try:
             _ctx = _create()
@@ -185,6 +189,61 @@ def program(source: str) -> Any:
                 f" {err}") from err
         _programs[source] = prog
     return prog
+
+
+_PROBE = """#version 430
+layout(local_size_x = 64) in;
+layout(binding = 0) uniform sampler3D probe;
+layout(std430, binding = 0) writeonly buffer Result { float result[]; };
+void main() {
+    float f = (float(gl_LocalInvocationID.x) + 0.37) / 64.0;
+    result[gl_LocalInvocationID.x] = texture(probe, vec3((f + 0.5) / 2.0, 0.5, 0.5)).r - f;
+}
+"""
+_PROBE_TEXELS: dict[str, np.ndarray] = {
+    "f4": np.array([0.0, 1.0], np.float32), "f2": np.array([0.0, 1.0], np.float16),
+    "nu2": np.array([0, 65535], np.uint16), "nu1": np.array([0, 255], np.uint8)}
+
+
+def filtering_error(fmt: str) -> float:
+    """The largest error of the texture unit's linear filtering of ``fmt`` texels, measured.
+
+    A 2 × 1 × 1 texture holding 0 and 1 is sampled at 64 fractions between its texels;
+    the error is the largest distance from the fraction. About 6e-8 (float rounding) where the
+    unit interpolates in float; about 2e-3 where it weighs texels in steps of 1/256.
+
+    Args:
+        fmt: A moderngl texture dtype: ``"f4"`` (R32F), ``"f2"`` (R16F), ``"nu2"`` (R16),
+            ``"nu1"`` (R8).
+    """
+    import moderngl
+
+    with gl_session() as ctx:
+        tex = ctx.texture3d((2, 1, 1), 1, _PROBE_TEXELS[fmt].tobytes(), dtype=fmt)
+        buf = ctx.buffer(reserve=64 * 4)
+        try:
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = tex.repeat_z = False
+            tex.use(0)
+            buf.bind_to_storage_buffer(0)
+            program(_PROBE).run(1, 1, 1)
+            return float(np.abs(np.frombuffer(buf.read(), np.float32)).max())
+        finally:
+            tex.release()
+            buf.release()
+
+
+def texture_filtering_is_exact(fmt: str) -> bool:
+    """Whether the texture unit interpolates ``fmt`` texels in float (to 1e-6), measured once.
+
+    Mesa's llvmpipe does for float and 16-bit formats; many GPUs' units weigh texels in fixed
+    point (steps of 1/256), and regkit's kernels then interpolate from the texels themselves.
+    """
+    with _lock:
+        get_context()  # a new context (after a fork) forgets the last one's answers
+        if fmt not in _filter_exact:
+            _filter_exact[fmt] = filtering_error(fmt) < 1e-6
+        return _filter_exact[fmt]
 
 
 def context_info() -> dict[str, str]:

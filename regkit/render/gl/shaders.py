@@ -47,6 +47,42 @@ _HEADER = """#version 430
 layout(local_size_x = 8, local_size_y = 8, local_size_z = 1) in;
 """
 
+# Trilinear filtering of a 3-D texture at normalised coordinates c, with the clamp-to-edge wrap
+# regkit's textures use: by the texture unit, or, with EXACT_FILTER, in float from the eight
+# texels. Texture units of most GPUs weigh texels in fixed point (steps of 1/256 texel: an
+# NVIDIA H200 was measured so), which moves a resampled value by up to 1/512 of the step between
+# neighbouring voxels; the renderer asks for EXACT_FILTER where a probe finds that
+# (:func:`regkit.render.gl.context.texture_filtering_is_exact`).
+_FILTER = """
+float filtered(sampler3D s, vec3 c) {
+#ifdef EXACT_FILTER
+    ivec3 size = textureSize(s, 0);
+    vec3 p = c * vec3(size) - 0.5;
+    vec3 base = floor(p);
+    vec3 f = p - base;
+    ivec3 lo = clamp(ivec3(base), ivec3(0), size - 1);
+    ivec3 hi = clamp(ivec3(base) + 1, ivec3(0), size - 1);
+    float c000 = texelFetch(s, lo, 0).r;
+    float c100 = texelFetch(s, ivec3(hi.x, lo.y, lo.z), 0).r;
+    float c010 = texelFetch(s, ivec3(lo.x, hi.y, lo.z), 0).r;
+    float c110 = texelFetch(s, ivec3(hi.x, hi.y, lo.z), 0).r;
+    float c001 = texelFetch(s, ivec3(lo.x, lo.y, hi.z), 0).r;
+    float c101 = texelFetch(s, ivec3(hi.x, lo.y, hi.z), 0).r;
+    float c011 = texelFetch(s, ivec3(lo.x, hi.y, hi.z), 0).r;
+    float c111 = texelFetch(s, hi, 0).r;
+    float y0 = mix(mix(c000, c100, f.x), mix(c010, c110, f.x), f.y);
+    float y1 = mix(mix(c001, c101, f.x), mix(c011, c111, f.x), f.y);
+    return mix(y0, y1, f.z);
+#else
+    return texture(s, c).r;
+#endif
+}
+"""
+
+
+def _filter_define(exact_filter: bool) -> str:
+    return "#define EXACT_FILTER\n" if exact_filter else ""
+
 # One view: the source and the world->index linear map folded with the camera rotation, so that a
 # pixel's ray direction in index units per mm is (M c) / |c|, c = ((u - cx)/fx, (v - cy)/fy, 1).
 _VIEWS = """
@@ -237,20 +273,21 @@ int brick_end(March m, int k, int k_end_max, out bool occupied) {
 """
 
 
-def drr_source(*, pixel_list: bool, brick: int) -> str:
-    """The DRR kernel: ``Σ_k w_k μ(t_k) · h``, μ sampled by the texture unit (trilinear).
+def drr_source(*, pixel_list: bool, brick: int, exact_filter: bool = False) -> str:
+    """The DRR kernel: ``Σ_k w_k μ(t_k) · h``, μ trilinear (``filtered``).
 
     ``brick = 0`` marches every sample in one loop (best where little space is empty: llvmpipe
     pays for lanes that leave a brick at different samples); otherwise empty bricks are skipped.
+    ``exact_filter``: interpolate in float from the texels rather than by the texture unit.
     """
     defines = (f"#define BRICK {max(int(brick), 1)}\n" + ("#define SKIP_EMPTY\n" if brick else "")
-               + ("#define PIXEL_LIST\n" if pixel_list else ""))
-    return _HEADER + defines + _VIEWS + _MARCH + """
+               + ("#define PIXEL_LIST\n" if pixel_list else "") + _filter_define(exact_filter))
+    return _HEADER + defines + _FILTER + _VIEWS + _MARCH + """
 layout(binding = 0) uniform sampler3D volume;
 layout(std430, binding = 0) writeonly buffer Result { float result[]; };
 
 float mu_at(vec3 q) {
-    return texture(volume, (q.zyx + 0.5) * tex_scale.zyx).r;
+    return filtered(volume, (q.zyx + 0.5) * tex_scale.zyx);
 }
 
 void main() {
@@ -276,11 +313,11 @@ void main() {
                 float acc = 0.0;
                 for (; k + 4 <= k_end; k += 4) {
                     vec3 c = k0 + float(k) * dt;
-                    acc += texture(volume, c).r + texture(volume, c + dt).r
-                        + texture(volume, c + 2.0 * dt).r + texture(volume, c + 3.0 * dt).r;
+                    acc += filtered(volume, c) + filtered(volume, c + dt)
+                        + filtered(volume, c + 2.0 * dt) + filtered(volume, c + 3.0 * dt);
                 }
                 for (; k < k_end; ++k) {
-                    acc += texture(volume, k0 + float(k) * dt).r;
+                    acc += filtered(volume, k0 + float(k) * dt);
                 }
                 total += acc;
             }
@@ -305,7 +342,7 @@ layout(binding = 0) uniform sampler3D mask;
 uniform ivec3 tex_size;       // (i, j, k)
 
 float mask_filtered(vec3 q) {
-    return texture(mask, (q.zyx + 0.5) * tex_scale.zyx).r;
+    return filtered(mask, (q.zyx + 0.5) * tex_scale.zyx);
 }
 
 float mask_exact(vec3 q) {
@@ -456,7 +493,8 @@ void peel(vec3 origin, vec3 dir, ivec2 plane, int first, int stride, int slot) {
 """
 
 
-def depth_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
+def depth_source(*, brick: int, bisections: int = 12, refine_steps: int = 6,
+                 exact_filter: bool = False) -> str:
     """The layered ray-march kernel on a union mask.
 
     The march notes, for each of the first ``n_layers`` entries and exits, the sample just past
@@ -465,8 +503,8 @@ def depth_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> 
     number of entries (capped at 255).
     """
     defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
-               f"#define REFINE_STEPS {int(refine_steps)}\n")
-    return _HEADER + defines + _VIEWS + _MARCH + _MASK + _PEEL + """
+               f"#define REFINE_STEPS {int(refine_steps)}\n" + _filter_define(exact_filter))
+    return _HEADER + defines + _FILTER + _VIEWS + _MARCH + _MASK + _PEEL + """
 uniform int n_slots;          // rays per view in this dispatch
 
 void main() {
@@ -481,7 +519,8 @@ void main() {
 """
 
 
-def depth_atlas_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
+def depth_atlas_source(*, brick: int, bisections: int = 12, refine_steps: int = 6,
+                       exact_filter: bool = False) -> str:
     """Per-bone layered ray marches of many bones in one dispatch, from an atlas of bone masks.
 
     The atlas texture holds each bone's own 0/1 mask crop (with zero margins, apart from the
@@ -493,8 +532,9 @@ def depth_atlas_source(*, brick: int, bisections: int = 12, refine_steps: int = 
     ``front/back[l · n_rays + r]``, its entries at ``entries[r]``.
     """
     defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
-               f"#define REFINE_STEPS {int(refine_steps)}\n#define BLOCK_PER_RAY 1\n")
-    return _HEADER + defines + _VIEWS + _MARCH + _MASK + _PEEL + """
+               f"#define REFINE_STEPS {int(refine_steps)}\n#define BLOCK_PER_RAY 1\n"
+               + _filter_define(exact_filter))
+    return _HEADER + defines + _FILTER + _VIEWS + _MARCH + _MASK + _PEEL + """
 struct Window {
     ivec4 box;     // u0, v0, width, height (pixels)
     ivec4 ids;     // view, bone (its boxes[] entry), first ray, unused
@@ -536,15 +576,16 @@ void main() {
 """
 
 
-def bone_index_source(*, brick: int, bisections: int = 12, refine_steps: int = 6) -> str:
+def bone_index_source(*, brick: int, bisections: int = 12, refine_steps: int = 6,
+                      exact_filter: bool = False) -> str:
     """The first-bone kernel: the label where each ray first enters the union mask.
 
     The first entry into the union mask, refined; there (1e-4 mm past it) the chosen label with the
     largest trilinear weight (ties to the smallest label).
     """
     defines = (f"#define BRICK {int(brick)}\n#define BISECTIONS {int(bisections)}\n"
-               f"#define REFINE_STEPS {int(refine_steps)}\n")
-    return _HEADER + defines + _VIEWS + _MARCH + _MASK + """
+               f"#define REFINE_STEPS {int(refine_steps)}\n" + _filter_define(exact_filter))
+    return _HEADER + defines + _FILTER + _VIEWS + _MARCH + _MASK + """
 layout(binding = 2) uniform usampler3D labels;  // the crop's labels, 0 outside the chosen bones
 layout(std430, binding = 0) writeonly buffer Result { int result[]; };
 
@@ -609,7 +650,7 @@ void main() {
 """
 
 
-def resample_source() -> str:
+def resample_source(*, exact_filter: bool = False) -> str:
     """The resampling kernel: values and inside mask of a fixed grid, 4 voxels per invocation.
 
     Invocation ``(x, y, z)`` fills voxels ``k = 4x … 4x + 3`` of row ``j = y`` of slab
@@ -619,6 +660,7 @@ def resample_source() -> str:
     """
     return """#version 430
 layout(local_size_x = 8, local_size_y = 8, local_size_z = 1) in;
+""" + _filter_define(exact_filter) + _FILTER + """
 layout(binding = 0) uniform sampler3D volume;
 layout(std430, binding = 0) writeonly buffer Values { float values[]; };
 layout(std430, binding = 3) writeonly buffer Inside { uint inside[]; };
@@ -652,7 +694,7 @@ void main() {
         float v = fill;
         if (ok) {
             vec3 q = clamp(x, vec3(0.0), upper) - tex_origin;
-            v = texture(volume, (q.zyx + 0.5) * tex_scale.zyx).r;
+            v = filtered(volume, (q.zyx + 0.5) * tex_scale.zyx);
             bits |= 1u << (8 * e);
         }
         values[at + e] = v;
