@@ -14,7 +14,7 @@
 #      gradient on CUDA) -> OUT/render_timing.json;
 #   5. meanwhile, a training set made on all the CPU cores (TRAIN_PHANTOMS phantoms, default 96,
 #      x 16 views, seed 111: phantoms the shipped models never saw);
-#   6. a 30-step probe of `regkit recon train` on CUDA with the real data loader (its speed sets
+#   6. a 100-step probe of `regkit recon train` on CUDA with the real data loader (its speed sets
 #      the run's length), then a fine-tuning run of the shipped model that fits the time left, its
 #      cosine schedule complete -> OUT/model.pt, OUT/log.jsonl, OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
@@ -74,13 +74,15 @@ fi
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
 common=(--data "$work/train" --init "$model" --context 2 --batch 16 --lr 6e-4 --seed 5
         --epochs 1000 --loader-workers "$load_workers" --checkpoint-s 60)
-stamp "probe: 30 training steps on CUDA with the real loader"
-R recon train "${common[@]}" --out "$work/probe" --max-steps 30 2>&1 | tail -2
+# Each loader process makes whole batches, so the first batches arrive together: the rate is
+# measured after several rounds of them (a probe over steps 10-30 once read 10x the real rate).
+stamp "probe: 100 training steps on CUDA with the real loader"
+R recon train "${common[@]}" --out "$work/probe" --max-steps 100 2>&1 | tail -2
 sps=$("$py" -c "
 import json, sys
 rows = [json.loads(l) for l in open('$work/probe/log.jsonl') if '\"train\"' in l]
 t = {r['step']: r['seconds'] for r in rows}
-print((t[30] - t[10]) / 20)")
+print((t[100] - t[40]) / 60)")
 echo "seconds per step (batch 16): $sps"
 cp "$work/probe/log.jsonl" "$out/probe_log.jsonl"
 steps=$("$py" -c "print(int(($deadline - $SECONDS - 25) / $sps))")
