@@ -100,7 +100,8 @@ def _train(args: argparse.Namespace) -> int:
                      checkpoint_s=args.checkpoint_s, max_steps=args.max_steps,
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init,
-                     loader_workers=args.loader_workers, **shape)
+                     loader_workers=args.loader_workers, device_cache=args.cache_on_device,
+                     **shape)
     if args.stop_at is not None and args.stop_at < 1:
         raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
     record = train(spec, resume=args.resume, stop_at=args.stop_at)
@@ -231,6 +232,10 @@ def register(subparsers: Any) -> None:
                     help="data loader processes per training process (default 1; a GPU "
                          "wants most of the machine's cores: an augmented item costs about "
                          "0.2 s of one core)")
+    tr.add_argument("--cache-on-device", action="store_true",
+                    help="decode the training items once, hold them on the training device "
+                         "and augment there: a GPU's pace instead of the loader's (1,536 items "
+                         "of 256² and 29 bones take 27 GiB; the same weights)")
     tr.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
                          "native bfloat16)")

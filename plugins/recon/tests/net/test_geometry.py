@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from regkit_recon.net.geometry import augment
+from regkit_recon.net.geometry import augment, augment_batch, draw_augmentation
 from regkit_recon.net.model import rank_channel
+
+from regkit.errors import InputError
 
 
 def test_augmented_heights_never_mix_in_unknown_pixels() -> None:
@@ -76,3 +79,21 @@ def test_the_augmented_tone_curve_keeps_values_below_zero() -> None:
     flat = torch.full((1, size, size), -0.1)  # all air, below 0 (and the padding too)
     img, *_, rec = augment(flat, hit, nan, nan, np.random.default_rng(0))
     assert torch.allclose(img, torch.full_like(img, -(0.1 ** rec["gamma"])), rtol=1e-5)
+
+
+def test_a_batch_is_augmented_as_its_items_one_by_one() -> None:
+    gen = torch.Generator().manual_seed(5)
+    image = torch.randn(3, 1, 40, 40, generator=gen)
+    hit = torch.rand(3, 4, 40, 40, generator=gen) > 0.4
+    front = torch.where(hit, 5.0 * torch.rand(3, 4, 40, 40, generator=gen), torch.nan)
+    back = front - 1.0
+    augs = [draw_augmentation(np.random.default_rng(s)) for s in (1, 2, 3)]
+    assert len({a.mirror for a in augs}) == 2  # both branches of the mirror
+    batch = augment_batch(image, hit, front, back, augs)
+    for i, seed in enumerate((1, 2, 3)):
+        one = augment(image[i], hit[i], front[i], back[i], np.random.default_rng(seed))
+        assert one[5] == augs[i].record()
+        for got, want in zip(batch, one[:5], strict=True):
+            torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    with pytest.raises(InputError, match="2 augmentations for 3 items"):
+        augment_batch(image, hit, front, back, augs[:2])

@@ -329,6 +329,40 @@ def test_loader_processes_give_the_same_weights(gt: Path, tmp_path: Path) -> Non
     assert _same(_weights(tmp_path / "inline"), _weights(tmp_path / "workers"))
 
 
+def test_items_cached_on_the_device_give_the_same_weights(gt: Path, tmp_path: Path) -> None:
+    # the same draws, applied to a batch at once instead of item by item in the loader
+    _run(_spec(gt, tmp_path / "loader", epochs=2))
+    _run(_spec(gt, tmp_path / "cached", epochs=2, device_cache=True))
+    a, b = _weights(tmp_path / "loader"), _weights(tmp_path / "cached")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_device_cache_batch_is_the_loader_batch(gt: Path) -> None:
+    files, manifests = open_folders([str(gt)])
+    bones = tr._bones_of(manifests)[0]
+    items = net_data.TrainItems(files, 32, bones, seed=4)
+    items.epoch = 3
+    cache = tr.DeviceCache(items, torch.device("cpu"), workers=0)
+    want = collate_ground_truth([items[i] for i in (2, 0, 3)])
+    got = cache.batch([2, 0, 3], epoch=3)
+    assert set(got) == set(want)
+    for key in got:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-6, equal_nan=True,
+                                   msg=key)
+    other = cache.batch([2, 0, 3], epoch=4)
+    assert not torch.equal(other["image"], got["image"])
+
+
+def test_a_device_cache_too_large_is_refused(gt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files, manifests = open_folders([str(gt)])
+    items = net_data.TrainItems(files, 32, tr._bones_of(manifests)[0], seed=4)
+    monkeypatch.setattr(tr, "_free_bytes", lambda _device: 1000)
+    with pytest.raises(InputError, match="GiB decoded") as info:
+        tr.DeviceCache(items, torch.device("cpu"), workers=0)
+    assert info.value.key == "device_cache"
+
+
 def test_checkpoint_and_resume(gt: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     straight, broken = tmp_path / "straight", tmp_path / "broken"

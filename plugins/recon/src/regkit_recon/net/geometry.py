@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 
-__all__ = ["Fit", "augment", "cos_theta", "depth_to_height", "fit_image", "height_to_depth",
-           "normalise", "unfit"]
+__all__ = ["Augmentation", "Fit", "augment", "augment_batch", "cos_theta", "depth_to_height",
+           "draw_augmentation", "fit_image", "height_to_depth", "normalise", "unfit"]
 
 
 def _sdd(camera: Camera) -> float:
@@ -171,6 +171,98 @@ def unfit(maps: torch.Tensor, fit: Fit) -> torch.Tensor:
     return inner[0]
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """One training sample's drawn augmentation (see :func:`augment`).
+
+    Attributes:
+        angle: In-plane turn, radians.
+        mirror: Mirror the image (a left hand from a right one).
+        zoom: Zoom factor (heights in input pixels scale with it).
+        gamma: The tone curve's exponent.
+        shift: Shift of the sampling grid, normalised coordinates ``(x, y)``.
+    """
+
+    angle: float
+    mirror: bool
+    zoom: float
+    gamma: float
+    shift: tuple[float, float]
+
+    def matrix(self) -> torch.Tensor:
+        """``(2, 3)`` map from output to input normalised coordinates (``affine_grid``'s)."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        z = self.zoom
+        mat = torch.tensor([[c / z, -s / z, self.shift[0]], [s / z, c / z, self.shift[1]]],
+                           dtype=torch.float32)
+        if self.mirror:
+            mat[:, 0] = -mat[:, 0]
+        return mat
+
+    def record(self) -> dict[str, float]:
+        """The drawn values, as :func:`augment` reports them."""
+        return {"angle": self.angle, "mirror": float(self.mirror), "zoom": self.zoom,
+                "gamma": self.gamma}
+
+
+def draw_augmentation(rng: np.random.Generator, *, zoom: tuple[float, float] = (0.8, 1.15),
+                      gamma: tuple[float, float] = (0.7, 1.4)) -> Augmentation:
+    """Draw one sample's augmentation from its generator (zoom log-uniform, gamma uniform)."""
+    angle = float(rng.uniform(0.0, 2.0 * math.pi))
+    mirror = bool(rng.random() < 0.5)
+    z = float(math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1]))))
+    g = float(rng.uniform(*gamma))
+    shift = rng.uniform(-0.08, 0.08, size=2)
+    return Augmentation(angle, mirror, z, g, (float(shift[0]), float(shift[1])))
+
+
+def augment_batch(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
+                  back: torch.Tensor, augmentations: list[Augmentation]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply drawn augmentations to a batch, on the batch's device (CPU or GPU).
+
+    Args:
+        image: ``(B, 1, S, S)`` normalised inputs.
+        hit: ``(B, NB, S, S)`` bool.
+        front: ``(B, NB, S, S)`` heights, height units (anything where ``hit`` is False).
+        back: ``(B, NB, S, S)`` heights, as ``front``.
+        augmentations: One per item.
+
+    Returns:
+        ``image``, ``hit``, ``front``, ``back`` and ``valid`` ``(B, S, S)``, as :func:`augment`
+        returns them for each item.
+    """
+    b, nb, size = image.shape[0], hit.shape[1], image.shape[-1]
+    if len(augmentations) != b:
+        raise InputError(f"{len(augmentations)} augmentations for {b} items",
+                         key="augmentations")
+    dev = image.device
+    mat = torch.stack([a.matrix() for a in augmentations]).to(dev)
+    grid = F.affine_grid(mat, [b, 1, size, size], align_corners=False)
+    known = (torch.isfinite(front) & torch.isfinite(back)).float()
+    stack = torch.cat([image.float(), hit.float(), torch.nan_to_num(front.float()),
+                       torch.nan_to_num(back.float()), known,
+                       torch.ones_like(image.float())], dim=1)
+    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    img = out[:, :1]
+    valid = out[:, -1] > 0.999
+    air = torch.quantile(image.flatten(1).float(), 0.01, dim=1)
+    img = torch.where(valid[:, None], img, air[:, None, None, None].expand_as(img))
+    g = torch.tensor([a.gamma for a in augmentations], dtype=torch.float32,
+                     device=dev)[:, None, None, None]
+    img = img.sign() * img.abs() ** g  # sign-preserving: the few values below 0 keep their order
+    hit_t = out[:, 1:1 + nb] > 0.5
+    # heights are resampled bilinearly only where every contributing pixel had a height
+    inside = out[:, 1 + 3 * nb:1 + 4 * nb] > 0.999
+    z = torch.tensor([a.zoom for a in augmentations], dtype=torch.float32,
+                     device=dev)[:, None, None, None]
+    front_t = out[:, 1 + nb:1 + 2 * nb] * z
+    back_t = out[:, 1 + 2 * nb:1 + 3 * nb] * z
+    return img, hit_t, torch.where(inside, front_t, torch.nan), \
+        torch.where(inside, back_t, torch.nan), valid
+
+
 def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: torch.Tensor,
             rng: np.random.Generator, *, zoom: tuple[float, float] = (0.8, 1.15),
             gamma: tuple[float, float] = (0.7, 1.4)
@@ -182,7 +274,7 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
     to match), and any in-plane orientation is the same view with the detector rolled: heights
     are invariant under both, so the maps are turned with the image and keep their values.
     A zoom by ``z`` (a detector of another pixel size) multiplies heights in input pixels by
-    ``z``.
+    ``z``. :func:`draw_augmentation` then :func:`augment_batch` on a batch of one.
 
     Args:
         image: ``(1, S, S)`` normalised input.
@@ -198,36 +290,7 @@ def augment(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor, back: t
         would mix in a pixel without one), ``valid`` ``(S, S)`` bool (pixels that came from
         inside the ``S × S`` input, padding included), and the drawn values.
     """
-    size = image.shape[-1]
-    angle = float(rng.uniform(0.0, 2.0 * math.pi))
-    mirror = bool(rng.random() < 0.5)
-    z = float(math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1]))))
-    g = float(rng.uniform(*gamma))
-    shift = rng.uniform(-0.08, 0.08, size=2)
-    c, s = math.cos(angle), math.sin(angle)
-    # output normalised coords p -> input coords R(p)/z (+ mirror of x) + shift
-    mat = torch.tensor([[c / z, -s / z, float(shift[0])], [s / z, c / z, float(shift[1])]],
-                       dtype=torch.float32)
-    if mirror:
-        mat[:, 0] = -mat[:, 0]
-    grid = F.affine_grid(mat[None], [1, 1, size, size], align_corners=False)
-    known = (torch.isfinite(front) & torch.isfinite(back)).float()
-    stack = torch.cat([image.float(), hit.float(), torch.nan_to_num(front.float()),
-                       torch.nan_to_num(back.float()), known,
-                       torch.ones_like(image.float())])[None]
-    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)[0]
-    nb = hit.shape[0]
-    img = out[:1]
-    valid = out[-1] > 0.999
-    air = float(torch.quantile(image.flatten(), 0.01))
-    img = torch.where(valid[None], img, torch.full_like(img, air))
-    img = img.sign() * img.abs() ** g  # sign-preserving: the few values below 0 keep their order
-    hit_t = out[1:1 + nb] > 0.5
-    # heights are resampled bilinearly only where every contributing pixel had a height
-    inside = out[1 + 3 * nb:1 + 4 * nb] > 0.999
-    front_t = out[1 + nb:1 + 2 * nb] * z
-    back_t = out[1 + 2 * nb:1 + 3 * nb] * z
-    record = {"angle": angle, "mirror": float(mirror), "zoom": z, "gamma": g}
-    return img, hit_t, torch.where(inside, front_t, torch.nan), \
-        torch.where(inside, back_t, torch.nan), valid, record
+    aug = draw_augmentation(rng, zoom=zoom, gamma=gamma)
+    img, hit_t, front_t, back_t, valid = augment_batch(image[None], hit[None], front[None],
+                                                      back[None], [aug])
+    return img[0], hit_t[0], front_t[0], back_t[0], valid[0], aug.record()
