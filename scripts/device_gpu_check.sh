@@ -19,6 +19,19 @@
 #      fits the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
+#
+# How it was run on a lent H200 (its Python has torch 2.11 but not cma, nibabel, moderngl,
+# glcontext or pydicom): here, wheels of this tree and of those (cp312, manylinux) into .whl/,
+# the glvnd EGL packages into .gl/ (both in .git/info/exclude):
+#   .venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl . plugins/recon
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#       cma==4.5.0 nibabel==5.4.2 moderngl==5.13.0 glcontext==3.1.0 pydicom
+#   (cd .gl && apt-get download libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+# then, carrying .whl and .gl:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   export PYTHONPATH=/tmp/site; for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
+#   PYTHONUNBUFFERED=1 bash scripts/device_gpu_check.sh $OUT 530 96 2>&1 | tee $OUT/device.log
 set -u
 out=${1:?usage: device_gpu_check.sh OUT [DEADLINE_S] [TRAIN_PHANTOMS]}
 deadline=${2:-530}
