@@ -3,8 +3,8 @@
 Usage::
 
     python plugins/recon/scripts/write_model_card.py --model M.pt --run RUN \
-        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v4.md \
-        --script plugins/recon/scripts/train_hand_v4.sh --history "..."
+        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v5.md \
+        --script plugins/recon/scripts/train_hand_v5.sh --history "..."
 
 Every figure in the card is read from the files named, so the card cannot drift from them.
 """
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--history", default="",
                         help="a paragraph on the training before this run (e.g. the run whose "
                         "weights --init started from)")
-    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v4.sh",
+    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v5.sh",
                         help="the one command that remakes the data, the training and the "
                         "evaluation (named in the card)")
     args = parser.parse_args()
