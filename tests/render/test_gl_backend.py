@@ -431,7 +431,7 @@ def test_resample_agrees_with_torch(gl: GLRenderer, gl_exact: GLRenderer,
 def test_the_filtering_probe_tells_float_from_fixed_point_weights() -> None:
     _gl_or_skip()
     errors = {fmt: gl_context.filtering_error(fmt) for fmt in ("f4", "f2", "nu2", "nu1")}
-    assert all(0.0 <= e < 1.0 / 256.0 for e in errors.values()), errors
+    assert all(0.0 <= e < 2.0 / 256.0 for e in errors.values()), errors
     renderer = gl_context.context_info()["GL_RENDERER"]
     if "llvmpipe" not in renderer:
         pytest.skip(f"the expected answers are llvmpipe's; this is {renderer}: {errors}")

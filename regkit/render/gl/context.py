@@ -210,7 +210,8 @@ def filtering_error(fmt: str) -> float:
 
     A 2 × 1 × 1 texture holding 0 and 1 is sampled at 64 fractions between its texels;
     the error is the largest distance from the fraction. About 6e-8 (float rounding) where the
-    unit interpolates in float; about 2e-3 where it weighs texels in steps of 1/256.
+    unit interpolates in float; about 2e-3 where it weighs texels in steps of 1/256; NaN if the
+    shader's results did not come back (then the unit counts as inexact).
 
     Args:
         fmt: A moderngl texture dtype: ``"f4"`` (R32F), ``"f2"`` (R16F), ``"nu2"`` (R16),
@@ -220,14 +221,17 @@ def filtering_error(fmt: str) -> float:
 
     with gl_session() as ctx:
         tex = ctx.texture3d((2, 1, 1), 1, _PROBE_TEXELS[fmt].tobytes(), dtype=fmt)
-        buf = ctx.buffer(reserve=64 * 4)
+        # NaN until written: a result the shader did not write reads as inexact, never as 0
+        buf = ctx.buffer(np.full(64, np.nan, np.float32).tobytes())
         try:
             tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
             tex.repeat_x = tex.repeat_y = tex.repeat_z = False
             tex.use(0)
             buf.bind_to_storage_buffer(0)
             program(_PROBE).run(1, 1, 1)
-            return float(np.abs(np.frombuffer(buf.read(), np.float32)).max())
+            ctx.memory_barrier()
+            errors = np.abs(np.frombuffer(buf.read(), np.float32))
+            return float("nan") if np.isnan(errors).any() else float(errors.max())
         finally:
             tex.release()
             buf.release()
@@ -242,7 +246,7 @@ def texture_filtering_is_exact(fmt: str) -> bool:
     with _lock:
         get_context()  # a new context (after a fork) forgets the last one's answers
         if fmt not in _filter_exact:
-            _filter_exact[fmt] = filtering_error(fmt) < 1e-6
+            _filter_exact[fmt] = filtering_error(fmt) < 1e-6  # NaN: not exact
         return _filter_exact[fmt]
 
 

@@ -235,7 +235,7 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--cache-on-device", action="store_true",
                     help="decode the training items once, hold them on the training device "
                          "and augment there: a GPU's pace instead of the loader's (1,536 items "
-                         "of 256² and 29 bones take 27 GiB; the same weights)")
+                         "of 256² and 29 bones take 25 GiB; the loader's augmentations)")
     tr.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="bf16 autocast or fp32 (default auto: bf16 on CUDA and on CPUs with "
                          "native bfloat16)")

@@ -205,7 +205,8 @@ class DeviceCache:
     :meth:`batch` augments a batch there with the draws that
     :class:`~regkit_recon.net.data.TrainItems` makes for the same epoch and items
     (``SeedSequence(seed, (epoch, index))``), so a run gives the weights of a run through the
-    data loader; only the pace differs. On a GPU an
+    data loader (bit for bit on the CPU; on a GPU its kernels round differently); only the pace
+    differs. On a GPU an
     augmented item costs the loader 0.2-0.4 s of a CPU core, more than a whole training step.
 
     Args:
@@ -213,13 +214,16 @@ class DeviceCache:
         device: Where to hold them.
         workers: Loader processes for the one decoding pass.
         stream: Where to report progress (None: nowhere).
+        interrupts: The run's Ctrl-C handler: a pending interrupt stops the decoding.
 
     Raises:
-        InputError: the items would take more than 80 % of the device's free memory.
+        InputError: the items would take more than 80 % of the device's free memory (under
+            torchrun each process checks for itself, and holds every item).
+        KeyboardInterrupt: an interrupt is pending.
     """
 
     def __init__(self, items: Any, device: torch.device, workers: int,
-                 stream: Any = None) -> None:
+                 stream: Any = None, interrupts: Any = None) -> None:
         from regkit_recon.groundtruth.dataset import collate_ground_truth
         from regkit_recon.net.data import TrainItems
 
@@ -246,6 +250,8 @@ class DeviceCache:
             for key in ("image", "hit", "front", "back", "unit_mm"):
                 getattr(self, key)[at] = part[key].to(device)
             done += len(at)
+            if interrupts is not None and interrupts.pending:
+                raise KeyboardInterrupt
             if stream is not None:
                 print(f"\rcaching the training items on {device}: {done}/{n} "
                       f"({need / 2**30:.1f} GiB)", end="", file=stream, flush=True)
@@ -270,6 +276,12 @@ def _free_bytes(device: torch.device) -> int | None:
     """Free memory of a CUDA device, or available RAM (None where it cannot be read)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:  # MemAvailable counts the page cache the kernel can give back; MemFree does not
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -494,10 +506,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             "step": step, "seconds": history_seconds + (time.perf_counter() - started),
             "torch_rng": torch.get_rng_state(), "reason": reason})
 
-    cache = None
-    if spec.device_cache and step < (total if stop_at is None else min(total, stop_at)):
-        cache = DeviceCache(items, device, spec.loader_workers,
-                            stream if rank == 0 else None)
+    cache: DeviceCache | None = None
     log = _Log(out / "log.jsonl", rank == 0)
     bar = _Progress(total, stream)
     started = time.perf_counter()
@@ -506,6 +515,11 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     val: dict[str, Any] = {}
     end = total if stop_at is None else min(total, stop_at)
     try:
+        if spec.device_cache and step < end:  # inside: Ctrl-C while decoding stops cleanly
+            cache = DeviceCache(items, device, spec.loader_workers,
+                                stream if rank == 0 else None, interrupts=interrupts)
+            started = time.perf_counter()  # the run's time starts after the decoding
+            last_ckpt = started
         while step < end:
             if any_rank_interrupted(interrupts, world, device):
                 raise KeyboardInterrupt
