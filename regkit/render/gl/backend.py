@@ -314,7 +314,8 @@ class GLRenderer(Renderer):
         count = np.zeros((batch, h, w), dtype=np.uint32)
         with self._session() as ctx:
             block = self._textures.mask(ctx, self._textures.bone_set(bones))
-            prog = program(depth_source(brick=CROP_BRICK, exact_filter=self._exact_filter("f2")))
+            prog = program(depth_source(brick=CROP_BRICK,
+                                        exact_filter=self._exact_filter(block.texel_format)))
             outputs = {"front": (0, front.numpy().reshape(batch, -1)),
                        "back": (3, back.numpy().reshape(batch, -1)),
                        "count": (4, count.reshape(batch, -1))}
@@ -377,10 +378,10 @@ class GLRenderer(Renderer):
         max_rays = max(1, min(self._ssbo_limit // bytes_per_ray, 1 << 24))
         with self._session() as ctx:
             atlases = atlas_set(ctx, self._textures, self._atlases, bones, self._tex_limit)
-            prog = program(depth_atlas_source(brick=CROP_BRICK,
-                                              exact_filter=self._exact_filter("f2")))
             self._scratch.upload(ctx, "views", view_data).bind_to_storage_buffer(1)
             for atlas in atlases:
+                prog = program(depth_atlas_source(
+                    brick=CROP_BRICK, exact_filter=self._exact_filter(atlas.block.texel_format)))
                 windows = bone_windows(intrinsic, camera_from_world, w, h,
                                        self.volume.world_from_index, atlas.lo, atlas.hi)
                 self._depth_windows(ctx, prog, atlas, windows, n_layers, max_rays, rows,
@@ -464,8 +465,8 @@ class GLRenderer(Renderer):
             entry = self._textures.bone_set(bones)
             block = self._textures.mask(ctx, entry)
             labels = self._textures.label_texture(ctx, entry)
-            prog = program(bone_index_source(brick=CROP_BRICK,
-                                             exact_filter=self._exact_filter("f2")))
+            prog = program(bone_index_source(
+                brick=CROP_BRICK, exact_filter=self._exact_filter(block.texel_format)))
             dispatch(ctx, prog, self._scratch, even_chunks(batch, 4 * h * w, self._ssbo_limit),
                      lambda b0, b1: _groups(False, grid, h * w, b1 - b0),
                      outputs={"out": (0, result.numpy().reshape(batch, -1))},
@@ -502,7 +503,7 @@ class GLRenderer(Renderer):
         m_np = inside.numpy().view(np.uint8).reshape(batch * n_i, per_slab)
         with self._session() as ctx:
             block = self._textures.data(ctx)
-            prog = program(resample_source(exact_filter=self._exact_filter("f4")))
+            prog = program(resample_source(exact_filter=self._exact_filter(block.texel_format)))
             dispatch(ctx, prog, self._scratch,
                      even_chunks(batch * n_i, 4 * per_slab, self._ssbo_limit),
                      lambda g0, g1: (math.ceil(row_len // 4 / 8), math.ceil(n_j / 8), g1 - g0),

@@ -54,14 +54,15 @@ layout(local_size_x = 8, local_size_y = 8, local_size_z = 1) in;
 # neighbouring voxels; the renderer asks for EXACT_FILTER where a probe finds that
 # (:func:`regkit.render.gl.context.texture_filtering_is_exact`).
 _FILTER = """
-float filtered(sampler3D s, vec3 c) {
-#ifdef EXACT_FILTER
-    ivec3 size = textureSize(s, 0);
-    vec3 p = c * vec3(size) - 0.5;
-    vec3 base = floor(p);
-    vec3 f = p - base;
-    ivec3 lo = clamp(ivec3(base), ivec3(0), size - 1);
-    ivec3 hi = clamp(ivec3(base) + 1, ivec3(0), size - 1);
+// Trilinear interpolation in float from the eight texels around p, in texel coordinates of the
+// texture's own (x, y, z) = (k, j, i) order with texel centres at whole numbers; clamped to the
+// edge texels.
+float texel_trilinear(sampler3D s, vec3 p) {
+    ivec3 top = textureSize(s, 0) - 1;
+    vec3 pc = clamp(p, vec3(0.0), vec3(top));
+    ivec3 lo = ivec3(floor(pc));
+    ivec3 hi = min(lo + 1, top);
+    vec3 f = pc - vec3(lo);
     float c000 = texelFetch(s, lo, 0).r;
     float c100 = texelFetch(s, ivec3(hi.x, lo.y, lo.z), 0).r;
     float c010 = texelFetch(s, ivec3(lo.x, hi.y, lo.z), 0).r;
@@ -73,6 +74,11 @@ float filtered(sampler3D s, vec3 c) {
     float y0 = mix(mix(c000, c100, f.x), mix(c010, c110, f.x), f.y);
     float y1 = mix(mix(c001, c101, f.x), mix(c011, c111, f.x), f.y);
     return mix(y0, y1, f.z);
+}
+
+float filtered(sampler3D s, vec3 c) {
+#ifdef EXACT_FILTER
+    return texel_trilinear(s, c * vec3(textureSize(s, 0)) - 0.5);
 #else
     return texture(s, c).r;
 #endif
@@ -339,28 +345,13 @@ void main() {
 # interpolated exactly, in float from its eight texels, to refine crossings. q in texel space.
 _MASK = """
 layout(binding = 0) uniform sampler3D mask;
-uniform ivec3 tex_size;       // (i, j, k)
 
 float mask_filtered(vec3 q) {
     return filtered(mask, (q.zyx + 0.5) * tex_scale.zyx);
 }
 
 float mask_exact(vec3 q) {
-    vec3 qc = clamp(q, vec3(0.0), vec3(tex_size - 1));
-    ivec3 c = min(ivec3(floor(qc)), tex_size - 2);
-    vec3 f = qc - vec3(c);
-    ivec3 t = c.zyx;
-    float c000 = texelFetch(mask, t, 0).r;
-    float c001 = texelFetch(mask, t + ivec3(1, 0, 0), 0).r;
-    float c010 = texelFetch(mask, t + ivec3(0, 1, 0), 0).r;
-    float c011 = texelFetch(mask, t + ivec3(1, 1, 0), 0).r;
-    float c100 = texelFetch(mask, t + ivec3(0, 0, 1), 0).r;
-    float c101 = texelFetch(mask, t + ivec3(1, 0, 1), 0).r;
-    float c110 = texelFetch(mask, t + ivec3(0, 1, 1), 0).r;
-    float c111 = texelFetch(mask, t + ivec3(1, 1, 1), 0).r;
-    float c00 = mix(c000, c001, f.z), c01 = mix(c010, c011, f.z);
-    float c10 = mix(c100, c101, f.z), c11 = mix(c110, c111, f.z);
-    return mix(mix(c00, c01, f.y), mix(c10, c11, f.y), f.x);
+    return texel_trilinear(mask, q.zyx);
 }
 
 // Whether sample k is inside: in the voxel-edge box and the mask at least 0.5.
@@ -587,6 +578,7 @@ def bone_index_source(*, brick: int, bisections: int = 12, refine_steps: int = 6
                f"#define REFINE_STEPS {int(refine_steps)}\n" + _filter_define(exact_filter))
     return _HEADER + defines + _FILTER + _VIEWS + _MARCH + _MASK + """
 layout(binding = 2) uniform usampler3D labels;  // the crop's labels, 0 outside the chosen bones
+uniform ivec3 tex_size;       // (i, j, k)
 layout(std430, binding = 0) writeonly buffer Result { int result[]; };
 
 uint dominant_label(vec3 q) {

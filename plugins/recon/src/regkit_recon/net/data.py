@@ -22,7 +22,7 @@ from regkit.geometry.camera import Camera
 from regkit_recon.net.geometry import augment, depth_to_height, fit_image
 from regkit_recon.net.model import HEIGHT_SCALE
 
-__all__ = ["TrainItems", "sample_targets"]
+__all__ = ["TrainItems", "item_generator", "sample_targets"]
 
 
 def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
@@ -63,6 +63,15 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
             "unit_mm": torch.tensor(unit, dtype=torch.float64)}
 
 
+def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of item ``index``'s augmentation in ``epoch`` of a run seeded ``seed``.
+
+    Keyed by the run's seed, the epoch and the item, never by the process that draws it, so the
+    data loader's processes and :class:`~regkit_recon.net.train.DeviceCache` draw alike.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, index)))
+
+
 class TrainItems(Dataset[dict[str, torch.Tensor]]):
     """Augmented training items of a ground-truth data set.
 
@@ -90,10 +99,9 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
 
         item = sample_targets(read_sample(self.files[index]), self.size, self.bones)
         if self.augmented:
-            rng = np.random.default_rng(np.random.SeedSequence(
-                self.seed, spawn_key=(self.epoch, index)))
             image, hit, front, back, _, rec = augment(
-                item["image"], item["hit"], item["front"], item["back"], rng)
+                item["image"], item["hit"], item["front"], item["back"],
+                item_generator(self.seed, self.epoch, index))
             item = {"image": image, "hit": hit, "front": front, "back": back,
                     "unit_mm": item["unit_mm"] / rec["zoom"]}
         item["index"] = torch.tensor(index)

@@ -204,10 +204,10 @@ class DeviceCache:
 
     :meth:`batch` augments a batch there with the draws that
     :class:`~regkit_recon.net.data.TrainItems` makes for the same epoch and items
-    (``SeedSequence(seed, (epoch, index))``), so a run gives the weights of a run through the
+    (:func:`~regkit_recon.net.data.item_generator`), so a run gives the weights of a run through the
     data loader (bit for bit on the CPU; on a GPU its kernels round differently); only the pace
-    differs. On a GPU an
-    augmented item costs the loader 0.2-0.4 s of a CPU core, more than a whole training step.
+    differs. On a GPU an augmented item costs the loader 0.2-0.4 s of a CPU core, more than a
+    whole training step.
 
     Args:
         items: The run's training items.
@@ -260,10 +260,10 @@ class DeviceCache:
 
     def batch(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         """The augmented items ``indices`` of ``epoch``, as the data loader would collate them."""
+        from regkit_recon.net.data import item_generator
         from regkit_recon.net.geometry import augment_batch, draw_augmentation
 
-        augs = [draw_augmentation(np.random.default_rng(np.random.SeedSequence(
-            self.seed, spawn_key=(epoch, int(i))))) for i in indices]
+        augs = [draw_augmentation(item_generator(self.seed, epoch, int(i))) for i in indices]
         at = torch.as_tensor(list(indices), dtype=torch.int64, device=self.device)
         image, hit, front, back, _ = augment_batch(self.image[at], self.hit[at], self.front[at],
                                                    self.back[at], augs)
