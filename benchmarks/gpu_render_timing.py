@@ -3,9 +3,12 @@
 For a machine with a GPU (``scripts/device_gpu_check.sh`` runs it): the torch renderer on the CPU
 and on CUDA, and the OpenGL renderer on whatever EGL driver the machine has, rendering the same
 256² view (1.2 mm pixels, 0.5 mm steps) of ``regkit.data.chest_ct_crop``; a batch of 16 views;
-the bones' depth maps; and a DRR's gradient with respect to the pose on CUDA. Each figure is the
-median of 20 calls after 3 warm-ups (CUDA synchronised). The renderers' images are compared
-with the torch CPU renderer's.
+the bones' depth maps; and a DRR's gradient with respect to the pose on CUDA. The OpenGL renderer
+is timed twice: interpolating the texels in float (``filtering="exact"``, what ``"auto"`` picks
+where the texture unit is not exact) and with the texture unit's own filtering; the unit's
+measured error (``regkit.render.gl.context.filtering_error``) is recorded beside them. Each
+figure is the median of 20 calls after 3 warm-ups (CUDA synchronised). The renderers' images are
+compared with the torch CPU renderer's.
 
 Usage: python benchmarks/gpu_render_timing.py OUT.json
 """
@@ -67,7 +70,8 @@ def main(path: str) -> None:
     runs: list[tuple[str, str, dict[str, Any]]] = [
         ("torch_cpu", "torch", {"device": "cpu"}),
         ("torch_cuda", "torch", {"device": "cuda"}),
-        ("gl", "gl", {})]
+        ("gl", "gl", {"filtering": "exact"}),
+        ("gl_texture_unit", "gl", {"filtering": "texture-unit"})]
     for name, backend, options in runs:
         if name == "torch_cuda" and not torch.cuda.is_available():
             continue
@@ -90,6 +94,14 @@ def main(path: str) -> None:
                 np.abs(image - reference).max() / np.abs(reference).max())
         rows[name] = row
         print(name, json.dumps(row), flush=True)
+    try:
+        from regkit.render.gl.context import filtering_error
+
+        rows["gl_texture_unit_filtering_error"] = {
+            fmt: filtering_error(fmt) for fmt in ("f4", "f2", "nu2", "nu1")}
+    except BackendUnavailableError as err:
+        rows["gl_texture_unit_filtering_error"] = {"unavailable": str(err)}
+    print("texture unit's filtering error", rows["gl_texture_unit_filtering_error"], flush=True)
     if torch.cuda.is_available():
         grad = make_renderer(volume, backend="torch", step_mm=STEP_MM, device="cuda",
                              requires_grad=True)

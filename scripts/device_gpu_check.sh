@@ -19,6 +19,8 @@
 #      fits the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
+# SKIP (environment, comma-separated) leaves out steps measured before, so that the training run
+# gets their time: "cuda" (the CUDA tests of step 2), "netbench" (step 3).
 #
 # How it was run on a lent H200 (its Python has torch 2.11 but not cma, nibabel, moderngl,
 # glcontext or pydicom): here, wheels of this tree and of those (cp312, manylinux) into .whl/,
@@ -38,6 +40,7 @@ deadline=${2:-530}
 phantoms=${3:-96}
 py=${PYTHON:-python3}
 work=${WORK:-/tmp/regkit_gpu}
+skip=",${SKIP:-},"
 rm -rf "$work/probe" "$work/run"  # a rerun on a warm machine starts its runs afresh
 mkdir -p "$out" "$work"
 cores=$(nproc)
@@ -65,9 +68,11 @@ gen=$!
 stamp "EGL context of the OpenGL renderer"
 "$py" -c "from regkit.render.gl.context import context_info; print(context_info())"
 
-stamp "tests that need CUDA"
-timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests plugins/recon/tests -k cuda 2>&1 \
-    | tail -15
+if [[ $skip != *,cuda,* ]]; then
+    stamp "tests that need CUDA"
+    timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests plugins/recon/tests -k cuda 2>&1 \
+        | tail -15
+fi
 stamp "OpenGL renderer tests and renderer conformance on this GPU's EGL"
 timeout 120 "$py" -m pytest -q -p no:cacheprovider -rs tests/render/test_gl_backend.py \
     tests/render/test_conformance.py plugins/recon/tests/net/test_runtime.py 2>&1 | tail -15
@@ -79,14 +84,16 @@ if ! grep -q "^generate: exit 0 " "$work/generate.log"; then
     echo "no training data: the training run is skipped"; exit 1
 fi
 
-stamp "benchmarks on CUDA: inference and training steps"
-# this copy of the tree is the machine's own: the file then holds the CUDA cases alone
-rm -f benchmarks/results/bench_recon_net.json
-timeout 150 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_recon_net.py \
-    --benchmark-only -k cuda --benchmark-columns=median,min,max,rounds 2>&1 | tail -14
-[ -f benchmarks/results/bench_recon_net.json ] && cp benchmarks/results/bench_recon_net.json "$out/"
+if [[ $skip != *,netbench,* ]]; then
+    stamp "benchmarks on CUDA: inference and training steps"
+    # this copy of the tree is the machine's own: the file then holds the CUDA cases alone
+    rm -f benchmarks/results/bench_recon_net.json
+    timeout 150 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_recon_net.py \
+        --benchmark-only -k cuda --benchmark-columns=median,min,max,rounds 2>&1 | tail -14
+    [ -f benchmarks/results/bench_recon_net.json ] && cp benchmarks/results/bench_recon_net.json "$out/"
+fi
 stamp "renderers' speed: torch on the CPU and on CUDA, OpenGL on this EGL driver"
-timeout 120 "$py" benchmarks/gpu_render_timing.py "$out/render_timing.json" 2>&1 | tail -5
+timeout 120 "$py" benchmarks/gpu_render_timing.py "$out/render_timing.json" 2>&1 | tail -6
 
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
 # the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items take 25 GiB):
