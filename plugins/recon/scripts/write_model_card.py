@@ -3,8 +3,9 @@
 Usage::
 
     python plugins/recon/scripts/write_model_card.py --model M.pt --run RUN \
-        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v5.md \
-        --script plugins/recon/scripts/train_hand_v5.sh --history "..."
+        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v6.md \
+        --script plugins/recon/scripts/train_hand_v6.sh --history "..." \
+        [--data-note "..."] [--machine "..."] [--val-report VAL/report.json]
 
 Every figure in the card is read from the files named, so the card cannot drift from them.
 """
@@ -41,6 +42,30 @@ def _row(name: str, g: dict[str, Any]) -> str:
             f"{_f(g['offset_mm']['abs_median'])} |")
 
 
+HEADER = ("| group | cases | Dice mean | Dice min (bone) | front aligned | back aligned | "
+          "thickness | front absolute | back absolute | front aligned, predicted mask | "
+          "abs. offset |")
+RULE = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+
+
+def _validation(vals: list[dict[str, Any]], val_report: Path | None) -> list[str]:
+    """The card's validation section: the run's own passes, or an evaluation made after it."""
+    if vals:
+        return [f"## Validation during this run ({vals[0]['items']} items of the validation set)",
+                "| epoch | step | Dice mean | Dice min bone | front (aligned) | back (aligned) | "
+                "thickness | offset |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                *[f"| {v['epoch']} | {v['step']} | {v['dice']:.3f} | {v['dice_min']:.3f} | "
+                  f"{v['front_mm']:.2f} | {v['back_mm']:.2f} | {v['thickness_mm']:.2f} | "
+                  f"{v['offset_mm']:.2f} |" for v in vals], ""]
+    if val_report is None:
+        return ["## Validation", "The run was not validated.", ""]
+    report = json.loads(val_report.read_text())
+    return ["## Validation set (evaluated after the run, which trained without --val)",
+            f"`regkit recon evaluate` on the {report['samples']} validation radiographs.", "",
+            HEADER, RULE, _row("all", report["overall"]), ""]
+
+
 def main() -> None:
     import torch
 
@@ -53,7 +78,13 @@ def main() -> None:
     parser.add_argument("--history", default="",
                         help="a paragraph on the training before this run (e.g. the run whose "
                         "weights --init started from)")
-    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v5.sh",
+    parser.add_argument("--data-note", default="64 phantoms x 20 views, seed 101, a third with "
+                        "random malunions", help="what the training folder holds")
+    parser.add_argument("--machine", default="2 CPU cores", help="where the run trained")
+    parser.add_argument("--val-report", type=Path, default=None,
+                        help="`regkit recon evaluate` on the validation set, for a run trained "
+                        "without --val")
+    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v6.sh",
                         help="the one command that remakes the data, the training and the "
                         "evaluation (named in the card)")
     args = parser.parse_args()
@@ -84,35 +115,24 @@ def main() -> None:
         "## Training",
         f"- Recipe: `{json.dumps(record['recipe'])}`.",
         f"- Data: {spec['items']} training items (the train folder of "
-        f"`{args.script}`: 64 phantoms x 20 views, seed 101, a third "
-        "with random malunions); validation 6 phantoms x 12 views (seed 202); test 10 "
+        f"`{args.script}`: {args.data_note}); validation 6 phantoms x 12 views (seed 202); test 10 "
         "phantoms x 12 views (seed 303). The three sets share no phantom.",
         f"- Steps: {record['steps']} of batch {record['recipe']['batch']}; time "
-        f"{record['train_seconds'] / 60:.0f} min on 2 CPU cores ({spec.get('precision')}), "
+        f"{record['train_seconds'] / 60:.0f} min on {args.machine} ({spec.get('precision')}), "
         f"torch {record.get('torch')}.",
         *([f"- Before this run: {args.history}"] if args.history else []),
         f"- Retrain: `bash {args.script}` (data, training, "
         "evaluation; resumes when interrupted).",
         "",
-        f"## Validation during this run ({vals[0]['items'] if vals else 0} items of the "
-        "validation set)",
-        "| epoch | step | Dice mean | Dice min bone | front (aligned) | back (aligned) | "
-        "thickness | offset |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *[f"| {v['epoch']} | {v['step']} | {v['dice']:.3f} | {v['dice_min']:.3f} | "
-          f"{v['front_mm']:.2f} | {v['back_mm']:.2f} | {v['thickness_mm']:.2f} | "
-          f"{v['offset_mm']:.2f} |" for v in vals],
-        "",
+        *_validation(vals, args.val_report),
         "## Test split",
         f"`regkit recon evaluate --all-variants` on {report['samples']} test radiographs "
         f"({o['cases']} cases with the mirrored and turned variants), degraded, 256². Depth "
         "errors in mm: median over cases of each case's median absolute error, on the true "
         "masks unless said; aligned = after the case's common offset along the central ray.",
         "",
-        "| group | cases | Dice mean | Dice min (bone) | front aligned | back aligned | "
-        "thickness | front absolute | back absolute | front aligned, predicted mask | "
-        "abs. offset |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        HEADER,
+        RULE,
         _row("all", o),
         *[_row(f"{key[3:]} {name}", g) for key in ("by_view", "by_hand", "by_orientation")
           for name, g in report[key].items()],

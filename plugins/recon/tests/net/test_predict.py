@@ -161,7 +161,7 @@ def test_bad_input_is_refused(tmp_path: Path, model_path: Path,
         predict(img.T, cam, model=model_path)
     with pytest.raises(FileFormatError, match="no such model file"):
         predict(img, cam, model=tmp_path / "missing.pt")
-    monkeypatch.setattr(pr, "DEFAULT_MODEL", tmp_path / "models" / "hand_v5.pt")
+    monkeypatch.setattr(pr, "DEFAULT_MODEL", tmp_path / "models" / "hand_v6.pt")
     with pytest.raises(FileFormatError, match=r"shipped with regkit-recon is missing.*--model"):
         predict(img, cam)
     (tmp_path / "corrupt.pt").write_bytes(b"not a torch file at all")
