@@ -20,7 +20,10 @@
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
 # SKIP (environment, comma-separated) leaves out steps measured before, so that the training run
-# gets their time: "cuda" (the CUDA tests of step 2), "netbench" (step 3).
+# gets their time: "cuda" (the CUDA tests of step 2), "gl" (its OpenGL tests), "netbench"
+# (step 3), "timing" (step 4). SECONDS_PER_STEP skips the probe of step 6 and sizes the run from
+# that rate (0.046 s on an H200). LR (default 6e-4) and DATA_SEED (default 111) set the
+# fine-tuning's peak learning rate and the training phantoms.
 #
 # How it was run on a lent H200 (its Python has torch 2.11 but not cma, nibabel, moderngl,
 # glcontext or pydicom): here, wheels of this tree and of those (cp312, manylinux) into .whl/,
@@ -41,6 +44,8 @@ phantoms=${3:-96}
 py=${PYTHON:-python3}
 work=${WORK:-/tmp/regkit_gpu}
 skip=",${SKIP:-},"
+lr=${LR:-6e-4}
+data_seed=${DATA_SEED:-111}
 rm -rf "$work/probe" "$work/run"  # a rerun on a warm machine starts its runs afresh
 mkdir -p "$out" "$work"
 cores=$(nproc)
@@ -56,10 +61,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '(no CUDA device)')"
 
-stamp "training data in the background: $phantoms phantoms x 16 views, $gen_workers workers"
+stamp "training data in the background: $phantoms phantoms x 16 views (seed $data_seed), $gen_workers workers"
 (
     start=$SECONDS
-    R recon generate --out "$work/train" --phantoms "$phantoms" --views 16 --seed 111 \
+    R recon generate --out "$work/train" --phantoms "$phantoms" --views 16 --seed "$data_seed" \
         --workers "$gen_workers" --montage 0 > "$work/generate.log" 2>&1
     echo "generate: exit $? after $((SECONDS - start)) s" >> "$work/generate.log"
 ) &
@@ -73,9 +78,11 @@ if [[ $skip != *,cuda,* ]]; then
     timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests plugins/recon/tests -k cuda 2>&1 \
         | tail -15
 fi
-stamp "OpenGL renderer tests and renderer conformance on this GPU's EGL"
-timeout 120 "$py" -m pytest -q -p no:cacheprovider -rs tests/render/test_gl_backend.py \
-    tests/render/test_conformance.py plugins/recon/tests/net/test_runtime.py 2>&1 | tail -15
+if [[ $skip != *,gl,* ]]; then
+    stamp "OpenGL renderer tests and renderer conformance on this GPU's EGL"
+    timeout 120 "$py" -m pytest -q -p no:cacheprovider -rs tests/render/test_gl_backend.py \
+        tests/render/test_conformance.py plugins/recon/tests/net/test_runtime.py 2>&1 | tail -15
+fi
 
 stamp "waiting for the training data (the timings below want the cores to themselves)"
 wait "$gen"
@@ -92,27 +99,34 @@ if [[ $skip != *,netbench,* ]]; then
         --benchmark-only -k cuda --benchmark-columns=median,min,max,rounds 2>&1 | tail -14
     [ -f benchmarks/results/bench_recon_net.json ] && cp benchmarks/results/bench_recon_net.json "$out/"
 fi
-stamp "renderers' speed: torch on the CPU and on CUDA, OpenGL on this EGL driver"
-timeout 120 "$py" benchmarks/gpu_render_timing.py "$out/render_timing.json" 2>&1 | tail -6
+if [[ $skip != *,timing,* ]]; then
+    stamp "renderers' speed: torch on the CPU and on CUDA, OpenGL on this EGL driver"
+    timeout 120 "$py" benchmarks/gpu_render_timing.py "$out/render_timing.json" 2>&1 | tail -6
+fi
 
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
 # the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items take 25 GiB):
 # through the loader the H200 trained at 40 items/s, a tenth of what one step allows
-common=(--data "$work/train" --init "$model" --context 2 --batch 32 --lr 6e-4 --seed 5
+common=(--data "$work/train" --init "$model" --context 2 --batch 32 --lr "$lr" --seed 5
         --epochs 100000 --loader-workers "$load_workers" --checkpoint-s 60 --cache-on-device)
 # Each loader process makes whole batches, so the first batches arrive together: the rate is
 # measured after several rounds of them (a probe over steps 10-30 once read 10x the real rate).
-stamp "probe: 100 training steps on CUDA, the items cached on the GPU"
-if ! R recon train "${common[@]}" --out "$work/probe" --max-steps 100 2>&1 | tail -2; then
-    echo "the probe failed: the training run is skipped"; exit 1
-fi
-sps=$("$py" -c "
+if [ -n "${SECONDS_PER_STEP:-}" ]; then
+    sps=$SECONDS_PER_STEP
+    echo "seconds per step (batch 32, given): $sps"
+else
+    stamp "probe: 100 training steps on CUDA, the items cached on the GPU"
+    if ! R recon train "${common[@]}" --out "$work/probe" --max-steps 100 2>&1 | tail -2; then
+        echo "the probe failed: the training run is skipped"; exit 1
+    fi
+    sps=$("$py" -c "
 import json, sys
 rows = [json.loads(l) for l in open('$work/probe/log.jsonl') if '\"train\"' in l]
 t = {r['step']: r['seconds'] for r in rows}
 print((t[100] - t[40]) / 60)")
-echo "seconds per step (batch 32): $sps"
-cp "$work/probe/log.jsonl" "$out/probe_log.jsonl"
+    echo "seconds per step (batch 32): $sps"
+    cp "$work/probe/log.jsonl" "$out/probe_log.jsonl"
+fi
 steps=$("$py" -c "print(int(($deadline - $SECONDS - 60) / $sps))")  # 60 s: start-up and the cache
 if ! [[ $steps =~ ^[0-9]+$ ]]; then
     echo "no rate from the probe: the training run is skipped"; exit 1
