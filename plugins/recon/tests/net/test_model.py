@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from regkit_recon.net.model import BoneNet, NetConfig, _Context, load_model, save_model
 
-from regkit.errors import InputError
+from regkit.errors import FileFormatError, InputError
 
 
 def test_context_blocks_see_the_whole_image_and_round_trip(tmp_path: Path) -> None:
@@ -90,3 +90,27 @@ def test_context_under_bfloat16_and_the_input_size() -> None:
     assert float((F.sigmoid(out["logits"]) - F.sigmoid(ref["logits"])).abs().max()) < 0.05
     with pytest.raises(InputError, match="64×64 inputs"):
         net(torch.rand((1, 1, 32, 32)))
+
+
+def test_model_file_versions(tmp_path: Path) -> None:
+    """Model files: version 2 with context blocks, 1 without; an unknown version is refused.
+
+    Older readers keep reading the version-1 files; version-1 files with context blocks (written
+    before version 2) load too.
+    """
+    plain = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8))
+    ctx = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, context=1))
+    for name, net, version in (("plain", plain, 1), ("ctx", ctx, 2)):
+        save_model(tmp_path / f"{name}.pt", net)
+        blob = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert blob["version"] == version
+        assert load_model(tmp_path / f"{name}.pt").net.config == net.config
+    blob = torch.load(tmp_path / "ctx.pt", weights_only=True)
+    blob["version"] = 1  # as files with context blocks were written before version 2
+    torch.save(blob, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").net.config.context == 1
+    blob["version"] = 3
+    torch.save(blob, tmp_path / "new.pt")
+    with pytest.raises(FileFormatError, match="model format version 3, this regkit-recon reads "
+                       "1 and 2"):
+        load_model(tmp_path / "new.pt")

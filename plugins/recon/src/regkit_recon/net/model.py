@@ -41,7 +41,12 @@ HEIGHT_SCALE = 32.0
 pixels at 256²)."""
 
 MODEL_FORMAT = "regkit-recon bone network"
-MODEL_VERSION = 1
+MODEL_VERSION = 2
+"""The newest model file version: 2 holds context blocks (which a reader of version 1 cannot
+build), 1 does not. A network without context blocks is still written as version 1, so older
+regkit-recon releases keep reading it; version 1 files with context blocks (written before the
+version 2 existed) load too."""
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -269,7 +274,7 @@ def save_model(path: str | os.PathLike[str], model: BoneNet, *,
 
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else
                  v.detach().cpu()) for k, v in model.state_dict().items()}
-    blob = {"format": MODEL_FORMAT, "version": MODEL_VERSION,
+    blob = {"format": MODEL_FORMAT, "version": MODEL_VERSION if model.config.context else 1,
             "config": model.config.to_json(), "record": dict(record or {}), "state": state}
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -302,9 +307,10 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
                               source=source, key="model") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise FileFormatError(f"not a {MODEL_FORMAT} file", source=source, key="model")
-    if blob.get("version") != MODEL_VERSION:
+    if blob.get("version") not in READABLE_VERSIONS:
         raise FileFormatError(f"model format version {blob.get('version')!r}, this regkit-recon "
-                              f"reads {MODEL_VERSION}", source=source, key="model")
+                              f"reads {' and '.join(map(str, READABLE_VERSIONS))} (a newer "
+                              "release wrote it?)", source=source, key="model")
     try:
         net = BoneNet(NetConfig.from_json(blob["config"]))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
