@@ -23,8 +23,9 @@ generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.
   record (``recorded_*`` fields, counted in ``within_3deg_3mm_of_record``; the radius' pairs of
   (tilt, inclination) errors in ``malunited_of_record``), which adds the measurement's own error;
 * ``--biplane``: the first PA and oblique views of each phantom together, without and with
-  refinement by re-projection (the default: the common depth offset): absolute and aligned ASSD
-  before and after, the time.
+  refinement by re-projection (``refined``: the common depth offset alone,
+  ``--no-refine-placement``; ``placed``: each bone's translation too, the default): absolute and
+  aligned ASSD before and after, the time.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None) -> dict[str, Any]:
     loaded = resolve_model(None)
-    rec = HandReconstructor(loaded)
+    rec = HandReconstructor(loaded, refine_placement=False)   # biplane: the common offset only
+    placed = HandReconstructor(loaded, refine_placement=True)  # and each bone's translation
     files = sorted((data / "samples").glob("*.npz"))
     picked = []
     for f in files:
@@ -185,21 +187,23 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
                 truths[key] = Truth(data / key)
             views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]
             row: dict[str, Any] = {"phantom": key}
-            for refine in (False, True):
+            for tag, how, refine in (("unrefined", rec, False), ("refined", rec, True),
+                                     ("placed", placed, True)):
                 t = time.perf_counter()
-                out = rec.reconstruct(views, refine=refine)
+                out = how.reconstruct(views, refine=refine)
                 seconds = time.perf_counter() - t
                 errors = surface_errors(out.meshes, truths[key].meshes,
                                         views[0].camera.view_direction_world)
-                tag = "refined" if refine else "unrefined"
                 row[tag] = {"median_assd_mm": errors["median_assd_mm"],
                             "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
                             "seconds": round(seconds, 2)}
                 if refine:
-                    row["refinement"] = out.result["refinement"]
+                    row["refinement" if tag == "refined" else "placement"] = \
+                        out.result["refinement"]
             biplanes.append(row)
             print(f"biplane {key}: ASSD {row['unrefined']['median_assd_mm']:.2f} -> "
-                  f"{row['refined']['median_assd_mm']:.2f} mm, "
+                  f"{row['refined']['median_assd_mm']:.2f} mm "
+                  f"({row['placed']['median_assd_mm']:.2f} with placement), "
                   f"{row['refined']['seconds']:.1f} s", file=stream, flush=True)
     return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
 
@@ -293,7 +297,11 @@ def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> di
                                                 for b in biplanes]),
             "median_aligned_refined_mm": med([b["refined"]["median_aligned_assd_mm"]
                                               for b in biplanes]),
-            "median_seconds_refined": med([b["refined"]["seconds"] for b in biplanes])}
+            "median_seconds_refined": med([b["refined"]["seconds"] for b in biplanes]),
+            "median_assd_placed_mm": med([b["placed"]["median_assd_mm"] for b in biplanes]),
+            "median_aligned_placed_mm": med([b["placed"]["median_aligned_assd_mm"]
+                                             for b in biplanes]),
+            "median_seconds_placed": med([b["placed"]["seconds"] for b in biplanes])}
     return out
 
 

@@ -139,9 +139,10 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip refinement by re-projection")
     group.add_argument("--refine", dest="refine", action="store_true",
                        help="refine even from one radiograph (default: only with two or more)")
-    parser.add_argument("--refine-placement", action="store_true",
+    parser.add_argument("--refine-placement", action=argparse.BooleanOptionalAction,
+                        default=True,
                         help="with two or more views, also fit each bone's own translation "
-                             "(off: it followed the shipped network's segmentation errors)")
+                             "after the common depth offset (default: on)")
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
                         help="label volume voxel size (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")
