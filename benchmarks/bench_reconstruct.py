@@ -204,7 +204,8 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
             print(f"biplane {key}: ASSD {row['unrefined']['median_assd_mm']:.2f} -> "
                   f"{row['refined']['median_assd_mm']:.2f} mm "
                   f"({row['placed']['median_assd_mm']:.2f} with placement), "
-                  f"{row['refined']['seconds']:.1f} s", file=stream, flush=True)
+                  f"{row['refined']['seconds']:.1f} s ({row['placed']['seconds']:.1f} s)",
+                  file=stream, flush=True)
     return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
 
 
@@ -301,7 +302,9 @@ def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> di
             "median_assd_placed_mm": med([b["placed"]["median_assd_mm"] for b in biplanes]),
             "median_aligned_placed_mm": med([b["placed"]["median_aligned_assd_mm"]
                                              for b in biplanes]),
-            "median_seconds_placed": med([b["placed"]["seconds"] for b in biplanes])}
+            "median_seconds_placed": med([b["placed"]["seconds"] for b in biplanes]),
+            "placed_better_than_refined": sum(
+                b["placed"]["median_assd_mm"] < b["refined"]["median_assd_mm"] for b in biplanes)}
     return out
 
 

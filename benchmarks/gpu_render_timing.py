@@ -99,7 +99,7 @@ def main(path: str) -> None:
 
         rows["gl_texture_unit_filtering_error"] = {
             fmt: filtering_error(fmt) for fmt in ("f4", "f2", "nu2", "nu1")}
-    except BackendUnavailableError as err:
+    except (BackendUnavailableError, ImportError) as err:
         rows["gl_texture_unit_filtering_error"] = {"unavailable": str(err)}
     print("texture unit's filtering error", rows["gl_texture_unit_filtering_error"], flush=True)
     if torch.cuda.is_available():

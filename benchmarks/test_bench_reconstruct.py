@@ -9,7 +9,8 @@ Cases, on the demo hand the plugin ships (a held-out phantom, degraded 256² rad
 1. ``single_256``: :class:`regkit_recon.reconstruct.HandReconstructor` on the PA radiograph
    without refinement (network, back-projection, label volume, measurement); target ≤ 10 s on
    2 cores; with the time of each step, the ASSD against the phantom and the peak memory.
-2. ``biplane_256``: PA + oblique with refinement by re-projection; target ≤ 60 s.
+2. ``biplane_256``: PA + oblique with refinement by re-projection, the reconstructor's default
+   (the common depth offset, then each bone's placement); target ≤ 60 s.
 
 Accuracy over many held-out phantoms is measured by ``benchmarks/bench_reconstruct.py`` (its
 summary is copied into ``results/bench_reconstruct.json`` beside these timings).

@@ -13,7 +13,7 @@
 #   4. benchmarks/gpu_render_timing.py (DRR, batch and depth maps of every renderer, a DRR's
 #      gradient on CUDA) -> OUT/render_timing.json;
 #   5. alongside step 2 (3 and 4 wait for it: they want the cores), a training set made on the
-#      CPU cores (TRAIN_PHANTOMS phantoms, default 96, x 16 views, seed 111);
+#      CPU cores (TRAIN_PHANTOMS phantoms, default 96, x VIEWS views, seed DATA_SEED);
 #   6. a 100-step probe of `regkit recon train` on CUDA, the items cached and augmented on the
 #      GPU (its speed sets the run's length), then a fine-tuning run of the shipped model that
 #      fits the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
@@ -22,8 +22,11 @@
 # SKIP (environment, comma-separated) leaves out steps measured before, so that the training run
 # gets their time: "cuda" (the CUDA tests of step 2), "gl" (its OpenGL tests), "netbench"
 # (step 3), "timing" (step 4). SECONDS_PER_STEP skips the probe of step 6 and sizes the run from
-# that rate (0.046 s on an H200). LR (default 6e-4) and DATA_SEED (default 111) set the
-# fine-tuning's peak learning rate and the training phantoms.
+# that rate (0.046 s on an H200). LR (default 6e-4) and DATA_SEED (default 113) set the
+# fine-tuning's peak learning rate and the training phantoms (a seed's phantoms do not depend on
+# how many are made: seed 111 made hand_v5's and hand_v6's, 112 a discarded run's). VIEWS
+# (default 16) sets the views per phantom: a phantom costs about 30 views' time, so more views
+# per phantom make more samples in the same time.
 #
 # How it was run on a lent H200 (its Python has torch 2.11 but not cma, nibabel, moderngl,
 # glcontext or pydicom): here, wheels of this tree and of those (cp312, manylinux) into .whl/,
@@ -43,9 +46,11 @@ deadline=${2:-530}
 phantoms=${3:-96}
 py=${PYTHON:-python3}
 work=${WORK:-/tmp/regkit_gpu}
-skip=",${SKIP:-},"
+skip=",${SKIP// /},"
 lr=${LR:-6e-4}
-data_seed=${DATA_SEED:-111}
+data_seed=${DATA_SEED:-113}
+views=${VIEWS:-16}
+train="$work/train_s${data_seed}_p${phantoms}_v${views}"  # other data: another folder
 rm -rf "$work/probe" "$work/run"  # a rerun on a warm machine starts its runs afresh
 mkdir -p "$out" "$work"
 cores=$(nproc)
@@ -61,10 +66,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '(no CUDA device)')"
 
-stamp "training data in the background: $phantoms phantoms x 16 views (seed $data_seed), $gen_workers workers"
+stamp "training data in the background: $phantoms phantoms x $views views (seed $data_seed), $gen_workers workers"
 (
     start=$SECONDS
-    R recon generate --out "$work/train" --phantoms "$phantoms" --views 16 --seed "$data_seed" \
+    R recon generate --out "$train" --phantoms "$phantoms" --views "$views" --seed "$data_seed" \
         --workers "$gen_workers" --montage 0 > "$work/generate.log" 2>&1
     echo "generate: exit $? after $((SECONDS - start)) s" >> "$work/generate.log"
 ) &
@@ -107,11 +112,15 @@ fi
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
 # the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items take 25 GiB):
 # through the loader the H200 trained at 40 items/s, a tenth of what one step allows
-common=(--data "$work/train" --init "$model" --context 2 --batch 32 --lr "$lr" --seed 5
+common=(--data "$train" --init "$model" --context 2 --batch 32 --lr "$lr" --seed 5
         --epochs 100000 --loader-workers "$load_workers" --checkpoint-s 60 --cache-on-device)
 # Each loader process makes whole batches, so the first batches arrive together: the rate is
 # measured after several rounds of them (a probe over steps 10-30 once read 10x the real rate).
 if [ -n "${SECONDS_PER_STEP:-}" ]; then
+    if ! "$py" -c "import sys; sys.exit(0 if float('$SECONDS_PER_STEP') > 0 else 1)" 2>/dev/null
+    then
+        echo "SECONDS_PER_STEP must be a positive number, got '$SECONDS_PER_STEP'"; exit 1
+    fi
     sps=$SECONDS_PER_STEP
     echo "seconds per step (batch 32, given): $sps"
 else

@@ -2,7 +2,8 @@
 # Retrain the shipped model regkit_recon/models/hand_v6.pt as it was trained: hand_v5's weights
 # (read from the commit that shipped it, ecf1af6; its own recipe, train_hand_v5.sh, is at that
 # commit too) fine-tuned for 5,309 steps of batch 32 on 2,048 radiographs of 128 phantoms
-# (16 views each, seed 111, a third with random malunions), peak learning rate 6e-4, cosine to
+# (16 views each, seed 111, a third with random malunions; the first 96 phantoms are those of
+# hand_v5's GPU stage, the phantoms of a seed do not depend on how many are made), peak learning rate 6e-4, cosine to
 # the end, bf16 autocast. It ran on a lent NVIDIA H200 (scripts/device_gpu_check.sh, 242 s of
 # training, the items cached and augmented on the GPU with --cache-on-device). On 2 CPU cores the
 # same run takes about 12 hours (a step of 32 takes ~8 s), and close, not identical, weights
@@ -27,8 +28,10 @@ if [ ! -f "$work/hand_v5.pt" ]; then
     mv "$work/hand_v5.pt.part" "$work/hand_v5.pt"
 fi
 resume() { [ -f "$1/checkpoint.pt" ] && echo --resume || true; }
-# the items decoded once and augmented on the GPU where there is one (33 GiB of it)
-cache=$(.venv/bin/python -c "import torch; print('--cache-on-device' if torch.cuda.is_available() else '')")
+# the items decoded once and augmented on the GPU where one has room for them (33 GiB; train
+# refuses more than 80 % of what is free), else through the data loader
+cache=$(.venv/bin/python -c "import torch; print('--cache-on-device' if torch.cuda.is_available()
+    and torch.cuda.mem_get_info()[0] > 42 * 2**30 else '')")
 $R recon train --data "$work/train111" --out "$work/run" --init "$work/hand_v5.pt" \
     --context 2 --batch 32 --lr 6e-4 --seed 5 --epochs 100000 --max-steps 5309 \
     --checkpoint-s 60 $cache $(resume "$work/run")

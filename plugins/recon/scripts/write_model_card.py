@@ -7,7 +7,8 @@ Usage::
         --script plugins/recon/scripts/train_hand_v6.sh --history "..." \
         [--data-note "..."] [--machine "..."] [--val-report VAL/report.json]
 
-Every figure in the card is read from the files named, so the card cannot drift from them.
+The card's figures (recipe, steps, time, validation and test tables) are read from the files
+named; ``--history`` and ``--data-note`` are free text and must be checked by hand.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def main() -> None:
     parser.add_argument("--history", default="",
                         help="a paragraph on the training before this run (e.g. the run whose "
                         "weights --init started from)")
-    parser.add_argument("--data-note", default="64 phantoms x 20 views, seed 101, a third with "
-                        "random malunions", help="what the training folder holds")
-    parser.add_argument("--machine", default="2 CPU cores", help="where the run trained")
+    parser.add_argument("--data-note", required=True,
+                        help="what the training folder holds (e.g. '128 phantoms x 16 views, "
+                        "seed 111, a third with random malunions')")
+    parser.add_argument("--machine", required=True,
+                        help="where the run trained (e.g. '2 CPU cores')")
     parser.add_argument("--val-report", type=Path, default=None,
                         help="`regkit recon evaluate` on the validation set, for a run trained "
                         "without --val")
@@ -118,7 +121,7 @@ def main() -> None:
         f"`{args.script}`: {args.data_note}); validation 6 phantoms x 12 views (seed 202); test 10 "
         "phantoms x 12 views (seed 303). The three sets share no phantom.",
         f"- Steps: {record['steps']} of batch {record['recipe']['batch']}; time "
-        f"{record['train_seconds'] / 60:.0f} min on {args.machine} ({spec.get('precision')}), "
+        f"{record['train_seconds'] / 60:.0f} min on {args.machine}, {spec.get('precision')}, "
         f"torch {record.get('torch')}.",
         *([f"- Before this run: {args.history}"] if args.history else []),
         f"- Retrain: `bash {args.script}` (data, training, "

@@ -218,7 +218,7 @@ def test_biplane_refinement_finds_the_depth_a_single_view_cannot() -> None:
                            cams[0].view_direction_world)
     assert before["median_assd_mm"] > 4.0
     assert after["median_assd_mm"] < 1.0
-    # the common offset alone (the default) does most of it: one offset fits every bone here
+    # the common offset alone (refine()'s default) does most of it: one offset fits every bone here
     offset_only = refine(solids, meshes, views, seed=0)
     assert offset_only.offset_mm == pytest.approx(refined.offset_mm)
     assert not any(np.any(np.asarray(v) - offset_only.shifts["radius"])
@@ -316,3 +316,30 @@ def test_save_puts_the_previous_folder_back_when_the_swap_fails(
         _tiny_reconstruction(2).save(target, overwrite=True)
     assert json.loads((target / "result.json").read_text()) == {"value": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]   # nothing parked or staged
+
+
+def test_per_bone_placement_is_the_default_and_can_be_turned_off(
+        monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path) -> None:
+    """Per-bone placement is the default of the command and of the reconstructor.
+
+    The command's ``--no-refine-placement`` reaches the reconstructor as False.
+    """
+    import inspect
+
+    import regkit_recon.reconstruct.api as api
+
+    default = inspect.signature(HandReconstructor).parameters["refine_placement"].default
+    assert default is True
+    seen: list[object] = []
+
+    def fake(views: Sequence[object], **kw: object) -> object:
+        assert views
+        seen.append(kw["refine_placement"])
+        raise InputError("stop here", key="test")
+
+    monkeypatch.setattr(api, "reconstruct", fake)
+    args = ["recon", "reconstruct", "--image", str(files / "x0.npy"),
+            "--camera", str(files / "c0.json")]
+    assert main([*args, "--out", str(tmp_path / "a")]) != 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-refine-placement"]) != 0
+    assert seen == [True, False]

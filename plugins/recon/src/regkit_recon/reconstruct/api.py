@@ -142,7 +142,7 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-placement", action=argparse.BooleanOptionalAction,
                         default=True,
                         help="with two or more views, also fit each bone's own translation "
-                             "after the common depth offset (default: on)")
+                             "after the common depth offset (default: %(default)s)")
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
                         help="label volume voxel size (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")

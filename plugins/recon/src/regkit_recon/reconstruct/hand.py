@@ -3,7 +3,8 @@
 Steps (timed in ``result.json``): the network predicts every bone's probability and front/back
 depth in each radiograph (:func:`regkit_recon.net.predict.predict`); the first view's depths are
 back-projected into closed solids (:mod:`.backproject`); with two or more views the solids are
-refined by re-projection (:mod:`.refine`: a common depth offset; per-bone placement on request);
+refined by re-projection (:mod:`.refine`: a common depth offset, then each bone's placement unless
+``refine_placement=False``);
 the label volume is sampled from the solids and measured
 (:func:`regkit_recon.measure_hand.measure_hand`).
 
@@ -65,9 +66,9 @@ class HandReconstructor(Reconstructor):
         seed: The refinement engine's seed.
         refine_placement: With two or more views, also fit each bone's translation after the
             common depth offset (default on: with hand_v6 it lowered the biplane test's median
-            absolute ASSD from 2.19 to 1.87 mm and its worst phantom from 3.34 to 2.45 mm, for
-            about 20 s more; with the earlier networks it doubled the error, see the plugin
-            README).
+            absolute ASSD from 2.19 to 1.87 mm, better on 7 of 10 pairs, and the worst pair's
+            from 3.34 mm (p008) to 2.45 mm (p003, which it worsened by 0.75 mm), for about 20 s
+            more; with hand_v1 it doubled the error, see the plugin README).
         refine_thickness: Also fit per-bone thickness to the bones' contrast (off: it was
             measured to hurt).
     """

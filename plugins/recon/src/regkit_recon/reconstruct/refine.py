@@ -472,8 +472,9 @@ def refine(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[
         views: The radiographs, the first being the one the solids came from.
         seed: The engine's seed.
         placement: With two or more views, fit each bone's translation after the common
-            offset (off by default: with the shipped network's segmentations it doubled the
-            shift-aligned error; with exact ones it helps a little).
+            offset (off here; :class:`~regkit_recon.reconstruct.hand.HandReconstructor` turns it
+            on: with hand_v6 it lowers the biplane error, with hand_v1's segmentations it
+            doubled it; with exact ones it helps a little).
         thickness: Fit the thickness scales.
         progress: Called with a line per stage.
 
