@@ -10,6 +10,7 @@ or ``(B, H, W)`` torch batches.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,3 +177,101 @@ def detector_factor(cam: Camera, max_pixels: int) -> int:
             f + 1) >= 3:
         f += 1
     return f
+
+
+def fit_intensity_map(fixed: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,
+                      degree: int = 3) -> list[NDArray[np.float64]]:
+    """Per image, the monotonic polynomial ``h`` (lowest power first) with ``h(fixed) ≈ drr``.
+
+    Weighted least squares over the images' pixels, of degree ``degree`` or, where that
+    polynomial is not increasing over the radiograph's range, the highest lower degree that is
+    (degree 1 always is when the correlation is positive; otherwise the identity). ``x`` is used
+    as it is (line integrals, a few units at most). A radiograph's line integrals are a
+    concave, not linear, function of the CT's (beam hardening, scatter); mapped through ``h``
+    they weigh edges in thick and thin parts as the DRR does. See
+    docs/decisions/registration-2d3d-depth-bias.md.
+    """
+    out: list[NDArray[np.float64]] = []
+    for b in range(fixed.shape[0]):
+        x = fixed[b].detach().to(torch.float64).flatten().numpy()
+        y = drr[b].detach().to(torch.float64).flatten().numpy()
+        w = np.ones_like(x) if weight is None else \
+            weight[b].detach().to(torch.float64).flatten().numpy()
+        keep = (w > 0) & np.isfinite(x) & np.isfinite(y)
+        x, y, w = x[keep], y[keep], w[keep]
+        coef = np.array([0.0, 1.0])
+        if x.size > 4 * (degree + 1) and np.ptp(x) > 0:
+            lo, hi = float(x.min()), float(x.max())
+            grid = np.linspace(lo, hi, 65)
+            for d in range(degree, 0, -1):
+                powers = np.stack([x ** k for k in range(d + 1)], axis=1)
+                sw = np.sqrt(w)
+                c, *_ = np.linalg.lstsq(powers * sw[:, None], y * sw, rcond=None)
+                slope = sum(k * c[k] * grid ** (k - 1) for k in range(1, d + 1))
+                if np.all(np.isfinite(c)) and np.all(slope > 0):
+                    coef = c
+                    break
+        out.append(np.asarray(coef, dtype=np.float64))
+    return out
+
+
+def apply_intensity_map(images: torch.Tensor, coefs: list[NDArray[np.float64]]) -> torch.Tensor:
+    """``(B, H, W)`` images mapped pixel-wise by each image's polynomial (lowest power first)."""
+    out = torch.zeros_like(images)
+    for b, c in enumerate(coefs):
+        x = images[b].to(torch.float64)
+        y = torch.zeros_like(x)
+        for k in range(len(c) - 1, -1, -1):   # Horner
+            y = y * x + float(c[k])
+        out[b] = y.to(images.dtype)
+    return out
+
+
+def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,
+                      degree: int, smooth_px: float, scatter_px: float = 0.0,
+                      ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """``(B, H, W)`` radiographs mapped to the DRRs' intensities, and what was fitted.
+
+    1. ``h`` (:func:`fit_intensity_map`, degree ``degree``) fitted between the radiograph and
+       the DRR, both smoothed by ``smooth_px`` (as the metric sees them), and applied.
+    2. With ``scatter_px > 0``: in the transmitted domain of the mapped image, ``t = e^{-x}``,
+       a smooth additive part ``s`` (scatter, veiling glare) is estimated as the Gaussian
+       (σ = ``scatter_px``, weighted) of ``t − e^{-drr}`` and removed, ``x' = −log(t − s)``
+       (never below a tenth of ``t``), and ``h`` fitted again. Scatter flattens a radiograph's
+       thick parts (their primary beam is weakest), which a gradient metric otherwise reads as
+       a pose: the biplane benchmark's 0.4° rotation. The fit needs a pose near the answer:
+       the Gaussian's σ, tens of pixels, averages the misalignment's edges out.
+
+    Args:
+        raw: The binned radiographs, not smoothed (line integrals).
+        drr: The DRRs at the level's starting pose, not smoothed.
+        weight: ``(B, H, W)`` pixel weights or None.
+        degree: Highest degree of ``h`` (>= 1).
+        smooth_px: The metric's smoothing σ, pixels.
+        scatter_px: σ of the scatter estimate, pixels; 0: no scatter removal.
+
+    Returns:
+        The mapped radiographs (not smoothed) and, per image, ``{"map": coefficients}`` (lowest
+        power first) plus, with scatter removal, ``"veil_fraction"`` (the median of ``s / t``
+        over the weighted pixels; signed, since ``h`` already took up part of the veil) and
+        ``"map_after_scatter"``.
+    """
+    sdrr = smooth(drr, smooth_px, weight)
+    coefs = fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree)
+    mapped = apply_intensity_map(raw, coefs)
+    facts: list[dict[str, Any]] = [{"map": [round(float(a), 6) for a in c]} for c in coefs]
+    if scatter_px <= 0:
+        return mapped, facts
+    t_obs = torch.exp(-mapped)
+    resid = torch.exp(-smooth(mapped, smooth_px, weight)) - torch.exp(-sdrr)
+    scatter = smooth(resid, scatter_px, weight)
+    mapped = -torch.log(torch.maximum(t_obs - scatter, 0.1 * t_obs))
+    again = fit_intensity_map(smooth(mapped, smooth_px, weight), sdrr, weight, degree)
+    mapped = apply_intensity_map(mapped, again)
+    for b, fact in enumerate(facts):
+        frac = (scatter[b] / t_obs[b]).flatten()
+        if weight is not None:
+            frac = frac[weight[b].flatten() > 0]
+        fact["veil_fraction"] = round(float(frac.median()), 6) if frac.numel() else 0.0
+        fact["map_after_scatter"] = [round(float(a), 6) for a in again[b]]
+    return mapped, facts

@@ -16,8 +16,9 @@ Convention:
       coordinates after the previous level's (3D–3D's affine stage after its rigid levels); they
       start at 0, so 0 must mean "no change" for every coordinate.
     * **Evaluations** count every candidate scored: screened starts, a level's own set-up
-      screening (:attr:`Level.setup_evaluations`), the optimizer's, and one per level for the
-      score of its result (:meth:`Level.finish`).
+      screening (:attr:`Level.setup_evaluations`), its preparation at the level's start
+      (:meth:`Level.prepare`: 2D–3D fits the radiographs' intensities there), the optimizer's,
+      and one per level for the score of its result (:meth:`Level.finish`).
     * **Seeds.** One seed (default :data:`DEFAULT_SEED`) gives every random draw: level ``ℓ``'s
       optimizer gets word ``ℓ`` of ``SeedSequence(seed).generate_state(L + 1)`` and the start
       screening word ``L``. The same seed and inputs give the same result.
@@ -142,6 +143,15 @@ class Level:
         raise InputError(f"a {type(self).__name__} level cannot run a gradient method: its "
                          "loss is not differentiable", key="method")
 
+    def prepare(self, x: NDArray[np.float64]) -> int:  # noqa: ARG002 - the default does nothing
+        """Adapt the level to its starting parameters ``x`` before its optimizer runs.
+
+        Called once per level, after the start screening. A level may fit something that needs
+        a pose near the answer here (2D–3D: the radiograph's intensity map). Returns the
+        candidates it scored (counted as evaluations).
+        """
+        return 0
+
     def score_from_loss(self, loss: float) -> float:
         """The level's score (its metric's own sense) of a loss."""
         return -float(loss) if self.higher_is_better else float(loss)
@@ -184,9 +194,9 @@ class EngineResult:
         history: One :class:`~regkit.registration.results.ConvergencePoint` per optimizer
             iteration.
         levels: Per level: ``level``, ``stage``, ``method``, ``shrink``, ``evaluations`` (all
-            of the level's: set-up, screened starts, optimizer and its result's score; they
-            add up to ``evaluations``), ``seconds``, ``score``, ``stop_reasons`` and the level's
-            own facts.
+            of the level's: set-up, screened starts, preparation, optimizer and its result's
+            score; they add up to ``evaluations``), ``seconds``, ``score``, ``stop_reasons``
+            and the level's own facts.
         stop_reasons: The last level's optimizer's stop reasons.
         seed: The seed every draw came from.
     """
@@ -261,6 +271,8 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
             evaluations += screened
             x = np.asarray(best[0], dtype=np.float64)
 
+        prepared = int(level.prepare(x))
+        evaluations += prepared
         def on_iteration(rec: IterationRecord, _lv: Level = level, _li: int = li,
                          _done: int = evaluations) -> None:
             point = ConvergencePoint(evaluations=_done + rec.evaluations,
@@ -282,7 +294,8 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         facts.append({
             "level": li, "stage": level.stage, "method": options.method,
             "shrink": options.shrink, **own,
-            "evaluations": int(level.setup_evaluations) + screened + result.evaluations + 1,
+            "evaluations": int(level.setup_evaluations) + screened + prepared
+            + result.evaluations + 1,
             "seconds": round(time.perf_counter() - t_level, 4),
             "score": score,
             "stop_reasons": result.stop_reasons,

@@ -194,3 +194,38 @@ def test_the_module_example_runs() -> None:
     failures, tried = doctest.testmod(engine_module, verbose=False)
     assert tried > 0
     assert failures == 0
+
+
+class PreparedBowl(Bowl):
+    """A bowl that records the start it is prepared with and counts 2 set-up scores."""
+
+    def __init__(self, size: int = 3):
+        super().__init__(size)
+        self.prepared: list[np.ndarray] = []
+
+    def prepare(self, x: np.ndarray) -> int:
+        self.prepared.append(np.array(x))
+        self.calls += 2
+        return 2
+
+
+def test_prepare_sees_each_levels_start_once_and_is_counted() -> None:
+    built: list[PreparedBowl] = []
+
+    class Problem_:
+        metric, higher_is_better = "bowl", False
+
+        def level(self, index: int, options: LevelOptions) -> PreparedBowl:  # noqa: ARG002
+            built.append(PreparedBowl(3 if index == 0 else 4))
+            return built[-1]
+
+    result = run(Problem_(), [_level("powell", max_evaluations=300, tol_x=1e-6),
+                              _level("powell", max_evaluations=300, tol_x=1e-6)],
+                 x0=[1.0, 2.0, 3.0], starts=8)
+    assert [len(b.prepared) for b in built] == [1, 1]
+    # level 0: after the start screening; level 1: level 0's result, grown by a zero
+    assert built[0].prepared[0].shape == (3,)
+    assert built[1].prepared[0][3] == 0.0
+    np.testing.assert_allclose(built[1].prepared[0][:3], OPTIMUM, atol=1e-3)
+    assert result.evaluations == sum(b.calls for b in built) == \
+        sum(f["evaluations"] for f in result.levels)

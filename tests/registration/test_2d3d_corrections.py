@@ -1,0 +1,201 @@
+"""2D–3D: the radiograph's intensity map, its scatter removal and the views' free zooms.
+
+Closed-form pieces (the polynomial fit, the scatter estimate on an image made with a known
+scatter, the zoomed intrinsics), the options and their per-view-count defaults, and a biplane
+registration of radiographs with scatter that records what it fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from regkit.errors import InputError
+from regkit.geometry.carm import camera_from_carm
+from regkit.registration import Register2D3DOptions
+from regkit.registration._radiograph_images import (
+    apply_intensity_map,
+    fit_intensity_map,
+    match_intensities,
+    smooth,
+)
+from regkit.registration.radiograph_registration import _zoomed
+
+
+def _structures(seed: int, n: int = 2, size: int = 64) -> torch.Tensor:
+    """``(n, size, size)`` line-integral-like images in [0.2, 5]: smooth blobs and edges."""
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.normal(size=(n, size, size)), (0, 4, 4))
+    field = (field - field.min()) / np.ptp(field)
+    edges = (gaussian_filter(rng.normal(size=(n, size, size)), (0, 2, 2)) > 0.05) * 1.5
+    return torch.from_numpy((0.2 + 3.0 * field + edges).astype(np.float32))
+
+
+def test_the_intensity_map_recovers_an_increasing_cubic() -> None:
+    drr = _structures(0)
+    coef = np.array([0.1, 0.7, 0.05, -0.004])   # increasing on [0, 6]
+    inverse_ish = drr  # the radiograph x; the DRR is h(x)
+    target = sum(c * inverse_ish ** k for k, c in enumerate(coef))
+    fitted = fit_intensity_map(inverse_ish, target, None, degree=3)
+    for c in fitted:
+        np.testing.assert_allclose(c, coef, atol=1e-4)
+    np.testing.assert_allclose(apply_intensity_map(inverse_ish, fitted).numpy(),
+                               target.numpy(), atol=1e-4)
+
+
+def test_the_intensity_map_stays_increasing_and_weights_count() -> None:
+    x = _structures(1)
+    # a wave on a slope: the cubic fit of it is not increasing, the linear one is
+    wavy = x + 1.2 * torch.sin(2.5 * x)
+    grid = np.linspace(float(x.min()), float(x.max()), 200)
+    for c in fit_intensity_map(x, wavy, None, degree=3):
+        slope = np.polyval(np.polyder(c[::-1]), grid)
+        assert np.all(slope > 0)
+    # anti-correlated: no increasing fit exists; the identity comes back
+    for c in fit_intensity_map(x, -x, None, degree=3):
+        np.testing.assert_array_equal(c, [0.0, 1.0])
+    # weights: only the left half is fitted (the right half maps by another law)
+    weight = torch.zeros_like(x)
+    weight[:, :, :32] = 1.0
+    mixed = torch.where(weight > 0, 2.0 * x + 1.0, 5.0 - x)
+    for c in fit_intensity_map(x, mixed, weight, degree=1):
+        np.testing.assert_allclose(c, [1.0, 2.0], atol=1e-5)
+
+
+def test_scatter_is_removed_from_a_radiograph_made_with_it() -> None:
+    drr = _structures(2, size=96)
+    h, w = drr.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    # the radiograph: transmitted primary (another scale of μ) plus a smooth scatter veil
+    primary = torch.exp(-0.8 * drr)
+    veil = torch.from_numpy((0.02 + 0.03 * np.exp(-((xx - 40) ** 2 + (yy - 50) ** 2)
+                                                   / (2 * 30.0 ** 2)))[None].astype(np.float32))
+    raw = -torch.log(primary + veil)
+    before = match_intensities(raw, drr, None, degree=3, smooth_px=1.0)[0]
+    after, facts = match_intensities(raw, drr, None, degree=3, smooth_px=1.0,
+                                     scatter_px=12.0)
+
+    def gradient_error(img: torch.Tensor) -> float:
+        gi = torch.gradient(img, dim=(1, 2))
+        gd = torch.gradient(drr, dim=(1, 2))
+        return float(sum(((a - b) ** 2).mean() for a, b in zip(gi, gd, strict=True)))
+
+    # the map alone cannot undo a veil that varies over the image; the scatter removal does
+    assert gradient_error(after) < 0.3 * gradient_error(before)
+    for fact in facts:
+        assert 0.001 < abs(fact["veil_fraction"]) < 1.0
+        assert len(fact["map"]) == len(fact["map_after_scatter"]) == 4
+    # without scatter in the radiograph, the removal changes little
+    clean = -torch.log(primary)
+    same, _ = match_intensities(clean, drr, None, degree=3, smooth_px=1.0, scatter_px=12.0)
+    assert float((same - drr).abs().median()) < 0.02
+    # inputs are not modified
+    np.testing.assert_array_equal(raw.numpy(), (-torch.log(primary + veil)).numpy())
+
+
+def test_a_zoom_scales_the_image_about_the_principal_point() -> None:
+    cam = camera_from_carm(source_to_detector_mm=1000, source_to_isocenter_mm=800,
+                           pixel_spacing_mm=0.5, width=120, height=100)
+    k = torch.tensor(np.array(cam.intrinsic)[None], dtype=torch.float64)
+    rng = np.random.default_rng(3)
+    points = rng.normal(scale=40.0, size=(5, 3))
+    u = cam.project(points)
+    c = np.array(cam.principal_point)
+    for s in (0.97, 1.0, 1.04):
+        zoomed = cam.__class__(_zoomed(k, torch.tensor([s], dtype=torch.float64))[0].numpy(),
+                               cam.camera_from_world, cam.width, cam.height)
+        np.testing.assert_allclose(zoomed.project(points), c + s * (u - c), atol=1e-9)
+
+
+def test_options_defaults_depend_on_the_number_of_views() -> None:
+    opts = Register2D3DOptions()
+    assert (opts.intensity_degree, opts.scatter_sigma, opts.view_zoom) == (None, None, None)
+    one, two = opts.for_views(1), opts.for_views(2)
+    assert (one.intensity_degree, one.scatter_sigma, one.view_zoom) == (0, 0.0, False)
+    assert (two.intensity_degree, two.scatter_sigma, two.view_zoom) == (3, 0.06, True)
+    chosen = Register2D3DOptions(intensity_degree=2, scatter_sigma=0.1, view_zoom=False)
+    kept = chosen.for_views(3)
+    assert (kept.intensity_degree, kept.scatter_sigma, kept.view_zoom) == (2, 0.1, False)
+    assert Register2D3DOptions(intensity_degree=1).for_views(1).intensity_degree == 1
+    with pytest.raises(InputError, match="view_zoom needs two or more views"):
+        Register2D3DOptions(view_zoom=True).for_views(1)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("intensity_degree", -1), ("intensity_degree", 6), ("intensity_degree", 1.5),
+    ("intensity_degree", True), ("scatter_sigma", -0.01), ("scatter_sigma", math.nan),
+    ("scatter_sigma", 2.0), ("scatter_sigma", "0.1"), ("view_zoom", 1), ("view_zoom", "yes"),
+])
+def test_bad_correction_options_are_named(key: str, value: Any) -> None:
+    with pytest.raises(InputError, match=key):
+        Register2D3DOptions(**{key: value})
+
+
+def test_smooth_of_a_constant_is_the_constant() -> None:
+    # the scatter estimate relies on the weighted Gaussian not darkening the image's border
+    img = torch.full((1, 30, 40), 0.7)
+    weight = torch.ones_like(img)
+    weight[:, :5] = 0.0
+    np.testing.assert_allclose(smooth(img, 6.0, weight).numpy(), 0.7, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_biplane_radiographs_with_scatter_register_and_record_their_corrections() -> None:
+    from regkit.data import chest_ct_crop
+    from regkit.geometry.transforms import rigid_from_params
+    from regkit.io.nifti import load_nifti
+    from regkit.registration import register_2d3d
+    from regkit.registration.radiograph_registration import mean_target_error_2d3d
+    from regkit.render.base import Views
+    from regkit.render.select import make_renderer
+    from regkit.testing.levels import fast_levels_2d3d
+
+    size = 80
+    paths = chest_ct_crop()
+    ct = load_nifti(paths["ct"], labels=paths["bones"])
+    true = [camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
+                             pixel_spacing_mm=0.8 * 256 / size, width=size, height=size,
+                             primary_angle=a, isocenter_world=ct.center_world)
+            for a in (0.0, np.pi / 2)]
+    with torch.no_grad():
+        drr = make_renderer(ct.to_mu()).drr(Views.from_cameras(true)).numpy()
+    rng = np.random.default_rng(5)
+    images = []
+    for d in drr:   # 8 % scatter of a blurred transmitted image, Poisson noise, 0.7 px blur
+        t = np.exp(-d)
+        veil = 0.08 * gaussian_filter(t, 12.0)
+        counts = rng.poisson(1e4 * (t + veil))
+        images.append(gaussian_filter(-np.log(np.maximum(counts, 1) / 1e4), 0.7)
+                      .astype(np.float32))
+    rot = np.radians(4.0) * np.array([0.6, -0.8, 0.0])
+    e = np.asarray(rigid_from_params(np.r_[rot, 4.0, -3.0, 2.0], ct.center_world))
+    start = [c.with_pose(c.camera_from_world @ e) for c in true]
+    assert ct.labels is not None
+    points = ct.index_to_world(np.argwhere(ct.labels > 0)[::5].astype(np.float64))
+    options = {"levels": fast_levels_2d3d(size)}
+    result = register_2d3d(ct, start, images, seed=0, options=options)
+    error = mean_target_error_2d3d(np.stack([c.camera_from_world for c in result.cameras]),
+                                   np.stack([c.camera_from_world for c in true]), points)
+    assert error < 1.0
+    extras = result.extras
+    assert (extras["intensity_degree"], extras["scatter_sigma"]) == (3, 0.06)
+    assert len(extras["view_zoom"]) == 2
+    assert all(abs(math.log(z)) <= 0.1 for z in extras["view_zoom"])
+    assert all(abs(math.log(z)) > 1e-12 for z in extras["view_zoom"])   # the zooms moved
+    levels = extras["levels"]
+    assert "intensity_maps" not in levels[0]
+    for level in levels[1:]:
+        assert len(level["intensity_maps"]) == 2
+        assert all("veil_fraction" in m and len(m["map"]) == 4 for m in level["intensity_maps"])
+    for before, after in zip(start, result.cameras, strict=True):   # zooms stay out of them
+        np.testing.assert_array_equal(after.intrinsic, before.intrinsic)
+    # one view: no zoom, no map
+    single = register_2d3d(ct, start[:1], images[:1], seed=0, options=options)
+    assert single.extras["view_zoom"] is None
+    assert single.extras["intensity_degree"] == 0
+    assert all("intensity_maps" not in level for level in single.extras["levels"])
