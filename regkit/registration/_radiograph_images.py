@@ -1,7 +1,9 @@
 """Image helpers of the 2D–3D registration.
 
 Views cropped to the bones, radiographs and their weights binned to a level's detector, the Gaussian
-smoothing applied to radiographs and DRRs alike, and the bone weight fitted to each radiograph.
+smoothing applied to radiographs and DRRs alike, the bone weight fitted to each radiograph, and
+(with two or more views) each radiograph's intensities matched to the DRR's: an increasing map
+and the removal of a smooth veil (scatter).
 
 Used by :mod:`regkit.registration.radiograph_registration`; all work on ``(H, W)`` numpy images
 or ``(B, H, W)`` torch batches.
@@ -10,6 +12,7 @@ or ``(B, H, W)`` torch batches.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +25,16 @@ from regkit.volume import Volume
 
 __all__ = [
     "BONE_WEIGHT_RANGE",
+    "IDENTITY_MAP",
+    "IntensityMap",
+    "apply_intensity_map",
     "bin_image",
     "bin_weight",
     "bone_rois",
     "detector_factor",
     "fit_bone_weight",
+    "fit_intensity_map",
+    "match_intensities",
     "smooth",
 ]
 
@@ -107,7 +115,7 @@ def smooth(images: torch.Tensor, sigma: float, weight: torch.Tensor | None = Non
     if sigma <= 0:
         return images
     if weight is not None:
-        num = smooth(images * weight, sigma)
+        num = smooth(torch.where(weight > 0, images, 0.0) * weight, sigma)
         den = smooth(weight, sigma)
         return torch.where(den > 1e-6, num / den.clamp(min=1e-6), images)
     radius = max(1, math.ceil(3.0 * sigma))
@@ -179,19 +187,58 @@ def detector_factor(cam: Camera, max_pixels: int) -> int:
     return f
 
 
-def fit_intensity_map(fixed: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,
-                      degree: int = 3) -> list[NDArray[np.float64]]:
-    """Per image, the monotonic polynomial ``h`` (lowest power first) with ``h(fixed) ≈ drr``.
+@dataclass(frozen=True)
+class IntensityMap:
+    """An increasing map of line integrals: a polynomial on ``[lo, hi]``, linear outside.
 
-    Weighted least squares over the images' pixels, of degree ``degree`` or, where that
-    polynomial is not increasing over the radiograph's range, the highest lower degree that is
-    (degree 1 always is when the correlation is positive; otherwise the identity). ``x`` is used
-    as it is (line integrals, a few units at most). A radiograph's line integrals are a
-    concave, not linear, function of the CT's (beam hardening, scatter); mapped through ``h``
-    they weigh edges in thick and thin parts as the DRR does. See
-    docs/decisions/registration-2d3d-depth-bias.md.
+    Attributes:
+        coef: Coefficients, lowest power first; increasing on ``[lo, hi]``.
+        lo, hi: The range it was fitted on (infinite for :data:`IDENTITY_MAP`); beyond it, the
+            line through the end value with the end slope (> 0), so the map increases
+            everywhere and stays finite on pixels far outside the fit (a collimator's zero,
+            masked out but still mapped).
     """
-    out: list[NDArray[np.float64]] = []
+
+    coef: tuple[float, ...]
+    lo: float
+    hi: float
+
+    def slope(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        c = self.coef
+        return np.asarray(sum(k * c[k] * x ** (k - 1) for k in range(1, len(c))) + 0.0 * x)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float64)
+        inside = x.clamp(self.lo, self.hi)
+        y = torch.zeros_like(x)
+        for c in reversed(self.coef):   # Horner
+            y = y * inside + c
+        if math.isfinite(self.lo) and math.isfinite(self.hi):
+            ends = self.slope(np.array([self.lo, self.hi]))
+            y = y + torch.where(x < self.lo, float(ends[0]) * (x - self.lo),
+                                float(ends[1]) * (x - self.hi).clamp_min(0.0))
+        return y.to(images.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"coef": [round(c, 6) for c in self.coef], "range": [round(self.lo, 4),
+                                                                    round(self.hi, 4)]}
+
+
+IDENTITY_MAP = IntensityMap((0.0, 1.0), -math.inf, math.inf)
+
+
+def fit_intensity_map(fixed: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,
+                      degree: int = 3) -> list[IntensityMap]:
+    """Per image, the increasing map ``h`` with ``h(fixed) ≈ drr`` (:class:`IntensityMap`).
+
+    Weighted least squares over the weighted pixels, of degree ``degree`` or, where that
+    polynomial is not increasing over the range of those pixels, the highest lower degree that
+    is (degree 1 is when the correlation is positive; otherwise the identity). Outside that
+    range the map goes on linearly. A radiograph's line integrals are a concave, not linear,
+    function of the CT's (beam hardening, scatter); mapped through ``h`` they weigh edges in
+    thick and thin parts as the DRR does. See docs/decisions/registration-2d3d-depth-bias.md.
+    """
+    out: list[IntensityMap] = []
     for b in range(fixed.shape[0]):
         x = fixed[b].detach().to(torch.float64).flatten().numpy()
         y = drr[b].detach().to(torch.float64).flatten().numpy()
@@ -199,32 +246,25 @@ def fit_intensity_map(fixed: torch.Tensor, drr: torch.Tensor, weight: torch.Tens
             weight[b].detach().to(torch.float64).flatten().numpy()
         keep = (w > 0) & np.isfinite(x) & np.isfinite(y)
         x, y, w = x[keep], y[keep], w[keep]
-        coef = np.array([0.0, 1.0])
+        found = IDENTITY_MAP
         if x.size > 4 * (degree + 1) and np.ptp(x) > 0:
             lo, hi = float(x.min()), float(x.max())
             grid = np.linspace(lo, hi, 65)
+            sw = np.sqrt(w)
             for d in range(degree, 0, -1):
                 powers = np.stack([x ** k for k in range(d + 1)], axis=1)
-                sw = np.sqrt(w)
                 c, *_ = np.linalg.lstsq(powers * sw[:, None], y * sw, rcond=None)
-                slope = sum(k * c[k] * grid ** (k - 1) for k in range(1, d + 1))
-                if np.all(np.isfinite(c)) and np.all(slope > 0):
-                    coef = c
+                candidate = IntensityMap(tuple(float(a) for a in c), lo, hi)
+                if np.all(np.isfinite(c)) and np.all(candidate.slope(grid) > 0):
+                    found = candidate
                     break
-        out.append(np.asarray(coef, dtype=np.float64))
+        out.append(found)
     return out
 
 
-def apply_intensity_map(images: torch.Tensor, coefs: list[NDArray[np.float64]]) -> torch.Tensor:
-    """``(B, H, W)`` images mapped pixel-wise by each image's polynomial (lowest power first)."""
-    out = torch.zeros_like(images)
-    for b, c in enumerate(coefs):
-        x = images[b].to(torch.float64)
-        y = torch.zeros_like(x)
-        for k in range(len(c) - 1, -1, -1):   # Horner
-            y = y * x + float(c[k])
-        out[b] = y.to(images.dtype)
-    return out
+def apply_intensity_map(images: torch.Tensor, maps: list[IntensityMap]) -> torch.Tensor:
+    """``(B, H, W)`` images mapped pixel-wise, each by its own :class:`IntensityMap`."""
+    return torch.stack([m(images[b]) for b, m in enumerate(maps)])
 
 
 def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,
@@ -236,11 +276,15 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
        the DRR, both smoothed by ``smooth_px`` (as the metric sees them), and applied.
     2. With ``scatter_px > 0``: in the transmitted domain of the mapped image, ``t = e^{-x}``,
        a smooth additive part ``s`` (scatter, veiling glare) is estimated as the Gaussian
-       (σ = ``scatter_px``, weighted) of ``t − e^{-drr}`` and removed, ``x' = −log(t − s)``
-       (never below a tenth of ``t``), and ``h`` fitted again. Scatter flattens a radiograph's
-       thick parts (their primary beam is weakest), which a gradient metric otherwise reads as
-       a pose: the biplane benchmark's 0.4° rotation. The fit needs a pose near the answer:
-       the Gaussian's σ, tens of pixels, averages the misalignment's edges out.
+       (σ = ``scatter_px``, weighted) of ``e^{-x̃} − e^{-d̃}`` (``x̃``, ``d̃``: the mapped
+       radiograph and the DRR smoothed by ``smooth_px``) and removed, ``x' = −log(t − s)``
+       (never below a tenth of ``t``; pixels of zero weight keep their value), and ``h``
+       fitted again. Scatter flattens a radiograph's thick parts (their primary beam is
+       weakest), which a gradient metric otherwise reads as a pose: the biplane benchmark's
+       0.4° rotation. The fit needs a pose near the answer: a narrow Gaussian takes part of
+       the misalignment's edges up as veil and pulls the optimum back towards the start (a
+       floor of 10 pixels was measured and made the biplane benchmark worse; see
+       docs/decisions/registration-2d3d-depth-bias.md).
 
     Args:
         raw: The binned radiographs, not smoothed (line integrals).
@@ -251,27 +295,30 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
         scatter_px: σ of the scatter estimate, pixels; 0: no scatter removal.
 
     Returns:
-        The mapped radiographs (not smoothed) and, per image, ``{"map": coefficients}`` (lowest
-        power first) plus, with scatter removal, ``"veil_fraction"`` (the median of ``s / t``
-        over the weighted pixels; signed, since ``h`` already took up part of the veil) and
+        The mapped radiographs (not smoothed) and, per image, ``{"map": ...}``
+        (:meth:`IntensityMap.to_json`: coefficients, lowest power first, and the fitted range)
+        plus, with scatter removal, ``"veil_fraction"`` (the median of ``s / t`` over the
+        weighted pixels; signed, since ``h`` already took up part of the veil) and
         ``"map_after_scatter"``.
     """
     sdrr = smooth(drr, smooth_px, weight)
-    coefs = fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree)
-    mapped = apply_intensity_map(raw, coefs)
-    facts: list[dict[str, Any]] = [{"map": [round(float(a), 6) for a in c]} for c in coefs]
+    maps = fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree)
+    mapped = apply_intensity_map(raw, maps)
+    facts: list[dict[str, Any]] = [{"map": m.to_json()} for m in maps]
     if scatter_px <= 0:
         return mapped, facts
     t_obs = torch.exp(-mapped)
     resid = torch.exp(-smooth(mapped, smooth_px, weight)) - torch.exp(-sdrr)
     scatter = smooth(resid, scatter_px, weight)
-    mapped = -torch.log(torch.maximum(t_obs - scatter, 0.1 * t_obs))
-    again = fit_intensity_map(smooth(mapped, smooth_px, weight), sdrr, weight, degree)
-    mapped = apply_intensity_map(mapped, again)
+    removed = -torch.log(torch.maximum(t_obs - scatter, 0.1 * t_obs))
+    if weight is not None:   # pixels that do not count keep their value
+        removed = torch.where(weight > 0, removed, mapped)
+    again = fit_intensity_map(smooth(removed, smooth_px, weight), sdrr, weight, degree)
+    out = apply_intensity_map(removed, again)
     for b, fact in enumerate(facts):
         frac = (scatter[b] / t_obs[b]).flatten()
         if weight is not None:
             frac = frac[weight[b].flatten() > 0]
         fact["veil_fraction"] = round(float(frac.median()), 6) if frac.numel() else 0.0
-        fact["map_after_scatter"] = [round(float(a), 6) for a in again[b]]
-    return mapped, facts
+        fact["map_after_scatter"] = again[b].to_json()
+    return out, facts

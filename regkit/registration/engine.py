@@ -271,8 +271,9 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
             evaluations += screened
             x = np.asarray(best[0], dtype=np.float64)
 
-        prepared = int(level.prepare(x))
+        prepared = int(level.prepare(spec.clip(x)))
         evaluations += prepared
+
         def on_iteration(rec: IterationRecord, _lv: Level = level, _li: int = li,
                          _done: int = evaluations) -> None:
             point = ConvergencePoint(evaluations=_done + rec.evaluations,

@@ -42,10 +42,12 @@ Convention:
     padding), dilated by 2 pixels so that the collimator's edge, which no DRR shows, is not
     scored either.
 
-    **Two or more views** (the defaults; each can be set for one view too): at the start of
-    every level but the first, each radiograph is mapped to the DRR at the level's starting pose
-    by an increasing cubic, and a smooth additive veil of its transmitted image (scatter) is
-    estimated and removed (``intensity_degree``, ``scatter_sigma``); and each view gets a free
+    **Two or more views** (the defaults; the intensity map and the veil removal can be asked
+    for with one view too, the zoom cannot): at the start of every level but the first, each
+    radiograph is mapped to the DRR at the level's starting pose by an increasing polynomial
+    (a cubic where that is increasing), and a smooth additive veil of its transmitted image
+    (scatter) is estimated and removed (``intensity_degree``, ``scatter_sigma``); and each
+    view gets a free
     zoom of its image about its principal point (``view_zoom``: ``6 + V`` parameters, the
     zooms as ``log s``, reported in ``extras["view_zoom"]`` and not applied to the result's
     cameras). A view's distance from its source then comes from the other views' detectors
@@ -150,9 +152,9 @@ DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
 
 Level 0 searches wide (CMA-ES, σ = 8° and 15 mm, popsize 16, IPOP restarts), level 1 narrows
 (CMA-ES, σ = 2° and 3 mm), level 2 polishes with the batched quadratic-model trust region
-(:mod:`regkit.optim.quadratic`: designs of 28 poses rendered in one call, first radius 0.25°
-and 0.5 mm) on the CT as it is (capped at 2²³ voxels); levels 1 and 2 fit the bone weight
-(``fit_bone_weight``).
+(:mod:`regkit.optim.quadratic`: designs of 28 poses rendered in one call, 45 with two views'
+zooms, first radius 0.25° and 0.5 mm) on the CT as it is (capped at 2²³ voxels); levels 1
+and 2 fit the bone weight (``fit_bone_weight``).
 
 Why: on polychromatic radiographs (``benchmarks/precision_2d3d.py``, 14 cases) this polish with
 the bone fit gave a median mTRE of 0.32 mm (worst 0.38 mm), where the previous default, Powell
@@ -223,11 +225,12 @@ class Register2D3DOptions:
             Why these defaults: on the polychromatic AP + lateral benchmark the three together
             took the median mTRE from 0.55 to 0.17 mm (scatter was the cause: without it in
             the radiographs, 0.21 mm), and with heavier scatter one case from 1.57 to 0.37 mm;
-            where nothing biases the objective (an oblique pair, monochromatic radiographs)
-            they change little, cost up to 0.2 mm on a small crop at 80², and a biplane
-            registration takes about 1.7× as long. In a single view, the intensity map and
-            the scatter removal made the depth worse (0.25 → 0.63–0.86 mm), because what they
-            remove had offset the depth bias of the radiograph's blur. See
+            on an oblique pair and on monochromatic radiographs they changed little; on the
+            small shipped crop at 80², with or without scatter, they cost 0.02–0.17 mm; a
+            biplane registration takes about 1.5× as long (28 s against 19 s, back to back).
+            In a single view, the intensity map and the veil removal made the depth worse
+            (cases 0–2: mTRE 0.28–0.38 → 0.74–0.87 mm), because what they remove had offset
+            the depth bias of the radiograph's blur. See
             docs/decisions/registration-2d3d-depth-bias.md.
         max_batch: Most views rendered in one call (None: the whole population times views).
         threads: torch's intra-op threads while the registration runs (restored after); None
@@ -315,19 +318,20 @@ class Register2D3DOptions:
 
         Raises:
             InputError: ``view_zoom`` asked for one view (its zoom and its depth are then one
-                unknown).
+                unknown); ``scatter_sigma`` asked without the intensity map (degree 0).
         """
         multi = n_views > 1
         if self.view_zoom and not multi:
             raise InputError("view_zoom needs two or more views: in one view the zoom and the "
                              "distance from the source are one unknown", key="view_zoom")
-        return replace(
-            self,
-            intensity_degree=(3 if multi else 0) if self.intensity_degree is None
-            else self.intensity_degree,
-            scatter_sigma=(0.06 if multi else 0.0) if self.scatter_sigma is None
-            else self.scatter_sigma,
-            view_zoom=multi if self.view_zoom is None else self.view_zoom)
+        degree = (3 if multi else 0) if self.intensity_degree is None else self.intensity_degree
+        if degree == 0 and self.scatter_sigma:
+            raise InputError("the scatter removal runs within the intensity map: it needs "
+                             "intensity_degree >= 1", key="scatter_sigma")
+        sigma = (0.06 if multi and degree else 0.0) if self.scatter_sigma is None \
+            else self.scatter_sigma
+        return replace(self, intensity_degree=degree, scatter_sigma=sigma,
+                       view_zoom=multi if self.view_zoom is None else self.view_zoom)
 
 
 # --------------------------------------------------------------------------------- the pose
@@ -376,7 +380,8 @@ class _Group:
 class _Level(Level):
     """One pyramid level: a renderer on the level CT, the binned views and the metric.
 
-    Its parameters are the six of :func:`correction_from_params` about ``pivot``.
+    Its parameters are the six of :func:`correction_from_params` about ``pivot``, followed at
+    levels with ``view_zoom`` by one log zoom per view.
     """
 
     renderer: Renderer
@@ -456,7 +461,10 @@ class _Level(Level):
         return torch.exp(torch.as_tensor(params[..., 6:], dtype=torch.float64))
 
     def corrections(self, params: Any) -> Any:
-        """``(..., 6)`` parameters to ``(..., 4, 4)`` world corrections (numpy or torch)."""
+        """``(..., 6 [+ V])`` parameters to ``(..., 4, 4)`` world corrections (numpy or torch).
+
+        The views' zooms, if any, are left out (:meth:`zooms`).
+        """
         if isinstance(params, torch.Tensor):
             return correction_from_params(params[..., :6],
                                           torch.as_tensor(self.pivot, dtype=params.dtype))
@@ -693,10 +701,14 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     Returns:
         :class:`~regkit.registration.results.Registration2D3DResult`: the refined ``cameras``,
         ``world_correction``, ``metric``, ``final_score`` (mean over views at the finest level,
-        the metric's own sense), ``seconds``, ``evaluations``, ``history`` and ``extras``
-        (``seed``, ``pivot_mm``, ``params`` (the 6 search parameters, rad and mm), ``bones``,
-        ``levels`` (per level: method, detector factors, spacing, evaluations, seconds, score,
-        stop reasons) and ``stop_reasons`` of the last level).
+        the metric's own sense; with two or more views, of the mapped radiographs and the
+        zoomed views, so not reproducible from the cameras alone), ``seconds``,
+        ``evaluations``, ``history`` and ``extras`` (``seed``, ``pivot_mm``, ``params`` (the 6
+        search parameters, rad and mm), ``view_zoom`` (per view, or None), the resolved
+        ``intensity_degree`` and ``scatter_sigma`` (applied at levels after the first),
+        ``bones``, ``levels`` (per level: method, detector factors, spacing, evaluations,
+        seconds, score, stop reasons and, where fitted, ``intensity_maps``) and
+        ``stop_reasons`` of the last level).
 
     Raises:
         InputError: bad options; images and cameras of different counts; an image with NaN or

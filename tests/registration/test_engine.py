@@ -223,8 +223,13 @@ def test_prepare_sees_each_levels_start_once_and_is_counted() -> None:
                               _level("powell", max_evaluations=300, tol_x=1e-6)],
                  x0=[1.0, 2.0, 3.0], starts=8)
     assert [len(b.prepared) for b in built] == [1, 1]
-    # level 0: after the start screening; level 1: level 0's result, grown by a zero
-    assert built[0].prepared[0].shape == (3,)
+    # level 0: after the start screening (a screened draw better than x0, not x0 itself);
+    # level 1: level 0's result, grown by a zero
+    first = built[0].prepared[0]
+    x0 = np.array([1.0, 2.0, 3.0])
+    assert first.shape == (3,)
+    assert not np.array_equal(first, x0)
+    assert Bowl().losses(first[None])[0] < Bowl().losses(x0[None])[0]
     assert built[1].prepared[0][3] == 0.0
     np.testing.assert_allclose(built[1].prepared[0][:3], OPTIMUM, atol=1e-3)
     assert result.evaluations == sum(b.calls for b in built) == \
