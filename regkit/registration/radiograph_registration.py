@@ -47,13 +47,12 @@ Convention:
     radiograph is mapped to the DRR at the level's starting pose by an increasing polynomial
     (a cubic where that is increasing), and a smooth additive veil of its transmitted image
     (scatter) is estimated and removed (``intensity_degree``, ``scatter_sigma``); and each
-    view gets a free
-    zoom of its image about its principal point (``view_zoom``: ``6 + V`` parameters, the
-    zooms as ``log s``, reported in ``extras["view_zoom"]`` and not applied to the result's
-    cameras). A view's distance from its source then comes from the other views' detectors
-    rather than from its own apparent magnification, which blur and scatter bias. On the
-    polychromatic biplane benchmark the median mTRE went from 0.55 to 0.17 mm. One view keeps
-    all three off: they made its depth worse. See
+    view gets a free zoom of its image about its principal point (``view_zoom``: ``6 + V``
+    parameters, the zooms as ``log s``, reported in ``extras["view_zoom"]`` and not applied
+    to the result's cameras). A view's distance from its source then comes from the other
+    views' detectors rather than from its own apparent magnification, which blur and scatter
+    bias. On the polychromatic biplane benchmark the median mTRE went from 0.55 to 0.17 mm.
+    One view keeps all three off: they made its depth worse. See
     docs/decisions/registration-2d3d-depth-bias.md.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
@@ -408,11 +407,7 @@ class _Level(Level):
         ``zooms``: ``(λ, V)`` factors of every view's image about its principal point (None: 1).
         """
         lam, nv = corrections.shape[0], len(g.views)
-        t = torch.as_tensor(g.camera_from_world, dtype=corrections.dtype)
-        poses = (t[None] @ corrections[:, None]).reshape(lam * nv, 4, 4)
-        k = torch.as_tensor(g.intrinsic, dtype=corrections.dtype).repeat(lam, 1, 1)
-        if zooms is not None:
-            k = _zoomed(k, zooms[:, g.views].reshape(lam * nv))
+        k, poses = self._cameras(g, corrections, zooms)
         chunk = lam * nv if self.max_batch is None else self.max_batch
         parts, feet, bone_parts = [], [], []
         for a in range(0, lam * nv, chunk):
@@ -434,6 +429,21 @@ class _Level(Level):
             drr = _fit_bone_weight(fixed, drr, bone, scored)
         weight = scored
         return self.metric(fixed, drr, weight).reshape(lam, nv).to(torch.float64)
+
+    @staticmethod
+    def _cameras(g: _Group, corrections: torch.Tensor,
+                 zooms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's views under ``(λ, 4, 4)`` corrections and ``(λ, V)`` zooms (None: 1).
+
+        ``(λ·V_g, 3, 3)`` intrinsics and ``(λ·V_g, 4, 4)`` poses, candidate-major.
+        """
+        lam, nv = corrections.shape[0], len(g.views)
+        t = torch.as_tensor(g.camera_from_world, dtype=corrections.dtype)
+        poses = (t[None] @ corrections[:, None]).reshape(lam * nv, 4, 4)
+        k = torch.as_tensor(g.intrinsic, dtype=corrections.dtype).repeat(lam, 1, 1)
+        if zooms is not None:
+            k = _zoomed(k, zooms[:, g.views].reshape(lam * nv))
+        return k, poses
 
     def _footprint(self, drr: torch.Tensor) -> torch.Tensor:
         """Where the bones project in each DRR, dilated by ``bone_margin_px`` (float 0/1)."""
@@ -496,11 +506,8 @@ class _Level(Level):
         zooms = self.zooms(x[None])
         with torch.no_grad():
             for g in self.groups:
-                t = torch.as_tensor(g.camera_from_world, dtype=torch.float64) @ correction
-                k = torch.as_tensor(g.intrinsic, dtype=torch.float64)
-                if zooms is not None:
-                    k = _zoomed(k, zooms[0, g.views])
-                drr = self.renderer.drr(Views(k, t, g.height, g.width)).to(torch.float32)
+                k, poses = self._cameras(g, correction, zooms)
+                drr = self.renderer.drr(Views(k, poses, g.height, g.width)).to(torch.float32)
                 mapped, facts = _match_intensities(
                     g.raw, drr, g.weight, self.intensity_degree, self.smooth_px,
                     self.scatter_sigma * max(g.height, g.width))
@@ -627,15 +634,13 @@ class _LevelBuilder:
             if any(x is not None for x in ws):
                 weight = torch.from_numpy(np.stack([np.ones((h, w), np.float32) if x is None
                                                     else x for x in ws]))
+            raw = torch.from_numpy(np.stack([fixed[i] for i in members]))
             groups.append(_Group(
                 views=members,
                 intrinsic=np.stack([cams[i].intrinsic for i in members]),
                 camera_from_world=np.stack([cams[i].camera_from_world for i in members]),
                 height=h, width=w,
-                fixed=_smooth(torch.from_numpy(np.stack([fixed[i] for i in members])),
-                              self.opts.smooth_px, weight),
-                raw=torch.from_numpy(np.stack([fixed[i] for i in members])),
-                weight=weight))
+                fixed=_smooth(raw, self.opts.smooth_px, weight), raw=raw, weight=weight))
         return _Level(renderer=renderer, groups=groups, n_views=len(self.cameras),
                       metric=self.metric, bones=self.bones,
                       bone_margin_px=self.opts.bone_margin_px, max_batch=self.opts.max_batch,
