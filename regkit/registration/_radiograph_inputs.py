@@ -9,6 +9,8 @@ Used by :func:`~regkit.registration.radiograph_registration.register_2d3d` and i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from regkit.io.radiograph import Radiograph, to_line_integral
 from regkit.labels import check_present, present_labels
 from regkit.registration._volume_inputs import as_volume, refuse_constant
 from regkit.render.base import bone_key
-from regkit.volume import Volume
+from regkit.volume import Volume, hu_to_mu
 
 __all__ = [
     "check_bones",
@@ -29,6 +31,7 @@ __all__ = [
     "check_masks",
     "check_variance",
     "check_volume",
+    "check_volume_source",
     "flat_mask",
 ]
 
@@ -41,13 +44,28 @@ _FLAT_MARGIN_PX = 2
 
 def check_volume(volume: Any, mu_water: float) -> Volume:
     """The CT in μ (1/mm; HU converted with ``mu_water``), refused if not a non-constant Volume."""
+    ct, to_mu = check_volume_source(volume, mu_water)
+    return ct if to_mu is None else ct.to_mu(mu_water)
+
+
+def check_volume_source(volume: Any, mu_water: float
+                        ) -> tuple[Volume, Callable[[NDArray[np.float32]], NDArray[np.float32]]
+                                   | None]:
+    """The CT as given and the elementwise map of its values to μ (None when already in μ).
+
+    Refused as :func:`check_volume` refuses. The map lets the pyramid convert slab by slab
+    instead of making a full-size μ copy of the CT first.
+    """
     volume = as_volume(volume, "volume")
     if volume.units not in ("HU", "mu"):
         raise InputError(f"must be in 'HU' or 'mu', got units {volume.units!r}", key="volume")
-    mu = volume.to_mu(mu_water) if volume.units == "HU" else volume
-    if float(mu.data.max()) - float(mu.data.min()) <= 0:
+    to_mu = None if volume.units == "mu" else partial(hu_to_mu, mu_water=mu_water)
+    ends = np.array([float(volume.data.min()), float(volume.data.max())])
+    if to_mu is not None:   # μ is a non-decreasing function of HU: its extremes are theirs
+        ends = to_mu(ends).astype(np.float64)
+    if ends[1] - ends[0] <= 0:
         raise InputError("the CT is constant: no DRR of it can be registered", key="volume")
-    return mu
+    return volume, to_mu
 
 
 def check_cameras(cameras: Any) -> list[Camera]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from regkit.errors import InputError
 from regkit.optim import gradient_methods, optimizers
@@ -38,6 +39,9 @@ __all__ = [
 _SPACING_SLACK = 1.01
 # Gaussian of the pyramid, in target voxels (elastix's choice: half the shrink factor).
 _PYRAMID_SIGMA = 0.5
+# Bytes of float32 data reduced at a time by block_mean: bounds its temporaries (a fresh full-size
+# copy of a 512 × 512 × 133 CT cost about 1 s of page faults on the benchmark machines).
+_BLOCK_SLAB_BYTES = 16 << 20
 
 
 DEFAULT_SEED = 0
@@ -150,56 +154,112 @@ def level_options(level: LevelOptions, seed: int) -> Any:
     return opts
 
 
-def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped)."""
-    if all(int(k) == 1 for k in factors):   # no copy at a level that keeps the CT's grid
-        return np.asarray(data, dtype=np.float32)
-    return block_reduce(data, factors, "mean", np.float64).astype(np.float32)
+def block_mean(data: np.ndarray, factors: Sequence[int],
+               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped), float32.
+
+    ``transform``, when given, is applied voxel by voxel to the float32 data first (it must be
+    elementwise: it sees slabs of the volume, never the whole). The data are reduced slab by
+    slab along the first axis, so a large CT never needs a full-size float64 (or transformed)
+    copy: the result is the same, to the bit, as reducing the whole at once.
+    """
+    f = [int(k) for k in factors]
+
+    def prepared(part: np.ndarray) -> np.ndarray:
+        part = np.asarray(part, dtype=np.float32)
+        return part if transform is None else np.asarray(transform(part), dtype=np.float32)
+
+    if all(k == 1 for k in f):   # no block to average: no copy at a level on the CT's grid
+        return prepared(data)
+    arr = np.asarray(data)
+    blocks = arr.shape[0] // f[0]
+    per_block = f[0] * math.prod(arr.shape[1:]) * 4           # bytes of a float32 slab
+    step = max(1, _BLOCK_SLAB_BYTES // max(per_block, 1))
+    out: np.ndarray | None = None
+    for b in range(0, blocks, step):
+        part = block_reduce(prepared(arr[b * f[0]:min(b + step, blocks) * f[0]]), f, "mean",
+                            np.float64)
+        if out is None:
+            out = np.empty((blocks, *part.shape[1:]), dtype=np.float32)
+        out[b:b + part.shape[0]] = part
+    if out is None:   # fewer elements than one block along the first axis
+        return block_reduce(prepared(arr), f, "mean", np.float64).astype(np.float32)
+    return out
 
 
-def at_spacing(volume: Volume, spacing_mm: float) -> Volume:
+def _plan(volume: Volume, spacing_mm: float
+          ) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.float64],
+                     NDArray[np.float64], tuple[int, ...]]:
+    """What :func:`at_spacing` does, without doing it.
+
+    Returns the shrinking axes, block factors, block spacing, final spacing and final shape.
+    """
+    native = volume.spacing
+    target = np.maximum(native, spacing_mm)
+    shrinking = target > native * _SPACING_SLACK
+    shape = np.asarray(volume.shape, dtype=np.int64)
+    if not shrinking.any():
+        return shrinking, np.ones(3, np.int64), native, native, volume.shape
+    factors = np.where(shrinking, np.maximum(1, np.floor(target / native + 1e-6)), 1).astype(int)
+    if min(s // f for s, f in zip(volume.shape, factors, strict=True)) < 1:
+        factors = np.minimum(factors, shape)
+    block_spacing = native * factors
+    final = np.where(target > block_spacing * _SPACING_SLACK, target, block_spacing)
+    blocked = shape // factors
+    if np.allclose(final, block_spacing):
+        return shrinking, factors, block_spacing, block_spacing, tuple(int(n) for n in blocked)
+    ratio = final / block_spacing            # as Volume.resample sizes its grid
+    out = np.maximum(1, np.ceil(blocked / ratio - 1e-6)).astype(int)
+    return shrinking, factors, block_spacing, final, tuple(int(n) for n in out)
+
+
+def at_spacing(volume: Volume, spacing_mm: float,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Volume:
     """``volume`` smoothed and resampled to ``max(own spacing, spacing_mm)`` on every axis.
 
     A block mean over whole voxels, then a Gaussian of σ = 0.5 target voxels on the axes that
     shrink, then trilinear resampling to the target spacing (same centre and extent). Axes whose
     spacing is already within 1 % of the target are left untouched. float32, units ``"other"``.
+    ``transform``: an elementwise function of the float32 values applied before all that (as
+    :func:`block_mean` applies it, slab by slab).
     """
     from scipy.ndimage import gaussian_filter
 
-    native = volume.spacing
-    target = np.maximum(native, spacing_mm)
-    shrinking = target > native * _SPACING_SLACK
-    data = np.asarray(volume.data, dtype=np.float32)
+    shrinking, factors, block_spacing, final, _ = _plan(volume, spacing_mm)
     if not shrinking.any():
-        return Volume(data, volume.world_from_index, units="other")
-    factors = np.where(shrinking, np.maximum(1, np.floor(target / native + 1e-6)), 1).astype(int)
-    if min(s // f for s, f in zip(volume.shape, factors, strict=True)) < 1:
-        factors = np.minimum(factors, np.asarray(volume.shape))
-    data = block_mean(data, factors.tolist())
+        return Volume(block_mean(volume.data, [1, 1, 1], transform), volume.world_from_index,
+                      units="other")
+    data = block_mean(volume.data, factors.tolist(), transform)
     old_from_new = np.diag([*factors.astype(np.float64), 1.0])
     old_from_new[:3, 3] = (factors - 1) / 2.0
     affine = volume.world_from_index @ old_from_new
-    block_spacing = native * factors
+    target = np.maximum(volume.spacing, spacing_mm)
     sigma = np.where(shrinking, _PYRAMID_SIGMA * target / block_spacing, 0.0)
     data = gaussian_filter(data, sigma=sigma.tolist(), mode="nearest", truncate=3.0)
     blocked = Volume(data, affine, units="other")
-    final = np.where(target > block_spacing * _SPACING_SLACK, target, block_spacing)
     if np.allclose(final, block_spacing):
         return blocked
     return blocked.resample(final)
 
 
-def at_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int) -> tuple[Volume, float]:
+def _level_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int) -> float:
+    """The spacing :func:`at_spacing_within` makes its level at (without making it)."""
+    count = float(np.prod(_plan(volume, spacing_mm)[4]))
+    if count <= max_voxels:
+        return spacing_mm
+    spacing = float(np.exp(np.log(_plan(volume, spacing_mm)[3]).mean())) \
+        * (count / max_voxels) ** (1.0 / 3.0)
+    return max(spacing_mm, spacing)
+
+
+def at_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int,
+                      transform: Callable[[np.ndarray], np.ndarray] | None = None
+                      ) -> tuple[Volume, float]:
     """:func:`at_spacing`, coarser still where that level would exceed ``max_voxels`` voxels.
 
     The coarser spacing scales the level's geometric-mean spacing by the cube root of its excess
     voxel count. Returns the level and the spacing it was made at (``spacing_mm`` unless
-    coarsened).
+    coarsened); ``transform`` as in :func:`at_spacing`.
     """
-    level = at_spacing(volume, spacing_mm)
-    count = float(np.prod(level.shape))
-    if count <= max_voxels:
-        return level, spacing_mm
-    coarser = float(np.exp(np.log(level.spacing).mean())) * (count / max_voxels) ** (1.0 / 3.0)
-    spacing = max(spacing_mm, coarser)
-    return at_spacing(volume, spacing), spacing
+    spacing = _level_spacing_within(volume, spacing_mm, max_voxels)
+    return at_spacing(volume, spacing, transform), spacing

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,7 +102,7 @@ from regkit.registration._radiograph_inputs import check_cameras as _check_camer
 from regkit.registration._radiograph_inputs import check_images as _check_images
 from regkit.registration._radiograph_inputs import check_masks as _check_masks
 from regkit.registration._radiograph_inputs import check_variance as _check_variance
-from regkit.registration._radiograph_inputs import check_volume as _check_volume
+from regkit.registration._radiograph_inputs import check_volume_source as _check_volume
 from regkit.registration._radiograph_inputs import flat_mask as _flat_mask
 from regkit.registration.engine import Level
 from regkit.registration.levels import (
@@ -543,11 +543,13 @@ def _zoomed(k: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
 class _LevelBuilder:
     """Builds levels, caching the level CTs and renderers by (spacing, backend)."""
 
-    def __init__(self, mu: Volume, cameras: list[Camera], images: list[NDArray[np.float32]],
+    def __init__(self, ct: Volume, cameras: list[Camera], images: list[NDArray[np.float32]],
                  weights: list[NDArray[np.float32] | None], metric: Metric,
                  bones: tuple[int, ...] | None, opts: Register2D3DOptions,
-                 backend: str | None):
-        self.mu = mu
+                 backend: str | None,
+                 to_mu: Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None):
+        self.ct = ct          # the CT as given: in μ, or in HU with ``to_mu`` to convert
+        self.to_mu = to_mu
         self.cameras = cameras
         self.images = images
         self.weights = weights
@@ -555,11 +557,10 @@ class _LevelBuilder:
         self.bones = bones
         self.opts = opts
         self.backend = backend
-        self.base = float(np.exp(np.log(mu.spacing).mean()))
+        self.base = float(np.exp(np.log(ct.spacing).mean()))
         self._volumes: dict[float, Volume] = {}
         self._mu_levels: dict[float, tuple[Volume, float]] = {}
         self._bone_volumes: dict[float, Volume] = {}
-        self._excess: Volume | None = None
         self._renderers: dict[tuple[bool, float, str], Renderer] = {}
 
     def _mu_level(self, shrink: float) -> tuple[Volume, float]:
@@ -570,7 +571,8 @@ class _LevelBuilder:
         """
         if shrink not in self._mu_levels:
             spacing = shrink * self.base if shrink > 1 else 0.0
-            self._mu_levels[shrink] = at_spacing_within(self.mu, spacing, _MAX_LEVEL_VOXELS)
+            self._mu_levels[shrink] = at_spacing_within(self.ct, spacing, _MAX_LEVEL_VOXELS,
+                                                        transform=self.to_mu)
         return self._mu_levels[shrink]
 
     def bone_volume(self, shrink: float) -> Volume:
@@ -581,11 +583,15 @@ class _LevelBuilder:
         tissue).
         """
         if shrink not in self._bone_volumes:
-            if self._excess is None:
-                mu_t = self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0)
-                self._excess = Volume(np.maximum(np.asarray(self.mu.data, np.float32) - mu_t,
-                                                 0.0), self.mu.world_from_index, units="mu")
-            level = at_spacing(self._excess, self._mu_level(shrink)[1])
+            mu_t = np.float32(self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0))
+
+            def excess(values: NDArray[np.float32]) -> NDArray[np.float32]:
+                mu = values if self.to_mu is None else self.to_mu(values)
+                out = np.subtract(mu, mu_t, dtype=np.float32)
+                return np.maximum(out, np.float32(0.0), out=out)
+
+            # Made slab by slab from μ (at_spacing's transform): no full-size copy of the CT.
+            level = at_spacing(self.ct, self._mu_level(shrink)[1], transform=excess)
             self._bone_volumes[shrink] = Volume(level.data, level.world_from_index, units="mu")
         return self._bone_volumes[shrink]
 
@@ -594,9 +600,9 @@ class _LevelBuilder:
             level = self._mu_level(shrink)[0]
             level = Volume(level.data, level.world_from_index, units="mu")
             if self.bones is not None:
-                assert self.mu.labels is not None
-                carrier = Volume(np.zeros(self.mu.shape, np.uint8), self.mu.world_from_index,
-                                 labels=self.mu.labels, units="other")
+                assert self.ct.labels is not None
+                carrier = Volume(np.zeros(self.ct.shape, np.uint8), self.ct.world_from_index,
+                                 labels=self.ct.labels, units="other")
                 moved = carrier.resample_to_grid(level.shape, level.world_from_index)
                 level = level.with_labels(moved.labels)
             self._volumes[shrink] = level
@@ -724,7 +730,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     """
     t_start = time.perf_counter()
     opts = coerce_options(Register2D3DOptions, options, "registration")
-    mu = _check_volume(volume, opts.mu_water)
+    mu, to_mu = _check_volume(volume, opts.mu_water)
     cams = _check_cameras(cameras)
     opts = opts.for_views(len(cams))
     imgs = _check_images(images, cams, image_kind)
@@ -748,7 +754,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
                                                         opts.bone_roi_margin_mm)
     with engine.torch_threads(opts.threads):
         builder = _LevelBuilder(mu, work_cams, work_imgs, work_weights, scorer, bone_labels,
-                                opts, backend)
+                                opts, backend, to_mu=to_mu)
         return _register(builder, cams, levels, metric, seed, opts, progress, t_start)
 
 
@@ -812,7 +818,7 @@ def _with_zooms(spec: ParamSpec, n_views: int, step: float) -> ParamSpec:
 def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOptions],
               metric: str, seed: int, opts: Register2D3DOptions,
               progress: ProgressCallback | None, t_start: float) -> Registration2D3DResult:
-    pivot = _pivot(builder.mu, builder.bones)
+    pivot = _pivot(builder.ct, builder.bones)
     done = engine.run(_Problem(builder, pivot, metric, opts), levels, seed=seed,
                       starts=opts.starts, start_spread=opts.start_spread, progress=progress)
     correction = np.asarray(correction_from_params(done.x[:6], pivot), dtype=np.float64)
