@@ -476,9 +476,9 @@ class Volume:
             above = np.minimum(below + 1, n_source - 1)
             weight = (coords[axis] - below).astype(dtype)[:, None, None]
             slabs = np.ascontiguousarray(np.moveaxis(data, axis, 0))
-            result = slabs[below].astype(dtype)
+            result = slabs[below].astype(dtype, copy=False)   # the gather is a copy already
             result *= 1 - weight
-            upper = slabs[above].astype(dtype)
+            upper = slabs[above].astype(dtype, copy=False)
             upper *= weight
             result += upper
             data = np.moveaxis(result, 0, axis)
