@@ -163,6 +163,10 @@ def test_options_defaults_depend_on_the_number_of_views() -> None:
     assert (off.intensity_degree, off.scatter_sigma) == (0, 0.0)
     with pytest.raises(InputError, match="scatter_sigma"):
         Register2D3DOptions(intensity_degree=0, scatter_sigma=0.05).for_views(2)
+    # the ray step: a voxel with one view, half a voxel with more, a chosen value kept
+    assert opts.ray_step_voxels is None
+    assert (one.ray_step_voxels, two.ray_step_voxels) == (1.0, 0.5)
+    assert Register2D3DOptions(ray_step_voxels=0.7).for_views(1).ray_step_voxels == 0.7
 
 
 @pytest.mark.parametrize(("key", "value"), [

@@ -297,6 +297,30 @@ def test_bad_bones_masks_metric_and_options() -> None:
         register_2d3d(_ct().data, cams, images)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "1", True])
+def test_bad_ray_step_is_named(value: Any) -> None:
+    with pytest.raises(InputError) as err:
+        Register2D3DOptions(ray_step_voxels=value)
+    assert err.value.key == "ray_step_voxels"
+
+
+@pytest.mark.parametrize("steps", [0.5, 1.0, 1.5])
+def test_ray_step_reaches_every_level_renderer(steps: float) -> None:
+    """Each level's renderers (the CT's and its bone part's) march ``steps`` level voxels."""
+    import regkit.registration.radiograph_registration as rr
+    from regkit.metrics import get_metric
+
+    ct = _ct()
+    builder = rr._LevelBuilder(ct.to_mu(), [_camera()], [np.zeros((SIZE, SIZE), np.float32)],
+                               [None], get_metric("gncc"), None,
+                               Register2D3DOptions(ray_step_voxels=steps), None)
+    for shrink in (1.0, 2.0):
+        for bone in (False, True):
+            renderer = builder.renderer(shrink, gradient=bone, bone=bone)
+            level = builder.bone_volume(shrink) if bone else builder.volume(shrink)
+            assert renderer.step_mm == pytest.approx(steps * float(np.min(level.spacing)))
+
+
 @pytest.mark.slow
 def test_optimizer_switches_the_search_levels() -> None:
     true = [_camera()]
