@@ -48,8 +48,14 @@ def _builtin_commands() -> None:
             commands.add(name, reg)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with every built-in and plugin subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, with every built-in and plugin subcommand.
+
+    With ``command`` naming a built-in, only that subcommand is added: running a built-in then
+    loads no plugin (the reconstruction plugin's imports cost 0.3 s of every ``register-2d3d``).
+    Any other ``command`` (a plugin's, or unknown) gives the full parser, whose error lists the
+    known names.
+    """
     from regkit import __version__
 
     _builtin_commands()
@@ -58,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"regkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in commands.names():
+    # commands._items holds the built-ins before any entry point is loaded (see get())
+    names = [command] if command is not None and command in commands._items \
+        else commands.names()
+    for name in names:
         commands.get(name)(sub)
     return parser
 
@@ -66,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        first = words[0] if words and not words[0].startswith("-") else None
+        parser = build_parser(first)
+        args = parser.parse_args(words)
         status = args.func(args)
         return 0 if status is None else int(status)
     except SystemExit as exit_:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -31,6 +32,28 @@ def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
                  ["project", "--help"]):
         assert main(argv) == 0
         assert "usage:" in capsys.readouterr().out
+
+
+def test_a_builtin_command_loads_no_plugin() -> None:
+    """Running a built-in command builds only its parser: no entry point, no plugin import."""
+    code = ("import sys; from regkit.cli.main import main, commands; "
+            "status = main(['camera', '--help']); "
+            "print(status, commands._loaded_entry_points, "
+            "any(m.startswith('regkit_recon') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 False False"
+    # the full help still lists every command, plugins' included, and so does a typo's error
+    code = "from regkit.cli.main import main; main(['--help'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False).stdout
+    assert "register-2d3d" in out
+    if importlib.util.find_spec("regkit_recon") is not None:
+        assert "recon" in out
+    err = subprocess.run([sys.executable, "-m", "regkit.cli.main", "regsiter-2d3d"],
+                         capture_output=True, text=True, check=False)
+    assert err.returncode == 2
+    assert "'register-2d3d'" in err.stderr
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
