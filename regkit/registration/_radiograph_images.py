@@ -12,6 +12,7 @@ or ``(B, H, W)`` torch batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,11 @@ __all__ = [
     "bin_image",
     "bin_weight",
     "bone_rois",
+    "bone_weight_ratio",
     "detector_factor",
     "fit_bone_weight",
     "fit_intensity_map",
+    "joint_bone_weight_ratio",
     "match_intensities",
     "smooth",
 ]
@@ -147,6 +150,62 @@ def fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
     metric's optimum, mostly along the view. Differentiable; ``(B, H, W)`` in and out. See
     docs/decisions/registration-2d3d-bones.md.
     """
+    ratio = bone_weight_ratio(fixed, drr, bone, weight)
+    return drr + ratio.to(drr.dtype)[:, None, None] * bone
+
+
+def bone_weight_ratio(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
+                      weight: torch.Tensor | None) -> torch.Tensor:
+    """``q/p`` of :func:`fit_bone_weight`, one per image: ``(B,)`` float64."""
+    return _ratio(*_bone_normal_equations(fixed, drr, bone, weight))
+
+
+def joint_bone_weight_ratio(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor | None]]) -> float:
+    """One ``q/p`` for every image of ``parts`` together: the weight of one CT's bone.
+
+    ``parts``: ``(fixed, drr, bone, weight)`` batches as :func:`fit_bone_weight` takes them,
+    of any sizes (views of several detectors). Each image keeps its own scale ``p`` (views
+    differ in exposure and detector gain); the ratio ``r`` maximises the sum over images of
+    the squared weighted correlation between the radiograph's Sobel derivatives and those of
+    ``drr + r·bone`` (an image anti-correlated there counts negatively), over the clamped
+    range of :data:`BONE_WEIGHT_RANGE`. For one image that is :func:`bone_weight_ratio`'s
+    closed form.
+    """
+    lo, hi = BONE_WEIGHT_RANGE
+    terms = []
+    for fixed, drr, bone, weight in parts:
+        gram, rhs = _bone_normal_equations(fixed, drr, bone, weight)
+        energy = _bone_normal_equations(fixed, fixed, fixed, weight)[0][:, 0, 0]
+        terms.append(torch.cat([gram.flatten(1), rhs, energy[:, None]], dim=1))
+    t = torch.cat(terms).to(torch.float64)                         # (N, 4 + 2 + 1)
+    dd, db, bb, fd, fb, ff = t[:, 0], t[:, 1], t[:, 3], t[:, 4], t[:, 5], t[:, 6]
+    ok = (dd > 0) & (ff > 0)
+    if not ok.any():
+        return 0.0
+    dd, db, bb, fd, fb, ff = (x[ok] for x in (dd, db, bb, fd, fb, ff))
+
+    def gain(r: torch.Tensor) -> torch.Tensor:   # Σ signed squared correlations, (R,)
+        num = fd[None] + r[:, None] * fb[None]
+        den = (dd[None] + 2 * r[:, None] * db[None] + r[:, None] ** 2 * bb[None]) * ff[None]
+        return (num * num.abs() / den.clamp_min(1e-300)).sum(dim=1)
+
+    grid = torch.linspace(lo - 1.0, hi - 1.0, 2049, dtype=torch.float64)
+    best = int(torch.argmax(gain(grid)))
+    a = grid[max(best - 1, 0)]
+    b = grid[min(best + 1, grid.numel() - 1)]
+    for _ in range(60):   # golden section inside the best grid cell's neighbours
+        c1, c2 = b - 0.618034 * (b - a), a + 0.618034 * (b - a)
+        if gain(torch.stack([c1]))[0] >= gain(torch.stack([c2]))[0]:
+            b = c2
+        else:
+            a = c1
+    return float(0.5 * (a + b))
+
+
+def _bone_normal_equations(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
+                           weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 2, 2)`` and ``(B, 2)``: the least squares of ∇fixed ≈ p·∇drr + q·∇bone."""
     from regkit.metrics._ops import erode, sobel
 
     bases = [drr, bone]
@@ -161,8 +220,14 @@ def fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
 
     k = len(bases)
     gram = torch.stack([torch.stack([dot(grads[i], grads[j]) for j in range(k)], dim=-1)
-                        for i in range(k)], dim=-2)                        # (B, k, k)
-    rhs = torch.stack([dot(grads[i], gf) for i in range(k)], dim=-1)      # (B, k)
+                        for i in range(k)], dim=-2)
+    rhs = torch.stack([dot(grads[i], gf) for i in range(k)], dim=-1)
+    return gram, rhs
+
+
+def _ratio(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``q/p`` of the normal equations, clamped so that ``1 + q/p`` is in the weight range."""
+    k = gram.shape[-1]
     scale = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()
     norm = gram / (scale[:, :, None] * scale[:, None, :]) \
         + 1e-9 * torch.eye(k, dtype=gram.dtype)
@@ -171,8 +236,7 @@ def fit_bone_weight(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
     ok = torch.isfinite(coef).all(dim=1) & (p > 0)
     p = torch.where(ok, p, torch.ones_like(p))
     lo, hi = BONE_WEIGHT_RANGE
-    ratio = torch.where(ok, coef[:, 1] / p, torch.zeros_like(p)).clamp(lo - 1.0, hi - 1.0)
-    return drr + ratio.to(drr.dtype)[:, None, None] * bone
+    return torch.where(ok, coef[:, 1] / p, torch.zeros_like(p)).clamp(lo - 1.0, hi - 1.0)
 
 
 def detector_factor(cam: Camera, max_pixels: int) -> int:

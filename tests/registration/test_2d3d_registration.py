@@ -121,12 +121,15 @@ def test_single_view_recovers_a_perturbed_pose_and_keeps_its_inputs() -> None:
     assert before > 10.0
     for image in images:
         image.flags.writeable = False  # any write into an input would raise
-    result = register_2d3d(_ct(), start, images, seed=3, options=FAST)
+    # The default levels: on this crop the quick test levels (FAST) are erratic in one view
+    # whatever the bone weight (8 starts like this one: median 2.5 mm per candidate, 1.6 mm
+    # once per level, worst 9.5 mm), where the defaults end 0.09-1.3 mm (6 starts, ~1.2 s).
+    result = register_2d3d(_ct(), start, images, seed=3)
     assert _mtre(result.cameras, true, _bone_points()) < 2.0
     _check_contract(result, start)
     assert result.metric == "gncc"
     assert result.evaluations > 300
-    assert [f["method"] for f in result.extras["levels"]] == ["cmaes", "cmaes", "powell"]
+    assert [f["method"] for f in result.extras["levels"]] == ["cmaes", "cmaes", "quadratic"]
     assert result.extras["stop_reasons"]
     assert result.extras["levels"][0]["stop_reasons"]
     np.testing.assert_allclose(result.extras["pivot_mm"], _ct().center_world)
@@ -165,18 +168,16 @@ def test_transmitted_images_match_line_integrals_and_runs_repeat() -> None:
     line = _radiographs(true, seed=7)[0]
     start = _start(true, 8.0, 15.0, seed=8)
     transmitted = 4000.0 * np.exp(-line)
-    runs = [register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=11,
-                          options=FAST) for _ in range(2)]
+    runs = [register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=11)
+            for _ in range(2)]   # the default levels: FAST is erratic in one view here
     np.testing.assert_array_equal(runs[0].world_correction, runs[1].world_correction)
     assert runs[0].evaluations == runs[1].evaluations
     # -log(I / I0) differs from the line integrals by a constant, which gncc ignores; a
     # Radiograph is taken as line integrals whatever image_kind says.
-    direct = register_2d3d(_ct(), start, [Radiograph(line)], image_kind="transmitted", seed=11,
-                           options=FAST)
+    direct = register_2d3d(_ct(), start, [Radiograph(line)], image_kind="transmitted", seed=11)
     assert _mtre(runs[0].cameras, list(direct.cameras), _bone_points()) < 0.5
     assert _mtre(direct.cameras, true, _bone_points()) < 3.0
-    other_seed = register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=12,
-                               options=FAST)
+    other_seed = register_2d3d(_ct(), start, [transmitted], image_kind="transmitted", seed=12)
     assert not np.array_equal(other_seed.world_correction, runs[0].world_correction)
 
 
@@ -318,7 +319,8 @@ def test_ray_step_reaches_every_level_renderer(steps: float) -> None:
         for bone in (False, True):
             renderer = builder.renderer(shrink, gradient=bone, bone=bone)
             level = builder.bone_volume(shrink) if bone else builder.volume(shrink)
-            assert renderer.step_mm == pytest.approx(steps * float(np.min(level.spacing)))
+            assert getattr(renderer, "step_mm") == pytest.approx(  # noqa: B009 - both backends have it
+                steps * float(np.min(level.spacing)))
 
 
 @pytest.mark.slow
@@ -381,6 +383,94 @@ def test_the_bone_weight_fit_recovers_another_hu_to_mu_mapping() -> None:
     half = torch.where(weight > 0, soft + 2.0 * bone, 5.0 * soft)   # nothing leaks across
     masked = _fit_bone_weight(half, drr, bone, weight)
     np.testing.assert_allclose(masked.numpy(), (soft + 2.0 * bone).numpy(), atol=1e-3)
+
+
+def _soft_and_bone(n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    soft = torch.from_numpy(gaussian_filter(rng.normal(size=(n, 40, 40)), (0, 3, 3))
+                            ).to(torch.float32)
+    bone = torch.from_numpy(np.abs(gaussian_filter(rng.normal(size=(n, 40, 40)), (0, 2, 2)))
+                            ).to(torch.float32)
+    return soft, bone
+
+
+def test_the_joint_bone_weight_is_one_fit_over_every_view() -> None:
+    """One weight recovered from views of two sizes; views that disagree get one in between."""
+    from regkit.registration._radiograph_images import (
+        bone_weight_ratio,
+        fit_bone_weight,
+        joint_bone_weight_ratio,
+    )
+
+    soft, bone = _soft_and_bone(3)
+    drr = soft + bone
+    # per image: the ratio q/p of fit_bone_weight, whatever the scale and offset
+    truth = torch.tensor([0.5, 1.5, 2.5])
+    radiograph = 3.0 * (soft + (1.0 + truth[:, None, None]) * bone) + 7.0
+    ratios = bone_weight_ratio(radiograph, drr, bone, None)
+    np.testing.assert_allclose(ratios.numpy(), truth.numpy(), atol=1e-4)
+    np.testing.assert_allclose(fit_bone_weight(radiograph, drr, bone, None).numpy(),
+                               (drr + ratios[:, None, None].float() * bone).numpy(), atol=1e-5)
+    # one image alone: the joint fit is the per-image closed form
+    for i in range(3):
+        one = [(radiograph[i:i + 1], drr[i:i + 1], bone[i:i + 1], None)]
+        assert joint_bone_weight_ratio(one) == pytest.approx(float(ratios[i]), abs=1e-6)
+    # jointly: the same ratio in every view (each its own scale), two detector sizes
+    small = torch.nn.functional.avg_pool2d((soft + bone)[:, None], 2)[:, 0]
+    small_bone = torch.nn.functional.avg_pool2d(bone[:, None], 2)[:, 0]
+    same = [(2.0 * (soft + 2.2 * bone), drr, bone, None),
+            (5.0 * (small - small_bone + 2.2 * small_bone) - 1.0, small, small_bone,
+             torch.ones_like(small))]
+    assert joint_bone_weight_ratio(same) == pytest.approx(1.2, abs=1e-4)
+    # views that disagree: one weight between theirs
+    both = joint_bone_weight_ratio([(radiograph, drr, bone, None)])
+    assert 0.5 < both < 2.5
+    # clamped like the per-view fit
+    assert joint_bone_weight_ratio([(soft + 40.0 * bone, drr, bone, None)]) == \
+        pytest.approx(4.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("per_candidate", [False, True])
+def test_the_level_weighs_bone_once_at_its_start(per_candidate: bool) -> None:
+    """After prepare, the level renders μ + r·bone with one renderer, and records 1 + r."""
+    import regkit.registration.radiograph_registration as rr
+    from regkit.metrics import get_metric
+
+    ct = _ct()
+    cam = _camera()
+    image = _radiographs([cam], seed=3, boost=2.0)[0]
+    opts = Register2D3DOptions(bone_weight_per_candidate=per_candidate).for_views(1)
+    builder = rr._LevelBuilder(ct.to_mu(), [cam], [image], [None], get_metric("gncc"), None,
+                               opts, "torch")
+    level = builder.build(LevelOptions(shrink=2.0, max_voxels=SIZE * SIZE), fit_bone=True)
+    mu_renderer, bone_renderer = level.renderer, level.bone_renderer
+    assert bone_renderer is not None
+    used = level.prepare(np.zeros(6))
+    if per_candidate:
+        assert used == 0
+        assert level.bone_renderer is bone_renderer
+        assert level.bone_weight is None
+        return
+    assert used == 1
+    assert level.bone_renderer is None
+    assert level.bone_weight is not None
+    assert 1.0 < level.bone_weight < 5.0   # the radiograph's bone is boosted 2x
+    g = level.groups[0]
+    v = Views(torch.from_numpy(g.intrinsic), torch.from_numpy(g.camera_from_world),
+              g.height, g.width)
+    with torch.no_grad():
+        want = mu_renderer.drr(v) + (level.bone_weight - 1.0) * bone_renderer.drr(v)
+        got = level.renderer.drr(v)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    score, facts = level.finish(np.zeros(6), 1)
+    assert facts["bone_weight"] == pytest.approx(level.bone_weight, abs=1e-4)
+    assert np.isfinite(score)
+
+
+def test_bad_bone_weight_option_is_named() -> None:
+    with pytest.raises(InputError) as err:
+        Register2D3DOptions(bone_weight_per_candidate="yes")  # type: ignore[arg-type]
+    assert err.value.key == "bone_weight_per_candidate"
 
 
 @pytest.mark.slow
