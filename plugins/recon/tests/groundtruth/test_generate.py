@@ -32,7 +32,6 @@ from regkit.cli.main import main
 from regkit.data import chest_ct_crop
 from regkit.errors import InputError
 from regkit.render import Views, available_backends, make_renderer
-from regkit.testing.levels import fast_levels_2d3d
 from regkit.testing.oracles import trilinear_crossings
 from regkit.volume import Volume
 
@@ -504,12 +503,13 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     turn[:3, 3] = centre - turn[:3, :3] @ centre + np.array([4.0, -3.0, 3.0])
     start = true.with_pose(true.camera_from_world @ turn)
     (tmp_path / "start.json").write_text(start.to_json())
-    fast = {"levels": fast_levels_2d3d(size, evaluations=300, restarts=0, rot_step_deg=(4.0, 1.5),
-                                         trans_step_mm=(8.0, 3.0))}
     spec = GenerateSpec(out=str(tmp_path / "o"), ct=str(crop["ct"]), labels=str(crop["bones"]),
                         bones=(34, 35, 36), radiograph=str(tmp_path / "xray.npy"),
                         camera=str(tmp_path / "start.json"), montage=1)
-    manifest = generate(spec, registration_options=fast)
+    # register_2d3d's default levels: in one view of this crop the quick test levels are
+    # erratic (6 starts of 6° / 10 mm, one vertebra: median 8.6 mm at half-voxel ray steps and
+    # 12.9 mm at one voxel; the default levels 2.6 and 0.45 mm; this start passed by luck)
+    manifest = generate(spec)
     assert manifest["complete"]
     assert len(manifest["samples"]) == 1
     s = read_sample(tmp_path / "o" / "samples" / "000000.npz")
