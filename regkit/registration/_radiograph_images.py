@@ -170,13 +170,14 @@ def joint_bone_weight_ratio(parts: Sequence[tuple[torch.Tensor, torch.Tensor, to
     the squared weighted correlation between the radiograph's Sobel derivatives and those of
     ``drr + r·bone`` (an image anti-correlated there counts negatively), over the clamped
     range of :data:`BONE_WEIGHT_RANGE`. For one image that is :func:`bone_weight_ratio`'s
-    closed form.
+    closed form wherever that one's scale ``p`` is positive (where it is not, the closed form
+    gives 0 and this fit the range's lower end). 0 where the images do not fix it: no bone
+    gradient, or a gain that does not change with ``r``.
     """
     lo, hi = BONE_WEIGHT_RANGE
     terms = []
     for fixed, drr, bone, weight in parts:
-        gram, rhs = _bone_normal_equations(fixed, drr, bone, weight)
-        energy = _bone_normal_equations(fixed, fixed, fixed, weight)[0][:, 0, 0]
+        gram, rhs, energy = _bone_normal_equations(fixed, drr, bone, weight, energy=True)
         terms.append(torch.cat([gram.flatten(1), rhs, energy[:, None]], dim=1))
     t = torch.cat(terms).to(torch.float64)                         # (N, 4 + 2 + 1)
     dd, db, bb, fd, fb, ff = t[:, 0], t[:, 1], t[:, 3], t[:, 4], t[:, 5], t[:, 6]
@@ -191,7 +192,12 @@ def joint_bone_weight_ratio(parts: Sequence[tuple[torch.Tensor, torch.Tensor, to
         return (num * num.abs() / den.clamp_min(1e-300)).sum(dim=1)
 
     grid = torch.linspace(lo - 1.0, hi - 1.0, 2049, dtype=torch.float64)
-    best = int(torch.argmax(gain(grid)))
+    values = gain(grid)
+    spread = float(values.max() - values.min())
+    if float(bb.sum()) <= 1e-12 * float(dd.sum()) \
+            or spread <= 1e-9 * max(float(values.abs().max()), 1e-300):
+        return 0.0   # nothing to fit: keep the CT's own weight
+    best = int(torch.argmax(values))
     a = grid[max(best - 1, 0)]
     b = grid[min(best + 1, grid.numel() - 1)]
     for _ in range(60):   # golden section inside the best grid cell's neighbours
@@ -204,8 +210,11 @@ def joint_bone_weight_ratio(parts: Sequence[tuple[torch.Tensor, torch.Tensor, to
 
 
 def _bone_normal_equations(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.Tensor,
-                           weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, 2, 2)`` and ``(B, 2)``: the least squares of ∇fixed ≈ p·∇drr + q·∇bone."""
+                           weight: torch.Tensor | None, *, energy: bool = False) -> Any:
+    """``(B, 2, 2)`` and ``(B, 2)``: the least squares of ∇fixed ≈ p·∇drr + q·∇bone.
+
+    With ``energy``, also ``(B,)``: the weighted sum of ∇fixed's squares.
+    """
     from regkit.metrics._ops import erode, sobel
 
     bases = [drr, bone]
@@ -222,6 +231,8 @@ def _bone_normal_equations(fixed: torch.Tensor, drr: torch.Tensor, bone: torch.T
     gram = torch.stack([torch.stack([dot(grads[i], grads[j]) for j in range(k)], dim=-1)
                         for i in range(k)], dim=-2)
     rhs = torch.stack([dot(grads[i], gf) for i in range(k)], dim=-1)
+    if energy:
+        return gram, rhs, dot(gf, gf)
     return gram, rhs
 
 

@@ -17,7 +17,8 @@ Convention:
       start at 0, so 0 must mean "no change" for every coordinate.
     * **Evaluations** count every candidate scored: screened starts, a level's own set-up
       screening (:attr:`Level.setup_evaluations`), its preparation at the level's start
-      (:meth:`Level.prepare`: 2D–3D fits the radiographs' intensities there), the optimizer's,
+      (:meth:`Level.prepare`: 2D–3D fits the radiographs' intensities and the CT's bone
+      weight there), the optimizer's,
       and one per level for the score of its result (:meth:`Level.finish`).
     * **Seeds.** One seed (default :data:`DEFAULT_SEED`) gives every random draw: level ``ℓ``'s
       optimizer gets word ``ℓ`` of ``SeedSequence(seed).generate_state(L + 1)`` and the start
@@ -147,7 +148,8 @@ class Level:
         """Adapt the level to its starting parameters ``x`` before its optimizer runs.
 
         Called once per level, after the start screening. A level may fit something that needs
-        a pose near the answer here (2D–3D: the radiograph's intensity map). Returns the
+        a pose near the answer here (2D–3D: the radiographs' intensity maps and the CT's bone
+        weight). Returns the
         candidates it scored (counted as evaluations).
         """
         return 0

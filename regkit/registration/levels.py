@@ -159,9 +159,10 @@ def block_mean(data: np.ndarray, factors: Sequence[int],
     """Mean over blocks of ``factors`` voxels per axis (trailing partial blocks dropped), float32.
 
     ``transform``, when given, is applied voxel by voxel to the float32 data first (it must be
-    elementwise: it sees slabs of the volume, never the whole). The data are reduced slab by
-    slab along the first axis, so a large CT never needs a full-size float64 (or transformed)
-    copy: the result is the same, to the bit, as reducing the whole at once.
+    elementwise: it usually sees slabs of the volume; with factors of 1 it sees the whole and
+    the result is a full-size copy). The data are reduced slab by slab along the first axis, so
+    a large CT never needs a full-size float64 (or transformed) copy: the result is the same,
+    to the bit, as reducing the whole at once.
     """
     f = [int(k) for k in factors]
 

@@ -106,7 +106,7 @@ from regkit.registration._radiograph_inputs import check_cameras as _check_camer
 from regkit.registration._radiograph_inputs import check_images as _check_images
 from regkit.registration._radiograph_inputs import check_masks as _check_masks
 from regkit.registration._radiograph_inputs import check_variance as _check_variance
-from regkit.registration._radiograph_inputs import check_volume_source as _check_volume
+from regkit.registration._radiograph_inputs import check_volume_source as _check_volume_source
 from regkit.registration._radiograph_inputs import flat_mask as _flat_mask
 from regkit.registration.engine import Level
 from regkit.registration.levels import (
@@ -196,18 +196,21 @@ class Register2D3DOptions:
             docs/decisions/registration-2d3d-depth-bias.md.
         mask_flat: Leave the radiographs' flat (collimated, padded) pixels out of the metric.
         fit_bone_weight: At every level but the first, fit the weight of the CT's bone
-            against its soft tissue to the radiographs
-            (:func:`~regkit.registration._radiograph_images.fit_bone_weight`: closed form on
-            the images' edges); default True. A radiograph's bone contrast depends on its
-            spectrum and detector, not on the CT's HU-to-μ mapping. The first level, which
-            captures, keeps the DRR as it is. See docs/decisions/registration-2d3d-bones.md.
+            against its soft tissue to the radiographs, on the images' edges (once at the
+            level's start:
+            :func:`~regkit.registration._radiograph_images.joint_bone_weight_ratio`; per
+            candidate: the closed form of
+            :func:`~regkit.registration._radiograph_images.fit_bone_weight`); default True.
+            A radiograph's bone contrast depends on its spectrum and detector, not on the CT's
+            HU-to-μ mapping. The first level, which captures, keeps the DRR as it is. See
+            docs/decisions/registration-2d3d-bones.md.
         bone_weight_per_candidate: Fit that weight for every candidate pose, to each view
             (a second render of the bone part per candidate), instead of once at each level's
             start, to all views together, rendering the level's CT with its bone so weighted
             (default False, recorded as ``bone_weight`` in the levels' facts). Once per level
             was as precise on the polychromatic benchmark (single view, 6 cases: median mTRE
             0.305 against 0.31 mm; AP + lateral, 4 cases: 0.184 against 0.175 mm) in half
-            the time (3.5 against 7.4 s; 13 against 28 s).
+            the time (single view: 3.5 against 7.3 s on cases 0–5, minutes apart).
         bone_threshold_hu: HU above which the CT's μ counts as bone for ``fit_bone_weight``
             (the μ above that of this HU is the bone part).
         mu_water: μ of water (1/mm) for a CT in HU (docs/CONVENTIONS.md: 0.02).
@@ -245,10 +248,10 @@ class Register2D3DOptions:
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
             cases) one voxel gave the same median mTRE as half a voxel (0.315 against 0.32 mm,
-            worst 0.37 against 0.40) in about two thirds of the time: a render costs half, and
-            the DRRs differ by under 0.1 % of their range. With AP + lateral, where the error
-            is smaller, the coarser quadrature showed: median 0.200 against 0.175 mm (4
-            cases; 15 s against 28 s). See docs/decisions/registration-2d3d-levels.md.
+            worst 0.37 against 0.40; cases 0–3 back to back: 8.0 against 9.0 s): a render
+            costs half, and the DRRs differ by under 0.1 % of their range. With AP +
+            lateral, where the error is smaller, the coarser quadrature showed: median 0.200
+            against 0.175 mm (4 cases). See docs/decisions/registration-2d3d-levels.md.
         max_batch: Most views rendered in one call (None: the whole population times views).
         threads: torch's intra-op threads while the registration runs (restored after); None
             leaves torch alone.
@@ -526,6 +529,7 @@ class _Level(Level):
 
         First each radiograph's intensities are mapped to the DRR (:meth:`_map_intensities`),
         then the bone weight is fitted to all views (:meth:`_weigh_bone`), each where asked.
+        Both render each view group in one call, whatever ``max_batch`` (one image per view).
         """
         return self._map_intensities(x) + self._weigh_bone(x)
 
@@ -801,13 +805,16 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     Returns:
         :class:`~regkit.registration.results.Registration2D3DResult`: the refined ``cameras``,
         ``world_correction``, ``metric``, ``final_score`` (mean over views at the finest level,
-        the metric's own sense; with two or more views, of the mapped radiographs and the
-        zoomed views, so not reproducible from the cameras alone), ``seconds``,
+        the metric's own sense, on the level's CT with its fitted bone weight; with two or
+        more views, of the mapped radiographs and the zoomed views: not reproducible from the
+        cameras alone), ``seconds``,
         ``evaluations``, ``history`` and ``extras`` (``seed``, ``pivot_mm``, ``params`` (the 6
         search parameters, rad and mm), ``view_zoom`` (per view, or None), the resolved
-        ``intensity_degree`` and ``scatter_sigma`` (applied at levels after the first),
+        ``intensity_degree``, ``scatter_sigma`` (applied at levels after the first) and
+        ``ray_step_voxels``,
         ``bones``, ``levels`` (per level: method, detector factors, spacing, evaluations,
-        seconds, score, stop reasons and, where fitted, ``intensity_maps``) and
+        seconds, score, stop reasons and, where fitted, ``intensity_maps`` and
+        ``bone_weight``) and
         ``stop_reasons`` of the last level).
 
     Raises:
@@ -819,7 +826,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     """
     t_start = time.perf_counter()
     opts = coerce_options(Register2D3DOptions, options, "registration")
-    mu, to_mu = _check_volume(volume, opts.mu_water)
+    mu, to_mu = _check_volume_source(volume, opts.mu_water)
     cams = _check_cameras(cameras)
     opts = opts.for_views(len(cams))
     imgs = _check_images(images, cams, image_kind)
