@@ -454,8 +454,8 @@ class Volume:
         """:meth:`_sample` for a diagonal ``source_from_target``: one 1-D pass per axis.
 
         Axes that shrink are done first (the later passes then handle fewer voxels), and axes
-        that the target shares with the source are skipped. Each pass brings its axis to the
-        front, where gathering whole slabs is fast.
+        that the target shares with the source are skipped. Each pass gathers the two
+        neighbouring planes along its axis in place (``np.take``): no transposed copy.
         """
         dtype = _float_dtype(self.data.dtype)
         coords, outside = [], []
@@ -474,14 +474,15 @@ class Volume:
                 continue
             below = np.minimum(np.floor(coords[axis]).astype(np.intp), max(n_source - 2, 0))
             above = np.minimum(below + 1, n_source - 1)
-            weight = (coords[axis] - below).astype(dtype)[:, None, None]
-            slabs = np.ascontiguousarray(np.moveaxis(data, axis, 0))
-            result = slabs[below].astype(dtype, copy=False)   # the gather is a copy already
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            weight = (coords[axis] - below).astype(dtype).reshape(shape)
+            result = np.take(data, below, axis=axis).astype(dtype, copy=False)   # a fresh copy
             result *= 1 - weight
-            upper = slabs[above].astype(dtype, copy=False)
+            upper = np.take(data, above, axis=axis).astype(dtype, copy=False)
             upper *= weight
             result += upper
-            data = np.moveaxis(result, 0, axis)
+            data = result
         data = np.ascontiguousarray(data, dtype=dtype)
 
         labels = None
