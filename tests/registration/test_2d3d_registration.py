@@ -305,6 +305,25 @@ def test_bad_ray_step_is_named(value: Any) -> None:
     assert err.value.key == "ray_step_voxels"
 
 
+def test_the_bone_part_is_the_level_mu_above_the_threshold() -> None:
+    """Each level's bone part is its own μ above that of ``bone_threshold_hu``, same grid."""
+    import regkit.registration.radiograph_registration as rr
+    from regkit.metrics import get_metric
+
+    opts = Register2D3DOptions(bone_threshold_hu=200.0, mu_water=0.019)
+    builder = rr._LevelBuilder(_ct(), [_camera()], [np.zeros((SIZE, SIZE), np.float32)], [None],
+                               get_metric("gncc"), None, opts, None,
+                               to_mu=lambda x: np.maximum(0.019 * (1 + x / 1000), 0)
+                               .astype(np.float32))
+    for shrink in (1.0, 2.0, 4.0):
+        level, bone = builder.volume(shrink), builder.bone_volume(shrink)
+        np.testing.assert_array_equal(bone.world_from_index, level.world_from_index)
+        want = np.maximum(np.asarray(level.data, np.float32) - np.float32(0.019 * 1.2), 0)
+        np.testing.assert_allclose(bone.data, want, rtol=0, atol=1e-9)
+        assert bone.data.max() > 0
+        assert (bone.data == 0).mean() > 0.5   # soft tissue and air carry none
+
+
 @pytest.mark.parametrize("steps", [0.5, 1.0, 1.5])
 def test_ray_step_reaches_every_level_renderer(steps: float) -> None:
     """Each level's renderers (the CT's and its bone part's) march ``steps`` level voxels."""
