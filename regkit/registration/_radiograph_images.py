@@ -202,7 +202,8 @@ def joint_bone_weight_ratio(parts: Sequence[tuple[torch.Tensor, torch.Tensor, to
     b = grid[min(best + 1, grid.numel() - 1)]
     for _ in range(60):   # golden section inside the best grid cell's neighbours
         c1, c2 = b - 0.618034 * (b - a), a + 0.618034 * (b - a)
-        if gain(torch.stack([c1]))[0] >= gain(torch.stack([c2]))[0]:
+        g1, g2 = gain(torch.stack([c1, c2]))
+        if g1 >= g2:
             b = c2
         else:
             a = c1

@@ -683,16 +683,20 @@ class _LevelBuilder:
             self._volumes[shrink] = level
         return self._volumes[shrink]
 
-    def renderer(self, shrink: float, gradient: bool, bone: bool = False) -> Renderer:
-        """The level's renderer of the CT (or, with ``bone``, of its bone part)."""
+    def _make_renderer(self, volume: Volume, gradient: bool) -> Renderer:
+        """A renderer of a level volume: torch for gradient levels, rays of ``ray_step_voxels``."""
         from regkit.render.select import make_renderer
 
-        name = "torch" if gradient else (self.backend or "")
-        key = (bone, shrink, name)
+        step = (self.opts.ray_step_voxels or 0.5) * float(np.min(volume.spacing))
+        return make_renderer(volume, backend="torch" if gradient else (self.backend or None),
+                             step_mm=step)
+
+    def renderer(self, shrink: float, gradient: bool, bone: bool = False) -> Renderer:
+        """The level's renderer of the CT (or, with ``bone``, of its bone part)."""
+        key = (bone, shrink, "torch" if gradient else (self.backend or ""))
         if key not in self._renderers:
             volume = self.bone_volume(shrink) if bone else self.volume(shrink)
-            step = (self.opts.ray_step_voxels or 0.5) * float(np.min(volume.spacing))
-            self._renderers[key] = make_renderer(volume, backend=name or None, step_mm=step)
+            self._renderers[key] = self._make_renderer(volume, gradient)
         return self._renderers[key]
 
     def weighted_renderer(self, shrink: float, gradient: bool, ratio: float) -> Renderer:
@@ -701,14 +705,10 @@ class _LevelBuilder:
         The CT's μ plus ``ratio`` times :meth:`bone_volume` (labels kept); not cached, one per
         level that asks.
         """
-        from regkit.render.select import make_renderer
-
         level = self.volume(shrink)
         data = np.asarray(level.data, np.float32) + np.float32(ratio) * \
             np.asarray(self.bone_volume(shrink).data, np.float32)
-        step = (self.opts.ray_step_voxels or 0.5) * float(np.min(level.spacing))
-        return make_renderer(level.with_data(data),
-                             backend="torch" if gradient else (self.backend or None), step_mm=step)
+        return self._make_renderer(level.with_data(data), gradient)
 
     def build(self, level: LevelOptions, fit_bone: bool = False) -> _Level:
         gradient = level.method in gradient_methods
