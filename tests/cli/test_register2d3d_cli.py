@@ -14,13 +14,13 @@ from PIL import Image
 from regkit.cli.main import main
 from regkit.data import chest_ct_crop
 from regkit.geometry.camera import Camera, save_cameras
-from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.nifti import load_nifti
 from regkit.registration.radiograph_registration import mean_target_error_2d3d
 from regkit.registration.results import load_result_2d3d
 from regkit.render.base import Views
 from regkit.render.select import make_renderer
+from regkit.testing.cameras import bench_carm
 
 SIZE = 80
 
@@ -33,10 +33,7 @@ def _case() -> tuple[list[Camera], list[Camera], list[np.ndarray], np.ndarray]:
     """
     paths = chest_ct_crop()
     ct = load_nifti(paths["ct"], labels=paths["bones"])
-    true = [camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
-                             pixel_spacing_mm=0.8 * 256 / SIZE, width=SIZE, height=SIZE,
-                             primary_angle=a, isocenter_world=ct.center_world)
-            for a in (0.0, np.pi / 2)]
+    true = [bench_carm(SIZE, ct.center_world, a) for a in (0.0, np.pi / 2)]
     with torch.no_grad():
         drr = make_renderer(ct).drr(Views.from_cameras(true)).numpy()
     rng = np.random.default_rng(0)

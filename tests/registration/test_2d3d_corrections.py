@@ -29,6 +29,7 @@ from regkit.registration._radiograph_images import (
     smooth,
 )
 from regkit.registration.radiograph_registration import _zoomed
+from regkit.testing.cameras import bench_carm
 
 
 def _structures(seed: int, n: int = 2, size: int = 64) -> torch.Tensor:
@@ -197,10 +198,7 @@ def _crop_biplane(size: int) -> tuple[Any, list[Any], list[np.ndarray], np.ndarr
 
     paths = chest_ct_crop()
     ct = load_nifti(paths["ct"], labels=paths["bones"])
-    true = [camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
-                             pixel_spacing_mm=0.8 * 256 / size, width=size, height=size,
-                             primary_angle=a, isocenter_world=ct.center_world)
-            for a in (0.0, np.pi / 2)]
+    true = [bench_carm(size, ct.center_world, a) for a in (0.0, np.pi / 2)]
     with torch.no_grad():
         drr = make_renderer(ct.to_mu()).drr(Views.from_cameras(true)).numpy()
     rng = np.random.default_rng(5)

@@ -19,7 +19,6 @@ from scipy.ndimage import gaussian_filter
 from regkit.data import chest_ct_crop
 from regkit.errors import InputError, ShapeError, UnknownNameError
 from regkit.geometry.camera import Camera
-from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.nifti import load_nifti
 from regkit.io.radiograph import Radiograph
@@ -33,6 +32,7 @@ from regkit.registration.radiograph_registration import (
 from regkit.registration.results import Registration2D3DResult, load_result_2d3d
 from regkit.render.base import Views
 from regkit.render.select import make_renderer
+from regkit.testing.cameras import bench_carm
 from regkit.testing.levels import fast_levels_2d3d
 from regkit.volume import Volume
 
@@ -50,9 +50,7 @@ def _ct() -> Volume:
 
 def _camera(angle: float = 0.0) -> Camera:
     ct = _ct()
-    return camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
-                            pixel_spacing_mm=0.8 * 256 / SIZE, width=SIZE, height=SIZE,
-                            primary_angle=angle, isocenter_world=ct.center_world)
+    return bench_carm(SIZE, ct.center_world, angle)
 
 
 @cache

@@ -32,6 +32,7 @@ from regkit.cli.main import main
 from regkit.data import chest_ct_crop
 from regkit.errors import InputError
 from regkit.render import Views, available_backends, make_renderer
+from regkit.testing.cameras import bench_carm
 from regkit.testing.oracles import trilinear_crossings
 from regkit.volume import Volume
 
@@ -481,15 +482,13 @@ def test_real_radiograph_is_registered_before_rendering(tmp_path: Path) -> None:
     import torch
     from scipy.spatial.transform import Rotation
 
-    from regkit import Volume, camera_from_carm, load_nifti
+    from regkit import Volume, load_nifti
     from regkit.render import Views, make_renderer
 
     crop = chest_ct_crop()
     ct = load_nifti(crop["ct"], labels=crop["bones"])
     size = 80
-    true = camera_from_carm(source_to_detector_mm=1020, source_to_isocenter_mm=850,
-                            pixel_spacing_mm=0.8 * 256 / size, width=size, height=size,
-                            isocenter_world=ct.center_world)
+    true = bench_carm(size, ct.center_world)
     hu = ct.data.astype(np.float32)
     mu = np.where(hu > 0, 0.02 * (1 + 1.3 * hu / 1000), 0.02 * (1 + hu / 1000)).clip(0)
     with torch.no_grad():
