@@ -245,11 +245,11 @@ def at_spacing(volume: Volume, spacing_mm: float,
 
 def _level_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int) -> float:
     """The spacing :func:`at_spacing_within` makes its level at (without making it)."""
-    count = float(np.prod(_plan(volume, spacing_mm)[4]))
+    *_, final, shape = _plan(volume, spacing_mm)
+    count = float(np.prod(shape))
     if count <= max_voxels:
         return spacing_mm
-    spacing = float(np.exp(np.log(_plan(volume, spacing_mm)[3]).mean())) \
-        * (count / max_voxels) ** (1.0 / 3.0)
+    spacing = float(np.exp(np.log(final).mean())) * (count / max_voxels) ** (1.0 / 3.0)
     return max(spacing_mm, spacing)
 
 
