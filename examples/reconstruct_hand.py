@@ -5,8 +5,8 @@ degraded like the training data, never trained on), writes its PA and oblique ra
 cameras as a user would have them, and runs
 
 * ``regkit recon reconstruct`` on the PA radiograph alone (``OUT/single``), and on PA + oblique
-  (``OUT/biplane``, refined by re-projection): label volume, meshes, depth maps, measurements,
-  ``report.png``;
+  (``OUT/biplane``, each bone triangulated and fused from both views): label volume, meshes, depth
+  maps, measurements, ``report.png``;
 * ``regkit recon measure`` on the phantom's own labels (rebuilt from its seed) for the truth;
 
 then prints the measured deformity and the surface error beside the truth: "truth" is the same

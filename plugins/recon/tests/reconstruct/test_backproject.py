@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,13 @@ import numpy as np
 import pytest
 from regkit_recon.data import demo_hand as demo_hand_folder
 from regkit_recon.groundtruth.sample import SampleRenderer
-from regkit_recon.reconstruct.backproject import backproject, backproject_bone, label_volume
+from regkit_recon.reconstruct.backproject import (
+    FusedSolid,
+    backproject,
+    backproject_bone,
+    fuse_views,
+    label_volume,
+)
 from regkit_recon.reconstruct.mesh import (
     STL_HEADER,
     Mesh,
@@ -233,3 +240,96 @@ def test_labels_hold_the_solid_of_a_bone_tilted_towards_the_beam() -> None:
     world = index * 0.25 + lv.world_from_index[:3, 3]
     value = solid.field(world).reshape(lv.labels.shape)
     assert ((value > 0) == (lv.labels == 2)).all()
+
+
+def _ellipsoid_views(angles: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, list[Camera],
+                                                         list[dict[str, np.ndarray]]]:
+    """An ellipsoid's exact depth maps in C-arm views at ``angles`` (radians) about its centre."""
+    radii, centre = np.array([9.0, 5.0, 14.0]), np.array([3.0, -2.0, 4.0])
+    volume, _ = _ellipsoid_volume(tuple(radii), tuple(centre))
+    cams = [camera_from_carm(source_to_detector_mm=1000.0, source_to_isocenter_mm=950.0,
+                             width=96, height=96, pixel_spacing_mm=0.8, primary_angle=a)
+            for a in angles]
+    renderer = SampleRenderer(volume, [3], backend="torch")
+    try:
+        maps = [renderer.depth(c, layers=1) for c in cams]
+    finally:
+        renderer.close()
+    return radii, centre, cams, maps
+
+
+def _solid(maps: dict[str, np.ndarray], camera: Camera, shift_mm: float = 0.0,
+           thicken_mm: float = 0.0) -> Any:
+    """The view's solid from its depths moved along the rays and thickened.
+
+    ``shift_mm`` along the rays; ``thicken_mm`` in all, about its mid-depth.
+    """
+    solid = backproject_bone(maps["front"][0] + shift_mm - 0.5 * thicken_mm,
+                             maps["back"][0] + shift_mm + 0.5 * thicken_mm, maps["hit"][0], camera,
+                             label=3, name="ellipsoid")
+    assert solid is not None
+    return solid
+
+
+def test_two_views_fused_correct_one_view_s_depth_error() -> None:
+    """A second view at 50° pulls the first view's too-thick solid back to the ellipsoid.
+
+    The second view's own unknown depth offset is taken out first.
+    """
+    radii, centre, cams, maps = _ellipsoid_views((0.0, np.radians(50.0)))
+
+    def error(mesh: Mesh) -> float:
+        return float(_ellipsoid_distance(mesh.vertices, radii, centre).mean())
+
+    # exact views: the fusion gives the ellipsoid back, even with the second view 25 mm off
+    exact = fuse_views([_solid(maps[0], cams[0])], [[_solid(maps[1], cams[1], 25.0)]])
+    assert isinstance(exact[0], FusedSolid)
+    mesh = exact[0].mesh()
+    assert mesh.is_closed
+    assert error(mesh) < 0.2
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * radii.prod(), rel=0.05)
+    # the second view's solid was moved back along its own rays, onto the first's centre
+    moved = exact[0].parts[1]
+    assert np.linalg.norm(moved.centroid() - exact[0].parts[0].centroid()) < 0.3
+    along = np.asarray(moved.shift_mm) / np.linalg.norm(moved.shift_mm)
+    assert abs(along @ cams[1].view_direction_world) > 0.999
+    assert np.linalg.norm(moved.shift_mm) == pytest.approx(25.0, abs=0.5)
+
+    # the first view 4 mm too thick along its rays: the fusion halves the surface error or better
+    thick = _solid(maps[0], cams[0], thicken_mm=4.0)
+    alone = error(thick.mesh())
+    fused = fuse_views([thick], [[_solid(maps[1], cams[1], -10.0)]])[0]
+    assert alone > 0.8
+    assert error(fused.mesh()) < 0.5 * alone
+    # and placed 2 mm too deep as well: the second view follows that placement, and the fusion
+    # still takes off a fifth or more
+    deep = _solid(maps[0], cams[0], shift_mm=2.0, thicken_mm=4.0)
+    alone = error(deep.mesh())
+    assert error(fuse_views([deep], [[_solid(maps[1], cams[1])]])[0].mesh()) < 0.8 * alone
+
+    # the fused field is the mean of the views' fields, each floored at -20 mm
+    rng = np.random.default_rng(1)
+    points = centre + rng.normal(scale=12.0, size=(200, 3))
+    a, b = exact[0].parts
+    assert np.allclose(exact[0].field(points),
+                       0.5 * (np.maximum(a.field(points), -20) + np.maximum(b.field(points), -20)))
+    # the label volume takes a fused solid like any other
+    lv = label_volume(exact, [mesh], voxel_mm=0.5)
+    assert len(np.argwhere(lv.labels == 3)) * 0.125 == pytest.approx(mesh.volume, rel=0.05)
+
+
+def test_fusion_keeps_bones_only_the_first_view_sees_and_refuses_mixed_bones() -> None:
+    _, _, cams, maps = _ellipsoid_views((0.0, np.radians(50.0)))
+    first = _solid(maps[0], cams[0])
+    # the other view sees another bone only: the first view's solid stays as it is
+    other = replace(_solid(maps[1], cams[1]), label=4, name="other")
+    assert fuse_views([first], [[other]]) == [first]
+    assert fuse_views([first], []) == [first]
+    with pytest.raises(InputError, match="different bones"):
+        FusedSolid((first, other))
+    with pytest.raises(InputError, match="at least one"):
+        FusedSolid(())
+    # views whose grids do not meet cannot be fused
+    far = first.moved(np.array([500.0, 0.0, 0.0]))
+    with pytest.raises(InputError, match="do not overlap"):
+        FusedSolid((first, far)).mesh()

@@ -136,13 +136,17 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registered reconstructor (default hand)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-refine", dest="refine", action="store_false", default=None,
-                       help="skip refinement by re-projection")
+                       help="skip refinement by re-projection (the default)")
     group.add_argument("--refine", dest="refine", action="store_true",
-                       help="refine even from one radiograph (default: only with two or more)")
+                       help="refine by re-projection (default off: with two or more views the "
+                            "fusion alone measured better)")
     parser.add_argument("--refine-placement", action=argparse.BooleanOptionalAction,
                         default=True,
                         help="with two or more views, also fit each bone's own translation "
                              "after the common depth offset (default: %(default)s)")
+    parser.add_argument("--fuse-views", action=argparse.BooleanOptionalAction, default=True,
+                        help="with two or more views, fuse each bone's solid with the same bone "
+                             "back-projected from the other views (default: %(default)s)")
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
                         help="label volume voxel size (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")
@@ -165,7 +169,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                          key="--out")
     rec = reconstruct(views, reconstructor=args.reconstructor, model=args.model,
                       refine=args.refine, device=args.device, voxel_mm=args.voxel_mm,
-                      refine_placement=args.refine_placement,
+                      refine_placement=args.refine_placement, fuse_views=args.fuse_views,
                       progress=lambda line: print(f"  {line}", file=sys.stderr))
     rec.save(out, overwrite=args.overwrite)
     print(f"regkit recon reconstruct: {rec.result['bones']} bones in "

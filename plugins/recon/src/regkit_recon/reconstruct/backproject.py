@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,7 +43,8 @@ from regkit.geometry.camera import Camera, pixel_rays
 
 from .mesh import Mesh, extract_mesh
 
-__all__ = ["BoneSolid", "LabelVolume", "backproject", "backproject_bone", "label_volume"]
+__all__ = ["BoneSolid", "FusedSolid", "LabelVolume", "Solid", "backproject", "backproject_bone",
+           "fuse_views", "label_volume"]
 
 Array = NDArray[np.float64]
 
@@ -149,6 +151,24 @@ class BoneSolid:
         source, d_world = pixel_rays(self.camera.intrinsic, self.camera.camera_from_world, 0, 0,
                                      pixels=np.column_stack([u, v]))
         return source + t[:, None] * d_world + np.asarray(self.shift_mm)
+
+    def bounds(self) -> tuple[Array, Array]:
+        """World RAS+ corners ``(lo, hi)`` of a box holding the whole grid (the solid included)."""
+        h, w = self.inside.shape
+        n = len(self._depths())
+        corners = np.array([[r, c, k] for r in (0, h - 1) for c in (0, w - 1)
+                            for k in (0, n - 1)], dtype=np.float64)
+        world = self.world_points(corners)
+        # a shell of constant distance bulges past its corners by t·(1 − cos θ): well under this
+        return world.min(axis=0) - 1.0, world.max(axis=0) + 1.0
+
+    def centroid(self) -> Array:
+        """World RAS+ centre of the solid's volume (the mean of its inside grid cells)."""
+        inside = np.argwhere(self.grid_field() > 0)
+        if not len(inside):
+            raise InputError(f"bone {self.name!r} has no inside cell on its grid", key="bones")
+        # the cells' volumes grow as t², under 1 % across a bone at ~1 m: not weighted
+        return np.asarray(self.world_points(inside.astype(np.float64)).mean(axis=0))
 
     def mesh(self) -> Mesh:
         """The bone's closed surface in world RAS+ mm (faces wound outwards)."""
@@ -338,7 +358,168 @@ def backproject(front: Array, back: Array, silhouettes: Array, camera: Camera, *
     return solids
 
 
-def _sample_field(solid: BoneSolid, a: NDArray[np.int64], z: NDArray[np.int64],
+class Solid(Protocol):
+    """What the label volume and the meshes need of a bone's solid (one view's, or fused)."""
+
+    @property
+    def label(self) -> int:
+        """The bone's label value."""
+
+    @property
+    def name(self) -> str:
+        """The bone's name."""
+
+    def field(self, points: Array) -> Array:
+        """The signed field at world points ``(N, 3)``: mm, + inside."""
+
+    def max_slope(self) -> float:
+        """An upper bound of the field's change, mm per mm."""
+
+    def mesh(self) -> Mesh:
+        """The closed surface in world RAS+ mm."""
+
+
+_FAR_MM = 20.0
+"""A view's field is floored here in a fusion: outside its window it says "outside", no more."""
+
+
+@dataclass(frozen=True)
+class FusedSolid:
+    """One bone seen in several views: the mean of its solids' fields.
+
+    Each view's field measures, in mm, how far a point lies inside its solid across (the
+    silhouette) and along that view's own rays (the depth interval). One view's depths err mostly
+    along its rays, where another view at an angle sees the bone's outline; the mean puts the
+    surface between what the views say, so each view's error along its rays is pulled towards the
+    other's silhouette (and depths). Each field is floored at ``−20 mm`` (−inf outside a view's
+    window), so the fused solid lies inside every view's window.
+
+    Attributes:
+        parts: The bone's solids, one per view, placed in one world (the first view's first).
+        voxel_mm: The world grid the mesh is cut on.
+    """
+
+    parts: tuple[BoneSolid, ...]
+    voxel_mm: float = 0.4
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise InputError("a fused solid needs at least one view's solid", key="parts")
+        if len({p.label for p in self.parts}) != 1:
+            raise InputError(f"cannot fuse different bones: {[p.name for p in self.parts]}",
+                             key="parts")
+        if not self.voxel_mm > 0:
+            raise InputError(f"must be > 0, got {self.voxel_mm}", key="voxel_mm")
+
+    @property
+    def label(self) -> int:
+        """The bone's label value."""
+        return self.parts[0].label
+
+    @property
+    def name(self) -> str:
+        """The bone's name."""
+        return self.parts[0].name
+
+    def field(self, points: Array) -> Array:
+        """The mean of the views' fields (each floored at −20 mm) at world points ``(N, 3)``."""
+        total = np.zeros(len(points))
+        for part in self.parts:
+            total += np.maximum(part.field(points), -_FAR_MM)
+        return total / len(self.parts)
+
+    def max_slope(self) -> float:
+        """The steepest change of the mean, mm per mm: at most the steepest of the views'."""
+        return max(p.max_slope() for p in self.parts)
+
+    def bounds(self) -> tuple[Array, Array]:
+        """A world box ``(lo, hi)`` holding the solid: where every view's grid overlaps."""
+        boxes = [p.bounds() for p in self.parts]
+        lo = np.max([b[0] for b in boxes], axis=0)
+        hi = np.min([b[1] for b in boxes], axis=0)
+        if (hi <= lo).any():
+            raise InputError(f"bone {self.name!r}: its views' solids do not overlap",
+                             key="bones")
+        return lo, hi
+
+    def mesh(self) -> Mesh:
+        """The fused closed surface in world RAS+ mm, cut on a ``voxel_mm`` world grid."""
+        lo, hi = self.bounds()
+        shape = np.ceil((hi - lo) / self.voxel_mm).astype(np.int64) + 1
+        value = _sample_field(self, np.zeros(3, np.int64), shape, lo, self.voxel_mm)
+        value[~np.isfinite(value)] = -self.voxel_mm     # far from the surface: outside
+        grid_mesh = extract_mesh(value, 0.0)
+        return Mesh(lo + self.voxel_mm * grid_mesh.vertices, grid_mesh.faces)
+
+
+def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]], *,
+               voxel_mm: float = 0.4, max_miss_mm: float = 6.0,
+               min_angle_deg: float = 10.0) -> list[BoneSolid | FusedSolid]:
+    """Each bone of the first view fused with the same bone seen in the other views.
+
+    Each view fixes a bone across its rays but barely along them (one view's depths carry an
+    unknown offset). So, per bone, the point nearest to the rays from each view's source through
+    its solid's centroid is found (least squares; the views' triangulation of the bone), each
+    view's solid is moved along its own ray until its centroid lies at that point's depth, and the
+    views' fields are averaged (:class:`FusedSolid`).
+
+    A bone keeps the first view's solid where no other view sees it, where its rays miss each
+    other by more than ``max_miss_mm`` (the views disagree on which bone it is, or where), or
+    where they are less than ``min_angle_deg`` apart (no triangulation: the views' depth offsets
+    stay unknown); that solid is moved along the first view's rays by the median of the
+    triangulated bones' corrections, so that the whole hand stays together. Bones only the other
+    views see are left out (the reconstruction's bones are the first view's).
+
+    Args:
+        first: The first view's solids.
+        others: Per other view, its solids (any order; matched by label).
+        voxel_mm: The fused meshes' grid.
+        max_miss_mm: The largest distance from the triangulated point to any view's ray.
+        min_angle_deg: The smallest angle between the first view's ray and another's.
+    """
+    fused: list[BoneSolid | FusedSolid | None] = []
+    corrections: list[float] = []         # the first view's depth corrections, mm along its rays
+    cos_min = math.cos(math.radians(min_angle_deg))
+    for solid in first:
+        parts = [solid]
+        for view in others:
+            parts += [s for s in view if s.label == solid.label][:1]
+        if len(parts) == 1:
+            fused.append(None)
+            continue
+        centres = np.stack([p.centroid() for p in parts])
+        sources = np.stack([np.asarray(p.camera.source_world, dtype=np.float64) for p in parts])
+        rays = centres - sources
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        if np.max(np.abs(rays[1:] @ rays[0])) > cos_min:
+            fused.append(None)
+            continue
+        across = np.eye(3)[None] - rays[:, :, None] * rays[:, None, :]      # (V, 3, 3)
+        point = np.linalg.solve(across.sum(axis=0), np.einsum("vij,vj->i", across, sources))
+        miss = np.linalg.norm(np.einsum("vij,vj->vi", across, point - sources), axis=1)
+        if miss.max() > max_miss_mm:
+            fused.append(None)
+            continue
+        along = (point - centres) * rays
+        corrections.append(float(along[0].sum()))
+        moved = tuple(p.moved(float(a.sum()) * d) for p, a, d in zip(parts, along, rays,
+                                                                     strict=True))
+        fused.append(FusedSolid(moved, voxel_mm))
+    # A bone the views could not triangulate moves with the others: by their median correction.
+    common = float(np.median(corrections)) if corrections else 0.0
+    out: list[BoneSolid | FusedSolid] = []
+    for solid, result in zip(first, fused, strict=True):
+        if result is not None:
+            out.append(result)
+        elif common:
+            ray = solid.centroid() - np.asarray(solid.camera.source_world, dtype=np.float64)
+            out.append(solid.moved(common * ray / np.linalg.norm(ray)))
+        else:
+            out.append(solid)
+    return out
+
+
+def _sample_field(solid: Solid, a: NDArray[np.int64], z: NDArray[np.int64],
                   lo: NDArray[np.float64], voxel_mm: float, coarse: int = 4
                   ) -> NDArray[np.float32]:
     """The solid's field at the voxel centres of the box ``[a, z)``, in blocks near the solid.
@@ -372,7 +553,7 @@ class LabelVolume:
     world_from_index: Array
 
 
-def label_volume(solids: Sequence[BoneSolid], meshes: Sequence[Mesh], *, voxel_mm: float = 0.5,
+def label_volume(solids: Sequence[Solid], meshes: Sequence[Mesh], *, voxel_mm: float = 0.5,
                  margin_mm: float = 1.5) -> LabelVolume:
     """The label map of the solids on a RAS+ grid of ``voxel_mm`` covering every mesh.
 

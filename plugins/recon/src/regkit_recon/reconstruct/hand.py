@@ -4,13 +4,16 @@ Steps (timed in ``result.json``): the network predicts every bone's probability 
 depth in each radiograph (:func:`regkit_recon.net.predict.predict`); the first view's depths are
 back-projected into closed solids (:mod:`.backproject`); with two or more views the solids are
 refined by re-projection (:mod:`.refine`: a common depth offset, then each bone's placement unless
-``refine_placement=False``);
+``refine_placement=False``), and then each bone is fused with the same bone back-projected from the
+other views (:func:`.backproject.fuse_views`, unless ``fuse_views=False``);
 the label volume is sampled from the solids and measured
 (:func:`regkit_recon.measure_hand.measure_hand`).
 
-Refinement is on by default only with two or more radiographs: in one view the silhouettes fit by
-construction and depth is not observable, and fitting thickness to the bones' contrast was
-measured to make exact reconstructions worse (uniform μ per bone does not hold; see the README).
+Refinement is off by default. In one view the silhouettes fit by construction and depth is not
+observable, and fitting thickness to the bones' contrast was measured to make exact
+reconstructions worse (uniform μ per bone does not hold; see the README). With two or more views,
+the fusion (each bone triangulated from the views, their solids averaged) did better alone than
+after refinement, in a fraction of the time (the plugin README has the figures).
 """
 
 from __future__ import annotations
@@ -24,17 +27,25 @@ from numpy.typing import NDArray
 
 from regkit.errors import InputError
 
-from .backproject import BoneSolid, backproject, label_volume
+from .backproject import BoneSolid, FusedSolid, Solid, backproject, fuse_views, label_volume
 from .base import Progress, Reconstruction, Reconstructor, View, reconstructors
 from .mesh import Mesh
 
 __all__ = ["HandReconstructor"]
 
 
-def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[BoneSolid],
+def _first_view_part(solid: Solid) -> BoneSolid:
+    """The first view's own solid of a bone (of a fused one, its first part)."""
+    if isinstance(solid, FusedSolid):
+        return solid.parts[0]
+    assert isinstance(solid, BoneSolid)
+    return solid
+
+
+def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[Solid],
                     shifts: dict[str, list[float]], thickness: dict[str, float],
                     names: Sequence[str], view: View) -> dict[str, NDArray[Any]]:
-    """The first view's depth maps moved as the refinement moved each bone.
+    """The first view's depth maps moved as refinement and triangulation moved each bone.
 
     Each bone's translation's component along each pixel's ray is added to both depths, and the
     thickness scaled about the mid-depth (the in-plane part of a translation, a fraction of a pixel,
@@ -64,20 +75,28 @@ class HandReconstructor(Reconstructor):
         threshold: A bone is seen where its probability exceeds this.
         voxel_mm: The label volume's voxel size, ≤ 0.5 mm.
         seed: The refinement engine's seed.
-        refine_placement: With two or more views, also fit each bone's translation after the
-            common depth offset (default on: with hand_v6 it lowered the biplane test's median
+        refine_placement: When refining (``refine=True``) with two or more views, also fit
+            each bone's translation after the common depth offset (default on: with hand_v6 and
+            no fusion it lowered the biplane test's median
             absolute ASSD from 2.19 to 1.87 mm, better on 7 of 10 pairs, and the worst pair's
             from 3.34 mm (p008) to 2.45 mm (p003, which it worsened by 0.75 mm), for about 20 s
             more; with hand_v1 it doubled the error, see the plugin README).
         refine_thickness: Also fit per-bone thickness to the bones' contrast (off: it was
             measured to hurt).
+        fuse_views: With two or more views, triangulate each bone from the views (the point
+            nearest the rays through its solids' centroids), move each view's solid along its
+            rays to that depth and fuse them (the mean of their fields;
+            :func:`~.backproject.fuse_views`). Default on: see the plugin README for what it
+            gained on the held-out pairs. The depth maps written are the first view's, moved
+            with its bones.
     """
 
     name = "hand"
 
     def __init__(self, model: Any = None, *, device: str = "cpu", tta: bool = False,
                  threshold: float = 0.5, voxel_mm: float = 0.5, seed: int = 0,
-                 refine_placement: bool = True, refine_thickness: bool = False) -> None:
+                 refine_placement: bool = True, refine_thickness: bool = False,
+                 fuse_views: bool = True) -> None:
         from regkit_recon.net.predict import resolve_model
 
         from ..phantom import anatomy
@@ -96,6 +115,37 @@ class HandReconstructor(Reconstructor):
         self.device, self.tta, self.threshold = device, tta, threshold
         self.voxel_mm, self.seed = voxel_mm, seed
         self.refine_placement, self.refine_thickness = refine_placement, refine_thickness
+        self.fuse_views = fuse_views
+
+    def _fuse(self, placed: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[View],
+              preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int]:
+        """The placed first-view solids fused with the other views' (see ``fuse_views``).
+
+        Returns the solids, their meshes and how many were fused; a bone whose views' solids do
+        not overlap keeps the first view's solid.
+        """
+        others = [backproject(p.front, p.back, p.prob, v.camera, bones=[int(b) for b in p.bones],
+                              names=list(p.bone_names), level=self.threshold)
+                  for v, p in zip(views[1:], preds[1:], strict=True)]
+        final: list[Solid] = []
+        out_meshes: list[Mesh] = []
+        fused = 0
+        for solid, before, after in zip(placed, meshes, fuse_views(placed, others), strict=True):
+            if after is solid:
+                final.append(solid)
+                out_meshes.append(before)
+                continue
+            if isinstance(after, FusedSolid):
+                try:
+                    out_meshes.append(after.mesh())
+                    final.append(after)
+                    fused += 1
+                    continue
+                except InputError:     # nothing of the mean survives: the first view's, placed
+                    after = after.parts[0]
+            out_meshes.append(after.mesh())
+            final.append(after)
+        return final, out_meshes, fused
 
     @property
     def bone_names(self) -> dict[int, str]:
@@ -115,7 +165,7 @@ class HandReconstructor(Reconstructor):
         if not views:
             raise InputError("needs at least one radiograph", key="image")
         say = progress or (lambda _line: None)
-        refine = len(views) > 1 if refine is None else bool(refine)
+        refine = bool(refine)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         preds = [predict(v.image, v.camera, model=self.loaded, tta=self.tta,
@@ -150,11 +200,19 @@ class HandReconstructor(Reconstructor):
             refinement = run_refine(solids, meshes, rviews, seed=self.seed,
                                     placement=self.refine_placement,
                                     thickness=self.refine_thickness, progress=say)
-            solids = refinement.solids
-            meshes = [s.mesh() for s in solids]
             timings["refine_s"] = refinement.seconds
+        placed = refinement.solids if refinement is not None else solids
+        if refinement is not None:
+            meshes = [s.mesh() for s in placed]
+        final: list[Solid] = list(placed)
+        fused = 0
+        if len(views) > 1 and self.fuse_views:
+            t = time.perf_counter()
+            final, meshes, fused = self._fuse(placed, meshes, views, preds)
+            timings["fuse_s"] = time.perf_counter() - t
+            say(f"fused {fused} bones with the other views")
         t = time.perf_counter()
-        volume = label_volume(solids, meshes, voxel_mm=self.voxel_mm)
+        volume = label_volume(final, meshes, voxel_mm=self.voxel_mm)
         timings["labels_s"] = time.perf_counter() - t
         t = time.perf_counter()
         try:
@@ -164,15 +222,18 @@ class HandReconstructor(Reconstructor):
         timings["measure_s"] = time.perf_counter() - t
 
         depth = first.to_arrays()
-        if refinement is not None:
-            depth = _refined_depths(depth, solids, refinement.shifts, refinement.thickness,
+        shifts = {s.name: list(_first_view_part(s).shift_mm) for s in final}
+        if refinement is not None or any(np.any(v) for v in shifts.values()):
+            depth = _refined_depths(depth, final, shifts,
+                                    refinement.thickness if refinement is not None else {},
                                     first.bone_names, views[0])
-        mesh_by_name: dict[str, Mesh] = {s.name: m for s, m in zip(solids, meshes, strict=True)}
+        mesh_by_name: dict[str, Mesh] = {s.name: m for s, m in zip(final, meshes, strict=True)}
         overlays = {}
         for v, (view, pred) in enumerate(zip(views, preds, strict=True)):
             overlays[f"seen_{v}"] = outline_overlay(view.image, [m for m in pred.hit if m.any()])
             before = project_silhouette(before_meshes, view.camera)
-            after = project_silhouette(mesh_by_name, view.camera) if refine else before
+            after = (project_silhouette(mesh_by_name, view.camera) if refine or fused
+                     else before)
             overlays[f"reprojection_{v}"] = before_after_overlay(view.image, before, after)
         timings = {k: round(v, 3) for k, v in timings.items()}
         timings["total_s"] = round(sum(timings.values()), 3)
@@ -180,11 +241,15 @@ class HandReconstructor(Reconstructor):
             "reconstructor": self.name, "model": self.loaded.path or "(in memory)",
             "views": [{"name": v.name, "camera_source": v.camera_source,
                        "width": v.camera.width, "height": v.camera.height} for v in views],
-            "bones": len(solids), "bones_seen": first.seen, "bones_dropped": dropped,
-            "offset_method": (("multi-view re-projection: common depth offset"
-                               + (", per-bone placement" if self.refine_placement else ""))
-                              if refinement is not None and len(views) > 1
-                              else first.offset_method),
+            "bones": len(final), "bones_seen": first.seen, "bones_dropped": dropped,
+            "offset_method": "; ".join(
+                ([first.offset_method] if len(views) == 1 or (refinement is None and not fused)
+                 else [])
+                + (["multi-view re-projection: common depth offset"
+                    + (", per-bone placement" if self.refine_placement else "")]
+                   if refinement is not None and len(views) > 1 else [])
+                + ([f"each bone triangulated from the views ({fused} fused)"] if fused else [])),
+            "fused_bones": fused,
             "refined": refinement is not None,
             "refinement": refinement.to_json() if refinement is not None else None,
             "timings": timings, "voxel_mm": self.voxel_mm,

@@ -3,7 +3,8 @@
 One row of tiles per radiograph: the radiograph with each bone's outline (the network's), the
 front and back depth of the nearest bone (first view), the meshes shaded from the view's direction
 and from the side, and the re-projection of the reconstructed bones over the radiograph before and
-after refinement (green: before, magenta: after; white where they agree).
+after the views' fusion and any refinement (green: before, magenta: after; white where they
+agree).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _gray(image: NDArray[np.float64], masks: list[NDArray[np.bool_]]) -> NDArray
 
 def before_after_overlay(image: NDArray[np.float64], before: dict[str, NDArray[np.bool_]],
                          after: dict[str, NDArray[np.bool_]]) -> NDArray[np.uint8]:
-    """The radiograph with the bones' re-projected outlines before and after refinement.
+    """The radiograph with the bones' re-projected outlines before and after fusion or refinement.
 
     Before is green, after magenta, white where they agree.
     """
