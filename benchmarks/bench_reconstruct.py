@@ -22,10 +22,11 @@ generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.
   apex of each malunited bone, the radius' tilt and inclination; and against the generator's
   record (``recorded_*`` fields, counted in ``within_3deg_3mm_of_record``; the radius' pairs of
   (tilt, inclination) errors in ``malunited_of_record``), which adds the measurement's own error;
-* ``--biplane``: the first PA and oblique views of each phantom together, without and with
-  refinement by re-projection (``refined``: the common depth offset alone,
-  ``--no-refine-placement``; ``placed``: each bone's translation too, the default): absolute and
-  aligned ASSD before and after, the time.
+* ``--biplane``: the first PA and oblique views of each phantom together: ``first_view`` (the
+  first view's solids alone, neither refined nor fused), ``fused`` (each bone triangulated from the
+  two views and their solids averaged, the default), ``placed`` (refinement by re-projection: the
+  common depth offset and each bone's translation, not fused; the default until 2026-12-04) and
+  ``placed_fused`` (both): absolute and aligned ASSD and the time of each.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None) -> dict[str, Any]:
     loaded = resolve_model(None)
-    rec = HandReconstructor(loaded, refine_placement=False)   # biplane: the common offset only
-    placed = HandReconstructor(loaded, refine_placement=True)  # and each bone's translation
+    rec = HandReconstructor(loaded)                            # the defaults
+    plain = HandReconstructor(loaded, fuse_views=False)        # biplane: no fusion
     files = sorted((data / "samples").glob("*.npz"))
     picked = []
     for f in files:
@@ -187,8 +188,8 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
                 truths[key] = Truth(data / key)
             views = [View(s["image"].astype(np.float64), camera_of(s)) for s in samples]
             row: dict[str, Any] = {"phantom": key}
-            for tag, how, refine in (("unrefined", rec, False), ("refined", rec, True),
-                                     ("placed", placed, True)):
+            for tag, how, refine in (("first_view", plain, False), ("fused", rec, False),
+                                     ("placed", plain, True), ("placed_fused", rec, True)):
                 t = time.perf_counter()
                 out = how.reconstruct(views, refine=refine)
                 seconds = time.perf_counter() - t
@@ -196,16 +197,19 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
                                         views[0].camera.view_direction_world)
                 row[tag] = {"median_assd_mm": errors["median_assd_mm"],
                             "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
+                            "median_hd95_mm": errors["median_hd95_mm"],
+                            "fused_bones": out.result["fused_bones"],
                             "seconds": round(seconds, 2)}
-                if refine:
-                    row["refinement" if tag == "refined" else "placement"] = \
-                        out.result["refinement"]
+                if tag == "placed":
+                    row["placement"] = out.result["refinement"]
             biplanes.append(row)
-            print(f"biplane {key}: ASSD {row['unrefined']['median_assd_mm']:.2f} -> "
-                  f"{row['refined']['median_assd_mm']:.2f} mm "
-                  f"({row['placed']['median_assd_mm']:.2f} with placement), "
-                  f"{row['refined']['seconds']:.1f} s ({row['placed']['seconds']:.1f} s)",
-                  file=stream, flush=True)
+            print(f"biplane {key}: absolute ASSD first view "
+                  f"{row['first_view']['median_assd_mm']:.2f}, fused "
+                  f"{row['fused']['median_assd_mm']:.2f} mm ({row['fused']['seconds']:.1f} s), "
+                  f"placed {row['placed']['median_assd_mm']:.2f} "
+                  f"({row['placed']['seconds']:.1f} s), placed and fused "
+                  f"{row['placed_fused']['median_assd_mm']:.2f} "
+                  f"({row['placed_fused']['seconds']:.1f} s)", file=stream, flush=True)
     return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
 
 
@@ -292,19 +296,17 @@ def summarise(cases: list[dict[str, Any]], biplanes: list[dict[str, Any]]) -> di
     out.update(out_deformity)
     if biplanes:
         out["biplane"] = {
-            "median_assd_unrefined_mm": med([b["unrefined"]["median_assd_mm"] for b in biplanes]),
-            "median_assd_refined_mm": med([b["refined"]["median_assd_mm"] for b in biplanes]),
-            "median_aligned_unrefined_mm": med([b["unrefined"]["median_aligned_assd_mm"]
-                                                for b in biplanes]),
-            "median_aligned_refined_mm": med([b["refined"]["median_aligned_assd_mm"]
-                                              for b in biplanes]),
-            "median_seconds_refined": med([b["refined"]["seconds"] for b in biplanes]),
-            "median_assd_placed_mm": med([b["placed"]["median_assd_mm"] for b in biplanes]),
-            "median_aligned_placed_mm": med([b["placed"]["median_aligned_assd_mm"]
-                                             for b in biplanes]),
-            "median_seconds_placed": med([b["placed"]["seconds"] for b in biplanes]),
-            "placed_better_than_refined": sum(
-                b["placed"]["median_assd_mm"] < b["refined"]["median_assd_mm"] for b in biplanes)}
+            f"median_{figure}_{tag}": med([b[tag][key] for b in biplanes])
+            for tag in ("first_view", "fused", "placed", "placed_fused")
+            for figure, key in (("assd_mm", "median_assd_mm"),
+                                ("aligned_mm", "median_aligned_assd_mm"),
+                                ("hd95_mm", "median_hd95_mm"), ("seconds", "seconds"))}
+        out["biplane"]["fused_better_than_placed"] = sum(
+            b["fused"]["median_assd_mm"] < b["placed"]["median_assd_mm"] for b in biplanes)
+        out["biplane"]["worst_assd_fused_mm"] = max(b["fused"]["median_assd_mm"]
+                                                    for b in biplanes)
+        out["biplane"]["worst_assd_placed_mm"] = max(b["placed"]["median_assd_mm"]
+                                                     for b in biplanes)
     return out
 
 
