@@ -273,8 +273,9 @@ def register(subparsers: Any) -> None:
     rec = actions.add_parser(
         "reconstruct", help="reconstruct the bones of a hand from one or more radiographs",
         description="Reconstruct every bone from radiographs with known cameras: the network's "
-        "masks and front/back depths are back-projected into closed solids, refined by "
-        "re-projection when two or more views are given, and measured for deformity. Writes "
+        "masks and front/back depths are back-projected into closed solids; with two or more views "
+        "each bone is triangulated and its views fused (refinement by re-projection with "
+        "--refine); the bones are measured for deformity. Writes "
         "DIR/labels.nii.gz (uint8, RAS+), labels.csv, meshes/NAME.stl (binary STL in LPS mm, "
         "as 3D Slicer reads STL), depth.npz, measurements.json, result.json and report.png.")
     add_reconstruct_arguments(rec)

@@ -12,6 +12,7 @@ import pytest
 from regkit_recon.data import demo_hand as demo_hand_folder
 from regkit_recon.groundtruth.sample import SampleRenderer
 from regkit_recon.reconstruct.backproject import (
+    BoneSolid,
     FusedSolid,
     backproject,
     backproject_bone,
@@ -307,12 +308,19 @@ def test_two_views_fused_correct_one_view_s_depth_error() -> None:
     alone = error(deep.mesh())
     assert error(fuse_views([deep], [[_solid(maps[1], cams[1])]])[0].mesh()) < 0.8 * alone
 
-    # the fused field is the mean of the views' fields, each floored at -20 mm
+    # the fused field: inside the ellipsoid positive, outside negative, -inf outside a window
     rng = np.random.default_rng(1)
-    points = centre + rng.normal(scale=12.0, size=(200, 3))
-    a, b = exact[0].parts
-    assert np.allclose(exact[0].field(points),
-                       0.5 * (np.maximum(a.field(points), -20) + np.maximum(b.field(points), -20)))
+    points = centre + rng.normal(scale=8.0, size=(400, 3))
+    q = ((points - centre) / radii) ** 2
+    value = exact[0].field(points)
+    deep_in, well_out = q.sum(axis=1) < 0.6, (q.sum(axis=1) > 1.6) & np.isfinite(value)
+    assert deep_in.sum() > 20
+    assert well_out.sum() > 20
+    assert (value[deep_in] > 0).all()
+    assert (value[well_out] < 0).all()
+    beyond = exact[0].parts[1].field(points) == -np.inf
+    assert beyond.any()
+    assert (value[beyond] == -np.inf).all()
     # the label volume takes a fused solid like any other
     lv = label_volume(exact, [mesh], voxel_mm=0.5)
     assert len(np.argwhere(lv.labels == 3)) * 0.125 == pytest.approx(mesh.volume, rel=0.05)
@@ -333,3 +341,41 @@ def test_fusion_keeps_bones_only_the_first_view_sees_and_refuses_mixed_bones() -
     far = first.moved(np.array([500.0, 0.0, 0.0]))
     with pytest.raises(InputError, match="do not overlap"):
         FusedSolid((first, far)).mesh()
+
+
+def test_views_that_disagree_or_look_alike_are_not_fused() -> None:
+    """Rays that miss each other, or a view too close to the first, do not triangulate."""
+    _, _, cams, maps = _ellipsoid_views((0.0, np.radians(50.0), np.radians(4.0)))
+    first, second, near = (_solid(m, c) for m, c in zip(maps, cams, strict=True))
+    # the second view's solid moved 8 mm across both views' rays: the rays pass 8 mm apart,
+    # 4 mm from their midpoint, beyond the default 3 mm
+    across = np.cross(cams[0].view_direction_world, cams[1].view_direction_world)
+    across /= np.linalg.norm(across)
+    astray = second.moved(8.0 * across)
+    assert fuse_views([first], [[astray]]) == [first]
+    assert isinstance(fuse_views([first], [[astray]], max_miss_mm=4.5)[0], FusedSolid)
+    assert isinstance(fuse_views([first], [[second.moved(5.0 * across)]])[0], FusedSolid)
+    # a view 4° from the first is left out of the triangulation; alone it fuses nothing
+    assert fuse_views([first], [[near]]) == [first]
+    both = fuse_views([first], [[near], [second]])[0]
+    assert isinstance(both, FusedSolid)
+    assert len(both.parts) == 2
+    assert both.parts[1].camera is cams[1]
+
+
+def test_a_bone_the_views_cannot_triangulate_moves_with_the_others() -> None:
+    """A bone the other view does not see follows the others by their median correction.
+
+    The first view's solids are 10 mm too deep; the triangulated one comes back.
+    """
+    _, centre, cams, maps = _ellipsoid_views((0.0, np.radians(50.0)))
+    deep = _solid(maps[0], cams[0], shift_mm=10.0)
+    twin = replace(deep, label=4, name="twin")          # the same solid, unseen in view two
+    out = fuse_views([deep, twin], [[_solid(maps[1], cams[1])]])
+    assert isinstance(out[0], FusedSolid)
+    moved = out[1]
+    assert isinstance(moved, BoneSolid)
+    correction = np.asarray(out[0].parts[0].shift_mm) - np.asarray(deep.shift_mm)
+    assert np.linalg.norm(correction) == pytest.approx(10.0, abs=0.5)
+    assert np.asarray(moved.shift_mm) == pytest.approx(correction, abs=0.2)
+    assert np.linalg.norm(moved.centroid() - centre) < 0.3

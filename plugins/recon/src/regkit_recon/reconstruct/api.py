@@ -142,8 +142,8 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                             "fusion alone measured better)")
     parser.add_argument("--refine-placement", action=argparse.BooleanOptionalAction,
                         default=True,
-                        help="with two or more views, also fit each bone's own translation "
-                             "after the common depth offset (default: %(default)s)")
+                        help="with --refine and two or more views, also fit each bone's own "
+                             "translation after the common depth offset (default: %(default)s)")
     parser.add_argument("--fuse-views", action=argparse.BooleanOptionalAction, default=True,
                         help="with two or more views, fuse each bone's solid with the same bone "
                              "back-projected from the other views (default: %(default)s)")

@@ -391,8 +391,9 @@ class FusedSolid:
     silhouette) and along that view's own rays (the depth interval). One view's depths err mostly
     along its rays, where another view at an angle sees the bone's outline; the mean puts the
     surface between what the views say, so each view's error along its rays is pulled towards the
-    other's silhouette (and depths). Each field is floored at ``−20 mm`` (−inf outside a view's
-    window), so the fused solid lies inside every view's window.
+    other's silhouette (and depths). Each field is floored at ``−20 mm`` and the mean is −inf
+    wherever a view's field is (outside its window), so the fused solid lies inside every view's
+    window and the field has no plateau at a window's edge.
 
     Attributes:
         parts: The bone's solids, one per view, placed in one world (the first view's first).
@@ -422,11 +423,17 @@ class FusedSolid:
         return self.parts[0].name
 
     def field(self, points: Array) -> Array:
-        """The mean of the views' fields (each floored at −20 mm) at world points ``(N, 3)``."""
+        """The mean of the views' fields (each floored at −20 mm) at world points ``(N, 3)``.
+
+        It is −inf where any view's field is (outside that view's window).
+        """
         total = np.zeros(len(points))
+        seen = np.ones(len(points), dtype=bool)
         for part in self.parts:
-            total += np.maximum(part.field(points), -_FAR_MM)
-        return total / len(self.parts)
+            value = part.field(points)
+            seen &= np.isfinite(value)
+            total += np.maximum(value, -_FAR_MM)
+        return np.where(seen, total / len(self.parts), -np.inf)
 
     def max_slope(self) -> float:
         """The steepest change of the mean, mm per mm: at most the steepest of the views'."""
@@ -453,7 +460,7 @@ class FusedSolid:
 
 
 def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]], *,
-               voxel_mm: float = 0.4, max_miss_mm: float = 6.0,
+               voxel_mm: float = 0.4, max_miss_mm: float = 3.0,
                min_angle_deg: float = 10.0) -> list[BoneSolid | FusedSolid]:
     """Each bone of the first view fused with the same bone seen in the other views.
 
@@ -463,19 +470,21 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
     view's solid is moved along its own ray until its centroid lies at that point's depth, and the
     views' fields are averaged (:class:`FusedSolid`).
 
-    A bone keeps the first view's solid where no other view sees it, where its rays miss each
-    other by more than ``max_miss_mm`` (the views disagree on which bone it is, or where), or
-    where they are less than ``min_angle_deg`` apart (no triangulation: the views' depth offsets
-    stay unknown); that solid is moved along the first view's rays by the median of the
-    triangulated bones' corrections, so that the whole hand stays together. Bones only the other
-    views see are left out (the reconstruction's bones are the first view's).
+    Another view whose ray is less than ``min_angle_deg`` from the first view's is left out of
+    that bone (it cannot triangulate). A bone keeps the first view's solid where no other view
+    is left, or where the triangulated point lies more than ``max_miss_mm`` from any view's ray
+    (with two views: rays more than twice that apart; the views disagree on which bone it is, or
+    where); that solid is moved along the first view's rays by the median of the triangulated
+    bones' corrections, so that the whole hand stays together. Bones only the other views see are
+    left out (the reconstruction's bones are the first view's).
 
     Args:
         first: The first view's solids.
         others: Per other view, its solids (any order; matched by label).
         voxel_mm: The fused meshes' grid.
         max_miss_mm: The largest distance from the triangulated point to any view's ray.
-        min_angle_deg: The smallest angle between the first view's ray and another's.
+        min_angle_deg: The smallest angle between the first view's ray and another's that is
+            used.
     """
     fused: list[BoneSolid | FusedSolid | None] = []
     corrections: list[float] = []         # the first view's depth corrections, mm along its rays
@@ -491,9 +500,12 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
         sources = np.stack([np.asarray(p.camera.source_world, dtype=np.float64) for p in parts])
         rays = centres - sources
         rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-        if np.max(np.abs(rays[1:] @ rays[0])) > cos_min:
+        use = np.r_[True, np.abs(rays[1:] @ rays[0]) <= cos_min]   # views at an angle to the first
+        if use.sum() < 2:
             fused.append(None)
             continue
+        parts = [p for p, u in zip(parts, use, strict=True) if u]
+        centres, sources, rays = centres[use], sources[use], rays[use]
         across = np.eye(3)[None] - rays[:, :, None] * rays[:, None, :]      # (V, 3, 3)
         point = np.linalg.solve(across.sum(axis=0), np.einsum("vij,vj->i", across, sources))
         miss = np.linalg.norm(np.einsum("vij,vj->vi", across, point - sources), axis=1)

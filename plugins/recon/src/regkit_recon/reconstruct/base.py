@@ -8,7 +8,8 @@ takes any registered name through ``--reconstructor``.
 
 Folder written by :meth:`Reconstruction.save` (see the conventions): ``labels.nii.gz`` (uint8,
 world RAS+ mm), ``labels.csv`` (``label,name``), ``meshes/NAME.stl`` (binary STL in **LPS** mm, as
-3D Slicer reads STL), ``depth.npz`` (the prediction-file layout, after refinement),
+3D Slicer reads STL), ``depth.npz`` (the prediction-file layout, its bones moved as
+refinement and the views' triangulation moved them),
 ``measurements.json``, ``result.json`` and ``report.png``. The folder is built beside the
 target and appears by one rename, so a failure leaves nothing half-written.
 """
@@ -85,7 +86,8 @@ class Reconstruction:
         names: Label value → bone name (the reconstructor's bone table).
         meshes: Bone name → closed mesh (world RAS+ mm).
         depth: The prediction-file arrays (``bones``, ``hit``, ``prob``, ``front``, ``back``) of
-            the first view, after refinement.
+            the first view, its bones moved as refinement and the views' triangulation moved
+            them (the fused meshes' shapes are not in it).
         measurements: ``{"frame": ..., "bones": {NAME: {FIELD: value}}}``.
         result: The record written as ``result.json``.
         views: The radiographs.

@@ -2,10 +2,11 @@
 
 Steps (timed in ``result.json``): the network predicts every bone's probability and front/back
 depth in each radiograph (:func:`regkit_recon.net.predict.predict`); the first view's depths are
-back-projected into closed solids (:mod:`.backproject`); with two or more views the solids are
-refined by re-projection (:mod:`.refine`: a common depth offset, then each bone's placement unless
-``refine_placement=False``), and then each bone is fused with the same bone back-projected from the
-other views (:func:`.backproject.fuse_views`, unless ``fuse_views=False``);
+back-projected into closed solids (:mod:`.backproject`); on request (``refine=True``) the solids
+are refined by re-projection (:mod:`.refine`: with two or more views a common depth offset, then
+each bone's placement unless ``refine_placement=False``); with two or more views each bone is then
+triangulated from the views and fused with the same bone back-projected from the others
+(:func:`.backproject.fuse_views`, unless ``fuse_views=False``);
 the label volume is sampled from the solids and measured
 (:func:`regkit_recon.measure_hand.measure_hand`).
 
@@ -32,6 +33,10 @@ from .base import Progress, Reconstruction, Reconstructor, View, reconstructors
 from .mesh import Mesh
 
 __all__ = ["HandReconstructor"]
+
+_FUSE_MARGIN_PX = 8
+"""Detector pixels around each silhouette in the grids of solids that are fused: room for the views
+to disagree before another view's window cuts the mean."""
 
 
 def _first_view_part(solid: Solid) -> BoneSolid:
@@ -87,8 +92,9 @@ class HandReconstructor(Reconstructor):
             nearest the rays through its solids' centroids), move each view's solid along its
             rays to that depth and fuse them (the mean of their fields;
             :func:`~.backproject.fuse_views`). Default on: see the plugin README for what it
-            gained on the held-out pairs. The depth maps written are the first view's, moved
-            with its bones.
+            gained on the held-out pairs. The fused meshes are cut on a grid of
+            ``min(0.4, voxel_mm)``. The depth maps written are the first view's, moved with its
+            bones.
     """
 
     name = "hand"
@@ -121,16 +127,18 @@ class HandReconstructor(Reconstructor):
               preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int]:
         """The placed first-view solids fused with the other views' (see ``fuse_views``).
 
-        Returns the solids, their meshes and how many were fused; a bone whose views' solids do
-        not overlap keeps the first view's solid.
+        Returns the solids, their meshes and how many were fused; a bone whose fused mesh comes
+        out empty keeps the first view's solid, moved to its triangulated depth.
         """
         others = [backproject(p.front, p.back, p.prob, v.camera, bones=[int(b) for b in p.bones],
-                              names=list(p.bone_names), level=self.threshold)
+                              names=list(p.bone_names), level=self.threshold,
+                              margin_px=_FUSE_MARGIN_PX)
                   for v, p in zip(views[1:], preds[1:], strict=True)]
         final: list[Solid] = []
         out_meshes: list[Mesh] = []
         fused = 0
-        for solid, before, after in zip(placed, meshes, fuse_views(placed, others), strict=True):
+        fused_views = fuse_views(placed, others, voxel_mm=min(0.4, self.voxel_mm))
+        for solid, before, after in zip(placed, meshes, fused_views, strict=True):
             if after is solid:
                 final.append(solid)
                 out_meshes.append(before)
@@ -175,9 +183,10 @@ class HandReconstructor(Reconstructor):
         say(f"network: {len(first.seen)} of {len(first.bone_names)} bones seen")
 
         t = time.perf_counter()
+        fusing = len(views) > 1 and self.fuse_views
         solids = backproject(first.front, first.back, first.prob, views[0].camera,
                              bones=[int(b) for b in first.bones], names=list(first.bone_names),
-                             level=self.threshold)
+                             level=self.threshold, margin_px=_FUSE_MARGIN_PX if fusing else 3)
         meshes, kept, dropped = [], [], []
         for solid in solids:
             try:
@@ -206,7 +215,7 @@ class HandReconstructor(Reconstructor):
             meshes = [s.mesh() for s in placed]
         final: list[Solid] = list(placed)
         fused = 0
-        if len(views) > 1 and self.fuse_views:
+        if fusing:
             t = time.perf_counter()
             final, meshes, fused = self._fuse(placed, meshes, views, preds)
             timings["fuse_s"] = time.perf_counter() - t
