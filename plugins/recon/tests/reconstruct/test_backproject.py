@@ -347,14 +347,14 @@ def test_views_that_disagree_or_look_alike_are_not_fused() -> None:
     """Rays that miss each other, or a view too close to the first, do not triangulate."""
     _, _, cams, maps = _ellipsoid_views((0.0, np.radians(50.0), np.radians(4.0)))
     first, second, near = (_solid(m, c) for m, c in zip(maps, cams, strict=True))
-    # the second view's solid moved 8 mm across both views' rays: the rays pass 8 mm apart,
-    # 4 mm from their midpoint, beyond the default 3 mm
+    # the second view's solid moved 14 mm across both views' rays: the rays pass 14 mm apart,
+    # 7 mm from their midpoint, beyond the default 6 mm
     across = np.cross(cams[0].view_direction_world, cams[1].view_direction_world)
     across /= np.linalg.norm(across)
-    astray = second.moved(8.0 * across)
+    astray = second.moved(14.0 * across)
     assert fuse_views([first], [[astray]]) == [first]
-    assert isinstance(fuse_views([first], [[astray]], max_miss_mm=4.5)[0], FusedSolid)
-    assert isinstance(fuse_views([first], [[second.moved(5.0 * across)]])[0], FusedSolid)
+    assert isinstance(fuse_views([first], [[astray]], max_miss_mm=7.5)[0], FusedSolid)
+    assert fuse_views([first], [[second.moved(8.0 * across)]], max_miss_mm=3.0) == [first]
     # a view 4° from the first is left out of the triangulation; alone it fuses nothing
     assert fuse_views([first], [[near]]) == [first]
     both = fuse_views([first], [[near], [second]])[0]

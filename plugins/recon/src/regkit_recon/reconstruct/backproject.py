@@ -460,7 +460,7 @@ class FusedSolid:
 
 
 def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]], *,
-               voxel_mm: float = 0.4, max_miss_mm: float = 3.0,
+               voxel_mm: float = 0.4, max_miss_mm: float = 6.0,
                min_angle_deg: float = 10.0) -> list[BoneSolid | FusedSolid]:
     """Each bone of the first view fused with the same bone seen in the other views.
 
@@ -473,10 +473,11 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
     Another view whose ray is less than ``min_angle_deg`` from the first view's is left out of
     that bone (it cannot triangulate). A bone keeps the first view's solid where no other view
     is left, or where the triangulated point lies more than ``max_miss_mm`` from any view's ray
-    (with two views: rays more than twice that apart; the views disagree on which bone it is, or
-    where); that solid is moved along the first view's rays by the median of the triangulated
-    bones' corrections, so that the whole hand stays together. Bones only the other views see are
-    left out (the reconstruction's bones are the first view's).
+    (with two views: rays more than twice that apart, 12 mm by default, where the views disagree
+    on which bone it is, or where; 3 mm measured worse on the held-out pairs, 1.56 against
+    1.47 mm, see the plugin README). That solid is moved along the first view's rays by the
+    median of the triangulated bones' corrections, so that the whole hand stays together. Bones
+    only the other views see are left out (the reconstruction's bones are the first view's).
 
     Args:
         first: The first view's solids.
