@@ -318,53 +318,32 @@ def test_save_puts_the_previous_folder_back_when_the_swap_fails(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]   # nothing parked or staged
 
 
-def test_per_bone_placement_is_the_default_and_can_be_turned_off(
-        monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path) -> None:
-    """Per-bone placement is the default of the command and of the reconstructor.
+@pytest.mark.parametrize(("option", "flag"), [("refine_placement", "--no-refine-placement"),
+                                            ("fuse_views", "--no-fuse-views")])
+def test_reconstructor_switches_are_on_by_default_and_can_be_turned_off(
+        monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path, option: str,
+        flag: str) -> None:
+    """Per-bone placement and view fusion are on by default, in the command and reconstructor.
 
-    The command's ``--no-refine-placement`` reaches the reconstructor as False.
+    The command's ``--no-...`` flag reaches the reconstructor as False.
     """
     import inspect
 
     import regkit_recon.reconstruct.api as api
 
-    default = inspect.signature(HandReconstructor).parameters["refine_placement"].default
-    assert default is True
+    assert inspect.signature(HandReconstructor).parameters[option].default is True
     seen: list[object] = []
 
     def fake(views: Sequence[object], **kw: object) -> object:
         assert views
-        seen.append(kw["refine_placement"])
+        seen.append(kw[option])
         raise InputError("stop here", key="test")
 
     monkeypatch.setattr(api, "reconstruct", fake)
     args = ["recon", "reconstruct", "--image", str(files / "x0.npy"),
             "--camera", str(files / "c0.json")]
     assert main([*args, "--out", str(tmp_path / "a")]) != 0
-    assert main([*args, "--out", str(tmp_path / "b"), "--no-refine-placement"]) != 0
-    assert seen == [True, False]
-
-
-def test_view_fusion_is_the_default_and_can_be_turned_off(
-        monkeypatch: pytest.MonkeyPatch, files: Path, tmp_path: Path) -> None:
-    """``--no-fuse-views`` reaches the reconstructor as False; fusion is on by default."""
-    import inspect
-
-    import regkit_recon.reconstruct.api as api
-
-    assert inspect.signature(HandReconstructor).parameters["fuse_views"].default is True
-    seen: list[object] = []
-
-    def fake(views: Sequence[object], **kw: object) -> object:
-        assert views
-        seen.append(kw["fuse_views"])
-        raise InputError("stop here", key="test")
-
-    monkeypatch.setattr(api, "reconstruct", fake)
-    args = ["recon", "reconstruct", "--image", str(files / "x0.npy"),
-            "--camera", str(files / "c0.json")]
-    assert main([*args, "--out", str(tmp_path / "a")]) != 0
-    assert main([*args, "--out", str(tmp_path / "b"), "--no-fuse-views"]) != 0
+    assert main([*args, "--out", str(tmp_path / "b"), flag]) != 0
     assert seen == [True, False]
 
 

@@ -513,10 +513,9 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
         if miss.max() > max_miss_mm:
             fused.append(None)
             continue
-        along = (point - centres) * rays
-        corrections.append(float(along[0].sum()))
-        moved = tuple(p.moved(float(a.sum()) * d) for p, a, d in zip(parts, along, rays,
-                                                                     strict=True))
+        along = np.einsum("vi,vi->v", point - centres, rays)   # each view's move along its ray
+        corrections.append(float(along[0]))
+        moved = tuple(p.moved(float(t) * d) for p, t, d in zip(parts, along, rays, strict=True))
         fused.append(FusedSolid(moved, voxel_mm))
     # A bone the views could not triangulate moves with the others: by their median correction.
     common = float(np.median(corrections)) if corrections else 0.0

@@ -123,6 +123,12 @@ class HandReconstructor(Reconstructor):
         self.refine_placement, self.refine_thickness = refine_placement, refine_thickness
         self.fuse_views = fuse_views
 
+    def _solids(self, pred: Any, camera: Any, margin_px: int) -> list[BoneSolid]:
+        """The bones' solids back-projected from one view's prediction."""
+        return backproject(pred.front, pred.back, pred.prob, camera,
+                           bones=[int(b) for b in pred.bones], names=list(pred.bone_names),
+                           level=self.threshold, margin_px=margin_px)
+
     def _fuse(self, placed: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[View],
               preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int]:
         """The placed first-view solids fused with the other views' (see ``fuse_views``).
@@ -130,9 +136,7 @@ class HandReconstructor(Reconstructor):
         Returns the solids, their meshes and how many were fused; a bone whose fused mesh comes
         out empty keeps the first view's solid, moved to its triangulated depth.
         """
-        others = [backproject(p.front, p.back, p.prob, v.camera, bones=[int(b) for b in p.bones],
-                              names=list(p.bone_names), level=self.threshold,
-                              margin_px=_FUSE_MARGIN_PX)
+        others = [self._solids(p, v.camera, _FUSE_MARGIN_PX)
                   for v, p in zip(views[1:], preds[1:], strict=True)]
         final: list[Solid] = []
         out_meshes: list[Mesh] = []
@@ -184,9 +188,7 @@ class HandReconstructor(Reconstructor):
 
         t = time.perf_counter()
         fusing = len(views) > 1 and self.fuse_views
-        solids = backproject(first.front, first.back, first.prob, views[0].camera,
-                             bones=[int(b) for b in first.bones], names=list(first.bone_names),
-                             level=self.threshold, margin_px=_FUSE_MARGIN_PX if fusing else 3)
+        solids = self._solids(first, views[0].camera, _FUSE_MARGIN_PX if fusing else 3)
         meshes, kept, dropped = [], [], []
         for solid in solids:
             try:
