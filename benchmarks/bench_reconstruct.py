@@ -204,6 +204,7 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
                             "median_aligned_assd_mm": errors["median_aligned_assd_mm"],
                             "median_hd95_mm": errors["median_hd95_mm"],
                             "fused_bones": out.result["fused_bones"],
+                            "bones_from_other_views": out.result["bones_from_other_views"],
                             "seconds": round(seconds, 2)}
                 if tag == "placed":
                     row["placement"] = out.result["refinement"]

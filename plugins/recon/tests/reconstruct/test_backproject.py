@@ -379,3 +379,36 @@ def test_a_bone_the_views_cannot_triangulate_moves_with_the_others() -> None:
     assert np.linalg.norm(correction) == pytest.approx(10.0, abs=0.5)
     assert np.asarray(moved.shift_mm) == pytest.approx(correction, abs=0.2)
     assert np.linalg.norm(moved.centroid() - centre) < 0.3
+
+
+def test_bones_only_the_other_views_see_are_added() -> None:
+    """A bone the first view misses is triangulated from the others, or moved with its view.
+
+    The other views' depths are off (10 mm too deep, 6 mm too shallow); the bones they share
+    with the first view fix those offsets.
+    """
+    _, centre, cams, maps = _ellipsoid_views((0.0, np.radians(50.0), np.radians(100.0)))
+    first = _solid(maps[0], cams[0])
+    second = _solid(maps[1], cams[1], 10.0)
+    third = _solid(maps[2], cams[2], -6.0)
+    hidden = [replace(s, label=4, name="hidden") for s in (second, third)]
+    out = fuse_views([first], [[second, hidden[0]], [hidden[1], third]])
+    assert [s.name for s in out] == ["ellipsoid", "hidden"]
+    extra = out[1]
+    assert isinstance(extra, FusedSolid)
+    assert [p.camera for p in extra.parts] == [cams[1], cams[2]]
+    assert np.linalg.norm(extra.parts[0].centroid() - centre) < 0.3
+    assert np.linalg.norm(extra.parts[1].centroid() - centre) < 0.3
+    # seen by the second view alone: moved by that view's correction of the bones it shares
+    lone = replace(second, label=5, name="lone")
+    out = fuse_views([first], [[lone, second]])
+    assert [s.name for s in out] == ["ellipsoid", "lone"]
+    assert isinstance(out[1], BoneSolid)
+    assert out[1].camera is cams[1]
+    assert np.linalg.norm(out[1].centroid() - centre) < 0.3
+    assert np.linalg.norm(lone.centroid() - centre) > 9.0        # the input is not touched
+    # not asked for: the first view's bones only
+    assert [s.name for s in fuse_views([first], [[lone, second]], others_only=False)] \
+        == ["ellipsoid"]
+    # a view that triangulated nothing cannot place its own bones: left out
+    assert fuse_views([first], [[lone]]) == [first]

@@ -459,9 +459,45 @@ class FusedSolid:
         return Mesh(lo + self.voxel_mm * grid_mesh.vertices, grid_mesh.faces)
 
 
+def _triangulate(parts: Sequence[BoneSolid], views: Sequence[int], *, voxel_mm: float,
+                 max_miss_mm: float, cos_min: float
+                 ) -> tuple[FusedSolid, dict[int, float]] | None:
+    """One bone's solids (from ``views``) triangulated and fused, with each view's move (mm).
+
+    The first solid's view is the reference: another view less than ``acos(cos_min)`` from it
+    is left out. None where fewer than two views are left, or the rays miss (see
+    :func:`fuse_views`).
+    """
+    centres = np.stack([p.centroid() for p in parts])
+    sources = np.stack([np.asarray(p.camera.source_world, dtype=np.float64) for p in parts])
+    rays = centres - sources
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    use = np.r_[True, np.abs(rays[1:] @ rays[0]) <= cos_min]   # views at an angle to the first
+    if use.sum() < 2:
+        return None
+    parts = [p for p, u in zip(parts, use, strict=True) if u]
+    views = [v for v, u in zip(views, use, strict=True) if u]
+    centres, sources, rays = centres[use], sources[use], rays[use]
+    across = np.eye(3)[None] - rays[:, :, None] * rays[:, None, :]      # (V, 3, 3)
+    point = np.linalg.solve(across.sum(axis=0), np.einsum("vij,vj->i", across, sources))
+    miss = np.linalg.norm(np.einsum("vij,vj->vi", across, point - sources), axis=1)
+    if miss.max() > max_miss_mm:
+        return None
+    along = np.einsum("vi,vi->v", point - centres, rays)   # each view's move along its ray
+    moved = tuple(p.moved(float(t) * d) for p, t, d in zip(parts, along, rays, strict=True))
+    return FusedSolid(moved, voxel_mm), {v: float(t) for v, t in zip(views, along, strict=True)}
+
+
+def _moved_along(solid: BoneSolid, correction_mm: float) -> BoneSolid:
+    """The solid moved by ``correction_mm`` along its view's ray through its centroid."""
+    ray = solid.centroid() - np.asarray(solid.camera.source_world, dtype=np.float64)
+    return solid.moved(correction_mm * ray / np.linalg.norm(ray))
+
+
 def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]], *,
                voxel_mm: float = 0.4, max_miss_mm: float = 6.0,
-               min_angle_deg: float = 10.0) -> list[BoneSolid | FusedSolid]:
+               min_angle_deg: float = 10.0,
+               others_only: bool = True) -> list[BoneSolid | FusedSolid]:
     """Each bone of the first view fused with the same bone seen in the other views.
 
     Each view fixes a bone across its rays but barely along them (one view's depths carry an
@@ -476,58 +512,77 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
     (with two views: rays more than twice that apart, 12 mm by default, where the views disagree
     on which bone it is, or where; 3 mm measured worse on the held-out pairs, 1.56 against
     1.47 mm, see the plugin README). That solid is moved along the first view's rays by the
-    median of the triangulated bones' corrections, so that the whole hand stays together. Bones
-    only the other views see are left out (the reconstruction's bones are the first view's).
+    median of the triangulated bones' corrections, so that the whole hand stays together.
+
+    With ``others_only`` (the default), bones the first view does not see but other views do
+    follow, in label order: triangulated and fused the same way where two or more of those views
+    see them (the first of them as the reference), otherwise the solid of the first view that
+    sees them, moved along its rays by the median correction of that view's triangulated bones.
+    One that no view's correction can place (its view triangulated nothing) is left out.
 
     Args:
         first: The first view's solids.
         others: Per other view, its solids (any order; matched by label).
         voxel_mm: The fused meshes' grid.
         max_miss_mm: The largest distance from the triangulated point to any view's ray.
-        min_angle_deg: The smallest angle between the first view's ray and another's that is
-            used.
+        min_angle_deg: The smallest angle between the reference view's ray and another's that
+            is used.
+        others_only: Add the bones only the other views see (after the first view's).
+
+    Returns:
+        One solid per bone of ``first``, in its order, then (with ``others_only``) the bones only
+        the other views see.
     """
-    fused: list[BoneSolid | FusedSolid | None] = []
-    corrections: list[float] = []         # the first view's depth corrections, mm along its rays
     cos_min = math.cos(math.radians(min_angle_deg))
+    options = {"voxel_mm": voxel_mm, "max_miss_mm": max_miss_mm, "cos_min": cos_min}
+    corrections: dict[int, list[float]] = {}     # per view (0: the first), mm along its rays
+
+    def triangulated(parts: list[BoneSolid], views: list[int]) -> FusedSolid | None:
+        if len(parts) < 2:
+            return None
+        found = _triangulate(parts, views, **options)
+        if found is None:
+            return None
+        for view, along in found[1].items():
+            corrections.setdefault(view, []).append(along)
+        return found[0]
+
+    fused: list[FusedSolid | None] = []
     for solid in first:
-        parts = [solid]
-        for view in others:
-            parts += [s for s in view if s.label == solid.label][:1]
-        if len(parts) == 1:
-            fused.append(None)
-            continue
-        centres = np.stack([p.centroid() for p in parts])
-        sources = np.stack([np.asarray(p.camera.source_world, dtype=np.float64) for p in parts])
-        rays = centres - sources
-        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-        use = np.r_[True, np.abs(rays[1:] @ rays[0]) <= cos_min]   # views at an angle to the first
-        if use.sum() < 2:
-            fused.append(None)
-            continue
-        parts = [p for p, u in zip(parts, use, strict=True) if u]
-        centres, sources, rays = centres[use], sources[use], rays[use]
-        across = np.eye(3)[None] - rays[:, :, None] * rays[:, None, :]      # (V, 3, 3)
-        point = np.linalg.solve(across.sum(axis=0), np.einsum("vij,vj->i", across, sources))
-        miss = np.linalg.norm(np.einsum("vij,vj->vi", across, point - sources), axis=1)
-        if miss.max() > max_miss_mm:
-            fused.append(None)
-            continue
-        along = np.einsum("vi,vi->v", point - centres, rays)   # each view's move along its ray
-        corrections.append(float(along[0]))
-        moved = tuple(p.moved(float(t) * d) for p, t, d in zip(parts, along, rays, strict=True))
-        fused.append(FusedSolid(moved, voxel_mm))
+        parts, views = [solid], [0]
+        for k, view in enumerate(others, start=1):
+            match = [s for s in view if s.label == solid.label][:1]
+            parts += match
+            views += [k] * len(match)
+        fused.append(triangulated(parts, views))
+    extra: list[tuple[list[BoneSolid], list[int], FusedSolid | None]] = []
+    if others_only:
+        seen = {s.label for s in first}
+        labels = sorted({s.label for view in others for s in view} - seen)
+        for label in labels:
+            parts, views = [], []
+            for k, view in enumerate(others, start=1):
+                match = [s for s in view if s.label == label][:1]
+                parts += match
+                views += [k] * len(match)
+            extra.append((parts, views, triangulated(parts, views)))
+
+    def common(view: int) -> float | None:
+        values = corrections.get(view)
+        return float(np.median(values)) if values else None
+
     # A bone the views could not triangulate moves with the others: by their median correction.
-    common = float(np.median(corrections)) if corrections else 0.0
     out: list[BoneSolid | FusedSolid] = []
     for solid, result in zip(first, fused, strict=True):
+        shift = common(0)
+        out.append(result if result is not None
+                   else _moved_along(solid, shift) if shift else solid)
+    for parts, views, result in extra:
+        shift = common(views[0])
         if result is not None:
             out.append(result)
-        elif common:
-            ray = solid.centroid() - np.asarray(solid.camera.source_world, dtype=np.float64)
-            out.append(solid.moved(common * ray / np.linalg.norm(ray)))
-        else:
-            out.append(solid)
+        elif shift is not None:
+            out.append(_moved_along(parts[0], shift))
     return out
 
 

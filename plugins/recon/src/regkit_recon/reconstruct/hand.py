@@ -93,8 +93,10 @@ class HandReconstructor(Reconstructor):
             rays to that depth and fuse them (the mean of their fields;
             :func:`~.backproject.fuse_views`). Default on: see the plugin README for what it
             gained on the held-out pairs. The fused meshes are cut on a grid of
-            ``min(0.4, voxel_mm)``. The depth maps written are the first view's, moved with its
-            bones.
+            ``min(0.4, voxel_mm)``. Bones only the other views see are added (triangulated
+            where two of them see the bone, otherwise moved with that view's other bones) and
+            named in ``result.json`` under ``bones_from_other_views``. The depth maps written
+            are the first view's, moved with its bones.
     """
 
     name = "hand"
@@ -130,34 +132,43 @@ class HandReconstructor(Reconstructor):
                            level=self.threshold, margin_px=margin_px)
 
     def _fuse(self, placed: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[View],
-              preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int]:
+              preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int, list[str]]:
         """The placed first-view solids fused with the other views' (see ``fuse_views``).
 
-        Returns the solids, their meshes and how many were fused; a bone whose fused mesh comes
-        out empty keeps the first view's solid, moved to its triangulated depth.
+        Returns the solids, their meshes, how many were fused, and the names of the bones only
+        the other views see (added after the first view's). A bone whose fused mesh comes out
+        empty keeps the first view's solid (for a bone only other views see: the first of those
+        views' solid), moved to its triangulated depth; one with no mesh at all is left out.
         """
         others = [self._solids(p, v.camera, _FUSE_MARGIN_PX)
                   for v, p in zip(views[1:], preds[1:], strict=True)]
         final: list[Solid] = []
         out_meshes: list[Mesh] = []
         fused = 0
-        fused_views = fuse_views(placed, others, voxel_mm=min(0.4, self.voxel_mm))
-        for solid, before, after in zip(placed, meshes, fused_views, strict=True):
-            if after is solid:
-                final.append(solid)
-                out_meshes.append(before)
+        results = fuse_views(placed, others, voxel_mm=min(0.4, self.voxel_mm))
+        befores: list[Mesh | None] = [*meshes, *[None] * (len(results) - len(placed))]
+        added: list[str] = []
+        for index, (before, after) in enumerate(zip(befores, results, strict=True)):
+            if index < len(placed) and after is placed[index]:
+                final.append(after)
+                out_meshes.append(meshes[index])
                 continue
             if isinstance(after, FusedSolid):
                 try:
                     out_meshes.append(after.mesh())
                     final.append(after)
                     fused += 1
-                    continue
                 except InputError:     # nothing of the mean survives: the first view's, placed
                     after = after.parts[0]
-            out_meshes.append(after.mesh())
-            final.append(after)
-        return final, out_meshes, fused
+            if not isinstance(after, FusedSolid):
+                try:
+                    out_meshes.append(after.mesh())
+                    final.append(after)
+                except InputError:     # nothing of it survives on its grid
+                    continue
+            if before is None:
+                added.append(after.name)
+        return final, out_meshes, fused, added
 
     @property
     def bone_names(self) -> dict[int, str]:
@@ -217,11 +228,13 @@ class HandReconstructor(Reconstructor):
             meshes = [s.mesh() for s in placed]
         final: list[Solid] = list(placed)
         fused = 0
+        added: list[str] = []
         if fusing:
             t = time.perf_counter()
-            final, meshes, fused = self._fuse(placed, meshes, views, preds)
+            final, meshes, fused, added = self._fuse(placed, meshes, views, preds)
             timings["fuse_s"] = time.perf_counter() - t
-            say(f"fused {fused} bones with the other views")
+            say(f"fused {fused} bones with the other views"
+                + (f"; {len(added)} only they see" if added else ""))
         t = time.perf_counter()
         volume = label_volume(final, meshes, voxel_mm=self.voxel_mm)
         timings["labels_s"] = time.perf_counter() - t
@@ -233,9 +246,10 @@ class HandReconstructor(Reconstructor):
         timings["measure_s"] = time.perf_counter() - t
 
         depth = first.to_arrays()
-        shifts = {s.name: list(_first_view_part(s).shift_mm) for s in final}
+        shifts = {s.name: list(_first_view_part(s).shift_mm) for s in final
+                  if s.name not in added}         # the first view's depth maps' own bones
         if refinement is not None or any(np.any(v) for v in shifts.values()):
-            depth = _refined_depths(depth, final, shifts,
+            depth = _refined_depths(depth, [s for s in final if s.name in shifts], shifts,
                                     refinement.thickness if refinement is not None else {},
                                     first.bone_names, views[0])
         mesh_by_name: dict[str, Mesh] = {s.name: m for s, m in zip(final, meshes, strict=True)}
@@ -261,6 +275,7 @@ class HandReconstructor(Reconstructor):
                    if refinement is not None and len(views) > 1 else [])
                 + ([f"each bone triangulated from the views ({fused} fused)"] if fused else [])),
             "fused_bones": fused,
+            "bones_from_other_views": added,
             "refined": refinement is not None,
             "refinement": refinement.to_json() if refinement is not None else None,
             "timings": timings, "voxel_mm": self.voxel_mm,
