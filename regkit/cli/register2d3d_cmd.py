@@ -34,6 +34,22 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
+    options: dict[str, Any] = {}
+    if args.detector_blur is not None:
+        blur: Any = args.detector_blur
+        if blur != "estimate":
+            try:
+                blur = float(blur)
+            except ValueError:
+                raise InputError(f"must be 'estimate' or a number of detector pixels, got "
+                                 f"{args.detector_blur!r}", key="--detector-blur") from None
+        from regkit.registration import Register2D3DOptions
+
+        try:
+            options["detector_blur_px"] = Register2D3DOptions(detector_blur_px=blur) \
+                .detector_blur_px
+        except InputError as err:
+            raise InputError(err.reason, key="--detector-blur") from None
     cameras = load_cameras(args.camera)
     if len(args.image) != len(cameras):
         raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
@@ -43,7 +59,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
     volume = load_nifti(args.volume, labels=args.labels)
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
-                           progress=ProgressPrinter("register-2d3d"))
+                           options=options or None, progress=ProgressPrinter("register-2d3d"))
     result.save(args.out)
     if args.report is not None:
         save_report(args.report, volume, cameras, images, result, bones=bones,
@@ -84,6 +100,11 @@ def register(subparsers: Any) -> None:
                    help=f"seed (default {DEFAULT_SEED}: runs repeat)")
     p.add_argument("--backend", default=None,
                    help="renderer: gl or torch (default: the faster one here)")
+    p.add_argument("--detector-blur", default=None, metavar="PX|estimate",
+                   help="model the detector's blur in every DRR (σ in detector pixels, applied "
+                   "to the transmitted intensity), or 'estimate' it at each level past the "
+                   "first; default off. In one view it moves the depth by about 1 mm per pixel "
+                   "(see Register2D3DOptions.detector_blur_px)")
     p.add_argument("--report", type=Path, default=None, metavar="DIR",
                    help="write PNGs: DRR edges over each radiograph before and after, "
                    "convergence")

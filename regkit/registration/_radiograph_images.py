@@ -26,6 +26,7 @@ from regkit.volume import Volume
 
 __all__ = [
     "BONE_WEIGHT_RANGE",
+    "DETECTOR_BLUR_GRID_PX",
     "IDENTITY_MAP",
     "IntensityMap",
     "apply_intensity_map",
@@ -33,6 +34,7 @@ __all__ = [
     "bin_weight",
     "bone_rois",
     "bone_weight_ratio",
+    "detector_blur",
     "detector_factor",
     "fit_bone_weight",
     "fit_intensity_map",
@@ -40,6 +42,9 @@ __all__ = [
     "match_intensities",
     "smooth",
 ]
+
+DETECTOR_BLUR_GRID_PX = tuple(0.125 * i for i in range(25))
+"""The detector blurs (σ, detector pixels) tried when the blur is estimated at a level's start."""
 
 
 def bone_rois(mu: Volume, bones: tuple[int, ...], cams: list[Camera],
@@ -341,6 +346,23 @@ def fit_intensity_map(fixed: torch.Tensor, drr: torch.Tensor, weight: torch.Tens
 def apply_intensity_map(images: torch.Tensor, maps: list[IntensityMap]) -> torch.Tensor:
     """``(B, H, W)`` images mapped pixel-wise, each by its own :class:`IntensityMap`."""
     return torch.stack([m(images[b]) for b, m in enumerate(maps)])
+
+
+def detector_blur(drr: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(B, H, W)`` line integrals blurred as a detector blurs them: in the transmitted domain.
+
+    ``−log(G_σ * e^{−p})``, with ``G_σ`` a Gaussian of ``sigma`` pixels (:func:`smooth`, edges
+    replicated); differentiable; ``sigma = 0`` returns ``drr`` as it is. A detector (and the focal
+    spot) blurs the transmitted intensity, so an edge moves towards its brighter side; blurring
+    the line integrals instead is about four times weaker per px² near a body's outline, and a
+    gradient metric reads the difference as a change of magnification, i.e. of depth (see
+    docs/decisions/registration-2d3d-depth-bias.md). The whole detector is blurred, before any
+    mask: a mask says which pixels count, not what the detector saw.
+    """
+    if sigma <= 0:
+        return drr
+    transmitted = torch.exp(-drr.to(torch.float32))
+    return -torch.log(smooth(transmitted, sigma).clamp(min=1e-30))
 
 
 def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,

@@ -55,6 +55,14 @@ Convention:
     One view keeps all three off: they made its depth worse. See
     docs/decisions/registration-2d3d-depth-bias.md.
 
+    **The detector's blur** (``detector_blur_px``, off by default): every DRR can be blurred
+    in the transmitted domain, as a detector blurs, by a given σ or one estimated at the start
+    of every level but the first; in one view the radiographs are then mapped to the DRR as
+    well. In one view the depth comes from the apparent magnification, which an unmodelled
+    blur moves by about 1 mm per pixel: on the polychromatic single-view benchmark the
+    estimate took the median mTRE from 0.30 to 0.22 mm, but on a small crop of one vertebra it
+    was unreliable, so it is asked for, not assumed.
+
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
     smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
     spacing; :func:`~regkit.registration.levels.at_spacing`) on each view's detector binned by
@@ -91,9 +99,13 @@ from regkit.geometry.transforms import rigid_from_params
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, coerce_options, gradient_methods, optimizers
 from regkit.registration import engine
+from regkit.registration._radiograph_images import (
+    DETECTOR_BLUR_GRID_PX as _DETECTOR_BLUR_GRID_PX,
+)
 from regkit.registration._radiograph_images import bin_image as _bin
 from regkit.registration._radiograph_images import bin_weight as _bin_weight
 from regkit.registration._radiograph_images import bone_rois as _bone_rois
+from regkit.registration._radiograph_images import detector_blur as _detector_blur
 from regkit.registration._radiograph_images import detector_factor as _detector_factor
 from regkit.registration._radiograph_images import fit_bone_weight as _fit_bone_weight
 from regkit.registration._radiograph_images import (
@@ -220,7 +232,8 @@ class Register2D3DOptions:
             (:func:`~regkit.registration._radiograph_images.fit_intensity_map`). A
             radiograph's line integrals are a concave function of the CT's (beam hardening);
             mapped, thick and thin parts weigh as in the DRR. 0: off. None (default): 3 with
-            two or more views, 0 with one (see below).
+            two or more views, or with one whose detector blur is modelled
+            (``detector_blur_px``); 0 otherwise (see below).
         scatter_sigma: With ``intensity_degree``, also remove a smooth additive part of each
             radiograph's transmitted image (scatter, veiling glare), estimated at the level's
             start as the difference to the DRR's, smoothed by a Gaussian of this σ as a
@@ -240,10 +253,36 @@ class Register2D3DOptions:
             on an oblique pair and on monochromatic radiographs they changed little; on the
             small shipped crop at 80², with or without scatter, they cost 0.02–0.17 mm; a
             biplane registration takes about 1.5× as long (28 s against 19 s, back to back).
-            In a single view, the intensity map and the veil removal made the depth worse
-            (cases 0–2: mTRE 0.28–0.38 → 0.74–0.87 mm), because what they remove had offset
-            the depth bias of the radiograph's blur. See
+            In a single view without the detector blur modelled, the intensity map and the
+            veil removal made the depth worse (cases 0–2: mTRE 0.28–0.38 → 0.74–0.87 mm),
+            because what they remove had offset the depth bias of the radiograph's blur; with
+            the blur modelled (``detector_blur_px``) the map is on in one view too. See
             docs/decisions/registration-2d3d-depth-bias.md.
+        detector_blur_px: σ, in the radiographs' detector pixels, of the blur of a detector
+            (and focal spot) applied to every DRR in the transmitted domain,
+            ``−log(G_σ * e^{−DRR})``
+            (:func:`~regkit.registration._radiograph_images.detector_blur`). A detector blurs
+            the transmitted intensity, so an edge moves towards its brighter side, and a
+            gradient metric reads an unmodelled blur as a change of magnification: in one view
+            about 1 mm of depth per pixel of blur. ``"estimate"``: at the start of every level
+            but the first, the σ of
+            :data:`~regkit.registration._radiograph_images.DETECTOR_BLUR_GRID_PX` (0–3 px in
+            steps of 0.125) whose DRR, mapped and bone-weighted as the level then does, scores
+            best at the level's start (the vertex of the parabola through it and its
+            neighbours; recorded as ``detector_blur_px`` in the levels' facts); the first
+            level, which captures, renders unblurred. A number fixes σ at every level. 0 or
+            None (default): off. In one view the estimate turns the intensity map on
+            (``intensity_degree``). Measured (see
+            docs/decisions/registration-2d3d-depth-bias.md): on the polychromatic single-view
+            benchmark (the whole chest CT, 14 cases, radiographs blurred by 1 px) the estimate
+            took the median mTRE from 0.30 to 0.22 mm (depth 0.24 → 0.16 mm; σ estimated
+            0.80–1.01 px at the last level); on the shipped crop at 80² (DRRs blurred in the
+            transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated 0.88 / 1.49 / 1.98 px and
+            ended 2.9 / 1.0 / 1.6 mm off against 6.2 / 11.2 / 21.1 mm without. But on a crop
+            of one vertebra (64²) it was unreliable (0.6–2.4 mm against 0.2–3.4 mm without,
+            by the radiograph's blur), and with two views (AP + lateral, 4 cases) it made the
+            median worse, 0.18 → 0.24 mm, where each view's zoom already takes up its
+            magnification; so it is off by default.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -276,6 +315,7 @@ class Register2D3DOptions:
     intensity_degree: int | None = None
     scatter_sigma: float | None = None
     view_zoom: bool | None = None
+    detector_blur_px: float | str | None = None
 
     def __post_init__(self) -> None:
         levels = tuple(self.levels)
@@ -333,6 +373,12 @@ class Register2D3DOptions:
                 or not 0 <= self.scatter_sigma <= 1):
             raise InputError(f"must be None or a number in [0, 1], got {self.scatter_sigma!r}",
                              key="scatter_sigma")
+        blur = self.detector_blur_px
+        if blur is not None and blur != "estimate" and (
+                isinstance(blur, str) or not is_real(blur) or not math.isfinite(blur)
+                or not 0 <= blur <= 10):
+            raise InputError(f"must be None, 'estimate' or a number of detector pixels in "
+                             f"[0, 10], got {blur!r}", key="detector_blur_px")
         if self.view_zoom is not None and not isinstance(self.view_zoom, bool):
             raise InputError(f"must be None, True or False, got {self.view_zoom!r}",
                              key="view_zoom")
@@ -340,7 +386,8 @@ class Register2D3DOptions:
     def for_views(self, n_views: int) -> Register2D3DOptions:
         """These options with the per-view-count defaults filled in for ``n_views`` views.
 
-        ``intensity_degree``, ``scatter_sigma``, ``view_zoom`` and ``ray_step_voxels`` are set
+        ``intensity_degree``, ``scatter_sigma``, ``view_zoom``, ``ray_step_voxels`` and
+        ``detector_blur_px`` are set
         where they are None (see the attributes).
 
         Raises:
@@ -351,14 +398,16 @@ class Register2D3DOptions:
         if self.view_zoom and not multi:
             raise InputError("view_zoom needs two or more views: in one view the zoom and the "
                              "distance from the source are one unknown", key="view_zoom")
-        degree = (3 if multi else 0) if self.intensity_degree is None else self.intensity_degree
+        blur = 0.0 if self.detector_blur_px is None else self.detector_blur_px
+        degree = (3 if multi or blur != 0 else 0) if self.intensity_degree is None \
+            else self.intensity_degree
         if degree == 0 and self.scatter_sigma:
             raise InputError("the scatter removal runs within the intensity map: it needs "
                              "intensity_degree >= 1", key="scatter_sigma")
         sigma = (0.06 if multi and degree else 0.0) if self.scatter_sigma is None \
             else self.scatter_sigma
         step = (0.5 if multi else 1.0) if self.ray_step_voxels is None else self.ray_step_voxels
-        return replace(self, intensity_degree=degree, scatter_sigma=sigma,
+        return replace(self, intensity_degree=degree, scatter_sigma=sigma, detector_blur_px=blur,
                        view_zoom=multi if self.view_zoom is None else self.view_zoom,
                        ray_step_voxels=step)
 
@@ -429,6 +478,9 @@ class _Level(Level):
     intensity_maps: list[dict[str, Any]] | None = None
     weighted_renderer: Callable[[float], Renderer] | None = None
     bone_weight: float | None = None
+    blur_px: float = 0.0
+    estimate_blur: bool = False
+    blur_scores: list[float] | None = None
     spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
     pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
 
@@ -444,9 +496,9 @@ class _Level(Level):
         parts, feet, bone_parts = [], [], []
         for a in range(0, lam * nv, chunk):
             views = Views(k[a:a + chunk], poses[a:a + chunk], g.height, g.width)
-            parts.append(self.renderer.drr(views))
+            parts.append(self._blurred(self.renderer.drr(views), g))
             if self.bone_renderer is not None:
-                bone_parts.append(self.bone_renderer.drr(views))
+                bone_parts.append(self._blurred(self.bone_renderer.drr(views), g))
             if self.bones is not None:
                 with torch.no_grad():
                     feet.append(self._footprint(self.renderer.drr(views, bones=self.bones)))
@@ -461,6 +513,15 @@ class _Level(Level):
             drr = _fit_bone_weight(fixed, drr, bone, scored)
         weight = scored
         return self.metric(fixed, drr, weight).reshape(lam, nv).to(torch.float64)
+
+    def _blurred(self, drr: torch.Tensor, g: _Group, blur_px: float | None = None
+                 ) -> torch.Tensor:
+        """The group's DRRs blurred as its detector blurs, in the transmitted domain; float32.
+
+        ``blur_px``: σ in detector pixels (None: the level's).
+        """
+        sigma = (self.blur_px if blur_px is None else blur_px) / self.factors[g.views[0]]
+        return _detector_blur(drr.to(torch.float32), sigma)
 
     @staticmethod
     def _cameras(g: _Group, corrections: torch.Tensor,
@@ -531,7 +592,72 @@ class _Level(Level):
         then the bone weight is fitted to all views (:meth:`_weigh_bone`), each where asked.
         Both render each view group in one call, whatever ``max_batch`` (one image per view).
         """
-        return self._map_intensities(x) + self._weigh_bone(x)
+        return self._estimate_blur(x) + self._map_intensities(x) + self._weigh_bone(x)
+
+    def _estimate_blur(self, x: NDArray[np.float64]) -> int:
+        """Estimate the detector's blur at ``x``: the σ that scores best there; evaluations used.
+
+        For each σ of :data:`~regkit.registration._radiograph_images.DETECTOR_BLUR_GRID_PX`
+        (detector pixels) the DRRs at ``x`` (rendered once, with their bone part) are blurred,
+        the radiographs mapped to them and the bone weight fitted, as the level would with that
+        σ, and scored; the level's σ is the vertex of the parabola through the best σ and its
+        two neighbours (the best σ itself at the grid's ends).
+        """
+        if not self.estimate_blur:
+            return 0
+        correction = torch.as_tensor(self.corrections(x[None]), dtype=torch.float64)
+        zooms = self.zooms(x[None])
+        grid = _DETECTOR_BLUR_GRID_PX
+        scores = []
+        with torch.no_grad():
+            rendered = []
+            for g in self.groups:
+                k, poses = self._cameras(g, correction, zooms)
+                views = Views(k, poses, g.height, g.width)
+                drr = self.renderer.drr(views).to(torch.float32)
+                bone = (None if self.bone_renderer is None
+                        else self.bone_renderer.drr(views).to(torch.float32))
+                scored = g.weight
+                if self.bones is not None:
+                    foot = self._footprint(self.renderer.drr(views, bones=self.bones))
+                    scored = foot if scored is None else scored * foot
+                rendered.append((g, drr, bone, scored))
+            for blur in grid:
+                parts, prepared = [], []
+                for g, drr, bone, scored in rendered:
+                    fixed = g.fixed
+                    if self.intensity_degree > 0:
+                        mapped, _ = _match_intensities(
+                            g.raw, self._blurred(drr, g, blur), g.weight, self.intensity_degree,
+                            self.smooth_px, self.scatter_sigma * max(g.height, g.width))
+                        fixed = _smooth(mapped, self.smooth_px, g.weight)
+                    if bone is not None:
+                        parts.append((fixed,
+                                      _smooth(self._blurred(drr, g, blur), self.smooth_px,
+                                              g.weight),
+                                      _smooth(self._blurred(bone, g, blur), self.smooth_px,
+                                              g.weight), scored))
+                    prepared.append((g, drr, bone, fixed, scored))
+                ratio = _joint_bone_weight_ratio(parts) if parts else 0.0
+                total = 0.0
+                for g, drr, bone, fixed, scored in prepared:
+                    full = drr if bone is None else drr + ratio * bone
+                    image = _smooth(self._blurred(full, g, blur), self.smooth_px, g.weight)
+                    total += float(self.metric(fixed, image, scored).sum())
+                scores.append(total / self.n_views)
+        values = np.asarray(scores) * (1.0 if self.higher_is_better else -1.0)
+        i = int(np.argmax(values))
+        blur = float(grid[i])
+        if 0 < i < len(grid) - 1:
+            (a, b, c), (fa, fb, fc) = grid[i - 1:i + 2], values[i - 1:i + 2]
+            # the vertex of the parabola through the three points (unequal spacing allowed)
+            den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+            if den != 0:
+                num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+                blur = float(np.clip(b - 0.5 * num / den, a, c))
+        self.blur_px = blur
+        self.blur_scores = [round(v, 6) for v in scores]
+        return len(grid)
 
     def _weigh_bone(self, x: NDArray[np.float64]) -> int:
         """Fit the bone weight at ``x`` and render the rest of the level with it.
@@ -550,9 +676,9 @@ class _Level(Level):
             for g in self.groups:
                 k, poses = self._cameras(g, correction, zooms)
                 views = Views(k, poses, g.height, g.width)
-                drr = _smooth(self.renderer.drr(views).to(torch.float32), self.smooth_px,
+                drr = _smooth(self._blurred(self.renderer.drr(views), g), self.smooth_px,
                               g.weight)
-                bone = _smooth(self.bone_renderer.drr(views).to(torch.float32), self.smooth_px,
+                bone = _smooth(self._blurred(self.bone_renderer.drr(views), g), self.smooth_px,
                                g.weight)
                 scored = g.weight   # the pixels the metric counts, as in _group_scores
                 if self.bones is not None:
@@ -580,7 +706,7 @@ class _Level(Level):
         with torch.no_grad():
             for g in self.groups:
                 k, poses = self._cameras(g, correction, zooms)
-                drr = self.renderer.drr(Views(k, poses, g.height, g.width)).to(torch.float32)
+                drr = self._blurred(self.renderer.drr(Views(k, poses, g.height, g.width)), g)
                 mapped, facts = _match_intensities(
                     g.raw, drr, g.weight, self.intensity_degree, self.smooth_px,
                     self.scatter_sigma * max(g.height, g.width))
@@ -598,6 +724,10 @@ class _Level(Level):
             facts["intensity_maps"] = self.intensity_maps
         if self.bone_weight is not None:
             facts["bone_weight"] = round(self.bone_weight, 4)
+        if self.blur_px or self.estimate_blur:
+            facts["detector_blur_px"] = round(self.blur_px, 4)
+        if self.blur_scores is not None:
+            facts["detector_blur_scores"] = self.blur_scores
         return score, facts
 
 
@@ -890,9 +1020,13 @@ class _Problem:
         lv.spec = ParamSpec.rigid6(options.rot_step_deg, options.trans_step_mm,
                                    rot_bound_deg=self.opts.rot_range_deg,
                                    trans_bound_mm=self.opts.trans_range_mm)
+        blur = self.opts.detector_blur_px
+        if blur is not None and blur != "estimate":
+            lv.blur_px = float(blur)
         if index > 0:
             lv.intensity_degree = int(self.opts.intensity_degree or 0)
             lv.scatter_sigma = float(self.opts.scatter_sigma or 0.0)
+            lv.estimate_blur = blur == "estimate"
             if self.opts.view_zoom:
                 # a shift of one step along a view changes its magnification by step / distance
                 near = min(float(np.linalg.norm(c.source_world - self.pivot))
@@ -930,6 +1064,7 @@ def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOpti
             "intensity_degree": opts.intensity_degree,
             "ray_step_voxels": opts.ray_step_voxels,
             "scatter_sigma": opts.scatter_sigma,
+            "detector_blur_px": opts.detector_blur_px,
             "bones": None if builder.bones is None else list(builder.bones),
             "levels": list(done.levels),
             "stop_reasons": done.stop_reasons,

@@ -107,6 +107,8 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     (["--out-txt"], ".json"),
     (["--nan"], "NaN"),
     (["--wrong-size"], "detector is 80 x 80"),
+    (["--detector-blur", "soft"], "--detector-blur"),
+    (["--detector-blur", "11"], "--detector-blur"),
 ])
 def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str], extra: list[str],
@@ -138,3 +140,27 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     assert message is not None
     assert message in err[0]
     assert not Path(out).exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("estimate", "estimate"), ("1.25", 1.25),
+                                                  (None, None)])
+def test_detector_blur_reaches_the_registration(files: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                value: str | None, expected: object) -> None:
+    from regkit.errors import InputError
+    from regkit.registration import radiograph_registration
+
+    seen: list[object] = []
+
+    def capture(*_args: object, options: dict | None = None, **_kwargs: object) -> None:
+        seen.append(None if options is None else options.get("detector_blur_px"))
+        raise InputError("stop here", key="test")
+
+    monkeypatch.setattr(radiograph_registration, "register_2d3d", capture)
+    argv = ["register-2d3d", "--volume", str(files["ct"]), "--camera", str(files["camera"]),
+            "--image", str(files["x1"]), "--image", str(files["x2"]),
+            "--out", str(tmp_path / "r.json")]
+    if value is not None:
+        argv += ["--detector-blur", value]
+    assert main(argv) == 2
+    assert seen == [expected]
