@@ -35,6 +35,7 @@ __all__ = [
     "bone_rois",
     "bone_weight_ratio",
     "detector_blur",
+    "detector_blur_part",
     "detector_factor",
     "fit_bone_weight",
     "fit_intensity_map",
@@ -361,8 +362,27 @@ def detector_blur(drr: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return drr
-    transmitted = torch.exp(-drr.to(torch.float32))
-    return -torch.log(smooth(transmitted, sigma).clamp(min=1e-30))
+    p = drr.to(torch.float32)
+    low = p.flatten(1).amin(dim=1).detach()[:, None, None]    # e^{-(p - low)} <= 1: no underflow
+    transmitted = torch.exp(-(p - low))
+    return low - torch.log(smooth(transmitted, sigma).clamp(min=1e-30))
+
+
+def detector_blur_part(drr: torch.Tensor, part: torch.Tensor, sigma: float) -> torch.Tensor:
+    """How :func:`detector_blur` of ``drr + r·part`` changes with ``r`` at ``r = 0``.
+
+    ``G_σ * (e^{−p} · part) / G_σ * e^{−p}``: the part of a DRR (its bone) blurred as it sits in
+    the whole, so that ``detector_blur(drr) + r · detector_blur_part(drr, part)`` is the blurred
+    ``drr + r·part`` to first order in ``r`` (the blur is not additive). ``sigma = 0`` returns
+    ``part``.
+    """
+    if sigma <= 0:
+        return part
+    p = drr.to(torch.float32)
+    low = p.flatten(1).amin(dim=1).detach()[:, None, None]
+    transmitted = torch.exp(-(p - low))
+    return smooth(transmitted * part.to(torch.float32), sigma) \
+        / smooth(transmitted, sigma).clamp(min=1e-30)
 
 
 def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor | None,

@@ -60,7 +60,7 @@ Convention:
     of every level but the first; in one view the radiographs are then mapped to the DRR as
     well. In one view the depth comes from the apparent magnification, which an unmodelled
     blur moves by about 1 mm per pixel: on the polychromatic single-view benchmark the
-    estimate took the median mTRE from 0.30 to 0.22 mm, but on a small crop of one vertebra it
+    estimate took the median mTRE from 0.30 to 0.25 mm, but on a small crop of one vertebra it
     was unreliable, so it is asked for, not assumed.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
@@ -106,6 +106,7 @@ from regkit.registration._radiograph_images import bin_image as _bin
 from regkit.registration._radiograph_images import bin_weight as _bin_weight
 from regkit.registration._radiograph_images import bone_rois as _bone_rois
 from regkit.registration._radiograph_images import detector_blur as _detector_blur
+from regkit.registration._radiograph_images import detector_blur_part as _detector_blur_part
 from regkit.registration._radiograph_images import detector_factor as _detector_factor
 from regkit.registration._radiograph_images import fit_bone_weight as _fit_bone_weight
 from regkit.registration._radiograph_images import (
@@ -270,16 +271,19 @@ class Register2D3DOptions:
             steps of 0.125) whose DRR, mapped and bone-weighted as the level then does, scores
             best at the level's start (the vertex of the parabola through it and its
             neighbours; recorded as ``detector_blur_px`` in the levels' facts); the first
-            level, which captures, renders unblurred. A number fixes σ at every level. 0 or
-            None (default): off. In one view the estimate turns the intensity map on
-            (``intensity_degree``). Measured (see
+            level, which captures, renders unblurred (with ``bone_weight_per_candidate`` the
+            estimate still fits one bone weight for all views). A number fixes σ at every
+            level. 0 or None (default): off. In one view the blur model, estimated or given,
+            turns the intensity map on (``intensity_degree``). The bone weight is fitted to the
+            bone part as it changes the blurred DRR, to first order
+            (:func:`~regkit.registration._radiograph_images.detector_blur_part`). Measured (see
             docs/decisions/registration-2d3d-depth-bias.md): on the polychromatic single-view
             benchmark (the whole chest CT, 14 cases, radiographs blurred by 1 px) the estimate
-            took the median mTRE from 0.30 to 0.22 mm (depth 0.24 → 0.16 mm; σ estimated
-            0.80–1.01 px at the last level); on the shipped crop at 80² (DRRs blurred in the
-            transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated 0.88 / 1.49 / 1.98 px and
-            ended 2.9 / 1.0 / 1.6 mm off against 6.2 / 11.2 / 21.1 mm without. But on a crop
-            of one vertebra (64²) it was unreliable (0.6–2.4 mm against 0.2–3.4 mm without,
+            took the median mTRE from 0.30 to 0.25 mm (depth 0.24 → 0.20 mm; σ estimated
+            0.80–1.10 px at the last level); on the shipped crop at 80² (DRRs blurred in the
+            transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated 0.95 / 1.49 / 1.98 px and
+            ended 1.1 / 1.0 / 1.6 mm off against 6.2 / 11.2 / 21.1 mm without. But on a crop
+            of one vertebra (64²) it was unreliable (2.1–5.1 mm against 0.2–3.4 mm without,
             by the radiograph's blur), and with two views (AP + lateral, 4 cases) it made the
             median worse, 0.18 → 0.24 mm, where each view's zoom already takes up its
             magnification; so it is off by default.
@@ -496,9 +500,10 @@ class _Level(Level):
         parts, feet, bone_parts = [], [], []
         for a in range(0, lam * nv, chunk):
             views = Views(k[a:a + chunk], poses[a:a + chunk], g.height, g.width)
-            parts.append(self._blurred(self.renderer.drr(views), g))
+            drr_part = self.renderer.drr(views)
+            parts.append(self._blurred(drr_part, g))
             if self.bone_renderer is not None:
-                bone_parts.append(self._blurred(self.bone_renderer.drr(views), g))
+                bone_parts.append(self._blurred_part(drr_part, self.bone_renderer.drr(views), g))
             if self.bones is not None:
                 with torch.no_grad():
                     feet.append(self._footprint(self.renderer.drr(views, bones=self.bones)))
@@ -520,8 +525,19 @@ class _Level(Level):
 
         ``blur_px``: σ in detector pixels (None: the level's).
         """
-        sigma = (self.blur_px if blur_px is None else blur_px) / self.factors[g.views[0]]
-        return _detector_blur(drr.to(torch.float32), sigma)
+        return _detector_blur(drr.to(torch.float32), self._level_sigma(g, blur_px))
+
+    def _blurred_part(self, drr: torch.Tensor, part: torch.Tensor, g: _Group,
+                      blur_px: float | None = None) -> torch.Tensor:
+        """A part of the DRRs (their bone) as it changes their blurred whole, to first order.
+
+        See :func:`~regkit.registration._radiograph_images.detector_blur_part`; float32.
+        """
+        return _detector_blur_part(drr, part.to(torch.float32), self._level_sigma(g, blur_px))
+
+    def _level_sigma(self, g: _Group, blur_px: float | None) -> float:
+        """The detector blur's σ in the group's level pixels (its views share one binning)."""
+        return (self.blur_px if blur_px is None else blur_px) / self.factors[g.views[0]]
 
     @staticmethod
     def _cameras(g: _Group, corrections: torch.Tensor,
@@ -635,8 +651,8 @@ class _Level(Level):
                         parts.append((fixed,
                                       _smooth(self._blurred(drr, g, blur), self.smooth_px,
                                               g.weight),
-                                      _smooth(self._blurred(bone, g, blur), self.smooth_px,
-                                              g.weight), scored))
+                                      _smooth(self._blurred_part(drr, bone, g, blur),
+                                              self.smooth_px, g.weight), scored))
                     prepared.append((g, drr, bone, fixed, scored))
                 ratio = _joint_bone_weight_ratio(parts) if parts else 0.0
                 total = 0.0
@@ -646,16 +662,7 @@ class _Level(Level):
                     total += float(self.metric(fixed, image, scored).sum())
                 scores.append(total / self.n_views)
         values = np.asarray(scores) * (1.0 if self.higher_is_better else -1.0)
-        i = int(np.argmax(values))
-        blur = float(grid[i])
-        if 0 < i < len(grid) - 1:
-            (a, b, c), (fa, fb, fc) = grid[i - 1:i + 2], values[i - 1:i + 2]
-            # the vertex of the parabola through the three points (unequal spacing allowed)
-            den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
-            if den != 0:
-                num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
-                blur = float(np.clip(b - 0.5 * num / den, a, c))
-        self.blur_px = blur
+        self.blur_px = _best_on_grid(np.asarray(grid, dtype=np.float64), values)
         self.blur_scores = [round(v, 6) for v in scores]
         return len(grid)
 
@@ -676,10 +683,10 @@ class _Level(Level):
             for g in self.groups:
                 k, poses = self._cameras(g, correction, zooms)
                 views = Views(k, poses, g.height, g.width)
-                drr = _smooth(self._blurred(self.renderer.drr(views), g), self.smooth_px,
-                              g.weight)
-                bone = _smooth(self._blurred(self.bone_renderer.drr(views), g), self.smooth_px,
-                               g.weight)
+                whole = self.renderer.drr(views)
+                drr = _smooth(self._blurred(whole, g), self.smooth_px, g.weight)
+                bone = _smooth(self._blurred_part(whole, self.bone_renderer.drr(views), g),
+                               self.smooth_px, g.weight)
                 scored = g.weight   # the pixels the metric counts, as in _group_scores
                 if self.bones is not None:
                     foot = self._footprint(self.renderer.drr(views, bones=self.bones))
@@ -729,6 +736,27 @@ class _Level(Level):
         if self.blur_scores is not None:
             facts["detector_blur_scores"] = self.blur_scores
         return score, facts
+
+
+def _best_on_grid(grid: NDArray[np.float64], values: NDArray[np.float64]) -> float:
+    """Where ``values`` (higher is better) on an increasing ``grid`` peak: a parabola's vertex.
+
+    The vertex of the parabola through the best point and its two neighbours (unequal spacing
+    allowed), kept between those neighbours; the best point itself at the grid's ends; the
+    grid's first point where no value is finite.
+    """
+    finite = np.isfinite(values)
+    if not finite.any():
+        return float(grid[0])
+    i = int(np.argmax(np.where(finite, values, -np.inf)))
+    best = float(grid[i])
+    if 0 < i < len(grid) - 1 and finite[i - 1] and finite[i + 1]:
+        (a, b, c), (fa, fb, fc) = grid[i - 1:i + 2], values[i - 1:i + 2]
+        den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+        if den != 0:
+            num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+            best = float(np.clip(b - 0.5 * num / den, a, c))
+    return best
 
 
 def _zoomed(k: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
@@ -843,7 +871,7 @@ class _LevelBuilder:
     def build(self, level: LevelOptions, fit_bone: bool = False) -> _Level:
         gradient = level.method in gradient_methods
         renderer = self.renderer(level.shrink, gradient)
-        by_size: dict[tuple[int, int], list[int]] = {}
+        by_size: dict[tuple[int, int, int], list[int]] = {}
         factors, cams, fixed, weights = [], [], [], []
         for i, cam in enumerate(self.cameras):
             f = _detector_factor(cam, level.max_voxels)
@@ -853,9 +881,9 @@ class _LevelBuilder:
             mask = self.weights[i]
             fixed.append(_bin(self.images[i], f, mask))
             weights.append(None if mask is None else _bin_weight(mask, f))
-            by_size.setdefault((c.height, c.width), []).append(i)
+            by_size.setdefault((c.height, c.width, f), []).append(i)   # one binning per group
         groups = []
-        for (h, w), members in by_size.items():
+        for (h, w, _), members in by_size.items():
             ws = [weights[i] for i in members]
             weight = None
             if any(x is not None for x in ws):
@@ -940,11 +968,12 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
         cameras alone), ``seconds``,
         ``evaluations``, ``history`` and ``extras`` (``seed``, ``pivot_mm``, ``params`` (the 6
         search parameters, rad and mm), ``view_zoom`` (per view, or None), the resolved
-        ``intensity_degree``, ``scatter_sigma`` (applied at levels after the first) and
-        ``ray_step_voxels``,
+        ``intensity_degree``, ``scatter_sigma`` (applied at levels after the first),
+        ``ray_step_voxels`` and ``detector_blur_px``,
         ``bones``, ``levels`` (per level: method, detector factors, spacing, evaluations,
-        seconds, score, stop reasons and, where fitted, ``intensity_maps`` and
-        ``bone_weight``) and
+        seconds, score, stop reasons and, where fitted, ``intensity_maps``,
+        ``bone_weight`` and ``detector_blur_px`` with, where estimated,
+        ``detector_blur_scores``, the score of each σ of the grid) and
         ``stop_reasons`` of the last level).
 
     Raises:

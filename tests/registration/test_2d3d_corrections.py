@@ -25,11 +25,12 @@ from regkit.registration import Register2D3DOptions
 from regkit.registration._radiograph_images import (
     apply_intensity_map,
     detector_blur,
+    detector_blur_part,
     fit_intensity_map,
     match_intensities,
     smooth,
 )
-from regkit.registration.radiograph_registration import _zoomed
+from regkit.registration.radiograph_registration import _best_on_grid, _zoomed
 from regkit.testing.cameras import bench_carm
 
 
@@ -303,8 +304,11 @@ def test_biplane_radiographs_with_scatter_register_and_record_their_corrections(
     assert "intensity_maps" not in first
     assert "detector_blur_px" not in first
     for level in rest:
-        assert 0.0 <= level["detector_blur_px"] <= 3.0
-        assert len(level["detector_blur_scores"]) == 25
+        scores = level["detector_blur_scores"]
+        assert len(scores) == 25
+        assert all(np.isfinite(scores))
+        best = 0.125 * int(np.argmax(scores))   # gncc: higher is better
+        assert abs(level["detector_blur_px"] - best) <= 0.125
         assert all("veil_fraction" not in m for m in level["intensity_maps"])
 
 
@@ -370,3 +374,52 @@ def test_one_view_estimates_the_detector_blur_it_was_made_with() -> None:
     # unmodelled, the blur reads as a change of magnification: measured 11.2 mm against 1.0
     assert _error(modelled.cameras, true, points) < 0.3 * _error(plain.cameras, true, points)
     assert _error(modelled.cameras, true, points) < 2.0
+
+
+def test_the_blurred_bone_part_is_the_first_order_change_of_the_blurred_whole() -> None:
+    drr = _structures(1)
+    bone = torch.relu(_structures(2) - 2.0)
+    sigma = 1.2
+    part = detector_blur_part(drr, bone, sigma)
+    for r in (1e-3, -1e-3):
+        change = (detector_blur(drr + r * bone, sigma) - detector_blur(drr, sigma)) / r
+        np.testing.assert_allclose(change.numpy(), part.numpy(), atol=2e-2)
+    assert detector_blur_part(drr, bone, 0.0) is bone
+    # a large line integral (a collimator's 13.8, or far more) does not underflow
+    far = detector_blur(drr + 200.0, sigma)
+    np.testing.assert_allclose(far.numpy(), detector_blur(drr, sigma).numpy() + 200.0,
+                               atol=1e-3)
+
+
+def test_the_best_blur_on_a_grid_is_the_parabola_s_vertex() -> None:
+    grid = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    values = -(grid - 0.8) ** 2            # a parabola peaking at 0.8 on an unequal grid
+    assert _best_on_grid(grid, values) == pytest.approx(0.8)
+    values = -(grid - 1.6) ** 2            # the best point 2.0, neighbours 1.0 and 3.0
+    assert _best_on_grid(grid, values) == pytest.approx(1.6)
+    assert _best_on_grid(grid, -grid) == 0.0                  # at an end: that end
+    assert _best_on_grid(grid, grid) == 3.0
+    with_nan = -(grid - 0.8) ** 2
+    with_nan[4] = np.nan                   # a NaN score is never the best
+    assert _best_on_grid(grid, with_nan) == pytest.approx(0.8)
+    with_nan[3] = np.nan                   # a NaN neighbour: the best grid point itself
+    assert _best_on_grid(grid, with_nan) == 1.0
+    assert _best_on_grid(grid, np.full(5, np.nan)) == 0.0
+
+
+def test_no_blur_model_leaves_the_registration_as_it_was() -> None:
+    """``detector_blur_px`` 0 and None (the default) give the same registration to the bit."""
+    from regkit.registration import register_2d3d
+    from regkit.registration.levels import LevelOptions
+
+    ct, true, images, _ = _crop_biplane(40)
+    start = _moved(ct, true, 1.5, 4.0)
+    levels = (LevelOptions(shrink=2.0, max_voxels=40 * 40, method="powell",
+                           options={"max_evaluations": 20}, rot_step_deg=1.0,
+                           trans_step_mm=2.0),) * 2
+    runs = [register_2d3d(ct, start[:1], images[:1], seed=0,
+                          options={"levels": levels, "detector_blur_px": blur})
+            for blur in (None, 0, 0.0)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.world_correction, runs[0].world_correction)
+        assert other.final_score == runs[0].final_score
