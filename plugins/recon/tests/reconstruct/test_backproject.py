@@ -412,3 +412,11 @@ def test_bones_only_the_other_views_see_are_added() -> None:
         == ["ellipsoid"]
     # a view that triangulated nothing cannot place its own bones: left out
     assert fuse_views([first], [[lone]]) == [first]
+    # seen by two views whose rays miss each other (one of them astray by 30 mm): the first of
+    # them that triangulated other bones places it (here the third view; the second shares none)
+    astray = replace(second, label=5, name="lone").moved(np.array([0.0, 0.0, 30.0]))
+    out = fuse_views([first], [[astray], [replace(third, label=5, name="lone"), third]])
+    assert [s.name for s in out] == ["ellipsoid", "lone"]
+    assert isinstance(out[1], BoneSolid)
+    assert out[1].camera is cams[2]
+    assert np.linalg.norm(out[1].centroid() - centre) < 0.3

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -516,9 +516,9 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
 
     With ``others_only`` (the default), bones the first view does not see but other views do
     follow, in label order: triangulated and fused the same way where two or more of those views
-    see them (the first of them as the reference), otherwise the solid of the first view that
-    sees them, moved along its rays by the median correction of that view's triangulated bones.
-    One that no view's correction can place (its view triangulated nothing) is left out.
+    see them (the first of them as the reference), otherwise the solid of the first of those
+    views that triangulated other bones, moved along its rays by the median correction of that
+    view's triangulated bones. One that no view's correction can place is left out.
 
     Args:
         first: The first view's solids.
@@ -578,11 +578,14 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
         out.append(result if result is not None
                    else _moved_along(solid, shift) if shift else solid)
     for parts, views, result in extra:
-        shift = common(views[0])
         if result is not None:
             out.append(result)
-        elif shift is not None:
-            out.append(_moved_along(parts[0], shift))
+            continue
+        # the first of its views whose other bones were triangulated places it
+        placed = [(p, common(v)) for p, v in zip(parts, views, strict=True)
+                  if common(v) is not None]
+        if placed:
+            out.append(_moved_along(placed[0][0], cast(float, placed[0][1])))
     return out
 
 

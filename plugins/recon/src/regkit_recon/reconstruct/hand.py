@@ -132,13 +132,15 @@ class HandReconstructor(Reconstructor):
                            level=self.threshold, margin_px=margin_px)
 
     def _fuse(self, placed: Sequence[BoneSolid], meshes: Sequence[Mesh], views: Sequence[View],
-              preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int, list[str]]:
+              preds: Sequence[Any]) -> tuple[list[Solid], list[Mesh], int, list[str],
+                                              list[str]]:
         """The placed first-view solids fused with the other views' (see ``fuse_views``).
 
-        Returns the solids, their meshes, how many were fused, and the names of the bones only
-        the other views see (added after the first view's). A bone whose fused mesh comes out
-        empty keeps the first view's solid (for a bone only other views see: the first of those
-        views' solid), moved to its triangulated depth; one with no mesh at all is left out.
+        Returns the solids, their meshes, how many were fused (bones the first view does not
+        give included), the names of the bones the other views add (after the first view's),
+        and those lost. A bone whose fused mesh comes out empty keeps its first part's solid
+        (the first view's, or for an added bone the first other view's), moved to its
+        triangulated depth; one with no mesh at all is lost.
         """
         others = [self._solids(p, v.camera, _FUSE_MARGIN_PX)
                   for v, p in zip(views[1:], preds[1:], strict=True)]
@@ -148,6 +150,7 @@ class HandReconstructor(Reconstructor):
         results = fuse_views(placed, others, voxel_mm=min(0.4, self.voxel_mm))
         befores: list[Mesh | None] = [*meshes, *[None] * (len(results) - len(placed))]
         added: list[str] = []
+        lost: list[str] = []
         for index, (before, after) in enumerate(zip(befores, results, strict=True)):
             if index < len(placed) and after is placed[index]:
                 final.append(after)
@@ -165,10 +168,11 @@ class HandReconstructor(Reconstructor):
                     out_meshes.append(after.mesh())
                     final.append(after)
                 except InputError:     # nothing of it survives on its grid
+                    lost.append(after.name)
                     continue
             if before is None:
                 added.append(after.name)
-        return final, out_meshes, fused, added
+        return final, out_meshes, fused, added, lost
 
     @property
     def bone_names(self) -> dict[int, str]:
@@ -231,7 +235,9 @@ class HandReconstructor(Reconstructor):
         added: list[str] = []
         if fusing:
             t = time.perf_counter()
-            final, meshes, fused, added = self._fuse(placed, meshes, views, preds)
+            final, meshes, fused, added, lost = self._fuse(placed, meshes, views, preds)
+            # a first-view solid that came out empty may come back from the other views
+            dropped = [n for n in dropped if n not in added] + lost
             timings["fuse_s"] = time.perf_counter() - t
             say(f"fused {fused} bones with the other views"
                 + (f"; {len(added)} only they see" if added else ""))
@@ -257,7 +263,7 @@ class HandReconstructor(Reconstructor):
         for v, (view, pred) in enumerate(zip(views, preds, strict=True)):
             overlays[f"seen_{v}"] = outline_overlay(view.image, [m for m in pred.hit if m.any()])
             before = project_silhouette(before_meshes, view.camera)
-            after = (project_silhouette(mesh_by_name, view.camera) if refine or fused
+            after = (project_silhouette(mesh_by_name, view.camera) if refine or fused or added
                      else before)
             overlays[f"reprojection_{v}"] = before_after_overlay(view.image, before, after)
         timings = {k: round(v, 3) for k, v in timings.items()}
