@@ -349,6 +349,16 @@ def apply_intensity_map(images: torch.Tensor, maps: list[IntensityMap]) -> torch
     return torch.stack([m(images[b]) for b, m in enumerate(maps)])
 
 
+def _transmitted(drr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, e^{−(p − low)})`` of ``(B, H, W)`` line integrals ``p``, ``low`` each image's least.
+
+    Float32; relative to each image's least value, so that large line integrals do not underflow.
+    """
+    p = drr.to(torch.float32)
+    low = p.flatten(1).amin(dim=1).detach()[:, None, None]
+    return low, torch.exp(-(p - low))
+
+
 def detector_blur(drr: torch.Tensor, sigma: float) -> torch.Tensor:
     """``(B, H, W)`` line integrals blurred as a detector blurs them: in the transmitted domain.
 
@@ -362,9 +372,7 @@ def detector_blur(drr: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return drr
-    p = drr.to(torch.float32)
-    low = p.flatten(1).amin(dim=1).detach()[:, None, None]    # e^{-(p - low)} <= 1: no underflow
-    transmitted = torch.exp(-(p - low))
+    low, transmitted = _transmitted(drr)
     return low - torch.log(smooth(transmitted, sigma).clamp(min=1e-30))
 
 
@@ -378,9 +386,7 @@ def detector_blur_part(drr: torch.Tensor, part: torch.Tensor, sigma: float) -> t
     """
     if sigma <= 0:
         return part
-    p = drr.to(torch.float32)
-    low = p.flatten(1).amin(dim=1).detach()[:, None, None]
-    transmitted = torch.exp(-(p - low))
+    _, transmitted = _transmitted(drr)
     return smooth(transmitted * part.to(torch.float32), sigma) \
         / smooth(transmitted, sigma).clamp(min=1e-30)
 

@@ -539,6 +539,37 @@ class _Level(Level):
         """The detector blur's σ in the group's level pixels (its views share one binning)."""
         return (self.blur_px if blur_px is None else blur_px) / self.factors[g.views[0]]
 
+    def _scored(self, g: _Group, views: Views) -> torch.Tensor | None:
+        """The pixels the metric counts in the group's views (as in :meth:`_group_scores`).
+
+        Its weights, times the bones' footprint where only bones are registered.
+        """
+        if self.bones is None:
+            return g.weight
+        foot = self._footprint(self.renderer.drr(views, bones=self.bones))
+        return foot if g.weight is None else g.weight * foot
+
+    def _mapped(self, g: _Group, drr: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """The group's radiographs mapped to its (blurred) DRRs and smoothed, and the maps."""
+        mapped, facts = _match_intensities(g.raw, drr, g.weight, self.intensity_degree,
+                                           self.smooth_px,
+                                           self.scatter_sigma * max(g.height, g.width))
+        return _smooth(mapped, self.smooth_px, g.weight), facts
+
+    def _bone_fit_part(self, g: _Group, fixed: torch.Tensor, blurred: torch.Tensor,
+                       whole: torch.Tensor, bone: torch.Tensor, scored: torch.Tensor | None,
+                       blur_px: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One group's share of the bone weight's fit.
+
+        What :func:`~regkit.registration._radiograph_images.joint_bone_weight_ratio` takes: the
+        radiographs, the blurred DRRs (``blurred``, of ``whole`` by ``blur_px``) and their bone
+        part (both smoothed), the scored pixels.
+        """
+        return (fixed, _smooth(blurred, self.smooth_px, g.weight),
+                _smooth(self._blurred_part(whole, bone, g, blur_px), self.smooth_px, g.weight),
+                scored)
+
     @staticmethod
     def _cameras(g: _Group, corrections: torch.Tensor,
                  zooms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -633,26 +664,16 @@ class _Level(Level):
                 drr = self.renderer.drr(views).to(torch.float32)
                 bone = (None if self.bone_renderer is None
                         else self.bone_renderer.drr(views).to(torch.float32))
-                scored = g.weight
-                if self.bones is not None:
-                    foot = self._footprint(self.renderer.drr(views, bones=self.bones))
-                    scored = foot if scored is None else scored * foot
-                rendered.append((g, drr, bone, scored))
+                rendered.append((g, drr, bone, self._scored(g, views)))
             for blur in grid:
                 parts, prepared = [], []
                 for g, drr, bone, scored in rendered:
-                    fixed = g.fixed
+                    fixed, blurred = g.fixed, self._blurred(drr, g, blur)
                     if self.intensity_degree > 0:
-                        mapped, _ = _match_intensities(
-                            g.raw, self._blurred(drr, g, blur), g.weight, self.intensity_degree,
-                            self.smooth_px, self.scatter_sigma * max(g.height, g.width))
-                        fixed = _smooth(mapped, self.smooth_px, g.weight)
+                        fixed, _ = self._mapped(g, blurred)
                     if bone is not None:
-                        parts.append((fixed,
-                                      _smooth(self._blurred(drr, g, blur), self.smooth_px,
-                                              g.weight),
-                                      _smooth(self._blurred_part(drr, bone, g, blur),
-                                              self.smooth_px, g.weight), scored))
+                        parts.append(self._bone_fit_part(g, fixed, blurred, drr, bone, scored,
+                                                         blur))
                     prepared.append((g, drr, bone, fixed, scored))
                 ratio = _joint_bone_weight_ratio(parts) if parts else 0.0
                 total = 0.0
@@ -684,14 +705,9 @@ class _Level(Level):
                 k, poses = self._cameras(g, correction, zooms)
                 views = Views(k, poses, g.height, g.width)
                 whole = self.renderer.drr(views)
-                drr = _smooth(self._blurred(whole, g), self.smooth_px, g.weight)
-                bone = _smooth(self._blurred_part(whole, self.bone_renderer.drr(views), g),
-                               self.smooth_px, g.weight)
-                scored = g.weight   # the pixels the metric counts, as in _group_scores
-                if self.bones is not None:
-                    foot = self._footprint(self.renderer.drr(views, bones=self.bones))
-                    scored = foot if scored is None else scored * foot
-                parts.append((g.fixed, drr, bone, scored))
+                parts.append(self._bone_fit_part(g, g.fixed, self._blurred(whole, g), whole,
+                                                 self.bone_renderer.drr(views),
+                                                 self._scored(g, views)))
             ratio = _joint_bone_weight_ratio(parts)
         self.renderer = self.weighted_renderer(ratio)
         self.bone_renderer = None
@@ -714,10 +730,7 @@ class _Level(Level):
             for g in self.groups:
                 k, poses = self._cameras(g, correction, zooms)
                 drr = self._blurred(self.renderer.drr(Views(k, poses, g.height, g.width)), g)
-                mapped, facts = _match_intensities(
-                    g.raw, drr, g.weight, self.intensity_degree, self.smooth_px,
-                    self.scatter_sigma * max(g.height, g.width))
-                g.fixed = _smooth(mapped, self.smooth_px, g.weight)
+                g.fixed, facts = self._mapped(g, drr)
                 for v, fact in zip(g.views, facts, strict=True):
                     maps[v] = fact
         self.intensity_maps = maps
