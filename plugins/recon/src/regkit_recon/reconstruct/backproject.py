@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -547,34 +547,28 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
             corrections.setdefault(view, []).append(along)
         return found[0]
 
+    def in_others(label: int) -> tuple[list[BoneSolid], list[int]]:
+        """The bone's solid in each other view that sees it, and those views' numbers."""
+        found = [(s, k) for k, view in enumerate(others, start=1)
+                 for s in [s for s in view if s.label == label][:1]]
+        return [s for s, _ in found], [k for _, k in found]
+
     fused: list[FusedSolid | None] = []
     for solid in first:
-        parts, views = [solid], [0]
-        for k, view in enumerate(others, start=1):
-            match = [s for s in view if s.label == solid.label][:1]
-            parts += match
-            views += [k] * len(match)
-        fused.append(triangulated(parts, views))
+        parts, views = in_others(solid.label)
+        fused.append(triangulated([solid, *parts], [0, *views]))
     extra: list[tuple[list[BoneSolid], list[int], FusedSolid | None]] = []
     if others_only:
         seen = {s.label for s in first}
-        labels = sorted({s.label for view in others for s in view} - seen)
-        for label in labels:
-            parts, views = [], []
-            for k, view in enumerate(others, start=1):
-                match = [s for s in view if s.label == label][:1]
-                parts += match
-                views += [k] * len(match)
+        for label in sorted({s.label for view in others for s in view} - seen):
+            parts, views = in_others(label)
             extra.append((parts, views, triangulated(parts, views)))
 
-    def common(view: int) -> float | None:
-        values = corrections.get(view)
-        return float(np.median(values)) if values else None
-
     # A bone the views could not triangulate moves with the others: by their median correction.
+    common = {view: float(np.median(values)) for view, values in corrections.items()}
     out: list[BoneSolid | FusedSolid] = []
     for solid, result in zip(first, fused, strict=True):
-        shift = common(0)
+        shift = common.get(0)
         out.append(result if result is not None
                    else _moved_along(solid, shift) if shift else solid)
     for parts, views, result in extra:
@@ -582,10 +576,9 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
             out.append(result)
             continue
         # the first of its views whose other bones were triangulated places it
-        placed = [(p, common(v)) for p, v in zip(parts, views, strict=True)
-                  if common(v) is not None]
-        if placed:
-            out.append(_moved_along(placed[0][0], cast(float, placed[0][1])))
+        placing = [(p, common[v]) for p, v in zip(parts, views, strict=True) if v in common]
+        if placing:
+            out.append(_moved_along(*placing[0]))
     return out
 
 

@@ -148,10 +148,9 @@ class HandReconstructor(Reconstructor):
         out_meshes: list[Mesh] = []
         fused = 0
         results = fuse_views(placed, others, voxel_mm=min(0.4, self.voxel_mm))
-        befores: list[Mesh | None] = [*meshes, *[None] * (len(results) - len(placed))]
         added: list[str] = []
         lost: list[str] = []
-        for index, (before, after) in enumerate(zip(befores, results, strict=True)):
+        for index, after in enumerate(results):
             if index < len(placed) and after is placed[index]:
                 final.append(after)
                 out_meshes.append(meshes[index])
@@ -170,7 +169,7 @@ class HandReconstructor(Reconstructor):
                 except InputError:     # nothing of it survives on its grid
                     lost.append(after.name)
                     continue
-            if before is None:
+            if index >= len(placed):          # after the first view's: another view's bone
                 added.append(after.name)
         return final, out_meshes, fused, added, lost
 
