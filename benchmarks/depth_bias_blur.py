@@ -16,7 +16,8 @@ the depth along the view, negative towards the source) where the last level ends
 docs/decisions/registration-2d3d-depth-bias.md.
 
 The DRR blur is a diagnostic wrapped around the level renderers (a private hook of
-``radiograph_registration``), not an option of ``register_2d3d``.
+``radiograph_registration``) with σ in level pixels at every level; the transmitted-domain blur
+is the one ``register_2d3d`` applies with ``detector_blur_px`` (σ in detector pixels).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 
 from regkit.io.nifti import load_nifti
 from regkit.registration import radiograph_registration as rr
-from regkit.registration._radiograph_images import smooth
+from regkit.registration._radiograph_images import detector_blur, smooth
 from regkit.testing.radiographs import make_forward_model
 
 _BLUR: dict[str, Any] = {"mode": None, "sigma": 0.0}
@@ -51,7 +52,7 @@ class _Blurred:
         x = out.to(torch.float32)
         if _BLUR["mode"] == "log":
             return smooth(x, _BLUR["sigma"])
-        return -torch.log(smooth(torch.exp(-x), _BLUR["sigma"]).clamp(min=1e-12))
+        return detector_blur(x, _BLUR["sigma"])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._renderer, name)
