@@ -25,7 +25,7 @@ from regkit_recon.reconstruct import (
 from regkit_recon.reconstruct.backproject import backproject
 from regkit_recon.reconstruct.base import Progress
 from regkit_recon.reconstruct.evaluate import surface_errors
-from regkit_recon.reconstruct.mesh import read_stl
+from regkit_recon.reconstruct.mesh import Mesh, read_stl
 from regkit_recon.reconstruct.refine import RefineView, refine
 from scipy import ndimage
 
@@ -39,6 +39,21 @@ DEMO = demo_hand() / "samples"
 def _sample(i: int) -> dict:
     with np.load(DEMO / f"{i:06d}.npz") as z:
         return {k: z[k] for k in z.files}
+
+
+def _two_views(files: Path) -> list[View]:
+    """The demo's PA and oblique radiographs with their cameras, from ``files``."""
+    return [View(np.load(files / f"x{i}.npy").astype(np.float64),
+                 Camera.from_dict(json.loads((files / f"c{i}.json").read_text())))
+            for i in (0, 1)]
+
+
+def _exact_first_view(names: dict[int, str], camera: Camera) -> dict[str, Mesh]:
+    """The first view's exact depths back-projected: the truth these tests measure against."""
+    first = _sample(0)
+    return {s.name: s.mesh() for s in backproject(
+        first["front"], first["back"], first["hit"], camera,
+        bones=[int(b) for b in first["bones"]], names=[names[int(b)] for b in first["bones"]])}
 
 
 @pytest.fixture(scope="module")
@@ -353,9 +368,7 @@ def test_two_views_are_fused_bone_by_bone(files: Path) -> None:
 
     Without fusion the first view's solids are kept as they are.
     """
-    views = [View(np.load(files / f"x{i}.npy").astype(np.float64),
-                  Camera.from_dict(json.loads((files / f"c{i}.json").read_text())))
-             for i in (0, 1)]
+    views = _two_views(files)
     rec = HandReconstructor()
     fused = rec.reconstruct(views)              # the defaults: fused, not refined
     plain = HandReconstructor(rec.loaded, fuse_views=False).reconstruct(views)
@@ -371,11 +384,7 @@ def test_two_views_are_fused_bone_by_bone(files: Path) -> None:
     assert all(m.is_closed for m in fused.meshes.values())
     # against the truth (the exact depths' back-projection, 0.14 mm from the phantom): one view
     # leaves the hand's distance to the network's prior, two views triangulate every bone
-    first = _sample(0)
-    names = [fused.names[int(b)] for b in first["bones"]]
-    truth = {s.name: s.mesh() for s in backproject(
-        first["front"], first["back"], first["hit"], views[0].camera,
-        bones=[int(b) for b in first["bones"]], names=names)}
+    truth = _exact_first_view(fused.names, views[0].camera)
     direction = views[0].camera.view_direction_world
     one = surface_errors(plain.meshes, truth, direction)
     two = surface_errors(fused.meshes, truth, direction)
@@ -420,9 +429,7 @@ def test_a_bone_the_first_view_misses_comes_from_the_second(files: Path,
         return pred
 
     monkeypatch.setattr(predict_module, "predict", first_misses)
-    views = [View(np.load(files / f"x{i}.npy").astype(np.float64),
-                  Camera.from_dict(json.loads((files / f"c{i}.json").read_text())))
-             for i in (0, 1)]
+    views = _two_views(files)
     rec = HandReconstructor().reconstruct(views)
     assert rec.result["bones_from_other_views"] == ["radius"]
     assert "radius" in rec.meshes
@@ -433,11 +440,7 @@ def test_a_bone_the_first_view_misses_comes_from_the_second(files: Path,
     i = [rec.names[int(b)] for b in rec.depth["bones"]].index("radius")
     assert np.isnan(rec.depth["front"][i]).all()
     # against the truth: placed where the second view's rays and its other bones put it
-    first = _sample(0)
-    names = [rec.names[int(b)] for b in first["bones"]]
-    truth = {s.name: s.mesh() for s in backproject(
-        first["front"], first["back"], first["hit"], views[0].camera,
-        bones=[int(b) for b in first["bones"]], names=names)}
+    truth = _exact_first_view(rec.names, views[0].camera)
     errors = surface_errors({"radius": rec.meshes["radius"]},
                             {"radius": truth["radius"]},
                             views[0].camera.view_direction_world)
