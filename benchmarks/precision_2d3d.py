@@ -9,6 +9,8 @@ Run (from the repository root)::
         --options '{"levels": [{"shrink": 4, "max_voxels": 1024, "method": "cmaes",
                                 "options": {"popsize": 16, "max_evaluations": 800}}, ...]}'
     .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --out cli.json --whole-process
+    .venv/bin/python benchmarks/precision_2d3d.py --cases 6 --out cli.json --whole-process \
+        --cli-args='--detector-blur estimate'
     .venv/bin/python benchmarks/precision_2d3d.py --cases 4 --mode single --method nanodrr \
         --out nano.json
 
@@ -86,6 +88,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -288,8 +291,12 @@ def register_in_process(ct: Volume, case: Case, options: dict[str, Any] | None,
             "params": list(result.extras.get("params", []))}
 
 
-def register_whole_process(ct_path: Path, case: Case, backend: str | None) -> dict[str, Any]:
-    """``python -m regkit.cli.main register-2d3d`` on files in a temp dir, timed end to end."""
+def register_whole_process(ct_path: Path, case: Case, backend: str | None,
+                           extra: Sequence[str] = ()) -> dict[str, Any]:
+    """``python -m regkit.cli.main register-2d3d`` on files in a temp dir, timed end to end.
+
+    ``extra``: more arguments for the command (``--cli-args``).
+    """
     with tempfile.TemporaryDirectory(prefix="regkit_precision_") as tmp:
         d = Path(tmp)
         save_cameras(d / "start.json", case.start)
@@ -301,6 +308,7 @@ def register_whole_process(ct_path: Path, case: Case, backend: str | None) -> di
             cmd += ["--image", str(d / f"view{v}.npy")]
         if backend is not None:
             cmd += ["--backend", backend]
+        cmd += list(extra)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - t0
@@ -456,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PolyOptions fields as a JSON object (poly only)")
     p.add_argument("--whole-process", action="store_true",
                    help="time `python -m regkit.cli.main register-2d3d` on files instead")
+    p.add_argument("--cli-args", default="",
+                   help="with --whole-process: more register-2d3d arguments, one string "
+                        "(e.g. --cli-args='--detector-blur estimate')")
     p.add_argument("--diagnose", action="store_true",
                    help="also run the last level from the true pose (objective bias)")
     p.add_argument("--backend", default=None,
@@ -474,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.whole_process and args.options is not None:
         parser.error("--whole-process runs the command line, which takes no registration "
                      "options; leave --options out")
+    if args.cli_args and not args.whole_process:
+        parser.error("--cli-args go to the command line: use them with --whole-process")
     if args.method == "nanodrr":
         if len(MODES[args.mode]["views"]) != 1:
             parser.error(f"--method nanodrr registers a single view; --mode {args.mode} has "
@@ -511,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sid_mm": SID_MM, "targets": {"hu_above": BONE_HU, "points": len(points),
                                           "seed": POINTS_SEED},
             "forward": model.describe(), "options": args.options,
-            "whole_process": args.whole_process, "diagnose": args.diagnose,
+            "whole_process": args.whole_process, "cli_args": args.cli_args,
+            "diagnose": args.diagnose,
             "backend": args.backend, "regkit": __version__,
             "setup_seconds": round(setup_seconds, 2),
             **({"nanodrr": nanodrr_setup()} if args.method == "nanodrr" else {}),
@@ -537,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if subject is not None:
                     run = register_nanodrr(subject, case)
                 elif args.whole_process:
-                    run = register_whole_process(args.ct, case, args.backend)
+                    run = register_whole_process(args.ct, case, args.backend,
+                                                 shlex.split(args.cli_args))
                 else:
                     run = register_in_process(ct, case, options, args.backend)
             except Exception as err:  # one failed case must not lose the others
