@@ -103,7 +103,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--detector-blur", default=None, metavar="PX|estimate",
                    help="model the detector's blur in every DRR (σ in detector pixels, applied "
                    "to the transmitted intensity), or 'estimate' it at each level past the "
-                   "first; default off. In one view it moves the depth by about 1 mm per pixel "
+                   "first (the last level then runs twice); default off. Unmodelled, it "
+                   "moves one view's depth by about 1 mm per pixel "
                    "(see Register2D3DOptions.detector_blur_px)")
     p.add_argument("--report", type=Path, default=None, metavar="DIR",
                    help="write PNGs: DRR edges over each radiograph before and after, "

@@ -60,8 +60,8 @@ Convention:
     of every level but the first; in one view the radiographs are then mapped to the DRR as
     well. In one view the depth comes from the apparent magnification, which an unmodelled
     blur moves by about 1 mm per pixel: on the polychromatic single-view benchmark the
-    estimate took the median mTRE from 0.30 to 0.25 mm, but on a small crop of one vertebra it
-    was unreliable, so it is asked for, not assumed.
+    estimate (its last level run twice) took the median mTRE from 0.30 to 0.20 mm, but on a
+    small crop of one vertebra it was unreliable, so it is asked for, not assumed.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
     smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
@@ -272,21 +272,25 @@ class Register2D3DOptions:
             best at the level's start (the vertex of the parabola through it and its
             neighbours; recorded as ``detector_blur_px`` in the levels' facts); the first
             level, which captures, renders unblurred (with ``bone_weight_per_candidate`` the
-            estimate still fits one bone weight for all views). A number fixes σ at every
-            level. 0 or None (default): off. In one view the blur model, estimated or given,
-            turns the intensity map on (``intensity_degree``). The bone weight is fitted to the
-            bone part as it changes the blurred DRR, to first order
+            estimate still fits one bone weight for all views). The last level then runs a
+            second time from its answer (half its steps; a quadratic polish
+            also halves its radius and stops after two designs), re-estimating σ, the map and
+            the bone weight there, since the first estimate is biased by how far off the
+            level's start was; the result's ``levels`` hold that extra level. A number fixes
+            σ at every level. 0 or None (default): off. In one view the blur model, estimated
+            or given, turns the intensity map on (``intensity_degree``). The bone weight is
+            fitted to the bone part as it changes the blurred DRR, to first order
             (:func:`~regkit.registration._radiograph_images.detector_blur_part`). Measured (see
             docs/decisions/registration-2d3d-depth-bias.md): on the polychromatic single-view
             benchmark (the whole chest CT, 14 cases, radiographs blurred by 1 px) the estimate
-            took the median mTRE from 0.30 to 0.25 mm (depth 0.24 → 0.20 mm; σ estimated
-            0.80–1.10 px at the last level); on the shipped crop at 80² (DRRs blurred in the
-            transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated 0.95 / 1.49 / 1.98 px and
-            ended 1.1 / 1.0 / 1.6 mm off against 6.2 / 11.2 / 21.1 mm without. But on a crop
-            of one vertebra (64²) it was unreliable (2.1–5.1 mm against 0.2–3.4 mm without,
-            by the radiograph's blur), and with two views (AP + lateral, 4 cases) it made the
-            median worse, 0.18 → 0.24 mm, where each view's zoom already takes up its
-            magnification; so it is off by default.
+            took the median mTRE from 0.30 to 0.20 mm (depth 0.24 → 0.15 mm, worst 0.40 →
+            0.28 mm; 0.25 mm without the second pass), 4.8 s against 4.2 s; on the shipped crop
+            at 80² (DRRs blurred in the transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated
+            0.98 / 1.52 / 2.04 px and ended 0.25 / 0.10 / 0.45 mm off against 6.2 / 11.2 /
+            21.1 mm without. But on a crop of one vertebra (64²) it was unreliable (1.5–4.5 mm
+            against 0.2–3.4 mm without, by the radiograph's blur), and with two views (AP +
+            lateral, 4 cases) it made the median worse, 0.18 → 0.27 mm, where each view's zoom
+            already takes up its magnification; so it is off by default.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -1009,6 +1013,8 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     if 2 not in scorer.spatial_dims:
         raise InputError(f"metric '{metric}' does not take 2-D images", key="metric")
     levels = _with_optimizer(list(opts.levels), optimizer)
+    if opts.detector_blur_px == "estimate":
+        levels.append(_second_pass(levels[-1]))
     seed = engine.check_seed(seed)
     weights: list[NDArray[np.float32] | None] = []
     for img, m in zip(imgs, user_masks, strict=True):
@@ -1044,6 +1050,23 @@ def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOpt
     return [replace(lv, method=optimizer,
                     options={k: v for k, v in lv.options.items() if k in known})
             if lv.method == "cmaes" else lv for lv in levels]
+
+
+def _second_pass(level: LevelOptions) -> LevelOptions:
+    """The last level once more, for an estimated blur, from the first pass's answer.
+
+    Its start re-estimates σ (and refits the map and the bone weight) at a pose the first pass
+    has already polished: the first estimate, made at the level's start, is biased by how far
+    off that start is. Half the first pass's steps; a quadratic polish also halves its radius
+    and stops after two designs.
+    """
+    options = dict(level.options)
+    if level.method == "quadratic":
+        options["radius"] = float(options.get("radius", 1.0)) / 2
+        options["max_iterations"] = 2
+        options.pop("max_evaluations", None)
+    return replace(level, options=options, rot_step_deg=level.rot_step_deg / 2,
+                   trans_step_mm=level.trans_step_mm / 2)
 
 
 class _Problem:
