@@ -215,14 +215,17 @@ def _plan(volume: Volume, spacing_mm: float
 
 
 def at_spacing(volume: Volume, spacing_mm: float,
-               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Volume:
+               transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+               smooth: bool = True) -> Volume:
     """``volume`` smoothed and resampled to ``max(own spacing, spacing_mm)`` on every axis.
 
     A block mean over whole voxels, then a Gaussian of σ = 0.5 target voxels on the axes that
     shrink, then trilinear resampling to the target spacing (same centre and extent). Axes whose
     spacing is already within 1 % of the target are left untouched. float32, units ``"other"``.
     ``transform``: an elementwise function of the float32 values applied before all that (as
-    :func:`block_mean` applies it, slab by slab).
+    :func:`block_mean` applies it, slab by slab). ``smooth=False`` leaves the Gaussian out:
+    the block mean and the resampling only, a sharper level (and more aliased) for a DRR that
+    models the detector's blur itself.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -235,8 +238,9 @@ def at_spacing(volume: Volume, spacing_mm: float,
     old_from_new[:3, 3] = (factors - 1) / 2.0
     affine = volume.world_from_index @ old_from_new
     target = np.maximum(volume.spacing, spacing_mm)
-    sigma = np.where(shrinking, _PYRAMID_SIGMA * target / block_spacing, 0.0)
-    data = gaussian_filter(data, sigma=sigma.tolist(), mode="nearest", truncate=3.0)
+    if smooth:
+        sigma = np.where(shrinking, _PYRAMID_SIGMA * target / block_spacing, 0.0)
+        data = gaussian_filter(data, sigma=sigma.tolist(), mode="nearest", truncate=3.0)
     blocked = Volume(data, affine, units="other")
     if np.allclose(final, block_spacing):
         return blocked
@@ -254,13 +258,13 @@ def _level_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int) ->
 
 
 def at_spacing_within(volume: Volume, spacing_mm: float, max_voxels: int,
-                      transform: Callable[[np.ndarray], np.ndarray] | None = None
-                      ) -> tuple[Volume, float]:
+                      transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                      smooth: bool = True) -> tuple[Volume, float]:
     """:func:`at_spacing`, coarser still where that level would exceed ``max_voxels`` voxels.
 
     The coarser spacing scales the level's geometric-mean spacing by the cube root of its excess
     voxel count. Returns the level and the spacing it was made at (``spacing_mm`` unless
-    coarsened); ``transform`` as in :func:`at_spacing`.
+    coarsened); ``transform`` and ``smooth`` as in :func:`at_spacing`.
     """
     spacing = _level_spacing_within(volume, spacing_mm, max_voxels)
-    return at_spacing(volume, spacing, transform), spacing
+    return at_spacing(volume, spacing, transform, smooth=smooth), spacing

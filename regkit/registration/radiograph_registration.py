@@ -60,7 +60,7 @@ Convention:
     of every level but the first; in one view the radiographs are then mapped to the DRR as
     well. In one view the depth comes from the apparent magnification, which an unmodelled
     blur moves by about 1 mm per pixel: on the polychromatic single-view benchmark the
-    estimate (its last level run twice) took the median mTRE from 0.30 to 0.20 mm, but on a
+    estimate (its last level run twice) took the median mTRE from 0.30 to 0.165 mm, but on a
     small crop of one vertebra it was unreliable, so it is asked for, not assumed.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
@@ -278,19 +278,24 @@ class Register2D3DOptions:
             the bone weight there, since the first estimate is biased by how far off the
             level's start was; the result's ``levels`` hold that extra level. A number fixes
             σ at every level. 0 or None (default): off. In one view the blur model, estimated
-            or given, turns the intensity map on (``intensity_degree``). The bone weight is
-            fitted to the bone part as it changes the blurred DRR, to first order
+            or given, turns the intensity map on (``intensity_degree``). Past the first level
+            the level CTs leave out the pyramid's Gaussian (``at_spacing(smooth=False)``,
+            recorded as ``pyramid_gaussian: false``): its blur moves no edge, and the estimate
+            took it for part of the detector's (0.88–0.94 px for the true 1.0 with it,
+            0.94–0.99 px without). The bone weight is fitted to the bone part as it changes
+            the blurred DRR, to first order
             (:func:`~regkit.registration._radiograph_images.detector_blur_part`). Measured (see
             docs/decisions/registration-2d3d-depth-bias.md): on the polychromatic single-view
             benchmark (the whole chest CT, 14 cases, radiographs blurred by 1 px) the estimate
-            took the median mTRE from 0.30 to 0.20 mm (depth 0.24 → 0.15 mm, worst 0.40 →
-            0.28 mm; 0.25 mm without the second pass), 4.8 s against 4.2 s; on the shipped crop
-            at 80² (DRRs blurred in the transmitted domain by 1.0 / 1.5 / 2.0 px) it estimated
-            0.98 / 1.52 / 2.04 px and ended 0.25 / 0.10 / 0.45 mm off against 6.2 / 11.2 /
-            21.1 mm without. But on a crop of one vertebra (64²) it was unreliable (1.5–4.5 mm
-            against 0.2–3.4 mm without, by the radiograph's blur), and with two views (AP +
-            lateral, 4 cases) it made the median worse, 0.18 → 0.27 mm, where each view's zoom
-            already takes up its magnification; so it is off by default.
+            took the median mTRE from 0.30 to 0.165 mm (depth 0.24 → 0.09 mm, worst 0.40 →
+            0.27 mm; 0.25 mm with one pass and the Gaussian), 5.0 s against 4.2 s; wide starts
+            0.17 mm (worst 0.42); on the shipped crop at 80² (DRRs blurred in the transmitted
+            domain by 1.0 / 1.5 / 2.0 px) it estimated 0.98 / 1.52 / 2.05 px and ended 0.25 /
+            0.09 / 0.68 mm off against 6.2 / 11.2 / 21.1 mm without. But on a crop of one
+            vertebra (64²) it was unreliable (1.5–4.5 mm against 0.2–3.4 mm without, by the
+            radiograph's blur), and with two views (AP + lateral, 4 cases) it made the median
+            worse, 0.18 → 0.27 mm, where each view's zoom already takes up its magnification;
+            so it is off by default.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -489,6 +494,7 @@ class _Level(Level):
     blur_px: float = 0.0
     estimate_blur: bool = False
     blur_scores: list[float] | None = None
+    sharp_ct: bool = False
     spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
     pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
 
@@ -752,6 +758,8 @@ class _Level(Level):
             facts["detector_blur_px"] = round(self.blur_px, 4)
         if self.blur_scores is not None:
             facts["detector_blur_scores"] = self.blur_scores
+        if self.sharp_ct:
+            facts["pyramid_gaussian"] = False
         return score, facts
 
 
@@ -791,7 +799,12 @@ def _zoomed(k: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
 
 
 class _LevelBuilder:
-    """Builds levels, caching the level CTs and renderers by (spacing, backend)."""
+    """Builds levels, caching the level CTs and renderers by (spacing, sharpness, backend).
+
+    A ``sharp`` level CT leaves out the pyramid's Gaussian (``at_spacing(smooth=False)``): where
+    the DRRs model the detector's blur, the level's own blur would otherwise be taken for part
+    of it (see :meth:`_Problem.level`).
+    """
 
     def __init__(self, ct: Volume, cameras: list[Camera], images: list[NDArray[np.float32]],
                  weights: list[NDArray[np.float32] | None], metric: Metric,
@@ -808,31 +821,33 @@ class _LevelBuilder:
         self.opts = opts
         self.backend = backend
         self.base = float(np.exp(np.log(ct.spacing).mean()))
-        self._volumes: dict[float, Volume] = {}
-        self._mu_levels: dict[float, tuple[Volume, float]] = {}
-        self._bone_volumes: dict[float, Volume] = {}
-        self._renderers: dict[tuple[bool, float, str], Renderer] = {}
+        self._volumes: dict[tuple[float, bool], Volume] = {}
+        self._mu_levels: dict[tuple[float, bool], tuple[Volume, float]] = {}
+        self._bone_volumes: dict[tuple[float, bool], Volume] = {}
+        self._renderers: dict[tuple[bool, float, bool, str], Renderer] = {}
 
-    def _mu_level(self, shrink: float) -> tuple[Volume, float]:
+    def _mu_level(self, shrink: float, sharp: bool = False) -> tuple[Volume, float]:
         """The CT's μ at the level's spacing, and that spacing; computed once per level.
 
         The spacing is 0 (the CT as it is) at ``shrink = 1``, coarsened to stay within the
         renderer's voxel cap.
         """
-        if shrink not in self._mu_levels:
+        key = (shrink, sharp)
+        if key not in self._mu_levels:
             spacing = shrink * self.base if shrink > 1 else 0.0
-            self._mu_levels[shrink] = at_spacing_within(self.ct, spacing, _MAX_LEVEL_VOXELS,
-                                                        transform=self.to_mu)
-        return self._mu_levels[shrink]
+            self._mu_levels[key] = at_spacing_within(self.ct, spacing, _MAX_LEVEL_VOXELS,
+                                                     transform=self.to_mu, smooth=not sharp)
+        return self._mu_levels[key]
 
-    def bone_volume(self, shrink: float) -> Volume:
+    def bone_volume(self, shrink: float, sharp: bool = False) -> Volume:
         """The CT's μ above that of ``bone_threshold_hu``, at the level's spacing.
 
         It is the part of the DRR whose weight
         :func:`~regkit.registration._radiograph_images.fit_bone_weight` fits (the rest is soft
         tissue).
         """
-        if shrink not in self._bone_volumes:
+        key = (shrink, sharp)
+        if key not in self._bone_volumes:
             mu_t = np.float32(self.opts.mu_water * (1.0 + self.opts.bone_threshold_hu / 1000.0))
 
             def excess(values: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -841,13 +856,15 @@ class _LevelBuilder:
                 return np.maximum(out, np.float32(0.0), out=out)
 
             # Made slab by slab from μ (at_spacing's transform): no full-size copy of the CT.
-            level = at_spacing(self.ct, self._mu_level(shrink)[1], transform=excess)
-            self._bone_volumes[shrink] = Volume(level.data, level.world_from_index, units="mu")
-        return self._bone_volumes[shrink]
+            level = at_spacing(self.ct, self._mu_level(shrink, sharp)[1], transform=excess,
+                               smooth=not sharp)
+            self._bone_volumes[key] = Volume(level.data, level.world_from_index, units="mu")
+        return self._bone_volumes[key]
 
-    def volume(self, shrink: float) -> Volume:
-        if shrink not in self._volumes:
-            level = self._mu_level(shrink)[0]
+    def volume(self, shrink: float, sharp: bool = False) -> Volume:
+        key = (shrink, sharp)
+        if key not in self._volumes:
+            level = self._mu_level(shrink, sharp)[0]
             level = Volume(level.data, level.world_from_index, units="mu")
             if self.bones is not None:
                 assert self.ct.labels is not None
@@ -855,8 +872,8 @@ class _LevelBuilder:
                                  labels=self.ct.labels, units="other")
                 moved = carrier.resample_to_grid(level.shape, level.world_from_index)
                 level = level.with_labels(moved.labels)
-            self._volumes[shrink] = level
-        return self._volumes[shrink]
+            self._volumes[key] = level
+        return self._volumes[key]
 
     def _make_renderer(self, volume: Volume, gradient: bool) -> Renderer:
         """A renderer of a level volume: torch for gradient levels, rays of ``ray_step_voxels``."""
@@ -866,28 +883,30 @@ class _LevelBuilder:
         return make_renderer(volume, backend="torch" if gradient else (self.backend or None),
                              step_mm=step)
 
-    def renderer(self, shrink: float, gradient: bool, bone: bool = False) -> Renderer:
+    def renderer(self, shrink: float, gradient: bool, bone: bool = False,
+                 sharp: bool = False) -> Renderer:
         """The level's renderer of the CT (or, with ``bone``, of its bone part)."""
-        key = (bone, shrink, "torch" if gradient else (self.backend or ""))
+        key = (bone, shrink, sharp, "torch" if gradient else (self.backend or ""))
         if key not in self._renderers:
-            volume = self.bone_volume(shrink) if bone else self.volume(shrink)
+            volume = self.bone_volume(shrink, sharp) if bone else self.volume(shrink, sharp)
             self._renderers[key] = self._make_renderer(volume, gradient)
         return self._renderers[key]
 
-    def weighted_renderer(self, shrink: float, gradient: bool, ratio: float) -> Renderer:
+    def weighted_renderer(self, shrink: float, gradient: bool, sharp: bool,
+                          ratio: float) -> Renderer:
         """A renderer of the level's CT with its bone part weighted ``1 + ratio``.
 
         The CT's μ plus ``ratio`` times :meth:`bone_volume` (labels kept); not cached, one per
         level that asks.
         """
-        level = self.volume(shrink)
+        level = self.volume(shrink, sharp)
         data = np.asarray(level.data, np.float32) + np.float32(ratio) * \
-            np.asarray(self.bone_volume(shrink).data, np.float32)
+            np.asarray(self.bone_volume(shrink, sharp).data, np.float32)
         return self._make_renderer(level.with_data(data), gradient)
 
-    def build(self, level: LevelOptions, fit_bone: bool = False) -> _Level:
+    def build(self, level: LevelOptions, fit_bone: bool = False, sharp: bool = False) -> _Level:
         gradient = level.method in gradient_methods
-        renderer = self.renderer(level.shrink, gradient)
+        renderer = self.renderer(level.shrink, gradient, sharp=sharp)
         by_size: dict[tuple[int, int, int], list[int]] = {}
         factors, cams, fixed, weights = [], [], [], []
         for i, cam in enumerate(self.cameras):
@@ -916,12 +935,12 @@ class _LevelBuilder:
         return _Level(renderer=renderer, groups=groups, n_views=len(self.cameras),
                       metric=self.metric, bones=self.bones,
                       bone_margin_px=self.opts.bone_margin_px, max_batch=self.opts.max_batch,
-                      factors=factors, spacing_mm=self.volume(level.shrink).spacing,
+                      factors=factors, spacing_mm=self.volume(level.shrink, sharp).spacing,
                       smooth_px=self.opts.smooth_px,
-                      bone_renderer=self.renderer(level.shrink, gradient, bone=True)
-                      if fit_bone else None,
+                      bone_renderer=self.renderer(level.shrink, gradient, bone=True,
+                                                  sharp=sharp) if fit_bone else None,
                       weighted_renderer=None if self.opts.bone_weight_per_candidate
-                      else partial(self.weighted_renderer, level.shrink, gradient))
+                      else partial(self.weighted_renderer, level.shrink, gradient, sharp))
 
 
 # ----------------------------------------------------------------------- the entry point
@@ -1080,12 +1099,19 @@ class _Problem:
     def level(self, index: int, options: LevelOptions) -> _Level:
         # the first level captures: a free bone weight there flattens the landscape far from
         # the truth (the shipped crop's single view ended 8 mm off)
-        lv = self.builder.build(options, fit_bone=self.opts.fit_bone_weight and index > 0)
+        blur = self.opts.detector_blur_px
+        # with the detector's blur modelled, past the first level the level CT leaves out the
+        # pyramid's Gaussian: a linear blur the estimate would take for part of the
+        # detector's (σ 0.88-0.94 px for the true 1.0 with it, 0.94-0.99 without); the
+        # first level keeps it, as capture needs it (without: one wide start in 8 lost)
+        sharp = index > 0 and (blur == "estimate" or bool(blur))
+        lv = self.builder.build(options, fit_bone=self.opts.fit_bone_weight and index > 0,
+                                sharp=sharp)
+        lv.sharp_ct = sharp
         lv.pivot, lv.higher_is_better = self.pivot, self.higher_is_better
         lv.spec = ParamSpec.rigid6(options.rot_step_deg, options.trans_step_mm,
                                    rot_bound_deg=self.opts.rot_range_deg,
                                    trans_bound_mm=self.opts.trans_range_mm)
-        blur = self.opts.detector_blur_px
         if blur is not None and blur != "estimate":
             lv.blur_px = float(blur)
         if index > 0:

@@ -304,6 +304,10 @@ def test_biplane_radiographs_with_scatter_register_and_record_their_corrections(
     first, *rest = single.extras["levels"]
     assert "intensity_maps" not in first
     assert "detector_blur_px" not in first
+    # the level CTs past the first leave the pyramid's Gaussian out; the capturing one keeps it
+    assert "pyramid_gaussian" not in first
+    assert all(level["pyramid_gaussian"] is False for level in rest)
+    assert all("pyramid_gaussian" not in level for level in levels)   # the two views above
     for level in rest:
         scores = level["detector_blur_scores"]
         assert len(scores) == 25

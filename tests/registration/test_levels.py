@@ -71,6 +71,24 @@ def test_at_spacing_transform_equals_transforming_first(spacing: float) -> None:
     np.testing.assert_array_equal(via.data, direct.data)
 
 
+def test_at_spacing_without_smoothing_is_the_block_mean() -> None:
+    """``smooth=False``: whole blocks are their mean, nothing else; the default is smoother."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(0.02, 0.005, size=(40, 36, 11)).astype(np.float32)
+    vol = Volume(data, np.diag([0.7, 0.7, 2.5, 1.0]), units="mu")   # the chest CT's spacing
+    sharp = at_spacing(vol, 1.4, smooth=False)      # blocks of 2 × 2 × 1, nothing resampled
+    smooth = at_spacing(vol, 1.4)
+    assert sharp.spacing == pytest.approx([1.4, 1.4, 2.5])
+    np.testing.assert_array_equal(sharp.world_from_index, smooth.world_from_index)
+    np.testing.assert_array_equal(sharp.data, block_mean(data, [2, 2, 1]))
+    # the Gaussian lowers the variance of white noise; without it the blocks keep theirs
+    assert float(np.var(smooth.data)) < 0.8 * float(np.var(sharp.data))
+    np.testing.assert_allclose(float(np.var(sharp.data)), float(np.var(data)) / 4, rtol=0.1)
+    # a volume already at the spacing is the same either way
+    np.testing.assert_array_equal(at_spacing(vol, 0.0, smooth=False).data,
+                                  at_spacing(vol, 0.0).data)
+
+
 @pytest.mark.parametrize("cap", [64, 500, 2000, 10_000, 1 << 20])
 @pytest.mark.parametrize("spacing", [0.0, 1.2, 4.0])
 def test_level_size_is_planned_without_building(cap: int, spacing: float) -> None:
