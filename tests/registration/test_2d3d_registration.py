@@ -565,9 +565,10 @@ def test_level_volumes_stay_within_the_voxel_cap_and_are_built_once(
     monkeypatch.setattr(rr, "_MAX_LEVEL_VOXELS", cap)
     calls: list[float] = []
 
-    def counted(volume: Volume, spacing_mm: float, transform: Any = None) -> Volume:
+    def counted(volume: Volume, spacing_mm: float, transform: Any = None, *,
+                smooth: bool = True) -> Volume:
         calls.append(spacing_mm)
-        return at_spacing(volume, spacing_mm, transform)
+        return at_spacing(volume, spacing_mm, transform, smooth=smooth)
 
     at_spacing = levels.at_spacing
     monkeypatch.setattr(levels, "at_spacing", counted)
@@ -583,4 +584,10 @@ def test_level_volumes_stay_within_the_voxel_cap_and_are_built_once(
     # the capped level and the 2x level, once each: the over-cap grid is sized, never built
     assert len(calls) == 2
     assert calls[0] > 0.0
+    # a sharp level (the blur model's) at the same spacing is a level of its own
+    sharp = builder.volume(1.0, sharp=True)
+    assert len(calls) == 3
+    assert calls[2] == calls[0]
+    assert sharp.shape == fine.shape
+    assert not np.array_equal(sharp.data, fine.data)
     assert all(np.prod(v.shape) <= cap for v, _ in builder._mu_levels.values())
