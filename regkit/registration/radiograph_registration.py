@@ -296,6 +296,20 @@ class Register2D3DOptions:
             radiograph's blur), and with two views (AP + lateral, 4 cases) it made the median
             worse, 0.18 → 0.27 mm, where each view's zoom already takes up its magnification;
             so it is off by default.
+        full_detector: Add a last level at each view's full detector (no binning) where the
+            last level bins it: the last level's method and CT, half its steps, and for a
+            quadratic polish half its radius and two designs (the blur estimate's second pass
+            runs before it, at the binned detector). With an estimated blur this level takes
+            σ from the level before rather than estimating it: at the full detector the
+            level CT's voxels are large against a pixel and the estimate leans low (0.76–0.80
+            px for the true 1.0). In-plane precision follows the detector's resolution (0.13
+            mm at the default 128² against 0.07 mm at 256²), so this is what reaches the
+            finest poses, at about 2–3 s more per view. Measured on the polychromatic
+            single-view benchmark (14 cases, 256², radiographs blurred by 1 px; see
+            docs/decisions/registration-2d3d-depth-bias.md): with ``detector_blur_px=1.0``
+            (the blur known) a median mTRE of 0.113 mm (worst 0.178) in 6.1 s, with
+            ``"estimate"`` 0.126 mm (worst 0.199) in 7.8 s, against 0.165 mm in 5.0 s with the
+            estimate alone. Default False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -329,6 +343,7 @@ class Register2D3DOptions:
     scatter_sigma: float | None = None
     view_zoom: bool | None = None
     detector_blur_px: float | str | None = None
+    full_detector: bool = False
 
     def __post_init__(self) -> None:
         levels = tuple(self.levels)
@@ -361,7 +376,8 @@ class Register2D3DOptions:
                 or not math.isfinite(self.bone_threshold_hu):
             raise InputError(f"must be a finite number, got {self.bone_threshold_hu!r}",
                              key="bone_threshold_hu")
-        for key in ("mask_flat", "fit_bone_weight", "bone_weight_per_candidate"):
+        for key in ("mask_flat", "fit_bone_weight", "bone_weight_per_candidate",
+                    "full_detector"):
             if not isinstance(getattr(self, key), bool):
                 raise InputError(f"must be True or False, got {getattr(self, key)!r}", key=key)
         for key in ("max_batch", "threads"):
@@ -495,6 +511,7 @@ class _Level(Level):
     estimate_blur: bool = False
     blur_scores: list[float] | None = None
     sharp_ct: bool = False
+    blur_from: int | None = None
     spec: ParamSpec = field(default_factory=lambda: ParamSpec.rigid6())
     pivot: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
 
@@ -760,6 +777,8 @@ class _Level(Level):
             facts["detector_blur_scores"] = self.blur_scores
         if self.sharp_ct:
             facts["pyramid_gaussian"] = False
+        if self.blur_from is not None:
+            facts["detector_blur_from_level"] = self.blur_from
         return score, facts
 
 
@@ -1032,8 +1051,6 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     if 2 not in scorer.spatial_dims:
         raise InputError(f"metric '{metric}' does not take 2-D images", key="metric")
     levels = _with_optimizer(list(opts.levels), optimizer)
-    if opts.detector_blur_px == "estimate":
-        levels.append(_second_pass(levels[-1]))
     seed = engine.check_seed(seed)
     weights: list[NDArray[np.float32] | None] = []
     for img, m in zip(imgs, user_masks, strict=True):
@@ -1045,10 +1062,12 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     if bone_labels is not None:
         work_cams, work_imgs, work_weights = _bone_rois(mu, bone_labels, cams, imgs, weights,
                                                         opts.bone_roi_margin_mm)
+    levels, carry_from = _final_levels(levels, opts, work_cams)
     with engine.torch_threads(opts.threads):
         builder = _LevelBuilder(mu, work_cams, work_imgs, work_weights, scorer, bone_labels,
                                 opts, backend, to_mu=to_mu)
-        return _register(builder, cams, levels, metric, seed, opts, progress, t_start)
+        return _register(builder, cams, levels, metric, seed, opts, progress, t_start,
+                         carry_from)
 
 
 def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOptions]:
@@ -1069,6 +1088,27 @@ def _with_optimizer(levels: list[LevelOptions], optimizer: str) -> list[LevelOpt
     return [replace(lv, method=optimizer,
                     options={k: v for k, v in lv.options.items() if k in known})
             if lv.method == "cmaes" else lv for lv in levels]
+
+
+def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
+                  cameras: list[Camera]) -> tuple[list[LevelOptions], int | None]:
+    """The pyramid with the levels the options add after it, and where σ is carried.
+
+    An estimated blur adds the last level's second pass (:func:`_second_pass`);
+    ``full_detector`` then adds that pass's settings at the full detector, where the last level
+    bins any view. Returns the levels and the index of the full-detector level when it carries
+    an estimated σ from the level before (else None).
+    """
+    last = levels[-1]
+    out = list(levels)
+    if opts.detector_blur_px == "estimate":
+        out.append(_second_pass(last))
+    if opts.full_detector and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras):
+        pixels = max(c.height * c.width for c in cameras)
+        out.append(replace(_second_pass(last), max_voxels=pixels))
+        if opts.detector_blur_px == "estimate":
+            return out, len(out) - 1
+    return out, None
 
 
 def _second_pass(level: LevelOptions) -> LevelOptions:
@@ -1092,9 +1132,11 @@ class _Problem:
     """The 2D–3D problem for the engine: one rigid correction shared by all views."""
 
     def __init__(self, builder: _LevelBuilder, pivot: NDArray[np.float64], metric: str,
-                 opts: Register2D3DOptions):
+                 opts: Register2D3DOptions, carry_from: int | None = None):
         self.builder, self.pivot, self.metric, self.opts = builder, pivot, metric, opts
         self.higher_is_better = builder.metric.higher_is_better
+        self.carry_from = carry_from          # the level that takes σ from the one before
+        self._previous: _Level | None = None
 
     def level(self, index: int, options: LevelOptions) -> _Level:
         # the first level captures: a free bone weight there flattens the landscape far from
@@ -1118,11 +1160,16 @@ class _Problem:
             lv.intensity_degree = int(self.opts.intensity_degree or 0)
             lv.scatter_sigma = float(self.opts.scatter_sigma or 0.0)
             lv.estimate_blur = blur == "estimate"
+            if index == self.carry_from and self._previous is not None:
+                lv.estimate_blur = False
+                lv.blur_px = self._previous.blur_px
+                lv.blur_from = index - 1
             if self.opts.view_zoom:
                 # a shift of one step along a view changes its magnification by step / distance
                 near = min(float(np.linalg.norm(c.source_world - self.pivot))
                            for c in self.builder.cameras)
                 lv.spec = _with_zooms(lv.spec, lv.n_views, options.trans_step_mm / near)
+        self._previous = lv
         return lv
 
 
@@ -1138,9 +1185,10 @@ def _with_zooms(spec: ParamSpec, n_views: int, step: float) -> ParamSpec:
 
 def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOptions],
               metric: str, seed: int, opts: Register2D3DOptions,
-              progress: ProgressCallback | None, t_start: float) -> Registration2D3DResult:
+              progress: ProgressCallback | None, t_start: float,
+              carry_from: int | None = None) -> Registration2D3DResult:
     pivot = _pivot(builder.ct, builder.bones)
-    done = engine.run(_Problem(builder, pivot, metric, opts), levels, seed=seed,
+    done = engine.run(_Problem(builder, pivot, metric, opts, carry_from), levels, seed=seed,
                       starts=opts.starts, start_spread=opts.start_spread, progress=progress)
     correction = np.asarray(correction_from_params(done.x[:6], pivot), dtype=np.float64)
     return Registration2D3DResult(
@@ -1156,6 +1204,7 @@ def _register(builder: _LevelBuilder, cams: list[Camera], levels: list[LevelOpti
             "ray_step_voxels": opts.ray_step_voxels,
             "scatter_sigma": opts.scatter_sigma,
             "detector_blur_px": opts.detector_blur_px,
+            "full_detector": opts.full_detector,
             "bones": None if builder.bones is None else list(builder.bones),
             "levels": list(done.levels),
             "stop_reasons": done.stop_reasons,

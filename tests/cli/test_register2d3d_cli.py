@@ -164,3 +164,24 @@ def test_detector_blur_reaches_the_registration(files: dict[str, Path], tmp_path
         argv += ["--detector-blur", value]
     assert main(argv) == 2
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_full_detector_reaches_the_registration(files: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                flag: bool) -> None:
+    from regkit.errors import InputError
+    from regkit.registration import radiograph_registration
+
+    seen: list[object] = []
+
+    def capture(*_args: object, options: dict | None = None, **_kwargs: object) -> None:
+        seen.append(None if options is None else options.get("full_detector"))
+        raise InputError("stop here", key="test")
+
+    monkeypatch.setattr(radiograph_registration, "register_2d3d", capture)
+    argv = ["register-2d3d", "--volume", str(files["ct"]), "--camera", str(files["camera"]),
+            "--image", str(files["x1"]), "--image", str(files["x2"]),
+            "--out", str(tmp_path / "r.json")] + (["--full-detector"] if flag else [])
+    assert main(argv) == 2
+    assert seen == [True if flag else None]
