@@ -476,6 +476,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cli_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``--cli-args`` split as a shell would, or a parser error naming what is wrong."""
+    try:
+        cli_args = shlex.split(args.cli_args)
+    except ValueError as err:
+        parser.error(f"--cli-args: {err}")
+    if cli_args and not args.whole_process:
+        parser.error("--cli-args go to the command line: use them with --whole-process")
+    reserved = {"--volume", "--camera", "--image", "--out", "--seed", "--backend"}
+    taken = sorted({a.split("=")[0] for a in cli_args} & reserved)
+    if taken:
+        parser.error(f"--cli-args may not set {', '.join(taken)}: the benchmark sets them")
+    if cli_args and args.diagnose:
+        parser.error("--diagnose polishes with register_2d3d's defaults; with --cli-args it "
+                     "would compare another objective")
+    return cli_args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the cases, print a line each and a summary, write the JSON."""
     parser = build_parser()
@@ -485,8 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.whole_process and args.options is not None:
         parser.error("--whole-process runs the command line, which takes no registration "
                      "options; leave --options out")
-    if args.cli_args and not args.whole_process:
-        parser.error("--cli-args go to the command line: use them with --whole-process")
+    cli_args = _cli_args(parser, args)
     if args.method == "nanodrr":
         if len(MODES[args.mode]["views"]) != 1:
             parser.error(f"--method nanodrr registers a single view; --mode {args.mode} has "
@@ -551,8 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if subject is not None:
                     run = register_nanodrr(subject, case)
                 elif args.whole_process:
-                    run = register_whole_process(args.ct, case, args.backend,
-                                                 shlex.split(args.cli_args))
+                    run = register_whole_process(args.ct, case, args.backend, cli_args)
                 else:
                     run = register_in_process(ct, case, options, args.backend)
             except Exception as err:  # one failed case must not lose the others

@@ -57,11 +57,14 @@ Convention:
 
     **The detector's blur** (``detector_blur_px``, off by default): every DRR can be blurred
     in the transmitted domain, as a detector blurs, by a given σ or one estimated at the start
-    of every level but the first; in one view the radiographs are then mapped to the DRR as
-    well. In one view the depth comes from the apparent magnification, which an unmodelled
-    blur moves by about 1 mm per pixel: on the polychromatic single-view benchmark the
-    estimate (its last level run twice) took the median mTRE from 0.30 to 0.165 mm, but on a
-    small crop of one vertebra it was unreliable, so it is asked for, not assumed.
+    of every level but the first (the last level then runs twice); in one view the
+    radiographs are then mapped to the DRR as well, and past the first level the level CTs
+    leave out the pyramid's Gaussian. In one view the depth comes from the apparent
+    magnification, which an unmodelled blur moves by about 1 mm per pixel: on the
+    polychromatic single-view benchmark the estimate took the median mTRE from 0.30 to
+    0.165 mm, but on a small crop of one vertebra it was unreliable, so it is asked for, not
+    assumed. ``full_detector`` adds a last level at the full detector (σ carried into it from
+    the level before when estimated): 0.126 mm with the estimate, 0.113 mm with σ known.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
     smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
@@ -148,6 +151,9 @@ __all__ = [
 # Largest level volume handed to a renderer: bounds its memory (the same cap as
 # volume_registration's _MAX_MOVING_VOXELS).
 _MAX_LEVEL_VOXELS = 1 << 23
+# The most pixels per view of the level ``full_detector`` adds: a 256² view costs 2-3 s more on
+# 2 cores; a clinical 2-3k² radiograph is binned to 512² rather than rendered 100 times over.
+_FULL_DETECTOR_MAX_PIXELS = 512 * 512
 
 
 DEFAULT_LEVELS: tuple[LevelOptions, ...] = (
@@ -296,20 +302,23 @@ class Register2D3DOptions:
             radiograph's blur), and with two views (AP + lateral, 4 cases) it made the median
             worse, 0.18 → 0.27 mm, where each view's zoom already takes up its magnification;
             so it is off by default.
-        full_detector: Add a last level at each view's full detector (no binning) where the
-            last level bins it: the last level's method and CT, half its steps, and for a
-            quadratic polish half its radius and two designs (the blur estimate's second pass
-            runs before it, at the binned detector). With an estimated blur this level takes
-            σ from the level before rather than estimating it: at the full detector the
-            level CT's voxels are large against a pixel and the estimate leans low (0.76–0.80
-            px for the true 1.0). In-plane precision follows the detector's resolution (0.13
-            mm at the default 128² against 0.07 mm at 256²), so this is what reaches the
-            finest poses, at about 2–3 s more per view. Measured on the polychromatic
-            single-view benchmark (14 cases, 256², radiographs blurred by 1 px; see
-            docs/decisions/registration-2d3d-depth-bias.md): with ``detector_blur_px=1.0``
-            (the blur known) a median mTRE of 0.113 mm (worst 0.178) in 6.1 s, with
-            ``"estimate"`` 0.126 mm (worst 0.199) in 7.8 s, against 0.165 mm in 5.0 s with the
-            estimate alone. Default False.
+        full_detector: Add a last level at each view's full detector where the last level
+            bins it (up to 512² pixels a view: a larger detector is binned to fit): the last
+            level's method and CT, half its steps, and for a quadratic polish half its radius
+            and two designs (the blur estimate's second pass runs before it, at the binned
+            detector). With an estimated blur this level takes σ from the level before rather
+            than estimating it: at the full detector the level CT's voxels are large against a
+            pixel and the estimate leans low (0.76–0.80 px for the true 1.0). In-plane
+            precision follows the detector's resolution (0.13 mm at the default 128² against
+            0.07 mm at 256²), so this is what reaches the finest poses, at about 2–3 s more
+            per 256² view (the cost grows with the pixels). Measured on the polychromatic
+            benchmark (256², radiographs blurred by 1 px; see
+            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases: with
+            ``detector_blur_px=1.0`` (the blur known) a median mTRE of 0.113 mm (worst 0.178)
+            in 6.3 s, with ``"estimate"`` 0.126 mm (worst 0.199) in 7.5 s, against 0.165 mm
+            in 5.0 s with the estimate alone and 0.221 mm with no blur model; AP + lateral
+            with the defaults, 4 cases: 0.146 mm in 26 s against 0.18 mm in 16 s. Default
+            False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -771,7 +780,7 @@ class _Level(Level):
             facts["intensity_maps"] = self.intensity_maps
         if self.bone_weight is not None:
             facts["bone_weight"] = round(self.bone_weight, 4)
-        if self.blur_px or self.estimate_blur:
+        if self.blur_px or self.estimate_blur or self.blur_from is not None:
             facts["detector_blur_px"] = round(self.blur_px, 4)
         if self.blur_scores is not None:
             facts["detector_blur_scores"] = self.blur_scores
@@ -1024,12 +1033,13 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
         ``evaluations``, ``history`` and ``extras`` (``seed``, ``pivot_mm``, ``params`` (the 6
         search parameters, rad and mm), ``view_zoom`` (per view, or None), the resolved
         ``intensity_degree``, ``scatter_sigma`` (applied at levels after the first),
-        ``ray_step_voxels`` and ``detector_blur_px``,
+        ``ray_step_voxels``, ``detector_blur_px`` and ``full_detector``,
         ``bones``, ``levels`` (per level: method, detector factors, spacing, evaluations,
         seconds, score, stop reasons and, where fitted, ``intensity_maps``,
         ``bone_weight`` and ``detector_blur_px`` with, where estimated,
-        ``detector_blur_scores``, the score of each σ of the grid) and
-        ``stop_reasons`` of the last level).
+        ``detector_blur_scores``, the score of each σ of the grid, or, where carried,
+        ``detector_blur_from_level``; ``pyramid_gaussian: false`` where the level CT was made
+        without the pyramid's Gaussian) and ``stop_reasons`` of the last level).
 
     Raises:
         InputError: bad options; images and cameras of different counts; an image with NaN or
@@ -1096,16 +1106,20 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
 
     An estimated blur adds the last level's second pass (:func:`_second_pass`);
     ``full_detector`` then adds that pass's settings at the full detector, where the last level
-    bins any view. Returns the levels and the index of the full-detector level when it carries
-    an estimated σ from the level before (else None).
+    bins any view, binned only as far as :data:`_FULL_DETECTOR_MAX_PIXELS` needs. Returns the
+    levels and the index of the full-detector level when it carries an estimated σ from the
+    level before (else None).
     """
     last = levels[-1]
     out = list(levels)
     if opts.detector_blur_px == "estimate":
         out.append(_second_pass(last))
     if opts.full_detector and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras):
-        pixels = max(c.height * c.width for c in cameras)
-        out.append(replace(_second_pass(last), max_voxels=pixels))
+        pixels = min(max(c.height * c.width for c in cameras), _FULL_DETECTOR_MAX_PIXELS)
+        if pixels > last.max_voxels:
+            out.append(replace(_second_pass(last), max_voxels=pixels))
+        else:
+            return out, None
         if opts.detector_blur_px == "estimate":
             return out, len(out) - 1
     return out, None
@@ -1117,7 +1131,9 @@ def _second_pass(level: LevelOptions) -> LevelOptions:
     Its start re-estimates σ (and refits the map and the bone weight) at a pose the first pass
     has already polished: the first estimate, made at the level's start, is biased by how far
     off that start is. Half the first pass's steps; a quadratic polish also halves its radius
-    and stops after two designs.
+    (which counts in steps, so its first trust region, and ``tol_x`` with it, is a quarter of
+    the first pass's in mm and degrees) and stops after two designs. Other methods keep their
+    options (and budgets).
     """
     options = dict(level.options)
     if level.method == "quadratic":
@@ -1169,7 +1185,9 @@ class _Problem:
                 near = min(float(np.linalg.norm(c.source_world - self.pivot))
                            for c in self.builder.cameras)
                 lv.spec = _with_zooms(lv.spec, lv.n_views, options.trans_step_mm / near)
-        self._previous = lv
+        # kept only for the level that carries its σ: a level holds its renderers' copies
+        self._previous = lv if self.carry_from is not None and index + 1 == self.carry_from \
+            else None
         return lv
 
 

@@ -494,6 +494,12 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
     # a last level that already sees every full detector gets nothing more
     whole = [*binned[:1], replace(binned[1], max_voxels=256 * 256)]
     assert _final_levels(whole, Register2D3DOptions(full_detector=True), cams) == (whole, None)
+    # a clinical detector is binned to 512² at most, and not at all past a 512² last level
+    big = [bench_carm(1024, np.zeros(3), 0.0)]
+    levels, _ = _final_levels(list(binned), Register2D3DOptions(full_detector=True), big)
+    assert levels[-1].max_voxels == 512 * 512
+    at_cap = [*binned[:1], replace(binned[1], max_voxels=512 * 512)]
+    assert _final_levels(at_cap, Register2D3DOptions(full_detector=True), big) == (at_cap, None)
     with pytest.raises(InputError, match="full_detector"):
         Register2D3DOptions(full_detector="yes")  # type: ignore[arg-type]
 

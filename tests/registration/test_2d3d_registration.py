@@ -564,10 +564,12 @@ def test_level_volumes_stay_within_the_voxel_cap_and_are_built_once(
     cap = int(np.prod(mu.shape)) // 3  # the CT's own grid is over it, twice its spacing is not
     monkeypatch.setattr(rr, "_MAX_LEVEL_VOXELS", cap)
     calls: list[float] = []
+    smooths: list[bool] = []
 
     def counted(volume: Volume, spacing_mm: float, transform: Any = None, *,
                 smooth: bool = True) -> Volume:
         calls.append(spacing_mm)
+        smooths.append(smooth)
         return at_spacing(volume, spacing_mm, transform, smooth=smooth)
 
     at_spacing = levels.at_spacing
@@ -588,6 +590,7 @@ def test_level_volumes_stay_within_the_voxel_cap_and_are_built_once(
     sharp = builder.volume(1.0, sharp=True)
     assert len(calls) == 3
     assert calls[2] == calls[0]
+    assert smooths == [True, True, False]
     assert sharp.shape == fine.shape
     assert not np.array_equal(sharp.data, fine.data)
     assert all(np.prod(v.shape) <= cap for v, _ in builder._mu_levels.values())
