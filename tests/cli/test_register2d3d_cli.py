@@ -142,46 +142,42 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     assert not Path(out).exists()
 
 
-@pytest.mark.parametrize(("value", "expected"), [("estimate", "estimate"), ("1.25", 1.25),
-                                                  (None, None)])
-def test_detector_blur_reaches_the_registration(files: dict[str, Path], tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                value: str | None, expected: object) -> None:
+def _options_reaching_the_registration(files: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       extra: list[str]) -> list[dict | None]:
+    """The ``options`` each ``register_2d3d`` call got from ``register-2d3d ... extra``."""
     from regkit.errors import InputError
     from regkit.registration import radiograph_registration
 
-    seen: list[object] = []
+    seen: list[dict | None] = []
 
     def capture(*_args: object, options: dict | None = None, **_kwargs: object) -> None:
-        seen.append(None if options is None else options.get("detector_blur_px"))
+        seen.append(options)
         raise InputError("stop here", key="test")
 
     monkeypatch.setattr(radiograph_registration, "register_2d3d", capture)
     argv = ["register-2d3d", "--volume", str(files["ct"]), "--camera", str(files["camera"]),
             "--image", str(files["x1"]), "--image", str(files["x2"]),
-            "--out", str(tmp_path / "r.json")]
-    if value is not None:
-        argv += ["--detector-blur", value]
+            "--out", str(tmp_path / "r.json"), *extra]
     assert main(argv) == 2
-    assert seen == [expected]
+    return seen
+
+
+@pytest.mark.parametrize(("value", "expected"), [("estimate", "estimate"), ("1.25", 1.25),
+                                                  (None, None)])
+def test_detector_blur_reaches_the_registration(files: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                value: str | None, expected: object) -> None:
+    extra = [] if value is None else ["--detector-blur", value]
+    seen = _options_reaching_the_registration(files, tmp_path, monkeypatch, extra)
+    assert [None if o is None else o.get("detector_blur_px") for o in seen] == [expected]
 
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_full_detector_reaches_the_registration(files: dict[str, Path], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 flag: bool) -> None:
-    from regkit.errors import InputError
-    from regkit.registration import radiograph_registration
-
-    seen: list[object] = []
-
-    def capture(*_args: object, options: dict | None = None, **_kwargs: object) -> None:
-        seen.append(None if options is None else options.get("full_detector"))
-        raise InputError("stop here", key="test")
-
-    monkeypatch.setattr(radiograph_registration, "register_2d3d", capture)
-    argv = ["register-2d3d", "--volume", str(files["ct"]), "--camera", str(files["camera"]),
-            "--image", str(files["x1"]), "--image", str(files["x2"]),
-            "--out", str(tmp_path / "r.json")] + (["--full-detector"] if flag else [])
-    assert main(argv) == 2
-    assert seen == [True if flag else None]
+    extra = ["--full-detector"] if flag else []
+    seen = _options_reaching_the_registration(files, tmp_path, monkeypatch, extra)
+    assert [None if o is None else o.get("full_detector") for o in seen] \
+        == [True if flag else None]

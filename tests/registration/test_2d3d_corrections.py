@@ -208,8 +208,12 @@ def test_smooth_of_a_constant_is_the_constant() -> None:
 
 
 @cache
-def _crop_biplane(size: int) -> tuple[Any, list[Any], list[np.ndarray], np.ndarray]:
-    """The shipped crop, an AP and a lateral view, radiographs with 8 % scatter, bone points."""
+def _crop_views(size: int, angles: tuple[float, ...]
+                ) -> tuple[Any, list[Any], np.ndarray, np.ndarray]:
+    """The shipped crop, its true views at ``angles`` (rad), their clean DRRs, bone points.
+
+    The DRRs ``(V, size, size)`` are cached: callers must not modify them.
+    """
     from regkit.data import chest_ct_crop
     from regkit.io.nifti import load_nifti
     from regkit.render.base import Views
@@ -217,9 +221,18 @@ def _crop_biplane(size: int) -> tuple[Any, list[Any], list[np.ndarray], np.ndarr
 
     paths = chest_ct_crop()
     ct = load_nifti(paths["ct"], labels=paths["bones"])
-    true = [bench_carm(size, ct.center_world, a) for a in (0.0, np.pi / 2)]
+    true = [bench_carm(size, ct.center_world, a) for a in angles]
     with torch.no_grad():
         drr = make_renderer(ct.to_mu()).drr(Views.from_cameras(true)).numpy()
+    assert ct.labels is not None
+    points = ct.index_to_world(np.argwhere(ct.labels > 0)[::5].astype(np.float64))
+    return ct, true, drr, points
+
+
+@cache
+def _crop_biplane(size: int) -> tuple[Any, list[Any], list[np.ndarray], np.ndarray]:
+    """The shipped crop, an AP and a lateral view, radiographs with 8 % scatter, bone points."""
+    ct, true, drr, points = _crop_views(size, (0.0, np.pi / 2))
     rng = np.random.default_rng(5)
     images = []
     for d in drr:   # 8 % scatter of a blurred transmitted image, Poisson noise, 0.7 px blur
@@ -228,8 +241,6 @@ def _crop_biplane(size: int) -> tuple[Any, list[Any], list[np.ndarray], np.ndarr
         counts = rng.poisson(1e4 * (t + veil))
         images.append(gaussian_filter(-np.log(np.maximum(counts, 1) / 1e4), 0.7)
                       .astype(np.float32))
-    assert ct.labels is not None
-    points = ct.index_to_world(np.argwhere(ct.labels > 0)[::5].astype(np.float64))
     return ct, true, images, points
 
 
@@ -356,21 +367,12 @@ def test_one_view_estimates_the_detector_blur_it_was_made_with() -> None:
 
     The radiograph is made with scipy's Gaussian, the registration's blur is its own.
     """
-    from regkit.data import chest_ct_crop
-    from regkit.io.nifti import load_nifti
     from regkit.registration import register_2d3d
-    from regkit.render.base import Views
-    from regkit.render.select import make_renderer
     from regkit.testing.levels import fast_levels_2d3d
 
     size = 80
-    paths = chest_ct_crop()
-    ct = load_nifti(paths["ct"], labels=paths["bones"])
-    true = [bench_carm(size, ct.center_world, 0.0)]
-    with torch.no_grad():
-        drr = make_renderer(ct.to_mu()).drr(Views.from_cameras(true)).numpy()[0]
-    assert ct.labels is not None
-    points = ct.index_to_world(np.argwhere(ct.labels > 0)[::5].astype(np.float64))
+    ct, true, drrs, points = _crop_views(size, (0.0,))
+    drr = drrs[0]
     start = _moved(ct, true, 1.0, 2.0)
 
     def register(image: np.ndarray, blur: Any) -> Any:
@@ -400,21 +402,12 @@ def test_a_full_detector_level_finishes_a_binned_pyramid() -> None:
     With ``full_detector`` a level at the whole detector follows, with σ carried from the
     estimate before it (measured: 1.64 mm without it, 0.25 mm with it).
     """
-    from regkit.data import chest_ct_crop
-    from regkit.io.nifti import load_nifti
     from regkit.registration import register_2d3d
-    from regkit.render.base import Views
-    from regkit.render.select import make_renderer
     from regkit.testing.levels import fast_levels_2d3d
 
     size = 80
-    paths = chest_ct_crop()
-    ct = load_nifti(paths["ct"], labels=paths["bones"])
-    true = [bench_carm(size, ct.center_world, 0.0)]
-    with torch.no_grad():
-        drr = make_renderer(ct.to_mu()).drr(Views.from_cameras(true)).numpy()[0]
-    assert ct.labels is not None
-    points = ct.index_to_world(np.argwhere(ct.labels > 0)[::5].astype(np.float64))
+    ct, true, drrs, points = _crop_views(size, (0.0,))
+    drr = drrs[0]
     start = _moved(ct, true, 1.0, 2.0)
     fast = fast_levels_2d3d(size)
     binned = (*fast[:2], replace(fast[2], max_voxels=40 * 40))
