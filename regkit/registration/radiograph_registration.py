@@ -1118,10 +1118,8 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
         pixels = min(max(c.height * c.width for c in cameras), _FULL_DETECTOR_MAX_PIXELS)
         if pixels > last.max_voxels:
             out.append(replace(_second_pass(last), max_voxels=pixels))
-        else:
-            return out, None
-        if opts.detector_blur_px == "estimate":
-            return out, len(out) - 1
+            if opts.detector_blur_px == "estimate":
+                return out, len(out) - 1
     return out, None
 
 
@@ -1186,8 +1184,7 @@ class _Problem:
                            for c in self.builder.cameras)
                 lv.spec = _with_zooms(lv.spec, lv.n_views, options.trans_step_mm / near)
         # kept only for the level that carries its σ: a level holds its renderers' copies
-        self._previous = lv if self.carry_from is not None and index + 1 == self.carry_from \
-            else None
+        self._previous = lv if index + 1 == self.carry_from else None
         return lv
 
 
