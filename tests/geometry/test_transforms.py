@@ -542,6 +542,19 @@ def test_rigid_checks_shape_error(shape: tuple[int, ...]) -> None:
         tf.is_rigid(np.zeros(shape))
 
 
+def test_rigid_broadcasts_rotations_and_offsets() -> None:
+    rng = np.random.default_rng(4)
+    rot = np.stack([rigid_np(rng.normal(size=3), np.zeros(3))[:3, :3] for _ in range(2)])
+    off = rng.normal(size=(5, 1, 3))
+    out = tf.rigid(rot, off)                 # (2, 3, 3) with (5, 1, 3): a (5, 2) batch
+    assert out.shape == (5, 2, 4, 4)
+    np.testing.assert_allclose(out[3, 1, :3, :3], rot[1])
+    np.testing.assert_allclose(out[3, 1, :3, 3], off[3, 0])
+    np.testing.assert_array_equal(out[..., 3, :], np.broadcast_to([0.0, 0.0, 0.0, 1.0], (5, 2, 4)))
+    with pytest.raises(ValueError, match="broadcast"):
+        tf.rigid(rot, np.zeros((3, 3)))      # batches 2 and 3 do not broadcast
+
+
 def test_is_rigid_batch_shape() -> None:
     batch = np.broadcast_to(np.eye(4), (2, 3, 4, 4))
     ok = tf.is_rigid(batch)
