@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from regkit.cli._warm import REGISTRATION_IMPORTS, import_in_background
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
@@ -52,6 +53,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
             raise InputError(err.reason, key="--detector-blur") from None
     if args.full_detector:
         options["full_detector"] = True
+    warming = import_in_background(*REGISTRATION_IMPORTS)
     cameras = load_cameras(args.camera)
     if len(args.image) != len(cameras):
         raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
@@ -59,6 +61,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
                          key="--image")
     images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
     volume = load_nifti(args.volume, labels=args.labels)
+    warming.join()
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
                            options=options or None, progress=ProgressPrinter("register-2d3d"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from regkit.cli._warm import REGISTRATION_IMPORTS, import_in_background
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.registration.levels import DEFAULT_SEED
@@ -47,10 +48,12 @@ def _register3d3d(args: argparse.Namespace) -> int:
         if path is not None and not path.name.lower().endswith(suffixes):
             raise InputError(f"must end with {' or '.join(suffixes)}, got '{path.name}'",
                              key=flag)
+    warming = import_in_background(*REGISTRATION_IMPORTS)
     fixed = load_nifti(args.fixed)
     moving = load_nifti(args.moving)
     fixed_mask = _mask(args.fixed_mask, fixed, "--fixed-mask")
     moving_mask = _mask(args.moving_mask, moving, "--moving-mask")
+    warming.join()
 
     result = register_3d3d(fixed, moving, transform=args.transform, metric=args.metric,
                            fixed_mask=fixed_mask, moving_mask=moving_mask, init=args.init,
