@@ -100,7 +100,7 @@ from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.geometry.transforms import rigid_from_params
 from regkit.metrics import Metric, get_metric
-from regkit.optim import ParamSpec, coerce_options, gradient_methods, optimizers
+from regkit.optim import ParamSpec, QuadraticOptions, coerce_options, gradient_methods, optimizers
 from regkit.registration import engine
 from regkit.registration._radiograph_images import (
     DETECTOR_BLUR_GRID_PX as _DETECTOR_BLUR_GRID_PX,
@@ -306,19 +306,20 @@ class Register2D3DOptions:
             bins it (up to 512² pixels a view: a larger detector is binned to fit): the last
             level's method and CT, half its steps, and for a quadratic polish half its radius
             and two designs (the blur estimate's second pass runs before it, at the binned
-            detector). With an estimated blur this level takes σ from the level before rather
-            than estimating it: at the full detector the level CT's voxels are large against a
+            detector), and the last level's first pass stops sooner (its ``tol_x`` doubled).
+            With an estimated blur this level takes σ from the level before rather than
+            estimating it: at the full detector the level CT's voxels are large against a
             pixel and the estimate leans low (0.76–0.80 px for the true 1.0). In-plane
             precision follows the detector's resolution (0.13 mm at the default 128² against
             0.07 mm at 256²), so this is what reaches the finest poses, at about 2–3 s more
             per 256² view (the cost grows with the pixels). Measured on the polychromatic
             benchmark (256², radiographs blurred by 1 px; see
-            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases: with
-            ``detector_blur_px=1.0`` (the blur known) a median mTRE of 0.113 mm (worst 0.178)
-            in 6.3 s, with ``"estimate"`` 0.126 mm (worst 0.199) in 7.5 s, against 0.165 mm
-            in 5.0 s with the estimate alone and 0.221 mm with no blur model; AP + lateral
-            with the defaults, 4 cases: 0.146 mm in 26 s against 0.18 mm in 16 s. Default
-            False.
+            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases, the whole
+            ``register-2d3d`` command: with ``detector_blur_px=1.0`` (the blur known) a
+            median mTRE of 0.114 mm (worst 0.182) in 8.5 s, with ``"estimate"`` 0.129 mm
+            (worst 0.195) in 9.6 s, against 0.165 mm with the estimate alone and 0.221 mm
+            with no blur model; AP + lateral with the defaults, 4 cases: 0.146 mm in 26 s
+            against 0.18 mm in 16 s. Default False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -1106,21 +1107,43 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
 
     An estimated blur adds the last level's second pass (:func:`_second_pass`);
     ``full_detector`` then adds that pass's settings at the full detector, where the last level
-    bins any view, binned only as far as :data:`_FULL_DETECTOR_MAX_PIXELS` needs. Returns the
-    levels and the index of the full-detector level when it carries an estimated σ from the
-    level before (else None).
+    bins any view, binned only as far as :data:`_FULL_DETECTOR_MAX_PIXELS` needs, and the last
+    level's first pass polishes less (:func:`_before_full_detector`). Returns the levels and the
+    index of the full-detector level when it carries an estimated σ from the level before (else
+    None).
     """
     last = levels[-1]
     out = list(levels)
+    pixels = min(max(c.height * c.width for c in cameras), _FULL_DETECTOR_MAX_PIXELS)
+    full = opts.full_detector and pixels > last.max_voxels \
+        and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras)
+    if full:
+        out[-1] = _before_full_detector(last)
     if opts.detector_blur_px == "estimate":
         out.append(_second_pass(last))
-    if opts.full_detector and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras):
-        pixels = min(max(c.height * c.width for c in cameras), _FULL_DETECTOR_MAX_PIXELS)
-        if pixels > last.max_voxels:
-            out.append(replace(_second_pass(last), max_voxels=pixels))
-            if opts.detector_blur_px == "estimate":
-                return out, len(out) - 1
-    return out, None
+    if not full:
+        return out, None
+    out.append(replace(_second_pass(last), max_voxels=pixels))
+    return out, (len(out) - 1 if opts.detector_blur_px == "estimate" else None)
+
+
+def _before_full_detector(level: LevelOptions) -> LevelOptions:
+    """The last binned level's first pass when the full-detector level follows it.
+
+    A quadratic polish doubles its ``tol_x``: it stops one halving of its trust region sooner,
+    since the passes after it polish the same pose further. Other methods are left as they
+    are. Measured with ``detector_blur_px="estimate"``, single view, 14 cases: a median mTRE of
+    0.129 mm (worst 0.195) with 112 evaluations at this level (median), against 0.126 mm
+    (worst 0.199) with 140; wide starts, cases 0–5: no case worse than 0.20 mm. Running the
+    estimate's second pass with one design instead of two as well lost depth on wide starts
+    (0.21 → 0.40 mm on one case), so that pass is left whole. See
+    docs/decisions/registration-2d3d-depth-bias.md.
+    """
+    if level.method != "quadratic":
+        return level
+    options = dict(level.options)
+    options["tol_x"] = 2 * float(options.get("tol_x", QuadraticOptions.tol_x))
+    return replace(level, options=options)
 
 
 def _second_pass(level: LevelOptions) -> LevelOptions:

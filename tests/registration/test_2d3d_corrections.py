@@ -474,16 +474,26 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
     levels, carry = final()
     assert (levels, carry) == (binned, None)
     levels, carry = final(full_detector=True)
-    assert levels[:2] == binned
+    assert levels[0] == binned[0]
     assert len(levels) == 3
     assert carry is None
     assert levels[2] == replace(_second_pass(binned[1]), max_voxels=256 * 256)
+    # the binned polish before it stops one halving sooner (tol_x doubled, default 0.02)
+    assert levels[1] == replace(binned[1], options={"radius": 0.5, "tol_x": 0.04})
     # an estimated blur: its second pass at the binned detector, then the full one, which
     # takes σ from it
     levels, carry = final(full_detector=True, detector_blur_px="estimate")
-    assert levels[2:] == [_second_pass(binned[1]),
-                          replace(_second_pass(binned[1]), max_voxels=256 * 256)]
+    second = _second_pass(binned[1])
+    assert levels[1:] == [replace(binned[1], options={"radius": 0.5, "tol_x": 0.04}), second,
+                          replace(second, max_voxels=256 * 256)]
     assert carry == 3
+    # without the full level the first pass polishes as given
+    levels, carry = final(detector_blur_px="estimate")
+    assert (levels, carry) == ([*binned, second], None)
+    # other methods are left as they are
+    powell = [binned[0], replace(binned[1], method="powell", options={"max_evaluations": 60})]
+    levels, _ = _final_levels(list(powell), Register2D3DOptions(full_detector=True), cams)
+    assert levels[:2] == powell
     # a last level that already sees every full detector gets nothing more
     whole = [*binned[:1], replace(binned[1], max_voxels=256 * 256)]
     assert _final_levels(whole, Register2D3DOptions(full_detector=True), cams) == (whole, None)
