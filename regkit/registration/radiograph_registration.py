@@ -317,9 +317,10 @@ class Register2D3DOptions:
             docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases, the whole
             ``register-2d3d`` command: with ``detector_blur_px=1.0`` (the blur known) a
             median mTRE of 0.114 mm (worst 0.182) in 8.5 s, with ``"estimate"`` 0.129 mm
-            (worst 0.195) in 9.6 s, against 0.165 mm with the estimate alone and 0.221 mm
-            with no blur model; AP + lateral with the defaults, 4 cases: 0.146 mm in 26 s
-            against 0.18 mm in 16 s. Default False.
+            (worst 0.195) in 9.6 s (wide starts, 8 cases: 0.130 mm, worst 0.194), against
+            0.165 mm with the estimate alone and 0.221 mm with no blur model; AP + lateral
+            with the defaults, 4 cases: 0.146 mm in 26 s against 0.18 mm in 16 s. Default
+            False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
