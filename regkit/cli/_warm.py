@@ -18,6 +18,9 @@ __all__ = ["REGISTRATION_IMPORTS", "import_in_background"]
 # What the registrations' first level imports and the CLI has not yet; "scipy.stats" is where
 # pycma's own import spends its time (its fitness models take kendalltau from it). pycma itself
 # is left to the main thread: it is imported under a warnings filter, which is process-wide.
+# scipy's imports add global warning filters of their own; a reader that sets filters for a
+# moment meanwhile (nibabel does around scaled data) may drop those or lend them its own for that
+# moment: they concern scipy's deprecations and numeric warnings, not regkit's results.
 REGISTRATION_IMPORTS = ("scipy.stats", "scipy.ndimage")
 
 

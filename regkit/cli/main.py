@@ -104,16 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 # system when they are freed, and trims the heap's top past twice that. A registration makes and
 # frees blocks of 10-40 MB per pyramid level (CT slabs, level volumes, renders), so a cold command
 # paid for every page of them again: 0.9 s of a 12 s ``register-2d3d`` went on page faults that a
-# second run in the same process no longer saw. Blocks up to 64 MiB now come from the heap, and
+# second run in the same process no longer saw. Blocks up to 64 MiB now come from the heap (32 MiB
+# where a glibc build refuses more: the finest level's 35 MB blocks then fault again, 0.25 s), and
 # up to 256 MiB of freed heap is kept for the next ones; the peak RSS is unchanged (measured 876 MB
-# both ways on the chest CT), only what the process holds between peaks.
-_MALLOC_MMAP_THRESHOLD = 64 << 20
+# both ways on the chest CT), only what the process holds between peaks. Set for the commands it
+# was measured on: a long run with many threads (training) may fragment a heap so tuned.
+_MALLOC_MMAP_THRESHOLDS = (64 << 20, 32 << 20)
 _MALLOC_TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3          # mallopt's parameter numbers (malloc.h)
+_ALLOCATOR_COMMANDS = frozenset({"register-2d3d", "register-3d3d"})
 
 
 def _tune_allocator(environ: Mapping[str, str] | None = None) -> bool:
-    """Set glibc's mmap and trim thresholds for the command's process; True if they were set.
+    """Set glibc's mmap and trim thresholds for the command's process; True if both were set.
 
     Left alone on another C library, and where the user set either threshold (the
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` variables or a malloc tunable): the
@@ -122,51 +125,62 @@ def _tune_allocator(environ: Mapping[str, str] | None = None) -> bool:
     """
     import ctypes
     import os
-    import platform
 
     env = os.environ if environ is None else environ
     if any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) \
             or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         return False
-    if platform.libc_ver()[0] != "glibc":
-        return False
     try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):   # None or "" off glibc
+            return False
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (AttributeError, OSError, TypeError, ValueError):   # no confstr, no libc handle
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MALLOC_MMAP_THRESHOLD)) \
-        and bool(mallopt(_M_TRIM_THRESHOLD, _MALLOC_TRIM_THRESHOLD))
+    mmap_set = any(mallopt(_M_MMAP_THRESHOLD, v) for v in _MALLOC_MMAP_THRESHOLDS)
+    trim_set = bool(mallopt(_M_TRIM_THRESHOLD, _MALLOC_TRIM_THRESHOLD))
+    return mmap_set and trim_set
 
 
 def _exit_now(status: int) -> NoReturn:
     """End the process with ``status``, skipping the interpreter's teardown.
 
     With torch loaded, the teardown (every module's objects freed one by one, torch's among them)
-    took 0.35-0.5 s of every command, after its work was done and its files written. What the
-    teardown runs that matters still runs here: the ``atexit`` handlers (logging's flush,
-    temporary directories' clean-up, multiprocessing's), then stdout and stderr are flushed.
-    Where a non-daemon thread still runs, the normal exit waits for it, as Python's own does.
+    took 0.35-0.5 s of every command, after its work was done and its files written (regkit
+    writes its files whole and closes them). What else the teardown runs that matters still runs
+    here: the ``atexit`` handlers (logging's flush, temporary directories' clean-up,
+    multiprocessing's), then Python's standard streams and the C library's buffers are flushed.
+    Objects still alive are not finalised: a plugin command that leaves a file open and unflushed
+    loses its tail. Python's normal exit is taken instead where a non-daemon thread still runs
+    (it waits for the thread) and under a profiler or tracer (which write their output at exit).
     """
     import atexit
     import contextlib
+    import ctypes
     import os
     import threading
 
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    if sys.getprofile() is not None or sys.gettrace() is not None \
+            or any(t is not main_thread and not t.daemon and t.is_alive()
+                   for t in threading.enumerate()):
         sys.exit(status)
     atexit._run_exitfuncs()   # what Py_Finalize runs first; no public name, stable since 3.0
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):   # closed, or a broken pipe
-            stream.flush()
+        if stream is not None:   # None where the descriptor was closed at start
+            with contextlib.suppress(OSError, ValueError):   # closed, or a broken pipe
+                stream.flush()
+    with contextlib.suppress(AttributeError, OSError, TypeError):   # no C library handle
+        ctypes.CDLL(None).fflush(None)
     os._exit(status)
 
 
 def run() -> None:
-    """Console-script entry point."""
-    _tune_allocator()
+    """Console-script entry point (``regkit``, and ``python -m regkit.cli.main``)."""
+    words = sys.argv[1:]
+    if words and words[0] in _ALLOCATOR_COMMANDS:
+        _tune_allocator()
     _exit_now(main())
 
 

@@ -54,14 +54,16 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if args.full_detector:
         options["full_detector"] = True
     warming = import_in_background(*REGISTRATION_IMPORTS)
-    cameras = load_cameras(args.camera)
-    if len(args.image) != len(cameras):
-        raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
-                         f"{args.camera}: give one --image per camera, in file order",
-                         key="--image")
-    images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
-    volume = load_nifti(args.volume, labels=args.labels)
-    warming.join()
+    try:
+        cameras = load_cameras(args.camera)
+        if len(args.image) != len(cameras):
+            raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
+                             f"{args.camera}: give one --image per camera, in file order",
+                             key="--image")
+        images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
+        volume = load_nifti(args.volume, labels=args.labels)
+    finally:   # also on a bad file: no import left running behind the error
+        warming.join()
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
                            options=options or None, progress=ProgressPrinter("register-2d3d"))

@@ -49,11 +49,13 @@ def _register3d3d(args: argparse.Namespace) -> int:
             raise InputError(f"must end with {' or '.join(suffixes)}, got '{path.name}'",
                              key=flag)
     warming = import_in_background(*REGISTRATION_IMPORTS)
-    fixed = load_nifti(args.fixed)
-    moving = load_nifti(args.moving)
-    fixed_mask = _mask(args.fixed_mask, fixed, "--fixed-mask")
-    moving_mask = _mask(args.moving_mask, moving, "--moving-mask")
-    warming.join()
+    try:
+        fixed = load_nifti(args.fixed)
+        moving = load_nifti(args.moving)
+        fixed_mask = _mask(args.fixed_mask, fixed, "--fixed-mask")
+        moving_mask = _mask(args.moving_mask, moving, "--moving-mask")
+    finally:   # also on a bad file: no import left running behind the error
+        warming.join()
 
     result = register_3d3d(fixed, moving, transform=args.transform, metric=args.metric,
                            fixed_mask=fixed_mask, moving_mask=moving_mask, init=args.init,

@@ -183,7 +183,11 @@ def rigid(rotation: Any, offset: Any) -> Any:
     t = t.to(dtype=r.dtype, device=r.device)
     # numpy's broadcast of the shapes: torch.broadcast_shapes imports torch.fx's symbolic
     # shapes and sympy on its first call, 0.2-0.4 s of a cold command line's start.
-    batch = np.broadcast_shapes(tuple(r.shape[:-2]), tuple(t.shape[:-1]))
+    try:
+        batch = np.broadcast_shapes(tuple(r.shape[:-2]), tuple(t.shape[:-1]))
+    except ValueError:
+        raise ShapeError(f"the rotations' batch {tuple(r.shape[:-2])} and the offsets' batch "
+                         f"{tuple(t.shape[:-1])} do not broadcast") from None
     top = torch.cat([r.expand(*batch, 3, 3), t.expand(*batch, 3)[..., None]], dim=-1)
     bottom = torch.zeros(*batch, 1, 4, dtype=r.dtype, device=r.device)
     bottom[..., 0, 3] = 1.0

@@ -64,7 +64,8 @@ Convention:
     polychromatic single-view benchmark the estimate took the median mTRE from 0.30 to
     0.165 mm, but on a small crop of one vertebra it was unreliable, so it is asked for, not
     assumed. ``full_detector`` adds a last level at the full detector (σ carried into it from
-    the level before when estimated): 0.126 mm with the estimate, 0.113 mm with σ known.
+    the level before when estimated): 0.129 mm with the estimate, 0.114 mm with σ known, in
+    9.6 and 8.5 s for the whole ``register-2d3d`` command.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
     smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
@@ -306,7 +307,8 @@ class Register2D3DOptions:
             bins it (up to 512² pixels a view: a larger detector is binned to fit): the last
             level's method and CT, half its steps, and for a quadratic polish half its radius
             and two designs (the blur estimate's second pass runs before it, at the binned
-            detector), and the last level's first pass stops sooner (its ``tol_x`` doubled).
+            detector), and the last level's first pass, a quadratic polish, stops sooner
+            (its ``tol_x`` doubled).
             With an estimated blur this level takes σ from the level before rather than
             estimating it: at the full detector the level CT's voxels are large against a
             pixel and the estimate leans low (0.76–0.80 px for the true 1.0). In-plane
@@ -314,13 +316,13 @@ class Register2D3DOptions:
             0.07 mm at 256²), so this is what reaches the finest poses, at about 2–3 s more
             per 256² view (the cost grows with the pixels). Measured on the polychromatic
             benchmark (256², radiographs blurred by 1 px; see
-            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases, the whole
-            ``register-2d3d`` command: with ``detector_blur_px=1.0`` (the blur known) a
-            median mTRE of 0.114 mm (worst 0.182) in 8.5 s, with ``"estimate"`` 0.129 mm
-            (worst 0.195) in 9.6 s (wide starts, 8 cases: 0.130 mm, worst 0.194), against
-            0.165 mm with the estimate alone and 0.221 mm with no blur model; AP + lateral
-            with the defaults, 4 cases: 0.146 mm in 26 s against 0.18 mm in 16 s. Default
-            False.
+            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases: with
+            ``detector_blur_px=1.0`` (the blur known) a median mTRE of 0.114 mm (worst
+            0.182), with ``"estimate"`` 0.129 mm (worst 0.195; 7.5 s in one process; wide
+            starts, 8 cases: 0.130 mm, worst 0.194), against 0.165 mm with the estimate alone
+            and 0.221 mm with no blur model; the whole ``register-2d3d`` command took 8.5 and
+            9.6 s. AP + lateral with the defaults, 4 cases (stop 29, before the doubled
+            ``tol_x``): 0.146 mm in 26 s against 0.18 mm in 16 s. Default False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -1131,8 +1133,9 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
 def _before_full_detector(level: LevelOptions) -> LevelOptions:
     """The last binned level's first pass when the full-detector level follows it.
 
-    A quadratic polish doubles its ``tol_x``: it stops one halving of its trust region sooner,
-    since the passes after it polish the same pose further. Other methods are left as they
+    A quadratic polish doubles its ``tol_x`` (the default's or the one given): it stops about
+    one halving of its trust region sooner, since the passes after it polish the same pose
+    further. Other methods are left as they
     are. Measured with ``detector_blur_px="estimate"``, single view, 14 cases: a median mTRE of
     0.129 mm (worst 0.195) with 112 evaluations at this level (median), against 0.126 mm
     (worst 0.199) with 140; wide starts, cases 0–5: no case worse than 0.20 mm. Running the
@@ -1140,11 +1143,11 @@ def _before_full_detector(level: LevelOptions) -> LevelOptions:
     (0.21 → 0.40 mm on one case), so that pass is left whole. See
     docs/decisions/registration-2d3d-depth-bias.md.
     """
-    if level.method != "quadratic":
-        return level
-    options = dict(level.options)
-    options["tol_x"] = 2 * float(options.get("tol_x", QuadraticOptions.tol_x))
-    return replace(level, options=options)
+    tol_x = dict(level.options).get("tol_x", QuadraticOptions.tol_x)
+    if level.method != "quadratic" or not is_real(tol_x) or not math.isfinite(tol_x) \
+            or tol_x <= 0:
+        return level   # a bad tol_x is left for the optimizer's own check to name
+    return replace(level, options={**level.options, "tol_x": 2 * float(tol_x)})
 
 
 def _second_pass(level: LevelOptions) -> LevelOptions:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import textwrap
@@ -31,18 +30,72 @@ def test_the_users_allocator_settings_win(environ: dict[str, str]) -> None:
     assert cli_main._tune_allocator(environ) is False
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_the_thresholds_are_set_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_mallopt(monkeypatch: pytest.MonkeyPatch, refuse: set[tuple[int, int]]
+                  ) -> list[tuple[int, int]]:
+    """``ctypes.CDLL(None).mallopt`` recording its calls and refusing ``refuse``; glibc said."""
     calls: list[tuple[int, int]] = []
 
     def mallopt(param: int, value: int) -> int:
         calls.append((param, value))
-        return 1
+        return 0 if (param, value) in refuse else 1
 
     libc = types.SimpleNamespace(mallopt=mallopt)
     monkeypatch.setattr("ctypes.CDLL", lambda _name: libc)
+    monkeypatch.setattr("os.confstr", lambda _name: "glibc 2.36", raising=False)
+    return calls
+
+
+def test_the_thresholds_are_set_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_mallopt(monkeypatch, set())
     assert cli_main._tune_allocator({}) is True
     assert calls == [(-3, 64 << 20), (-1, 256 << 20)]   # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+
+def test_a_glibc_that_caps_the_mmap_threshold_gets_32_mib(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    calls = _fake_mallopt(monkeypatch, {(-3, 64 << 20)})
+    assert cli_main._tune_allocator({}) is True
+    assert calls == [(-3, 64 << 20), (-3, 32 << 20), (-1, 256 << 20)]
+
+
+def test_a_refused_threshold_is_reported_and_the_other_still_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_mallopt(monkeypatch, {(-3, 64 << 20), (-3, 32 << 20)})
+    assert cli_main._tune_allocator({}) is False
+    assert calls[-1] == (-1, 256 << 20)
+
+
+def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_mallopt(monkeypatch, set())
+    monkeypatch.setattr("os.confstr", lambda _name: None, raising=False)   # musl, macOS
+    assert cli_main._tune_allocator({}) is False
+    assert calls == []
+
+
+@pytest.mark.parametrize(("argv", "tuned"), [
+    (["register-2d3d", "--help"], True), (["register-3d3d", "--help"], True),
+    (["camera", "--help"], False), (["--version"], False), ([], False)])
+def test_run_tunes_the_allocator_for_the_registrations_only(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], tuned: bool) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "argv", ["regkit", *argv])
+    monkeypatch.setattr(cli_main, "_tune_allocator", lambda: seen.append("tune"))
+    monkeypatch.setattr(cli_main, "main", lambda: 3)
+
+    def exit_now(status: int) -> None:
+        seen.append(f"exit {status}")
+
+    monkeypatch.setattr(cli_main, "_exit_now", exit_now)
+    cli_main.run()
+    assert seen == (["tune"] if tuned else []) + ["exit 3"]
+
+
+def test_the_installed_command_is_run() -> None:
+    """The ``regkit`` script enters through ``run`` (allocator, fast exit), not ``main``."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="regkit")
+    assert script.value == "regkit.cli.main:run"
 
 
 def test_background_imports_load_the_modules_and_skip_failures(tmp_path: Path,
@@ -84,18 +137,39 @@ def test_the_fast_exit_keeps_the_status_the_exit_handlers_and_the_output(tmp_pat
 @pytest.mark.slow
 def test_the_fast_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
     proc = _python("""
-        import sys, threading, time
+        import threading, time
+        import regkit.cli.main as cli
         def work():
-            time.sleep(0.5)
+            time.sleep(1.0)
             open("thread_done", "w").write("yes")
+        cli.main = lambda: 0                           # return at once: the thread still runs
         threading.Thread(target=work).start()          # not a daemon: the exit waits for it
-        sys.argv = ["regkit", "--version"]
+        cli.run()
+        """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "thread_done").read_text() == "yes"
+
+
+@pytest.mark.slow
+def test_the_fast_exit_without_a_stdout_keeps_the_status(tmp_path: Path) -> None:
+    proc = _python("""
+        import sys
+        sys.stdout = None                              # as when descriptor 1 is closed
+        sys.argv = ["regkit", "camera", "show", "missing.json"]
         from regkit.cli.main import run
         run()
         """, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("regkit ")
-    assert (tmp_path / "thread_done").read_text() == "yes"
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.json" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_profiler_still_writes_its_output(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "prof.out"),
+                           "-m", "regkit.cli.main", "camera", "show", "missing.json"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120)
+    assert "missing.json" in proc.stderr   # (cProfile swallows the exit status itself)
+    assert (tmp_path / "prof.out").stat().st_size > 0
 
 
 @pytest.mark.slow

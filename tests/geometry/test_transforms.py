@@ -551,7 +551,7 @@ def test_rigid_broadcasts_rotations_and_offsets() -> None:
     np.testing.assert_allclose(out[3, 1, :3, :3], rot[1])
     np.testing.assert_allclose(out[3, 1, :3, 3], off[3, 0])
     np.testing.assert_array_equal(out[..., 3, :], np.broadcast_to([0.0, 0.0, 0.0, 1.0], (5, 2, 4)))
-    with pytest.raises(ValueError, match="broadcast"):
+    with pytest.raises(ShapeError, match=r"batch \(2,\) and the offsets' batch \(3,\)"):
         tf.rigid(rot, np.zeros((3, 3)))      # batches 2 and 3 do not broadcast
 
 

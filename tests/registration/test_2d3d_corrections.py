@@ -490,6 +490,12 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
     # without the full level the first pass polishes as given
     levels, carry = final(detector_blur_px="estimate")
     assert (levels, carry) == ([*binned, second], None)
+    # a tol_x given is doubled too; a bad one is left for the optimizer's check to name
+    for given, want in ((0.1, 0.2), (True, True), ("0.1", "0.1"), (None, None), (-1.0, -1.0),
+                        (math.inf, math.inf)):
+        own = [binned[0], replace(binned[1], options={"radius": 0.5, "tol_x": given})]
+        levels, _ = _final_levels(own, Register2D3DOptions(full_detector=True), cams)
+        assert dict(levels[1].options)["tol_x"] == want
     # other methods are left as they are
     powell = [binned[0], replace(binned[1], method="powell", options={"max_evaluations": 60})]
     levels, _ = _final_levels(list(powell), Register2D3DOptions(full_detector=True), cams)
