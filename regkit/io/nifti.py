@@ -36,6 +36,7 @@ PathLike = str | os.PathLike[str]
 _READ_ERRORS = (ImageFileError, HeaderDataError, EOFError, zlib.error, OSError)
 
 # A label grid matches the image grid when their affines agree to this, mm (and exactly in shape).
+_COPY_PLANES = 16   # planes of the middle axis per slab in _c_order
 _GRID_TOLERANCE_MM = 1e-4
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -105,7 +106,24 @@ def _read(path: PathLike) -> tuple[np.ndarray, NDArray[np.float64]]:
     # NIfTI stores i fastest, so nibabel hands back a Fortran-ordered array; everything
     # downstream (texture uploads, crops, label boxes) walks (I, J, K) in C order and is several
     # times slower on strided data, so the one copy is made here.
-    return np.ascontiguousarray(data), np.asarray(image.affine, dtype=np.float64)
+    return _c_order(data), np.asarray(image.affine, dtype=np.float64)
+
+
+def _c_order(data: np.ndarray) -> np.ndarray:
+    """``data`` as a C-ordered array: itself if it is one, else a copy.
+
+    A Fortran-ordered 3-D array is copied slab by slab along its middle axis, 16 planes at a
+    time, so that the strided reads of a slab stay in cache: 0.16-0.18 s for the 512 × 512 ×
+    133 int16 chest CT, where ``np.ascontiguousarray``'s single transposing pass took 0.3-0.5 s.
+    """
+    if data.flags.c_contiguous:
+        return data
+    if data.ndim != 3 or not data.flags.f_contiguous:
+        return np.ascontiguousarray(data)
+    out = np.empty(data.shape, dtype=data.dtype)
+    for j in range(0, data.shape[1], _COPY_PLANES):
+        out[:, j:j + _COPY_PLANES] = data[:, j:j + _COPY_PLANES]
+    return out
 
 
 def _as_labels(data: np.ndarray, source: Path) -> np.ndarray:

@@ -52,6 +52,27 @@ def test_round_trip_is_exact_for_data_and_float32_affine(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "labels.nii.gz"]
 
 
+def test_volumes_load_in_c_order_with_their_values(tmp_path: Path) -> None:
+    """The read's copy to C order, slab by slab: a middle axis of several slabs and a part."""
+    from regkit.io.nifti import _c_order
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1024, 3000, size=(9, 37, 5)).astype(np.int16)
+    save_nifti(Volume(data, np.eye(4)), tmp_path / "ct.nii.gz")
+    loaded = load_nifti(tmp_path / "ct.nii.gz")
+    assert loaded.data.flags.c_contiguous
+    np.testing.assert_array_equal(loaded.data, data)
+    fortran = np.asfortranarray(rng.normal(size=(4, 40, 3)))
+    copied = _c_order(fortran)
+    assert copied.flags.c_contiguous
+    np.testing.assert_array_equal(copied, fortran)
+    c_ordered = np.ascontiguousarray(fortran)
+    assert _c_order(c_ordered) is c_ordered                  # no copy of a C-ordered array
+    strided = c_ordered[:, ::3]
+    np.testing.assert_array_equal(_c_order(strided), strided)
+    assert _c_order(strided).flags.c_contiguous
+
+
 def test_round_trip_oblique_float_volume(tmp_path: Path) -> None:
     data = np.random.default_rng(1).normal(size=(4, 5, 6)).astype(np.float32)
     affine = _oblique_affine()
