@@ -104,6 +104,7 @@ from regkit.geometry.camera import Camera, save_cameras
 from regkit.geometry.carm import camera_from_carm
 from regkit.geometry.transforms import rigid_from_params
 from regkit.io.nifti import load_nifti
+from regkit.registration.levels import LevelOptions
 from regkit.testing.radiographs import ForwardModel, make_forward_model
 from regkit.volume import Volume
 
@@ -324,13 +325,26 @@ def register_whole_process(ct_path: Path, case: Case, backend: str | None,
             "command": " ".join(cmd)}
 
 
+# A first level that stays where it starts (one Powell evaluation, steps of 1e-6 mm and degree),
+# so that the polished level runs as a level past the first: with what the registration fits
+# only there (each view's intensity map and zoom, the bone weight, the blur's estimate).
+_STAY = LevelOptions(shrink=4.0, max_voxels=32 * 32, method="powell",
+                     options={"max_evaluations": 1}, rot_step_deg=1e-6, trans_step_mm=1e-6)
+
+
 def polish_from_truth(ct: Volume, case: Case, options: dict[str, Any] | None,
                       backend: str | None) -> dict[str, Any]:
-    """The last level alone from the true cameras: where the objective's optimum near it lies."""
+    """The last level from the true cameras: where the objective's optimum near them lies.
+
+    It runs after :data:`_STAY`, as a level past the first (run as the first, it left out the
+    intensity maps, zooms and bone weight: on two views its optimum lay 0.58 mm from the truth
+    against 0.27 mm with them). With ``full_detector`` (or an estimated blur) the levels those
+    options add follow it, as in the registration.
+    """
     from regkit.registration import Register2D3DOptions, register_2d3d
 
     opts = Register2D3DOptions(**(options or {}))
-    last = dataclasses.replace(opts, levels=(opts.levels[-1],))
+    last = dataclasses.replace(opts, levels=(_STAY, opts.levels[-1]))
     t0 = time.perf_counter()
     result = register_2d3d(ct, case.true, case.images, seed=case.index, options=last,
                            backend=backend)
