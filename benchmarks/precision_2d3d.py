@@ -57,8 +57,10 @@ for ``nanodrr``, of its registration loop, the ``Subject`` built beforehand), ev
 score and the per-level facts of ``result.extras["levels"]`` (for ``nanodrr``: its 150 iterations,
 the best GNCC and no levels).
 
-``--diagnose`` adds, per case, the last pyramid level alone run from the *true* cameras (same
-images, options and seed): its mTRE is how far the objective's own optimum near the truth lies
+``--diagnose`` adds, per case, the last pyramid level run from the *true* cameras (same
+images, options and seed; after a first level that stays put, so that it fits what a level past
+the first fits, and followed by the levels ``full_detector`` or an estimated blur add): its mTRE
+is how far the objective's own optimum near the truth lies
 from it (a bias of the model mismatch, whatever the search), and its final score against the
 registration's says whether the search stopped short (the optimum near the truth scores better:
 ``search_deficit`` > 0) or the objective prefers where the registration ended (≤ 0).
