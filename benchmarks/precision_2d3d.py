@@ -61,9 +61,11 @@ the best GNCC and no levels).
 images, options and seed; after a first level that stays put, so that it fits what a level past
 the first fits, and followed by the levels ``full_detector`` or an estimated blur add): its mTRE
 is how far the objective's own optimum near the truth lies
-from it (a bias of the model mismatch, whatever the search), and its final score against the
-registration's says whether the search stopped short (the optimum near the truth scores better:
-``search_deficit`` > 0) or the objective prefers where the registration ended (≤ 0).
+from it (a bias of the model mismatch, whatever the search; with the level's fits made at the
+truth). Its final score against the registration's (``search_deficit`` > 0: the polish scores
+better) compares levels whose fits were made at different poses: with per-level fits (two
+views, the bone weight, the blur model) the two scores are on different scales and the sign is
+only a hint.
 
 Summary: median, 90th percentile and worst mTRE, the fraction under 1, 2 and 10 mm, median depth,
 in-plane and mPD, median seconds. Results are rewritten to ``--out`` after every case; the JSON's
@@ -327,9 +329,10 @@ def register_whole_process(ct_path: Path, case: Case, backend: str | None,
             "command": " ".join(cmd)}
 
 
-# A first level that stays where it starts (one Powell evaluation, steps of 1e-6 mm and degree),
-# so that the polished level runs as a level past the first: with what the registration fits
-# only there (each view's intensity map and zoom, the bone weight, the blur's estimate).
+# A first level that stays where it starts, so that the polished level runs as a level past the
+# first: with what the registration fits only there (each view's intensity map and zoom, the bone
+# weight, the blur's estimate). The budget of one evaluation holds the pose (scipy's Powell stops
+# before its first line search; the 1e-6 steps only keep any slip small).
 _STAY = LevelOptions(shrink=4.0, max_voxels=32 * 32, method="powell",
                      options={"max_evaluations": 1}, rot_step_deg=1e-6, trans_step_mm=1e-6)
 
@@ -340,13 +343,16 @@ def polish_from_truth(ct: Volume, case: Case, options: dict[str, Any] | None,
 
     It runs after :data:`_STAY`, as a level past the first (run as the first, it left out the
     intensity maps, zooms and bone weight: on two views its optimum lay 0.58 mm from the truth
-    against 0.27 mm with them). With ``full_detector`` (or an estimated blur) the levels those
-    options add follow it, as in the registration.
+    against 0.27 mm with them), without random starts. With ``full_detector`` (or an estimated
+    blur) the levels those options add follow it, as in the registration. What the level fits
+    at its start (maps, scatter veil, bone weight, σ) is fitted at the truth here, where the
+    registration fits it where its previous level ended: this optimum is that of the objective
+    at its most favourable fit, and its score is not on the registration's scale.
     """
     from regkit.registration import Register2D3DOptions, register_2d3d
 
     opts = Register2D3DOptions(**(options or {}))
-    last = dataclasses.replace(opts, levels=(_STAY, opts.levels[-1]))
+    last = dataclasses.replace(opts, levels=(_STAY, opts.levels[-1]), starts=0)
     t0 = time.perf_counter()
     result = register_2d3d(ct, case.true, case.images, seed=case.index, options=last,
                            backend=backend)

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from regkit.errors import BackendUnavailableError, UserInputError
 from regkit.registry import Registry
 
-__all__ = ["build_parser", "commands", "main"]
+__all__ = ["build_parser", "commands", "main", "run"]
 
 Register = Callable[[Any], None]
 
@@ -131,10 +131,11 @@ def _tune_allocator(environ: Mapping[str, str] | None = None) -> bool:
             or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         return False
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):   # None or "" off glibc
+        # off glibc this raises (ValueError on macOS, OSError on musl; no confstr on Windows)
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
             return False
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError, ValueError):   # no confstr, no libc handle
+    except (AttributeError, OSError, TypeError, ValueError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -162,18 +163,33 @@ def _exit_now(status: int) -> NoReturn:
     import threading
 
     main_thread = threading.main_thread()
-    if sys.getprofile() is not None or sys.gettrace() is not None \
-            or any(t is not main_thread and not t.daemon and t.is_alive()
-                   for t in threading.enumerate()):
+    if _observed() or any(t is not main_thread and not t.daemon and t.is_alive()
+                          for t in threading.enumerate()):
         sys.exit(status)
     atexit._run_exitfuncs()   # what Py_Finalize runs first; no public name, stable since 3.0
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:   # None where the descriptor was closed at start
-            with contextlib.suppress(OSError, ValueError):   # closed, or a broken pipe
+            # closed, a broken pipe, or a stand-in stream without flush
+            with contextlib.suppress(AttributeError, OSError, ValueError):
                 stream.flush()
     with contextlib.suppress(AttributeError, OSError, TypeError):   # no C library handle
         ctypes.CDLL(None).fflush(None)
     os._exit(status)
+
+
+def _observed() -> bool:
+    """Whether a profiler, tracer, debugger or coverage tool watches the process.
+
+    Through ``sys.setprofile`` / ``sys.settrace``, or, from Python 3.12, ``sys.monitoring``
+    (cProfile, and coverage on 3.14, use it): they write what they gathered at exit.
+    """
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    if monitoring is None:
+        return False
+    return any(monitoring.get_tool(tool) is not None for tool in
+               (monitoring.DEBUGGER_ID, monitoring.COVERAGE_ID, monitoring.PROFILER_ID))
 
 
 def run() -> None:

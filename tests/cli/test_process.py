@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -65,9 +66,18 @@ def test_a_refused_threshold_is_reported_and_the_other_still_set(
     assert calls[-1] == (-1, 256 << 20)
 
 
-def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("error", [ValueError, OSError, None])
+def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch,
+                                         error: type[Exception] | None) -> None:
+    """``os.confstr`` raises off glibc (ValueError on macOS, OSError on musl) or finds none."""
     calls = _fake_mallopt(monkeypatch, set())
-    monkeypatch.setattr("os.confstr", lambda _name: None, raising=False)   # musl, macOS
+
+    def confstr(_name: str) -> str | None:
+        if error is not None:
+            raise error("CS_GNU_LIBC_VERSION")
+        return None
+
+    monkeypatch.setattr("os.confstr", confstr, raising=False)
     assert cli_main._tune_allocator({}) is False
     assert calls == []
 
@@ -90,12 +100,10 @@ def test_run_tunes_the_allocator_for_the_registrations_only(
     assert seen == (["tune"] if tuned else []) + ["exit 3"]
 
 
-def test_the_installed_command_is_run() -> None:
+def test_the_regkit_script_is_run() -> None:
     """The ``regkit`` script enters through ``run`` (allocator, fast exit), not ``main``."""
-    from importlib.metadata import entry_points
-
-    (script,) = entry_points(group="console_scripts", name="regkit")
-    assert script.value == "regkit.cli.main:run"
+    pyproject = (Path(cli_main.__file__).parents[2] / "pyproject.toml").read_text()
+    assert re.findall(r'^regkit = "([^"]+)"$', pyproject, re.MULTILINE) == ["regkit.cli.main:run"]
 
 
 def test_background_imports_load_the_modules_and_skip_failures(tmp_path: Path,
