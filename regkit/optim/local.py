@@ -48,8 +48,9 @@ class LocalOptions:
     """Options of :class:`Powell` and :class:`NelderMead`; an unknown key is an error.
 
     Attributes:
-        max_evaluations: Evaluation budget (scipy ``maxfev``; checked by scipy between steps, so
-            it may be passed by a few). None: scipy's default (1000·n Powell, 200·n Nelder–Mead).
+        max_evaluations: Evaluation budget (scipy ``maxfev``, which scipy ≥ 1.8 keeps exactly:
+            it stops at the budget's last evaluation, even inside a Powell line search). None:
+            scipy's default (1000·n Powell, 200·n Nelder–Mead).
         max_iterations: Iteration budget (scipy ``maxiter``). None: scipy's default.
         tol_x: Tolerance on the point, in scaled units (fractions of each coordinate's scale):
             Powell's line-search ``xtol``, Nelder–Mead's ``xatol``.

@@ -77,6 +77,26 @@ def test_budget_and_callback_reasons(rotated_quadratic: Any) -> None:
     assert result.iterations >= 2
 
 
+@pytest.mark.parametrize("method", ["powell", "nelder_mead"])
+@pytest.mark.parametrize("budget", [1, 5, 37])
+def test_the_evaluation_budget_is_kept_exactly(rotated_quadratic: Any, method: str,
+                                               budget: int) -> None:
+    """Not one evaluation past ``max_evaluations``; a budget of 1 leaves the start as it is."""
+    p = rotated_quadratic
+    seen: list[int] = []
+
+    def counted(x: np.ndarray) -> np.ndarray:
+        seen.append(len(np.atleast_2d(x)))
+        return np.asarray(p.objective(x))
+
+    start = np.full(6, 0.1)
+    result = minimize(counted, start, p.spec, method, {"max_evaluations": budget})
+    assert sum(seen) == budget
+    assert result.evaluations == budget
+    if budget == 1:
+        np.testing.assert_array_equal(result.x, start)
+
+
 def test_not_ask_tell_but_runs_through_the_registry(rotated_quadratic: Any) -> None:
     cls = optimizers.get("powell")
     assert cls is Powell
