@@ -968,7 +968,7 @@ class _LevelBuilder:
                       metric=self.metric, bones=self.bones,
                       bone_margin_px=self.opts.bone_margin_px, max_batch=self.opts.max_batch,
                       factors=factors, spacing_mm=self.volume(level.shrink, sharp).spacing,
-                      smooth_px=self.opts.smooth_px,
+                      smooth_px=self.opts.smooth_px, sharp_ct=sharp,
                       bone_renderer=self.renderer(level.shrink, gradient, bone=True,
                                                   sharp=sharp) if fit_bone else None,
                       weighted_renderer=None if self.opts.bone_weight_per_candidate
@@ -1117,17 +1117,18 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
     """
     last = levels[-1]
     out = list(levels)
+    estimate = opts.detector_blur_px == "estimate"
     pixels = min(max(c.height * c.width for c in cameras), _FULL_DETECTOR_MAX_PIXELS)
     full = opts.full_detector and pixels > last.max_voxels \
         and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras)
     if full:
         out[-1] = _before_full_detector(last)
-    if opts.detector_blur_px == "estimate":
+    if estimate:
         out.append(_second_pass(last))
     if not full:
         return out, None
     out.append(replace(_second_pass(last), max_voxels=pixels))
-    return out, (len(out) - 1 if opts.detector_blur_px == "estimate" else None)
+    return out, (len(out) - 1 if estimate else None)
 
 
 def _before_full_detector(level: LevelOptions) -> LevelOptions:
@@ -1135,10 +1136,10 @@ def _before_full_detector(level: LevelOptions) -> LevelOptions:
 
     A quadratic polish doubles its ``tol_x`` (the default's or the one given): it stops about
     one halving of its trust region sooner, since the passes after it polish the same pose
-    further. Other methods are left as they
-    are. Measured with ``detector_blur_px="estimate"``, single view, 14 cases: a median mTRE of
-    0.129 mm (worst 0.195) with 112 evaluations at this level (median), against 0.126 mm
-    (worst 0.199) with 140; wide starts, cases 0–5: no case worse than 0.20 mm. Running the
+    further. Other methods are left as they are. Measured with ``detector_blur_px="estimate"``,
+    single view, 14 cases: a median mTRE of 0.129 mm (worst 0.195) with 112 evaluations at
+    this level (median), against 0.126 mm (worst 0.199) with 140; wide starts, cases 0–5: no
+    case worse than 0.20 mm. Running the
     estimate's second pass with one design instead of two as well lost depth on wide starts
     (0.21 → 0.40 mm on one case), so that pass is left whole. See
     docs/decisions/registration-2d3d-depth-bias.md.
@@ -1190,7 +1191,6 @@ class _Problem:
         sharp = index > 0 and (blur == "estimate" or bool(blur))
         lv = self.builder.build(options, fit_bone=self.opts.fit_bone_weight and index > 0,
                                 sharp=sharp)
-        lv.sharp_ct = sharp
         lv.pivot, lv.higher_is_better = self.pivot, self.higher_is_better
         lv.spec = ParamSpec.rigid6(options.rot_step_deg, options.trans_step_mm,
                                    rot_bound_deg=self.opts.rot_range_deg,
