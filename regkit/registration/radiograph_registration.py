@@ -42,18 +42,20 @@ Convention:
     padding), dilated by 2 pixels so that the collimator's edge, which no DRR shows, is not
     scored either.
 
-    **Two or more views** (the defaults; the intensity map and the veil removal can be asked
+    **Two or more views** (the defaults; the intensity map and the scatter removal can be asked
     for with one view too, the zoom cannot): at the start of every level but the first, each
     radiograph is mapped to the DRR at the level's starting pose by an increasing polynomial
-    (a cubic where that is increasing), and a smooth additive veil of its transmitted image
-    (scatter) is estimated and removed (``intensity_degree``, ``scatter_sigma``); and each
-    view gets a free zoom of its image about its principal point (``view_zoom``: ``6 + V``
-    parameters, the zooms as ``log s``, reported in ``extras["view_zoom"]`` and not applied
-    to the result's cameras). A view's distance from its source then comes from the other
-    views' detectors rather than from its own apparent magnification, which blur and scatter
-    bias. On the polychromatic biplane benchmark the median mTRE went from 0.55 to 0.17 mm.
-    One view keeps all three off: they made its depth worse. See
-    docs/decisions/registration-2d3d-depth-bias.md.
+    (a cubic where that is increasing), after its scatter (a fraction of its primary spread by
+    a wide kernel, fitted per view with the primary's shape) is estimated and removed in its
+    transmitted domain (``intensity_degree``, ``scatter_sigma``; the last level then runs
+    twice more, refitting both where the pass before ended); and each view gets a free zoom
+    of its image about its principal point (``view_zoom``: ``6 + V`` parameters, the zooms as
+    ``log s``, reported in ``extras["view_zoom"]`` and not applied to the result's cameras).
+    A view's distance from its source then comes from the other views' detectors rather than
+    from its own apparent magnification, which blur and scatter bias. On the polychromatic
+    biplane benchmark the median mTRE went from 0.55 to 0.17 mm, and to 0.097 mm with the
+    scatter model and the repeated last level (2026-12-05, 8 cases). One view keeps all three
+    off: they made its depth worse. See docs/decisions/registration-2d3d-depth-bias.md.
 
     **The detector's blur** (``detector_blur_px``, off by default): every DRR can be blurred
     in the transmitted domain, as a detector blurs, by a given σ or one estimated at the start
@@ -242,11 +244,20 @@ class Register2D3DOptions:
             mapped, thick and thin parts weigh as in the DRR. 0: off. None (default): 3 with
             two or more views, or with one whose detector blur is modelled
             (``detector_blur_px``); 0 otherwise (see below).
-        scatter_sigma: With ``intensity_degree``, also remove a smooth additive part of each
-            radiograph's transmitted image (scatter, veiling glare), estimated at the level's
-            start as the difference to the DRR's, smoothed by a Gaussian of this σ as a
-            fraction of the detector's larger side. 0: off. None (default): 0.06 with two or
-            more views, 0 with one.
+        scatter_sigma: With ``intensity_degree``, first remove each radiograph's scatter:
+            its transmitted image is modelled, at the level's starting pose, as a primary
+            (a non-negative sum of exponentials of the DRR, a spectrum's energies) plus a
+            fraction ``k`` of that primary blurred by a Gaussian (a scatter kernel), fitted
+            by least squares
+            (:func:`~regkit.registration._radiograph_images.scatter_estimate`), for kernels
+            of 1–3 times this σ as a fraction of the detector's larger side; the kernel
+            whose removal, mapped, agrees best with the DRR's gradients is kept (``k``, the
+            kernel's σ in pixels, ``veil_fraction`` and ``scatter_domain`` recorded in the
+            levels' facts), and the scatter is subtracted before the map is fitted. The
+            last level then runs again and once more as a second pass (see
+            ``detector_blur_px``), each refitting the scatter where the pass before ended:
+            the first fit is biased by how far off the level's start was. 0: off. None
+            (default): 0.06 with two or more views, 0 with one.
         view_zoom: Give each view a free zoom of its image about its principal point, at
             every level but the first (one parameter per view, reported in
             ``extras["view_zoom"]``, not applied to the result's cameras): each view's pose
@@ -261,6 +272,9 @@ class Register2D3DOptions:
             on an oblique pair and on monochromatic radiographs they changed little; on the
             small shipped crop at 80², with or without scatter, they cost 0.02–0.17 mm; a
             biplane registration takes about 1.5× as long (28 s against 19 s, back to back).
+            The scatter fitted with the primary (2026-12-05) then took the biplane benchmark
+            from 0.177 to 0.097 mm (8 cases, worst 0.133), heavier scatter from 0.42 / 0.47
+            to 0.37 / 0.46 mm, at 1.9× the time (43 s against 23 s on one machine).
             In a single view without the detector blur modelled, the intensity map and the
             veil removal made the depth worse (cases 0–2: mTRE 0.28–0.38 → 0.74–0.87 mm),
             because what they remove had offset the depth bias of the radiograph's blur; with
@@ -1108,7 +1122,9 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
                   cameras: list[Camera]) -> tuple[list[LevelOptions], int | None]:
     """The pyramid with the levels the options add after it, and where σ is carried.
 
-    An estimated blur adds the last level's second pass (:func:`_second_pass`);
+    An estimated blur adds the last level's second pass (:func:`_second_pass`); the scatter
+    removal adds the whole last level once more and then that pass, each refitting the
+    scatter, the maps and the bone weight where the pass before ended;
     ``full_detector`` then adds that pass's settings at the full detector, where the last level
     bins any view, binned only as far as :data:`_FULL_DETECTOR_MAX_PIXELS` needs, and the last
     level's first pass polishes less (:func:`_before_full_detector`). Returns the levels and the
@@ -1123,7 +1139,10 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
         and any(_detector_factor(c, last.max_voxels) > 1 for c in cameras)
     if full:
         out[-1] = _before_full_detector(last)
-    if estimate:
+    refit = (opts.scatter_sigma or 0.0) > 0
+    if refit:
+        out.append(last)
+    if estimate or refit:
         out.append(_second_pass(last))
     if not full:
         return out, None
@@ -1152,14 +1171,14 @@ def _before_full_detector(level: LevelOptions) -> LevelOptions:
 
 
 def _second_pass(level: LevelOptions) -> LevelOptions:
-    """The last level once more, for an estimated blur, from the first pass's answer.
+    """The last level once more, from the pass before's answer (blur estimate, scatter).
 
-    Its start re-estimates σ (and refits the map and the bone weight) at a pose the first pass
-    has already polished: the first estimate, made at the level's start, is biased by how far
-    off that start is. Half the first pass's steps; a quadratic polish also halves its radius
-    (which counts in steps, so its first trust region, and ``tol_x`` with it, is a quarter of
-    the first pass's in mm and degrees) and stops after two designs. Other methods keep their
-    options (and budgets).
+    Its start re-estimates σ or the scatter (and refits the map and the bone weight) at a pose
+    the first pass has already polished: the first estimate, made at the level's start, is
+    biased by how far off that start is. Half the first pass's steps; a quadratic polish also
+    halves its radius (which counts in steps, so its first trust region, and ``tol_x`` with it,
+    is a quarter of the first pass's in mm and degrees) and stops after two designs. Other
+    methods keep their options (and budgets).
     """
     options = dict(level.options)
     if level.method == "quadratic":
