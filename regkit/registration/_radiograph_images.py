@@ -399,7 +399,8 @@ PHYSICAL_RANGE = 12.0
 #: non-negative sum models a radiograph's primary transmission (a spectrum's energies).
 PRIMARY_RATES = (0.5, 1.0, 1.5, 2.0, 3.0)
 #: The scatter kernel's σ tried, as multiples of the one asked for: the one whose removal,
-#: mapped, agrees best with the DRR (:func:`gradient_agreement`) is kept for all views.
+#: mapped, agrees best with the DRR (:func:`gradient_agreement`) is kept for all the images
+#: of one :func:`match_intensities` call.
 SCATTER_WIDTHS = (1.0, 1.5, 2.0, 2.5, 3.0)
 #: The scatter fractions searched: scatter-to-primary ratios of a lateral chest without a grid.
 SCATTER_FRACTIONS = (0.0, 2.0)
@@ -437,21 +438,24 @@ def scatter_estimate(log_image: torch.Tensor, drr: torch.Tensor, weight: torch.T
         x = log_image[b].detach().to(torch.float64)
         w = torch.ones_like(d) if weight is None else weight[b].detach().to(torch.float64)
         keep = (w > 0) & torch.isfinite(d) & torch.isfinite(x)
-        if int(keep.sum()) <= 2 * len(PRIMARY_RATES):
+        if int(keep.sum()) <= 2 * len(PRIMARY_RATES) \
+                or float(d[keep].max() - d[keep].min()) <= 1e-6:   # no structure to fit
             out.append(torch.zeros_like(log_image[b]))
             fractions.append(0.0)
             continue
         d = torch.where(keep, d - d[keep].min(), 0.0)
         w = torch.where(keep, w, 0.0)
         phi = torch.stack([torch.exp(-a * d) for a in PRIMARY_RATES])
-        gphi = smooth(phi, sigma, w.expand_as(phi))
+        # the kernel in float32 (float64 convolutions are ~10x slower on CPU); fitted in float64
+        gphi = smooth(phi.float(), sigma, w.float().expand_as(phi)).double()
         t = torch.where(keep, torch.exp(-(x - float(low[b]))), 0.0)
         p_ = (phi * w.sqrt()).flatten(1)[:, keep.flatten()].numpy()
         g_ = (gphi * w.sqrt()).flatten(1)[:, keep.flatten()].numpy()
         y = (t * w.sqrt()).flatten()[keep.flatten()].numpy()
         k, c = _fit_scatter_fraction(p_, g_, y)
         primary = torch.einsum("j,jhw->hw", torch.from_numpy(c), phi)
-        out.append((k * smooth(primary[None], sigma, w[None])[0]).to(log_image.dtype))
+        spread = smooth(primary[None].float(), sigma, w[None].float())[0].double()
+        out.append((k * spread).to(log_image.dtype))
         fractions.append(k)
     return torch.stack(out), fractions
 
@@ -468,13 +472,16 @@ def _fit_scatter_fraction(p_: NDArray[np.float64], g_: NDArray[np.float64],
 
     pp, pg, gg = p_ @ p_.T, p_ @ g_.T, g_ @ g_.T
     py, gy, yy = p_ @ y, g_ @ y, float(y @ y)
-    ridge = float(np.trace(pp)) * 1e-12 * np.eye(len(py))
+    eps = float(np.trace(pp)) * 1e-12
 
     def solve(k: float) -> tuple[NDArray[np.float64], float]:
-        chol = np.linalg.cholesky(pp + k * (pg + pg.T) + k * k * gg + ridge)
+        # with M = (P + kG)(P + kG)ᵀ + εI = LLᵀ: ‖Lᵀc − L⁻¹v‖² = ‖(P + kG)ᵀc − y‖² + ε‖c‖²
+        # − ‖y‖² + ‖L⁻¹v‖²; the ridge's own term is taken off, or it alone would pick k
+        # where k cannot be told (it shrinks c as k grows)
+        chol = np.linalg.cholesky(pp + k * (pg + pg.T) + k * k * gg + eps * np.eye(len(py)))
         rhs = np.linalg.solve(chol, py + k * gy)
         c, rnorm = nnls(chol.T, rhs)
-        return c, yy - float(rhs @ rhs) + rnorm ** 2
+        return c, yy - float(rhs @ rhs) + rnorm ** 2 - eps * float(c @ c)
 
     grid = np.concatenate([[SCATTER_FRACTIONS[0]],
                            np.geomspace(0.005, SCATTER_FRACTIONS[1], 40)])
@@ -488,15 +495,19 @@ def _fit_scatter_fraction(p_: NDArray[np.float64], g_: NDArray[np.float64],
 def gradient_agreement(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None) -> float:
     """The mean over images of the correlation of ``a``'s and ``b``'s gradients.
 
-    Both components of each ``(B, H, W)`` image's finite-difference gradient, over the
-    pixels of positive ``weight`` (all without), correlated as one vector (Pearson).
+    Both components of each ``(B, H, W)`` image's central-difference gradient, over the
+    pixels of positive ``weight`` whose four neighbours have it too (all pixels without),
+    correlated as one vector (Pearson); an image with no such pixel adds 0.
     """
     ga, gb = torch.gradient(a, dim=(1, 2)), torch.gradient(b, dim=(1, 2))
-    w = torch.ones_like(a) if weight is None else weight
+    ok = torch.ones_like(a, dtype=torch.bool) if weight is None else weight > 0
+    # a central difference reads both neighbours: both must count (the image's edge repeats)
+    pad = torch.nn.functional.pad(ok[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0] > 0
+    ok = ok & pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2] & pad[:, 1:-1, 2:]
     total = 0.0
     for i in range(a.shape[0]):
-        x = torch.cat([g[i][w[i] > 0] for g in ga]).double()
-        y = torch.cat([g[i][w[i] > 0] for g in gb]).double()
+        x = torch.cat([g[i][ok[i]] for g in ga]).double()
+        y = torch.cat([g[i][ok[i]] for g in gb]).double()
         x, y = x - x.mean(), y - y.mean()
         total += float((x * y).sum() / ((x * x).sum() * (y * y).sum()).sqrt().clamp(min=1e-30))
     return total / a.shape[0]
@@ -513,7 +524,8 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
        ``e^{−x}``; pixels of zero weight keep their value), for each kernel σ of
        :data:`SCATTER_WIDTHS` × ``scatter_px``; the σ whose result, mapped as in step 2,
        agrees best with the DRR's gradients (:func:`gradient_agreement`, averaged over the
-       views) is kept for all views. The residual of the scatter fit itself chose too
+       images) is kept for all the images given (a registration's views of one detector
+       size). The residual of the scatter fit itself chose too
        narrow a kernel for a broad scatter (σ 40 px of 256: 0.12 of the side chosen, 0.9 mm
        of mTRE against 0.37 at 0.15). Scatter
        adds to the transmitted image, where it is smooth. Where a radiograph's line
@@ -555,24 +567,28 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
             raw, fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree))
         low = torch.stack([image[b][counted[b]].min() if counted[b].any()
                            else image.new_zeros(()) for b in range(raw.shape[0])])[:, None, None]
-        t_obs = torch.exp(-(image - low))
         simage = smooth(image, smooth_px, weight)
         best: tuple[float, torch.Tensor, torch.Tensor, list[float], float] | None = None
         for width in (scatter_px * f for f in SCATTER_WIDTHS):
             scatter, fractions = scatter_estimate(simage, sdrr, weight, width, low.flatten())
-            removed = low - torch.log(torch.maximum(t_obs - scatter, 0.1 * t_obs))
+            # s / t, and x' = x − log(1 − s/t): in the log domain, where e^{−(x − low)} of a
+            # radiograph whose line integrals span far (the mapped fallback) underflows
+            ratio = torch.where(scatter > 0, scatter * torch.exp(image - low), 0.0)
+            removed = image - torch.log(torch.clamp(1.0 - ratio, min=0.1))
             if weight is not None:   # pixels that do not count keep their value
                 removed = torch.where(weight > 0, removed, image)
             sremoved = smooth(removed, smooth_px, weight)
             mapped = apply_intensity_map(sremoved,
                                          fit_intensity_map(sremoved, sdrr, weight, degree))
             agreement = gradient_agreement(mapped, sdrr, weight)
+            if not math.isfinite(agreement):
+                agreement = -math.inf
             if best is None or agreement > best[0]:
-                best = (agreement, scatter, removed, fractions, width)
+                best = (agreement, ratio, removed, fractions, width)
         assert best is not None
-        _, scatter, removed, fractions, width = best
+        _, ratio, removed, fractions, width = best
         for b, fact in enumerate(facts):
-            frac = (scatter[b] / t_obs[b])[counted[b]]
+            frac = ratio[b][counted[b]]
             fact["scatter_fraction"] = round(fractions[b], 6)
             fact["scatter_sigma_px"] = round(width, 4)
             fact["veil_fraction"] = round(float(frac.median()), 6) if frac.numel() else 0.0

@@ -141,6 +141,18 @@ def test_scatter_is_removed_from_a_radiograph_made_with_it() -> None:
     assert all(f["scatter_domain"] == "mapped" for f in scaled_facts)
     assert torch.isfinite(scaled).all()
     assert gradient_error(scaled) < gradient_error(before)
+    # a map that cannot be fitted (anti-correlated images: the identity) leaves line
+    # integrals spanning ~200 in the mapped fallback, whose e^{−x} underflows: still finite
+    inverted, _ = match_intensities(200.0 - 40.0 * drr, drr, None, degree=3, smooth_px=1.0,
+                                    scatter_px=4.0)
+    assert torch.isfinite(inverted).all()
+    # a DRR without structure says nothing of the scatter: none is removed
+    flat_drr = torch.full_like(drr, 2.0)
+    kept, flat_facts = match_intensities(raw, flat_drr, None, degree=3, smooth_px=1.0,
+                                         scatter_px=4.0)
+    assert all(f["scatter_fraction"] == 0.0 for f in flat_facts)
+    np.testing.assert_allclose(kept.numpy(),
+                               match_intensities(raw, flat_drr, None, 3, 1.0)[0].numpy())
     # inputs are not modified
     np.testing.assert_array_equal(raw.numpy(),
                                   (-torch.log(primary + k_true * smooth(primary, sigma))).numpy())
@@ -172,7 +184,8 @@ def test_the_scatter_estimate_recovers_each_views_fraction_and_respects_weights(
     weight = torch.ones_like(drr)
     weight[:, :, :12] = 0.0
     bordered = torch.where(weight > 0, log_image, torch.full_like(log_image, 13.0))
-    _, masked = scatter_estimate(bordered, drr, weight, 10.0, low)
+    drr_bordered = torch.where(weight > 0, drr, torch.full_like(drr, 30.0))
+    _, masked = scatter_estimate(bordered, drr_bordered, weight, 10.0, low)
     np.testing.assert_allclose(masked, fractions, rtol=0.25)
     # too few weighted pixels: no scatter, no error
     none, zero = scatter_estimate(log_image, drr, torch.zeros_like(drr), 10.0, low)
@@ -191,8 +204,13 @@ def test_gradient_agreement_is_a_correlation_of_the_gradients_over_weighted_pixe
     weight = torch.zeros_like(a)
     weight[:, 8:40, 8:40] = 1.0
     mixed = torch.where(weight > 0, a, other)
-    assert gradient_agreement(a, mixed, weight) > gradient_agreement(a, mixed, None)
-    assert gradient_agreement(a, mixed, weight) > 0.9
+    assert gradient_agreement(a, mixed, weight) == pytest.approx(1.0)
+    assert gradient_agreement(a, mixed, None) < 0.9
+    # however far off the pixels outside are: their differences never reach the weighted ones
+    far = torch.where(weight > 0, a, torch.full_like(a, 1e3))
+    assert gradient_agreement(a, far, weight) == pytest.approx(1.0)
+    # no weighted pixel: 0, not NaN
+    assert gradient_agreement(a, a, torch.zeros_like(a)) == 0.0
 
 
 def test_masked_pixels_far_outside_the_fit_stay_finite_and_do_not_leak() -> None:
