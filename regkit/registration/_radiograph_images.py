@@ -588,7 +588,7 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
         assert best is not None
         _, ratio, removed, fractions, width = best
         for b, fact in enumerate(facts):
-            frac = ratio[b][counted[b]]
+            frac = ratio[b][counted[b]].clamp(max=0.9)   # the fraction removed
             fact["scatter_fraction"] = round(fractions[b], 6)
             fact["scatter_sigma_px"] = round(width, 4)
             fact["veil_fraction"] = round(float(frac.median()), 6) if frac.numel() else 0.0

@@ -187,6 +187,12 @@ def test_the_scatter_estimate_recovers_each_views_fraction_and_respects_weights(
     drr_bordered = torch.where(weight > 0, drr, torch.full_like(drr, 30.0))
     _, masked = scatter_estimate(bordered, drr_bordered, weight, 10.0, low)
     np.testing.assert_allclose(masked, fractions, rtol=0.25)
+    # a DRR with almost no structure (one pixel 1e-3 off): k can hardly be told, and the
+    # fit's ridge must not pick it (it shrinks c as k grows: scored with it, k came out 0.014)
+    near_flat = torch.full((1, 64, 64), 2.0, dtype=torch.float64)
+    near_flat[0, 0, 0] += 1e-3
+    _, tiny = scatter_estimate(0.8 * near_flat, near_flat, None, 8.0, torch.tensor([1.6]))
+    assert tiny[0] < 0.005
     # too few weighted pixels: no scatter, no error
     none, zero = scatter_estimate(log_image, drr, torch.zeros_like(drr), 10.0, low)
     assert zero == [0.0, 0.0]
