@@ -53,8 +53,8 @@ Convention:
     ``log s``, reported in ``extras["view_zoom"]`` and not applied to the result's cameras).
     A view's distance from its source then comes from the other views' detectors rather than
     from its own apparent magnification, which blur and scatter bias. On the polychromatic
-    biplane benchmark the median mTRE went from 0.55 to 0.17 mm, and to 0.097 mm with the
-    scatter model and the repeated last level (2026-12-05, 8 cases). One view keeps all three
+    biplane benchmark the median mTRE went from 0.55 to 0.17 mm, and to 0.094 mm with the
+    scatter model and the repeated last level (2026-12-05, 14 cases). One view keeps all three
     off: they made its depth worse. See docs/decisions/registration-2d3d-depth-bias.md.
 
     **The detector's blur** (``detector_blur_px``, off by default): every DRR can be blurred
@@ -273,8 +273,9 @@ class Register2D3DOptions:
             small shipped crop at 80², with or without scatter, they cost 0.02–0.17 mm; a
             biplane registration takes about 1.5× as long (28 s against 19 s, back to back).
             The scatter fitted with the primary (2026-12-05) then took the biplane benchmark
-            from 0.177 to 0.097 mm (8 cases, worst 0.133), heavier scatter from 0.42 / 0.47
-            to 0.37 / 0.46 mm, at 1.9× the time (43 s against 23 s on one machine).
+            from 0.177 to 0.094 mm (14 cases, worst 0.304 → 0.133), heavier scatter from
+            0.42 / 0.47 to 0.37 / 0.47 mm, at twice the time (32 s against 16 s, one
+            machine).
             In a single view without the detector blur modelled, the intensity map and the
             veil removal made the depth worse (cases 0–2: mTRE 0.28–0.38 → 0.74–0.87 mm),
             because what they remove had offset the depth bias of the radiograph's blur; with
