@@ -525,10 +525,9 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
        :data:`SCATTER_WIDTHS` × ``scatter_px``; the σ whose result, mapped as in step 2,
        agrees best with the DRR's gradients (:func:`gradient_agreement`, averaged over the
        images) is kept for all the images given (a registration's views of one detector
-       size). The residual of the scatter fit itself chose too
-       narrow a kernel for a broad scatter (σ 40 px of 256: 0.12 of the side chosen, 0.9 mm
-       of mTRE against 0.37 at 0.15). Scatter
-       adds to the transmitted image, where it is smooth. Where a radiograph's line
+       size). The residual of the scatter fit itself chose too narrow a kernel for a broad
+       scatter (σ 40 px of 256: 0.12 of the side chosen, 0.9 mm of mTRE against 0.37 at
+       0.15). Scatter adds to the transmitted image, where it is smooth. Where a radiograph's line
        integrals span more than :data:`PHYSICAL_RANGE` (not a physical radiograph's), both
        are done after the map of step 2, in its transmitted domain. Scatter flattens a
        radiograph's thick parts (their primary beam is weakest), which a gradient metric
@@ -557,6 +556,7 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
     """
     sdrr = smooth(drr, smooth_px, weight)
     facts: list[dict[str, Any]] = [{} for _ in range(raw.shape[0])]
+    maps: list[IntensityMap] | None = None
     if scatter_px > 0:
         counted = torch.ones_like(raw, dtype=torch.bool) if weight is None else weight > 0
         counted = counted & torch.isfinite(raw)
@@ -568,7 +568,8 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
         low = torch.stack([image[b][counted[b]].min() if counted[b].any()
                            else image.new_zeros(()) for b in range(raw.shape[0])])[:, None, None]
         simage = smooth(image, smooth_px, weight)
-        best: tuple[float, torch.Tensor, torch.Tensor, list[float], float] | None = None
+        best: tuple[float, torch.Tensor, torch.Tensor, list[float], float,
+                   list[IntensityMap]] | None = None
         for width in (scatter_px * f for f in SCATTER_WIDTHS):
             scatter, fractions = scatter_estimate(simage, sdrr, weight, width, low.flatten())
             # s / t, and x' = x − log(1 − s/t): in the log domain, where e^{−(x − low)} of a
@@ -578,23 +579,23 @@ def match_intensities(raw: torch.Tensor, drr: torch.Tensor, weight: torch.Tensor
             if weight is not None:   # pixels that do not count keep their value
                 removed = torch.where(weight > 0, removed, image)
             sremoved = smooth(removed, smooth_px, weight)
-            mapped = apply_intensity_map(sremoved,
-                                         fit_intensity_map(sremoved, sdrr, weight, degree))
+            width_maps = fit_intensity_map(sremoved, sdrr, weight, degree)
+            mapped = apply_intensity_map(sremoved, width_maps)
             agreement = gradient_agreement(mapped, sdrr, weight)
             if not math.isfinite(agreement):
                 agreement = -math.inf
             if best is None or agreement > best[0]:
-                best = (agreement, ratio, removed, fractions, width)
+                best = (agreement, ratio, removed, fractions, width, width_maps)
         assert best is not None
-        _, ratio, removed, fractions, width = best
+        _, ratio, raw, fractions, width, maps = best   # the kept width's map is step 2's
         for b, fact in enumerate(facts):
             frac = ratio[b][counted[b]].clamp(max=0.9)   # the fraction removed
             fact["scatter_fraction"] = round(fractions[b], 6)
             fact["scatter_sigma_px"] = round(width, 4)
             fact["veil_fraction"] = round(float(frac.median()), 6) if frac.numel() else 0.0
             fact["scatter_domain"] = "radiograph" if physical else "mapped"
-        raw = removed
-    maps = fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree)
+    if maps is None:
+        maps = fit_intensity_map(smooth(raw, smooth_px, weight), sdrr, weight, degree)
     for fact, m in zip(facts, maps, strict=True):
         fact["map"] = m.to_json()
     return apply_intensity_map(raw, maps), facts
