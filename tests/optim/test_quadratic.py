@@ -154,6 +154,51 @@ def test_budgets_callback_and_the_ask_tell_contract(rotated_quadratic: Any) -> N
     assert opt.latest.count == 43
 
 
+def test_the_final_step_evaluates_the_last_models_answer(rotated_quadratic: Any) -> None:
+    # On a quadratic one design fits the model exactly: its step lands on the minimum, which
+    # only the final step evaluates; without it the answer is the best design point.
+    p = rotated_quadratic
+    options = {"max_iterations": 1, "max_step": 1e6, "design": "minimal"}
+    plain = minimize(p.objective, np.zeros(6), p.spec, "quadratic", options)
+    assert plain.evaluations == 28
+    assert p.scaled_error(plain.x) > 0.1
+    final = minimize(p.objective, np.zeros(6), p.spec, "quadratic",
+                     {**options, "final_step": True})
+    assert final.evaluations == 29
+    assert final.iterations == 2
+    assert final.history[-1].count == 1
+    assert p.scaled_error(final.x) < 1e-8
+    assert final.stop_reasons == [{"max_iterations": 1}]
+    # on a function the model does not fit exactly the final point is the model's guess, kept
+    # only where it beats the design
+    def steep(x: np.ndarray) -> np.ndarray:
+        return p.objective(x) ** 1.5
+
+    before = minimize(steep, np.zeros(6), p.spec, "quadratic", options)
+    after = minimize(steep, np.zeros(6), p.spec, "quadratic", {**options, "final_step": True})
+    assert after.evaluations == before.evaluations + 1
+    assert after.value <= before.value
+    assert after.value == min(before.value, after.history[-1].best)
+    # where the last model's step is nil (its centre is the minimum) nothing is scored twice
+    exact = {"tol_x": 0.3, "design": "minimal"}
+    assert minimize(p.objective, np.zeros(6), p.spec, "quadratic",
+                    {**exact, "final_step": True}).evaluations == \
+        minimize(p.objective, np.zeros(6), p.spec, "quadratic", exact).evaluations
+
+
+def test_no_final_step_after_a_failed_design_or_a_callback(rotated_quadratic: Any) -> None:
+    p = rotated_quadratic
+    options = {"max_iterations": 1, "final_step": True, "design": "minimal"}
+    # every value NaN: the design failed, the centre went back to the start (already scored)
+    nan = minimize(lambda x: np.full(len(x), np.nan), np.zeros(6), p.spec, "quadratic", options)
+    assert nan.evaluations == 28
+    # a callback that stops the run wins over the final point, and the run's own reason stays
+    stopped = minimize(p.objective, np.zeros(6), p.spec, "quadratic", options,
+                       callback=lambda _record: True)
+    assert stopped.evaluations == 28
+    assert stopped.stop_reasons == [{"max_iterations": 1, "callback": True}]
+
+
 def test_bad_options_are_refused() -> None:
     from regkit.errors import InputError
     from regkit.optim import ParamSpec
@@ -164,3 +209,5 @@ def test_bad_options_are_refused() -> None:
         Quadratic(np.zeros(2), ParamSpec.unitless(2), {"radios": 1})
     with pytest.raises(InputError, match="design"):
         Quadratic(np.zeros(2), ParamSpec.unitless(2), {"design": "sparse"})
+    with pytest.raises(InputError, match="final_step"):
+        Quadratic(np.zeros(2), ParamSpec.unitless(2), {"final_step": "yes"})

@@ -37,6 +37,7 @@ from regkit.registration.levels import LevelOptions
 from regkit.registration.radiograph_registration import (
     _best_on_grid,
     _final_levels,
+    _full_detector_pass,
     _second_pass,
     _zoomed,
 )
@@ -546,7 +547,8 @@ def test_an_estimated_blur_s_second_pass_polishes_finer() -> None:
                              options={"radius": 0.5, "max_evaluations": 200, "tol_x": 0.12})
     second = _second_pass(quadratic)
     assert (second.rot_step_deg, second.trans_step_mm) == (0.25, 0.5)
-    assert dict(second.options) == {"radius": 0.25, "max_iterations": 2, "tol_x": 0.12}
+    assert dict(second.options) == {"radius": 0.25, "max_iterations": 2, "tol_x": 0.12,
+                                    "final_step": True}
     assert dict(quadratic.options)["radius"] == 0.5          # the level given is left alone
     powell = LevelOptions(method="powell", shrink=2.0, max_voxels=4096,
                           options={"max_evaluations": 60})
@@ -562,6 +564,9 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
               LevelOptions(method="quadratic", max_voxels=128 * 128, rot_step_deg=0.5,
                            trans_step_mm=1.0, options={"radius": 0.5})]
 
+    def _full(level: LevelOptions) -> LevelOptions:
+        return _full_detector_pass(level, 256 * 256)
+
     def final(**options: Any) -> tuple[list[LevelOptions], int | None]:
         options.setdefault("scatter_sigma", 0.0)
         return _final_levels(list(binned), Register2D3DOptions(**options).for_views(2), cams)
@@ -574,14 +579,17 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
     assert (levels, carry) == ([*binned, binned[1], _second_pass(binned[1])], None)
     levels, carry = final(scatter_sigma=None, full_detector=True)
     assert levels == [binned[0], replace(binned[1], options={"radius": 0.5, "tol_x": 0.04}),
-                      binned[1], _second_pass(binned[1]),
-                      replace(_second_pass(binned[1]), max_voxels=256 * 256)]
+                      binned[1], _second_pass(binned[1]), _full(binned[1])]
     assert carry is None
     levels, carry = final(full_detector=True)
     assert levels[0] == binned[0]
     assert len(levels) == 3
     assert carry is None
-    assert levels[2] == replace(_second_pass(binned[1]), max_voxels=256 * 256)
+    assert levels[2] == _full(binned[1])
+    # the full level: the second pass's settings at the full detector, one design and its
+    # model's step
+    assert dict(levels[2].options) == {"radius": 0.25, "max_iterations": 1, "final_step": True}
+    assert (levels[2].max_voxels, levels[2].rot_step_deg) == (256 * 256, 0.25)
     # the binned polish before it stops one halving sooner (tol_x doubled, default 0.02)
     assert levels[1] == replace(binned[1], options={"radius": 0.5, "tol_x": 0.04})
     # an estimated blur: its second pass at the binned detector, then the full one, which
@@ -589,7 +597,7 @@ def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
     levels, carry = final(full_detector=True, detector_blur_px="estimate")
     second = _second_pass(binned[1])
     assert levels[1:] == [replace(binned[1], options={"radius": 0.5, "tol_x": 0.04}), second,
-                          replace(second, max_voxels=256 * 256)]
+                          _full(binned[1])]
     assert carry == 3
     # without the full level the first pass polishes as given
     levels, carry = final(detector_blur_px="estimate")
