@@ -333,10 +333,12 @@ class Register2D3DOptions:
             0.07 mm at 256²), so this is what reaches the finest poses, at about 2–3 s more
             per 256² view (the cost grows with the pixels). Measured on the polychromatic
             benchmark (256², radiographs blurred by 1 px; see
-            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases: with
-            ``detector_blur_px=1.0`` (the blur known) a median mTRE of 0.114 mm (worst
-            0.182), with ``"estimate"`` 0.129 mm (worst 0.195; 7.5 s in one process; wide
-            starts, 8 cases: 0.130 mm, worst 0.194), against 0.165 mm with the estimate alone
+            docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases, stop 30
+            (two designs at the full level): with ``detector_blur_px=1.0`` (the blur known) a
+            median mTRE of 0.114 mm (worst 0.182), with ``"estimate"`` 0.129 mm (worst 0.195;
+            7.5 s in one process; wide starts, 8 cases: 0.130 mm, worst 0.194); stop 32 (one
+            design and its step): 0.113 mm (worst 0.185) and 0.129 mm (worst 0.190; wide
+            starts 0.129 mm, worst 0.194), against 0.165 mm with the estimate alone
             and 0.221 mm with no blur model; the whole ``register-2d3d`` command took 8.5 and
             9.6 s (stop 30, two designs at the full level; with one design and its step, stop
             32: 8.4 s against 9.8 s, same machine, the same median). AP + lateral with the
@@ -1160,8 +1162,9 @@ def _before_full_detector(level: LevelOptions) -> LevelOptions:
 
     A quadratic polish doubles its ``tol_x`` (the default's or the one given): it stops about
     one halving of its trust region sooner, since the passes after it polish the same pose
-    further. Other methods are left as they are. Measured with ``detector_blur_px="estimate"``,
-    single view, 14 cases: a median mTRE of 0.129 mm (worst 0.195) with 112 evaluations at
+    further. Other methods are left as they are. Measured with ``detector_blur_px="estimate"``
+    at stop 30 (two designs at the full level), single view, 14 cases: a median mTRE of
+    0.129 mm (worst 0.195) with 112 evaluations at
     this level (median), against 0.126 mm (worst 0.199) with 140; wide starts, cases 0–5: no
     case worse than 0.20 mm. Running the
     estimate's second pass with one design instead of two as well lost depth on wide starts
@@ -1183,7 +1186,7 @@ def _second_pass(level: LevelOptions) -> LevelOptions:
     biased by how far off that start is. Half the first pass's steps; a quadratic polish also
     halves its radius (which counts in steps, so its first trust region, and ``tol_x`` with it,
     is a quarter of the first pass's in mm and degrees) and stops after two designs and the
-    second model's step (``final_step``: one more evaluation, which scores that model's answer
+    last model's step (``final_step``: one more evaluation, which scores that model's answer
     rather than leave the best design point). Other methods keep their options (and budgets).
     """
     options = dict(level.options)

@@ -192,11 +192,56 @@ def test_no_final_step_after_a_failed_design_or_a_callback(rotated_quadratic: An
     # every value NaN: the design failed, the centre went back to the start (already scored)
     nan = minimize(lambda x: np.full(len(x), np.nan), np.zeros(6), p.spec, "quadratic", options)
     assert nan.evaluations == 28
+    # the last design's centre worse than the best (a trap at the minimum the first model
+    # finds): the centre goes back to an evaluated point, which is not scored again
+    def trapped(x: np.ndarray) -> np.ndarray:
+        z = p.spec.to_scaled(np.asarray(x)) - p.spec.to_scaled(p.optimum)
+        return np.where(np.linalg.norm(z, axis=1) < 1e-6, 1e6, p.objective(x))
+
+    trap = {**options, "max_iterations": 2, "max_step": 1e6}
+    run = minimize(trapped, np.zeros(6), p.spec, "quadratic", trap)
+    assert [h.count for h in run.history] == [28, 28]
+    assert minimize(trapped, np.zeros(6), p.spec, "quadratic",
+                    {**trap, "max_iterations": 3}).history[-1].count == 1
     # a callback that stops the run wins over the final point, and the run's own reason stays
     stopped = minimize(p.objective, np.zeros(6), p.spec, "quadratic", options,
                        callback=lambda _record: True)
     assert stopped.evaluations == 28
     assert stopped.stop_reasons == [{"max_iterations": 1, "callback": True}]
+
+
+def test_the_final_step_keeps_a_converged_runs_reason(rotated_quadratic: Any) -> None:
+    p = rotated_quadratic
+
+    def steep(x: np.ndarray) -> np.ndarray:
+        return p.objective(x) ** 1.5
+
+    options = {"tol_x": 0.05, "tol_fun": 1e-2, "design": "minimal"}
+    plain = minimize(steep, np.zeros(6), p.spec, "quadratic", options)
+    final = minimize(steep, np.zeros(6), p.spec, "quadratic", {**options, "final_step": True})
+    assert list(plain.stop_reasons[0]) == list(final.stop_reasons[0]) == ["tol_fun"]
+    assert final.evaluations == plain.evaluations + 1
+    assert final.history[-1].count == 1
+
+
+def test_a_final_tell_that_raises_can_be_told_again(rotated_quadratic: Any) -> None:
+    from regkit.errors import ShapeError
+
+    p = rotated_quadratic
+    opt = Quadratic(np.zeros(6), p.spec, {"max_iterations": 1, "final_step": True,
+                                          "design": "minimal"})
+    cands = opt.ask()
+    opt.tell(cands, p.objective(cands))
+    assert not opt.stop()
+    last = opt.ask()
+    assert last.shape == (1, 6)
+    with pytest.raises(ShapeError):
+        opt.tell(last, np.zeros(3))
+    again = opt.ask()
+    np.testing.assert_array_equal(again, last)
+    opt.tell(again, p.objective(again))
+    assert opt.stop() == {"max_iterations": 1}
+    assert opt.result.evaluations == 29
 
 
 def test_bad_options_are_refused() -> None:

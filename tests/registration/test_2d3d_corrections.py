@@ -556,6 +556,14 @@ def test_an_estimated_blur_s_second_pass_polishes_finer() -> None:
     assert (second.shrink, second.max_voxels, dict(second.options)) == (2.0, 4096,
                                                                         {"max_evaluations": 60})
     assert (second.rot_step_deg, second.trans_step_mm) == (1.0, 1.0)
+    # the full-detector pass: the second pass's settings at the full detector; a quadratic
+    # polish runs one design and its step, another method its own budget
+    full = _full_detector_pass(quadratic, 256 * 256)
+    assert (full.max_voxels, full.rot_step_deg, full.trans_step_mm) == (256 * 256, 0.25, 0.5)
+    assert dict(full.options) == {"radius": 0.25, "max_iterations": 1, "tol_x": 0.12,
+                                  "final_step": True}
+    full = _full_detector_pass(powell, 256 * 256)
+    assert (full.max_voxels, dict(full.options)) == (256 * 256, {"max_evaluations": 60})
 
 
 def test_the_full_detector_level_follows_the_pyramid_where_it_bins() -> None:
