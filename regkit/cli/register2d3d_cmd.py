@@ -115,8 +115,8 @@ def register(subparsers: Any) -> None:
                    "(see Register2D3DOptions.detector_blur_px)")
     p.add_argument("--full-detector", action="store_true",
                    help="finish with a level at each radiograph's full resolution (up to 512^2 "
-                   "pixels; about 2-3 s more per 256^2 view; with --detector-blur, single-view "
-                   "precision about 0.11-0.13 mm on the benchmark; see "
+                   "pixels; about 2 s more per 256^2 view on 2 cores; with --detector-blur, "
+                   "single-view precision about 0.11-0.13 mm on the benchmark; see "
                    "Register2D3DOptions.full_detector)")
     p.add_argument("--report", type=Path, default=None, metavar="DIR",
                    help="write PNGs: DRR edges over each radiograph before and after, "

@@ -155,7 +155,7 @@ __all__ = [
 # Largest level volume handed to a renderer: bounds its memory (the same cap as
 # volume_registration's _MAX_MOVING_VOXELS).
 _MAX_LEVEL_VOXELS = 1 << 23
-# The most pixels per view of the level ``full_detector`` adds: a 256² view costs 2-3 s more on
+# The most pixels per view of the level ``full_detector`` adds: a 256² view costs about 2 s more on
 # 2 cores; a clinical 2-3k² radiograph is binned to 512² rather than rendered 100 times over.
 _FULL_DETECTOR_MAX_PIXELS = 512 * 512
 
@@ -330,8 +330,9 @@ class Register2D3DOptions:
             estimating it: at the full detector the level CT's voxels are large against a
             pixel and the estimate leans low (0.76–0.80 px for the true 1.0). In-plane
             precision follows the detector's resolution (0.13 mm at the default 128² against
-            0.07 mm at 256²), so this is what reaches the finest poses, at about 2–3 s more
-            per 256² view (the cost grows with the pixels). Measured on the polychromatic
+            0.07 mm at 256²), so this is what reaches the finest poses, at about 2 s more
+            per 256² view on 2 cores (1.9 s for the level, 32 renders; 2–3 s with two
+            designs before stop 32; the cost grows with the pixels). Measured on the polychromatic
             benchmark (256², radiographs blurred by 1 px; see
             docs/decisions/registration-2d3d-depth-bias.md), single view, 14 cases, stop 30
             (two designs at the full level): with ``detector_blur_px=1.0`` (the blur known) a
