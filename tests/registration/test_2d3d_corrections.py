@@ -36,6 +36,7 @@ from regkit.registration._radiograph_images import (
 from regkit.registration.levels import LevelOptions
 from regkit.registration.radiograph_registration import (
     _best_on_grid,
+    _coarse_to_fine,
     _final_levels,
     _full_detector_pass,
     _second_pass,
@@ -423,8 +424,12 @@ def test_biplane_radiographs_with_scatter_register_and_record_their_corrections(
     for level in rest:
         scores = level["detector_blur_scores"]
         assert len(scores) == 25
-        assert all(np.isfinite(scores))
-        best = 0.125 * int(np.argmax(scores))   # gncc: higher is better
+        scored = [i for i, v in enumerate(scores) if v is not None]
+        # coarse to fine: every third σ, then those around the best of them
+        assert set(range(0, 25, 3)) <= set(scored)
+        assert 9 < len(scored) <= 13
+        assert all(np.isfinite(scores[i]) for i in scored)
+        best = 0.125 * max(scored, key=lambda i: scores[i])   # gncc: higher is better
         assert abs(level["detector_blur_px"] - best) <= 0.125
         assert all("veil_fraction" not in m for m in level["intensity_maps"])
 
@@ -525,6 +530,29 @@ def test_a_full_detector_level_finishes_a_binned_pyramid() -> None:
     assert last["detector_blur_px"] == pytest.approx(1.5, abs=0.3)
     assert _error(full.cameras, true, points) < 0.5
     assert _error(full.cameras, true, points) < 0.5 * _error(plain.cameras, true, points)
+
+
+def test_the_blur_grid_is_searched_coarse_to_fine() -> None:
+    # on any one-peaked curve the search finds the whole grid's best point and scores its two
+    # neighbours, so the parabola's vertex is the same; 13 of 25 points at most
+    rng = np.random.default_rng(3)
+    for peak in np.linspace(-0.5, 24.5, 41):
+        curve = -np.abs(np.arange(25) - peak) ** rng.uniform(0.5, 2.0)
+        for sign in (1.0, -1.0):
+            scores: list[float | None] = [None] * 25
+            for i in _coarse_to_fine(25, 3, scores, sign):
+                assert scores[i] is None                       # nothing scored twice
+                scores[i] = float(sign * curve[i])
+            done = [i for i, v in enumerate(scores) if v is not None]
+            assert len(done) <= 13
+            best = int(np.argmax(curve))
+            assert best in done
+            assert all(j in done for j in (best - 1, best + 1) if 0 <= j < 25)
+    # a NaN never wins the coarse pass
+    nan_first: list[float | None] = [None] * 25
+    for i in _coarse_to_fine(25, 3, nan_first, 1.0):
+        nan_first[i] = math.nan if i == 0 else -abs(i - 12.0)
+    assert all(nan_first[i] is not None for i in (11, 12, 13))
 
 
 def test_the_blurred_bone_part_is_the_first_order_change_of_the_blurred_whole() -> None:
