@@ -750,11 +750,10 @@ class _Level(Level):
                     total += float(self.metric(fixed, image, scored).sum())
                 return total / self.n_views
 
-            for i in _coarse_to_fine(len(grid), _BLUR_GRID_STRIDE, scores,
-                                     1.0 if self.higher_is_better else -1.0):
+            sign = 1.0 if self.higher_is_better else -1.0
+            for i in _coarse_to_fine(len(grid), _BLUR_GRID_STRIDE, scores, sign):
                 scores[i] = score(grid[i])
-        values = np.asarray([np.nan if v is None else v for v in scores]) \
-            * (1.0 if self.higher_is_better else -1.0)
+        values = sign * np.asarray([np.nan if v is None else v for v in scores])
         self.blur_px = _best_on_grid(np.asarray(grid, dtype=np.float64), values)
         self.blur_scores = [None if v is None else round(v, 6) for v in scores]
         return sum(v is not None for v in scores)
