@@ -11,6 +11,7 @@ returning an exit status or None) as its default. Plugins add theirs the same wa
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -34,18 +35,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# name, module under regkit.cli; each module's register(subparsers) adds the subcommand
+_BUILTINS = (("camera", "camera_cmd"), ("project", "project_cmd"), ("render", "render_cmd"),
+             ("register-3d3d", "register3d_cmd"), ("register-2d3d", "register2d3d_cmd"))
+
+
+def _load_on_call(module: str) -> Register:
+    """A ``register(subparsers)`` that imports ``regkit.cli.<module>`` only when called.
+
+    A command's module is imported only when its subparser is built: ``camera_cmd`` imports
+    torch at its top (1.1 s), which ``register-2d3d`` imports later, on purpose, while its CT is
+    read on a thread.
+    """
+    def register(subparsers: Any) -> None:
+        importlib.import_module(f"regkit.cli.{module}").register(subparsers)
+
+    register.__qualname__ = register.__name__ = f"register_{module}"
+    return register
+
+
 def _builtin_commands() -> None:
     # Built-ins register here rather than through entry points, so that a source checkout that
     # is not installed still has them.
-    from regkit.cli import camera_cmd, project_cmd, register2d3d_cmd, register3d_cmd, render_cmd
-
-    builtins = (("camera", camera_cmd.register), ("project", project_cmd.register),
-                ("render", render_cmd.register),
-                ("register-3d3d", register3d_cmd.register),
-                ("register-2d3d", register2d3d_cmd.register))
-    for name, reg in builtins:
+    for name, module in _BUILTINS:
         if name not in commands._items:
-            commands.add(name, reg)
+            commands.add(name, _load_on_call(module))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

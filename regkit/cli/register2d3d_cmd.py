@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from regkit.cli._warm import REGISTRATION_IMPORTS, import_in_background
+from regkit.cli._warm import REGISTRATION_IMPORTS, Background, import_quietly
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
@@ -17,16 +17,8 @@ __all__ = ["register"]
 
 
 def _register2d3d(args: argparse.Namespace) -> int:
-    from regkit.geometry.camera import load_cameras
     from regkit.io.nifti import load_nifti
-    from regkit.io.radiograph import load_radiograph
-    from regkit.metrics import get_metric
-    from regkit.optim import gradient_methods, optimizers
-    from regkit.registration.radiograph_registration import register_2d3d, save_report
 
-    get_metric(args.metric)  # unknown names fail before any file is read
-    if args.optimizer not in gradient_methods:
-        optimizers.get(args.optimizer)
     if args.seed is not None and args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
     if not args.out.name.lower().endswith(".json"):
@@ -35,35 +27,46 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
-    options: dict[str, Any] = {}
-    if args.detector_blur is not None:
-        blur: Any = args.detector_blur
-        if blur != "estimate":
-            try:
-                blur = float(blur)
-            except ValueError:
-                raise InputError(f"must be 'estimate' or a number of detector pixels, got "
-                                 f"{args.detector_blur!r}", key="--detector-blur") from None
-        from regkit.registration import Register2D3DOptions
-
-        try:
-            options["detector_blur_px"] = Register2D3DOptions(detector_blur_px=blur) \
-                .detector_blur_px
-        except InputError as err:
-            raise InputError(err.reason, key="--detector-blur") from None
-    if args.full_detector:
-        options["full_detector"] = True
-    warming = import_in_background(*REGISTRATION_IMPORTS)
+    # The CT is read on a thread while torch and the registration modules import (see _warm);
+    # a bad CT still reports after the checks and files below, in the order they come.
+    reading = Background(load_nifti, args.volume, labels=args.labels)
     try:
+        from regkit.geometry.camera import load_cameras
+        from regkit.io.radiograph import load_radiograph
+        from regkit.metrics import get_metric
+        from regkit.optim import gradient_methods, optimizers
+        from regkit.registration import Register2D3DOptions
+        from regkit.registration.radiograph_registration import register_2d3d, save_report
+
+        get_metric(args.metric)  # unknown names fail before the files are looked at
+        if args.optimizer not in gradient_methods:
+            optimizers.get(args.optimizer)
+        options: dict[str, Any] = {}
+        if args.detector_blur is not None:
+            blur: Any = args.detector_blur
+            if blur != "estimate":
+                try:
+                    blur = float(blur)
+                except ValueError:
+                    raise InputError(f"must be 'estimate' or a number of detector pixels, got "
+                                     f"{args.detector_blur!r}", key="--detector-blur") from None
+            try:
+                options["detector_blur_px"] = Register2D3DOptions(detector_blur_px=blur) \
+                    .detector_blur_px
+            except InputError as err:
+                raise InputError(err.reason, key="--detector-blur") from None
+        if args.full_detector:
+            options["full_detector"] = True
+        import_quietly(*REGISTRATION_IMPORTS)
         cameras = load_cameras(args.camera)
         if len(args.image) != len(cameras):
             raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "
                              f"{args.camera}: give one --image per camera, in file order",
                              key="--image")
         images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
-        volume = load_nifti(args.volume, labels=args.labels)
-    finally:   # also on a bad file: no import left running behind the error
-        warming.join()
+        volume = reading.result()
+    finally:   # also on an error: no read left running behind it
+        reading.wait()
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
                            options=options or None, progress=ProgressPrinter("register-2d3d"))

@@ -40,9 +40,13 @@ runs; they end the whole optimization) and ``{"callback": True}`` when a callbac
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import math
+import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -171,12 +175,62 @@ _PLANNERS: dict[str, Callable[[_RestartState], _RunPlan | None]] = {
 }
 
 
+class _RefusedToThread(importlib.abc.MetaPathFinder):
+    """A finder that refuses ``names`` to one thread's imports, and lets every other pass.
+
+    Put first on ``sys.meta_path``: the refused thread's ``import`` of a name raises
+    ``ModuleNotFoundError``; another thread's import of it meanwhile goes on as usual (this
+    finder answers None and the next one finds the module). A module already imported is not
+    looked up again, so it is never refused.
+    """
+
+    def __init__(self, names: frozenset[str], thread: int) -> None:
+        self.names, self.thread = names, thread
+
+    def find_spec(self, fullname: str, path: Any = None,  # noqa: ARG002   # the finder API
+                  target: Any = None) -> None:  # noqa: ARG002
+        if fullname in self.names and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{fullname} is not imported here (regkit)", name=fullname)
+        return None
+
+
+def _import_refusing(module: str, refused: Collection[str]) -> ModuleType:
+    """Import ``module`` as if the modules ``refused`` were not installed, if it can do so.
+
+    For a dependency that imports at its top, inside ``try: ... except ImportError``, something
+    it only needs for a feature regkit does not use. Only this thread's imports are refused, and
+    only for the call: a module ``refused`` that is imported already is used as usual, and one
+    that ``module`` cannot do without (its import then raises ImportError) is let through on a
+    second try, so the worst case is the plain import's cost and result.
+    """
+    if module in sys.modules:
+        return sys.modules[module]
+    finder = _RefusedToThread(frozenset(refused), threading.get_ident())
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pass
+    finally:
+        sys.meta_path.remove(finder)
+    return importlib.import_module(module)
+
+
+# pycma's fitness_models imports ``scipy.stats`` at the top, inside a try, for ``kendalltau``:
+# 0.55 s of pycma's 0.6 s import, and of every cold ``regkit register-2d3d`` (about 6 % of a
+# precise one-view command). Its surrogate models (lq-CMA-ES), which regkit does not use, are
+# all that call it, and without scipy.stats they take pycma's own Kendall tau: the same values
+# on data without ties (pycma's doctest checks it; with ties it counts a tie in both as half an
+# agreement where scipy's tau-b corrects for ties). In a process that imports scipy.stats
+# first, pycma is imported as usual.
+_CMA_REFUSED = ("scipy.stats",)
+
+
 def _import_cma() -> ModuleType:
-    """Import pycma without its warning that matplotlib (for its plots) is missing."""
+    """Import pycma, without its warning that matplotlib (for its plots) is missing."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*matplotlib.*", category=UserWarning)
-        import cma
-    return cma
+        return _import_refusing("cma", _CMA_REFUSED)
 
 
 @optimizers.register("cmaes")

@@ -1,4 +1,4 @@
-"""The command line's process: its allocator settings, its background imports, its fast exit."""
+"""The command line's process: its allocator, its imports and background reads, its fast exit."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import types
 from pathlib import Path
 
 import pytest
 
 from regkit.cli import main as cli_main
-from regkit.cli._warm import import_in_background
+from regkit.cli._warm import Background, import_quietly
+from regkit.errors import FileFormatError
 
 
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -106,23 +108,65 @@ def test_the_regkit_script_is_run() -> None:
     assert re.findall(r'^regkit = "([^"]+)"$', pyproject, re.MULTILINE) == ["regkit.cli.main:run"]
 
 
-def test_background_imports_load_the_modules_and_skip_failures(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
+@pytest.mark.parametrize("command", ["register-2d3d", "register-3d3d"])
+def test_a_registration_commands_parser_does_not_import_torch(command: str,
+                                                              tmp_path: Path) -> None:
+    """The command imports torch itself, while it reads its files (regkit.cli._warm)."""
+    proc = _python(f"""
+        import sys
+        from regkit.cli.main import build_parser
+        build_parser({command!r}).parse_args([{command!r}, "--help"])
+        """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: regkit " + command in proc.stdout
+    proc = _python(f"""
+        import sys
+        from regkit.cli.main import build_parser
+        build_parser({command!r})
+        print("torch" in sys.modules)
+        """, tmp_path)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_quiet_imports_load_the_modules_and_skip_failures(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "regkit_probe_mod.py").write_text("VALUE = 42\n")
     (tmp_path / "regkit_probe_broken.py").write_text("raise RuntimeError('broken on import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("regkit_probe_mod", "regkit_probe_broken"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    thread = import_in_background("regkit_probe_broken", "regkit_probe_mod",
-                                  "regkit_probe_missing")
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert thread.daemon
+    import_quietly("regkit_probe_broken", "regkit_probe_mod", "regkit_probe_missing")
     assert sys.modules["regkit_probe_mod"].VALUE == 42       # imported after the failures
     assert "regkit_probe_broken" not in sys.modules
     with pytest.raises(RuntimeError, match="broken on import"):   # the caller's import raises
         import regkit_probe_broken  # noqa: F401
+
+
+def test_a_background_call_runs_on_another_thread_and_gives_its_value() -> None:
+    caller = threading.get_ident()
+    started = threading.Event()
+
+    def work(a: int, *, b: int) -> tuple[int, int]:
+        started.set()
+        return a + b, threading.get_ident()
+
+    call = Background(work, 2, b=3)
+    assert started.wait(60)
+    value, thread = call.result()
+    assert value == 5
+    assert thread != caller
+    assert call._thread.daemon                    # never holds the process's exit
+    assert call.result()[0] == 5                  # asked again: the same value
+
+
+def test_a_background_calls_error_is_raised_in_the_caller() -> None:
+    def bad() -> None:
+        raise FileFormatError("corrupt, for the test", source=Path("ct.nii.gz"))
+
+    call = Background(bad)
+    call.wait()
+    with pytest.raises(FileFormatError, match="corrupt, for the test"):
+        call.result()
 
 
 @pytest.mark.slow

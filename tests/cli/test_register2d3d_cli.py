@@ -110,6 +110,8 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     (["--wrong-size"], "detector is 80 x 80"),
     (["--detector-blur", "soft"], "--detector-blur"),
     (["--detector-blur", "11"], "--detector-blur"),
+    (["--corrupt-ct"], "bad.nii.gz"),
+    (["--corrupt-ct", "--no-camera"], "absent.json"),    # in order: the camera before the CT
 ])
 def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str], extra: list[str],
@@ -129,8 +131,14 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     elif extra == ["--wrong-size"]:
         np.save(tmp_path / "small.npy", np.load(files["x2"])[:, :70])
         images[1], args = str(tmp_path / "small.npy"), []
-    argv = ["register-2d3d", "--volume", str(files["ct"]), "--camera", str(files["camera"]),
-            "--out", out, *args]
+    ct, camera = files["ct"], files["camera"]
+    if "--corrupt-ct" in extra:   # read on a thread; its error waits for the checks before it
+        ct = tmp_path / "bad.nii.gz"
+        ct.write_bytes(files["ct"].read_bytes()[:5000])
+        args = []
+    if "--no-camera" in extra:
+        camera = tmp_path / "absent.json"
+    argv = ["register-2d3d", "--volume", str(ct), "--camera", str(camera), "--out", out, *args]
     for image in images:
         argv += ["--image", image]
     status = main(argv)

@@ -160,6 +160,19 @@ def test_bad_inputs_exit_2(files: dict[str, Path], tmp_path: Path,
     # An unknown metric, named with the known ones.
     err = _error_of([*base, "--metric", "nmii"], capsys)
     assert "nmi" in err
+    # Corrupt volumes (read on a thread): named, the fixed before the moving, and after the
+    # metric's check.
+    (tmp_path / "cut.nii.gz").write_bytes(files["moving"].read_bytes()[:3000])
+    err = _error_of(argv(tmp_path / "cut.nii.gz"), capsys)
+    assert "cut.nii.gz" in err
+    both = ["register-3d3d", "--fixed", str(tmp_path / "absent.nii.gz"), "--moving",
+            str(tmp_path / "cut.nii.gz"), "--out", str(tmp_path / "r.json")]
+    err = _error_of(both, capsys)
+    assert "absent.nii.gz" in err
+    assert "cut.nii.gz" not in err
+    err = _error_of([*both, "--metric", "nmii"], capsys)
+    assert "nmi" in err
+    assert "absent.nii.gz" not in err
     # Unknown choices and wrong output names.
     _error_of([*base, "--transform", "bspline"], capsys)
     err = _error_of(argv(out=tmp_path / "r.txt"), capsys)
