@@ -1,18 +1,20 @@
-"""A registration command's start: its input files read on a thread while its imports run.
+"""A registration command's start: its NIfTI files read on a thread while its imports run.
 
-A cold ``register-2d3d`` spent 2.2 s before and after its registration: torch and regkit's
-registration modules (1.1 s), the CT's read (0.6 s: a 35 MB gzip NIfTI) and scipy's ``stats``
-(pycma's import, 0.55 s) and ``ndimage`` (0.2 s). The imports run Python code and hold the GIL;
-the read spends its time in zlib's inflate and numpy's copies, which release it. The read was
-hidden behind the scipy imports on a thread; pycma is now imported without ``scipy.stats`` (see
-``regkit.optim.cmaes``), and the read is hidden behind torch's import instead: 1.78 s against
-2.21 s outside the registration (median of 16 cold commands each, run in turn, 2 cores).
+A cold ``register-2d3d`` spent 2.2 s outside its registration, step after step: torch and
+regkit's registration modules (1.1 s), the CT's read (0.55 s for a 35 MB gzip NIfTI, 0.4 s of
+it zlib's inflate and CRC), and scipy's ``stats`` (pycma's import, 0.55 s) and ``ndimage``
+(0.2 s) imported on a thread meanwhile. The imports run Python code and hold the GIL; the
+inflate releases it. Now pycma is imported without ``scipy.stats`` (see
+:func:`regkit.optim.cmaes.import_pycma`) and the files are inflated on a thread while the main
+thread imports torch: 1.4 s against 1.9 s outside the registration (stop 33's A/B).
 
-The main thread keeps the imports, the thread the read and nothing else: two threads that import
-one module tree at once may see each other's modules half made (Python accepts a circular
-import across threads), and pycma's import sets a warnings filter, which is process-wide. The
-reader's module (``regkit.io.nifti``, nibabel) is imported before the thread starts for the same
-reason.
+The thread only reads and inflates (:func:`regkit.io.nifti.read_nifti_file`): it imports
+nothing and sets no warnings filter. nibabel's parsing, which sets one for a moment around
+scaled voxels, runs on the main thread after the imports: the filters are process-wide, and a
+``catch_warnings`` on one thread interleaved with another's on the other can leave either's
+filters behind (an "error" filter for numpy's overflow warnings, left on, would end a
+registration). Two threads that import one module tree at once may also see each other's
+modules half made, so the main thread keeps every import.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-__all__ = ["REGISTRATION_IMPORTS", "Background", "import_quietly"]
+from regkit.io.nifti import read_nifti_file  # here, so that the reading thread imports nothing
+
+__all__ = ["REGISTRATION_IMPORTS", "Background", "import_quietly", "read_nifti_files",
+           "take"]
 
 T = TypeVar("T")
 
-# What a registration's first level imports and the command has not yet (scipy.stats is not
-# among them: pycma is imported without it, see regkit.optim.cmaes).
+# What a registration's first level imports and the command has not yet. pycma is imported by
+# the commands themselves, without scipy.stats (regkit.optim.cmaes.import_pycma).
 REGISTRATION_IMPORTS = ("scipy.ndimage",)
 
 
@@ -46,9 +52,8 @@ def import_quietly(*modules: str) -> None:
 class Background(Generic[T]):
     """``fn(*args, **kwargs)`` run on a daemon thread; :meth:`result` waits for it.
 
-    The caller's thread goes on meanwhile. What the call raised (an ``Exception``) is raised
-    again by :meth:`result`, in the caller's thread, so a bad file reports there as it would have
-    in line, after whatever the caller checked first.
+    The caller's thread goes on meanwhile. What the call raised is raised again by
+    :meth:`result`, in the caller's thread.
     """
 
     def __init__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
@@ -61,7 +66,7 @@ class Background(Generic[T]):
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             self._value = fn(*args, **kwargs)
-        except Exception as exc:   # raised again by result(), in the caller's thread
+        except BaseException as exc:   # raised again by result(), in the caller's thread
             self._error = exc
 
     def wait(self) -> None:
@@ -74,3 +79,25 @@ class Background(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value   # type: ignore[return-value]   # set when no error was recorded
+
+
+def read_nifti_files(paths: Sequence[Path | None]) -> list[Any]:
+    """:func:`regkit.io.nifti.read_nifti_file` of each path, in order: its file or its error.
+
+    None stays None. An error does not stop the files after it, so that the caller can raise
+    each file's error where it would have read that file (see :func:`take`).
+    """
+    out: list[Any] = []
+    for path in paths:
+        try:
+            out.append(None if path is None else read_nifti_file(path))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def take(item: Any) -> Any:
+    """An item of :func:`read_nifti_files`: the file, or its error raised."""
+    if isinstance(item, BaseException):
+        raise item
+    return item

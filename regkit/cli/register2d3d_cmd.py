@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from regkit.cli._warm import REGISTRATION_IMPORTS, Background, import_quietly
+from regkit.cli._warm import (
+    REGISTRATION_IMPORTS,
+    Background,
+    import_quietly,
+    read_nifti_files,
+    take,
+)
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
@@ -17,8 +23,6 @@ __all__ = ["register"]
 
 
 def _register2d3d(args: argparse.Namespace) -> int:
-    from regkit.io.nifti import load_nifti
-
     if args.seed is not None and args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
     if not args.out.name.lower().endswith(".json"):
@@ -27,14 +31,16 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
-    # The CT is read on a thread while torch and the registration modules import (see _warm);
-    # a bad CT still reports after the checks and files below, in the order they come.
-    reading = Background(load_nifti, args.volume, labels=args.labels)
+    # The CT (and labels) are read and inflated on a thread while torch and the registration
+    # modules import (see _warm); a bad file still reports after the checks and files before it.
+    reading = Background(read_nifti_files, [args.volume, args.labels])
     try:
         from regkit.geometry.camera import load_cameras
+        from regkit.io.nifti import load_labels, load_nifti
         from regkit.io.radiograph import load_radiograph
         from regkit.metrics import get_metric
         from regkit.optim import gradient_methods, optimizers
+        from regkit.optim.cmaes import import_pycma
         from regkit.registration import Register2D3DOptions
         from regkit.registration.radiograph_registration import register_2d3d, save_report
 
@@ -57,6 +63,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
                 raise InputError(err.reason, key="--detector-blur") from None
         if args.full_detector:
             options["full_detector"] = True
+        import_pycma(refused=("scipy.stats",))
         import_quietly(*REGISTRATION_IMPORTS)
         cameras = load_cameras(args.camera)
         if len(args.image) != len(cameras):
@@ -64,9 +71,12 @@ def _register2d3d(args: argparse.Namespace) -> int:
                              f"{args.camera}: give one --image per camera, in file order",
                              key="--image")
         images = [load_radiograph(p, kind=args.image_kind) for p in args.image]
-        volume = reading.result()
+        ct_file, labels_file = reading.result()
     finally:   # also on an error: no read left running behind it
         reading.wait()
+    volume = load_nifti(take(ct_file))     # its errors before the label map's, as in line
+    if labels_file is not None:
+        volume = volume.with_labels(load_labels(take(labels_file), like=volume))
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
                            optimizer=args.optimizer, seed=args.seed, backend=args.backend,
                            options=options or None, progress=ProgressPrinter("register-2d3d"))

@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from regkit.cli._warm import REGISTRATION_IMPORTS, Background, import_quietly
+from regkit.cli._warm import (
+    REGISTRATION_IMPORTS,
+    Background,
+    import_quietly,
+    read_nifti_files,
+    take,
+)
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.registration.levels import DEFAULT_SEED
@@ -29,15 +35,7 @@ def _mask(path: Path | None, like: Any, flag: str) -> np.ndarray | None:
     return mask
 
 
-def _read_pair(fixed: Path, moving: Path) -> tuple[Any, Any]:
-    from regkit.io.nifti import load_nifti
-
-    return load_nifti(fixed), load_nifti(moving)
-
-
 def _register3d3d(args: argparse.Namespace) -> int:
-    import regkit.io.nifti  # noqa: F401   # the reader's modules, before its thread starts
-
     if args.seed is not None and args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", key="--seed")
     for flag, path, suffixes in (("--out", args.out, (".json",)),
@@ -46,13 +44,14 @@ def _register3d3d(args: argparse.Namespace) -> int:
         if path is not None and not path.name.lower().endswith(suffixes):
             raise InputError(f"must end with {' or '.join(suffixes)}, got '{path.name}'",
                              key=flag)
-    # The volumes are read on a thread while torch and the registration modules import (see
-    # _warm); a bad file still reports after the metric's check, fixed before moving.
-    reading = Background(_read_pair, args.fixed, args.moving)
+    # The volumes are read and inflated on a thread while torch and the registration modules
+    # import (see _warm); a bad file still reports after the metric's check, fixed first.
+    reading = Background(read_nifti_files, [args.fixed, args.moving])
     try:
         from regkit.io.itk import write_itk_transform
-        from regkit.io.nifti import save_nifti
+        from regkit.io.nifti import load_nifti, save_nifti
         from regkit.metrics import get_metric
+        from regkit.optim.cmaes import import_pycma
         from regkit.registration.volume_registration import (
             register_3d3d,
             resample_moving,
@@ -60,10 +59,13 @@ def _register3d3d(args: argparse.Namespace) -> int:
         )
 
         get_metric(args.metric)  # an unknown metric fails before the volumes are looked at
+        import_pycma(refused=("scipy.stats",))
         import_quietly(*REGISTRATION_IMPORTS)
-        fixed, moving = reading.result()
+        fixed_file, moving_file = reading.result()
     finally:   # also on an error: no read left running behind it
         reading.wait()
+    fixed = load_nifti(take(fixed_file))
+    moving = load_nifti(take(moving_file))
     fixed_mask = _mask(args.fixed_mask, fixed, "--fixed-mask")
     moving_mask = _mask(args.moving_mask, moving, "--moving-mask")
 

@@ -41,10 +41,7 @@ runs; they end the whole optimization) and ``{"callback": True}`` when a callbac
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import math
-import sys
-import threading
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -70,8 +67,9 @@ from regkit.optim.base import (
     RunRecord,
     optimizers,
 )
+from regkit.utils.imports import import_refusing
 
-__all__ = ["CMAES", "CMAESOptions", "RestartStrategy"]
+__all__ = ["CMAES", "CMAESOptions", "RestartStrategy", "import_pycma"]
 
 RestartStrategy = Literal["none", "ipop", "bipop"]
 
@@ -175,62 +173,23 @@ _PLANNERS: dict[str, Callable[[_RestartState], _RunPlan | None]] = {
 }
 
 
-class _RefusedToThread(importlib.abc.MetaPathFinder):
-    """A finder that refuses ``names`` to one thread's imports, and lets every other pass.
+def import_pycma(*, refused: Collection[str] = ()) -> ModuleType:
+    """Import pycma (``cma``), without its warning that matplotlib (for its plots) is missing.
 
-    Put first on ``sys.meta_path``: the refused thread's ``import`` of a name raises
-    ``ModuleNotFoundError``; another thread's import of it meanwhile goes on as usual (this
-    finder answers None and the next one finds the module). A module already imported is not
-    looked up again, so it is never refused.
+    ``refused``: modules to import it without, where it can do without them (see
+    :func:`regkit.utils.imports.import_refusing`). The registration commands import it without
+    ``scipy.stats``, which pycma's ``fitness_models`` imports at its top, inside a try, for the
+    Kendall tau of its surrogate models (lq-CMA-ES), which regkit does not use: 0.55 s of a
+    cold ``regkit register-2d3d``. pycma then keeps its own Kendall tau for the process: the
+    same values on data without ties, and a tie in both counted as half an agreement where
+    scipy's tau-b corrects for ties. The library itself imports pycma as usual, so a program
+    that uses regkit and pycma's surrogates gets them as pycma made them.
     """
-
-    def __init__(self, names: frozenset[str], thread: int) -> None:
-        self.names, self.thread = names, thread
-
-    def find_spec(self, fullname: str, path: Any = None,  # noqa: ARG002   # the finder API
-                  target: Any = None) -> None:  # noqa: ARG002
-        if fullname in self.names and threading.get_ident() == self.thread:
-            raise ModuleNotFoundError(f"{fullname} is not imported here (regkit)", name=fullname)
-        return None
-
-
-def _import_refusing(module: str, refused: Collection[str]) -> ModuleType:
-    """Import ``module`` as if the modules ``refused`` were not installed, if it can do so.
-
-    For a dependency that imports at its top, inside ``try: ... except ImportError``, something
-    it only needs for a feature regkit does not use. Only this thread's imports are refused, and
-    only for the call: a module ``refused`` that is imported already is used as usual, and one
-    that ``module`` cannot do without (its import then raises ImportError) is let through on a
-    second try, so the worst case is the plain import's cost and result.
-    """
-    if module in sys.modules:
-        return sys.modules[module]
-    finder = _RefusedToThread(frozenset(refused), threading.get_ident())
-    sys.meta_path.insert(0, finder)
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        pass
-    finally:
-        sys.meta_path.remove(finder)
-    return importlib.import_module(module)
-
-
-# pycma's fitness_models imports ``scipy.stats`` at the top, inside a try, for ``kendalltau``:
-# 0.55 s of pycma's 0.6 s import, and of every cold ``regkit register-2d3d`` (about 6 % of a
-# precise one-view command). Its surrogate models (lq-CMA-ES), which regkit does not use, are
-# all that call it, and without scipy.stats they take pycma's own Kendall tau: the same values
-# on data without ties (pycma's doctest checks it; with ties it counts a tie in both as half an
-# agreement where scipy's tau-b corrects for ties). In a process that imports scipy.stats
-# first, pycma is imported as usual.
-_CMA_REFUSED = ("scipy.stats",)
-
-
-def _import_cma() -> ModuleType:
-    """Import pycma, without its warning that matplotlib (for its plots) is missing."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*matplotlib.*", category=UserWarning)
-        return _import_refusing("cma", _CMA_REFUSED)
+        if refused:
+            return import_refusing("cma", refused)
+        return importlib.import_module("cma")
 
 
 @optimizers.register("cmaes")
@@ -265,7 +224,7 @@ class CMAES(Optimizer):
             # a run); a line search is the right tool there.
             raise InputError("CMA-ES needs at least 2 parameters; for one, use 'powell' (a "
                              "line search)", key="method")
-        self._cma = _import_cma()
+        self._cma = import_pycma()
         o = self.options
         self.seed: int = (int(o.seed) if o.seed is not None
                           else int(np.random.default_rng().integers(0, 2 ** 62)))

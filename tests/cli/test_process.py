@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from regkit.cli import main as cli_main
-from regkit.cli._warm import Background, import_quietly
+from regkit.cli._warm import Background, import_quietly, read_nifti_files, take
 from regkit.errors import FileFormatError
 
 
@@ -159,14 +159,51 @@ def test_a_background_call_runs_on_another_thread_and_gives_its_value() -> None:
     assert call.result()[0] == 5                  # asked again: the same value
 
 
-def test_a_background_calls_error_is_raised_in_the_caller() -> None:
+@pytest.mark.parametrize("error", [FileFormatError("corrupt, for the test",
+                                                   source=Path("ct.nii.gz")),
+                                   SystemExit("exit, for the test")])
+def test_a_background_calls_error_is_raised_in_the_caller(error: BaseException) -> None:
     def bad() -> None:
-        raise FileFormatError("corrupt, for the test", source=Path("ct.nii.gz"))
+        raise error
 
     call = Background(bad)
     call.wait()
-    with pytest.raises(FileFormatError, match="corrupt, for the test"):
+    with pytest.raises(type(error), match="for the test"):
         call.result()
+
+
+def test_files_are_read_in_order_each_with_its_own_error(tmp_path: Path) -> None:
+    good = tmp_path / "ok.nii"
+    good.write_bytes(b"not parsed yet")
+    items = read_nifti_files([tmp_path / "absent.nii.gz", None, good])
+    with pytest.raises(FileFormatError, match="absent"):
+        take(items[0])
+    assert take(items[1]) is None
+    assert take(items[2]).source == good
+
+
+def test_the_reading_thread_imports_nothing_and_sets_no_warnings_filter(tmp_path: Path
+                                                                        ) -> None:
+    """What the commands' thread runs, in a fresh process, on a scaled gzip CT and its labels."""
+    proc = _python("""
+        import sys, warnings
+        import nibabel as nib, numpy as np
+        data = np.arange(4000, dtype=np.int16).reshape(10, 20, 20)
+        image = nib.Nifti1Image(data, np.eye(4), dtype=np.int16)
+        image.header.set_slope_inter(1.0, -1024.0)
+        image.to_filename("ct.nii.gz")
+        nib.Nifti1Image(np.ones((10, 20, 20), np.uint8), np.eye(4)).to_filename("l.nii.gz")
+        from regkit.cli._warm import Background, read_nifti_files
+        before, filters = set(sys.modules), list(warnings.filters)
+        files = Background(read_nifti_files, ["ct.nii.gz", "l.nii.gz", "absent.nii"]).result()
+        assert set(sys.modules) == before, sorted(set(sys.modules) - before)
+        assert warnings.filters == filters
+        assert [type(f).__name__ for f in files] == ["NiftiFile", "NiftiFile",
+                                                     "FileFormatError"]
+        print("ok")
+        """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     (["--detector-blur", "11"], "--detector-blur"),
     (["--corrupt-ct"], "bad.nii.gz"),
     (["--corrupt-ct", "--no-camera"], "absent.json"),    # in order: the camera before the CT
+    (["--corrupt-ct", "--metric", "nope"], "nope"),       # and the metric
 ])
 def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str], extra: list[str],
@@ -135,7 +137,7 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     if "--corrupt-ct" in extra:   # read on a thread; its error waits for the checks before it
         ct = tmp_path / "bad.nii.gz"
         ct.write_bytes(files["ct"].read_bytes()[:5000])
-        args = []
+        args = [a for a in args if a not in ("--corrupt-ct", "--no-camera")]
     if "--no-camera" in extra:
         camera = tmp_path / "absent.json"
     argv = ["register-2d3d", "--volume", str(ct), "--camera", str(camera), "--out", out, *args]
@@ -149,6 +151,7 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
     assert message is not None
     assert message in err[0]
     assert not Path(out).exists()
+    assert not [t for t in threading.enumerate() if t.name == "regkit-read"]   # none left
 
 
 def _options_reaching_the_registration(files: dict[str, Path], tmp_path: Path,

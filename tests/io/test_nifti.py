@@ -11,7 +11,7 @@ import pytest
 
 from regkit.data import chest_ct_crop
 from regkit.errors import FileFormatError, InputError
-from regkit.io.nifti import load_labels, load_nifti, save_nifti
+from regkit.io.nifti import NiftiFile, load_labels, load_nifti, read_nifti_file, save_nifti
 from regkit.volume import Volume
 
 
@@ -105,6 +105,40 @@ def test_scaled_integers_become_float_and_plain_integers_stay(tmp_path: Path) ->
     np.testing.assert_array_equal(scaled.data, data * 2.0 - 1024.0)
     plain = load_nifti(_write(tmp_path / "plain.nii", data.astype(np.uint16), np.eye(4)))
     assert plain.data.dtype == np.uint16
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+def test_a_file_read_first_loads_as_the_path_does(tmp_path: Path, name: str) -> None:
+    """read_nifti_file (what a command runs on a thread) then load_nifti / load_labels."""
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    image = nib.Nifti1Image(data, _oblique_affine(), dtype=np.int16)
+    image.header.set_slope_inter(1.0, -1024.0)           # a CT's usual scaling
+    image.to_filename(tmp_path / name)
+    labels = _write(tmp_path / ("l" + name), (data % 3).astype(np.uint8), _oblique_affine())
+    file = read_nifti_file(tmp_path / name)
+    assert isinstance(file, NiftiFile)
+    assert file.source == tmp_path / name
+    assert (file.raw is None) == (name == "ct.nii")
+    direct = load_nifti(tmp_path / name, labels=labels)
+    read = load_nifti(file, labels=read_nifti_file(labels))
+    np.testing.assert_array_equal(read.data, direct.data)
+    np.testing.assert_array_equal(read.world_from_index, direct.world_from_index)
+    np.testing.assert_array_equal(read.labels, direct.labels)
+    np.testing.assert_array_equal(load_labels(read_nifti_file(labels), like=read), data % 3)
+
+
+def test_reading_first_reports_gzip_damage_and_loading_the_rest(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).normal(size=(8, 8, 8)).astype(np.float32)
+    full = _write(tmp_path / "full.nii.gz", data, np.eye(4)).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(full[:-500])
+    with pytest.raises(FileFormatError, match=r"cut\.nii\.gz.*truncated or corrupt gzip"):
+        read_nifti_file(tmp_path / "cut.nii.gz")
+    with pytest.raises(FileFormatError, match=r"absent\.nii\.gz.*no such file"):
+        read_nifti_file(tmp_path / "absent.nii.gz")
+    (tmp_path / "text.nii").write_text("this is not an image")
+    file = read_nifti_file(tmp_path / "text.nii")           # parsed only when loaded
+    with pytest.raises(FileFormatError, match=r"text\.nii.*not a readable NIfTI"):
+        load_nifti(file)
 
 
 def test_four_d_with_one_volume_is_accepted(tmp_path: Path) -> None:
