@@ -114,6 +114,8 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     (["--corrupt-ct"], "bad.nii.gz"),
     (["--corrupt-ct", "--no-camera"], "absent.json"),    # in order: the camera before the CT
     (["--corrupt-ct", "--metric", "nope"], "nope"),       # and the metric
+    (["--corrupt-labels"], "cut_labels.nii.gz"),
+    (["--corrupt-ct", "--corrupt-labels"], "bad.nii.gz"),  # the CT before its label map
 ])
 def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str], extra: list[str],
@@ -140,6 +142,11 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
         args = [a for a in args if a not in ("--corrupt-ct", "--no-camera")]
     if "--no-camera" in extra:
         camera = tmp_path / "absent.json"
+    if "--corrupt-labels" in extra:
+        cut = tmp_path / "cut_labels.nii.gz"
+        cut.write_bytes(files["labels"].read_bytes()[:3000])
+        args = [a for a in args if a not in ("--corrupt-ct", "--corrupt-labels")]
+        args += ["--labels", str(cut)]
     argv = ["register-2d3d", "--volume", str(ct), "--camera", str(camera), "--out", out, *args]
     for image in images:
         argv += ["--image", image]
