@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from regkit.errors import InputError
-from regkit.optim._common import Tracker, as_values, check_float, check_int
+from regkit.optim._common import Tracker, as_values, check_bool, check_float, check_int
 from regkit.optim.base import (
     IterationRecord,
     Optimizer,
@@ -106,8 +106,7 @@ class QuadraticOptions:
         check_float("quadratic", "tol_fun", self.tol_fun, positive=True)
         check_int("quadratic", "max_evaluations", self.max_evaluations, 1, optional=True)
         check_int("quadratic", "max_iterations", self.max_iterations, 1, optional=True)
-        if not isinstance(self.final_step, (bool, np.bool_)):
-            raise InputError(f"must be true or false, got {self.final_step!r}", key="final_step")
+        check_bool("quadratic", "final_step", self.final_step)
 
 
 def design(n: int, kind: str = "full") -> np.ndarray:
