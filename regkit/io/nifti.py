@@ -105,13 +105,17 @@ def _open_image(file: NiftiFile) -> nib.Nifti1Pair:
     return image
 
 
-def _read(path: PathLike | NiftiFile) -> tuple[np.ndarray, NDArray[np.float64]]:
-    """Read a NIfTI file into memory: its (I, J, K) array, scaling applied, and its affine (4, 4).
+def _as_file(path: PathLike | NiftiFile) -> NiftiFile:
+    """``path`` read by :func:`read_nifti_file`, unless it was already."""
+    return path if isinstance(path, NiftiFile) else read_nifti_file(path)
+
+
+def _read(file: NiftiFile) -> tuple[np.ndarray, NDArray[np.float64]]:
+    """A NIfTI file in memory: its (I, J, K) array, scaling applied, and its affine (4, 4).
 
     Raises:
-        FileFormatError: the file is missing, not NIfTI, damaged, not 3-D, or holds non-real data.
+        FileFormatError: the file is not NIfTI, damaged, not 3-D, or holds non-real data.
     """
-    file = path if isinstance(path, NiftiFile) else read_nifti_file(path)
     source = file.source
     image = _open_image(file)
     try:
@@ -203,8 +207,9 @@ def load_labels(path: PathLike | NiftiFile, like: Volume | None = None) -> np.nd
     Raises:
         FileFormatError: unreadable file, fractional values, or a grid that does not match.
     """
-    source = path.source if isinstance(path, NiftiFile) else Path(path)
-    data, affine = _read(path)
+    file = _as_file(path)
+    source = file.source
+    data, affine = _read(file)
     labels = _as_labels(data, source)
     if like is not None:
         _check_same_grid(labels.shape, affine, like, source)
@@ -229,8 +234,9 @@ def load_nifti(path: PathLike | NiftiFile, *, labels: PathLike | NiftiFile | Non
         FileFormatError: a file is missing, not NIfTI, truncated or corrupt, not 3-D, holds NaN
             voxels, or the label grid differs from the image grid.
     """
-    source = path.source if isinstance(path, NiftiFile) else Path(path)
-    data, affine = _read(path)
+    file = _as_file(path)
+    source = file.source
+    data, affine = _read(file)
     try:
         volume = Volume(data, affine)
     except (InputError, ShapeError) as exc:
