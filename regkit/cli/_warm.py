@@ -28,8 +28,8 @@ from typing import Any, Generic, TypeVar
 
 from regkit.io.nifti import read_nifti_file  # here, so that the reading thread imports nothing
 
-__all__ = ["REGISTRATION_IMPORTS", "Background", "import_quietly", "read_nifti_files",
-           "take"]
+__all__ = ["REGISTRATION_IMPORTS", "Background", "import_quietly", "import_registration_modules",
+           "read_nifti_files", "take"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,18 @@ def import_quietly(*modules: str) -> None:
     for name in modules:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+
+
+def import_registration_modules() -> None:
+    """What a registration imports later, imported now (while the files are read on a thread).
+
+    pycma without ``scipy.stats`` (see :func:`regkit.optim.cmaes.import_pycma`), then
+    :data:`REGISTRATION_IMPORTS`.
+    """
+    from regkit.optim.cmaes import import_pycma
+
+    import_pycma(refused=("scipy.stats",))
+    import_quietly(*REGISTRATION_IMPORTS)
 
 
 class Background(Generic[T]):

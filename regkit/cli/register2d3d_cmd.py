@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from regkit.cli._warm import (
-    REGISTRATION_IMPORTS,
     Background,
-    import_quietly,
+    import_registration_modules,
     read_nifti_files,
     take,
 )
@@ -40,7 +39,6 @@ def _register2d3d(args: argparse.Namespace) -> int:
         from regkit.io.radiograph import load_radiograph
         from regkit.metrics import get_metric
         from regkit.optim import gradient_methods, optimizers
-        from regkit.optim.cmaes import import_pycma
         from regkit.registration import Register2D3DOptions
         from regkit.registration.radiograph_registration import register_2d3d, save_report
 
@@ -63,8 +61,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
                 raise InputError(err.reason, key="--detector-blur") from None
         if args.full_detector:
             options["full_detector"] = True
-        import_pycma(refused=("scipy.stats",))
-        import_quietly(*REGISTRATION_IMPORTS)
+        import_registration_modules()
         cameras = load_cameras(args.camera)
         if len(args.image) != len(cameras):
             raise InputError(f"{len(args.image)} --image for {len(cameras)} camera(s) in "

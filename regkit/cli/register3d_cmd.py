@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 
 from regkit.cli._warm import (
-    REGISTRATION_IMPORTS,
     Background,
-    import_quietly,
+    import_registration_modules,
     read_nifti_files,
     take,
 )
@@ -51,7 +50,6 @@ def _register3d3d(args: argparse.Namespace) -> int:
         from regkit.io.itk import write_itk_transform
         from regkit.io.nifti import load_nifti, save_nifti
         from regkit.metrics import get_metric
-        from regkit.optim.cmaes import import_pycma
         from regkit.registration.volume_registration import (
             register_3d3d,
             resample_moving,
@@ -59,8 +57,7 @@ def _register3d3d(args: argparse.Namespace) -> int:
         )
 
         get_metric(args.metric)  # an unknown metric fails before the volumes are looked at
-        import_pycma(refused=("scipy.stats",))
-        import_quietly(*REGISTRATION_IMPORTS)
+        import_registration_modules()
         fixed_file, moving_file = reading.result()
     finally:   # also on an error: no read left running behind it
         reading.wait()
