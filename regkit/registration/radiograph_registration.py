@@ -826,6 +826,11 @@ class _Level(Level):
         return score, facts
 
 
+def _best_index(values: NDArray[np.float64]) -> int:
+    """The index of the largest value, a NaN never winning (the first index where all are)."""
+    return int(np.argmax(np.where(np.isfinite(values), values, -np.inf)))
+
+
 def _best_on_grid(grid: NDArray[np.float64], values: NDArray[np.float64]) -> float:
     """Where ``values`` (higher is better) on an increasing ``grid`` peak: a parabola's vertex.
 
@@ -836,7 +841,7 @@ def _best_on_grid(grid: NDArray[np.float64], values: NDArray[np.float64]) -> flo
     finite = np.isfinite(values)
     if not finite.any():
         return float(grid[0])
-    i = int(np.argmax(np.where(finite, values, -np.inf)))
+    i = _best_index(values)
     best = float(grid[i])
     if 0 < i < len(grid) - 1 and finite[i - 1] and finite[i + 1]:
         (a, b, c), (fa, fb, fc) = grid[i - 1:i + 2], values[i - 1:i + 2]
@@ -861,12 +866,8 @@ def _coarse_to_fine(n: int, stride: int, scores: list[float | None],
     """
     coarse = sorted({*range(0, n, stride), n - 1})
     yield from coarse
-
-    def key(i: int) -> float:
-        v = scores[i]
-        return -math.inf if v is None or not math.isfinite(v) else sign * v
-
-    best = max(coarse, key=key)
+    best = coarse[_best_index(np.asarray([np.nan if scores[i] is None else sign * scores[i]
+                                          for i in coarse], dtype=np.float64))]
     for i in range(max(0, best - stride + 1), min(n, best + stride)):
         if scores[i] is None:
             yield i
