@@ -21,17 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from regkit_recon.measure_hand import measure_hand
-
-
-def _names(folder: Path) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for line in (folder / "labels.csv").read_text().splitlines()[1:]:
-        label, name = line.split(",")[:2]
-        names[int(label)] = name
-    return names
+from regkit_recon.measure_hand import measure_labels_file
 
 
 def measure_folder(data: Path) -> list[dict[str, Any]]:
@@ -42,8 +33,7 @@ def measure_folder(data: Path) -> list[dict[str, Any]]:
         malunions = [d for d in record.get("deformities") or [] if d["bone"] != "radius"]
         if not malunions:
             continue
-        image: Any = nib.load(folder / "labels.nii.gz")
-        measured = measure_hand(np.asarray(image.dataobj), image.affine, _names(folder))
+        measured = measure_labels_file(folder / "labels.nii.gz")   # names from labels.csv
         for item in malunions:
             got = measured["bones"][item["bone"]]
             apex = float(np.linalg.norm(np.asarray(got["apex_world"])
