@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 import pytest
-from regkit_recon.measure import bone_gaps, measure_bone_axis, measure_fracture
+from regkit_recon.measure import (
+    FractureMeasurement,
+    bone_gaps,
+    fracture_from_points,
+    measure_bone_axis,
+    measure_fracture,
+)
 
 from regkit.errors import InputError, ShapeError
 
@@ -72,6 +78,41 @@ def test_malunion_of_a_synthetic_rod_is_measured() -> None:
     assert math.degrees(m.angulation) == pytest.approx(15.0, abs=1.0)
     assert math.degrees(m.angulation2) == pytest.approx(8.0, abs=1.0)
     assert math.degrees(m.rotation) == pytest.approx(0.0, abs=1.5)
+
+
+@pytest.mark.parametrize("roll_deg", [15.0, -20.0])
+def test_a_rolled_bone_is_measured_in_its_own_planes(roll_deg: float) -> None:
+    # A rod rolled about its axis, broken at z = 40 and turned in its own frame by 20° palmarly
+    # and 8° radially. Given a dorsal hint off by the roll, the angles come back in the hint's
+    # planes, unless the shaft's own section sets them.
+    a, b, r = (math.radians(x) for x in (20.0, 8.0, roll_deg))
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    roll = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    shape = (80, 80, 180)
+    _, world = _grid(shape)
+    bend = roll @ ry @ rx @ roll.T                      # the turn, in world
+    centre = np.array([0.0, 0.0, 40.0])
+    local = world.copy()
+    beyond = world[:, 2] > 40.0
+    local[beyond] = (world[beyond] - centre) @ bend + centre
+    own = local @ roll                                  # the rod's own (radial, dorsal, z)
+    inside = ((own[:, 0] / 4.0) ** 2 + (own[:, 1] / 2.8) ** 2 <= 1.0) & (own[:, 2] >= 0.0) & \
+        (own[:, 2] <= 75.0)
+    points = world[inside]
+    def measure(turn: float | None) -> FractureMeasurement:
+        return fracture_from_points(points, fracture_point=centre, distal=(0, 0, 1),
+                                    dorsal=(0, 1, 0), section_turn_deg=turn)
+
+    hint = measure(None)
+    assert abs(math.degrees(hint.angulation2) - 8.0) > 3.0     # the roll mixes the planes
+    m = measure(30.0)
+    # The section of 8 x 5.6 mm on a 0.5 mm grid gives its thin axis to 2-3°.
+    assert math.degrees(m.angulation) == pytest.approx(20.0, abs=1.5)
+    assert math.degrees(m.angulation2) == pytest.approx(8.0, abs=1.5)
+    assert math.degrees(math.acos(float(m.dorsal_axis @ roll[:, 1]))) < 3.5
+    far = measure(abs(roll_deg) / 2)
+    np.testing.assert_allclose(far.dorsal_axis, (0, 1, 0), atol=1e-9)   # too far: the hint
 
 
 def test_measurements_refuse_missing_labels_and_bad_arrays() -> None:

@@ -170,6 +170,9 @@ class FractureMeasurement:
             folded into (−90°, 90°].
         length: Base-to-tip length along the bent axis (through the fracture point), mm.
         proximal_axis, distal_axis: Unit axes (3,) of the two fragments, world.
+        dorsal_axis: Unit dorsal direction (3,) square to ``proximal_axis`` that set the two
+            planes: the given ``dorsal`` made square, or the proximal shaft's own thinner
+            cross-section axis (see ``section_turn_deg``).
     """
 
     angulation: float
@@ -178,6 +181,7 @@ class FractureMeasurement:
     length: float
     proximal_axis: Vector
     distal_axis: Vector
+    dorsal_axis: Vector
 
 
 def _slab_fit(points: Vector, origin: Vector, axis: Vector, lo: float, hi: float,
@@ -332,8 +336,16 @@ def _settled(before: Vector, after: Vector) -> bool:
 def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: ArrayLike,
                          dorsal: ArrayLike, margin_mm: float | tuple[float, float] = 3.0,
                          trim: tuple[float, float] = (0.3, 0.15), slab_mm: float = 1.0,
+                         section_turn_deg: float | None = None,
                          label: int | str = "?") -> FractureMeasurement:
-    """:func:`measure_fracture` on a bone's points ``(N, 3)`` (voxel centres, world mm)."""
+    """:func:`measure_fracture` on a bone's points ``(N, 3)`` (voxel centres, world mm).
+
+    ``section_turn_deg``: when given, the planes of the two angulations are set by the proximal
+    shaft's own thinner cross-section axis (from the same slabs as its axis), signed like
+    ``dorsal``, where the section is not nearly round and that axis lies within this many
+    degrees of ``dorsal``; else by ``dorsal`` (see :func:`_shaft_dorsal`). A tubular bone's own
+    section carries its own roll, which a direction shared by several bones does not.
+    """
     f = np.asarray(fracture_point, dtype=np.float64)
     margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
         else (float(margin_mm[0]), float(margin_mm[1]))
@@ -343,7 +355,10 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
     distal_axis, distal_offsets = _settle_fragment(
         points, f, proximal_axis, 1.0, margin_d, trim[1], slab_mm,
         f"the distal fragment of label {label} is too short to measure")
-    radial = np.cross(_unit(dorsal), proximal_axis)
+    hint = _unit(dorsal)
+    if section_turn_deg is not None:
+        hint = _shaft_dorsal(proximal_offsets, proximal_axis, hint, section_turn_deg)
+    radial = np.cross(hint, proximal_axis)
     radial /= np.linalg.norm(radial)
     dorsal_axis = np.cross(proximal_axis, radial)
     d = np.array([distal_axis @ radial, distal_axis @ dorsal_axis, distal_axis @ proximal_axis])
@@ -372,7 +387,7 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
                          key="fracture_point")
     length = float(-s_prox[s_prox < 0].min() + s_dist[s_dist > 0].max())
     return FractureMeasurement(angulation, angulation2, rotation, length, proximal_axis,
-                               distal_axis)
+                               distal_axis, dorsal_axis)
 
 
 @dataclass(frozen=True)
@@ -425,11 +440,12 @@ _MIN_SECTION_RATIO = 1.1
 _MAX_DORSAL_TURN_DEG = 30.0
 
 
-def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector) -> Vector:
+def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector,
+                  max_turn_deg: float = _MAX_DORSAL_TURN_DEG) -> Vector:
     """The shaft's thinner cross-section axis, signed like ``hint``.
 
-    ``hint`` made square to ``axis`` when the section is nearly round or that axis strays from it
-    (see :func:`measure_radius_angles`).
+    ``hint`` made square to ``axis`` when the section is nearly round or that axis lies more
+    than ``max_turn_deg`` from it (see :func:`measure_radius_angles`); 90° keeps only its sign.
 
     Raises:
         InputError: ``hint`` runs along the shaft.
@@ -446,7 +462,7 @@ def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector) -> Vector:
     if values[0] <= 0 or math.sqrt(values[1] / values[0]) < _MIN_SECTION_RATIO:
         return square
     u, v = vectors[:, 0] if vectors[0, 0] >= 0 else -vectors[:, 0]
-    if u < math.cos(math.radians(_MAX_DORSAL_TURN_DEG)):
+    if u < math.cos(math.radians(max_turn_deg)):
         return square
     thin = u * square + v * side
     return thin / float(np.linalg.norm(thin))

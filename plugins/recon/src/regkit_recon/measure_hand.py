@@ -11,13 +11,15 @@ reconstruction) with the same code, and knows nothing of how it was made:
    distal; a left hand the opposite, and is mirrored (through the plane normal to radial) before
    measuring, so that left and right hands in any position and view give the same figures.
 2. **Each tubular bone** (metacarpals, phalanges): its axis, oriented away from its proximal
-   neighbour; its dorsal direction (tubular bones are wider than deep): for the fingers, the
-   flatness-weighted mean of the thinner cross-section axes of metacarpals and proximal phalanges
-   2-5, made square to the bone's axis; for the thumb, whose nail faces radially, the proximal
-   fragment's own thinner axis, signed radially; the **apex** of an angulation found by fitting
-   a broken line to the shaft's centreline (no fracture level is given); then the two-plane
-   angulation at that apex, or at the shaft's middle when no break stands out
-   (:func:`~regkit_recon.measure.measure_fracture`), and the length.
+   neighbour; the **apex** of an angulation found by fitting a broken line to the shaft's
+   centreline (no fracture level is given); then the two-plane angulation at that apex, or at
+   the shaft's middle when no break stands out (:func:`~regkit_recon.measure.measure_fracture`),
+   and the length. The two planes are set by the bone's dorsal direction (tubular bones are
+   wider than deep): the proximal fragment's own thinner cross-section axis, over its trimmed
+   shaft; for the fingers, signed like the flatness-weighted mean of the thinner axes of
+   metacarpals and proximal phalanges 2-5, and that mean itself where the bone's section is
+   nearly round or its axis lies over 30° from it; for the thumb, whose nail faces radially,
+   signed radially.
 3. **The radius**: dorsal tilt and radial inclination
    (:func:`~regkit_recon.measure.measure_radius_angles`), its length, and the **ulnar variance**:
    along the radius' shaft, the ulna's most distal point less the radius' ulnar corner (the
@@ -263,22 +265,25 @@ def _fingers_dorsal(points: Mapping[str, Vector], hand_dorsal: Vector) -> Vector
     return total / norm if norm > 0 else hand_dorsal
 
 
+_FINGER_SECTION_TURN_DEG = 30.0
+"""A finger bone's own thinner section axis sets its planes when within this of the fingers'."""
+_THUMB_SECTION_TURN_DEG = 90.0
+"""The thumb's own section sets its planes whatever its turn; the hint only signs it."""
+
+
 def _tubular(points: Vector, towards: Vector, dorsal_hint: Vector, voxel_mm: float, *,
-             own_section: bool) -> dict[str, Any]:
+             thumb: bool) -> dict[str, Any]:
     axis = _principal(points, _unit(towards)).direction
     apex, gain = _find_apex(points, axis)
-    if own_section:
-        # The proximal fragment's own cross-section (the distal one may be turned).
-        proximal = points[(points - apex) @ axis <= 0]
-        dorsal = _bone_dorsal(proximal if len(proximal) >= _MIN_VOXELS else points, axis,
-                              dorsal_hint)
-    else:
-        dorsal = _unit(dorsal_hint - (dorsal_hint @ axis) * axis)
     shaft = (points - apex) @ axis
     margin = (min(3.0, 0.15 * float(-shaft.min())), min(3.0, 0.15 * float(shaft.max())))
+    # The planes come from the proximal shaft's own section (the distal fragment may be
+    # turned): the fingers' common dorsal direction misses each bone's own roll, and a bent
+    # or turned bone among those it averages pulls it (10-16° on two malunited metacarpals).
+    turn = _THUMB_SECTION_TURN_DEG if thumb else _FINGER_SECTION_TURN_DEG
     try:
-        m = fracture_from_points(points, fracture_point=apex, distal=axis, dorsal=dorsal,
-                                 margin_mm=margin)
+        m = fracture_from_points(points, fracture_point=apex, distal=axis, dorsal=dorsal_hint,
+                                 margin_mm=margin, section_turn_deg=turn)
     except InputError:
         return {"length_mm": _length(points, axis, voxel_mm)}
     return {"angulation_deg": math.degrees(m.angulation),
@@ -334,8 +339,7 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
             # The thumb's nail faces radially in the anatomical position: its dorsal side is
             # told from the hand's radial direction, the fingers' from the hand's dorsal.
             thumb = name.endswith("_1")
-            fields = _tubular(p, towards, radial if thumb else fingers, voxel_mm,
-                              own_section=thumb)
+            fields = _tubular(p, towards, radial if thumb else fingers, voxel_mm, thumb=thumb)
             if "apex_world" in fields:
                 fields["apex_world"] = [float(x) for x in m @ fields["apex_world"]]
             bones[name] = fields
