@@ -153,8 +153,25 @@ def test_shaft_dorsal_takes_the_thin_axis_only_when_clear_and_near(
     assert math.degrees(math.atan2(got[1], got[0])) == pytest.approx(expect, abs=1.5)
     flipped = _shaft_dorsal(_section(half, turn), axis, -hint)
     np.testing.assert_allclose(flipped, -got, atol=1e-9)   # the sign follows the hint
-    with pytest.raises(InputError, match="along the radius' shaft"):
+    with pytest.raises(InputError, match="along the bone's shaft"):
         _shaft_dorsal(_section(half, turn), axis, axis * 2.0)
+
+
+@pytest.mark.parametrize("turn", [60.0, -75.0, 90.0])
+def test_shaft_dorsal_at_90_degrees_keeps_the_thin_axis_at_any_turn(turn: float) -> None:
+    # The thumb's hint (the hand's radial side) only signs its own section's thin axis.
+    from regkit_recon.measure import _shaft_dorsal
+
+    axis = np.array([0.0, 0.0, 1.0])
+    got = _shaft_dorsal(_section((8.0, 6.5), turn), axis, np.array([1.0, 0.0, 0.0]), 90.0)
+    angle = math.degrees(math.atan2(got[1], got[0]))
+    if turn == 90.0:          # square to the hint: the axis is kept, its sign a guess
+        assert abs(abs(angle) - 90.0) < 1.5
+    else:
+        assert angle == pytest.approx(turn, abs=1.5)
+    round_section = _shaft_dorsal(_section((7.0, 6.9), turn), axis, np.array([1.0, 0.0, 0.0]),
+                                  90.0)
+    np.testing.assert_allclose(round_section, (1.0, 0.0, 0.0), atol=1e-9)   # round: the hint
 
 
 def test_a_fragment_fit_that_fails_in_a_later_round_keeps_its_last_good_axis(

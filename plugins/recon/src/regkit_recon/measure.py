@@ -445,7 +445,8 @@ def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector,
     """The shaft's thinner cross-section axis, signed like ``hint``.
 
     ``hint`` made square to ``axis`` when the section is nearly round or that axis lies more
-    than ``max_turn_deg`` from it (see :func:`measure_radius_angles`); 90° keeps only its sign.
+    than ``max_turn_deg`` from it (see :func:`measure_radius_angles`). From 90° up the thin axis
+    is kept at any turn, ``hint`` only signing it (square to it, the sign is a guess).
 
     Raises:
         InputError: ``hint`` runs along the shaft.
@@ -453,7 +454,7 @@ def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector,
     square = hint - (hint @ axis) * axis
     norm = float(np.linalg.norm(square))
     if norm < 1e-6:
-        raise InputError("the dorsal hint runs along the radius' shaft", key="dorsal")
+        raise InputError("the dorsal hint runs along the bone's shaft", key="dorsal")
     square = square / norm
     side = np.cross(axis, square)
     # The section's spread in the plane across the shaft, in the basis (square, side).
@@ -462,7 +463,7 @@ def _shaft_dorsal(offsets: Vector, axis: Vector, hint: Vector,
     if values[0] <= 0 or math.sqrt(values[1] / values[0]) < _MIN_SECTION_RATIO:
         return square
     u, v = vectors[:, 0] if vectors[0, 0] >= 0 else -vectors[:, 0]
-    if u < math.cos(math.radians(max_turn_deg)):
+    if max_turn_deg < 90.0 and u < math.cos(math.radians(max_turn_deg)):
         return square
     thin = u * square + v * side
     return thin / float(np.linalg.norm(thin))

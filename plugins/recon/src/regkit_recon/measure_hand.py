@@ -19,7 +19,8 @@ reconstruction) with the same code, and knows nothing of how it was made:
    shaft; for the fingers, signed like the flatness-weighted mean of the thinner axes of
    metacarpals and proximal phalanges 2-5, and that mean itself where the bone's section is
    nearly round or its axis lies over 30° from it; for the thumb, whose nail faces radially,
-   signed radially.
+   signed radially at any turn (the hand's radial direction itself where the section is nearly
+   round).
 3. **The radius**: dorsal tilt and radial inclination
    (:func:`~regkit_recon.measure.measure_radius_angles`), its length, and the **ulnar variance**:
    along the radius' shaft, the ulna's most distal point less the radius' ulnar corner (the
@@ -279,7 +280,7 @@ def _tubular(points: Vector, towards: Vector, dorsal_hint: Vector, voxel_mm: flo
     margin = (min(3.0, 0.15 * float(-shaft.min())), min(3.0, 0.15 * float(shaft.max())))
     # The planes come from the proximal shaft's own section (the distal fragment may be
     # turned): the fingers' common dorsal direction misses each bone's own roll, and a bent
-    # or turned bone among those it averages pulls it (10-16° on two malunited metacarpals).
+    # or turned bone among those it averages pulls it (7-10° on two malunited metacarpals).
     turn = _THUMB_SECTION_TURN_DEG if thumb else _FINGER_SECTION_TURN_DEG
     try:
         m = fracture_from_points(points, fracture_point=apex, distal=axis, dorsal=dorsal_hint,
