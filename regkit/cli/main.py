@@ -1,7 +1,9 @@
 """The ``regkit`` command: subcommands, exit statuses and error reporting.
 
-Exit status: 0 on success, 2 on bad input (a user error: one line on stderr, no traceback), 1 on an
-internal error (with the traceback, since it is a bug to report), 130 on Ctrl-C.
+Exit status: 0 on success, 2 on bad input (a user error: one line on stderr, no traceback) or a
+file system that refuses a read or write (no permission, read-only, full, a folder where a file
+was meant), 1 on an internal error (with the traceback, since it is a bug to report), 130 on
+Ctrl-C.
 
 Subcommands come from the ``regkit.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds one subparser and sets ``func`` (taking the parsed arguments and
@@ -11,6 +13,7 @@ returning an exit status or None) as its default. Plugins add theirs the same wa
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -104,14 +107,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailableError as err:
         print(f"regkit: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno in _ENVIRONMENT_ERRNOS:   # the file system said no: not a bug
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"regkit: error: {where}{err.strerror or err}", file=sys.stderr)
+            return 2
+        return _internal_error()
     except KeyboardInterrupt:
         print("regkit: interrupted", file=sys.stderr)
         return 130
     except Exception:
-        traceback.print_exc()
-        print("regkit: internal error (a bug: please report it with the traceback above)",
-              file=sys.stderr)
-        return 1
+        return _internal_error()
+
+
+_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                                 errno.EDQUOT, errno.EBUSY, errno.EISDIR, errno.ENOTDIR,
+                                 errno.ENAMETOOLONG})
+"""OSErrors that report the file system's refusal (a read-only or full disk, a folder where a
+file was meant, no permission), shown as one line with exit status 2 like bad input; any other
+OSError is a bug."""
+
+
+def _internal_error() -> int:
+    traceback.print_exc()
+    print("regkit: internal error (a bug: please report it with the traceback above)",
+          file=sys.stderr)
+    return 1
 
 
 # glibc's malloc hands blocks over its (adaptive, at first 128 KiB) mmap threshold back to the

@@ -10,11 +10,13 @@ import numpy as np
 
 from regkit.geometry.camera import load_cameras
 from regkit.io.points import read_points, write_pixels
+from regkit.utils.files import check_output
 
 __all__ = ["register"]
 
 
 def _project(args: argparse.Namespace) -> int:
+    check_output(args.out, [args.camera, args.points])
     cameras = load_cameras(args.camera)
     points = read_points(args.points)
     uv = np.stack([c.project(points) for c in cameras])  # (B, N, 2)

@@ -17,6 +17,7 @@ from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
 from regkit.registration.levels import DEFAULT_SEED
+from regkit.utils.files import check_output
 
 __all__ = ["register"]
 
@@ -30,6 +31,11 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
+    inputs = [args.volume, args.labels, args.camera, *args.image]
+    check_output(args.out, [p for p in inputs if p is not None])
+    if args.report is not None:
+        check_output(args.report, [p for p in inputs if p is not None], kind="into",
+                     key="--report")
     # The CT (and labels) are read and inflated on a thread while torch and the registration
     # modules import (see _warm); a bad file still reports after the checks and files before it.
     reading = Background(read_nifti_files, [args.volume, args.labels])

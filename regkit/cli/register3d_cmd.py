@@ -18,6 +18,7 @@ from regkit.cli._warm import (
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.registration.levels import DEFAULT_SEED
+from regkit.utils.files import check_output
 
 __all__ = ["register"]
 
@@ -43,6 +44,14 @@ def _register3d3d(args: argparse.Namespace) -> int:
         if path is not None and not path.name.lower().endswith(suffixes):
             raise InputError(f"must end with {' or '.join(suffixes)}, got '{path.name}'",
                              key=flag)
+    inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask)
+              if p is not None]
+    for flag, path in (("--out", args.out), ("--resampled", args.resampled),
+                       ("--itk-transform", args.itk_transform)):
+        if path is not None:
+            check_output(path, inputs, key=flag)
+    if args.report is not None:
+        check_output(args.report, inputs, kind="into", key="--report")
     # The volumes are read and inflated on a thread while torch and the registration modules
     # import (see _warm); a bad file still reports after the metric's check, fixed first.
     reading = Background(read_nifti_files, [args.fixed, args.moving])

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from regkit.geometry.camera import Camera
 
 __all__ = [
+    "NEGATIVE_TRANSMITTED_FRACTION",
     "TRANSMITTED_FLOOR",
     "ImageKind",
     "Radiograph",
@@ -141,6 +142,11 @@ def _line_integral(image: np.ndarray, kind: str, i0: float | None,
     if kind == "line-integral":
         return values.astype(np.float32)
     intensity = values.astype(np.float64)
+    negative = int(np.count_nonzero(intensity < 0))
+    if negative > NEGATIVE_TRANSMITTED_FRACTION * intensity.size:
+        raise InputError(f"holds {negative} negative pixels ({100 * negative / intensity.size:.1f} "
+                         "%), which transmitted intensities cannot be: is it a line-integral "
+                         "image, or offset?", source=source, key="image")
     reference = float(intensity.max()) if i0 is None else float(i0)
     if not (math.isfinite(reference) and reference > 0):
         what = "the brightest pixel" if i0 is None else "i0"
@@ -148,6 +154,11 @@ def _line_integral(image: np.ndarray, kind: str, i0: float | None,
                          f"{reference!r}", source=source, key="i0")
     np.maximum(intensity, TRANSMITTED_FLOOR * reference, out=intensity)
     return (-np.log(intensity / reference)).astype(np.float32)
+
+
+NEGATIVE_TRANSMITTED_FRACTION = 0.01
+"""A transmitted image may hold this fraction of negative pixels (noise about a subtracted dark
+frame), clamped like dark ones; more is refused."""
 
 
 def to_line_integral(image: ArrayLike, kind: ImageKind, *, i0: float | None = None
@@ -162,7 +173,8 @@ def to_line_integral(image: ArrayLike, kind: ImageKind, *, i0: float | None = No
         i0: Unattenuated intensity for ``"transmitted"``; default the image's maximum.
 
     Raises:
-        InputError: unknown ``kind``; empty, NaN or infinite image; a non-positive I0.
+        InputError: unknown ``kind``; empty, NaN or infinite image; a non-positive I0; a
+            transmitted image of more than 1 % negative pixels.
     """
     return _line_integral(np.asarray(image), kind, i0, None)
 

@@ -12,10 +12,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+           "check_output"]
 
 
 @contextlib.contextmanager
@@ -85,6 +86,73 @@ def atomic_dir(path: str | os.PathLike[str], *, key: str | None = None) -> Itera
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = (),
+                 *, kind: str = "file", key: str = "--out") -> Path:
+    """Refuse, before any work, an output path that cannot be written or would replace an input.
+
+    ``kind`` says what ``path`` is: ``"file"``; ``"folder"``, a folder that replaces any
+    existing one whole (:func:`atomic_dir`); or ``"into"``, a folder that files are written
+    into. An output is refused when it is an empty path; when it is one of ``inputs`` (the
+    same file by any name: writing it would destroy the input); for a ``"folder"``, when it
+    holds one of ``inputs`` or the current folder; for a ``"file"``, when it is a folder, and
+    for a folder, when it is a file; and when the folder that would take it (the nearest one
+    above it that exists, or itself for ``"into"``) does not take a new file (read-only, no
+    permission: probed by making and removing an empty file there, so the answer is the file
+    system's, whoever runs it).
+
+    Args:
+        path: The output file or folder.
+        inputs: The command's input files (those that do not exist are skipped).
+        kind: ``"file"``, ``"folder"`` or ``"into"``.
+        key: The option named in the errors.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: any of the above, naming ``path`` and ``key``.
+    """
+    from regkit.errors import InputError
+
+    if kind not in ("file", "folder", "into"):
+        raise ValueError(f"kind must be 'file', 'folder' or 'into', got {kind!r}")
+    if str(path).strip() == "":
+        raise InputError("an empty path", key=key)
+    target = Path(path)
+    where = target.resolve()
+    for item in inputs:
+        source = Path(item)
+        if not source.exists():
+            continue
+        if (where.exists() and os.path.samefile(where, source)) or where == source.resolve():
+            raise InputError(f"is the input {source}: writing it would destroy the input",
+                             source=target, key=key)
+        if kind == "folder" and where in source.resolve().parents:
+            raise InputError(f"holds the input {source}, which replacing the folder would delete",
+                             source=target, key=key)
+    here = Path.cwd().resolve()
+    if kind == "folder" and (where == here or where in here.parents):
+        raise InputError("is the current folder or holds it: write to a new folder",
+                         source=target, key=key)
+    if kind == "file" and target.is_dir():
+        raise InputError("is a folder: give a file name", source=target, key=key)
+    if kind != "file" and target.exists() and not target.is_dir():
+        raise InputError("is a file: give a folder", source=target, key=key)
+    above = where if kind == "into" else where.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"{above} is a file, not a folder", source=target, key=key)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".regkit-probe.", dir=above)
+    except OSError as error:
+        raise InputError(f"cannot write in {above}: {error.strerror or error}", source=target,
+                         key=key) from error
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 def _umask() -> int:

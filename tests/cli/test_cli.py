@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import subprocess
@@ -197,6 +198,42 @@ def test_existing_output_untouched_on_failure(tmp_path: Path) -> None:
                  "--out", str(out)]) == 2
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.json", "pts.csv", "uv.npy"]
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cam = _write(tmp_path / "cam.json", AP_CAMERA)
+    np.save(tmp_path / "pts.npy", np.zeros((2, 3)))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out in ("pts.npy", "cam.json"):
+        assert main(["project", "--camera", str(cam), "--points", str(tmp_path / "pts.npy"),
+                     "--out", str(tmp_path / out)]) == 2
+        assert "would destroy the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (PermissionError(errno.EACCES, "Permission denied", "/x/out.json"), 2),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/out.json"), 2),
+    (OSError(errno.EINVAL, "Invalid argument"), 1),          # not the file system's refusal
+])
+def test_the_file_systems_refusals_exit_2_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: OSError,
+        status: int) -> None:
+    import regkit.cli.project_cmd as project_cmd
+
+    def fail(_args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(project_cmd, "_project", fail)
+    assert main(["project", "--camera", "c.json", "--points", "p.npy", "--out", "o.npy"]) \
+        == status
+    err = capsys.readouterr().err
+    if status == 2:
+        assert err.strip().splitlines() == [f"regkit: error: /x/out.json: {error.strerror}"]
+    else:
+        assert "Traceback" in err
+        assert "internal error" in err
 
 
 @pytest.mark.slow

@@ -71,9 +71,19 @@ def test_transmitted_to_line_integral_is_minus_log() -> None:
 
 
 def test_transmitted_zeros_are_clamped_to_the_floor() -> None:
-    result = to_line_integral(np.array([0.0, -5.0, 1000.0]), "transmitted")
+    image = np.full(200, 1000.0)
+    image[:2] = [0.0, -5.0]                   # a dark pixel and 1 of 200 (0.5 %) below it
+    result = to_line_integral(image, "transmitted")
     floor = -math.log(TRANSMITTED_FLOOR)
-    np.testing.assert_allclose(result, [floor, floor, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(result[:3], [floor, floor, 0.0], rtol=1e-6)
+
+
+def test_a_transmitted_image_of_many_negative_pixels_is_refused() -> None:
+    image = np.full(200, 1000.0)
+    image[:3] = -5.0                          # 1.5 %: not noise about a dark frame
+    with pytest.raises(InputError, match=r"3 negative pixels \(1.5 %\)"):
+        to_line_integral(image, "transmitted")
+    np.testing.assert_allclose(to_line_integral(image, "line-integral")[:3], -5.0)
 
 
 def test_line_integral_kind_passes_values_through() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from regkit.utils.files import atomic_path, atomic_write_text
+from regkit.errors import InputError
+from regkit.utils.files import atomic_path, atomic_write_text, check_output
 
 
 def test_write_creates_parents_and_file(tmp_path: Path) -> None:
@@ -92,3 +94,53 @@ def test_atomic_dir_leaves_the_old_folder_when_the_block_fails(tmp_path: Path) -
         fail_half_way()
     assert (target / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_check_output_refuses_an_input_by_any_name(tmp_path: Path) -> None:
+    data = tmp_path / "image.npy"
+    data.write_bytes(b"input")
+    (tmp_path / "link.npy").symlink_to(data)
+    os.link(data, tmp_path / "hard.npy")
+    for out in (data, tmp_path / "link.npy", tmp_path / "hard.npy",
+                tmp_path / "sub" / ".." / "image.npy"):
+        with pytest.raises(InputError, match="would destroy the input"):
+            check_output(out, [data])
+    assert check_output(tmp_path / "out.npy", [data]) == tmp_path / "out.npy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.npy", "image.npy", "link.npy"]
+    assert data.read_bytes() == b"input"
+
+
+def test_check_output_knows_files_from_folders(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "in" / "image.npy"
+    data.parent.mkdir()
+    data.write_bytes(b"input")
+    with pytest.raises(InputError, match="holds the input"):
+        check_output(tmp_path, [data], kind="folder")
+    check_output(tmp_path, [data], kind="into")            # files written into it: fine
+    monkeypatch.chdir(data.parent)
+    with pytest.raises(InputError, match="current folder"):
+        check_output(tmp_path, [], kind="folder")
+    with pytest.raises(InputError, match="is a folder"):
+        check_output(tmp_path / "in", [])
+    with pytest.raises(InputError, match="is a file"):
+        check_output(data, [], kind="into")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        check_output(data / "deeper" / "out.json", [])
+    with pytest.raises(InputError, match="empty path"):
+        check_output("", [])
+    with pytest.raises(ValueError, match="kind"):
+        check_output(tmp_path / "x", [], kind="dir")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="needs a user whom a folder's mode stops (root is not)")
+def test_check_output_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="cannot write in"):
+            check_output(locked / "new" / "out.json", [])
+    finally:
+        locked.chmod(0o700)

@@ -40,6 +40,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,8 @@ from regkit.errors import InputError
 
 from .measure import _principal, fracture_from_points, radius_angles_from_points
 
-__all__ = ["HandFrame", "find_hand_frame", "measure_hand", "measure_labels_file"]
+__all__ = ["HandFrame", "find_hand_frame", "labels_table_beside", "measure_hand",
+           "measure_labels_file"]
 
 Vector = NDArray[np.float64]
 
@@ -324,8 +326,15 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
         InputError: a label map without the bones the hand's frame needs.
     """
     affine = np.asarray(world_from_index, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) \
+            or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+        raise InputError("the label map's affine (voxel to world) is not a finite, invertible "
+                         "4x4 matrix", key="world_from_index")
     voxel_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
     raw = _points_by_name(np.asarray(labels), affine, names)
+    if not raw:
+        raise InputError(f"the label map holds none of the {len(names)} bones named (at least "
+                         f"{_MIN_VOXELS} voxels each)", key="labels")
     frame = find_hand_frame(raw)
     m = frame.mirror
     points = {n: p @ m.T for n, p in raw.items()}
@@ -391,7 +400,12 @@ def measure_labels_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     labels, affine = _load_labels(path)
     names = _names_beside(path) or {int(k): v for k, v in anatomy.BONE_NAMES.items() if k}
-    return measure_hand(labels, affine, names)
+    try:
+        return measure_hand(labels, affine, names)
+    except InputError as err:     # name the file, not the function's argument
+        if err.source is None:
+            raise InputError(err.reason, source=os.fspath(path)) from None
+        raise
 
 
 def _load_labels(path: str | os.PathLike[str]) -> tuple[NDArray[Any], NDArray[np.float64]]:
@@ -412,19 +426,52 @@ def _load_labels(path: str | os.PathLike[str]) -> tuple[NDArray[Any], NDArray[np
     return data, np.asarray(image.affine, dtype=np.float64)
 
 
-def _names_beside(path: str | os.PathLike[str]) -> dict[int, str] | None:
-    import csv
-    from pathlib import Path
-
+def labels_table_beside(path: str | os.PathLike[str]) -> Path:
+    """The bone table a label map's names come from: ``NAME.csv`` beside ``NAME.nii[.gz]``."""
     p = Path(path)
     stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.stem
-    csv_path = p.with_name(stem + ".csv")
+    return p.with_name(stem + ".csv")
+
+
+def _names_beside(path: str | os.PathLike[str]) -> dict[int, str] | None:
+    """The bone names of the table beside a label map (None: no table there).
+
+    The table is ``label,name`` rows (a first row whose label is not a number is a header, as
+    ``label,bone`` or ``label,name``), each label a whole number from 1 and each name given
+    once; blank lines are skipped.
+
+    Raises:
+        InputError: a table that is not UTF-8 text, a row that is not ``label,name``, a label
+            or a name given twice, or no row at all.
+    """
+    import csv
+
+    csv_path = labels_table_beside(path)
     if not csv_path.is_file():
         return None
-    with open(csv_path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    out = {}
-    for row in rows[1:] if rows and rows[0][:1] == ["label"] else rows:
-        if len(row) >= 2 and row[0].strip().isdigit():
-            out[int(row[0])] = row[1].strip()
-    return out or None
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+    except UnicodeDecodeError as err:
+        raise InputError(f"is not UTF-8 text (byte {err.start})", source=csv_path) from None
+    except csv.Error as err:
+        raise InputError(f"is not a CSV table: {err}", source=csv_path) from None
+    out: dict[int, str] = {}
+    for number, row in enumerate(rows, start=1):
+        if not any(field.strip() for field in row):
+            continue
+        label = row[0].strip()
+        if number == 1 and not label.lstrip("+-").isdigit():
+            continue                                   # the header
+        if len(row) != 2 or not label.isdigit() or int(label) < 1 or not row[1].strip():
+            raise InputError(f"row {number} is {','.join(row)!r}, not 'label,name' with a "
+                             "label from 1", source=csv_path)
+        name = row[1].strip()
+        if int(label) in out:
+            raise InputError(f"row {number} gives label {label} again", source=csv_path)
+        if name in out.values():
+            raise InputError(f"row {number} gives the name {name!r} again", source=csv_path)
+        out[int(label)] = name
+    if not out:
+        raise InputError("holds no 'label,name' row", source=csv_path)
+    return out

@@ -446,3 +446,78 @@ def test_a_bone_the_first_view_misses_comes_from_the_second(files: Path,
                             views[0].camera.view_direction_world)
     assert errors["median_assd_mm"] < 2.0
     assert errors["median_assd_mm"] - errors["median_aligned_assd_mm"] < 0.3
+
+
+def test_outputs_that_would_destroy_an_input_and_impossible_settings_are_refused(
+        files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("x0.npy", "c0.json"):
+        (inputs / name).write_bytes((files / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    image, camera = str(inputs / "x0.npy"), str(inputs / "c0.json")
+    assert main(["recon", "predict", "--image", image, "--camera", camera,
+                 "--out", image]) == 2
+    assert "would destroy the input" in capsys.readouterr().err
+    assert main(["recon", "reconstruct", "--image", image, "--camera", camera,
+                 "--out", str(inputs), "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert main(["recon", "reconstruct", "--image", image, "--camera", camera,
+                 "--out", str(tmp_path / "fine"), "--voxel-mm", "0.05"]) == 2
+    assert "voxel_mm" in capsys.readouterr().err
+    tiny = json.loads((files / "c0.json").read_text())
+    tiny["pixel_spacing_mm"] = [1e-9, 1e-9]
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    assert main(["recon", "predict", "--image", image, "--camera", str(tmp_path / "tiny.json"),
+                 "--out", str(tmp_path / "p.npz")]) == 2
+    assert "source-to-detector distance" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+    assert not any((tmp_path / n).exists() for n in ("fine", "p.npz"))
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("label,bone\n1,radius\n2,radius\n", "gives the name 'radius' again"),
+    ("label,bone\n1,radius\n1,ulna\n", "gives label 1 again"),
+    ("label,bone\n1,radius\nabc,def\n", "row 3 is 'abc,def'"),
+    ("label,bone\n1,radius\n-3,foo\n", "row 3"),
+    ("label,bone\n", "holds no 'label,name' row"),
+    (b"label,bone\n1,rad\xffius\n", "not UTF-8"),
+])
+def test_measure_refuses_a_bad_table_beside_the_labels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str | bytes,
+        message: str) -> None:
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[1:3, 1:3, 1:3] = 1
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "labels.nii.gz")
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(table if isinstance(table, bytes) else table.encode())
+    assert main(["recon", "measure", "--labels", str(tmp_path / "labels.nii.gz"), "--out",
+                 str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "labels.csv" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_measure_refuses_its_own_input_as_output_a_singular_affine_and_no_bone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = np.zeros((6, 6, 6), np.uint8)
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    before = path.read_bytes()
+    for out in (path, tmp_path / "labels.csv"):
+        (tmp_path / "labels.csv").write_text("label,bone\n1,radius\n")
+        assert main(["recon", "measure", "--labels", str(path), "--out", str(out)]) == 2
+        assert "would destroy the input" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert main(["recon", "measure", "--labels", str(path), "--out",
+                 str(tmp_path / "m.json")]) == 2
+    assert "holds none of the 1 bones named" in capsys.readouterr().err
+    flat = nib.Nifti1Image(labels, np.eye(4))
+    flat.set_qform(None, code=0)
+    flat.set_sform(np.diag([0.0, 0.0, 0.0, 1.0]), code=1)     # every voxel at one point
+    nib.save(flat, tmp_path / "flat.nii.gz")
+    assert main(["recon", "measure", "--labels", str(tmp_path / "flat.nii.gz"), "--out",
+                 str(tmp_path / "m.json")]) == 2
+    assert "affine" in capsys.readouterr().err

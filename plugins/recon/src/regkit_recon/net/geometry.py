@@ -43,12 +43,30 @@ __all__ = ["Augmentation", "Fit", "augment", "augment_batch", "cos_theta", "dept
            "draw_augmentation", "fit_image", "height_to_depth", "normalise", "unfit"]
 
 
+SDD_RANGE_MM = (100.0, 5000.0)
+"""Source-to-detector distances a radiograph's camera may give (fx · pixel spacing): from a mini
+C-arm's (about 400 mm) with room below, to well past a radiography room's (1000-1800 mm)."""
+DETECTOR_RANGE_MM = (10.0, 1000.0)
+"""The detector's larger side (pixels · spacing) a radiograph's camera may give."""
+
+
 def _sdd(camera: Camera) -> float:
     sdd = camera.source_to_detector_mm
-    if sdd is None:
+    spacing = camera.pixel_spacing_mm
+    if sdd is None or spacing is None:
         raise InputError("the camera has no pixel_spacing_mm, so the source-to-detector "
                          "distance (fx · spacing) and depths in mm are unknown; add it to the "
                          "camera file", key="pixel_spacing_mm")
+    if not SDD_RANGE_MM[0] <= sdd <= SDD_RANGE_MM[1]:
+        raise InputError(f"gives a source-to-detector distance (fx · pixel_spacing_mm) of "
+                         f"{sdd:.4g} mm, outside the {SDD_RANGE_MM[0]:g}-{SDD_RANGE_MM[1]:g} mm "
+                         "of an X-ray system: check pixel_spacing_mm and the focal lengths",
+                         key="camera")
+    side = max(camera.width * spacing[0], camera.height * spacing[1])
+    if not DETECTOR_RANGE_MM[0] <= side <= DETECTOR_RANGE_MM[1]:
+        raise InputError(f"gives a detector {side:.4g} mm wide (pixels · pixel_spacing_mm), "
+                         f"outside {DETECTOR_RANGE_MM[0]:g}-{DETECTOR_RANGE_MM[1]:g} mm: check "
+                         "pixel_spacing_mm", key="camera")
     return sdd
 
 

@@ -481,7 +481,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Run ``regkit recon predict``; one line to stderr. Returns the exit status."""
+    from regkit.utils.files import check_output
+
     start = time.perf_counter()
+    check_output(args.out, [args.image, args.camera])
     pred = predict_file(args.image, args.camera, args.out, model=args.model,
                         image_kind=args.image_kind, i0=args.i0, tta=args.tta,
                         threshold=args.threshold, device=args.device)

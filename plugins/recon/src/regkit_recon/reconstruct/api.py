@@ -20,6 +20,7 @@ from typing import Any
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
+from regkit.utils.files import check_output
 
 from .base import Reconstruction, View, reconstructors
 
@@ -148,7 +149,7 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with two or more views, fuse each bone's solid with the same bone "
                              "back-projected from the other views (default: %(default)s)")
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
-                        help="label volume voxel size (default 0.5)")
+                        help="label volume voxel size, 0.1 to 0.5 (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
 
@@ -167,6 +168,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise InputError("exists already (pass --overwrite to replace it)", source=out,
                          key="--out")
+    check_output(out, [*args.image, *cameras], kind="folder")
     rec = reconstruct(views, reconstructor=args.reconstructor, model=args.model,
                       refine=args.refine, device=args.device, voxel_mm=args.voxel_mm,
                       refine_placement=args.refine_placement, fuse_views=args.fuse_views,
@@ -197,9 +199,10 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_measure(args: argparse.Namespace) -> int:
     """Run ``regkit recon measure``."""
-    from regkit.utils.files import atomic_write_text
-    from regkit_recon.measure_hand import measure_labels_file
+    from regkit.utils.files import atomic_write_text, check_output
+    from regkit_recon.measure_hand import labels_table_beside, measure_labels_file
 
+    check_output(args.out, [args.labels, labels_table_beside(args.labels)])
     result = measure_labels_file(args.labels)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"regkit recon measure: {len(result['bones'])} bones -> {args.out}", file=sys.stderr)

@@ -32,7 +32,11 @@ from .backproject import BoneSolid, FusedSolid, Solid, backproject, fuse_views, 
 from .base import Progress, Reconstruction, Reconstructor, View, reconstructors
 from .mesh import Mesh
 
-__all__ = ["HandReconstructor"]
+__all__ = ["MIN_VOXEL_MM", "HandReconstructor"]
+
+MIN_VOXEL_MM = 0.1
+"""The finest label volume: a hand's bones span about 180 x 90 x 40 mm, 650 million voxels of
+0.1 mm (3 GB with the solids' fields); the depth maps hold no finer detail."""
 
 _FUSE_MARGIN_PX = 8
 """Detector pixels around each silhouette in the grids of solids that are fused: room for the views
@@ -78,7 +82,8 @@ class HandReconstructor(Reconstructor):
         device: Where the network runs.
         tta: Average the network over the 8 flips and turns of the image.
         threshold: A bone is seen where its probability exceeds this.
-        voxel_mm: The label volume's voxel size, ≤ 0.5 mm.
+        voxel_mm: The label volume's voxel size, 0.1 to 0.5 mm (finer would take tens of GB
+            for a hand, and the depth maps do not hold that detail).
         seed: The refinement engine's seed.
         refine_placement: When refining (``refine=True``) with two or more views, also fit
             each bone's translation after the common depth offset (default on: with hand_v6 and
@@ -109,8 +114,9 @@ class HandReconstructor(Reconstructor):
 
         from ..phantom import anatomy
 
-        if not 0 < voxel_mm <= 0.5:
-            raise InputError(f"must lie in (0, 0.5], got {voxel_mm}", key="voxel_mm")
+        if not MIN_VOXEL_MM <= voxel_mm <= 0.5:
+            raise InputError(f"must lie in [{MIN_VOXEL_MM:g}, 0.5] mm, got {voxel_mm}",
+                             key="voxel_mm")
         self.loaded = resolve_model(model, device=device)
         config = self.loaded.net.config
         table = {int(k): v for k, v in anatomy.BONE_NAMES.items() if k}
@@ -248,6 +254,7 @@ class HandReconstructor(Reconstructor):
             measurements = measure_hand(volume.labels, volume.world_from_index, self._names)
         except InputError as err:
             measurements = {"bones": {}, "error": str(err)}
+            say(f"warning: the bones could not be measured: {err}")
         timings["measure_s"] = time.perf_counter() - t
 
         depth = first.to_arrays()
