@@ -1,9 +1,9 @@
 """The ``regkit`` command: subcommands, exit statuses and error reporting.
 
-Exit status: 0 on success, 2 on bad input (a user error: one line on stderr, no traceback) or a
+Exit status: 0 on success, 2 on bad input (a user error: one line on stderr, no traceback), a
 file system that refuses a read or write (no permission, read-only, full, a folder where a file
-was meant), 1 on an internal error (with the traceback, since it is a bug to report), 130 on
-Ctrl-C.
+was meant) or an allocation refused (inputs or settings asking for more memory than there is),
+1 on an internal error (with the traceback, since it is a bug to report), 130 on Ctrl-C.
 
 Subcommands come from the ``regkit.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds one subparser and sets ``func`` (taking the parsed arguments and
@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"regkit: error: {where}{err.strerror or err}", file=sys.stderr)
             return 2
         return _internal_error()
+    except MemoryError as err:   # numpy's allocation refusals: the inputs ask for too much
+        print(f"regkit: error: out of memory ({err or 'allocation refused'}); ask for smaller "
+              "outputs or settings", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("regkit: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
 from regkit.registration.levels import DEFAULT_SEED
-from regkit.utils.files import check_output
+from regkit.utils.files import check_output, check_outputs
 
 __all__ = ["register"]
 
@@ -32,10 +32,14 @@ def _register2d3d(args: argparse.Namespace) -> int:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
     inputs = [args.volume, args.labels, args.camera, *args.image]
-    check_output(args.out, [p for p in inputs if p is not None])
+    outputs: list[tuple[str, Path | None]] = [("--out", args.out)]
     if args.report is not None:
+        from regkit.registration._report_files import radiograph_report_files as report_files
+
         check_output(args.report, [p for p in inputs if p is not None], kind="into",
                      key="--report")
+        outputs += [("--report", p) for p in report_files(args.report, len(args.image))]
+    check_outputs(outputs, inputs)
     # The CT (and labels) are read and inflated on a thread while torch and the registration
     # modules import (see _warm); a bad file still reports after the checks and files before it.
     reading = Background(read_nifti_files, [args.volume, args.labels])

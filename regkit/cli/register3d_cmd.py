@@ -18,7 +18,7 @@ from regkit.cli._warm import (
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.registration.levels import DEFAULT_SEED
-from regkit.utils.files import check_output
+from regkit.utils.files import check_output, check_outputs
 
 __all__ = ["register"]
 
@@ -46,12 +46,15 @@ def _register3d3d(args: argparse.Namespace) -> int:
                              key=flag)
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask)
               if p is not None]
-    for flag, path in (("--out", args.out), ("--resampled", args.resampled),
-                       ("--itk-transform", args.itk_transform)):
-        if path is not None:
-            check_output(path, inputs, key=flag)
+    outputs: list[tuple[str, Path | None]] = [
+        ("--out", args.out), ("--resampled", args.resampled),
+        ("--itk-transform", args.itk_transform)]
     if args.report is not None:
+        from regkit.registration._report_files import volume_report_files as report_files
+
         check_output(args.report, inputs, kind="into", key="--report")
+        outputs += [("--report", p) for p in report_files(args.report)]
+    check_outputs(outputs, inputs)
     # The volumes are read and inflated on a thread while torch and the registration modules
     # import (see _warm); a bad file still reports after the metric's check, fixed first.
     reading = Background(read_nifti_files, [args.fixed, args.moving])

@@ -15,7 +15,7 @@ from regkit.geometry.camera import load_cameras
 from regkit.io.nifti import load_nifti
 from regkit.io.png import montage, to_uint8, write_png
 from regkit.labels import check_present, parse_labels, present_labels
-from regkit.utils.files import atomic_path, check_output
+from regkit.utils.files import atomic_path, check_outputs
 
 __all__ = ["register"]
 
@@ -36,10 +36,8 @@ def _render(args: argparse.Namespace) -> int:
         raise InputError(f"must be between 1 and 255, got {args.layers}", key="--layers")
     if args.step_mm is not None and not args.step_mm > 0:
         raise InputError(f"must be positive, got {args.step_mm}", key="--step-mm")
-    inputs = [p for p in (args.volume, args.camera, args.labels) if p is not None]
-    for flag, path in (("--out", args.out), ("--depth-out", args.depth_out), ("--png", args.png)):
-        if path is not None:
-            check_output(path, inputs, key=flag)
+    check_outputs([("--out", args.out), ("--depth-out", args.depth_out), ("--png", args.png)],
+                  [args.volume, args.camera, args.labels])
     cameras = load_cameras(args.camera)
     volume = load_nifti(args.volume, labels=args.labels)
     if args.units == "mu":

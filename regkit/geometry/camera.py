@@ -38,6 +38,7 @@ from regkit.utils.files import atomic_write_text
 from regkit.utils.jsonfile import parse_json, read_json
 
 __all__ = [
+    "MAX_DETECTOR_PX",
     "Camera",
     "load_cameras",
     "pixel_rays",
@@ -307,10 +308,21 @@ def _validate_intrinsic(k: np.ndarray, name: str) -> None:
         raise InputError(f"{name} last row must be [0, 0, 1]")
 
 
+MAX_DETECTOR_PX = 32768
+"""The most pixels a detector side may have: twice a scanned film's at 50 µm (35 cm: 7000)."""
+
+
 def _validate_size(value: Any, name: str) -> int:
-    if not is_real(value) or \
-            not float(value).is_integer() or value <= 0:
-        raise InputError(f"{name} must be a positive whole number of pixels, got {value!r}")
+    try:
+        whole = is_real(value) and float(value).is_integer()
+    except OverflowError:
+        whole = False
+    if not whole or value <= 0:
+        raise InputError(f"{name} must be a positive whole number of pixels, got "
+                         f"{str(value)[:20]}{'...' if len(str(value)) > 20 else ''}")
+    if value > MAX_DETECTOR_PX:
+        raise InputError(f"{name} of {int(value)} pixels is more than any detector has "
+                         f"(at most {MAX_DETECTOR_PX})")
     return int(float(value))
 
 

@@ -25,9 +25,11 @@ from regkit.render.base import bone_key
 from regkit.volume import Volume, hu_to_mu
 
 __all__ = [
+    "MIN_PIXELS_IN_VIEW",
     "check_bones",
     "check_cameras",
     "check_images",
+    "check_in_view",
     "check_masks",
     "check_variance",
     "check_volume",
@@ -161,6 +163,44 @@ def check_variance(images: list[NDArray[np.float32]],
     """Refuse an image that is constant (inside its mask, where it has one)."""
     for i, (img, w) in enumerate(zip(images, weights, strict=True)):
         refuse_constant(img if w is None else img[w > 0], w is not None, f"images[{i}]")
+
+
+MIN_PIXELS_IN_VIEW = 16
+"""The fewest detector pixels the CT's box must cover in each view at the initial pose."""
+
+
+def check_in_view(volume: Volume, cameras: list[Camera]) -> None:
+    """Refuse views in which the CT cannot be seen at the initial pose.
+
+    The CT's box (its eight corner voxels' centres, world) is projected into each view; a view
+    where every corner lies behind the source, or where the box's projection covers fewer than
+    :data:`MIN_PIXELS_IN_VIEW` of the detector's pixels, renders an empty DRR that no search can
+    start from. A source inside the box is not judged.
+
+    Raises:
+        InputError: a view that cannot see the CT, naming it.
+    """
+    shape = np.asarray(volume.shape[:3], dtype=np.float64) - 1.0
+    corners = np.array([[i, j, k] for i in (0.0, shape[0]) for j in (0.0, shape[1])
+                        for k in (0.0, shape[2])])
+    affine = np.asarray(volume.world_from_index, dtype=np.float64)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    for i, cam in enumerate(cameras):
+        uv = cam.project(world)
+        ahead = np.isfinite(uv).all(axis=1)
+        if not ahead.any():
+            raise InputError(f"view {i} looks away from the CT: the whole CT lies behind its "
+                             "source at the initial pose", key="cameras")
+        if not ahead.all():
+            continue
+        lo = np.clip(uv.min(axis=0), 0.0, [cam.width, cam.height])
+        hi = np.clip(uv.max(axis=0), 0.0, [cam.width, cam.height])
+        covered = float(np.prod(hi - lo))
+        if covered < MIN_PIXELS_IN_VIEW:
+            raise InputError(f"the CT covers {covered:.3g} of view {i}'s pixels at the initial "
+                             f"pose (at least {MIN_PIXELS_IN_VIEW} needed): it lies outside the "
+                             "view or projects to a point; check the camera's pose and focal "
+                             "lengths, and the CT's position and voxel size", key="cameras")
 
 
 def check_bones(bones: Any, volume: Volume) -> tuple[int, ...] | None:

@@ -124,6 +124,7 @@ from regkit.registration._radiograph_images import smooth as _smooth
 from regkit.registration._radiograph_inputs import check_bones as _check_bones
 from regkit.registration._radiograph_inputs import check_cameras as _check_cameras
 from regkit.registration._radiograph_inputs import check_images as _check_images
+from regkit.registration._radiograph_inputs import check_in_view
 from regkit.registration._radiograph_inputs import check_masks as _check_masks
 from regkit.registration._radiograph_inputs import check_variance as _check_variance
 from regkit.registration._radiograph_inputs import check_volume_source as _check_volume_source
@@ -1119,6 +1120,7 @@ def register_2d3d(volume: Volume, cameras: Sequence[Camera], images: Sequence[An
     user_masks = _check_masks(image_masks, imgs)
     _check_variance(imgs, user_masks)
     bone_labels = _check_bones(bones, mu)
+    check_in_view(mu, cams)
     scorer = get_metric(metric, check_finite=False)
     if 2 not in scorer.spatial_dims:
         raise InputError(f"metric '{metric}' does not take 2-D images", key="metric")

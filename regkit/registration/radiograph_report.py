@@ -20,6 +20,7 @@ from regkit.registration._radiograph_inputs import (
     check_images,
     check_volume,
 )
+from regkit.registration._report_files import radiograph_report_files
 from regkit.registration.results import Registration2D3DResult
 from regkit.render.base import Views
 from regkit.volume import MU_WATER_PER_MM, Volume
@@ -75,7 +76,7 @@ def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequ
             with torch.no_grad():
                 drr = renderer.drr(Views.from_cameras(cam.with_pose(pose)), bones=labels)[0]
             panels.append(edge_overlay(img, drr.cpu().numpy(), color))
-        path = out / f"view_{i}.png"
+        path = radiograph_report_files(out, len(cams))[i]
         save_side_by_side(path, panels)
         written.append(path)
     written += save_convergence(out, result)

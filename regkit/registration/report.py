@@ -24,6 +24,7 @@ import numpy as np
 
 from regkit.errors import InputError, ShapeError
 from regkit.io.png import to_uint8, write_png
+from regkit.registration._report_files import CONVERGENCE_FILE
 from regkit.registration.results import (
     ConvergencePoint,
     Registration2D3DResult,
@@ -171,6 +172,8 @@ def convergence_plot(path: str | os.PathLike[str], history: Sequence[Convergence
     write_png(path, np.asarray(img))
 
 
+
+
 def save_convergence(directory: str | os.PathLike[str],
                      result: Registration2D3DResult | Registration3D3DResult) -> list[Path]:
     """``convergence.png`` in ``directory``: :func:`convergence_plot` of ``result``'s history.
@@ -184,7 +187,7 @@ def save_convergence(directory: str | os.PathLike[str],
 
     if not result.history:
         return []
-    path = Path(directory) / "convergence.png"
+    path = Path(directory) / CONVERGENCE_FILE
     convergence_plot(path, result.history, title=f"{result.metric} by level",
                      higher_is_better=get_metric(result.metric).higher_is_better)
     return [path]

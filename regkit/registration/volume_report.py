@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from regkit.errors import ShapeError
+from regkit.registration._report_files import VOLUME_PLANES, volume_report_files
 from regkit.registration.results import Registration3D3DResult
 from regkit.volume import Volume
 
@@ -125,7 +126,7 @@ def save_report(directory: str | os.PathLike[str], fixed: Volume, moving: Volume
         images += [checkerboard(f2d, s) for s in slices]
         images += [edge_overlay(f2d, s, color) for s, color in zip(slices, (MAGENTA, GREEN),
                                                                     strict=True)]
-        path = out / f"{name}.png"
+        path = volume_report_files(out)[VOLUME_PLANES.index(name)]
         save_side_by_side(path, images)
         written.append(path)
     written += save_convergence(out, result)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "check_output"]
+           "check_output", "check_outputs"]
 
 
 @contextlib.contextmanager
@@ -153,6 +153,35 @@ def check_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLik
     os.close(fd)
     os.unlink(probe)
     return target
+
+
+def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
+                  inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+    """:func:`check_output` of each of a command's output files, and no two the same or nested.
+
+    Args:
+        outputs: ``(option, path)`` of each output file (None: not asked for); a folder of
+            files (a report) is given as its files.
+        inputs: The command's input files (None entries are skipped).
+
+    Raises:
+        InputError: an output :func:`check_output` refuses, or two outputs that are one file
+            or one inside the other (the second would overwrite the first, or fail after it).
+    """
+    from regkit.errors import InputError
+
+    sources = [p for p in inputs if p is not None]
+    seen: list[tuple[str, Path]] = []
+    for key, path in outputs:
+        if path is None:
+            continue
+        check_output(path, sources, key=key)
+        where = Path(path).resolve()
+        for other_key, other in seen:
+            if where == other or other in where.parents or where in other.parents:
+                raise InputError(f"is the same file as {other_key} {other}, or inside it",
+                                 source=path, key=key)
+        seen.append((key, where))
 
 
 def _umask() -> int:

@@ -19,6 +19,10 @@ def parse_json(text: str, source: str | os.PathLike[str] | None = None) -> Any:
     except json.JSONDecodeError as err:
         raise FileFormatError(f"not valid JSON ({err.msg} at line {err.lineno})",
                               source=source) from None
+    except RecursionError:
+        raise FileFormatError("JSON nested too deeply to read", source=source) from None
+    except ValueError as err:   # a number of more digits than Python converts
+        raise FileFormatError(f"not readable JSON ({err})", source=source) from None
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:

@@ -212,6 +212,50 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path,
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_outputs_that_clash_with_each_other_or_with_inputs_are_refused_up_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cam = _write(tmp_path / "cam.json", AP_CAMERA)
+    (tmp_path / "ct.nii.gz").write_bytes(b"not read: the outputs are checked first")
+    report = tmp_path / "rep"
+    report.mkdir()
+    (report / "view_0.png").write_bytes(b"an input radiograph kept in the report folder")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    runs = [
+        (["render", "--volume", str(tmp_path / "ct.nii.gz"), "--camera", str(cam), "--out",
+          str(tmp_path / "x.npy"), "--png", str(tmp_path / "x.npy")], "same file as --out"),
+        (["render", "--volume", str(tmp_path / "ct.nii.gz"), "--camera", str(cam), "--out",
+          str(tmp_path / "d.npy"), "--png", str(tmp_path / "d.npy" / "p.png")], "--out"),
+        (["register-2d3d", "--volume", str(tmp_path / "ct.nii.gz"), "--camera", str(cam),
+          "--image", str(report / "view_0.png"), "--out", str(tmp_path / "r.json"),
+          "--report", str(report)], "would destroy the input"),
+        (["register-3d3d", "--fixed", str(tmp_path / "ct.nii.gz"), "--moving",
+          str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "r.json"), "--report",
+          str(tmp_path / "r.json")], "or inside it"),
+    ]
+    for argv, message in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    (json.dumps(dict(AP_CAMERA, width=10**400)), "positive whole number of pixels, got 1000"),
+    (json.dumps(dict(AP_CAMERA, width=100000, height=100000)), "more than any detector"),
+])
+def test_camera_files_that_would_crash_are_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   text: str, message: str) -> None:
+    path = tmp_path / "cam.json"
+    path.write_text(text)
+    assert main(["camera", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(("error", "status"), [
     (PermissionError(errno.EACCES, "Permission denied", "/x/out.json"), 2),
     (OSError(errno.ENOSPC, "No space left on device", "/x/out.json"), 2),

@@ -273,6 +273,23 @@ def test_bad_counts_shapes_and_values() -> None:
         register_2d3d(_ct(), cams, images, image_kind="negative")
 
 
+def test_views_that_cannot_see_the_ct_are_refused() -> None:
+    cams, images = _good()
+    cam = cams[0]
+    aside = np.eye(4)
+    aside[0, 3] = 400.0                     # the CT 400 mm to the side of the view
+    with pytest.raises(InputError, match="covers 0 of view 0's pixels"):
+        register_2d3d(_ct(), [cam.with_pose(cam.camera_from_world @ aside)], images)
+    behind = np.eye(4)
+    behind[2, 3] = -3000.0                  # the source 3 m past the CT: all of it behind
+    with pytest.raises(InputError, match="view 0 looks away from the CT"):
+        register_2d3d(_ct(), [cam.with_pose(behind @ cam.camera_from_world)], images)
+    tiny = Camera(np.diag([1e-6, 1e-6, 1.0]) + np.array([[0, 0, 40], [0, 0, 40], [0, 0, 0.0]]),
+                  cam.camera_from_world, cam.width, cam.height, cam.pixel_spacing_mm)
+    with pytest.raises(InputError, match="projects to a point"):
+        register_2d3d(_ct(), [tiny], images)
+
+
 def test_bad_bones_masks_metric_and_options() -> None:
     cams, images = _good()
     with pytest.raises(InputError, match=r"\[7\] do not occur in the label map") as err:

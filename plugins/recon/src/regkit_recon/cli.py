@@ -38,6 +38,10 @@ def _phantom(args: argparse.Namespace) -> int:
     spec: Any = None
     if args.deformity:
         spec = args.deformity[0] if len(args.deformity) == 1 else list(args.deformity)
+    if args.preview:
+        from regkit.utils.files import check_output
+
+        check_output(args.preview, [], key="--preview")
     phantom = make_hand_phantom(args.seed, deformity=spec, voxel_mm=args.voxel_mm)
     out = phantom.save(args.out)
     if args.preview:

@@ -32,6 +32,7 @@ from regkit_recon.net.predict import (
     turn_camera,
 )
 
+from regkit.cli.main import main
 from regkit.errors import FileFormatError, InputError
 from regkit.geometry.camera import Camera, save_cameras
 from regkit.geometry.carm import camera_from_carm
@@ -472,3 +473,7 @@ def test_evaluate_refuses_bad_input(tmp_path: Path, truth_folder: Path) -> None:
         ev.parse_variants("right,down")
     with pytest.raises(InputError, match="not a ground-truth folder"):
         ev.evaluate(other, [tmp_path / "nowhere"])
+    (tmp_path / "afile").write_text("x")               # refused before any sample is scored
+    assert main(["recon", "evaluate", "--model", str(other), "--data", str(truth_folder),
+                 "--out", str(tmp_path / "afile")]) == 2
+    assert (tmp_path / "afile").read_text() == "x"

@@ -752,3 +752,37 @@ def test_validation_with_other_bones_is_refused_before_training(
     assert "'val'" in err, err
     assert "bones" in err, err
     assert "Traceback" not in err, err
+
+
+def test_damaged_samples_refused_remade_and_changed_data_not_resumed(
+        gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from regkit_recon.groundtruth.sample import read_sample
+
+    from regkit.errors import FileFormatError
+
+    data = tmp_path / "gt"
+    shutil.copytree(gt, data)
+    sample = data / "samples" / "000002.npz"
+    good = sample.read_bytes()
+    sample.write_bytes(good[:1000])                      # a truncated copy
+    with pytest.raises(FileFormatError, match="truncated or corrupt sample"):
+        read_sample(sample)
+    assert main(_train_args(data, tmp_path / "bad")) == 2
+    assert "000002.npz" in capsys.readouterr().err
+    # generate's resume remakes it, byte for byte
+    generate(GenerateSpec(out=str(data), phantoms=1, views=ITEMS, size=64, voxel_mm=0.8, seed=3,
+                          montage=0, malunion_fraction=0.0), stream=io.StringIO())
+    assert sample.read_bytes() == good
+    # a run resumed on a folder whose files changed is refused
+    run = tmp_path / "run"
+    assert main(_train_args(data, run, "--stop-at", "1")) == 0     # stops as Ctrl-C would
+    capsys.readouterr()
+    (data / "samples" / "000003.npz").write_bytes(good)  # another sample's bytes
+    assert main(_train_args(data, run, "--resume")) == 2
+    assert "training data changed" in capsys.readouterr().err
+    # an --out that is a file is refused before any work
+    (tmp_path / "afile").write_text("x")
+    assert main(_train_args(gt, tmp_path / "afile")) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -356,6 +356,16 @@ def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_preview_that_is_a_folder_is_refused_before_the_phantom(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pdir").mkdir()
+    status = main(["recon", "phantom", "--seed", "3", "--out", str(tmp_path / "hand"),
+                   "--preview", str(tmp_path / "pdir")])
+    assert status == 2
+    assert "'--preview': is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pdir"]
+
+
 def test_cli_failure_while_writing_leaves_no_folder(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import regkit_recon.phantom.phantom as module

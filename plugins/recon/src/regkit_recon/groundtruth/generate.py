@@ -55,6 +55,7 @@ from regkit_recon.groundtruth.manifest import (
     sample_name,
     write_manifest,
 )
+from regkit_recon.groundtruth.sample import sample_intact
 from regkit_recon.groundtruth.spec import (
     GenerateSpec,
     malunion_stream,
@@ -174,6 +175,21 @@ def generate(spec: GenerateSpec, *, stream: Any = None,
     return json.loads(manifest_path(out).read_text(encoding="utf-8"))
 
 
+def _drop_damaged(out: Path, samples: list[dict[str, Any]], stream: Any) -> None:
+    """Remove the damaged sample files a resumed run finds (a truncated copy, a full disk).
+
+    They are then made again rather than kept.
+    """
+    damaged = [s for s in samples if (out / s["file"]).is_file()
+               and not sample_intact(out / s["file"])]
+    if damaged:
+        print(f"{len(damaged)} damaged sample file(s) are made again: "
+              f"{', '.join(s['file'] for s in damaged[:5])}"
+              + (" ..." if len(damaged) > 5 else ""), file=stream, flush=True)
+    for s in damaged:
+        (out / s["file"]).unlink()
+
+
 def _run(spec: GenerateSpec, out: Path, sources: list[dict[str, Any]],
          samples: list[dict[str, Any]], params: dict[str, Any], folder: Path, stream: Any,
          on_sample: Callable[[int], None] | None) -> list[int]:
@@ -195,6 +211,7 @@ def _run(spec: GenerateSpec, out: Path, sources: list[dict[str, Any]],
                     else map(make_phantom, jobs)
                 for _ in results:
                     bar.advance()
+        _drop_damaged(out, samples, stream)
         todo = [s["index"] for s in samples if not (out / s["file"]).is_file()]
         tasks = []
         for src_index, source in enumerate(sources):

@@ -23,18 +23,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from regkit.errors import InputError
+from regkit.errors import FileFormatError, InputError
 from regkit.geometry.camera import Camera
 from regkit.render import Views, make_renderer
 
 __all__ = ["SAMPLE_KEYS", "SampleRenderer", "auto_drr_factor", "camera_of", "drr_volume",
-           "phantom_of", "read_sample", "write_sample"]
+           "phantom_of", "read_sample", "sample_intact", "write_sample"]
 
 SAMPLE_KEYS = ("image", "image_clean", "camera", "bones", "hit", "front", "back", "layers",
                "source", "meta")
@@ -168,17 +170,42 @@ def read_sample(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         InputError: the file misses a key of :data:`SAMPLE_KEYS`.
+        FileFormatError: a truncated or corrupt file.
     """
     source = Path(path)
-    with np.load(source, allow_pickle=False) as data:
-        missing = [k for k in SAMPLE_KEYS if k not in data.files]
-        if missing:
-            raise InputError(f"not a ground-truth sample: missing {', '.join(missing)}",
-                             source=source, key=missing[0])
-        out: dict[str, Any] = {k: data[k] for k in data.files}
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            missing = [k for k in SAMPLE_KEYS if k not in data.files]
+            if missing:
+                raise InputError(f"not a ground-truth sample: missing {', '.join(missing)}",
+                                 source=source, key=missing[0])
+            out: dict[str, Any] = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise FileFormatError(f"truncated or corrupt sample file ({type(err).__name__}: "
+                              f"{err}); remake it (regkit recon generate resumes)",
+                              source=source) from None
     for key in ("camera", "source", "meta"):
         out[key] = str(out[key])
     return out
+
+
+def sample_intact(path: str | os.PathLike[str], *, checksums: bool = False) -> bool:
+    """Whether a sample file is whole: a zip holding every key of :data:`SAMPLE_KEYS`.
+
+    A truncated or empty file fails (its zip directory, at the end, is gone). With
+    ``checksums`` every member is read and its CRC checked too (30 ms a 256² sample on a core,
+    against 0.3 ms without).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if any(f"{k}.npy" not in names for k in SAMPLE_KEYS):
+                return False
+            return not checksums or archive.testzip() is None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
+        return False
 
 
 def camera_of(sample: Mapping[str, Any]) -> Camera:

@@ -618,6 +618,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     variants = ALL_VARIANTS if args.all_variants else parse_variants(args.variants)
     if args.examples < 0:
         raise InputError(f"must be >= 0, got {args.examples}", key="examples")
+    if args.out is not None:
+        from regkit.utils.files import check_output
+
+        check_output(args.out, [] if args.model is None else [args.model], kind="into")
     examples: list[Example] = []
     report = evaluate(args.model, args.data, limit=args.limit, tta=args.tta,
                       device=args.device, variants=variants, threshold=args.threshold,

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from regkit.errors import FileFormatError, InputError
 from regkit.utils.checks import is_whole
-from regkit.utils.files import atomic_write_bytes, atomic_write_text
+from regkit.utils.files import atomic_write_bytes, atomic_write_text, check_output
 from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
 from regkit_recon.net.runtime import (
     Interrupts,
@@ -272,6 +272,21 @@ class DeviceCache:
                 "unit_mm": self.unit_mm[at] / zoom, "index": at}
 
 
+def _data_fingerprint(files: Sequence[Any]) -> str:
+    """A digest of the training sample files' paths and sizes, in order.
+
+    A resumed run must see the data it started on: regenerating a folder with another seed or
+    size keeps its path (which the recipe holds) but changes its files.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in files:
+        path = Path(f)
+        digest.update(f"{path}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
 def _free_bytes(device: torch.device) -> int | None:
     """Free memory of a CUDA device, or available RAM (None where it cannot be read)."""
     if device.type == "cuda":
@@ -418,7 +433,10 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     _check(spec, world)
     amp = autocast_dtype(spec.precision, device)
     out = Path(spec.out)
+    if rank == 0:
+        check_output(out, [] if spec.init is None else [spec.init], kind="into", key="out")
     train_files, manifests = open_folders(list(spec.data))
+    fingerprint = _data_fingerprint(train_files)
     bones, names = _bones_of(manifests)
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
                        context=spec.context)
@@ -451,6 +469,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             old, new = state["recipe"], spec.recipe()
             _ = state["model"], state["optimiser"], state["scheduler"], state["step"]
+            old_data = state.get("data_fingerprint")     # absent from runs made before it
         except Exception as err:  # torch raises many kinds for a damaged file
             raise FileFormatError(f"not a readable training checkpoint ({type(err).__name__})",
                                   source=checkpoint, key="resume") from None
@@ -459,6 +478,10 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             raise InputError(f"the checkpoint was made with another recipe ({', '.join(changed)}"
                              " differ); resume with the same options (only --epochs and "
                              "--max-steps may change)", source=checkpoint, key="resume")
+        if old_data is not None and old_data != fingerprint:
+            raise InputError("the training data changed since the checkpoint (the same folders "
+                             "now hold other sample files); resume on the data it was made "
+                             "with, or start a new run", source=checkpoint, key="resume")
         if changed and rank == 0:
             print(f"resuming at step {state['step']} with a new length ("
                   + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
@@ -504,7 +527,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             "recipe": spec.recipe(), "config": config.to_json(), "model": net.state_dict(),
             "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
             "step": step, "seconds": history_seconds + (time.perf_counter() - started),
-            "torch_rng": torch.get_rng_state(), "reason": reason})
+            "torch_rng": torch.get_rng_state(), "reason": reason,
+            "data_fingerprint": fingerprint})
 
     cache: DeviceCache | None = None
     log = _Log(out / "log.jsonl", rank == 0)
