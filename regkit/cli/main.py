@@ -101,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
-    except UserInputError as err:
-        print(f"regkit: error: {err}", file=sys.stderr)
+    except UserInputError as err:   # one line, even where a library's message has several
+        print("regkit: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     except BackendUnavailableError as err:
         print(f"regkit: error: {err}", file=sys.stderr)

@@ -31,7 +31,7 @@ def _mask(path: Path | None, like: Any, flag: str) -> np.ndarray | None:
     labels = load_labels(path, like=like)
     mask = labels > 0
     if not mask.any():
-        raise InputError("selects no voxel (every value is 0)", source=path, key=flag)
+        raise InputError("selects no voxel (no value above 0)", source=path, key=flag)
     return mask
 
 

@@ -41,8 +41,18 @@ def check_mask(mask: Any, volume: Volume, key: str) -> NDArray[np.bool_] | None:
     return array
 
 
+MIN_VOXELS_PER_AXIS = 4
+"""The fewest voxels a registered volume may have along each axis (a slice is not a volume)."""
+
+
 def check_variance(volume: Volume, mask: NDArray[np.bool_] | None, key: str) -> None:
-    """Refuse a volume that is constant (inside its mask, where it has one)."""
+    """Refuse a volume that is constant (inside its mask, where it has one) or too small.
+
+    Too small: fewer than :data:`MIN_VOXELS_PER_AXIS` voxels along an axis.
+    """
+    if min(volume.shape[:3]) < MIN_VOXELS_PER_AXIS:
+        raise InputError(f"has shape {tuple(volume.shape[:3])}: a volume to register needs at "
+                         f"least {MIN_VOXELS_PER_AXIS} voxels along each axis", key=key)
     refuse_constant(volume.data if mask is None else volume.data[mask], mask is not None, key)
 
 

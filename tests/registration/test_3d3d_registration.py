@@ -378,6 +378,9 @@ def test_bad_inputs_are_refused_clearly() -> None:
         register_3d3d(fixed, moving, moving_mask=np.full(moving.shape, np.nan))
     with pytest.raises(InputError, match="zero-variance"):
         register_3d3d(fixed, moving.with_data(np.full(moving.shape, 7.0, np.float32)))
+    slab = Volume(np.random.default_rng(0).random((20, 20, 1), dtype=np.float32), np.eye(4))
+    with pytest.raises(InputError, match="at least 4 voxels along each axis"):
+        register_3d3d(slab, moving)
     with pytest.raises(UnknownNameError, match="ncc"):
         register_3d3d(fixed, moving, metric="ncx")
     with pytest.raises(InputError, match="transform"):

@@ -76,9 +76,11 @@ def check_resume(out: Path, params: dict[str, Any],
                          key="out")
     old_shard = manifest.get("shard")
     if old_shard != (None if shard is None else list(shard)):
-        raise InputError(f"holds shard {old_shard!r} of a data set, not {shard!r}; rerun with "
-                         "the same --shard to resume, or use a new --out", source=out,
-                         key="out")
+        def said(s: Any) -> str:
+            return "the whole data set" if s is None else f"shard {s[0]}/{s[1]} of a data set"
+
+        raise InputError(f"holds {said(old_shard)}, not {said(shard)}; rerun with the same "
+                         "--shard to resume, or use a new --out", source=out, key="out")
     for key in sorted(set(old) | set(params)):
         if old.get(key) != params.get(key):
             raise InputError(f"holds samples made with other parameters ({key} was "

@@ -475,9 +475,11 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
                                   source=checkpoint, key="resume") from None
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if set(changed) - set(_LENGTH):
-            raise InputError(f"the checkpoint was made with another recipe ({', '.join(changed)}"
-                             " differ); resume with the same options (only --epochs and "
-                             "--max-steps may change)", source=checkpoint, key="resume")
+            other = [k for k in changed if k not in _LENGTH]
+            raise InputError(f"the checkpoint was made with another recipe ({', '.join(other)} "
+                             f"{'differs' if len(other) == 1 else 'differ'}); resume with the "
+                             "same options (only --epochs and --max-steps may change)",
+                             source=checkpoint, key="resume")
         if old_data is not None and old_data != fingerprint:
             raise InputError("the training data changed since the checkpoint (the same folders "
                              "now hold other sample files); resume on the data it was made "
