@@ -450,7 +450,7 @@ def _names_beside(path: str | os.PathLike[str]) -> dict[int, str] | None:
     if not csv_path.is_file():
         return None
     try:
-        with open(csv_path, newline="", encoding="utf-8") as stream:
+        with open(csv_path, newline="", encoding="utf-8-sig") as stream:   # a BOM: Excel
             rows = list(csv.reader(stream))
     except UnicodeDecodeError as err:
         raise InputError(f"is not UTF-8 text (byte {err.start})", source=csv_path) from None

@@ -500,6 +500,16 @@ def test_measure_refuses_a_bad_table_beside_the_labels(
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.parametrize("table", [b"\xef\xbb\xbf1,radius\r\n2,ulna\r\n",
+                                   b"label,name\n1,radius\n\n2,ulna\n"])
+def test_measure_reads_a_table_with_a_bom_crlf_or_blank_lines(tmp_path: Path,
+                                                                table: bytes) -> None:
+    from regkit_recon.measure_hand import _names_beside
+
+    (tmp_path / "labels.csv").write_bytes(table)
+    assert _names_beside(tmp_path / "labels.nii.gz") == {1: "radius", 2: "ulna"}
+
+
 def test_measure_refuses_its_own_input_as_output_a_singular_affine_and_no_bone(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     labels = np.zeros((6, 6, 6), np.uint8)
