@@ -142,11 +142,13 @@ def _line_integral(image: np.ndarray, kind: str, i0: float | None,
     if kind == "line-integral":
         return values.astype(np.float32)
     intensity = values.astype(np.float64)
-    negative = int(np.count_nonzero(intensity < 0))
+    negative = int(np.count_nonzero(intensity < -NEGATIVE_TRANSMITTED_FRACTION
+                                    * max(float(intensity.max()), 0.0)))
     if negative > NEGATIVE_TRANSMITTED_FRACTION * intensity.size:
-        raise InputError(f"holds {negative} negative pixels ({100 * negative / intensity.size:.1f} "
-                         "%), which transmitted intensities cannot be: is it a line-integral "
-                         "image, or offset?", source=source, key="image")
+        raise InputError(f"holds {negative} pixels ({100 * negative / intensity.size:.1f} %) "
+                         "below minus 1 % of its brightest, which transmitted intensities "
+                         "cannot be: is it a line-integral image, or offset?", source=source,
+                         key="image")
     reference = float(intensity.max()) if i0 is None else float(i0)
     if not (math.isfinite(reference) and reference > 0):
         what = "the brightest pixel" if i0 is None else "i0"
@@ -157,8 +159,9 @@ def _line_integral(image: np.ndarray, kind: str, i0: float | None,
 
 
 NEGATIVE_TRANSMITTED_FRACTION = 0.01
-"""A transmitted image may hold this fraction of negative pixels (noise about a subtracted dark
-frame), clamped like dark ones; more is refused."""
+"""A transmitted image may hold this fraction of pixels below minus this fraction of its
+brightest pixel, clamped like dark ones; more is refused. Noise about a subtracted dark frame
+(a collimated border, say) stays far above that."""
 
 
 def to_line_integral(image: ArrayLike, kind: ImageKind, *, i0: float | None = None
@@ -174,7 +177,7 @@ def to_line_integral(image: ArrayLike, kind: ImageKind, *, i0: float | None = No
 
     Raises:
         InputError: unknown ``kind``; empty, NaN or infinite image; a non-positive I0; a
-            transmitted image of more than 1 % negative pixels.
+            transmitted image of more than 1 % pixels below −1 % of its brightest.
     """
     return _line_integral(np.asarray(image), kind, i0, None)
 

@@ -140,7 +140,9 @@ def check_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLik
         raise InputError("is a folder: give a file name", source=target, key=key)
     if kind != "file" and target.exists() and not target.is_dir():
         raise InputError("is a file: give a folder", source=target, key=key)
-    above = where if kind == "into" else where.parent
+    # The folder the writer works in: atomic_path and atomic_dir write beside the name given
+    # (a link is replaced, not followed), "into" writes in the folder itself.
+    above = where if kind == "into" else target.absolute().parent
     while not above.exists():
         above = above.parent
     if not above.is_dir():

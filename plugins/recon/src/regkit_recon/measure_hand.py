@@ -436,13 +436,14 @@ def labels_table_beside(path: str | os.PathLike[str]) -> Path:
 def _names_beside(path: str | os.PathLike[str]) -> dict[int, str] | None:
     """The bone names of the table beside a label map (None: no table there).
 
-    The table is ``label,name`` rows (a first row whose label is not a number is a header, as
-    ``label,bone`` or ``label,name``), each label a whole number from 1 and each name given
-    once; blank lines are skipped.
+    The table is ``label,name`` rows (the first row is a header, as ``label,bone`` or
+    ``label,name``, when its label is not a number), each label a whole number and each name
+    given once; further columns (``label,name,voxels``), blank lines and label 0 (the
+    background) are passed over.
 
     Raises:
         InputError: a table that is not UTF-8 text, a row that is not ``label,name``, a label
-            or a name given twice, or no row at all.
+            or a name given twice, or no bone row at all.
     """
     import csv
 
@@ -457,16 +458,20 @@ def _names_beside(path: str | os.PathLike[str]) -> dict[int, str] | None:
     except csv.Error as err:
         raise InputError(f"is not a CSV table: {err}", source=csv_path) from None
     out: dict[int, str] = {}
+    first = True
     for number, row in enumerate(rows, start=1):
         if not any(field.strip() for field in row):
             continue
-        label = row[0].strip()
-        if number == 1 and not label.lstrip("+-").isdigit():
+        label, name = row[0].strip(), row[1].strip() if len(row) > 1 else ""
+        if first and not label.lstrip("+-").isdigit():
+            first = False
             continue                                   # the header
-        if len(row) != 2 or not label.isdigit() or int(label) < 1 or not row[1].strip():
+        first = False
+        if not label.isdigit() or not name:
             raise InputError(f"row {number} is {','.join(row)!r}, not 'label,name' with a "
-                             "label from 1", source=csv_path)
-        name = row[1].strip()
+                             "whole-number label", source=csv_path)
+        if int(label) == 0:
+            continue                                   # the background
         if int(label) in out:
             raise InputError(f"row {number} gives label {label} again", source=csv_path)
         if name in out.values():

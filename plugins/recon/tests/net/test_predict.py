@@ -464,7 +464,8 @@ def test_evaluate_runs_the_network_and_writes_the_report(
         assert im.size[1] > 3 * 128
 
 
-def test_evaluate_refuses_bad_input(tmp_path: Path, truth_folder: Path) -> None:
+def test_evaluate_refuses_bad_input(tmp_path: Path, truth_folder: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.pt"
     save_model(other, _net((1, 2, 3, 4), (*NAMES, "delta")))
     with pytest.raises(InputError, match=r"bones \[1, 2, 3\].*\[1, 2, 3, 4\]"):
@@ -476,4 +477,5 @@ def test_evaluate_refuses_bad_input(tmp_path: Path, truth_folder: Path) -> None:
     (tmp_path / "afile").write_text("x")               # refused before any sample is scored
     assert main(["recon", "evaluate", "--model", str(other), "--data", str(truth_folder),
                  "--out", str(tmp_path / "afile")]) == 2
+    assert "'--out': is a file" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "x"

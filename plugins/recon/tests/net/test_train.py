@@ -778,6 +778,8 @@ def test_damaged_samples_refused_remade_and_changed_data_not_resumed(
     # a run resumed on a folder whose files changed is refused
     run = tmp_path / "run"
     assert main(_train_args(data, run, "--stop-at", "1")) == 0     # stops as Ctrl-C would
+    (tmp_path / "link").symlink_to(data)                 # the same data by another path
+    assert main(_train_args(tmp_path / "link", run, "--resume", "--stop-at", "2")) == 0
     capsys.readouterr()
     (data / "samples" / "000003.npz").write_bytes(good)  # another sample's bytes
     assert main(_train_args(data, run, "--resume")) == 2

@@ -501,7 +501,9 @@ def test_measure_refuses_a_bad_table_beside_the_labels(
 
 
 @pytest.mark.parametrize("table", [b"\xef\xbb\xbf1,radius\r\n2,ulna\r\n",
-                                   b"label,name\n1,radius\n\n2,ulna\n"])
+                                   b"label,name\n1,radius\n\n2,ulna\n",
+                                   b"label,name,voxels\n1,radius,100\n2,ulna,50\n",
+                                   b"\nlabel,bone\n0,background\n1,radius,\n2,ulna,\n"])
 def test_measure_reads_a_table_with_a_bom_crlf_or_blank_lines(tmp_path: Path,
                                                                 table: bytes) -> None:
     from regkit_recon.measure_hand import _names_beside

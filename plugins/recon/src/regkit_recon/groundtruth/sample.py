@@ -180,6 +180,9 @@ def read_sample(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise InputError(f"not a ground-truth sample: missing {', '.join(missing)}",
                                  source=source, key=missing[0])
             out: dict[str, Any] = {k: data[k] for k in data.files}
+    except (FileNotFoundError, PermissionError) as err:
+        raise FileFormatError(f"cannot read the sample file ({err.strerror})",
+                              source=source) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as err:
         if isinstance(err, InputError):
             raise
@@ -204,7 +207,7 @@ def sample_intact(path: str | os.PathLike[str], *, checksums: bool = False) -> b
             if any(f"{k}.npy" not in names for k in SAMPLE_KEYS):
                 return False
             return not checksums or archive.testzip() is None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
         return False
 
 

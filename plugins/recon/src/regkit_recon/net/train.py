@@ -272,18 +272,35 @@ class DeviceCache:
                 "unit_mm": self.unit_mm[at] / zoom, "index": at}
 
 
+def _refuse_damaged(files: Sequence[Any]) -> None:
+    """Refuse, before training, sample files that are truncated or not samples (0.3 ms a file).
+
+    A data loader would meet them only when their batch comes, hours in.
+    """
+    from regkit_recon.groundtruth.sample import sample_intact
+
+    bad = [Path(f) for f in files if not sample_intact(f)]
+    if bad:
+        raise FileFormatError(f"{len(bad)} sample file(s) truncated or damaged: "
+                              f"{', '.join(str(p) for p in bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}; remake them (regkit recon "
+                              "generate resumes into the folder and remakes them)", key="data")
+
+
 def _data_fingerprint(files: Sequence[Any]) -> str:
-    """A digest of the training sample files' paths and sizes, in order.
+    """A digest of the training sample files' names and sizes, in order.
 
     A resumed run must see the data it started on: regenerating a folder with another seed or
-    size keeps its path (which the recipe holds) but changes its files.
+    size keeps its path (which the recipe holds) but changes its files. Names within their
+    folders (``samples/000002.npz``), not whole paths, so that the same data given by another
+    spelling of its path (relative, absolute, a link) resumes.
     """
     import hashlib
 
     digest = hashlib.sha256()
     for f in files:
         path = Path(f)
-        digest.update(f"{path}:{path.stat().st_size}\n".encode())
+        digest.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 
@@ -437,6 +454,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
         check_output(out, [] if spec.init is None else [spec.init], kind="into", key="out")
     train_files, manifests = open_folders(list(spec.data))
     fingerprint = _data_fingerprint(train_files)
+    _refuse_damaged(train_files)
     bones, names = _bones_of(manifests)
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
                        context=spec.context)
@@ -520,6 +538,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
                              f", the training data {list(bones)}", key="val")
         if spec.val_limit:  # spread over the set, not its first sources
             files = files[::max(1, len(files) // spec.val_limit)][:spec.val_limit]
+        _refuse_damaged(files)
         val_items = TrainItems(files, spec.size, bones, spec.seed, augmented=False)
 
     def save(reason: str) -> None:
