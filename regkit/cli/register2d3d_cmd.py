@@ -31,13 +31,12 @@ def _register2d3d(args: argparse.Namespace) -> int:
     if bones is not None and args.labels is None:
         raise InputError("needs --labels (the label map the bones are numbered in)",
                          key="--bones")
-    inputs = [args.volume, args.labels, args.camera, *args.image]
+    inputs = [p for p in (args.volume, args.labels, args.camera, *args.image) if p is not None]
     outputs: list[tuple[str, Path | None]] = [("--out", args.out)]
     if args.report is not None:
         from regkit.registration._report_files import radiograph_report_files as report_files
 
-        check_output(args.report, [p for p in inputs if p is not None], kind="into",
-                     key="--report")
+        check_output(args.report, inputs, kind="into", key="--report")
         outputs += [("--report", p) for p in report_files(args.report, len(args.image))]
     check_outputs(outputs, inputs)
     # The CT (and labels) are read and inflated on a thread while torch and the registration

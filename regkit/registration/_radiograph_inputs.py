@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -180,11 +181,8 @@ def check_in_view(volume: Volume, cameras: list[Camera]) -> None:
     Raises:
         InputError: a view that cannot see the CT, naming it.
     """
-    shape = np.asarray(volume.shape[:3], dtype=np.float64) - 1.0
-    corners = np.array([[i, j, k] for i in (0.0, shape[0]) for j in (0.0, shape[1])
-                        for k in (0.0, shape[2])])
-    affine = np.asarray(volume.world_from_index, dtype=np.float64)
-    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    last = np.asarray(volume.shape[:3], dtype=np.float64) - 1.0
+    world = volume.index_to_world(np.array(list(product(*[(0.0, n) for n in last]))))
     for i, cam in enumerate(cameras):
         uv = cam.project(world)
         ahead = np.isfinite(uv).all(axis=1)

@@ -69,6 +69,7 @@ def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequ
     labels = check_bones(bones, mu)
     renderer = make_renderer(mu, backend=backend)
     written = []
+    files = radiograph_report_files(out, len(cams))
     for i, (cam, img) in enumerate(zip(cams, imgs, strict=True)):
         panels = []
         for pose, color in ((cam.camera_from_world, MAGENTA),
@@ -76,8 +77,7 @@ def save_report(directory: str | os.PathLike[str], volume: Volume, cameras: Sequ
             with torch.no_grad():
                 drr = renderer.drr(Views.from_cameras(cam.with_pose(pose)), bones=labels)[0]
             panels.append(edge_overlay(img, drr.cpu().numpy(), color))
-        path = radiograph_report_files(out, len(cams))[i]
-        save_side_by_side(path, panels)
-        written.append(path)
+        save_side_by_side(files[i], panels)
+        written.append(files[i])
     written += save_convergence(out, result)
     return written

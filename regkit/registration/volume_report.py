@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from regkit.errors import ShapeError
-from regkit.registration._report_files import VOLUME_PLANES, volume_report_files
+from regkit.registration._report_files import volume_report_files
 from regkit.registration.results import Registration3D3DResult
 from regkit.volume import Volume
 
@@ -47,10 +47,11 @@ def resample_moving(fixed: Volume, moving: Volume, fixed_from_moving: Any, *,
 # Report planes: (name, world axis of the normal, world direction down the rows, world direction
 # along the columns). Radiological display: the patient's right on the viewer's left, superior
 # (axial: anterior) at the top, anterior on the left of a sagittal slice.
+# One (normal axis, down, across) per plane of VOLUME_PLANES (sagittal, coronal, axial), in order.
 _PLANES = (
-    ("sagittal", 0, (0.0, 0.0, -1.0), (0.0, -1.0, 0.0)),
-    ("coronal", 1, (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)),
-    ("axial", 2, (0.0, -1.0, 0.0), (-1.0, 0.0, 0.0)),
+    (0, (0.0, 0.0, -1.0), (0.0, -1.0, 0.0)),
+    (1, (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)),
+    (2, (0.0, -1.0, 0.0), (-1.0, 0.0, 0.0)),
 )
 _REPORT_MAX_PIXELS = 512
 _REPORT_MIN_PIXELS = 256
@@ -115,7 +116,8 @@ def save_report(directory: str | os.PathLike[str], fixed: Volume, moving: Volume
     out.mkdir(parents=True, exist_ok=True)
     start = np.eye(4) if before is None else np.asarray(before, dtype=np.float64)
     written = []
-    for name, normal_axis, down, across in _PLANES:
+    planes = volume_report_files(out)[:len(_PLANES)]            # the last is the convergence plot
+    for path, (normal_axis, down, across) in zip(planes, _PLANES, strict=True):
         shape, affine = _plane_grid(fixed, normal_axis, down, across)
         fixed_slice = fixed.resample_to_grid(shape, affine, fill=float(fixed.data.min()))
         grid = Volume(np.zeros(shape, np.float32), affine)
@@ -126,7 +128,6 @@ def save_report(directory: str | os.PathLike[str], fixed: Volume, moving: Volume
         images += [checkerboard(f2d, s) for s in slices]
         images += [edge_overlay(f2d, s, color) for s, color in zip(slices, (MAGENTA, GREEN),
                                                                     strict=True)]
-        path = volume_report_files(out)[VOLUME_PLANES.index(name)]
         save_side_by_side(path, images)
         written.append(path)
     written += save_convergence(out, result)

@@ -180,12 +180,12 @@ def read_sample(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise InputError(f"not a ground-truth sample: missing {', '.join(missing)}",
                                  source=source, key=missing[0])
             out: dict[str, Any] = {k: data[k] for k in data.files}
+    except InputError:                                   # a missing key, said above
+        raise
     except (FileNotFoundError, PermissionError) as err:
         raise FileFormatError(f"cannot read the sample file ({err.strerror})",
                               source=source) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as err:
-        if isinstance(err, InputError):
-            raise
         raise FileFormatError(f"truncated or corrupt sample file ({type(err).__name__}: "
                               f"{err}); remake it (regkit recon generate resumes)",
                               source=source) from None

@@ -492,8 +492,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
             raise FileFormatError(f"not a readable training checkpoint ({type(err).__name__})",
                                   source=checkpoint, key="resume") from None
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if set(changed) - set(_LENGTH):
-            other = [k for k in changed if k not in _LENGTH]
+        other = [k for k in changed if k not in _LENGTH]
+        if other:
             raise InputError(f"the checkpoint was made with another recipe ({', '.join(other)} "
                              f"{'differs' if len(other) == 1 else 'differ'}); resume with the "
                              "same options (only --epochs and --max-steps may change)",
