@@ -128,6 +128,29 @@ def test_prediction_file_contract(tmp_path: Path, model_path: Path,
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["pred.npz"]  # no temp left
 
 
+def test_load_prediction_names_what_is_wrong(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, bones=np.zeros(2, np.int32), hit=np.zeros((2, 4, 4), bool))
+    with pytest.raises(FileFormatError, match="not a prediction file: missing prob, front, back") \
+            as err:
+        load_prediction(missing)
+    assert "readable" not in str(err.value)  # said once, not wrapped in a read error
+    assert err.value.key == "prob"
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip archive")
+    with pytest.raises(FileFormatError, match="not a readable .npz file"):
+        load_prediction(garbage)
+    with pytest.raises(FileFormatError, match="no such prediction file"):
+        load_prediction(tmp_path / "absent.npz")
+    n, h, w = 2, 4, 4
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, bones=np.zeros(n, np.int32), hit=np.zeros((n, h, w), bool),
+             prob=np.zeros((n, h, w), np.float32), front=np.zeros((n, 1, h, w + 1), np.float32),
+             back=np.zeros((n, 1, h, w + 1), np.float32))
+    with pytest.raises(FileFormatError, match="inconsistent shapes"):
+        load_prediction(bad)
+
+
 def test_prediction_object(model_path: Path) -> None:
     cam = _camera()
     pred = predict(_image(), cam, model=model_path)

@@ -216,6 +216,8 @@ def load_prediction(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 raise FileFormatError(f"not a prediction file: missing {', '.join(missing)}",
                                       source=source, key=missing[0])
             out = {k: data[k] for k in PREDICTION_KEYS}
+    except FileFormatError:
+        raise
     except (OSError, ValueError, EOFError) as err:
         raise FileFormatError(f"not a readable .npz file ({err})", source=source) from None
     nb = out["bones"].shape[0] if out["bones"].ndim == 1 else -1
