@@ -17,7 +17,7 @@ from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.labels import parse_labels
 from regkit.registration.levels import DEFAULT_SEED
-from regkit.utils.files import check_output, check_outputs
+from regkit.utils.files import check_output, check_outputs, path_arg
 
 __all__ = ["register"]
 
@@ -103,18 +103,18 @@ def register(subparsers: Any) -> None:
         description="Find world_correction, the one rigid transform of the CT's world that "
         "makes its DRRs match the radiographs, by a multi-resolution CMA-ES search, and write "
         "the refined cameras (camera_from_world_input @ world_correction) as a result JSON.")
-    p.add_argument("--volume", required=True, type=Path, metavar="CT.nii.gz",
+    p.add_argument("--volume", required=True, type=path_arg, metavar="CT.nii.gz",
                    help="the CT, in HU")
-    p.add_argument("--camera", required=True, type=Path, metavar="INIT.json",
+    p.add_argument("--camera", required=True, type=path_arg, metavar="INIT.json",
                    help="camera file: one view or a list, the initial poses")
-    p.add_argument("--image", required=True, type=Path, action="append", metavar="X",
+    p.add_argument("--image", required=True, type=path_arg, action="append", metavar="X",
                    help="a radiograph (.npy, PNG, TIFF, DICOM), one per camera in file order")
-    p.add_argument("--out", required=True, type=Path, metavar="RESULT.json")
+    p.add_argument("--out", required=True, type=path_arg, metavar="RESULT.json")
     p.add_argument("--image-kind", choices=("line-integral", "transmitted"),
                    default="line-integral",
                    help="what the images hold: line integrals (bone bright, default) or "
                    "detector intensity (bone dark)")
-    p.add_argument("--labels", type=Path, default=None, metavar="LABELS.nii.gz",
+    p.add_argument("--labels", type=path_arg, default=None, metavar="LABELS.nii.gz",
                    help="label map of the CT (needed by --bones)")
     p.add_argument("--bones", default=None, metavar="70,72",
                    help="register these labelled bones only, ignoring their neighbours")
@@ -137,7 +137,7 @@ def register(subparsers: Any) -> None:
                    "pixels; about 2 s more per 256^2 view on 2 cores; with --detector-blur, "
                    "single-view precision about 0.11-0.13 mm on the benchmark; see "
                    "Register2D3DOptions.full_detector)")
-    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+    p.add_argument("--report", type=path_arg, default=None, metavar="DIR",
                    help="write PNGs: DRR edges over each radiograph before and after, "
                    "convergence")
     p.set_defaults(func=_register2d3d)

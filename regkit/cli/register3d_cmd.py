@@ -18,7 +18,7 @@ from regkit.cli._warm import (
 from regkit.cli.progress import ProgressPrinter
 from regkit.errors import InputError
 from regkit.registration.levels import DEFAULT_SEED
-from regkit.utils.files import check_output, check_outputs
+from regkit.utils.files import check_output, check_outputs, path_arg
 
 __all__ = ["register"]
 
@@ -104,16 +104,16 @@ def register(subparsers: Any) -> None:
         "to the fixed image's, by a multi-resolution search (CMA-ES, then a quadratic-model "
         "polish), and write it as a result "
         "JSON (and optionally as an ITK .tfm, the resampled moving image and a PNG report).")
-    p.add_argument("--fixed", required=True, type=Path, metavar="A.nii.gz")
-    p.add_argument("--moving", required=True, type=Path, metavar="B.nii.gz")
-    p.add_argument("--out", required=True, type=Path, metavar="RESULT.json")
+    p.add_argument("--fixed", required=True, type=path_arg, metavar="A.nii.gz")
+    p.add_argument("--moving", required=True, type=path_arg, metavar="B.nii.gz")
+    p.add_argument("--out", required=True, type=path_arg, metavar="RESULT.json")
     p.add_argument("--transform", choices=("rigid", "affine"), default="rigid")
     p.add_argument("--metric", default="ncc",
                    help="similarity: ncc (default, same modality), nmi or mattes_mi (across "
                    "modalities), ssd, lncc, ...")
-    p.add_argument("--fixed-mask", type=Path, default=None, metavar="M.nii.gz",
+    p.add_argument("--fixed-mask", type=path_arg, default=None, metavar="M.nii.gz",
                    help="score only the fixed voxels where this label map is non-zero")
-    p.add_argument("--moving-mask", type=Path, default=None, metavar="M.nii.gz",
+    p.add_argument("--moving-mask", type=path_arg, default=None, metavar="M.nii.gz",
                    help="score only where the moving image's label map is non-zero")
     p.add_argument("--init", choices=("identity", "center", "moments"), default="center",
                    help="start: the world frames as given, centres of mass aligned (default), "
@@ -122,12 +122,12 @@ def register(subparsers: Any) -> None:
                    help=f"seed (default {DEFAULT_SEED}: runs repeat)")
     p.add_argument("--backend", default=None,
                    help="renderer that resamples: torch or gl (default: the faster one here)")
-    p.add_argument("--resampled", type=Path, default=None, metavar="OUT.nii.gz",
+    p.add_argument("--resampled", type=path_arg, default=None, metavar="OUT.nii.gz",
                    help="write the moving image resampled onto the fixed grid")
-    p.add_argument("--itk-transform", type=Path, default=None, metavar="OUT.tfm",
+    p.add_argument("--itk-transform", type=path_arg, default=None, metavar="OUT.tfm",
                    help="write the result as an ITK transform (resamples moving onto fixed in "
                    "SimpleITK, Slicer)")
-    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+    p.add_argument("--report", type=path_arg, default=None, metavar="DIR",
                    help="write PNGs: checkerboards and edge overlays before and after, "
                    "convergence")
     p.set_defaults(func=_register3d3d)

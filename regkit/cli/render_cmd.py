@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from regkit.geometry.camera import load_cameras
 from regkit.io.nifti import load_nifti
 from regkit.io.png import montage, to_uint8, write_png
 from regkit.labels import check_present, parse_labels, present_labels
-from regkit.utils.files import atomic_path, check_outputs
+from regkit.utils.files import atomic_path, check_outputs, path_arg
 
 __all__ = ["register"]
 
@@ -84,18 +83,18 @@ def register(subparsers: Any) -> None:
         description="Render the DRR of a volume for every view of a camera file, in file order, "
         "as float32 [B, H, W] line integrals. With --labels, --bones and --depth-out, also the "
         "front and back depths of those bones' surface (depth file layout of the conventions).")
-    p.add_argument("--volume", required=True, type=Path, metavar="CT.nii.gz")
-    p.add_argument("--camera", required=True, type=Path, metavar="CAMERA.json")
-    p.add_argument("--out", required=True, type=Path, metavar="DRR.npy")
+    p.add_argument("--volume", required=True, type=path_arg, metavar="CT.nii.gz")
+    p.add_argument("--camera", required=True, type=path_arg, metavar="CAMERA.json")
+    p.add_argument("--out", required=True, type=path_arg, metavar="DRR.npy")
     p.add_argument("--backend", default=None, help="torch or gl (default: the faster one here)")
     p.add_argument("--step-mm", type=float, default=None,
                    help="sampling step along rays in mm (default: half the smallest spacing)")
     p.add_argument("--units", choices=("hu", "mu"), default="hu",
                    help="volume values: Hounsfield units (converted to μ) or μ in 1/mm")
-    p.add_argument("--labels", type=Path, default=None, metavar="LABELS.nii.gz")
+    p.add_argument("--labels", type=path_arg, default=None, metavar="LABELS.nii.gz")
     p.add_argument("--bones", default=None, metavar="70,72", help="label values of the bones")
     p.add_argument("--layers", type=int, default=2, help="depth layers to keep (default 2)")
-    p.add_argument("--depth-out", type=Path, default=None, metavar="DEPTH.npz")
-    p.add_argument("--png", type=Path, default=None, metavar="PREVIEW.png",
+    p.add_argument("--depth-out", type=path_arg, default=None, metavar="DEPTH.npz")
+    p.add_argument("--png", type=path_arg, default=None, metavar="PREVIEW.png",
                    help="a preview: DRRs (and front depth and thickness) side by side")
     p.set_defaults(func=_render)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "check_output", "check_outputs"]
+           "check_output", "check_outputs", "path_arg"]
 
 
 @contextlib.contextmanager
@@ -184,6 +184,23 @@ def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
                 raise InputError(f"is the same file as {other_key} {other}, or inside it",
                                  source=path, key=key)
         seen.append((key, where))
+
+
+def path_arg(text: str) -> Path:
+    """An ``argparse`` type for a path option: the path, with an empty one refused.
+
+    ``Path("")`` is the current folder, so an empty ``--out ""`` would otherwise reach the
+    command as ``.`` and be refused (or used) as that folder.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty or blank path (argparse names the option and
+            exits 2).
+    """
+    import argparse
+
+    if text.strip() == "":
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
 
 
 def _umask() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from regkit.errors import InputError
-from regkit.utils.files import atomic_path, atomic_write_text, check_output
+from regkit.utils.files import atomic_path, atomic_write_text, check_output, path_arg
 
 
 def test_write_creates_parents_and_file(tmp_path: Path) -> None:
@@ -144,3 +144,29 @@ def test_check_output_refuses_a_folder_it_cannot_write(tmp_path: Path) -> None:
             check_output(locked / "new" / "out.json", [])
     finally:
         locked.chmod(0o700)
+
+
+def test_path_arg_refuses_an_empty_path_at_parse_time(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="regkit render")
+    parser.add_argument("--out", type=path_arg)
+    assert parser.parse_args(["--out", "a/b.npy"]).out == Path("a/b.npy")
+    for empty in ("", "  "):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--out", empty])
+        assert exit_.value.code == 2
+        assert "argument --out: an empty path" in capsys.readouterr().err
+
+
+def test_commands_refuse_an_empty_output_path(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from regkit.cli.main import main
+
+    # Path("") is ".", which was refused as "'.': is a folder", naming the wrong problem
+    for argv in (["render", "--volume", "ct.nii.gz", "--camera", "c.json", "--out", ""],
+                 ["register-3d3d", "--fixed", "a.nii.gz", "--moving", "b.nii.gz", "--out", ""],
+                 ["register-2d3d", "--volume", "ct.nii.gz", "--camera", "c.json", "--image",
+                  "x.npy", "--out", ""]):
+        assert main(argv) == 2
+        assert "--out: an empty path" in capsys.readouterr().err
