@@ -159,8 +159,7 @@ def test_path_arg_refuses_an_empty_path_at_parse_time(capsys: pytest.CaptureFixt
         assert "argument --out: an empty path" in capsys.readouterr().err
 
 
-def test_commands_refuse_an_empty_output_path(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_refuse_an_empty_output_path(capsys: pytest.CaptureFixture[str]) -> None:
     from regkit.cli.main import main
 
     # Path("") is ".", which was refused as "'.': is a folder", naming the wrong problem

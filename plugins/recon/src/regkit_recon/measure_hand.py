@@ -51,7 +51,7 @@ from regkit.errors import InputError
 from .measure import _principal, fracture_from_points, radius_angles_from_points
 
 __all__ = ["HandFrame", "find_hand_frame", "labels_table_beside", "measure_hand",
-           "measure_labels_file"]
+           "measure_labels_file", "unmeasured_names_note"]
 
 Vector = NDArray[np.float64]
 
@@ -424,6 +424,33 @@ def _load_labels(path: str | os.PathLike[str]) -> tuple[NDArray[Any], NDArray[np
             raise InputError("a label map must hold whole numbers", source=os.fspath(path))
         data = data.astype(np.int32)
     return data, np.asarray(image.affine, dtype=np.float64)
+
+
+def unmeasured_names_note(path: str | os.PathLike[str], *, most: int = 6) -> str | None:
+    """A line naming the bones of a label map's table that the measurement does not know.
+
+    ``measure`` passes over names outside the plugin's bone table (a richer table, such as a
+    whole-body segmentation's, is read as it is), so a misspelt one (``Radius``,
+    ``metacarpal 2``) would silently leave that bone unmeasured; this says so, with the nearest
+    known name where one is close. None when every name is known or there is no table.
+    """
+    import difflib
+
+    from .phantom import anatomy
+
+    table = _names_beside(path)
+    known = [n for k, n in anatomy.BONE_NAMES.items() if k]
+    unknown = [n for n in (table or {}).values() if n not in known]
+    if not unknown:
+        return None
+    said = []
+    for name in unknown[:most]:
+        folded = name.lower().replace(" ", "_").replace("-", "_")
+        near = difflib.get_close_matches(folded, known, n=1, cutoff=0.8)
+        said.append(f"{name!r} (did you mean {near[0]!r}?)" if near else repr(name))
+    more = f" and {len(unknown) - most} more" if len(unknown) > most else ""
+    return (f"{labels_table_beside(path)} names {len(unknown)} label(s) that are not bones of "
+            f"the hand's table, so they are not measured: {', '.join(said)}{more}")
 
 
 def labels_table_beside(path: str | os.PathLike[str]) -> Path:

@@ -138,7 +138,7 @@ def test_load_prediction_names_what_is_wrong(tmp_path: Path) -> None:
     assert err.value.key == "prob"
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip archive")
-    with pytest.raises(FileFormatError, match="not a readable .npz file"):
+    with pytest.raises(FileFormatError, match=r"not a readable \.npz file"):
         load_prediction(garbage)
     with pytest.raises(FileFormatError, match="no such prediction file"):
         load_prediction(tmp_path / "absent.npz")

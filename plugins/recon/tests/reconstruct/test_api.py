@@ -183,6 +183,26 @@ def test_measure_command(tmp_path: Path, single: Path, capsys: pytest.CaptureFix
                  "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["bones"]["metacarpal_2"]["angulation_deg"] == pytest.approx(20.0, abs=3.0)
+    assert "warning" not in capsys.readouterr().err
+    # a misspelt name leaves its bone unmeasured, and says so
+    table = tmp_path / "ph" / "labels.csv"
+    text = table.read_text()
+    table.write_text(text.replace(",ulna", ",Ulna") + "99,clavicle_left\n")
+    assert main(["recon", "measure", "--labels", str(tmp_path / "ph" / "labels.nii.gz"),
+                 "--out", str(tmp_path / "m2.json")]) == 0
+    assert "ulna" not in json.loads((tmp_path / "m2.json").read_text())["bones"]
+    err = capsys.readouterr().err
+    assert "warning" in err
+    assert "names 2 label(s) that are not bones of the hand's table" in err
+    assert "'Ulna' (did you mean 'ulna'?), 'clavicle_left'" in err
+    # a misspelt bone the hand's frame needs: the refusal names the likely cause
+    table.write_text(text.replace(",radius", ",Radius"))
+    assert main(["recon", "measure", "--labels", str(tmp_path / "ph" / "labels.nii.gz"),
+                 "--out", str(tmp_path / "m3.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the hand's frame needs the radius" in err
+    assert "'Radius' (did you mean 'radius'?)" in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["recon", "measure", "--labels", str(tmp_path / "missing.nii.gz"), "--out",
                  str(tmp_path / "n.json")]) == 2
     assert not (tmp_path / "n.json").exists()

@@ -200,10 +200,23 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 def run_measure(args: argparse.Namespace) -> int:
     """Run ``regkit recon measure``."""
     from regkit.utils.files import atomic_write_text, check_output
-    from regkit_recon.measure_hand import labels_table_beside, measure_labels_file
+    from regkit_recon.measure_hand import (
+        labels_table_beside,
+        measure_labels_file,
+        unmeasured_names_note,
+    )
 
     check_output(args.out, [args.labels, labels_table_beside(args.labels)])
-    result = measure_labels_file(args.labels)
+    note = unmeasured_names_note(args.labels)
+    try:
+        result = measure_labels_file(args.labels)
+    except InputError as err:
+        if note is None:
+            raise
+        # a bone the frame needs may be among the misspelt names
+        raise InputError(f"{err.reason}; {note}", source=err.source, key=err.key) from None
+    if note is not None:
+        print(f"regkit recon measure: warning: {note}", file=sys.stderr)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"regkit recon measure: {len(result['bones'])} bones -> {args.out}", file=sys.stderr)
     return 0
