@@ -197,6 +197,9 @@ class Volume:
         data = np.asarray(self.data)
         if data.ndim != 3:
             raise ShapeError(f"Volume data must be 3-D (I, J, K), got shape {data.shape}")
+        if 0 in data.shape:
+            raise ShapeError(f"Volume data must hold at least one voxel along each axis, got "
+                             f"shape {data.shape}")
         if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
             raise ShapeError(f"Volume data must be real numbers (integer or float), "
                              f"got dtype {data.dtype}")
@@ -309,8 +312,16 @@ class Volume:
         return replace(self, labels=None if labels is None else np.asarray(labels))
 
     def with_data(self, data: ArrayLike, units: Units | None = None) -> Volume:
-        """The same grid and labels with new ``data`` (I, J, K); ``units`` default to the old."""
-        return replace(self, data=np.asarray(data), units=self.units if units is None else units)
+        """The same grid and labels with new ``data`` (I, J, K); ``units`` default to the old.
+
+        Raises:
+            ShapeError: ``data`` not on this volume's grid.
+        """
+        array = np.asarray(data)
+        if array.shape != self.shape:
+            raise ShapeError(f"new data must be on the volume's grid {self.shape}, got shape "
+                             f"{array.shape}")
+        return replace(self, data=array, units=self.units if units is None else units)
 
     # ---------------------------------------------------------------------------- grid operations
 

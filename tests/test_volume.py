@@ -90,6 +90,14 @@ def test_refuses_data_not_3d(data: np.ndarray) -> None:
         Volume(data, np.eye(4))
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 4), (4, 4, 0)])
+def test_refuses_an_empty_grid(shape: tuple[int, int, int]) -> None:
+    # an empty grid passed the checks and failed later: a division by zero in the torch
+    # renderer, an all-zero DRR from the OpenGL one, a file load_nifti then refused
+    with pytest.raises(ShapeError, match="at least one voxel along each axis"):
+        Volume(np.zeros(shape, np.float32), np.eye(4))
+
+
 @pytest.mark.parametrize("dtype", [np.complex64, bool, object])
 def test_refuses_data_not_real(dtype: type) -> None:
     with pytest.raises(ShapeError, match="real numbers"):
@@ -191,7 +199,7 @@ def test_with_labels_and_with_data() -> None:
     assert replaced.labels is not None
     assert np.shares_memory(replaced.labels, labelled.labels)
     assert labelled.with_data(np.zeros((2, 2, 2))).units == "HU"
-    with pytest.raises(ShapeError):
+    with pytest.raises(ShapeError, match=r"new data must be on the volume's grid \(2, 2, 2\)"):
         labelled.with_data(np.zeros((3, 2, 2)))
 
 

@@ -45,6 +45,7 @@ __all__ = [
 
 RIGID_ATOL = 1e-4
 """Tolerance on ``camera_from_world``'s rotation being orthonormal with determinant +1."""
+_K_RTOL = 1e-6  # K's skew (relative to the focal length) and last row, as Camera allows
 _SINGULAR_DET = 1e-12  # |det| of a transform's 3x3 part below which it counts as singular
 _MAX_FIND_OBJECTS_LABEL = 1 << 20  # larger labels are boxed by np.unique instead
 
@@ -77,16 +78,28 @@ def check_poses(intrinsic: Any, camera_from_world: Any) -> tuple[torch.Tensor, t
 
     Raises:
         InputError: NaN/inf (key ``intrinsic`` or ``camera_from_world``), a focal length that
-            is not positive (key ``intrinsic``).
-        FrameError: a pose whose rotation is not orthonormal with determinant +1 (to
-            :data:`RIGID_ATOL`): the ray model needs a rigid camera.
+            is not positive, a skew or a last row other than ``[0, 0, 1]`` (key ``intrinsic``).
+        FrameError: a pose whose rotation is not orthonormal with determinant +1, or whose last
+            row is not ``[0, 0, 0, 1]`` (to :data:`RIGID_ATOL`): the ray model needs a rigid
+            camera.
     """
     k = as_float64(intrinsic, "intrinsic")
     t = as_float64(camera_from_world, "camera_from_world")
     kd = k.detach()
     if bool(((kd[:, 0, 0] <= 0) | (kd[:, 1, 1] <= 0)).any()):
         raise InputError("focal lengths must be positive", key="intrinsic")
-    rot = t.detach()[:, :3, :3]
+    # The ray model reads fx, fy, cx, cy only: a skew or another last row would be ignored here
+    # while Camera.project and project_points use them, so rendering and projection would differ.
+    focal = torch.maximum(kd[:, 0, 0], kd[:, 1, 1])
+    if bool(((kd[:, 0, 1].abs() > _K_RTOL * focal) | (kd[:, 1, 0].abs() > _K_RTOL * focal)
+             | ((kd[:, 2] - kd.new_tensor([0.0, 0.0, 1.0])).abs().max(dim=-1).values
+                > _K_RTOL)).any()):
+        raise InputError("must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]: no skew, last row "
+                         "[0, 0, 1]", key="intrinsic")
+    td = t.detach()
+    if float((td[:, 3] - td.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().max()) > RIGID_ATOL:
+        raise FrameError("camera_from_world must be rigid: its last row must be [0, 0, 0, 1]")
+    rot = td[:, :3, :3]
     err = rot.transpose(-1, -2) @ rot - torch.eye(3, dtype=rot.dtype, device=rot.device)
     if float(err.abs().max()) > RIGID_ATOL or \
             float((torch.linalg.det(rot) - 1.0).abs().max()) > RIGID_ATOL:
@@ -164,12 +177,18 @@ def check_transforms(fixed_world_from_index: Any, fixed_from_moving: Any,
 
     Raises:
         InputError: NaN/inf or not numbers (keyed by the argument), a ``fill`` that is not a
-            finite number, a singular transform (key ``fixed_from_moving``).
+            finite number, a singular transform or grid affine, or one whose last row is not
+            ``[0, 0, 0, 1]`` (keyed by the argument).
         ShapeError: an affine that is not 4x4, transforms that are not ``(B, 4, 4)``, B >= 1.
     """
     fixed = as_float64(fixed_world_from_index, "fixed_world_from_index")
     if tuple(fixed.shape) != (4, 4):
         raise ShapeError(f"fixed_world_from_index must be 4x4, got shape {tuple(fixed.shape)}")
+    last = fixed.new_tensor([0.0, 0.0, 0.0, 1.0])
+    if float((fixed.detach()[3] - last).abs().max()) > _K_RTOL \
+            or abs(float(torch.linalg.det(fixed.detach()[:3, :3]))) < _SINGULAR_DET:
+        raise InputError("must be an invertible affine with last row [0, 0, 0, 1]",
+                         key="fixed_world_from_index")
     maps = as_float64(fixed_from_moving, "fixed_from_moving")
     if maps.ndim != 3 or tuple(maps.shape[1:]) != (4, 4) or maps.shape[0] < 1:
         raise ShapeError(f"fixed_from_moving must have shape (B, 4, 4), got "
@@ -179,6 +198,8 @@ def check_transforms(fixed_world_from_index: Any, fixed_from_moving: Any,
         raise InputError(f"must be a finite number, got {fill!r}", key="fill")
     if bool((torch.linalg.det(maps.detach()[:, :3, :3]).abs() < _SINGULAR_DET).any()):
         raise InputError("a transform is singular", key="fixed_from_moving")
+    if float((maps.detach()[:, 3] - last).abs().max()) > _K_RTOL:
+        raise InputError("a transform's last row is not [0, 0, 0, 1]", key="fixed_from_moving")
     return fixed, maps, float(fill)
 
 

@@ -243,12 +243,14 @@ class Renderer(ABC):
 
         Raises:
             InputError: ``views`` not :class:`Views`; NaN/inf or non-positive focal lengths;
+                pose tensors that require gradients on a backend that is not differentiable;
                 both ``roi`` and ``pixels``; a ``roi`` off the detector; bad or absent bones;
                 a closed renderer.
             ShapeError: ``pixels`` of another shape.
             FrameError: a pose that is not rigid.
         """
         checked = self._views(views)
+        self._refuse_lost_gradients(views.intrinsic, views.camera_from_world, key="views")
         if roi is not None and pixels is not None:
             raise InputError("give either roi or pixels, not both", key="roi")
         if pixels is not None:
@@ -362,6 +364,8 @@ class Renderer(ABC):
             ShapeError: an affine that is not 4x4, transforms that are not ``(B, 4, 4)``.
         """
         self._check_open()
+        self._refuse_lost_gradients(fixed_world_from_index, fixed_from_moving,
+                                    key="fixed_from_moving")
         shape = check_grid_shape(fixed_shape)
         fixed, maps, fill_value = check_transforms(fixed_world_from_index, fixed_from_moving,
                                                    fill)
@@ -381,6 +385,20 @@ class Renderer(ABC):
                              key="views")
         k, t = check_poses(views.intrinsic, views.camera_from_world)
         return Views(k, t, views.height, views.width)
+
+    def _refuse_lost_gradients(self, *values: Any, key: str) -> None:
+        """Refuse tensors that want gradients where this backend cannot give them.
+
+        A non-differentiable backend works on detached copies, so a pose or transform that
+        requires gradients would get none, silently: an optimiser would see a zero gradient.
+        """
+        if self.differentiable or not torch.is_grad_enabled():
+            return
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
+            raise InputError(f"the '{self.backend}' backend is not differentiable: these tensors "
+                             "require gradients it cannot give; use a differentiable backend "
+                             "(backend='torch'), or detach them or run under torch.no_grad()",
+                             key=key)
 
     def _bones(self, bones: Any) -> tuple[int, ...]:
         """``bones`` as sorted unique labels that the label map holds."""

@@ -189,9 +189,9 @@ class TorchRenderer(Renderer):
         """
         if not isinstance(mu, torch.Tensor):
             raise InputError(f"mu must be a torch tensor, got {type(mu).__name__}", key="mu")
-        if mu.ndim != 3 or not mu.is_floating_point():
-            raise ShapeError(f"mu must be a real (I, J, K) tensor, got shape {tuple(mu.shape)} "
-                             f"and dtype {mu.dtype}")
+        if mu.ndim != 3 or not mu.is_floating_point() or 0 in mu.shape:
+            raise ShapeError(f"mu must be a real (I, J, K) tensor of at least one voxel per "
+                             f"axis, got shape {tuple(mu.shape)} and dtype {mu.dtype}")
         if not bool(torch.isfinite(mu.detach()).all()):
             raise InputError("contains NaN or infinite values", key="mu")
         dev = _device(mu.device if device is None else device)

@@ -538,6 +538,23 @@ BAD_CALLS: list[tuple[str, Callable[[Renderer, Views, Volume], Any], type[Except
     ("singular transform",
      lambda r, *_: r.resample((4, 4, 4), np.eye(4), np.zeros((1, 4, 4))), InputError,
      "fixed_from_moving"),
+    # parts of the matrices the ray model would ignore (and projection would not)
+    ("skewed intrinsic",
+     lambda r, v, _: r.drr(_with_pose(v, lambda k, _: _set(k, (0, 0, 1), 200.0))),
+     InputError, "intrinsic"),
+    ("intrinsic's last row",
+     lambda r, v, _: r.drr(_with_pose(v, lambda k, _: _set(k, (1, 2, 2), 2.0))),
+     InputError, "intrinsic"),
+    ("pose's last row",
+     lambda r, v, _: r.depth(_with_pose(v, lambda _, t: _set(t, (0, 3, 0), 0.3)), [1]),
+     FrameError, None),
+    ("transform's last row",
+     lambda r, *_: r.resample((4, 4, 4), np.eye(4), np.array([[[1.0, 0, 0, 0], [0, 1, 0, 0],
+                                                                [0, 0, 1, 0], [1, 1, 1, 1]]])),
+     InputError, "fixed_from_moving"),
+    ("singular grid affine",
+     lambda r, *_: r.resample((4, 4, 4), np.zeros((4, 4)), np.eye(4)[None]), InputError,
+     "fixed_world_from_index"),
     ("NaN fill",
      lambda r, _, vol: r.resample(*_resample_args(vol), fill=float("nan")), InputError, "fill"),
 ]
@@ -570,6 +587,29 @@ def test_every_backend_refuses_the_same_options(make: Factory, ellipsoid_volume:
     with pytest.raises(InputError) as caught:
         make(ellipsoid_volume, **options)
     assert caught.value.key == key
+
+
+def test_gradients_are_given_or_refused_never_dropped(tools: Tools, make: Factory,
+                                                      two_bones_volume: Volume,
+                                                      cameras: list[Camera]) -> None:
+    renderer = make(two_bones_volume)
+    views = tools.views_of(cameras[:1])
+    pose = torch.tensor(np.asarray(views.camera_from_world), requires_grad=True)
+    moved = torch.tensor(np.eye(4)[None], requires_grad=True)
+    grid = np.asarray(two_bones_volume.world_from_index)
+    wanting = Views(views.intrinsic, pose, views.height, views.width)
+    if renderer.differentiable:
+        assert renderer.drr(wanting).requires_grad
+        assert renderer.resample((4, 4, 4), grid, moved).values.requires_grad
+        return
+    for call in (lambda: renderer.drr(wanting),
+                 lambda: renderer.resample((4, 4, 4), grid, moved)):
+        with pytest.raises(InputError, match="not differentiable"):
+            call()
+    with torch.no_grad():      # no gradient asked for: rendered as usual
+        assert renderer.drr(wanting).shape == (1, views.height, views.width)
+    assert torch.equal(renderer.drr(Views(views.intrinsic, pose.detach(), views.height,
+                                          views.width)), renderer.drr(views))
 
 
 def test_a_plain_array_is_not_a_volume(make: Factory) -> None:

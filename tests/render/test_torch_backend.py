@@ -295,6 +295,8 @@ def test_constructor_refuses_bad_options(ellipsoid_volume: Volume) -> None:
         TorchRenderer(np.zeros((4, 4, 4)))
     with pytest.raises(ShapeError):
         TorchRenderer.from_tensor(torch.zeros(4, 4), np.eye(4))
+    with pytest.raises(ShapeError, match="at least one voxel"):
+        TorchRenderer.from_tensor(torch.zeros(0, 4, 4), np.eye(4))
     with pytest.raises(InputError):
         TorchRenderer.from_tensor(torch.full((2, 2, 2), float("nan")), np.eye(4))
     with pytest.raises(InputError):
