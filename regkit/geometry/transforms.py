@@ -132,8 +132,13 @@ def invert(transform: torch.Tensor) -> torch.Tensor:
 
     Args:
         transform: ``(..., 4, 4)`` rigid transforms.
+
+    Raises:
+        FrameError: a matrix that is not rigid (to 1e-6 in float64, 1e-4 in float32): its
+            inverse is not ``[Rᵀ, −Rᵀt]``.
     """
     _check_last(transform, (4, 4), "transform")
+    check_rigid(transform, "transform", atol=_atol(transform))
     rot = transform[..., :3, :3]
     t = transform[..., :3, 3:]
     rot_t = rot.transpose(-1, -2)
@@ -197,8 +202,8 @@ def rigid(rotation: Any, offset: Any) -> Any:
 def is_rigid(transform: Any, atol: float = 1e-6) -> Any:
     """Whether each ``(..., 4, 4)`` matrix is a proper rigid transform.
 
-    Rigid means: finite, rotation block orthonormal (``RᵀR = I`` to ``atol``) with determinant +1
-    (to ``atol``), last row ``[0, 0, 0, 1]`` (to ``atol``).
+    Rigid means: finite, every entry of the rotation block within ``atol`` of the nearest
+    rotation's (orthonormal, determinant +1), last row ``[0, 0, 0, 1]`` (to ``atol``).
 
     Returns:
         A bool for a single matrix, else a boolean array of the batch shape (numpy).
@@ -206,15 +211,27 @@ def is_rigid(transform: Any, atol: float = 1e-6) -> Any:
     t, _ = _as_torch(transform)
     _check_last(t, (4, 4), "transform")
     t = t.detach().to(torch.float64)
-    rot = t[..., :3, :3]
-    eye = torch.eye(3, dtype=t.dtype, device=t.device)
-    ortho = (rot.transpose(-1, -2) @ rot - eye).abs().amax(dim=(-1, -2)) <= atol
-    det = (torch.linalg.det(rot) - 1.0).abs() <= atol
+    finite = torch.isfinite(t).all(dim=-1).all(dim=-1)
+    t = torch.where(finite[..., None, None], t, torch.eye(4, dtype=t.dtype, device=t.device))
+    distance, proper = _from_rotation(t[..., :3, :3])
     last = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=t.dtype, device=t.device)
     bottom = (t[..., 3, :] - last).abs().amax(dim=-1) <= atol
-    finite = torch.isfinite(t).all(dim=-1).all(dim=-1)
-    ok = (ortho & det & bottom & finite).cpu().numpy()
+    ok = ((distance <= atol) & proper & bottom & finite).cpu().numpy()
     return bool(ok) if ok.ndim == 0 else ok
+
+
+def _from_rotation(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each ``(..., 3, 3)`` matrix lies from the nearest rotation, and whether it is one.
+
+    The nearest orthonormal matrix is ``U Vᵀ`` of the SVD ``U S Vᵀ`` (the polar factor); the
+    distance is the largest entry of the difference, so "rigid to 1e-6" means every entry lies
+    within 1e-6 of a rotation's (a rotation written to 6 decimals passes). ``proper`` is False
+    where that matrix has determinant −1 (a reflection).
+    """
+    u, _, vh = torch.linalg.svd(rot)
+    nearest = u @ vh
+    distance = (rot - nearest).abs().amax(dim=(-1, -2))
+    return distance, torch.linalg.det(nearest) > 0
 
 
 def check_rigid(transform: Any, name: str = "transform", atol: float = 1e-6) -> None:
@@ -229,17 +246,44 @@ def check_rigid(transform: Any, name: str = "transform", atol: float = 1e-6) -> 
     if (t[..., 3, :] - last).abs().max() > atol:
         raise FrameError(f"{name} last row must be [0, 0, 0, 1]")
     rot = t[..., :3, :3]
-    err = (rot.transpose(-1, -2) @ rot - torch.eye(3, dtype=t.dtype)).abs().max()
-    if err > atol:
-        raise FrameError(
-            f"{name} is not rigid: its rotation block is not orthonormal (|RᵀR − I| = {err:.2e})"
-        )
-    det = torch.linalg.det(rot)
-    if (det - 1.0).abs().max() > atol:
+    distance, proper = _from_rotation(rot)
+    if not bool(proper.all()):
+        det = torch.linalg.det(rot)
         raise FrameError(
             f"{name} is not rigid: its rotation block has determinant {det.min():.6f} "
-            "(a reflection, or a scaling)"
+            "(a reflection)"
         )
+    err = float(distance.max())
+    if err > atol:
+        raise FrameError(
+            f"{name} is not rigid: its rotation block is not orthonormal (an entry lies "
+            f"{err:.2e} from the nearest rotation's; a scaling or a shear?)"
+        )
+
+
+def _atol(t: torch.Tensor) -> float:
+    """How far from rigid a matrix of ``t``'s dtype may be and still be read as rigid."""
+    return {torch.float64: 1e-6, torch.float32: 1e-4}.get(t.dtype, 1e-2)
+
+
+def _check_rotation(m: torch.Tensor, name: str) -> None:
+    """Raise :class:`FrameError` unless every ``(..., 3, 3)`` matrix is a proper rotation.
+
+    The conversions below read a rotation's parts as if it were one: a scaling, a reflection or
+    a shear would come back as some other rotation, silently.
+    """
+    d = m.detach().to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(d).all():
+        raise FrameError(f"{name} contains NaN or infinite values")
+    atol = _atol(m)
+    err = (d.transpose(-1, -2) @ d - torch.eye(3, dtype=d.dtype)).abs().max() if d.numel() \
+        else torch.tensor(0.0)
+    if err > atol:
+        raise FrameError(f"{name} is not a rotation: it is not orthonormal "
+                         f"(|RᵀR − I| = {float(err):.2e})")
+    if d.numel() and (torch.linalg.det(d) - 1.0).abs().max() > atol:
+        raise FrameError(f"{name} is not a rotation: its determinant is "
+                         f"{float(torch.linalg.det(d).min()):.6f} (a reflection)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +330,7 @@ def matrix_to_rotvec(matrix: torch.Tensor) -> torch.Tensor:
     quaternion, which is stable at every angle.
     """
     _check_last(matrix, (3, 3), "matrix")
+    _check_rotation(matrix, "matrix")
     q = _matrix_to_quaternion(matrix)
     w = q[..., 0].clamp(-1.0, 1.0)
     xyz = q[..., 1:]
@@ -391,6 +436,7 @@ def _matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
 def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``(..., 3, 3)`` to unit quaternions ``(w, x, y, z)`` with ``w ≥ 0``."""
     _check_last(matrix, (3, 3), "matrix")
+    _check_rotation(matrix, "matrix")
     return _matrix_to_quaternion(matrix)
 
 
@@ -450,6 +496,7 @@ def matrix_to_euler(matrix: Any, order: str = "XYZ",
     order = _check_order(order, convention)
     m, was_numpy = _as_torch(matrix)
     _check_last(m, (3, 3), "matrix")
+    _check_rotation(m, "matrix")
     # Reduce to the intrinsic case: extrinsic "abc" is intrinsic "cba" with the angles reversed.
     intrinsic_order = order if convention == "intrinsic" else order[::-1]
     # At gimbal lock the extrinsic third angle is the intrinsic first one: zero that one.
@@ -544,9 +591,14 @@ def rigid_from_params(params: Any, center: Any = None) -> Any:
 
 
 def params_from_rigid(transform: Any, center: Any = None) -> Any:
-    """Inverse of :func:`rigid_from_params` (same ``center``): ``(..., 4, 4)`` to ``(..., 6)``."""
+    """Inverse of :func:`rigid_from_params` (same ``center``): ``(..., 4, 4)`` to ``(..., 6)``.
+
+    Raises:
+        FrameError: a matrix that is not rigid (a scaling or a reflection has no 6-vector).
+    """
     t, was_numpy = _as_torch(transform)
     _check_last(t, (4, 4), "transform")
+    check_rigid(t, "transform", atol=_atol(t))
     rot = t[..., :3, :3]
     off = t[..., :3, 3]
     if center is not None:

@@ -75,7 +75,7 @@ import torch
 from numpy.typing import NDArray
 
 from regkit.errors import InputError, ShapeError
-from regkit.geometry.transforms import rotvec_to_matrix
+from regkit.geometry.transforms import is_rigid, rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, coerce_options, optimizers
 from regkit.registration import engine, pose_error
@@ -659,9 +659,10 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
         (those of the last level).
 
     Raises:
-        InputError: bad options, an unknown transform or init, a metric that does not take 3-D
-            images, a constant image, masks that select nothing, or volumes that do not overlap
-            enough anywhere in the search range.
+        InputError: bad options, an unknown transform or init, a non-rigid ``init`` matrix for
+            a rigid registration, a metric that does not take 3-D images, a constant image,
+            masks that select nothing, or volumes that do not overlap enough anywhere in the
+            search range.
         ShapeError: a mask that is not on its image's grid.
         UnknownNameError: an unknown metric or optimizer name (the message lists the known).
     """
@@ -701,6 +702,13 @@ class _Problem:
         self.candidates, self.centroid = _initial_candidates(fixed, moving, init, fm, mm,
                                                              opts.foreground_threshold)
         self.init_name = init if isinstance(init, str) else "matrix"
+        if not isinstance(init, str) and all(m is _RIGID for m in self.models) \
+                and not is_rigid(self.candidates[0]):
+            # the rigid model moves around this start: a scale or reflection in it would stay
+            # in the result, which would then not be rigid
+            raise InputError("a rigid registration needs a rigid initial transform (orthonormal "
+                             "rotation, determinant +1): give transform='affine' to start from "
+                             "an affine one", key="init")
         self.base = _base_spacing(fixed, moving)
         sigma = opts.fine_sigma_voxels
         if sigma is None:

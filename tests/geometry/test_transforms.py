@@ -511,6 +511,30 @@ def test_pure_scaling_refused() -> None:
         tf.check_rigid(mat)
 
 
+@pytest.mark.parametrize("matrix", [np.diag([2.0, 2.0, 2.0, 1.0]), np.diag([-1.0, 1, 1, 1])],
+                         ids=["scaling", "reflection"])
+def test_conversions_refuse_what_is_not_rigid(matrix: np.ndarray) -> None:
+    # each read the matrix as if it were rigid: params_from_rigid gave zeros (the identity)
+    # for both, invert gave diag(2, 2, 2, 1) back for the scaling
+    for call in (tf.invert, tf.params_from_rigid):
+        with pytest.raises(FrameError, match="transform"):
+            call(matrix)
+    for call in (tf.matrix_to_rotvec, tf.matrix_to_quaternion, tf.matrix_to_euler):
+        with pytest.raises(FrameError, match="matrix is not a rotation"):
+            call(matrix[:3, :3])
+    with pytest.raises(FrameError, match="NaN"):
+        tf.matrix_to_rotvec(np.full((3, 3), np.nan))
+
+
+def test_conversions_accept_float32_rounding() -> None:
+    rot = tf.rotvec_to_matrix(torch.tensor([0.3, -0.5, 1.2]))          # float32
+    mat = tf.rigid_from_params(torch.tensor([0.3, -0.5, 1.2, 10.0, -4.0, 2.0]))
+    back = tf.rigid_from_params(tf.params_from_rigid(mat))
+    assert torch.allclose(back, mat, atol=1e-5)
+    assert torch.allclose(tf.matrix_to_rotvec(rot), torch.tensor([0.3, -0.5, 1.2]), atol=1e-5)
+    assert torch.allclose(tf.compose(mat, tf.invert(mat)), torch.eye(4), atol=1e-5)
+
+
 @pytest.mark.parametrize(("kind", "dtype"), BACKENDS, ids=BACKEND_IDS)
 def test_rigid_accepted(kind: str, dtype: str) -> None:
     mat = make(_good(), kind, dtype)
@@ -532,6 +556,22 @@ def test_rigid_tolerance() -> None:
     with pytest.raises(FrameError):
         tf.check_rigid(off)
     tf.check_rigid(off, atol=1e-3)
+
+
+def test_rotations_written_to_six_decimals_are_rigid() -> None:
+    # "to 1e-6" is a bound on the entries: |RᵀR − I| <= 1e-6 refused a quarter of the
+    # rotations rounded to 6 decimals (entries 5e-7 off), as a camera file holds them
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        mat = rigid_np(rng.uniform(-np.pi, np.pi, 3) / 2, rng.uniform(-100, 100, 3))
+        rounded = np.round(mat, 6)
+        assert tf.is_rigid(rounded) is True
+        tf.check_rigid(rounded)
+    off = _good()
+    off[0, 1] += 3e-6
+    assert tf.is_rigid(off) is False
+    with pytest.raises(FrameError, match="from the nearest rotation"):
+        tf.check_rigid(off)
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (4, 3), (3, 4), (16,), (2, 4, 5)])
@@ -607,7 +647,8 @@ def test_gradcheck_apply_invert_compose() -> None:
     pts = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
                       requires_grad=True)
     assert torch.autograd.gradcheck(tf.apply, (mat, pts))
-    assert torch.autograd.gradcheck(tf.invert, (mat,))
+    # the steps stay within the rigid tolerance (1e-6) that invert checks
+    assert torch.autograd.gradcheck(tf.invert, (mat,), eps=1e-7)
     other = torch.tensor(rigid_np([-0.2, 0.5, 0.3], [4.0, -1.0, 0.0]), requires_grad=True)
     assert torch.autograd.gradcheck(tf.compose, (mat, other))
 
@@ -619,7 +660,7 @@ def test_gradcheck_rotation_conversions() -> None:
     assert torch.autograd.gradcheck(lambda a: tf.euler_to_matrix(a, "ZYX", "intrinsic"), (ang,))
     rot = tf.rotvec_to_matrix(torch.tensor([0.3, -0.5, 1.2], dtype=torch.float64))
     rot = rot.detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(tf.matrix_to_rotvec, (rot,))
+    assert torch.autograd.gradcheck(tf.matrix_to_rotvec, (rot,), eps=1e-7)
 
 
 def test_torch_graph_survives() -> None:

@@ -389,6 +389,10 @@ def test_bad_inputs_are_refused_clearly() -> None:
         register_3d3d(fixed, moving, init="middle")
     with pytest.raises(InputError, match="init"):
         register_3d3d(fixed, moving, init=np.zeros((4, 4)))
+    # a scaled or mirrored start stayed in a "rigid" result (scale 2, determinant -1)
+    for start in (np.diag([2.0, 2.0, 2.0, 1.0]), np.diag([-1.0, 1.0, 1.0, 1.0])):
+        with pytest.raises(InputError, match="'init': a rigid registration needs a rigid"):
+            register_3d3d(fixed, moving, init=start)
     with pytest.raises(InputError, match="levles"):
         register_3d3d(fixed, moving, options={"levles": ()})
     with pytest.raises(InputError, match="seed"):
