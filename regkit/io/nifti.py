@@ -291,8 +291,8 @@ def save_nifti(volume: Volume, path: PathLike, *, labels_path: PathLike | None =
         labels_path: Where to write ``volume.labels``, on the same grid; ``None`` writes no labels.
 
     Raises:
-        InputError: a name without a NIfTI suffix, or ``labels_path`` given for a volume without
-            labels.
+        InputError: a name without a NIfTI suffix, ``labels_path`` given for a volume without
+            labels, or ``labels_path`` naming the image's own file.
     """
     target = Path(path)
     _check_suffix(target, "path")
@@ -301,6 +301,11 @@ def save_nifti(volume: Volume, path: PathLike, *, labels_path: PathLike | None =
         _check_suffix(labels_target, "labels_path")
         if volume.labels is None:
             raise InputError("the volume has no labels to write", key="labels_path")
+        if labels_target.resolve() == target.resolve() or (
+                target.exists() and labels_target.exists()
+                and os.path.samefile(target, labels_target)):
+            raise InputError(f"is the image's own file {target}: the labels would replace the "
+                             "image", key="labels_path")
     affine = np.array(volume.world_from_index)
     _write(volume.data, affine, target)
     if labels_target is not None and volume.labels is not None:

@@ -255,6 +255,16 @@ def test_save_refuses_bad_names_and_missing_labels(tmp_path: Path) -> None:
         save_nifti(volume.with_labels(np.zeros((2, 2, 2), np.uint8)), tmp_path / "ct.nii",
                    labels_path=tmp_path / "l.png")
     assert list(tmp_path.iterdir()) == []
+    labelled = volume.with_labels(np.ones((2, 2, 2), np.uint8))
+    for same in (tmp_path / "ct.nii", tmp_path / "sub" / ".." / "ct.nii"):
+        with pytest.raises(InputError, match=r"'labels_path'.*would replace the image"):
+            save_nifti(labelled, tmp_path / "ct.nii", labels_path=same)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ct.nii").write_bytes(b"old")          # the same file by another name
+    (tmp_path / "link.nii").symlink_to(tmp_path / "ct.nii")
+    with pytest.raises(InputError, match="would replace the image"):
+        save_nifti(labelled, tmp_path / "ct.nii", labels_path=tmp_path / "link.nii")
+    assert (tmp_path / "ct.nii").read_bytes() == b"old"
 
 
 def test_failed_write_leaves_existing_file_untouched(tmp_path: Path,
