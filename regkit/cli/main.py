@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:   # one line, even where a library's message has several
         print("regkit: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
-    except BackendUnavailableError as err:
-        print(f"regkit: error: {err}", file=sys.stderr)
-        return 1
+    except BackendUnavailableError as err:   # this machine lacks what was asked for: not a bug
+        print(f"regkit: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     except OSError as err:
         if err.errno in _ENVIRONMENT_ERRNOS:   # the file system said no: not a bug
             where = f"{err.filename}: " if err.filename else ""
@@ -114,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _internal_error()
     except MemoryError as err:   # numpy's allocation refusals: the inputs ask for too much
-        print(f"regkit: error: out of memory ({err or 'allocation refused'}); ask for smaller "
-              "outputs or settings", file=sys.stderr)
-        return 2
+        return _out_of_memory(str(err) or "allocation refused")
+    except RuntimeError as err:  # torch's: CUDA's OutOfMemoryError, the CPU allocator's
+        if not _is_torch_allocation_refused(err):
+            return _internal_error()
+        return _out_of_memory(" ".join(str(err).split())[:200])
     except KeyboardInterrupt:
         print("regkit: interrupted", file=sys.stderr)
         return 130
@@ -130,6 +132,27 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.E
 """OSErrors that report the file system's refusal (a read-only or full disk, a folder where a
 file was meant, no permission), shown as one line with exit status 2 like bad input; any other
 OSError is a bug."""
+
+
+def _out_of_memory(detail: str) -> int:
+    print(f"regkit: error: out of memory ({detail}); ask for smaller outputs or settings",
+          file=sys.stderr)
+    return 2
+
+
+def _is_torch_allocation_refused(err: RuntimeError) -> bool:
+    """Whether torch refused an allocation.
+
+    CUDA's ``OutOfMemoryError`` or its CPU allocator's ``RuntimeError`` ("DefaultCPUAllocator:
+    can't allocate memory"), which is not a ``MemoryError``. Checked without importing torch
+    where no command has.
+    """
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err)
+    return "DefaultCPUAllocator: can't allocate memory" in text or "out of memory" in text
 
 
 def _internal_error() -> int:

@@ -12,10 +12,30 @@ from regkit.errors import FileFormatError
 __all__ = ["parse_json", "read_json"]
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
 def parse_json(text: str, source: str | os.PathLike[str] | None = None) -> Any:
-    """Parse JSON text; a syntax error becomes :class:`FileFormatError` naming ``source``."""
+    """Parse JSON text; a syntax error becomes :class:`FileFormatError` naming ``source``.
+
+    A key given twice in one object is an error too: JSON readers differ on which one wins (Python
+    keeps the last), so the file does not say one thing.
+    """
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as err:
+        raise FileFormatError(f"the key {err.args[0]!r} is given twice in one object",
+                              source=source) from None
     except json.JSONDecodeError as err:
         raise FileFormatError(f"not valid JSON ({err.msg} at line {err.lineno})",
                               source=source) from None
