@@ -12,6 +12,7 @@ from regkit_recon.measure import (
     fracture_from_points,
     measure_bone_axis,
     measure_fracture,
+    measure_radius_angles,
 )
 
 from regkit.errors import InputError, ShapeError
@@ -120,7 +121,7 @@ def test_measurements_refuse_missing_labels_and_bad_arrays() -> None:
     with pytest.raises(InputError):
         measure_bone_axis(labels, 3, _affine())
     with pytest.raises(ShapeError):
-        measure_bone_axis(labels.astype(np.float32), 3, _affine())
+        measure_bone_axis(labels.astype(bool), 3, _affine())
     with pytest.raises(ShapeError):
         bone_gaps(labels[0], _affine())
 
@@ -204,3 +205,101 @@ def test_a_fragment_fit_that_fails_in_a_later_round_keeps_its_last_good_axis(
     with pytest.raises(InputError, match="nothing to fit"):
         measure._settle_fragment(points, np.array([0.0, 0.0, 40.0]), np.array([0.0, 0.0, 1.0]),
                                  -1.0, 3.0, 0.3, 1.0, "too short")
+
+
+@pytest.fixture(scope="module")
+def rod() -> np.ndarray:
+    """A straight rod (label 7) 55 mm long along +z: enough for every measurement here."""
+    return _rod((40, 40, 120), (4.0, 3.0), 55.0)
+
+
+def _with(value: float, at: tuple[int, int]) -> np.ndarray:
+    affine = _affine()
+    affine[at] = value
+    return affine
+
+
+_FRACTURE = {"fracture_point": (0.0, 0.0, 30.0), "distal": (0, 0, 1), "dorsal": (0, 1, 0)}
+_RADIUS = {"distal": (0, 0, 1), "dorsal": (0, 1, 0)}
+_NAN = float("nan")
+
+
+@pytest.mark.parametrize(("measure", "change", "key", "problem"), [
+    # the label map
+    ("axis", {"labels": np.zeros((0, 4, 4), np.uint8)}, "labels", "empty"),
+    ("axis", {"labels": np.zeros((4, 4), np.uint8)}, "labels", "3-D"),
+    ("axis", {"labels": np.ones((4, 4, 4), bool)}, "labels", "dtype bool"),
+    ("axis", {"labels": np.full((4, 4, 4), 7.5)}, "labels", "fractional"),
+    ("axis", {"labels": np.full((4, 4, 4), _NAN)}, "labels", "NaN"),
+    ("axis", {"label": 0}, "label", "background"),
+    ("axis", {"label": 2.5}, "label", "whole-number"),
+    # the affine
+    ("axis", {"world_from_index": _with(_NAN, (0, 0))}, "world_from_index", "NaN"),
+    ("axis", {"world_from_index": np.zeros((4, 4))}, "world_from_index", r"\[0, 0, 0, 1\]"),
+    ("axis", {"world_from_index": np.diag([0.5, 0.0, 0.5, 1.0])}, "world_from_index", "singular"),
+    ("axis", {"world_from_index": np.eye(3)}, "world_from_index", "4x4"),
+    ("radius", {"world_from_index": _with(_NAN, (1, 3))}, "world_from_index", "NaN"),
+    ("fracture", {"world_from_index": _with(np.inf, (2, 2))}, "world_from_index", "NaN or inf"),
+    # directions and points
+    ("axis", {"towards": (0, 0, 0)}, "towards", "zero vector"),
+    ("radius", {"distal": (0, 0, 0)}, "distal", "zero vector"),
+    ("radius", {"distal": (0, 1)}, "distal", "3 numbers"),
+    ("radius", {"dorsal": (_NAN, 0, 0)}, "dorsal", "NaN"),
+    ("radius", {"dorsal": (0, 0, 2)}, "dorsal", "along the bone's shaft"),
+    ("fracture", {"distal": (0, 0, 0)}, "distal", "zero vector"),
+    ("fracture", {"distal": (_NAN, 0, 1)}, "distal", "NaN"),
+    ("fracture", {"dorsal": (0, 0, 0)}, "dorsal", "zero vector"),
+    ("fracture", {"dorsal": (0, 0, -1)}, "dorsal", "along the bone's shaft"),
+    ("fracture", {"fracture_point": (_NAN, 0, 30)}, "fracture_point", "NaN"),
+    ("fracture", {"fracture_point": (0, 0)}, "fracture_point", r"3 numbers .* shape \(2,\)"),
+    # lengths, fractions
+    ("radius", {"section_mm": 0}, "section_mm", "more than zero"),
+    ("radius", {"shaft_mm": -1.0}, "shaft_mm", "zero or more"),
+    ("radius", {"rim_mm": _NAN}, "rim_mm", "finite"),
+    ("fracture", {"margin_mm": -1.0}, "margin_mm", "zero or more"),
+    ("fracture", {"margin_mm": (3.0, -2.0)}, "margin_mm", "zero or more"),
+    ("fracture", {"margin_mm": (1.0, 2.0, 3.0)}, "margin_mm", "two"),
+    ("fracture", {"trim": (0.3, 1.0)}, "trim", "fractions"),
+    ("fracture", {"slab_mm": 0.0}, "slab_mm", "more than zero"),
+    ("gaps", {"within_mm": -1.0}, "within_mm", "zero or more"),
+])
+def test_bad_arguments_are_refused_by_name(rod: np.ndarray, measure: str, change: dict,
+                                           key: str, problem: str) -> None:
+    function, args = {
+        "axis": (measure_bone_axis, {"label": 7}),
+        "radius": (measure_radius_angles, {"label": 7, **_RADIUS}),
+        "fracture": (measure_fracture, {"label": 7, **_FRACTURE}),
+        "gaps": (bone_gaps, {}),
+    }[measure]
+    with pytest.raises(InputError, match=problem) as caught:
+        function(**{"labels": rod, "world_from_index": _affine(), **args, **change})
+    assert caught.value.key == key
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("change", "key", "problem"), [
+    ({"points": np.zeros((5, 2))}, "points", r"\(N, 3\)"),
+    ({"points": np.full((5, 3), _NAN)}, "points", "NaN"),
+    ({"section_turn_deg": -5.0}, "section_turn_deg", "zero or more"),
+])
+def test_fracture_from_points_refuses_bad_points_by_name(change: dict, key: str, problem: str
+                                                          ) -> None:
+    args = {"points": np.zeros((5, 3)), **_FRACTURE, **change}
+    with pytest.raises(InputError, match=problem) as caught:
+        fracture_from_points(**args)
+    assert caught.value.key == key
+
+
+def test_shape_and_dtype_refusals_are_shape_errors_too(rod: np.ndarray) -> None:
+    # both kinds a caller may catch: ShapeError (as before) and InputError naming the argument
+    for labels, affine in ((rod[0], _affine()), (rod > 0, _affine()), (rod, np.eye(3))):
+        with pytest.raises(ShapeError):
+            measure_bone_axis(labels, 7, affine)
+
+
+def test_whole_number_float_labels_are_measured_as_integers(rod: np.ndarray) -> None:
+    as_int = measure_bone_axis(rod, 7, _affine(), towards=(0, 0, 1))
+    as_float = measure_bone_axis(rod.astype(np.float32), 7.0, _affine(), towards=(0, 0, 1))
+    assert as_float.length == as_int.length
+    np.testing.assert_array_equal(as_float.direction, as_int.direction)
+    assert bone_gaps(rod.astype(np.float64), _affine()) == bone_gaps(rod, _affine())

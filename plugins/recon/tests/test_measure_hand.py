@@ -144,3 +144,58 @@ def test_measure_file_reads_names_beside_and_refuses_what_it_cannot_measure(
     with pytest.raises(InputError, match="cannot read"):
         measure_labels_file(tmp_path / "bad.nii.gz")
     assert math.isfinite(result["bones"]["radius"]["length_mm"])
+
+
+def _mini_hand() -> np.ndarray:
+    """Rods for the radius, metacarpals 2-4 and a proximal phalanx (1 mm voxels): a frame."""
+    shape = (40, 24, 90)
+    i, j, k = np.indices(shape)
+    labels = np.zeros(shape, np.uint8)
+    for label, x, y, z0, z1, r in ((1, 20, 12, 2, 40, 4.0), (2, 12, 12, 45, 65, 2.5),
+                                   (3, 20, 12, 45, 66, 2.5), (4, 28, 12, 45, 64, 2.5),
+                                   (5, 20, 9, 68, 85, 2.0)):
+        labels[((i - x) ** 2 + ((j - y) / 0.8) ** 2 <= r * r) & (k >= z0) & (k < z1)] = label
+    return labels
+
+
+_MINI_NAMES = {1: "radius", 2: "metacarpal_2", 3: "metacarpal_3", 4: "metacarpal_4",
+               5: "proximal_phalanx_3"}
+
+
+def test_whole_number_float_labels_are_measured_as_integers() -> None:
+    labels = _mini_hand()
+    plain = measure_hand(labels, np.eye(4), _MINI_NAMES)
+    assert "metacarpal_3" in plain["bones"]
+    assert measure_hand(labels.astype(np.float32), np.eye(4), _MINI_NAMES) == plain
+
+
+def _nan_affine() -> np.ndarray:
+    affine = np.eye(4)
+    affine[1, 1] = np.nan
+    return affine
+
+
+@pytest.mark.parametrize(("labels", "affine", "key", "problem"), [
+    (np.zeros((0, 24, 90), np.uint8), np.eye(4), "labels", "empty"),
+    (np.zeros((40, 24), np.uint8), np.eye(4), "labels", "3-D"),
+    (_mini_hand() > 0, np.eye(4), "labels", "dtype bool"),
+    (_mini_hand() * 0.5, np.eye(4), "labels", "fractional"),
+    (np.full((4, 4, 4), np.inf), np.eye(4), "labels", "NaN or infinite"),
+    (_mini_hand(), _nan_affine(), "world_from_index", "affine.*NaN"),
+    (_mini_hand(), np.diag([1.0, 1.0, 0.0, 1.0]), "world_from_index", "affine.*singular"),
+    (_mini_hand(), np.eye(3), "world_from_index", "affine.*4x4"),
+])
+def test_measure_hand_refuses_bad_arrays_by_name(labels: np.ndarray, affine: np.ndarray, key: str,
+                                                 problem: str) -> None:
+    with pytest.raises(InputError, match=problem) as caught:
+        measure_hand(labels, affine, _MINI_NAMES)
+    assert caught.value.key == key
+    assert "\n" not in str(caught.value)
+
+
+def test_measure_file_names_the_file_for_fractional_labels(tmp_path: Path) -> None:
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(_mini_hand() * 0.5, np.eye(4)), path)
+    with pytest.raises(InputError, match="fractional") as caught:
+        measure_labels_file(path)
+    assert caught.value.source == str(path)

@@ -1,7 +1,9 @@
 """Measuring bones in a label map: axes, lengths, gaps between bones and malunion angles.
 
 All functions take an integer label map (I, J, K) and its ``world_from_index`` (4×4, RAS+ mm) and
-work on the centres of the voxels carrying a label, in world millimetres. They measure what is in
+work on the centres of the voxels carrying a label, in world millimetres. A float label map holding
+whole numbers is taken as integers (as a label file is read); any other bad argument is refused with
+an :class:`~regkit.errors.InputError` whose ``key`` names it. They measure what is in
 the voxels; none of them looks at how a phantom was made.
 
 Convention:
@@ -14,6 +16,7 @@ Convention:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -41,25 +44,148 @@ __all__ = [
 Vector = NDArray[np.float64]
 
 
-def _check(labels: np.ndarray, world_from_index: ArrayLike) -> NDArray[np.float64]:
-    if labels.ndim != 3:
-        raise ShapeError(f"labels must be 3-D (I, J, K), got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ShapeError(f"labels must have an integer dtype, got {labels.dtype}")
-    affine = np.asarray(world_from_index, dtype=np.float64)
+class _ArgumentShapeError(InputError, ShapeError):
+    """An argument of the wrong shape or dtype: a :class:`ShapeError` that names the argument."""
+
+
+def _label_map(labels: ArrayLike) -> NDArray[np.integer]:
+    """``labels`` as an integer array (I, J, K).
+
+    Floats holding whole numbers are converted to int32, as a label file is read; booleans (a
+    mask), fractional, NaN or huge values are refused.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise _ArgumentShapeError(f"the label map must be 3-D (I, J, K), got shape {array.shape}",
+                                  key="labels")
+    if array.size == 0:
+        raise InputError(f"the label map is empty (shape {array.shape}); it needs voxels to "
+                         "measure", key="labels")
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        hint = (" (a mask: give each bone its label, e.g. mask.astype(np.uint8) for label 1)"
+                if array.dtype == np.bool_ else "")
+        raise _ArgumentShapeError(f"the label map must hold integer labels, got dtype "
+                                  f"{array.dtype}{hint}", key="labels")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"the label map ({array.dtype}) holds NaN or infinite values; labels "
+                         "are whole numbers", key="labels")
+    if not np.array_equal(np.rint(array), array):
+        raise InputError(f"the label map ({array.dtype}) holds fractional values; labels are "
+                         "whole numbers", key="labels")
+    info = np.iinfo(np.int32)
+    lo, hi = float(array.min()), float(array.max())
+    if lo < info.min or hi > info.max:
+        raise InputError(f"the label map ({array.dtype}) holds labels beyond the int32 range "
+                         f"({lo:g} to {hi:g})", key="labels")
+    return array.astype(np.int32)
+
+
+def _world_from_index(world_from_index: ArrayLike) -> NDArray[np.float64]:
+    """``world_from_index`` as a finite, invertible 4×4 float64 affine."""
+    try:
+        affine = np.asarray(world_from_index, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"the affine (voxel to world) must be a 4x4 matrix of numbers, got "
+                         f"{type(world_from_index).__name__}", key="world_from_index") from None
     if affine.shape != (4, 4):
-        raise ShapeError(f"world_from_index must be 4x4, got shape {affine.shape}")
+        raise _ArgumentShapeError(f"the affine (voxel to world) must be 4x4, got shape "
+                                  f"{affine.shape}", key="world_from_index")
+    if not np.all(np.isfinite(affine)):
+        raise InputError("the affine (voxel to world) holds NaN or infinite values",
+                         key="world_from_index")
+    if not np.allclose(affine[3], (0.0, 0.0, 0.0, 1.0), rtol=0.0, atol=1e-9):
+        raise InputError(f"the affine (voxel to world) must end in the row [0, 0, 0, 1], got "
+                         f"{affine[3].tolist()}", key="world_from_index")
+    linear = affine[:3, :3]
+    norms = np.linalg.norm(linear, axis=0)
+    # Determinant of the 3x3 with unit columns: 0 for a degenerate grid, ±1 for an orthogonal one.
+    if np.any(norms == 0) or abs(float(np.linalg.det(linear / norms))) < 1e-6:
+        raise InputError(f"the affine (voxel to world) is singular (3x3 columns "
+                         f"{linear.T.tolist()}): the voxel axes must have non-zero length and "
+                         "span 3-D space", key="world_from_index")
     return affine
+
+
+def _check(labels: ArrayLike, world_from_index: ArrayLike
+           ) -> tuple[NDArray[np.integer], NDArray[np.float64]]:
+    """A label map and its affine, checked (see :func:`_label_map`, :func:`_world_from_index`).
+
+    Raises:
+        InputError: naming ``labels`` or ``world_from_index`` (also a :class:`ShapeError` for a
+            wrong shape or dtype).
+    """
+    return _label_map(labels), _world_from_index(world_from_index)
+
+
+def _vector(value: ArrayLike, key: str) -> Vector:
+    """``value`` as a finite world vector (3,), or an error naming ``key``."""
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"must be 3 numbers (x, y, z), got {type(value).__name__}",
+                         key=key) from None
+    if a.shape != (3,):
+        raise InputError(f"must be 3 numbers (x, y, z), got shape {a.shape}", key=key)
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"holds NaN or infinite values: {a.tolist()}", key=key)
+    return a
+
+
+def _direction(value: ArrayLike, key: str) -> Vector:
+    """``value`` as a unit world direction (3,), or an error naming ``key``."""
+    a = _vector(value, key)
+    norm = float(np.linalg.norm(a))
+    if norm == 0.0:
+        raise InputError("is the zero vector; give a direction (x, y, z)", key=key)
+    if not math.isfinite(norm):
+        raise InputError(f"is too long to make a direction of: {a.tolist()}", key=key)
+    return a / norm
+
+
+def _amount(value: object, key: str, unit: str, *, zero: bool) -> float:
+    """``value`` as a finite number ≥ 0 (``zero``) or > 0, or an error naming ``key``."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"must be one number ({unit}), got {type(value).__name__}",
+                         key=key) from None
+    if not math.isfinite(v) or v < 0.0 or (v == 0.0 and not zero):
+        kind = "zero or more" if zero else "more than zero"
+        raise InputError(f"must be a finite number of {unit}, {kind}; got {v:g}", key=key)
+    return v
+
+
+def _points(points: ArrayLike) -> Vector:
+    """A bone's voxel centres as finite world points (N, 3), N ≥ 1."""
+    try:
+        a = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"must be voxel centres (N, 3), mm, got {type(points).__name__}",
+                         key="points") from None
+    if a.ndim != 2 or a.shape[1] != 3 or len(a) == 0:
+        raise InputError(f"must be voxel centres (N, 3) with N >= 1, got shape {a.shape}",
+                         key="points")
+    if not np.all(np.isfinite(a)):
+        raise InputError("holds NaN or infinite values", key="points")
+    return a
 
 
 def bone_points(labels: np.ndarray, label: int, world_from_index: ArrayLike) -> Vector:
     """World coordinates (N, 3), mm, of the centres of the voxels labelled ``label``.
 
     Raises:
-        InputError: no voxel carries ``label``.
+        InputError: no voxel carries ``label``, ``label`` is 0 (the background) or not a whole
+            number, or a label map or affine that cannot be measured (see :func:`_check`).
     """
-    affine = _check(labels, world_from_index)
-    index = np.argwhere(labels == label)
+    values, affine = _check(labels, world_from_index)
+    if isinstance(label, bool) or not isinstance(label, numbers.Real) \
+            or not float(label).is_integer():
+        raise InputError(f"must be one whole-number label, got {label!r}", key="label")
+    if label == 0:
+        raise InputError("is 0, the background; give the bone's label", key="label")
+    index = np.argwhere(values == label)
     if index.size == 0:
         raise InputError(f"no voxel carries label {label}", key="label")
     return index @ affine[:3, :3].T + affine[:3, 3]
@@ -114,9 +240,13 @@ def measure_bone_axis(labels: np.ndarray, label: int, world_from_index: ArrayLik
         label: The bone's label.
         world_from_index: 4×4 affine of the label map.
         towards: Optional world vector; the axis is flipped to point along it (e.g. distally).
+
+    Raises:
+        InputError: see :func:`bone_points`; or ``towards`` is not a non-zero finite 3-vector.
     """
+    direction = None if towards is None else _direction(towards, "towards")
     points = bone_points(labels, label, world_from_index)
-    return _principal(points, None if towards is None else _unit(towards))
+    return _principal(points, direction)
 
 
 def bone_gaps(labels: np.ndarray, world_from_index: ArrayLike, *, within_mm: float = 4.0
@@ -129,8 +259,13 @@ def bone_gaps(labels: np.ndarray, world_from_index: ArrayLike, *, within_mm: flo
 
     Returns:
         (label_a, label_b) with a < b -> gap, mm, for the pairs closer than ``within_mm``.
+
+    Raises:
+        InputError: a label map or affine that cannot be measured (see :func:`_check`), or
+            ``within_mm`` negative or not finite.
     """
-    affine = _check(labels, world_from_index)
+    within_mm = _amount(within_mm, "within_mm", "mm", zero=True)
+    labels, affine = _check(labels, world_from_index)
     spacing = float(np.linalg.norm(affine[:3, :3], axis=0).min())
     reach = math.ceil((within_mm + spacing) / spacing) + 1
     slices = ndimage.find_objects(labels)
@@ -280,12 +415,25 @@ def measure_fracture(labels: np.ndarray, label: int, world_from_index: ArrayLike
         slab_mm: Slab thickness for the centreline, mm.
 
     Raises:
-        InputError: a fragment has too few voxels to measure.
+        InputError: a fragment has too few voxels to measure; or an argument that cannot be
+            measured with (see :func:`bone_points` and :func:`fracture_from_points`).
     """
     points = bone_points(labels, label, world_from_index)
     return fracture_from_points(points, fracture_point=fracture_point, distal=distal,
                                 dorsal=dorsal, margin_mm=margin_mm, trim=trim, slab_mm=slab_mm,
                                 label=label)
+
+
+def _fractions(trim: object) -> tuple[float, float]:
+    """``trim`` as two fractions (proximal, distal) in [0, 1), or an error naming it."""
+    try:
+        t = np.asarray(trim, dtype=np.float64)
+    except (TypeError, ValueError):
+        t = np.empty(0)
+    if t.shape != (2,) or not np.all(np.isfinite(t)) or np.any(t < 0.0) or np.any(t >= 1.0):
+        raise InputError(f"must be two fractions (proximal, distal), each from 0 up to but not "
+                         f"including 1, got {trim!r}", key="trim")
+    return float(t[0]), float(t[1])
 
 
 _FIT_ROUNDS = 50
@@ -345,17 +493,39 @@ def fracture_from_points(points: Vector, *, fracture_point: ArrayLike, distal: A
     ``dorsal``, where the section is not nearly round and that axis lies within this many
     degrees of ``dorsal``; else by ``dorsal`` (see :func:`_shaft_dorsal`). A tubular bone's own
     section carries its own roll, which a direction shared by several bones does not.
+
+    Raises:
+        InputError: a fragment has too few voxels to measure; ``dorsal`` runs along the proximal
+            fragment; or an argument that cannot be measured with, naming it: ``points`` not
+            finite (N, 3); ``fracture_point`` not a finite 3-vector; ``distal`` or ``dorsal``
+            not a non-zero finite 3-vector; ``margin_mm`` negative; ``trim`` not two fractions
+            in [0, 1); ``slab_mm`` not positive; ``section_turn_deg`` negative.
     """
-    f = np.asarray(fracture_point, dtype=np.float64)
-    margin_p, margin_d = (margin_mm, margin_mm) if isinstance(margin_mm, int | float) \
-        else (float(margin_mm[0]), float(margin_mm[1]))
+    points = _points(points)
+    f = _vector(fracture_point, "fracture_point")
+    axis = _direction(distal, "distal")
+    hint = _direction(dorsal, "dorsal")
+    if np.ndim(margin_mm) == 0:
+        margin_p = margin_d = _amount(margin_mm, "margin_mm", "mm", zero=True)
+    else:
+        margins = list(margin_mm)  # type: ignore[arg-type]
+        if len(margins) != 2:
+            raise InputError(f"must be one number or two (proximal, distal), got {len(margins)}",
+                             key="margin_mm")
+        margin_p, margin_d = (_amount(m, "margin_mm", "mm", zero=True) for m in margins)
+    trim_p, trim_d = _fractions(trim)
+    slab_mm = _amount(slab_mm, "slab_mm", "mm", zero=False)
+    if section_turn_deg is not None:
+        section_turn_deg = _amount(section_turn_deg, "section_turn_deg", "degrees", zero=True)
     proximal_axis, proximal_offsets = _settle_fragment(
-        points, f, _unit(distal), -1.0, margin_p, trim[0], slab_mm,
+        points, f, axis, -1.0, margin_p, trim_p, slab_mm,
         f"the proximal fragment of label {label} is too short to measure")
     distal_axis, distal_offsets = _settle_fragment(
-        points, f, proximal_axis, 1.0, margin_d, trim[1], slab_mm,
+        points, f, proximal_axis, 1.0, margin_d, trim_d, slab_mm,
         f"the distal fragment of label {label} is too short to measure")
-    hint = _unit(dorsal)
+    if float(np.linalg.norm(np.cross(hint, proximal_axis))) < 1e-6:
+        raise InputError("runs along the bone's shaft (its proximal fragment); give a direction "
+                         "across it, towards the back of the hand", key="dorsal")
     if section_turn_deg is not None:
         hint = _shaft_dorsal(proximal_offsets, proximal_axis, hint, section_turn_deg)
     radial = np.cross(hint, proximal_axis)
@@ -503,7 +673,8 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
         section_mm: Half-thickness of the two sections, mm.
 
     Raises:
-        InputError: too few voxels for the shaft, or no rim found.
+        InputError: too few voxels for the shaft, or no rim found; or an argument that cannot be
+            measured with (see :func:`bone_points` and :func:`radius_angles_from_points`).
     """
     points = bone_points(labels, label, world_from_index)
     return radius_angles_from_points(points, distal=distal, dorsal=dorsal, shaft_mm=shaft_mm,
@@ -513,8 +684,20 @@ def measure_radius_angles(labels: np.ndarray, label: int, world_from_index: Arra
 def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: ArrayLike,
                               shaft_mm: float = 35.0, rim_mm: float = 25.0,
                               section_mm: float = 1.5, label: int | str = "?") -> RadiusAngles:
-    """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world mm)."""
-    axis = _unit(distal)
+    """:func:`measure_radius_angles` on the radius' points ``(N, 3)`` (voxel centres, world mm).
+
+    Raises:
+        InputError: too few voxels for the shaft, or no rim found; or an argument that cannot be
+            measured with, naming it: ``points`` not finite (N, 3); ``distal`` or ``dorsal`` not
+            a non-zero finite 3-vector, or ``dorsal`` along the shaft; ``shaft_mm`` negative;
+            ``rim_mm`` or ``section_mm`` not positive.
+    """
+    points = _points(points)
+    axis = _direction(distal, "distal")
+    hint = _direction(dorsal, "dorsal")
+    shaft_mm = _amount(shaft_mm, "shaft_mm", "mm", zero=True)
+    rim_mm = _amount(rim_mm, "rim_mm", "mm", zero=False)
+    section_mm = _amount(section_mm, "section_mm", "mm", zero=False)
     anchor = points.mean(axis=0)
     for _ in range(3):
         s = (points - anchor) @ axis
@@ -522,10 +705,14 @@ def radius_angles_from_points(points: Vector, *, distal: ArrayLike, dorsal: Arra
         if top - shaft_mm <= float(s.min()) + 2.0:
             raise InputError(f"the radius (label {label}) is too short to find its shaft",
                              key="label")
-        axis, pick, offsets = _slab_fit(points, anchor, axis, float(s.min()), top - shaft_mm,
-                                        1.0)
+        try:
+            axis, pick, offsets = _slab_fit(points, anchor, axis, float(s.min()),
+                                            top - shaft_mm, 1.0)
+        except InputError:
+            raise InputError(f"the radius (label {label}) has too few voxels along its shaft to "
+                             "fit its axis", key="label") from None
         anchor = points[pick].mean(axis=0)
-    dorsal = _shaft_dorsal(offsets, axis, _unit(dorsal))
+    dorsal = _shaft_dorsal(offsets, axis, hint)
     radial = np.cross(dorsal, axis)
     radial /= np.linalg.norm(radial)
     dorsal_axis = np.cross(axis, radial)

@@ -48,7 +48,7 @@ from numpy.typing import NDArray
 
 from regkit.errors import InputError
 
-from .measure import _principal, fracture_from_points, radius_angles_from_points
+from .measure import _check, _principal, fracture_from_points, radius_angles_from_points
 
 __all__ = ["HandFrame", "find_hand_frame", "labels_table_beside", "measure_hand",
            "measure_labels_file", "unmeasured_names_note"]
@@ -314,7 +314,7 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
     """Every measurement of a hand label map (see the module notes).
 
     Args:
-        labels: Integer label map (I, J, K).
+        labels: Integer label map (I, J, K); floats holding whole numbers are taken as integers.
         world_from_index: Its 4×4 affine (RAS+ mm).
         names: Label value → bone name (the plugin's bone table, or a subset).
 
@@ -323,15 +323,13 @@ def measure_hand(labels: NDArray[Any], world_from_index: NDArray[np.float64],
         ``apex_world`` as a list.
 
     Raises:
-        InputError: a label map without the bones the hand's frame needs.
+        InputError: a label map without the bones the hand's frame needs; or one that cannot be
+            measured (not 3-D, empty, not whole numbers) or an affine that is not a finite,
+            invertible 4×4 (``key`` names which).
     """
-    affine = np.asarray(world_from_index, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) \
-            or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
-        raise InputError("the label map's affine (voxel to world) is not a finite, invertible "
-                         "4x4 matrix", key="world_from_index")
+    values, affine = _check(labels, world_from_index)
     voxel_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
-    raw = _points_by_name(np.asarray(labels), affine, names)
+    raw = _points_by_name(values, affine, names)
     if not raw:
         raise InputError(f"the label map holds none of the {len(names)} bones named (at least "
                          f"{_MIN_VOXELS} voxels each)", key="labels")
@@ -416,14 +414,10 @@ def _load_labels(path: str | os.PathLike[str]) -> tuple[NDArray[Any], NDArray[np
         data = np.asanyarray(image.dataobj)
     except Exception as err:  # nibabel raises several kinds for a corrupt file
         raise InputError(f"cannot read the label map: {err}", source=os.fspath(path)) from err
-    if data.ndim != 3:
-        raise InputError(f"a label map must be 3-D, got shape {data.shape}",
-                         source=os.fspath(path))
-    if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
-            raise InputError("a label map must hold whole numbers", source=os.fspath(path))
-        data = data.astype(np.int32)
-    return data, np.asarray(image.affine, dtype=np.float64)
+    try:
+        return _check(data, image.affine)
+    except InputError as err:     # name the file, not the function's argument
+        raise InputError(err.reason, source=os.fspath(path)) from None
 
 
 def unmeasured_names_note(path: str | os.PathLike[str], *, most: int = 6) -> str | None:
