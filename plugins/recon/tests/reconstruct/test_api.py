@@ -149,6 +149,55 @@ def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
         View(np.ones((256, 256)), cam)
 
 
+@pytest.mark.slow
+def test_an_image_that_is_no_hand_is_refused_and_few_bones_warned_of(
+        files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = np.load(files / "x0.npy").astype(np.float64)
+    cam = Camera.from_dict(json.loads((files / "c0.json").read_text()))
+    # noise: the network saw 22 bones in pieces, and a minute later a plausible-looking hand
+    # of 24 meshes came out
+    noise = np.random.default_rng(0).random(image.shape) * image.max()
+    np.save(tmp_path / "noise.npy", noise)
+    assert main(["recon", "reconstruct", "--image", str(tmp_path / "noise.npy"), "--camera",
+                 str(files / "c0.json"), "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert "noise.npy: the network finds its bones only in scattered pieces" in err
+    assert "does not look like a hand radiograph" in err
+    assert not (tmp_path / "n").exists()
+    # few bones seen (an inverted image, or not a whole hand): said, and kept in result.json
+    from types import SimpleNamespace
+
+    from regkit_recon.reconstruct.hand import _check_predictions
+
+    hit = np.zeros((29, 32, 32), bool)
+    hit[:7, 8:20, 8:20] = True
+    said: list[str] = []
+    _check_predictions([View(image, cam, name="pa.npy")],
+                       [SimpleNamespace(hit=hit, seen=[f"b{i}" for i in range(7)],
+                                        bone_names=[f"b{i}" for i in range(29)])], said.append)
+    assert len(said) == 1
+    assert "pa.npy: the network sees only 7 of 29 bones" in said[0]
+    assert "--image-kind" in said[0]
+    hit[:15, 8:20, 8:20] = True
+    _check_predictions([View(image, cam)], [SimpleNamespace(
+        hit=hit, seen=[f"b{i}" for i in range(15)], bone_names=[f"b{i}" for i in range(29)])],
+        said.append)
+    assert len(said) == 1
+    hit[:15, ::2] = False          # every bone in 16 strips: refused
+    with pytest.raises(InputError, match="radiograph 1: the network finds its bones only in "
+                                         "scattered pieces"):
+        _check_predictions([View(image, cam)], [SimpleNamespace(
+            hit=hit, seen=[f"b{i}" for i in range(15)], bone_names=[f"b{i}" for i in range(29)])],
+            said.append)
+    # the first view's camera given for the oblique image too: no bone triangulates
+    oblique = np.load(files / "x1.npy").astype(np.float64)
+    rec = HandReconstructor().reconstruct([View(image, cam), View(oblique, cam)])
+    assert rec.result["fused_bones"] < rec.result["bones"] / 2
+    assert any("check that each camera belongs to its image" in w
+               for w in rec.result["warnings"])
+    assert HandReconstructor().reconstruct([View(image, cam)]).result["warnings"] == []
+
+
 def test_existing_output_is_not_overwritten_unless_asked(single: Path, files: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
