@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -234,8 +235,8 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         The :class:`EngineResult`.
 
     Raises:
-        InputError: no levels, a bad seed, a level whose parameters shrink, or what a level
-            raises.
+        InputError: no levels, a bad seed, a level whose parameters shrink, a level whose
+            score at its result is not finite (key ``problem``), or what a level raises.
     """
     plan = list(levels)
     if not plan:
@@ -293,6 +294,12 @@ def run(problem: Problem, levels: Sequence[LevelOptions], *, seed: int | None = 
         x = np.asarray(result.x, dtype=np.float64)
         score, own = level.finish(x, li)
         evaluations += 1
+        if not math.isfinite(score):
+            # every loss the optimizer saw was NaN (it keeps its start): a result would look
+            # like a registration that merely did not move
+            raise InputError(f"level {li} ({level.stage}): the score at the result is {score}; "
+                             "the loss gave no finite value to optimise (NaN in the problem's "
+                             "inputs or its loss)", key="problem")
         report(li, level.stage, evaluations, score)
         facts.append({
             "level": li, "stage": level.stage, "method": options.method,

@@ -43,6 +43,7 @@ from regkit.render._checks import (
     check_transforms,
     default_step_mm,
 )
+from regkit.utils.checks import is_real, is_whole
 
 __all__ = [
     "DepthMaps",
@@ -77,6 +78,19 @@ class Views:
     width: int
 
     def __post_init__(self) -> None:
+        for name in ("intrinsic", "camera_from_world"):
+            value = getattr(self, name)
+            if not isinstance(value, (np.ndarray, torch.Tensor)):   # nested lists
+                try:
+                    object.__setattr__(self, name, np.asarray(value, dtype=np.float64))
+                except (TypeError, ValueError):
+                    raise InputError(f"must be an array of numbers, got "
+                                     f"{type(value).__name__}", key=name) from None
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not (is_whole(value) or (is_real(value) and float(value).is_integer())):
+                raise InputError(f"must be a whole number of pixels, got {value!r}", key=name)
+            object.__setattr__(self, name, int(value))
         k, t = self.intrinsic, self.camera_from_world
         if tuple(k.shape[-2:]) != (3, 3) or tuple(t.shape[-2:]) != (4, 4) or k.ndim != 3 \
                 or t.ndim != 3 or k.shape[0] != t.shape[0]:

@@ -134,6 +134,30 @@ def test_parameters_never_shrink() -> None:
         run(BowlProblem(sizes=(5, 3)), [_level("powell"), _level("powell")])
 
 
+class NaNBowl(Bowl):
+    """A loss that is NaN everywhere (a problem fed a NaN it did not refuse)."""
+
+    def losses(self, params: np.ndarray) -> np.ndarray:
+        return np.full(params.shape[0], np.nan)
+
+    def loss(self, params: torch.Tensor) -> torch.Tensor:
+        return params.sum() * float("nan")
+
+
+class NaNProblem(BowlProblem):
+    def level(self, index: int, options: LevelOptions) -> Bowl:  # noqa: ARG002 - Problem protocol
+        return NaNBowl()
+
+
+@pytest.mark.parametrize("method", ["cmaes", "powell", "adam"])
+def test_a_loss_that_is_never_finite_is_an_error_not_a_result(method: str) -> None:
+    # it returned its start and score NaN, which read as a registration that did not move
+    with pytest.raises(InputError, match=r"'problem': level 0 .*no finite value") as caught:
+        run(NaNProblem(), [_level(method, max_evaluations=50) if method != "adam"
+                           else _level(method, max_iterations=5)])
+    assert caught.value.key == "problem"
+
+
 def test_same_seed_same_result_other_seed_other_path() -> None:
     levels = [_level("cmaes", popsize=8, max_evaluations=200)]
     a = run(BowlProblem(ripple=1.0), levels, seed=5, x0=[3.0, 3.0, 3.0])

@@ -411,6 +411,13 @@ def test_bad_input_is_refused_clearly(tools: Tools, make: Factory, two_bones_vol
     views = tools.views_of(cameras[:2])
     with pytest.raises(ShapeError):
         Views(np.eye(3)[None].repeat(2, 0), np.eye(4)[None].repeat(3, 0), 10, 10)
+    as_lists = Views(np.asarray(views.intrinsic).tolist(),
+                     np.asarray(views.camera_from_world).tolist(), views.height, views.width)
+    assert torch.equal(renderer.drr(as_lists), renderer.drr(views))
+    with pytest.raises(InputError, match="'height': must be a whole number of pixels"):
+        Views(views.intrinsic, views.camera_from_world, 2.5, views.width)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="'intrinsic': must be an array of numbers"):
+        Views([["a"]], views.camera_from_world, views.height, views.width)
     bad_pose = views.camera_from_world.copy()
     bad_pose[1, 0, 3] = np.nan
     with pytest.raises(InputError):

@@ -147,6 +147,17 @@ def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
         assert not (tmp_path / name).exists()
     with pytest.raises(InputError, match="flat"):
         View(np.ones((256, 256)), cam)
+    from regkit_recon.reconstruct import reconstruct
+
+    image = np.load(files / "x0.npy")
+    for views, message in (([], "at least one radiograph"), (iter([]), "at least one"),
+                           ([image], "item 0 is a ndarray, not a regkit_recon.reconstruct.View"),
+                           (image.shape[0], "must be radiographs")):
+        with pytest.raises(InputError, match=message) as caught:
+            reconstruct(views)  # type: ignore[arg-type]
+        assert caught.value.key == "views"
+    with pytest.raises(InputError, match="'options': reconstructor 'hand' does not take"):
+        reconstruct([View(image, cam)], voxel=0.5)
 
 
 @pytest.mark.slow

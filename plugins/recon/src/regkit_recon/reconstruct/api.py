@@ -22,7 +22,7 @@ from regkit.errors import InputError
 from regkit.geometry.camera import Camera
 from regkit.utils.files import check_output
 
-from .base import Reconstruction, View, reconstructors
+from .base import Reconstruction, View, check_views, reconstructors
 
 __all__ = ["HAND_ABOVE_DETECTOR_MM", "load_view", "reconstruct", "standard_camera"]
 
@@ -104,8 +104,16 @@ def reconstruct(views: Sequence[View], *, reconstructor: str = "hand", model: An
         progress: Called with one line per step.
         **options: The reconstructor's own options.
     """
+    import inspect
+
     cls = reconstructors.get(reconstructor)
-    return cls(model, **options).reconstruct(views, refine=refine,  # type: ignore[call-arg]
+    checked = check_views(views)
+    try:
+        inspect.signature(cls).bind(model, **options)
+    except TypeError as err:
+        raise InputError(f"reconstructor {reconstructor!r} does not take these options ({err})",
+                         key="options") from None
+    return cls(model, **options).reconstruct(checked, refine=refine,  # type: ignore[call-arg]
                                              progress=progress)
 
 

@@ -34,7 +34,8 @@ from regkit.utils.files import atomic_dir
 
 from .mesh import Mesh, write_stl
 
-__all__ = ["RECONSTRUCTION_FILES", "Reconstruction", "Reconstructor", "View", "reconstructors"]
+__all__ = ["RECONSTRUCTION_FILES", "Reconstruction", "Reconstructor", "View", "check_views",
+           "reconstructors"]
 
 RECONSTRUCTION_FILES = ("labels.nii.gz", "labels.csv", "meshes", "depth.npz",
                         "measurements.json", "result.json", "report.png")
@@ -169,6 +170,29 @@ class Reconstructor(ABC):
         All show the same anatomy with known cameras. ``refine`` None applies the reconstructor's
         default.
         """
+
+
+def check_views(views: Any) -> list[View]:
+    """``views`` as a list of at least one :class:`View` (any iterable of them).
+
+    Raises:
+        InputError: no view, or an item that is not a :class:`View` (key ``views``).
+    """
+    if isinstance(views, View):
+        views = [views]
+    try:
+        out = list(views)
+    except TypeError:
+        raise InputError(f"must be radiographs (regkit_recon.reconstruct.View, see load_view), "
+                         f"got {type(views).__name__}", key="views") from None
+    if not out:
+        raise InputError("needs at least one radiograph", key="views")
+    for i, view in enumerate(out):
+        if not isinstance(view, View):
+            raise InputError(f"item {i} is a {type(view).__name__}, not a "
+                             "regkit_recon.reconstruct.View (an image with its camera: "
+                             "View(image, camera) or load_view(path, camera_path))", key="views")
+    return out
 
 
 reconstructors: Registry[type[Reconstructor]] = Registry("reconstructor",

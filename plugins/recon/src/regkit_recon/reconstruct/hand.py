@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from regkit.errors import InputError
 
 from .backproject import BoneSolid, FusedSolid, Solid, backproject, fuse_views, label_volume
-from .base import Progress, Reconstruction, Reconstructor, View, reconstructors
+from .base import Progress, Reconstruction, Reconstructor, View, check_views, reconstructors
 from .mesh import Mesh
 
 __all__ = ["MIN_VOXEL_MM", "MIN_WHOLE_SHARE", "HandReconstructor"]
@@ -242,8 +242,7 @@ class HandReconstructor(Reconstructor):
         from .refine import refine as run_refine
         from .report import before_after_overlay, outline_overlay, project_silhouette
 
-        if not views:
-            raise InputError("needs at least one radiograph", key="image")
+        views = check_views(views)
         say = progress or (lambda _line: None)
         warnings: list[str] = []
 
