@@ -110,8 +110,26 @@ def _as_file(path: PathLike | NiftiFile) -> NiftiFile:
     return path if isinstance(path, NiftiFile) else read_nifti_file(path)
 
 
-def _read(file: NiftiFile) -> tuple[np.ndarray, NDArray[np.float64]]:
-    """A NIfTI file in memory: its (I, J, K) array, scaling applied, and its affine (4, 4).
+_UNITS_TAG = "regkit units="
+"""How :func:`save_nifti` records a volume's units in the header's ``descrip`` field (80 bytes of
+free text that NIfTI tools keep and show), so that a μ volume is not read back as HU."""
+
+
+def _units_of(image: nib.Nifti1Pair) -> str:
+    """The units :func:`save_nifti` recorded in the header, else ``"HU"`` (a CT's)."""
+    try:
+        text = bytes(image.header["descrip"].item()).decode("ascii", "replace")
+    except (KeyError, ValueError, AttributeError):
+        return "HU"
+    for word in text.split(";"):
+        word = word.strip()
+        if word.startswith(_UNITS_TAG) and word[len(_UNITS_TAG):] in ("HU", "mu", "other"):
+            return word[len(_UNITS_TAG):]
+    return "HU"
+
+
+def _read(file: NiftiFile) -> tuple[np.ndarray, NDArray[np.float64], str]:
+    """A NIfTI file in memory: its (I, J, K) array, scaling applied, its affine (4, 4) and units.
 
     Raises:
         FileFormatError: the file is not NIfTI, damaged, not 3-D, or holds non-real data.
@@ -140,7 +158,7 @@ def _read(file: NiftiFile) -> tuple[np.ndarray, NDArray[np.float64]]:
     # NIfTI stores i fastest, so nibabel hands back a Fortran-ordered array; everything
     # downstream (texture uploads, crops, label boxes) walks (I, J, K) in C order and is several
     # times slower on strided data, so the one copy is made here.
-    return _c_order(data), np.asarray(image.affine, dtype=np.float64)
+    return _c_order(data), np.asarray(image.affine, dtype=np.float64), _units_of(image)
 
 
 def _c_order(data: np.ndarray) -> np.ndarray:
@@ -209,7 +227,7 @@ def load_labels(path: PathLike | NiftiFile, like: Volume | None = None) -> np.nd
     """
     file = _as_file(path)
     source = file.source
-    data, affine = _read(file)
+    data, affine, _ = _read(file)
     labels = _as_labels(data, source)
     if like is not None:
         _check_same_grid(labels.shape, affine, like, source)
@@ -228,7 +246,8 @@ def load_nifti(path: PathLike | NiftiFile, *, labels: PathLike | NiftiFile | Non
 
     Returns:
         A :class:`Volume` with ``world_from_index = img.affine`` (RAS+, mm), integer data kept
-        integer (float when the header scales the values), ``units="HU"``.
+        integer (float when the header scales the values), and the units :func:`save_nifti`
+        recorded in the header's description (``regkit units=mu``), else ``"HU"``.
 
     Raises:
         FileFormatError: a file is missing, not NIfTI, truncated or corrupt, not 3-D, holds NaN
@@ -236,9 +255,9 @@ def load_nifti(path: PathLike | NiftiFile, *, labels: PathLike | NiftiFile | Non
     """
     file = _as_file(path)
     source = file.source
-    data, affine = _read(file)
+    data, affine, units = _read(file)
     try:
-        volume = Volume(data, affine)
+        volume = Volume(data, affine, units=units)  # type: ignore[arg-type]
     except (InputError, ShapeError) as exc:
         raise FileFormatError(str(exc), source=source) from exc
     if labels is None:
@@ -264,10 +283,16 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _write(array: np.ndarray, affine: NDArray[np.float64], path: Path) -> None:
-    """Write one array with ``affine`` as sform and qform (scanner), atomically."""
+def _write(array: np.ndarray, affine: NDArray[np.float64], path: Path,
+           units: str | None = None) -> None:
+    """Write one array with ``affine`` as sform and qform (scanner), atomically.
+
+    ``units`` (an image's, not a label map's) goes into the header's description.
+    """
     data = _storable(array)
     image = nib.Nifti1Image(data, affine, dtype=data.dtype)
+    if units is not None:
+        image.header["descrip"] = f"{_UNITS_TAG}{units}".encode("ascii")
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     image.header.set_xyzt_units(xyz="mm")
@@ -286,7 +311,9 @@ def save_nifti(volume: Volume, path: PathLike, *, labels_path: PathLike | None =
     """Write a volume (and optionally its labels) as NIfTI-1, each file atomically.
 
     Args:
-        volume: The volume; its ``world_from_index`` becomes sform and qform (code 1).
+        volume: The volume; its ``world_from_index`` becomes sform and qform (code 1), its
+            units the header's description (``regkit units=mu``), which :func:`load_nifti`
+            reads back (a μ volume is not taken for HU).
         path: Output ``.nii`` or ``.nii.gz`` (gzip by suffix).
         labels_path: Where to write ``volume.labels``, on the same grid; ``None`` writes no labels.
 
@@ -307,6 +334,6 @@ def save_nifti(volume: Volume, path: PathLike, *, labels_path: PathLike | None =
             raise InputError(f"is the image's own file {target}: the labels would replace the "
                              "image", key="labels_path")
     affine = np.array(volume.world_from_index)
-    _write(volume.data, affine, target)
+    _write(volume.data, affine, target, units=volume.units)
     if labels_target is not None and volume.labels is not None:
         _write(volume.labels, affine, labels_target)

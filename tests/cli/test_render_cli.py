@@ -73,6 +73,26 @@ def test_render_units_mu_reads_values_as_given(tmp_path: Path, camera_file: Path
     assert np.abs(np.load(hu) - np.load(mu)).max() > 10
 
 
+def test_a_mu_volume_saved_by_regkit_renders_as_mu(tmp_path: Path, camera_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from regkit.io.nifti import save_nifti
+
+    ct = load_nifti(chest_ct_crop()["ct"])
+    assert ct.units == "HU"
+    save_nifti(ct.to_mu(), tmp_path / "mu.nii.gz")
+    again = load_nifti(tmp_path / "mu.nii.gz")
+    assert again.units == "mu"      # was read back as HU: the DRR of μ read as HU is ~empty
+    out = {name: tmp_path / f"{name}.npy" for name in ("hu", "mu")}
+    assert main(["render", "--volume", str(chest_ct_crop()["ct"]), "--camera",
+                 str(camera_file), "--out", str(out["hu"]), "--backend", "torch"]) == 0
+    assert main(["render", "--volume", str(tmp_path / "mu.nii.gz"), "--camera",
+                 str(camera_file), "--out", str(out["mu"]), "--backend", "torch"]) == 0
+    np.testing.assert_allclose(np.load(out["mu"]), np.load(out["hu"]), rtol=1e-4, atol=1e-4)
+    assert main(["render", "--volume", str(tmp_path / "mu.nii.gz"), "--camera",
+                 str(camera_file), "--out", str(tmp_path / "x.npy"), "--units", "hu"]) == 2
+    assert "header says its values are μ" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--bones", "36"], "--bones needs --labels"),
     (["--depth-out", "d.npz"], "--depth-out needs --labels"),
