@@ -150,6 +150,12 @@ def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
     from regkit_recon.reconstruct import reconstruct
 
     image = np.load(files / "x0.npy")
+    for args, message in (((image > 1, cam), "got dtype bool"),
+                          ((image.astype(np.complex128), cam), "got dtype complex128"),
+                          (("pa.npy", cam), "is a path: read it with load_view"),
+                          ((image, None), "must be a regkit Camera .*, got NoneType")):
+        with pytest.raises(InputError, match=message):
+            View(*args)  # type: ignore[arg-type]
     for views, message in (([], "at least one radiograph"), (iter([]), "at least one"),
                            ([image], "item 0 is a ndarray, not a regkit_recon.reconstruct.View"),
                            (image.shape[0], "must be radiographs")):

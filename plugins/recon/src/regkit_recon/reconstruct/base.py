@@ -60,7 +60,16 @@ class View:
     name: str = ""
 
     def __post_init__(self) -> None:
-        image = np.asarray(self.image, dtype=np.float64)
+        if not isinstance(self.camera, Camera):
+            raise InputError(f"must be a regkit Camera (Camera.from_dict, load_cameras), got "
+                             f"{type(self.camera).__name__}", key="camera")
+        if isinstance(self.image, (str, os.PathLike)):
+            raise InputError("is a path: read it with load_view(path, camera_path)", key="image")
+        given = np.asarray(self.image)
+        if given.dtype.kind not in "iuf":     # a mask (bool), complex numbers, text, objects
+            raise InputError(f"a radiograph holds real numbers, got dtype {given.dtype}",
+                             key="image")
+        image = given.astype(np.float64)
         if image.ndim != 2:
             raise InputError(f"a radiograph must be 2-D, got shape {image.shape}", key="image")
         if (self.camera.width, self.camera.height) != (image.shape[1], image.shape[0]):
