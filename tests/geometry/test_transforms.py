@@ -8,6 +8,7 @@ out by hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -516,10 +517,12 @@ def test_pure_scaling_refused() -> None:
 def test_conversions_refuse_what_is_not_rigid(matrix: np.ndarray) -> None:
     # each read the matrix as if it were rigid: params_from_rigid gave zeros (the identity)
     # for both, invert gave diag(2, 2, 2, 1) back for the scaling
-    for call in (tf.invert, tf.params_from_rigid):
+    calls: list[Callable[..., Any]] = [tf.invert, tf.params_from_rigid]
+    for call in calls:
         with pytest.raises(FrameError, match="transform"):
             call(matrix)
-    for call in (tf.matrix_to_rotvec, tf.matrix_to_quaternion, tf.matrix_to_euler):
+    calls = [tf.matrix_to_rotvec, tf.matrix_to_quaternion, tf.matrix_to_euler]
+    for call in calls:
         with pytest.raises(FrameError, match="matrix is not a rotation"):
             call(matrix[:3, :3])
     with pytest.raises(FrameError, match="NaN"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -265,12 +267,13 @@ _NAN = float("nan")
 ])
 def test_bad_arguments_are_refused_by_name(rod: np.ndarray, measure: str, change: dict,
                                            key: str, problem: str) -> None:
-    function, args = {
+    cases: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
         "axis": (measure_bone_axis, {"label": 7}),
         "radius": (measure_radius_angles, {"label": 7, **_RADIUS}),
         "fracture": (measure_fracture, {"label": 7, **_FRACTURE}),
         "gaps": (bone_gaps, {}),
-    }[measure]
+    }
+    function, args = cases[measure]
     with pytest.raises(InputError, match=problem) as caught:
         function(**{"labels": rod, "world_from_index": _affine(), **args, **change})
     assert caught.value.key == key
@@ -299,7 +302,7 @@ def test_shape_and_dtype_refusals_are_shape_errors_too(rod: np.ndarray) -> None:
 
 def test_whole_number_float_labels_are_measured_as_integers(rod: np.ndarray) -> None:
     as_int = measure_bone_axis(rod, 7, _affine(), towards=(0, 0, 1))
-    as_float = measure_bone_axis(rod.astype(np.float32), 7.0, _affine(), towards=(0, 0, 1))
+    as_float = measure_bone_axis(rod.astype(np.float32), 7, _affine(), towards=(0, 0, 1))
     assert as_float.length == as_int.length
     np.testing.assert_array_equal(as_float.direction, as_int.direction)
     assert bone_gaps(rod.astype(np.float64), _affine()) == bone_gaps(rod, _affine())

@@ -155,7 +155,7 @@ def test_bad_input_exits_2_with_one_message(files: Path, tmp_path: Path,
                           (("pa.npy", cam), "is a path: read it with load_view"),
                           ((image, None), "must be a regkit Camera .*, got NoneType")):
         with pytest.raises(InputError, match=message):
-            View(*args)  # type: ignore[arg-type]
+            View(*args)
     for views, message in (([], "at least one radiograph"), (iter([]), "at least one"),
                            ([image], "item 0 is a ndarray, not a regkit_recon.reconstruct.View"),
                            (image.shape[0], "must be radiographs")):
