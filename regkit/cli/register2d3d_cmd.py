@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from regkit.cli._units import add_units_argument, apply_units
 from regkit.cli._warm import (
     Background,
     import_registration_modules,
@@ -81,6 +82,7 @@ def _register2d3d(args: argparse.Namespace) -> int:
     finally:   # also on an error: no read left running behind it
         reading.wait()
     volume = load_nifti(take(ct_file))     # its errors before the label map's, as in line
+    volume = apply_units(volume, args.units, args.volume, "regkit register-2d3d")
     if labels_file is not None:
         volume = volume.with_labels(load_labels(take(labels_file), like=volume))
     result = register_2d3d(volume, cameras, images, bones=bones, metric=args.metric,
@@ -104,7 +106,8 @@ def register(subparsers: Any) -> None:
         "makes its DRRs match the radiographs, by a multi-resolution CMA-ES search, and write "
         "the refined cameras (camera_from_world_input @ world_correction) as a result JSON.")
     p.add_argument("--volume", required=True, type=path_arg, metavar="CT.nii.gz",
-                   help="the CT, in HU")
+                   help="the CT (HU, or μ with --units mu)")
+    add_units_argument(p)
     p.add_argument("--camera", required=True, type=path_arg, metavar="INIT.json",
                    help="camera file: one view or a list, the initial poses")
     p.add_argument("--image", required=True, type=path_arg, action="append", metavar="X",

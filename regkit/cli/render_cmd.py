@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from regkit.cli._units import add_units_argument, apply_units
 from regkit.errors import InputError
 from regkit.geometry.camera import load_cameras
 from regkit.io.nifti import load_nifti
@@ -39,12 +40,7 @@ def _render(args: argparse.Namespace) -> int:
                   [args.volume, args.camera, args.labels])
     cameras = load_cameras(args.camera)
     volume = load_nifti(args.volume, labels=args.labels)
-    if args.units == "hu" and volume.units == "mu":
-        raise InputError("the file's header says its values are μ in 1/mm (regkit wrote it): "
-                         "--units hu would read them as Hounsfield units", key="--units",
-                         source=args.volume)
-    if args.units == "mu":
-        volume = volume.with_data(volume.data, "mu")
+    volume = apply_units(volume, args.units, args.volume, "regkit render")
     bones = parse_labels(args.bones) if args.bones is not None else None
     if bones is not None and volume.labels is not None:
         check_present(bones, present_labels(volume.labels), key="--bones",
@@ -93,9 +89,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backend", default=None, help="torch or gl (default: the faster one here)")
     p.add_argument("--step-mm", type=float, default=None,
                    help="sampling step along rays in mm (default: half the smallest spacing)")
-    p.add_argument("--units", choices=("hu", "mu"), default=None,
-                   help="volume values: Hounsfield units (converted to μ) or μ in 1/mm (default: "
-                        "what the file's header says where regkit wrote it, else hu)")
+    add_units_argument(p)
     p.add_argument("--labels", type=path_arg, default=None, metavar="LABELS.nii.gz")
     p.add_argument("--bones", default=None, metavar="70,72", help="label values of the bones")
     p.add_argument("--layers", type=int, default=2, help="depth layers to keep (default 2)")

@@ -234,31 +234,45 @@ def _from_rotation(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return distance, torch.linalg.det(nearest) > 0
 
 
+def _rotation_defect(rot: torch.Tensor, atol: float) -> str | None:
+    """What keeps float64 ``(..., 3, 3)`` matrices from all being rotations (to ``atol``), or None.
+
+    Singular before reflected before not orthonormal, so that each gets its own word.
+    """
+    if rot.numel() == 0:
+        return None
+    det = torch.linalg.det(rot)
+    if bool((det.abs() < 1e-9).any()):
+        return f"is singular (determinant {float(det.abs().min()):.2e})"
+    distance, proper = _from_rotation(rot)
+    if not bool(proper.all()):
+        return f"has determinant {float(det.min()):.6f} (a reflection)"
+    err = float(distance.max())
+    if err > atol:
+        return (f"is not orthonormal (an entry lies {err:.2e} from the nearest rotation's; a "
+                "scaling or a shear?)")
+    return None
+
+
 def check_rigid(transform: Any, name: str = "transform", atol: float = 1e-6) -> None:
-    """Raise :class:`FrameError` naming ``name`` and the defect unless every matrix is rigid."""
+    """Raise :class:`FrameError` naming ``name`` and the defect unless every matrix is rigid.
+
+    Rigid as :func:`is_rigid` says; an empty batch passes.
+    """
     t, _ = _as_torch(transform)
     if t.ndim < 2 or tuple(t.shape[-2:]) != (4, 4):
         raise ShapeError(f"{name} must be a 4x4 matrix, got shape {tuple(t.shape)}")
     t = t.detach().to(device="cpu", dtype=torch.float64)
+    if t.numel() == 0:
+        return
     if not torch.isfinite(t).all():
         raise FrameError(f"{name} contains NaN or infinite values")
     last = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=t.dtype)
     if (t[..., 3, :] - last).abs().max() > atol:
         raise FrameError(f"{name} last row must be [0, 0, 0, 1]")
-    rot = t[..., :3, :3]
-    distance, proper = _from_rotation(rot)
-    if not bool(proper.all()):
-        det = torch.linalg.det(rot)
-        raise FrameError(
-            f"{name} is not rigid: its rotation block has determinant {det.min():.6f} "
-            "(a reflection)"
-        )
-    err = float(distance.max())
-    if err > atol:
-        raise FrameError(
-            f"{name} is not rigid: its rotation block is not orthonormal (an entry lies "
-            f"{err:.2e} from the nearest rotation's; a scaling or a shear?)"
-        )
+    defect = _rotation_defect(t[..., :3, :3], atol)
+    if defect is not None:
+        raise FrameError(f"{name} is not rigid: its rotation block {defect}")
 
 
 def _atol(t: torch.Tensor) -> float:
@@ -269,21 +283,16 @@ def _atol(t: torch.Tensor) -> float:
 def _check_rotation(m: torch.Tensor, name: str) -> None:
     """Raise :class:`FrameError` unless every ``(..., 3, 3)`` matrix is a proper rotation.
 
-    The conversions below read a rotation's parts as if it were one: a scaling, a reflection or
-    a shear would come back as some other rotation, silently.
+    The same test as :func:`check_rigid`'s (to 1e-6 in float64, 1e-4 in float32). The
+    conversions below read a rotation's parts as if it were one: a scaling, a reflection or a
+    shear would come back as some other rotation, silently.
     """
     d = m.detach().to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(d).all():
         raise FrameError(f"{name} contains NaN or infinite values")
-    atol = _atol(m)
-    err = (d.transpose(-1, -2) @ d - torch.eye(3, dtype=d.dtype)).abs().max() if d.numel() \
-        else torch.tensor(0.0)
-    if err > atol:
-        raise FrameError(f"{name} is not a rotation: it is not orthonormal "
-                         f"(|RᵀR − I| = {float(err):.2e})")
-    if d.numel() and (torch.linalg.det(d) - 1.0).abs().max() > atol:
-        raise FrameError(f"{name} is not a rotation: its determinant is "
-                         f"{float(torch.linalg.det(d).min()):.6f} (a reflection)")
+    defect = _rotation_defect(d, _atol(m))
+    if defect is not None:
+        raise FrameError(f"{name} is not a rotation: it {defect}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,6 +340,11 @@ def matrix_to_rotvec(matrix: torch.Tensor) -> torch.Tensor:
     """
     _check_last(matrix, (3, 3), "matrix")
     _check_rotation(matrix, "matrix")
+    return _rotvec_of(matrix)
+
+
+def _rotvec_of(matrix: torch.Tensor) -> torch.Tensor:
+    """:func:`matrix_to_rotvec` of matrices already checked."""
     q = _matrix_to_quaternion(matrix)
     w = q[..., 0].clamp(-1.0, 1.0)
     xyz = q[..., 1:]
@@ -605,5 +619,5 @@ def params_from_rigid(transform: Any, center: Any = None) -> Any:
         c, _ = _as_torch(center)
         c = c.to(dtype=t.dtype, device=t.device)
         off = off - c + (rot @ c[..., None])[..., 0]
-    out = torch.cat([matrix_to_rotvec(rot), off], dim=-1)
+    out = torch.cat([_rotvec_of(rot), off], dim=-1)
     return from_tensor(out, was_numpy)

@@ -75,7 +75,7 @@ import torch
 from numpy.typing import NDArray
 
 from regkit.errors import InputError, ShapeError
-from regkit.geometry.transforms import is_rigid, rotvec_to_matrix
+from regkit.geometry.transforms import rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, coerce_options, optimizers
 from regkit.registration import engine, pose_error
@@ -688,6 +688,35 @@ def register_3d3d(fixed: Volume, moving: Volume, *, transform: TransformKind = "
                          backend, progress, t_start)
 
 
+_INIT_RIGID_ATOL = 1e-4
+"""How far a rigid registration's initial matrix may lie from rigid (each entry of its rotation
+block from the nearest rotation's): a rotation written to 4 decimals, or in float32, is read as
+that rotation."""
+
+
+def _rigid_start(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A rigid registration's initial matrix, snapped onto the nearest rotation.
+
+    The rigid model moves around this start: a scale or a reflection left in it would stay in
+    the result, which would then not be rigid.
+
+    Raises:
+        InputError: a matrix farther than :data:`_INIT_RIGID_ATOL` from rigid (key ``init``).
+    """
+    u, _, vh = np.linalg.svd(matrix[:3, :3])
+    nearest = u @ vh
+    distance = float(np.abs(matrix[:3, :3] - nearest).max())
+    if np.linalg.det(nearest) < 0 or distance > _INIT_RIGID_ATOL:
+        what = ("holds a reflection" if np.linalg.det(nearest) < 0
+                else f"lies {distance:.1e} from the nearest rotation (a scale or a shear)")
+        raise InputError(f"a rigid registration needs a rigid initial transform: this one's "
+                         f"rotation block {what}, over {_INIT_RIGID_ATOL:g}; give "
+                         "transform='affine' to start from an affine one", key="init")
+    out = matrix.copy()
+    out[:3, :3] = nearest
+    return out
+
+
 class _Problem:
     """The 3D–3D problem for the engine: its stages' levels, from the chosen initial transform."""
 
@@ -702,13 +731,8 @@ class _Problem:
         self.candidates, self.centroid = _initial_candidates(fixed, moving, init, fm, mm,
                                                              opts.foreground_threshold)
         self.init_name = init if isinstance(init, str) else "matrix"
-        if not isinstance(init, str) and all(m is _RIGID for m in self.models) \
-                and not is_rigid(self.candidates[0]):
-            # the rigid model moves around this start: a scale or reflection in it would stay
-            # in the result, which would then not be rigid
-            raise InputError("a rigid registration needs a rigid initial transform (orthonormal "
-                             "rotation, determinant +1): give transform='affine' to start from "
-                             "an affine one", key="init")
+        if not isinstance(init, str) and all(m is _RIGID for m in self.models):
+            self.candidates = [_rigid_start(self.candidates[0])]
         self.base = _base_spacing(fixed, moving)
         sigma = opts.fine_sigma_voxels
         if sigma is None:

@@ -88,6 +88,8 @@ class Views:
                                      f"{type(value).__name__}", key=name) from None
         for name in ("height", "width"):
             value = getattr(self, name)
+            if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+                value = value.item()          # a 0-d array or tensor holding the size
             if not (is_whole(value) or (is_real(value) and float(value).is_integer())):
                 raise InputError(f"must be a whole number of pixels, got {value!r}", key=name)
             object.__setattr__(self, name, int(value))
@@ -264,7 +266,8 @@ class Renderer(ABC):
             FrameError: a pose that is not rigid.
         """
         checked = self._views(views)
-        self._refuse_lost_gradients(views.intrinsic, views.camera_from_world, key="views")
+        self._refuse_lost_gradients(("intrinsic", views.intrinsic),
+                                    ("camera_from_world", views.camera_from_world))
         if roi is not None and pixels is not None:
             raise InputError("give either roi or pixels, not both", key="roi")
         if pixels is not None:
@@ -378,8 +381,8 @@ class Renderer(ABC):
             ShapeError: an affine that is not 4x4, transforms that are not ``(B, 4, 4)``.
         """
         self._check_open()
-        self._refuse_lost_gradients(fixed_world_from_index, fixed_from_moving,
-                                    key="fixed_from_moving")
+        self._refuse_lost_gradients(("fixed_world_from_index", fixed_world_from_index),
+                                    ("fixed_from_moving", fixed_from_moving))
         shape = check_grid_shape(fixed_shape)
         fixed, maps, fill_value = check_transforms(fixed_world_from_index, fixed_from_moving,
                                                    fill)
@@ -400,7 +403,7 @@ class Renderer(ABC):
         k, t = check_poses(views.intrinsic, views.camera_from_world)
         return Views(k, t, views.height, views.width)
 
-    def _refuse_lost_gradients(self, *values: Any, key: str) -> None:
+    def _refuse_lost_gradients(self, *values: tuple[str, Any]) -> None:
         """Refuse tensors that want gradients where this backend cannot give them.
 
         A non-differentiable backend works on detached copies, so a pose or transform that
@@ -408,11 +411,12 @@ class Renderer(ABC):
         """
         if self.differentiable or not torch.is_grad_enabled():
             return
-        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
-            raise InputError(f"the '{self.backend}' backend is not differentiable: these tensors "
-                             "require gradients it cannot give; use a differentiable backend "
-                             "(backend='torch'), or detach them or run under torch.no_grad()",
-                             key=key)
+        for name, value in values:
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                raise InputError(f"the '{self.backend}' backend is not differentiable: this "
+                                 "tensor requires gradients it cannot give; use a "
+                                 "differentiable backend (backend='torch'), or detach it or run "
+                                 "under torch.no_grad()", key=name)
 
     def _bones(self, bones: Any) -> tuple[int, ...]:
         """``bones`` as sorted unique labels that the label map holds."""

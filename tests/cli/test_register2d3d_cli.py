@@ -116,6 +116,7 @@ def test_end_to_end_biplane_with_report(files: dict[str, Path], tmp_path: Path,
     (["--corrupt-ct", "--metric", "nope"], "nope"),       # and the metric
     (["--corrupt-labels"], "cut_labels.nii.gz"),
     (["--corrupt-ct", "--corrupt-labels"], "bad.nii.gz"),  # the CT before its label map
+    (["--other-units"], "say which with --units hu or --units mu"),
 ])
 def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str], extra: list[str],
@@ -132,6 +133,14 @@ def test_bad_input_exits_2_with_one_line(files: dict[str, Path], tmp_path: Path,
         bad[2, 2] = np.nan
         np.save(tmp_path / "nan.npy", bad)
         images[1], args = str(tmp_path / "nan.npy"), []
+    elif extra == ["--other-units"]:     # a CT whose header says neither HU nor μ
+        from regkit.io.nifti import load_nifti, save_nifti
+
+        ct_other = load_nifti(files["ct"])
+        save_nifti(ct_other.with_data(np.asarray(ct_other.data), "other"),
+                   tmp_path / "other.nii.gz")
+        files = {**files, "ct": tmp_path / "other.nii.gz"}
+        args = []
     elif extra == ["--wrong-size"]:
         np.save(tmp_path / "small.npy", np.load(files["x2"])[:, :70])
         images[1], args = str(tmp_path / "small.npy"), []

@@ -88,9 +88,25 @@ def test_a_mu_volume_saved_by_regkit_renders_as_mu(tmp_path: Path, camera_file: 
     assert main(["render", "--volume", str(tmp_path / "mu.nii.gz"), "--camera",
                  str(camera_file), "--out", str(out["mu"]), "--backend", "torch"]) == 0
     np.testing.assert_allclose(np.load(out["mu"]), np.load(out["hu"]), rtol=1e-4, atol=1e-4)
+    # said on the command line, the units win over the header (a tag another tool kept after
+    # changing the values cannot trap the file), with a warning
+    capsys.readouterr()
     assert main(["render", "--volume", str(tmp_path / "mu.nii.gz"), "--camera",
-                 str(camera_file), "--out", str(tmp_path / "x.npy"), "--units", "hu"]) == 2
-    assert "header says its values are μ" in capsys.readouterr().err
+                 str(camera_file), "--out", str(tmp_path / "x.npy"), "--units", "hu",
+                 "--backend", "torch"]) == 0
+    assert "header says its values are mu" in capsys.readouterr().err
+    # μ read as HU: every voxel near water's μ, the bones gone
+    assert np.abs(np.load(tmp_path / "x.npy") - np.load(out["hu"])).max() > 0.5
+    # values tagged "other" (a DICOM series rescaled to US) need --units, which then applies
+    save_nifti(ct.with_data(np.asarray(ct.data), "other"), tmp_path / "other.nii.gz")
+    assert main(["render", "--volume", str(tmp_path / "other.nii.gz"), "--camera",
+                 str(camera_file), "--out", str(tmp_path / "y.npy")]) == 2
+    assert "say which with --units hu or --units mu" in capsys.readouterr().err
+    assert main(["render", "--volume", str(tmp_path / "other.nii.gz"), "--camera",
+                 str(camera_file), "--out", str(tmp_path / "y.npy"), "--units", "hu",
+                 "--backend", "torch"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.load(out["hu"]), rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

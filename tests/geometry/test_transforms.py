@@ -529,6 +529,18 @@ def test_conversions_refuse_what_is_not_rigid(matrix: np.ndarray) -> None:
         tf.matrix_to_rotvec(np.full((3, 3), np.nan))
 
 
+def test_empty_batches_and_singular_blocks() -> None:
+    for empty in (torch.zeros(0, 4, 4, dtype=torch.float64), np.zeros((0, 4, 4))):
+        assert tuple(tf.invert(empty).shape) == (0, 4, 4)
+        assert tuple(tf.params_from_rigid(empty).shape) == (0, 6)
+    flat = np.eye(4)
+    flat[2, 2] = 0.0                      # was called "a reflection" (determinant -0.0)
+    with pytest.raises(FrameError, match="singular"):
+        tf.check_rigid(flat)
+    with pytest.raises(FrameError, match="matrix is not a rotation: it is singular"):
+        tf.matrix_to_rotvec(flat[:3, :3])
+
+
 def test_conversions_accept_float32_rounding() -> None:
     rot = tf.rotvec_to_matrix(torch.tensor([0.3, -0.5, 1.2]))          # float32
     mat = tf.rigid_from_params(torch.tensor([0.3, -0.5, 1.2, 10.0, -4.0, 2.0]))
@@ -570,6 +582,13 @@ def test_rotations_written_to_six_decimals_are_rigid() -> None:
         rounded = np.round(mat, 6)
         assert tf.is_rigid(rounded) is True
         tf.check_rigid(rounded)
+        # and every conversion reads what the check accepts
+        tf.invert(rounded)
+        np.testing.assert_allclose(tf.rigid_from_params(tf.params_from_rigid(rounded)), rounded,
+                                   atol=2e-6)
+        tf.matrix_to_rotvec(rounded[:3, :3])
+        tf.matrix_to_euler(rounded[:3, :3])
+        tf.matrix_to_quaternion(rounded[:3, :3])
     off = _good()
     off[0, 1] += 3e-6
     assert tf.is_rigid(off) is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -368,6 +369,19 @@ def test_too_little_overlap_scores_badly_but_finitely() -> None:
 # --------------------------------------------------------------------------- bad inputs
 
 
+def test_a_near_rigid_init_is_snapped_onto_its_rotation() -> None:
+    from regkit.geometry.transforms import is_rigid
+    from regkit.registration.volume_registration import _rigid_start
+
+    exact = np.asarray(rigid_from_params(np.array([0.3, -0.2, 0.5, 10.0, -5.0, 2.0])))
+    written = np.round(exact, 4)                  # a rotation written to 4 decimals
+    assert not is_rigid(written)
+    start = _rigid_start(written)
+    assert is_rigid(start, atol=1e-12)
+    np.testing.assert_allclose(start, exact, atol=1e-4)
+    np.testing.assert_array_equal(start[:3, 3], written[:3, 3])
+
+
 def test_bad_inputs_are_refused_clearly() -> None:
     fixed, moving, _ = _pair(_true_rigid())
     with pytest.raises(ShapeError, match="fixed_mask"):
@@ -390,9 +404,12 @@ def test_bad_inputs_are_refused_clearly() -> None:
     with pytest.raises(InputError, match="init"):
         register_3d3d(fixed, moving, init=np.zeros((4, 4)))
     # a scaled or mirrored start stayed in a "rigid" result (scale 2, determinant -1)
-    for start in (np.diag([2.0, 2.0, 2.0, 1.0]), np.diag([-1.0, 1.0, 1.0, 1.0])):
-        with pytest.raises(InputError, match="'init': a rigid registration needs a rigid"):
+    for start, what in ((np.diag([2.0, 2.0, 2.0, 1.0]), "lies 1.0e\\+00 from the nearest"),
+                        (np.diag([-1.0, 1.0, 1.0, 1.0]), "holds a reflection")):
+        with pytest.raises(InputError, match="'init': a rigid registration needs a rigid") \
+                as caught:
             register_3d3d(fixed, moving, init=start)
+        assert re.search(what, str(caught.value))
     with pytest.raises(InputError, match="levles"):
         register_3d3d(fixed, moving, options={"levles": ()})
     with pytest.raises(InputError, match="seed"):

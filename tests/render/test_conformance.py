@@ -414,6 +414,9 @@ def test_bad_input_is_refused_clearly(tools: Tools, make: Factory, two_bones_vol
     as_lists = Views(np.asarray(views.intrinsic).tolist(),
                      np.asarray(views.camera_from_world).tolist(), views.height, views.width)
     assert torch.equal(renderer.drr(as_lists), renderer.drr(views))
+    sized = Views(views.intrinsic, views.camera_from_world,
+                  np.array(views.height), torch.tensor(views.width))  # type: ignore[arg-type]
+    assert (sized.height, sized.width) == (views.height, views.width)
     with pytest.raises(InputError, match="'height': must be a whole number of pixels"):
         Views(views.intrinsic, views.camera_from_world, 2.5, views.width)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="'intrinsic': must be an array of numbers"):
@@ -609,10 +612,13 @@ def test_gradients_are_given_or_refused_never_dropped(tools: Tools, make: Factor
         assert renderer.drr(wanting).requires_grad
         assert renderer.resample((4, 4, 4), grid, moved).values.requires_grad
         return
-    for call in (lambda: renderer.drr(wanting),
-                 lambda: renderer.resample((4, 4, 4), grid, moved)):
-        with pytest.raises(InputError, match="not differentiable"):
+    for call, key in ((lambda: renderer.drr(wanting), "camera_from_world"),
+                      (lambda: renderer.resample((4, 4, 4), grid, moved), "fixed_from_moving"),
+                      (lambda: renderer.resample((4, 4, 4), torch.tensor(grid, requires_grad=True),
+                                                 np.eye(4)[None]), "fixed_world_from_index")):
+        with pytest.raises(InputError, match="not differentiable") as caught:
             call()
+        assert caught.value.key == key
     with torch.no_grad():      # no gradient asked for: rendered as usual
         assert renderer.drr(wanting).shape == (1, views.height, views.width)
     assert torch.equal(renderer.drr(Views(views.intrinsic, pose.detach(), views.height,

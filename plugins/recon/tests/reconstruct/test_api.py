@@ -200,7 +200,7 @@ def test_an_image_that_is_no_hand_is_refused_and_few_bones_warned_of(
         hit=hit, seen=[f"b{i}" for i in range(15)], bone_names=[f"b{i}" for i in range(29)])],
         said.append)
     assert len(said) == 1
-    hit[:15, ::2] = False          # every bone in 16 strips: refused
+    hit[:15, ::2] = False          # every bone in 6 strips: refused
     with pytest.raises(InputError, match="radiograph 1: the network finds its bones only in "
                                          "scattered pieces"):
         _check_predictions([View(image, cam)], [SimpleNamespace(

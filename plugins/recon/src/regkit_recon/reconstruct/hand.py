@@ -64,7 +64,8 @@ def _whole_share(hit: NDArray[np.bool_]) -> float:
     for mask in hit:
         if mask.sum() < 5:
             continue
-        pieces, n = ndimage.label(mask)
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]   # labelled within it: cheap on
+        pieces, n = ndimage.label(mask[box])                   # a large detector
         sizes = np.bincount(pieces.ravel())[1:]
         shares.append(float(sizes.max() / sizes.sum()) if n else 0.0)
     return float(np.median(shares)) if shares else 1.0
@@ -87,8 +88,9 @@ def _check_predictions(views: Sequence[View], preds: Sequence[Any],
                 "gives over 90 %): this does not look like a hand radiograph", key="image")
         if len(pred.seen) < _FEW_BONES * len(pred.bone_names):
             warn(f"{which}: the network sees only {len(pred.seen)} of {len(pred.bone_names)} "
-                 "bones; if the image shows a whole hand, check --image-kind (a transmitted "
-                 "image read as line integrals is inverted)")
+                 "bones; if the image shows a whole hand, check its kind (--image-kind, "
+                 "load_view(image_kind=...): a transmitted image read as line integrals is "
+                 "inverted)")
 
 
 def _first_view_part(solid: Solid) -> BoneSolid:
@@ -302,7 +304,8 @@ class HandReconstructor(Reconstructor):
                 + (f"; {len(added)} only they see" if added else ""))
             if fused < _FEW_BONES * len(placed):
                 warn(f"the views agree on only {fused} of {len(placed)} bones (the rest keep the "
-                     "first view's depth): check that each camera belongs to its image")
+                     "first view's depth): check that each camera belongs to its image, and that "
+                     "the views lie more than 10° apart")
         t = time.perf_counter()
         volume = label_volume(final, meshes, voxel_mm=self.voxel_mm)
         timings["labels_s"] = time.perf_counter() - t
