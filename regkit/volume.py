@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from regkit.errors import InputError, ShapeError
 from regkit.utils.blocks import block_reduce
+from regkit.utils.checks import refuse_gradients
 
 __all__ = ["MU_WATER_PER_MM", "Units", "Volume", "hu_to_mu"]
 
@@ -194,6 +195,8 @@ class Volume:
     units: Units = "HU"
 
     def __post_init__(self) -> None:
+        refuse_gradients(self.data, "data", "a Volume")
+        refuse_gradients(self.world_from_index, "world_from_index", "a Volume")
         data = np.asarray(self.data)
         if data.ndim != 3:
             raise ShapeError(f"Volume data must be 3-D (I, J, K), got shape {data.shape}")
@@ -554,6 +557,8 @@ class Volume:
             InputError: ``factor`` is not a whole number ≥ 1, or an axis has fewer voxels than it.
         """
         try:
+            if isinstance(factor, bool):      # operator.index(True) is 1
+                raise TypeError(factor)
             f = operator.index(factor)
         except TypeError as exc:
             raise InputError(f"must be a whole number, got {factor!r}", key="factor") from exc

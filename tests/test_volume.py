@@ -90,6 +90,20 @@ def test_refuses_data_not_3d(data: np.ndarray) -> None:
         Volume(data, np.eye(4))
 
 
+def test_refuses_tensors_that_require_gradients() -> None:
+    import torch
+
+    from regkit.geometry.camera import Camera
+
+    data = torch.zeros(2, 2, 2, requires_grad=True)
+    with pytest.raises(InputError, match="'data': is a tensor that requires gradients"):
+        Volume(data, np.eye(4))  # type: ignore[arg-type]
+    assert Volume(data.detach(), np.eye(4)).shape == (2, 2, 2)  # type: ignore[arg-type]
+    pose = torch.eye(4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(InputError, match="'camera_from_world': is a tensor that requires"):
+        Camera(np.diag([500.0, 500.0, 1.0]), pose, 64, 64)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("shape", [(0, 4, 4), (4, 4, 0)])
 def test_refuses_an_empty_grid(shape: tuple[int, int, int]) -> None:
     # an empty grid passed the checks and failed later: a division by zero in the torch
@@ -402,6 +416,8 @@ def test_downsample_refuses_bad_factor() -> None:
         volume.downsample(0)
     with pytest.raises(InputError, match="whole number"):
         volume.downsample(1.5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="whole number, got True"):   # was taken as 1
+        volume.downsample(True)
     with pytest.raises(InputError, match="shorter than the block size 3"):
         volume.downsample(3)
 

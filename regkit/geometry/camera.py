@@ -33,7 +33,7 @@ import torch
 from regkit.errors import FrameError, InputError, ShapeError
 from regkit.geometry.transforms import check_rigid, invert
 from regkit.utils.arrays import as_tensors, from_tensor
-from regkit.utils.checks import is_real, is_whole
+from regkit.utils.checks import is_real, is_whole, refuse_gradients
 from regkit.utils.files import atomic_write_text
 from regkit.utils.jsonfile import parse_json, read_json
 
@@ -81,6 +81,8 @@ class Camera:
     pixel_spacing_mm: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        refuse_gradients(self.intrinsic, "intrinsic", "a Camera")
+        refuse_gradients(self.camera_from_world, "camera_from_world", "a Camera")
         k = np.asarray(self.intrinsic, dtype=np.float64)
         t = np.asarray(self.camera_from_world, dtype=np.float64)
         _validate_intrinsic(k, "intrinsic")

@@ -202,6 +202,8 @@ def test_bad_input_is_refused(tmp_path: Path, model_path: Path,
         predict(np.full((H, W), 0.7, np.float32), cam, model=model_path)
     with pytest.raises(InputError, match="threshold"):
         predict(img, cam, model=model_path, threshold=1.0)
+    with pytest.raises(InputError, match="threshold"):                 # a string was read
+        predict(img, cam, model=model_path, threshold="0.5")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="image_kind"):
         predict(img, cam, model=model_path, image_kind="log")
     # files: several cameras, a camera of another size, an unreadable image

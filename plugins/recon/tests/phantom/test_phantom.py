@@ -310,8 +310,8 @@ def test_deformity_spec_forms_agree() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [
-    ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": 1, "voxel_mm": 0.1}, "voxel_mm"),
-    ({"seed": 1, "voxel_mm": "big"}, "voxel_mm"),
+    ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"),
+    ({"seed": 1, "voxel_mm": 0.1}, "voxel_mm"), ({"seed": 1, "voxel_mm": "big"}, "voxel_mm"),
 ])
 def test_bad_arguments_are_refused(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(InputError) as caught:

@@ -40,6 +40,7 @@ import numpy as np
 
 import regkit_recon
 from regkit.errors import FileFormatError, InputError
+from regkit.utils.checks import is_real
 
 if TYPE_CHECKING:
     import torch
@@ -377,7 +378,7 @@ def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None
     if not isinstance(camera, Camera):
         raise InputError("predict needs the radiograph's camera (a Camera), got "
                          f"{type(camera).__name__}", key="camera")
-    if not 0.0 < float(threshold) < 1.0:
+    if not is_real(threshold) or not 0.0 < float(threshold) < 1.0:
         raise InputError(f"must lie strictly between 0 and 1, got {threshold!r}",
                          key="threshold")
     img = _as_image(image, image_kind, i0)

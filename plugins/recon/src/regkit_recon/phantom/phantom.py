@@ -203,6 +203,8 @@ def _umask() -> int:
 
 def _validated_seed(seed: Any) -> int:
     try:
+        if isinstance(seed, bool):        # operator.index(True) is 1
+            raise TypeError(seed)
         value = operator.index(seed)
     except TypeError:
         raise InputError(f"must be a whole number, got {seed!r}", key="seed") from None
