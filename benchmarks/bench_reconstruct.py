@@ -116,10 +116,10 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
 def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # noqa: C901 - one linear driver over variants and cases
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None,
-        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS) -> dict[str, Any]:
+        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS, tta: bool = False) -> dict[str, Any]:
     loaded = resolve_model(None)
-    rec = HandReconstructor(loaded)                            # the defaults
-    plain = HandReconstructor(loaded, fuse_views=False)        # biplane: no fusion
+    rec = HandReconstructor(loaded, tta=tta)                   # the defaults
+    plain = HandReconstructor(loaded, fuse_views=False, tta=tta)   # biplane: no fusion
     files = sorted((data / "samples").glob("*.npz"))
     picked = []
     for f in files:
@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biplane-phantoms", type=int, default=None)
     parser.add_argument("--biplane-configs", default=",".join(BIPLANE_CONFIGS))
     parser.add_argument("--no-single", dest="single", action="store_false")
+    parser.add_argument("--tta", action="store_true",
+                        help="the network averaged over the 8 flips and turns of each image")
     parser.add_argument("--exact-deformity", action="store_true",
                         help="only the deformity of exact back-projections (PA, malunited)")
     args = parser.parse_args(argv)
@@ -340,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run(args.data, args.limit, args.variants.split(","), args.biplane,
                      single=args.single, biplane_phantoms=args.biplane_phantoms,
-                     biplane_configs=_configs(args.biplane_configs))
+                     biplane_configs=_configs(args.biplane_configs), tta=args.tta)
+        result["summary"]["tta"] = args.tta
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
