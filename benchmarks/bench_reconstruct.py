@@ -116,7 +116,7 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
 def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # noqa: C901 - one linear driver over variants and cases
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None,
-        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS, tta: bool = False) -> dict[str, Any]:
+        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS, tta: bool = True) -> dict[str, Any]:
     loaded = resolve_model(None)
     rec = HandReconstructor(loaded, tta=tta)                   # the defaults
     plain = HandReconstructor(loaded, fuse_views=False, tta=tta)   # biplane: no fusion
@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biplane-phantoms", type=int, default=None)
     parser.add_argument("--biplane-configs", default=",".join(BIPLANE_CONFIGS))
     parser.add_argument("--no-single", dest="single", action="store_false")
-    parser.add_argument("--tta", action="store_true",
-                        help="the network averaged over the 8 flips and turns of each image")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="the network averaged over the 8 flips and turns of each image "
+                             "(the reconstructor's default)")
     parser.add_argument("--exact-deformity", action="store_true",
                         help="only the deformity of exact back-projections (PA, malunited)")
     args = parser.parse_args(argv)

@@ -81,6 +81,7 @@ def test_the_command_writes_every_output(single: Path, files: Path) -> None:
         assert (single / name).exists(), name
     result = json.loads((single / "result.json").read_text())
     assert result["refined"] is False
+    assert result["tta"] is True
     assert result["offset_method"]
     assert result["views"][0]["camera_source"] == "camera file"
     assert set(result["timings"]) >= {"predict_s", "backproject_s", "labels_s", "total_s"}
@@ -223,6 +224,23 @@ def test_existing_output_is_not_overwritten_unless_asked(single: Path, files: Pa
                  str(files / "c0.json"), "--out", str(single)]) == 2
     assert "exists" in capsys.readouterr().err
     assert (single / "result.json").read_text() == before
+
+
+def test_tta_reaches_the_reconstructor(files: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import regkit_recon.reconstruct.api as api
+
+    seen: dict[str, object] = {}
+
+    def fake(_views: object, **options: object) -> None:
+        seen.update(options)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(api, "reconstruct", fake)
+    for flag, want in (([], True), (["--no-tta"], False)):
+        assert main(["recon", "reconstruct", "--image", str(files / "x0.npy"), "--camera",
+                     str(files / "c0.json"), "--out", str(tmp_path / "r"), *flag]) == 2
+        assert seen["tta"] is want
 
 
 def test_cameras_from_the_standard_geometry(files: Path) -> None:

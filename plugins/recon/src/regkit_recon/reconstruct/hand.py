@@ -130,7 +130,11 @@ class HandReconstructor(Reconstructor):
     Args:
         model: A model file, a loaded model, or None for the shipped one.
         device: Where the network runs.
-        tta: Average the network over the 8 flips and turns of the image.
+        tta: Average the network over the 8 flips and turns of each image (default on: with
+            hand_v6 on the test split it lifted the Dice from 0.689 to 0.701, the biplane
+            median absolute ASSD from 1.47 to 1.35 mm and the single view's shift-aligned ASSD
+            from 2.01 to 1.95 mm, for 1.3 s more a radiograph on 2 cores; see the plugin
+            README).
         threshold: A bone is seen where its probability exceeds this.
         voxel_mm: The label volume's voxel size, 0.1 to 0.5 mm (finer would take tens of GB
             for a hand, and the depth maps do not hold that detail).
@@ -156,7 +160,7 @@ class HandReconstructor(Reconstructor):
 
     name = "hand"
 
-    def __init__(self, model: Any = None, *, device: str = "cpu", tta: bool = False,
+    def __init__(self, model: Any = None, *, device: str = "cpu", tta: bool = True,
                  threshold: float = 0.5, voxel_mm: float = 0.5, seed: int = 0,
                  refine_placement: bool = True, refine_thickness: bool = False,
                  fuse_views: bool = True) -> None:
@@ -348,6 +352,7 @@ class HandReconstructor(Reconstructor):
                 + ([f"each bone triangulated from the views ({fused} fused)"] if fused else [])),
             "fused_bones": fused,
             "bones_from_other_views": added,
+            "tta": self.tta,
             "refined": refinement is not None,
             "refinement": refinement.to_json() if refinement is not None else None,
             "timings": timings, "voxel_mm": self.voxel_mm,
