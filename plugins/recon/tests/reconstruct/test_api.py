@@ -182,6 +182,13 @@ def test_an_image_that_is_no_hand_is_refused_and_few_bones_warned_of(
     assert "noise.npy: the network finds its bones only in scattered pieces" in err
     assert "does not look like a hand radiograph" in err
     assert not (tmp_path / "n").exists()
+    # smoothed noise: with TTA (the default) its masks were whole enough to pass; the check
+    # reads the plain network's, on which its threshold was set
+    smooth = ndimage.gaussian_filter(np.random.default_rng(0).random(image.shape), 4)
+    with pytest.raises(InputError, match="scattered pieces"):
+        HandReconstructor().reconstruct([View(smooth * image.max(), cam)])
+    with pytest.raises(InputError, match="'tta': must be True or False"):
+        HandReconstructor(tta="no")  # type: ignore[arg-type]
     # few bones seen (an inverted image, or not a whole hand): said, and kept in result.json
     from types import SimpleNamespace
 
