@@ -47,6 +47,7 @@ __all__ = [
     "matrix_to_euler",
     "matrix_to_quaternion",
     "matrix_to_rotvec",
+    "nearest_rotation",
     "params_from_rigid",
     "quaternion_to_matrix",
     "rigid",
@@ -220,17 +221,32 @@ def is_rigid(transform: Any, atol: float = 1e-6) -> Any:
     return bool(ok) if ok.ndim == 0 else ok
 
 
-def _from_rotation(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """How far each ``(..., 3, 3)`` matrix lies from the nearest rotation, and whether it is one.
+def nearest_rotation(matrix: Any) -> tuple[Any, Any]:
+    """The orthonormal matrix nearest to each ``(..., 3, 3)`` matrix, and how far it lies.
 
     The nearest orthonormal matrix is ``U Vᵀ`` of the SVD ``U S Vᵀ`` (the polar factor); the
     distance is the largest entry of the difference, so "rigid to 1e-6" means every entry lies
-    within 1e-6 of a rotation's (a rotation written to 6 decimals passes). ``proper`` is False
-    where that matrix has determinant −1 (a reflection).
+    within 1e-6 of a rotation's (a rotation written to 6 decimals passes). The nearest matrix has
+    determinant −1 where ``matrix`` holds a reflection.
+
+    Returns:
+        ``(nearest, distance)``: ``(..., 3, 3)`` and ``(...)``, numpy if ``matrix`` is numpy.
     """
-    u, _, vh = torch.linalg.svd(rot)
+    m, was_numpy = _as_torch(matrix)
+    _check_last(m, (3, 3), "matrix")
+    u, _, vh = torch.linalg.svd(m)
     nearest = u @ vh
-    distance = (rot - nearest).abs().amax(dim=(-1, -2))
+    distance = (m - nearest).abs().amax(dim=(-1, -2))
+    return from_tensor(nearest, was_numpy), from_tensor(distance, was_numpy)
+
+
+def _from_rotation(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each ``(..., 3, 3)`` matrix lies from the nearest rotation, and whether it is one.
+
+    See :func:`nearest_rotation`; ``proper`` is False where the nearest orthonormal matrix has
+    determinant −1 (a reflection).
+    """
+    nearest, distance = nearest_rotation(rot)
     return distance, torch.linalg.det(nearest) > 0
 
 

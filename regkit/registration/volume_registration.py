@@ -75,7 +75,7 @@ import torch
 from numpy.typing import NDArray
 
 from regkit.errors import InputError, ShapeError
-from regkit.geometry.transforms import rotvec_to_matrix
+from regkit.geometry.transforms import nearest_rotation, rotvec_to_matrix
 from regkit.metrics import Metric, get_metric
 from regkit.optim import ParamSpec, coerce_options, optimizers
 from regkit.registration import engine, pose_error
@@ -703,12 +703,11 @@ def _rigid_start(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
     Raises:
         InputError: a matrix farther than :data:`_INIT_RIGID_ATOL` from rigid (key ``init``).
     """
-    u, _, vh = np.linalg.svd(matrix[:3, :3])
-    nearest = u @ vh
-    distance = float(np.abs(matrix[:3, :3] - nearest).max())
-    if np.linalg.det(nearest) < 0 or distance > _INIT_RIGID_ATOL:
-        what = ("holds a reflection" if np.linalg.det(nearest) < 0
-                else f"lies {distance:.1e} from the nearest rotation (a scale or a shear)")
+    nearest, distance = nearest_rotation(matrix[:3, :3])
+    reflection = bool(np.linalg.det(nearest) < 0)
+    if reflection or distance > _INIT_RIGID_ATOL:
+        what = ("holds a reflection" if reflection
+                else f"lies {float(distance):.1e} from the nearest rotation (a scale or a shear)")
         raise InputError(f"a rigid registration needs a rigid initial transform: this one's "
                          f"rotation block {what}, over {_INIT_RIGID_ATOL:g}; give "
                          "transform='affine' to start from an affine one", key="init")

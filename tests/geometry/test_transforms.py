@@ -529,6 +529,19 @@ def test_conversions_refuse_what_is_not_rigid(matrix: np.ndarray) -> None:
         tf.matrix_to_rotvec(np.full((3, 3), np.nan))
 
 
+def test_nearest_rotation_is_the_polar_factor() -> None:
+    rot = np.asarray(tf.rotvec_to_matrix(np.array([0.3, -0.5, 1.2])))
+    nearest, distance = tf.nearest_rotation(rot * 1.01)
+    assert isinstance(nearest, np.ndarray)
+    np.testing.assert_allclose(nearest, rot, atol=1e-12)
+    assert float(distance) == pytest.approx(0.01 * np.abs(rot).max())
+    flipped, _ = tf.nearest_rotation(np.diag([-1.0, 1.0, 1.0]))
+    assert np.linalg.det(flipped) == pytest.approx(-1.0)      # a reflection stays one
+    batch, dist = tf.nearest_rotation(torch.eye(3).repeat(2, 1, 1))
+    assert tuple(batch.shape) == (2, 3, 3)
+    assert tuple(dist.shape) == (2,)
+
+
 def test_empty_batches_and_singular_blocks() -> None:
     for empty in (torch.zeros(0, 4, 4, dtype=torch.float64), np.zeros((0, 4, 4))):
         assert tuple(tf.invert(empty).shape) == (0, 4, 4)
