@@ -98,6 +98,10 @@ def _train(args: argparse.Namespace) -> int:
         shape["stem"] = args.stem
     if args.context is not None:
         shape["context"] = args.context
+    if args.head is not None:
+        shape["head"] = args.head
+    if args.head_blocks is not None:
+        shape["head_blocks"] = args.head_blocks
     spec = TrainSpec(data=tuple(args.data), out=args.out,
                      val=tuple(args.val) if args.val else None, epochs=args.epochs,
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
@@ -105,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init,
                      loader_workers=args.loader_workers, device_cache=args.cache_on_device,
-                     **shape)
+                     trainable=args.trainable, **shape)
     if args.stop_at is not None and args.stop_at < 1:
         raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
     record = train(spec, resume=args.resume, stop_at=args.stop_at)
@@ -221,6 +225,14 @@ def register(subparsers: Any) -> None:
                     help="full-resolution channels (default 16)")
     tr.add_argument("--context", type=int, default=None, metavar="N",
                     help="self-attention blocks over the coarsest level (default 0)")
+    tr.add_argument("--head", type=int, default=None, metavar="C",
+                    help="channels of the full-resolution segmentation head (default: the "
+                         "stem's)")
+    tr.add_argument("--head-blocks", type=int, default=None, metavar="N",
+                    help="residual blocks in the segmentation head (default 0)")
+    tr.add_argument("--trainable", choices=("all", "head"), default="all",
+                    help="what learns: all (default) or only the segmentation head, the rest "
+                         "kept as --init gave it")
     tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                     help="seconds between checkpoints (default 300)")
     tr.add_argument("--max-steps", type=int, default=None, metavar="N",
@@ -245,7 +257,8 @@ def register(subparsers: Any) -> None:
                          "native bfloat16)")
     tr.add_argument("--init", metavar="MODEL.pt",
                     help="start from this model's weights (fine-tuning; the same configuration, "
-                         "or fewer context blocks: new ones start as the identity)")
+                         "or fewer context blocks, a narrower segmentation head or fewer head "
+                         "blocks: the run starts from the model's own outputs)")
     tr.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
     tr.set_defaults(func=_train)
 

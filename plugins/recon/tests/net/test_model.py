@@ -93,14 +93,18 @@ def test_context_under_bfloat16_and_the_input_size() -> None:
 
 
 def test_model_file_versions(tmp_path: Path) -> None:
-    """Model files: version 2 with context blocks, 1 without; an unknown version is refused.
+    """Model files: version 3 with a grown segmentation head, 2 with context blocks, else 1.
 
-    Older readers keep reading the version-1 files; version-1 files with context blocks (written
-    before version 2) load too.
+    Older readers keep reading the files they can build; version-1 files with context blocks
+    (written before version 2) load too; an unknown version is refused.
     """
     plain = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8))
     ctx = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, context=1))
-    for name, net, version in (("plain", plain, 1), ("ctx", ctx, 2)):
+    wide = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, head=16))
+    deep = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8,
+                             head_blocks=1))
+    for name, net, version in (("plain", plain, 1), ("ctx", ctx, 2), ("wide", wide, 3),
+                               ("deep", deep, 3)):
         save_model(tmp_path / f"{name}.pt", net)
         blob = torch.load(tmp_path / f"{name}.pt", weights_only=True)
         assert blob["version"] == version
@@ -109,8 +113,35 @@ def test_model_file_versions(tmp_path: Path) -> None:
     blob["version"] = 1  # as files with context blocks were written before version 2
     torch.save(blob, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").net.config.context == 1
-    blob["version"] = 3
+    blob["version"] = 4
     torch.save(blob, tmp_path / "new.pt")
-    with pytest.raises(FileFormatError, match="model format version 3, this regkit-recon reads "
-                       "1 and 2"):
+    with pytest.raises(FileFormatError, match="model format version 4, this regkit-recon reads "
+                       "1, 2 and 3"):
         load_model(tmp_path / "new.pt")
+
+
+def test_head_options() -> None:
+    """``head`` and ``head_blocks``: left out of the JSON at 0, round-tripped, checked.
+
+    The head's GroupNorm groups hold as many channels as the stem's, so its width must be a
+    multiple of that group size.
+    """
+    base = NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=16, groups=8)
+    assert not {"head", "head_blocks"} & set(base.to_json())
+    assert (base.head_width, base.group_size) == (16, 2)
+    grown = NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=16, groups=8, head=48,
+                      head_blocks=2)
+    assert NetConfig.from_json(grown.to_json()) == grown
+    net = BoneNet(grown)
+    assert (net.seg.in_channels, len(net.polish)) == (48, 2)
+    norm = net.finish[1]
+    assert isinstance(norm, torch.nn.GroupNorm)
+    assert norm.num_groups == 24
+    x = torch.rand((1, 1, 32, 32))
+    out = net(x)
+    assert out["logits"].shape == (1, 2, 32, 32)
+    for bad, key in (({"head": 5}, "head"), ({"head": -2}, "head"),
+                     ({"head_blocks": -1}, "head_blocks")):
+        with pytest.raises(InputError) as info:
+            NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=16, groups=8, **bad)
+        assert info.value.key == key

@@ -548,7 +548,7 @@ def test_init_starts_from_a_model(gt: Path, tmp_path: Path) -> None:
         assert torch.allclose(value, model.net.state_dict()[key], atol=1e-6), key
     other = _spec(gt, tmp_path / "third", epochs=1, init=str(first / "model.pt"),
                   widths=(8, 8))
-    with pytest.raises(InputError, match="configuration") as info:
+    with pytest.raises(InputError, match=r"widths \(8, 16\) against \(8, 8\)") as info:
         _run(other)
     assert info.value.key == "init"
 
@@ -577,9 +577,81 @@ def test_init_may_add_context_blocks(gt: Path, tmp_path: Path) -> None:
     assert float(proj.abs().max()) > 0  # the zero projection is not stuck
     assert "context" not in _spec(gt, first).recipe()  # as before: older checkpoints resume
     assert _spec(gt, first, context=1).recipe()["context"] == 1
-    with pytest.raises(InputError, match="only context blocks may be added") as info:
+    with pytest.raises(InputError, match=r"\(context 1 against 0: the model's first\); a run "
+                       "may only add context blocks") as info:
         _run(_spec(gt, tmp_path / "shrunk", epochs=1, init=str(grown / "model.pt")))
     assert info.value.key == "init"
+
+
+def _scrambled(net: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere, the zero-initialised ones too (no zeros to hide behind)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def test_a_grown_head_starts_as_the_model() -> None:
+    """A wider segmentation head with more blocks, warm-started, computes the model's outputs.
+
+    Exactly (to float rounding), for every output, whatever the model's weights; a narrower or
+    shallower head than the model's is refused.
+    """
+    from regkit_recon.net.model import BoneNet, NetConfig
+    from regkit_recon.net.train import _warm_start
+
+    small = NetConfig((1, 2, 3), ("a", "b", "c"), size=32, widths=(8, 16), stem=8, groups=4,
+                      head=8, head_blocks=1)
+    start = BoneNet(small).eval()
+    _scrambled(start, 0)
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = start(x)
+    for head, blocks, context in ((24, 1, 0), (8, 3, 0), (16, 2, 1)):
+        net = BoneNet(replace(small, head=head, head_blocks=blocks, context=context)).eval()
+        _warm_start(net, start, "start.pt")
+        with torch.no_grad():
+            got = net(x)
+        for key in want:
+            assert torch.allclose(got[key], want[key], atol=1e-5), (head, blocks, key)
+        # the new channels are not dead: they get random weights from the old ones
+        assert float(net.rise.weight[:, 8:].detach().abs().sum()) > 0 or head == 8
+    for head, blocks in ((6, 1), (8, 0)):
+        with pytest.raises(InputError, match="head channels and head blocks") as info:
+            _warm_start(BoneNet(replace(small, head=head, head_blocks=blocks)), start, "s.pt")
+        assert info.value.key == "init"
+
+
+def test_trainable_head_trains_only_the_head(gt: Path, tmp_path: Path) -> None:
+    """``trainable="head"`` moves the segmentation head's weights and no other.
+
+    The recipe records the head options (and leaves them out at their defaults, as recipes
+    were before them); an unknown choice is refused.
+    """
+    from regkit_recon.net.train import HEAD_MODULES
+
+    first = tmp_path / "first"
+    _run(_spec(gt, first, epochs=1))
+    model = load_model(first / "model.pt").net.state_dict()
+    run = tmp_path / "head"
+    spec = _spec(gt, run, epochs=1, max_steps=3, init=str(first / "model.pt"), head=16,
+                 head_blocks=1, trainable="head")
+    _run(spec)
+    after = _weights(run)
+    moved = {k for k in after if k.split(".")[0] in HEAD_MODULES}
+    assert {k.split(".")[0] for k in moved} == set(HEAD_MODULES)
+    for key, value in after.items():
+        if key not in moved:
+            assert torch.equal(value, model[key]), key
+    assert not torch.equal(after["seg.weight"][:, :8], model["seg.weight"])
+    assert float(after["seg.weight"][:, 8:].abs().max()) > 0   # the new channels learn
+    assert after["seg.weight"].shape == (model["seg.weight"].shape[0], 16, 1, 1)
+    recipe = spec.recipe()
+    assert (recipe["head"], recipe["head_blocks"], recipe["trainable"]) == (16, 1, "head")
+    assert not {"head", "head_blocks", "trainable"} & set(_spec(gt, first).recipe())
+    with pytest.raises(InputError, match="'all' or 'head'") as info:
+        _run(_spec(gt, tmp_path / "bad", trainable="body"))
+    assert info.value.key == "trainable"
 
 
 # ------------------------------------------------------------------- two processes (DDP)
@@ -702,6 +774,24 @@ def test_cli_train(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(_train_args(gt, run, "--resume")) == 0, capsys.readouterr().err
 
 
+def test_cli_train_head_options(gt: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--head, --head-blocks and --trainable reach the run, its recipe and its model."""
+    first = tmp_path / "first"
+    assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--head", "16",
+                            "--head-blocks", "1", "--trainable", "head"))
+    assert code == 0, capsys.readouterr().err
+    recipe = json.loads((run / "spec.json").read_text())["recipe"]
+    assert (recipe["head"], recipe["head_blocks"], recipe["trainable"]) == (16, 1, "head")
+    config = load_model(run / "model.pt").net.config
+    assert (config.head, config.head_blocks) == (16, 1)
+    body = "down.0.body.0.weight"
+    assert torch.equal(load_model(run / "model.pt").net.state_dict()[body],
+                       load_model(first / "model.pt").net.state_dict()[body])
+
+
 def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
@@ -714,6 +804,8 @@ def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,
         ([*_train_args(gt, run), "--size", "30"], "'size'"),
         ([*_train_args(gt, run), "--lr", "-1"], "'lr'"),
         ([*_train_args(gt, run), "--loader-workers", "-1"], "'loader_workers'"),
+        ([*_train_args(gt, run), "--head", "-8"], "'head'"),
+        ([*_train_args(gt, run), "--head-blocks", "-1"], "'head_blocks'"),
         ([*_train_args(gt, run), "--resume"], "no checkpoint.pt"),
         ([*_train_args(gt, run), "--val", str(tmp_path / "missing")], "does not exist"),
     ]

@@ -41,12 +41,13 @@ HEIGHT_SCALE = 32.0
 pixels at 256²)."""
 
 MODEL_FORMAT = "regkit-recon bone network"
-MODEL_VERSION = 2
-"""The newest model file version: 2 holds context blocks (which a reader of version 1 cannot
-build), 1 does not. A network without context blocks is still written as version 1, so older
-regkit-recon releases keep reading it; version 1 files with context blocks (written before the
-version 2 existed) load too."""
-READABLE_VERSIONS = (1, 2)
+MODEL_VERSION = 3
+"""The newest model file version: 3 holds a segmentation head wider than the stem or with
+residual blocks (``head``, ``head_blocks``), 2 context blocks (which a reader of version 1 cannot
+build), 1 neither. A file is written at the lowest version that can hold it, so older
+regkit-recon releases keep reading what they can build; version 1 files with context blocks
+(written before the version 2 existed) load too."""
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,17 @@ class NetConfig:
         bone_names: Their names, in the same order.
         size: Input width = height in pixels (images are resampled to it).
         widths: Channels at each resolution of the U-Net (the first at half size).
-        stem: Channels of the full-resolution stem and of the segmentation's last layer.
+        stem: Channels of the full-resolution stem.
         groups: GroupNorm groups (each width must be a multiple).
         context: Self-attention blocks over the whole image at the U-Net's coarsest level
             (0: none). They let every position see the whole hand at once: which finger is
             which depends on where the thumb is, which a stack of 3×3 convolutions reaches
             only with a receptive field of the whole image.
+        head: Channels of the full-resolution segmentation head (0: the stem's). Its GroupNorm
+            groups hold as many channels as the stem's (``head`` must be a multiple), so a head
+            widened from a trained model's can start computing exactly what that model did.
+        head_blocks: Residual blocks (two 3×3 convolutions) in that head, after its first
+            layer; each ends in a zero-initialised convolution, so it starts as the identity.
     """
 
     bones: tuple[int, ...]
@@ -73,6 +79,8 @@ class NetConfig:
     stem: int = 16
     groups: int = 8
     context: int = 0
+    head: int = 0
+    head_blocks: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bones", tuple(int(b) for b in self.bones))
@@ -90,20 +98,42 @@ class NetConfig:
             raise InputError(f"must be >= 1, got {self.stem}", key="stem")
         if self.context < 0:
             raise InputError(f"must be >= 0, got {self.context}", key="context")
+        if self.head < 0 or self.head % self.group_size:
+            raise InputError(f"must be 0 (the stem's width) or a positive multiple of "
+                             f"{self.group_size} (the stem's channels per GroupNorm group), got "
+                             f"{self.head}", key="head")
+        if self.head_blocks < 0:
+            raise InputError(f"must be >= 0, got {self.head_blocks}", key="head_blocks")
         down = 2 ** len(self.widths)
         if self.size < down or self.size % down:
             raise InputError(f"must be a multiple of {down} (the network halves it "
                              f"{len(self.widths)} times), got {self.size}", key="size")
 
+    @property
+    def group_size(self) -> int:
+        """Channels per GroupNorm group of the stem, and of the segmentation head."""
+        return self.stem // min(self.groups, self.stem)
+
+    @property
+    def head_width(self) -> int:
+        """Channels of the full-resolution segmentation head."""
+        return self.head or self.stem
+
+    @property
+    def version(self) -> int:
+        """The lowest model file version that holds this network (see ``MODEL_VERSION``)."""
+        return 3 if self.head or self.head_blocks else 2 if self.context else 1
+
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (without ``context`` when 0: as files were before context blocks)."""
+        """JSON-ready dict (``context``, ``head``, ``head_blocks`` left out at 0, as before)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if not (k == "context" and v == 0)}
+                if not (k in ("context", "head", "head_blocks") and v == 0)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NetConfig:
         """The inverse of :meth:`to_json`."""
-        known = {"bones", "bone_names", "size", "widths", "stem", "groups", "context"}
+        known = {"bones", "bone_names", "size", "widths", "stem", "groups", "context", "head",
+                 "head_blocks"}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"unknown key(s) {unknown} in a network configuration",
@@ -125,6 +155,24 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+class _Residual(nn.Module):
+    """``x + conv(SiLU(GroupNorm(conv(x))))``, the last convolution zero-initialised."""
+
+    def __init__(self, width: int, groups: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.GroupNorm(groups, width),
+            nn.SiLU(), nn.Conv2d(width, width, 3, padding=1))
+        last = self.body[-1]
+        assert isinstance(last, nn.Conv2d)
+        assert last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 _HEAD_WIDTH = 32
@@ -178,11 +226,13 @@ class BoneNet(nn.Module):
     Layout: a full-resolution stem (``stem`` channels) keeps the outlines; a strided convolution
     takes the U-Net (``widths``) to half resolution, where all the heavy work happens (a
     full-resolution U-Net level costs about as much as the rest on a CPU). The decoder's output
-    is brought back to full resolution and fused with the stem for the segmentation logits. The
-    depth head runs at half resolution on the decoder's features and the segmentation's
-    probabilities (average-pooled), and its heights are upsampled bilinearly: depth varies
-    smoothly inside a bone, outlines do not. Optional context blocks (``config.context``:
-    self-attention over the coarsest level's cells) give every position the whole image.
+    is brought back to full resolution and fused with the stem in the segmentation head
+    (``config.head_width`` channels, with ``config.head_blocks`` residual blocks), which gives
+    the logits. The depth head runs at half resolution on the decoder's features and the
+    segmentation's probabilities (average-pooled), and its heights are upsampled bilinearly:
+    depth varies smoothly inside a bone, outlines do not. Optional context blocks
+    (``config.context``: self-attention over the coarsest level's cells) give every position the
+    whole image.
     """
 
     def __init__(self, config: NetConfig) -> None:
@@ -201,10 +251,12 @@ class BoneNet(nn.Module):
                                  for i in range(len(w) - 1, 0, -1)])
         self.fuse = nn.ModuleList([_Block(2 * w[i - 1], w[i - 1], g)
                                    for i in range(len(w) - 1, 0, -1)])
-        self.rise = nn.ConvTranspose2d(w[0], s, 2, stride=2)
-        self.finish = nn.Sequential(nn.Conv2d(2 * s, s, 3, padding=1, bias=False),
-                                    nn.GroupNorm(min(g, s), s), nn.SiLU())
-        self.seg = nn.Conv2d(s, nb, 1)
+        r, hg = config.head_width, config.head_width // config.group_size
+        self.rise = nn.ConvTranspose2d(w[0], r, 2, stride=2)
+        self.finish = nn.Sequential(nn.Conv2d(r + s, r, 3, padding=1, bias=False),
+                                    nn.GroupNorm(hg, r), nn.SiLU())
+        self.polish = nn.Sequential(*[_Residual(r, hg) for _ in range(config.head_blocks)])
+        self.seg = nn.Conv2d(r, nb, 1)
         self.depth = nn.Sequential(
             nn.Conv2d(w[0] + nb, w[0], 3, padding=1, bias=False), nn.GroupNorm(g, w[0]),
             nn.SiLU())
@@ -231,7 +283,7 @@ class BoneNet(nn.Module):
         h = self.context(skips.pop())
         for up, fuse in zip(self.up, self.fuse, strict=True):
             h = fuse(torch.cat([up(h), skips.pop()], dim=1))
-        top = self.finish(torch.cat([self.rise(h), stem], dim=1))
+        top = self.polish(self.finish(torch.cat([self.rise(h), stem], dim=1)))
         # the output layers run in float32 under mixed precision: bfloat16's 8-bit mantissa
         # would round a 40 mm height to 0.15 mm
         with torch.autocast(x.device.type, enabled=False):
@@ -274,7 +326,7 @@ def save_model(path: str | os.PathLike[str], model: BoneNet, *,
 
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else
                  v.detach().cpu()) for k, v in model.state_dict().items()}
-    blob = {"format": MODEL_FORMAT, "version": MODEL_VERSION if model.config.context else 1,
+    blob = {"format": MODEL_FORMAT, "version": model.config.version,
             "config": model.config.to_json(), "record": dict(record or {}), "state": state}
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -309,7 +361,8 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         raise FileFormatError(f"not a {MODEL_FORMAT} file", source=source, key="model")
     if blob.get("version") not in READABLE_VERSIONS:
         raise FileFormatError(f"model format version {blob.get('version')!r}, this regkit-recon "
-                              f"reads {' and '.join(map(str, READABLE_VERSIONS))} (a newer "
+                              f"reads {', '.join(map(str, READABLE_VERSIONS[:-1]))} and "
+                              f"{READABLE_VERSIONS[-1]} (a newer "
                               "release wrote it?)", source=source, key="model")
     try:
         net = BoneNet(NetConfig.from_json(blob["config"]))

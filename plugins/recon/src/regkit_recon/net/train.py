@@ -55,7 +55,7 @@ from regkit_recon.net.runtime import (
     rank_device,
 )
 
-__all__ = ["TrainSpec", "batch_loss", "global_batches", "train"]
+__all__ = ["HEAD_MODULES", "TrainSpec", "batch_loss", "global_batches", "train"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ class TrainSpec:
         warmup: Warm-up steps.
         widths, stem: The network's channels (see :class:`NetConfig`).
         context: Self-attention blocks at the coarsest level (see :class:`NetConfig`).
+        head, head_blocks: The segmentation head's channels (0: the stem's) and residual blocks
+            (see :class:`NetConfig`).
+        trainable: ``all``, or ``head``: only the segmentation head (see
+            :data:`HEAD_MODULES`) learns; the rest keeps its weights (with ``init``, a wider or
+            deeper head trained on a fixed network: a few CPU hours instead of a GPU run).
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
         checkpoint_s: Seconds between checkpoints.
         val_limit: Validation items per validation (None: all).
@@ -86,8 +91,10 @@ class TrainSpec:
         device: ``cpu``, ``cuda`` or None (CUDA when present).
         init: A model file (``model.pt``) whose weights start the run instead of random ones
             (fine-tuning, or going on from a shipped model whose checkpoint is gone); its
-            configuration must match, except that it may have fewer context blocks (the new
-            ones start as the identity, so the run starts from the model's own outputs).
+            configuration must match, except that it may have fewer context blocks, a narrower
+            segmentation head or fewer head blocks: the new blocks start as the identity and the
+            new head channels are left out of the old ones' sums, so the run starts from the
+            model's own outputs.
         precision: ``bf16`` (autocast to bfloat16, the heads in float32), ``fp32``, or
             ``auto``: bf16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX; twice
             the speed measured on 2 EPYC cores), else fp32.
@@ -106,6 +113,9 @@ class TrainSpec:
     widths: tuple[int, ...] = (24, 48, 96, 128, 160)
     stem: int = 16
     context: int = 0
+    head: int = 0
+    head_blocks: int = 0
+    trainable: str = "all"
     depth_weight: float = 0.1
     offset_weight: float = 0.02
     checkpoint_s: float = 300.0
@@ -126,8 +136,10 @@ class TrainSpec:
             d.pop(key)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
-        if not self.context:  # as recipes were before context blocks: older checkpoints resume
-            d.pop("context")
+        for key, default in (("context", 0), ("head", 0), ("head_blocks", 0),
+                             ("trainable", "all")):
+            if d[key] == default:  # as recipes were before these options: older checkpoints resume
+                d.pop(key)
         if self.init is not None:
             d["init"] = str(Path(self.init).resolve())
         return d
@@ -457,7 +469,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     _refuse_damaged(train_files)
     bones, names = _bones_of(manifests)
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
-                       context=spec.context)
+                       context=spec.context, head=spec.head, head_blocks=spec.head_blocks)
     items = TrainItems(train_files, spec.size, bones, spec.seed)
     per_epoch = len(items) // spec.batch
     if per_epoch < 1:
@@ -474,8 +486,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
 
         start = load_model(spec.init)
         _warm_start(net, start.net, spec.init)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=spec.lr,
-                                  weight_decay=spec.weight_decay)
+    learning = _learning_parameters(net, spec.trainable)
+    optimiser = torch.optim.AdamW(learning, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: _lr_factor(s, total, spec.warmup))
     step, history_seconds = 0, 0.0
@@ -673,29 +685,84 @@ def _check(spec: TrainSpec, world: int) -> None:
         whole("val_limit", spec.val_limit, 1)
     whole("stem", spec.stem, 1)
     whole("context", spec.context, 0)
+    whole("head", spec.head, 0)
+    whole("head_blocks", spec.head_blocks, 0)
+    if spec.trainable not in ("all", "head"):
+        raise InputError(f"must be 'all' or 'head', got {spec.trainable!r}", key="trainable")
     whole("loader_workers", spec.loader_workers, 0)
     if not (spec.checkpoint_s > 0):  # NaN too
         raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",
                          key="checkpoint_s")
 
 
-def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
-    """Copy ``start``'s weights into ``net``: the same configuration, or fewer context blocks.
+HEAD_MODULES = ("rise", "finish", "polish", "seg")
+"""The segmentation head's modules in :class:`BoneNet`: what ``trainable="head"`` trains."""
 
-    Context blocks ``start`` lacks keep their initialisation, which is the identity (their
-    residual branches end in zero projections), so ``net`` computes what ``start`` did.
+
+def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser moves; with ``"head"`` the others stop requiring gradients."""
+    if trainable == "all":
+        return list(net.parameters())
+    learning = []
+    for name, param in net.named_parameters():
+        if name.split(".")[0] in HEAD_MODULES:
+            learning.append(param)
+        else:
+            param.requires_grad_(False)
+    return learning
+
+
+def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
+    """Copy ``start``'s weights into ``net``, so that ``net`` computes what ``start`` did.
+
+    The configurations must be equal but for three ways of growing: more context blocks, a wider
+    segmentation head and more head blocks. New context and head blocks keep their
+    initialisation, the identity (their residual branches end in zero weights). A wider head
+    takes the old head's weights as its first channels: the old channels' sums leave the new
+    channels out (zero weights), the GroupNorm groups hold as many channels as before (so the old
+    channels' groups are the old ones) and the logits read only the old channels. The new
+    channels keep random weights into them, so they learn from the first step.
     """
     a, b = start.config, net.config
-    if replace(a, context=b.context) != b or a.context > b.context:
-        raise InputError(f"the model's configuration {a.to_json()} is not this run's "
-                         f"{b.to_json()} (only context blocks may be added)", source=source,
-                         key="init")
-    # load_model built ``start`` strictly from its configuration, so with the configurations
-    # equal but for context, the only weights ``net`` has beyond it are the new blocks'
-    missing, unexpected = net.load_state_dict(start.state_dict(), strict=False)
+    grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks)
+    if (grown != b or a.context > b.context or a.head_width > b.head_width
+            or a.head_blocks > b.head_blocks):
+        ours, theirs = asdict(b), asdict(a)
+        differ = ", ".join(f"{k} {theirs[k]!r} against {ours[k]!r}" for k in ours
+                           if ours[k] != theirs[k])
+        raise InputError(f"the model's network is not this run's ({differ}: the model's first);"
+                         " a run may only add context blocks, head channels and head blocks",
+                         source=source, key="init")
+    old = start.state_dict()
+    head = {k: v for k, v in old.items() if k.split(".")[0] in HEAD_MODULES}
+    # with the configurations equal but for these, the only weights ``net`` has beyond
+    # ``start``'s body are the new blocks' and the head's
+    missing, unexpected = net.load_state_dict(
+        {k: v for k, v in old.items() if k not in head}, strict=False)
     assert not unexpected, unexpected
-    assert all(k.startswith("context.") and int(k.split(".")[1]) >= a.context
-               for k in missing), missing
+    assert all((k.startswith("context.") and int(k.split(".")[1]) >= a.context)
+               or k.split(".")[0] in HEAD_MODULES for k in missing), missing
+    r0, r, s = a.head_width, b.head_width, a.stem
+    new = net.state_dict()
+    with torch.no_grad():
+        for key, value in head.items():
+            target = new[key]
+            if key == "finish.0.weight":            # inputs: the risen decoder (r), the stem (s)
+                target[:r0] = 0.0
+                target[:r0, :r0] = value[:, :r0]
+                target[:r0, r:r + s] = value[:, r0:]
+            elif key == "rise.weight":              # (in, out, 2, 2)
+                target[:, :r0] = value
+            elif key == "seg.weight":               # the logits read the old channels only
+                target.zero_()
+                target[:, :r0] = value
+            elif target.ndim == 4:                  # a head block's convolution (out, in, 3, 3)
+                target[:r0] = 0.0
+                target[:r0, :r0] = value
+            elif key == "seg.bias":
+                target.copy_(value)
+            else:                                   # biases and GroupNorm weights, per channel
+                target[:r0] = value
 
 
 def _truncate_log(path: Path, step: int) -> None:
