@@ -15,8 +15,9 @@
 #   5. alongside step 2 (3 and 4 wait for it: they want the cores), a training set made on the
 #      CPU cores (TRAIN_PHANTOMS phantoms, default 96, x VIEWS views, seed DATA_SEED);
 #   6. a 100-step probe of `regkit recon train` on CUDA, the items cached and augmented on the
-#      GPU (its speed sets the run's length), then a fine-tuning run of the shipped model that
-#      fits the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
+#      GPU (its speed sets the run's length), then a fine-tuning run of the shipped model (its
+#      network as it is, context blocks and segmentation head, every weight trained) that fits
+#      the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
 # SKIP (environment, comma-separated) leaves out steps measured before, so that the training run
@@ -112,7 +113,12 @@ fi
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
 # the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items take 25 GiB):
 # through the loader the H200 trained at 40 items/s, a tenth of what one step allows
-common=(--data "$train" --init "$model" --context 2 --batch 32 --lr "$lr" --seed 5
+# the run's network is the shipped model's (context blocks, segmentation head), all of it trained
+shape=$("$py" -c "from regkit_recon.net.model import load_model
+c = load_model('$model').net.config
+print(f'--context {c.context} --head {c.head} --head-blocks {c.head_blocks}')")
+# shellcheck disable=SC2206
+common=(--data "$train" --init "$model" $shape --batch 32 --lr "$lr" --seed 5
         --epochs 100000 --loader-workers "$load_workers" --checkpoint-s 60 --cache-on-device)
 # Each loader process makes whole batches, so the first batches arrive together: the rate is
 # measured after several rounds of them (a probe over steps 10-30 once read 10x the real rate).
