@@ -122,7 +122,7 @@ class NetConfig:
     @property
     def version(self) -> int:
         """The lowest model file version that holds this network (see ``MODEL_VERSION``)."""
-        return 3 if self.head or self.head_blocks else 2 if self.context else 1
+        return MODEL_VERSION if self.head or self.head_blocks else 2 if self.context else 1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (``context``, ``head``, ``head_blocks`` left out at 0, as before)."""

@@ -699,13 +699,18 @@ HEAD_MODULES = ("rise", "finish", "polish", "seg")
 """The segmentation head's modules in :class:`BoneNet`: what ``trainable="head"`` trains."""
 
 
+def _in_head(name: str) -> bool:
+    """Whether a parameter or state key of :class:`BoneNet` belongs to the segmentation head."""
+    return name.split(".")[0] in HEAD_MODULES
+
+
 def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Parameter]:
     """The parameters the optimiser moves; with ``"head"`` the others stop requiring gradients."""
     if trainable == "all":
         return list(net.parameters())
     learning = []
     for name, param in net.named_parameters():
-        if name.split(".")[0] in HEAD_MODULES:
+        if _in_head(name):
             learning.append(param)
         else:
             param.requires_grad_(False)
@@ -734,14 +739,14 @@ def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
                          " a run may only add context blocks, head channels and head blocks",
                          source=source, key="init")
     old = start.state_dict()
-    head = {k: v for k, v in old.items() if k.split(".")[0] in HEAD_MODULES}
+    head = {k: v for k, v in old.items() if _in_head(k)}
     # with the configurations equal but for these, the only weights ``net`` has beyond
     # ``start``'s body are the new blocks' and the head's
     missing, unexpected = net.load_state_dict(
         {k: v for k, v in old.items() if k not in head}, strict=False)
     assert not unexpected, unexpected
     assert all((k.startswith("context.") and int(k.split(".")[1]) >= a.context)
-               or k.split(".")[0] in HEAD_MODULES for k in missing), missing
+               or _in_head(k) for k in missing), missing
     r0, r, s = a.head_width, b.head_width, a.stem
     new = net.state_dict()
     with torch.no_grad():
