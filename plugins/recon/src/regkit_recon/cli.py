@@ -230,9 +230,10 @@ def register(subparsers: Any) -> None:
                          "stem's)")
     tr.add_argument("--head-blocks", type=int, default=None, metavar="N",
                     help="residual blocks in the segmentation head (default 0)")
-    tr.add_argument("--trainable", choices=("all", "head"), default="all",
-                    help="what learns: all (default) or only the segmentation head, the rest "
-                         "kept as --init gave it")
+    tr.add_argument("--trainable", choices=("all", "head", "heads"), default="all",
+                    help="what learns: all (default), only the segmentation head (head), or "
+                         "the segmentation and depth heads (heads); the rest is kept as --init "
+                         "gave it")
     tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                     help="seconds between checkpoints (default 300)")
     tr.add_argument("--max-steps", type=int, default=None, metavar="N",

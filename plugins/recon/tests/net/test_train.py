@@ -649,9 +649,39 @@ def test_trainable_head_trains_only_the_head(gt: Path, tmp_path: Path) -> None:
     recipe = spec.recipe()
     assert (recipe["head"], recipe["head_blocks"], recipe["trainable"]) == (16, 1, "head")
     assert not {"head", "head_blocks", "trainable"} & set(_spec(gt, first).recipe())
-    with pytest.raises(InputError, match="'all' or 'head'") as info:
+    with pytest.raises(InputError, match="all, head, heads") as info:
         _run(_spec(gt, tmp_path / "bad", trainable="body"))
     assert info.value.key == "trainable"
+
+
+def test_trainable_heads_trains_both_heads_only(gt: Path, tmp_path: Path) -> None:
+    """``trainable="heads"`` moves the segmentation and depth heads' weights and no other."""
+    from regkit_recon.net.train import DEPTH_MODULES, HEAD_MODULES
+
+    first = tmp_path / "first"
+    _run(_spec(gt, first, epochs=1))
+    model = load_model(first / "model.pt").net.state_dict()
+    run = tmp_path / "heads"
+    _run(_spec(gt, run, epochs=1, max_steps=3, init=str(first / "model.pt"), trainable="heads"))
+    after = _weights(run)
+    moved = {k for k, v in after.items() if not torch.equal(v, model[k])}
+    assert {k.split(".")[0] for k in moved} == set(HEAD_MODULES + DEPTH_MODULES) - {"polish"}
+    assert not torch.equal(after["depth_out.weight"], model["depth_out.weight"])
+
+
+def test_the_cli_offers_every_trainable_choice(gt: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from regkit_recon.cli import register
+    from regkit_recon.net.train import TRAINABLE
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for choice in TRAINABLE:
+        args = parser.parse_args(_train_args(gt, tmp_path, "--trainable", choice))
+        assert args.trainable == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(_train_args(gt, tmp_path, "--trainable", "body"))
 
 
 # ------------------------------------------------------------------- two processes (DDP)

@@ -55,7 +55,8 @@ from regkit_recon.net.runtime import (
     rank_device,
 )
 
-__all__ = ["HEAD_MODULES", "TrainSpec", "batch_loss", "global_batches", "train"]
+__all__ = ["DEPTH_MODULES", "HEAD_MODULES", "TRAINABLE", "TrainSpec", "batch_loss",
+           "global_batches", "train"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,11 @@ class TrainSpec:
         context: Self-attention blocks at the coarsest level (see :class:`NetConfig`).
         head, head_blocks: The segmentation head's channels (0: the stem's) and residual blocks
             (see :class:`NetConfig`).
-        trainable: ``all``, or ``head``: only the segmentation head (see
-            :data:`HEAD_MODULES`) learns; the rest keeps its weights (with ``init``, a wider or
-            deeper head trained on a fixed network: a few CPU hours instead of a GPU run).
+        trainable: ``all``; ``head``: only the segmentation head (see :data:`HEAD_MODULES`)
+            learns, the rest keeps its weights (with ``init``, a wider or deeper head trained on
+            a fixed network: a few CPU hours instead of a GPU run); ``heads``: the segmentation
+            head and the depth head (:data:`DEPTH_MODULES`, which reads the segmentation's
+            probabilities, so it follows a retrained segmentation head) learn.
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
         checkpoint_s: Seconds between checkpoints.
         val_limit: Validation items per validation (None: all).
@@ -687,8 +690,9 @@ def _check(spec: TrainSpec, world: int) -> None:
     whole("context", spec.context, 0)
     whole("head", spec.head, 0)
     whole("head_blocks", spec.head_blocks, 0)
-    if spec.trainable not in ("all", "head"):
-        raise InputError(f"must be 'all' or 'head', got {spec.trainable!r}", key="trainable")
+    if spec.trainable not in TRAINABLE:
+        raise InputError(f"must be one of {', '.join(TRAINABLE)}, got {spec.trainable!r}",
+                         key="trainable")
     whole("loader_workers", spec.loader_workers, 0)
     if not (spec.checkpoint_s > 0):  # NaN too
         raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",
@@ -698,6 +702,13 @@ def _check(spec: TrainSpec, world: int) -> None:
 HEAD_MODULES = ("rise", "finish", "polish", "seg")
 """The segmentation head's modules in :class:`BoneNet`: what ``trainable="head"`` trains."""
 
+DEPTH_MODULES = ("depth", "depth_out")
+"""The depth head's modules in :class:`BoneNet`: ``trainable="heads"`` trains them besides
+:data:`HEAD_MODULES`."""
+
+TRAINABLE = ("all", "head", "heads")
+"""The values of :attr:`TrainSpec.trainable`."""
+
 
 def _in_head(name: str) -> bool:
     """Whether a parameter or state key of :class:`BoneNet` belongs to the segmentation head."""
@@ -705,12 +716,12 @@ def _in_head(name: str) -> bool:
 
 
 def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Parameter]:
-    """The parameters the optimiser moves; with ``"head"`` the others stop requiring gradients."""
+    """The parameters the optimiser moves; the others stop requiring gradients."""
     if trainable == "all":
         return list(net.parameters())
     learning = []
     for name, param in net.named_parameters():
-        if _in_head(name):
+        if _in_head(name) or (trainable == "heads" and name.split(".")[0] in DEPTH_MODULES):
             learning.append(param)
         else:
             param.requires_grad_(False)
