@@ -5,7 +5,7 @@ Usage::
     regkit recon generate --out DATA/test --phantoms 10 --views 12 --seed 303   # the test split
     .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out results.json \
         [--limit N] [--variants right,left,up] [--biplane [--biplane-phantoms K]
-        [--biplane-configs first_view,fused,placed,placed_fused]] [--no-single]
+        [--biplane-configs first_view,fused,placed,placed_fused]] [--no-single] [--model M]
     .venv/bin/python benchmarks/bench_reconstruct.py --data DATA/test --out exact.json \
         --exact-deformity
 
@@ -116,8 +116,9 @@ def _deformity_errors(measured: dict[str, Any], truth: Truth, mirror: bool) -> d
 def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # noqa: C901 - one linear driver over variants and cases
         stream: Any = sys.stderr, *, single: bool = True,
         biplane_phantoms: int | None = None,
-        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS, tta: bool = True) -> dict[str, Any]:
-    loaded = resolve_model(None)
+        biplane_configs: tuple[str, ...] = BIPLANE_CONFIGS, tta: bool = True,
+        model: str | None = None) -> dict[str, Any]:
+    loaded = resolve_model(model)
     rec = HandReconstructor(loaded, tta=tta)                   # the defaults
     plain = HandReconstructor(loaded, fuse_views=False, tta=tta)   # biplane: no fusion
     files = sorted((data / "samples").glob("*.npz"))
@@ -337,14 +338,18 @@ def main(argv: list[str] | None = None) -> int:
                              "(the reconstructor's default)")
     parser.add_argument("--exact-deformity", action="store_true",
                         help="only the deformity of exact back-projections (PA, malunited)")
+    parser.add_argument("--model", default=None,
+                        help="a model file to reconstruct with (default: the shipped model)")
     args = parser.parse_args(argv)
     if args.exact_deformity:
         result = exact_deformity(args.data)
     else:
         result = run(args.data, args.limit, args.variants.split(","), args.biplane,
                      single=args.single, biplane_phantoms=args.biplane_phantoms,
-                     biplane_configs=_configs(args.biplane_configs), tta=args.tta)
+                     biplane_configs=_configs(args.biplane_configs), tta=args.tta,
+                     model=args.model)
         result["summary"]["tta"] = args.tta
+        result["summary"]["model"] = args.model or "shipped"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
