@@ -44,7 +44,7 @@ import numpy as np
 from regkit_recon.groundtruth.sample import camera_of, read_sample
 from regkit_recon.measure_hand import measure_hand
 from regkit_recon.net.evaluate import VARIANTS
-from regkit_recon.net.predict import resolve_model, turn_array, turn_camera
+from regkit_recon.net.predict import DEFAULT_MODEL, resolve_model, turn_array, turn_camera
 from regkit_recon.reconstruct import HandReconstructor, View
 from regkit_recon.reconstruct.backproject import backproject, label_volume
 from regkit_recon.reconstruct.evaluate import surface_errors, truth_meshes
@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                      biplane_configs=_configs(args.biplane_configs), tta=args.tta,
                      model=args.model)
         result["summary"]["tta"] = args.tta
-        result["summary"]["model"] = args.model or "shipped"
+        result["summary"]["model"] = str(Path(args.model).resolve()) if args.model \
+            else f"{DEFAULT_MODEL.name} (shipped)"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))

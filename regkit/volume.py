@@ -69,11 +69,12 @@ def hu_to_mu(hu: ArrayLike, mu_water: float = MU_WATER_PER_MM) -> NDArray[np.flo
     if not (math.isfinite(mu_water) and mu_water > 0):
         raise InputError(f"must be a positive finite attenuation in 1/mm, got {mu_water!r}",
                          key="mu_water")
-    values = np.asarray(hu, dtype=np.float32)
+    with np.errstate(over="ignore"):     # a value beyond float32 becomes inf: refused below
+        values = np.asarray(hu, dtype=np.float32)
     if not np.isfinite(values).all():
         bad = int(np.count_nonzero(~np.isfinite(values)))
-        raise InputError(f"holds {bad} NaN or infinite value(s); Hounsfield units must be finite",
-                         key="hu")
+        raise InputError(f"holds {bad} NaN or infinite value(s) as float32; Hounsfield units "
+                         "must be finite", key="hu")
     mu = values * np.float32(mu_water / 1000.0)
     mu += np.float32(mu_water)
     np.maximum(mu, np.float32(0.0), out=mu)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Retrain the shipped model regkit_recon/models/hand_v6.pt as it was trained: hand_v5's weights
+# Retrain hand_v6 (shipped until 2026-12-05; its weights at commit 6c39354) as it was trained:
+# hand_v5's weights
 # (read from the commit that shipped it, ecf1af6; its own recipe, train_hand_v5.sh, is at that
 # commit too) fine-tuned for 5,309 steps of batch 32 on 2,048 radiographs of 128 phantoms
 # (16 views each, seed 111, a third with random malunions; the first 96 phantoms are those of

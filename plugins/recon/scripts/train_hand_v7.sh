@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Retrain the shipped model regkit_recon/models/hand_v7.pt as it was trained: hand_v6's network
+# Retrain hand_v7 (shipped until 2026-12-05; its weights at commit 010b423) as it was trained:
+# hand_v6's network
 # (read from the commit that shipped it, 6c39354; its own recipe, train_hand_v6.sh, is there too)
 # given a wider segmentation head (48 channels instead of 16, and one residual block), which
 # starts computing exactly what hand_v6 did, and only that head trained (--trainable head: the

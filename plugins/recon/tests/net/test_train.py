@@ -652,6 +652,11 @@ def test_trainable_head_trains_only_the_head(gt: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="all, head, heads") as info:
         _run(_spec(gt, tmp_path / "bad", trainable="body"))
     assert info.value.key == "trainable"
+    for part in ("head", "heads"):   # a part trained on a random, frozen rest: refused
+        with pytest.raises(InputError, match="needs --init") as info:
+            _run(_spec(gt, tmp_path / "bad", trainable=part))
+        assert info.value.key == "trainable"
+    assert not (tmp_path / "bad").exists()
 
 
 def test_trainable_heads_trains_both_heads_only(gt: Path, tmp_path: Path) -> None:
@@ -662,11 +667,14 @@ def test_trainable_heads_trains_both_heads_only(gt: Path, tmp_path: Path) -> Non
     _run(_spec(gt, first, epochs=1))
     model = load_model(first / "model.pt").net.state_dict()
     run = tmp_path / "heads"
-    _run(_spec(gt, run, epochs=1, max_steps=3, init=str(first / "model.pt"), trainable="heads"))
+    spec = _spec(gt, run, epochs=1, max_steps=3, init=str(first / "model.pt"), trainable="heads")
+    _run(spec)
     after = _weights(run)
     moved = {k for k, v in after.items() if not torch.equal(v, model[k])}
-    assert {k.split(".")[0] for k in moved} == set(HEAD_MODULES + DEPTH_MODULES) - {"polish"}
+    present = {k.split(".")[0] for k in model}          # "polish" only with head blocks
+    assert {k.split(".")[0] for k in moved} == set(HEAD_MODULES + DEPTH_MODULES) & present
     assert not torch.equal(after["depth_out.weight"], model["depth_out.weight"])
+    assert spec.recipe()["trainable"] == "heads"
 
 
 def test_the_cli_offers_every_trainable_choice(gt: Path, tmp_path: Path) -> None:
@@ -677,6 +685,11 @@ def test_the_cli_offers_every_trainable_choice(gt: Path, tmp_path: Path) -> None
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
+    recon = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = next(a for a in recon.choices["recon"]._actions
+                   if isinstance(a, argparse._SubParsersAction))
+    trainable = next(a for a in actions.choices["train"]._actions if a.dest == "trainable")
+    assert tuple(trainable.choices) == TRAINABLE
     for choice in TRAINABLE:
         args = parser.parse_args(_train_args(gt, tmp_path, "--trainable", choice))
         assert args.trainable == choice

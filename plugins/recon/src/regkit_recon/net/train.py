@@ -82,7 +82,8 @@ class TrainSpec:
             learns, the rest keeps its weights (with ``init``, a wider or deeper head trained on
             a fixed network: a few CPU hours instead of a GPU run); ``heads``: the segmentation
             head and the depth head (:data:`DEPTH_MODULES`, which reads the segmentation's
-            probabilities, so it follows a retrained segmentation head) learn.
+            probabilities, so it follows a retrained segmentation head) learn. Both need
+            ``init``: the rest is a trained model's.
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
         checkpoint_s: Seconds between checkpoints.
         val_limit: Validation items per validation (None: all).
@@ -693,6 +694,9 @@ def _check(spec: TrainSpec, world: int) -> None:
     if spec.trainable not in TRAINABLE:
         raise InputError(f"must be one of {', '.join(TRAINABLE)}, got {spec.trainable!r}",
                          key="trainable")
+    if spec.trainable != "all" and spec.init is None:
+        raise InputError(f"{spec.trainable!r} trains part of the network and keeps the rest as "
+                         "--init gives it: it needs --init (a trained model)", key="trainable")
     whole("loader_workers", spec.loader_workers, 0)
     if not (spec.checkpoint_s > 0):  # NaN too
         raise InputError(f"must be a positive number of seconds, got {spec.checkpoint_s!r}",

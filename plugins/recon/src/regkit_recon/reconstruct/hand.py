@@ -49,9 +49,8 @@ radiograph is refused. On 150 held-out phantom radiographs (seeds 303 and 404) i
 variants (right, left, fingers up; 450 cases) the smallest median was 0.91 with hand_v8 (1st
 percentile 0.96, 27-29 bones seen; hand_v7: 0.89, hand_v6: 0.85); uniform noise, a checkerboard
 and smoothed noise gave 0.19, 0.36 and 0.49 (hand_v7: 0.21, 0.36, 0.47; hand_v6: 0.29, 0.35,
-0.45; the
-network sees bones everywhere, in pieces), and reconstructing noise took a minute and 390 MB to
-give a plausible-looking hand of 24 meshes."""
+0.45; the network sees bones everywhere, in pieces), and reconstructing noise took a minute and
+390 MB to give a plausible-looking hand of 24 meshes."""
 
 _FEW_BONES = 0.5
 """Under this share of the bones seen, a warning: an inverted image (a transmitted image read as
