@@ -4,7 +4,7 @@ Usage::
 
     regkit recon generate --out DATA/test --phantoms 10 --views 12 --seed 303
     .venv/bin/python benchmarks/tilt_sources.py --data DATA/test --out tilt_sources.json \
-        [--cases 16] [--start 0] [--stride 6] [--model M]
+        [--cases 16] [--start 0] [--stride 6] [--model M] [--malunions]
 
 For each PA view (the first ``--cases`` PA views among every ``--stride``-th sample from
 ``--start``), the radius' dorsal tilt and radial inclination
@@ -23,6 +23,12 @@ measurement of the phantom's own labels:
 
 Signed errors (measured − truth, degrees) per case and their medians; a negative tilt error is
 a tilt more dorsal than the truth's.
+
+With ``--malunions``, every PA view of the phantoms with a shaft malunion instead (``--cases``,
+``--start`` and ``--stride`` still apply), and each malunited metacarpal's or phalanx's errors the
+same five ways: sagittal and coronal angulation and the apex, against the same measurement of the
+labels (absolute errors, as ``bench_reconstruct.py`` reports them), and how many are within 3°
+and 3 mm.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reconstruct import Truth
+from bench_reconstruct import Truth, _deformity_errors, _within
 from numpy.typing import NDArray
 from regkit_recon.groundtruth.sample import camera_of, read_sample
 from regkit_recon.measure_hand import measure_hand
@@ -45,6 +51,7 @@ from scipy.ndimage import gaussian_filter
 WAYS = ("exact", "exact_first_layer", "exact_first_layer_blurred", "true_masks_network_depth",
         "network")
 FIELDS = ("dorsal_tilt_deg", "radial_inclination_deg")
+SHAFT = ("angulation_error_deg", "angulation2_error_deg", "apex_error_mm")
 
 
 def blurred(depth: NDArray[Any], inside: NDArray[np.bool_], sigma: float) -> NDArray[np.float32]:
@@ -54,16 +61,14 @@ def blurred(depth: NDArray[Any], inside: NDArray[np.bool_], sigma: float) -> NDA
     return np.where(inside, total / np.maximum(weight, 1e-9), np.nan).astype(np.float32)
 
 
-def radius_angles(front: NDArray[Any], back: NDArray[Any], hit: NDArray[Any], sample: Any,
-                  truth: Truth) -> dict[str, float | None]:
-    """The radius' tilt and inclination of one back-projection."""
+def measured(front: NDArray[Any], back: NDArray[Any], hit: NDArray[Any], sample: Any,
+             truth: Truth) -> dict[str, Any]:
+    """``measure_hand`` of one back-projection."""
     bones = [int(b) for b in sample["bones"]]
     solids = backproject(front, back, hit, camera_of(sample), bones=bones,
                          names=[truth.names[b] for b in bones])
     volume = label_volume(solids, [s.mesh() for s in solids])
-    got = measure_hand(volume.labels, volume.world_from_index, truth.names)["bones"]
-    radius = got.get("radius", {})
-    return {f: radius.get(f) for f in FIELDS}
+    return measure_hand(volume.labels, volume.world_from_index, truth.names)
 
 
 def _error(got: float | None, want: float) -> float | None:
@@ -71,7 +76,7 @@ def _error(got: float | None, want: float) -> float | None:
 
 
 def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: str | None,
-        stream: Any = sys.stderr) -> dict[str, Any]:
+        stream: Any = sys.stderr, *, malunions: bool = False) -> dict[str, Any]:
     loaded = resolve_model(model)
     truths: dict[str, Truth] = {}
     rows: list[dict[str, Any]] = []
@@ -80,6 +85,10 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         if json.loads(str(sample["meta"]))["view"]["kind"] != "pa":
             continue
         key = json.loads(str(sample["source"]))["path"]
+        if malunions and not any(
+                d["bone"] != "radius" for d in json.loads(
+                    (data / key / "phantom.json").read_text()).get("deformities", [])):
+            continue
         if key not in truths:
             truths[key] = Truth(data / key)
         truth = truths[key]
@@ -104,8 +113,13 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         row: dict[str, Any] = {"sample": f.name, "phantom": key,
                                "truth": {k: round(float(want[k]), 2) for k in FIELDS}}
         for way, (front, back, mask) in fed.items():
-            got = radius_angles(front, back, mask, sample, truth)
-            row[way] = {k: _error(got[k], want[k]) for k in FIELDS}
+            got = measured(front, back, mask, sample, truth)
+            radius = got["bones"].get("radius", {})
+            row[way] = {k: _error(radius.get(k), want[k]) for k in FIELDS}
+            if malunions:
+                row[way]["bones"] = {name: {k: e[k] for k in SHAFT}
+                                     for name, e in _deformity_errors(got, truth, False).items()
+                                     if name != "radius"}
         rows.append(row)
         print(f"tilt sources {len(rows)}/{cases} {f.name}: " + ", ".join(
             f"{w} {row[w]['dorsal_tilt_deg']}" for w in WAYS), file=stream, flush=True)
@@ -122,6 +136,13 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
                         "tilt_errors_negative": int(np.sum(np.asarray(tilt) < 0)),
                         "median_abs_inclination_error_deg":
                             round(float(np.median(np.abs(incl))), 2)}
+        if malunions:
+            shafts = [e for r in rows for e in r[way]["bones"].values()]
+            summary[way]["malunited_bones"] = {
+                "bones": len(shafts),
+                **{f"median_{k}": round(float(np.median([e[k] for e in shafts])), 2)
+                   for k in SHAFT},
+                "within_3deg_3mm": sum(_within(e) for e in shafts)}
     return {"summary": summary, "cases": rows}
 
 
@@ -134,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=6)
     parser.add_argument("--blur-px", type=float, default=2.0)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--malunions", action="store_true",
+                        help="PA views of phantoms with a shaft malunion, and its errors too")
     args = parser.parse_args(argv)
-    result = run(args.data, args.cases, args.start, args.stride, args.blur_px, args.model)
+    result = run(args.data, args.cases, args.start, args.stride, args.blur_px, args.model,
+                 malunions=args.malunions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
