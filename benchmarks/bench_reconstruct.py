@@ -216,6 +216,16 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
     return {"cases": cases, "biplane": biplanes, "summary": summarise(cases, biplanes)}
 
 
+def measure_backprojection(front: Any, back: Any, hit: Any, sample: Any, truth: Truth
+                           ) -> dict[str, Any]:
+    """``measure_hand`` of the back-projection of ``[NB, L, H, W]`` depths on a sample's camera."""
+    bones = [int(b) for b in sample["bones"]]
+    solids = backproject(front, back, hit, camera_of(sample), bones=bones,
+                         names=[truth.names[b] for b in bones])
+    volume = label_volume(solids, [s.mesh() for s in solids])
+    return measure_hand(volume.labels, volume.world_from_index, truth.names)
+
+
 def exact_deformity(data: Path, stream: Any = sys.stderr) -> dict[str, Any]:
     """Deformity measured on the exact back-projection of every PA view of a malunited phantom.
 
@@ -233,11 +243,8 @@ def exact_deformity(data: Path, stream: Any = sys.stderr) -> dict[str, Any]:
         if key not in truths:
             truths[key] = Truth(data / key)
         truth = truths[key]
-        solids = backproject(sample["front"], sample["back"], sample["hit"], camera_of(sample),
-                             bones=[int(b) for b in sample["bones"]],
-                             names=[truth.names[int(b)] for b in sample["bones"]])
-        volume = label_volume(solids, [s.mesh() for s in solids])
-        measured = measure_hand(volume.labels, volume.world_from_index, truth.names)
+        measured = measure_backprojection(sample["front"], sample["back"], sample["hit"], sample,
+                                          truth)
         cases.append({"sample": f.name, "phantom": key,
                       "exact_deformity": _deformity_errors(measured, truth, False),
                       "bones": {}, "variant": "right", "view": "pa", "seconds": float("nan")})

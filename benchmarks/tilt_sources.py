@@ -7,10 +7,9 @@ Usage::
         [--cases 16] [--start 0] [--stride 6] [--model M] [--malunions]
 
 For each PA view (the first ``--cases`` PA views among every ``--stride``-th sample from
-``--start``), the radius' dorsal tilt and radial inclination
-(:func:`regkit_recon.measure_hand.measure_hand`) of the same back-projection
-(:func:`regkit_recon.reconstruct.backproject.backproject`) fed five ways, against the same
-measurement of the phantom's own labels:
+``--start``), the radius' dorsal tilt and radial inclination of the same back-projection
+(``bench_reconstruct.measure_backprojection``: ``measure_hand`` of ``backproject``) fed five
+ways, against the same measurement of the phantom's own labels:
 
 * ``exact``: the sample's true masks and both depth layers (the pipeline's floor);
 * ``exact_first_layer``: the true masks and the first layer only, all the network predicts (a ray
@@ -40,12 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_reconstruct import Truth, _deformity_errors, _within
+from bench_reconstruct import Truth, _deformity_errors, _within, measure_backprojection
 from numpy.typing import NDArray
 from regkit_recon.groundtruth.sample import camera_of, read_sample
-from regkit_recon.measure_hand import measure_hand
-from regkit_recon.net.predict import predict, resolve_model
-from regkit_recon.reconstruct.backproject import backproject, label_volume
+from regkit_recon.net.predict import DEFAULT_MODEL, predict, resolve_model
 from scipy.ndimage import gaussian_filter
 
 WAYS = ("exact", "exact_first_layer", "exact_first_layer_blurred", "true_masks_network_depth",
@@ -59,16 +56,6 @@ def blurred(depth: NDArray[Any], inside: NDArray[np.bool_], sigma: float) -> NDA
     weight = gaussian_filter(inside.astype(np.float64), sigma)
     total = gaussian_filter(np.where(inside, depth, 0.0).astype(np.float64), sigma)
     return np.where(inside, total / np.maximum(weight, 1e-9), np.nan).astype(np.float32)
-
-
-def measured(front: NDArray[Any], back: NDArray[Any], hit: NDArray[Any], sample: Any,
-             truth: Truth) -> dict[str, Any]:
-    """``measure_hand`` of one back-projection."""
-    bones = [int(b) for b in sample["bones"]]
-    solids = backproject(front, back, hit, camera_of(sample), bones=bones,
-                         names=[truth.names[b] for b in bones])
-    volume = label_volume(solids, [s.mesh() for s in solids])
-    return measure_hand(volume.labels, volume.world_from_index, truth.names)
 
 
 def _error(got: float | None, want: float) -> float | None:
@@ -113,7 +100,7 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         row: dict[str, Any] = {"sample": f.name, "phantom": key,
                                "truth": {k: round(float(want[k]), 2) for k in FIELDS}}
         for way, (front, back, mask) in fed.items():
-            got = measured(front, back, mask, sample, truth)
+            got = measure_backprojection(front, back, mask, sample, truth)
             radius = got["bones"].get("radius", {})
             row[way] = {k: _error(radius.get(k), want[k]) for k in FIELDS}
             if malunions:
@@ -126,7 +113,8 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         if len(rows) >= cases:
             break
     summary: dict[str, Any] = {"cases": len(rows), "phantoms": len(truths), "blur_px": blur_px,
-                               "model": str(model) if model else "shipped"}
+                               "model": str(Path(model).resolve()) if model
+                               else f"{DEFAULT_MODEL.name} (shipped)"}
     for way in WAYS:
         tilt = [r[way]["dorsal_tilt_deg"] for r in rows if r[way]["dorsal_tilt_deg"] is not None]
         incl = [r[way]["radial_inclination_deg"] for r in rows

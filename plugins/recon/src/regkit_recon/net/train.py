@@ -723,9 +723,10 @@ def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Paramete
     """The parameters the optimiser moves; the others stop requiring gradients."""
     if trainable == "all":
         return list(net.parameters())
+    modules = HEAD_MODULES + (DEPTH_MODULES if trainable == "heads" else ())
     learning = []
     for name, param in net.named_parameters():
-        if _in_head(name) or (trainable == "heads" and name.split(".")[0] in DEPTH_MODULES):
+        if name.split(".")[0] in modules:
             learning.append(param)
         else:
             param.requires_grad_(False)
