@@ -8,16 +8,20 @@ Usage::
 
 For each PA view (the first ``--cases`` PA views among every ``--stride``-th sample from
 ``--start``), the radius' dorsal tilt and radial inclination of the same back-projection
-(``bench_reconstruct.measure_backprojection``: ``measure_hand`` of ``backproject``) fed five
+(``bench_reconstruct.measure_backprojection``: ``measure_hand`` of ``backproject``) fed six
 ways, against the same measurement of the phantom's own labels:
 
 * ``exact``: the sample's true masks and both depth layers (the pipeline's floor);
 * ``exact_first_layer``: the true masks and the first layer only, all the network predicts (a ray
   that leaves a bone and enters it again, through the distal radius' dorsal and palmar rims,
   keeps only its first piece);
+* ``exact_extent``: the true masks and each ray's whole passage through the bone, from the first
+  entry to the last exit (what a model with the last exit, ``--last``, predicts: the concavity
+  between the rims filled, the rims kept);
 * ``exact_first_layer_blurred``: the same first layer smoothed inside each mask (normalised
   Gaussian, ``--blur-px``), as a network's depth maps are smooth;
-* ``true_masks_network_depth``: the true masks with the network's depths (no TTA);
+* ``true_masks_network_depth``: the true masks with the network's depths (no TTA; to its last
+  exit where the model predicts one);
 * ``network``: the network's masks and depths (no TTA), as ``recon reconstruct --no-tta``.
 
 Signed errors (measured − truth, degrees) per case and their medians; a negative tilt error is
@@ -25,7 +29,7 @@ a tilt more dorsal than the truth's.
 
 With ``--malunions``, every PA view of the phantoms with a shaft malunion instead (``--cases``,
 ``--start`` and ``--stride`` still apply), and each malunited metacarpal's or phalanx's errors the
-same five ways: sagittal and coronal angulation and the apex, against the same measurement of the
+same six ways: sagittal and coronal angulation and the apex, against the same measurement of the
 labels (absolute errors, as ``bench_reconstruct.py`` reports them), and how many are within 3°
 and 3 mm.
 """
@@ -45,8 +49,8 @@ from regkit_recon.groundtruth.sample import camera_of, read_sample
 from regkit_recon.net.predict import DEFAULT_MODEL, predict, resolve_model
 from scipy.ndimage import gaussian_filter
 
-WAYS = ("exact", "exact_first_layer", "exact_first_layer_blurred", "true_masks_network_depth",
-        "network")
+WAYS = ("exact", "exact_first_layer", "exact_extent", "exact_first_layer_blurred",
+        "true_masks_network_depth", "network")
 FIELDS = ("dorsal_tilt_deg", "radial_inclination_deg")
 SHAFT = ("angulation_error_deg", "angulation2_error_deg", "apex_error_mm")
 
@@ -82,6 +86,8 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         want = truth.measured["bones"]["radius"]
         hit = sample["hit"]
         first_front, first_back = sample["front"][:, 0], sample["back"][:, 0]
+        deepest = np.where(np.isfinite(sample["back"]), sample["back"], -np.inf).max(axis=1)
+        last_exit = np.where(np.isfinite(first_back), deepest, np.nan)
         seen = hit & np.isfinite(first_front) & np.isfinite(first_back)
         pred = predict(sample["image"], camera_of(sample), model=loaded)
         assert pred.front_all is not None
@@ -89,13 +95,16 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         fed = {
             "exact": (sample["front"], sample["back"], hit),
             "exact_first_layer": (first_front, first_back, hit),
+            "exact_extent": (first_front, last_exit, hit),
             "exact_first_layer_blurred": (
                 np.stack([blurred(d, s, blur_px) for d, s in zip(first_front, seen, strict=True)]),
                 np.stack([blurred(d, s, blur_px) for d, s in zip(first_back, seen, strict=True)]),
                 hit),
-            "true_masks_network_depth": (np.where(hit, pred.front_all, np.nan),
-                                         np.where(hit, pred.back_all, np.nan), hit),
-            "network": (pred.front[:, 0], pred.back[:, 0], pred.hit),
+            "true_masks_network_depth": (
+                np.where(hit, pred.front_all, np.nan),
+                np.where(hit, pred.back_all if pred.last_all is None else pred.last_all, np.nan),
+                hit),
+            "network": (pred.extent[0][:, 0], pred.extent[1][:, 0], pred.hit),
         }
         row: dict[str, Any] = {"sample": f.name, "phantom": key,
                                "truth": {k: round(float(want[k]), 2) for k in FIELDS}}

@@ -102,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
         shape["head"] = args.head
     if args.head_blocks is not None:
         shape["head_blocks"] = args.head_blocks
+    if args.last:
+        shape["last"] = True
     spec = TrainSpec(data=tuple(args.data), out=args.out,
                      val=tuple(args.val) if args.val else None, epochs=args.epochs,
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
@@ -230,6 +232,9 @@ def register(subparsers: Any) -> None:
                          "stem's)")
     tr.add_argument("--head-blocks", type=int, default=None, metavar="N",
                     help="residual blocks in the segmentation head (default 0)")
+    tr.add_argument("--last", action="store_true",
+                    help="also predict where each ray leaves each bone for the last time (the "
+                         "reconstruction fills from the first entry to it)")
     tr.add_argument("--trainable", choices=("all", "head", "heads"), default="all",
                     help="what learns: all (default), only the segmentation head (head), or "
                          "the segmentation and depth heads (heads); the rest is kept as --init "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_context_under_bfloat16_and_the_input_size() -> None:
 
 
 def test_model_file_versions(tmp_path: Path) -> None:
-    """Model files: version 3 with a grown segmentation head, 2 with context blocks, else 1.
+    """Model files: 4 with the last exit, 3 with a grown head, 2 with context blocks, else 1.
 
     Older readers keep reading the files they can build; version-1 files with context blocks
     (written before version 2) load too; an unknown version is refused.
@@ -103,8 +104,9 @@ def test_model_file_versions(tmp_path: Path) -> None:
     wide = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, head=16))
     deep = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8,
                              head_blocks=1))
+    last = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, last=True))
     for name, net, version in (("plain", plain, 1), ("ctx", ctx, 2), ("wide", wide, 3),
-                               ("deep", deep, 3)):
+                               ("deep", deep, 3), ("last", last, 4)):
         save_model(tmp_path / f"{name}.pt", net)
         blob = torch.load(tmp_path / f"{name}.pt", weights_only=True)
         assert blob["version"] == version
@@ -113,10 +115,10 @@ def test_model_file_versions(tmp_path: Path) -> None:
     blob["version"] = 1  # as files with context blocks were written before version 2
     torch.save(blob, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").net.config.context == 1
-    blob["version"] = 4
+    blob["version"] = 5
     torch.save(blob, tmp_path / "new.pt")
-    with pytest.raises(FileFormatError, match="model format version 4, this regkit-recon reads "
-                       "1, 2 and 3"):
+    with pytest.raises(FileFormatError, match="model format version 5, this regkit-recon reads "
+                       "1, 2, 3 and 4"):
         load_model(tmp_path / "new.pt")
 
 
@@ -143,5 +145,46 @@ def test_head_options() -> None:
     for bad, key in (({"head": 5}, "head"), ({"head": -2}, "head"),
                      ({"head_blocks": -1}, "head_blocks")):
         with pytest.raises(InputError) as info:
-            NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=16, groups=8, **bad)
+            NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=16, groups=8,
+                      head=bad.get("head", 0), head_blocks=bad.get("head_blocks", 0))
         assert info.value.key == key
+
+
+def test_the_last_exit_lies_at_or_beyond_the_back() -> None:
+    """``last``: a third map per bone, at or below ``back`` whatever the weights.
+
+    Left out of the JSON when off, round-tripped when on; the other outputs are computed as
+    without it.
+    """
+    base = NetConfig((1, 2, 3), ("a", "b", "c"), size=32, widths=(8, 16), stem=8)
+    assert "last" not in base.to_json()
+    config = replace(base, last=True)
+    assert NetConfig.from_json(config.to_json()) == config
+    assert config.to_json()["last"] is True
+    net = BoneNet(config).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    x = torch.rand((2, 1, 32, 32), generator=g)
+    with torch.no_grad():
+        out = net(x)
+    assert set(out) == {"logits", "front", "back", "last"}
+    assert out["last"].shape == out["back"].shape == (2, 3, 32, 32)
+    assert bool((out["last"] <= out["back"]).all())
+    assert float((out["back"] - out["last"]).max()) > 0.01   # not stuck at the back
+    plain = BoneNet(base).eval()   # the same weights but the gap channels'
+    state = net.state_dict()
+    state["depth_out.weight"] = state["depth_out.weight"][:6]
+    state["depth_out.bias"] = state["depth_out.bias"][:6]
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        want = plain(x)
+    for key in want:   # to float rounding: a convolution of more channels sums otherwise
+        assert torch.allclose(want[key], out[key], atol=1e-5), key
+    fresh = BoneNet(config)     # a new network's last exit starts near its back
+    with torch.no_grad():
+        gap = (lambda o: o["back"] - o["last"])(fresh(x))
+    assert float(gap.min()) > 0
+    assert float(gap.median()) == pytest.approx(0.0025, abs=0.001)   # softplus(-6)
+    assert float(gap.max()) < 0.05

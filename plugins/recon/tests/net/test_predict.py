@@ -175,6 +175,53 @@ def test_prediction_object(model_path: Path) -> None:
     np.testing.assert_array_equal(low.prob, pred.prob)
 
 
+def test_a_model_with_the_last_exit_predicts_and_writes_it(tmp_path: Path) -> None:
+    """``last``: at or beyond ``back``, NaN where not hit.
+
+    In the file beside the conventions' keys, equivariant under TTA, and the reconstruction's
+    extent; without it, the extent is the first layer.
+    """
+    torch.manual_seed(0)
+    net = BoneNet(NetConfig(bones=BONES, bone_names=NAMES, size=32, widths=(8, 16), stem=8,
+                            last=True))
+    with torch.no_grad():
+        net.seg.weight.mul_(4.0)
+        assert net.seg.bias is not None
+        net.seg.bias.zero_()
+        assert net.depth_out.bias is not None
+        net.depth_out.bias[6:].fill_(0.5)   # a gap of ~1 height unit: tens of mm here
+    net.eval()
+    cam, img = _camera(), _image()
+    pred = predict(img, cam, model=net)
+    assert pred.last is not None
+    assert pred.last.shape == pred.prob.shape
+    assert np.isnan(pred.last[~pred.hit]).all()
+    assert (pred.last[pred.hit] >= pred.back[:, 0][pred.hit]).all()
+    assert float(np.nanmedian(pred.last - pred.back[:, 0])) > 1.0
+    assert pred.last_all is not None
+    np.testing.assert_array_equal(pred.last_all[pred.hit], pred.last[pred.hit])
+    assert np.isfinite(pred.last_all).all()
+    front, back = pred.extent
+    assert front is pred.front
+    np.testing.assert_array_equal(back[:, 0], pred.last)
+    out = tmp_path / "pred.npz"
+    pred.save(out)
+    with np.load(out) as data:
+        assert set(data.files) == {*PREDICTION_KEYS, "last"}
+        np.testing.assert_array_equal(data["last"], pred.last)
+    assert set(load_prediction(out)) == set(PREDICTION_KEYS)   # the conventions' reader
+    base = predict(img, cam, model=net, tta=True)
+    turned = predict(turn_array(img, 1, True), turn_camera(cam, 1, True), model=net, tta=True)
+    assert base.last is not None
+    assert turned.last is not None
+    hit = turn_array(base.hit, 1, True) & turned.hit
+    assert _relative(turned.last[hit], turn_array(base.last, 1, True)[hit]) < 1e-4
+    plain = predict(img, cam, model=_net())
+    assert plain.last is None
+    assert plain.extent == (plain.front, plain.back)
+    assert "last" not in plain.to_arrays()
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

@@ -125,6 +125,33 @@ def test_a_perfect_prediction_costs_nothing() -> None:
     assert bad["dice"] > 0.5
 
 
+def test_the_last_exit_s_gap_is_scored_shift_free() -> None:
+    """With a ``last`` output, the gap from ``back`` down to ``last`` is scored, in input pixels.
+
+    A perfect gap costs nothing, a common shift of all heights leaves the term alone, a gap one
+    height unit too wide everywhere costs HEIGHT_SCALE; a batch without the target is refused.
+    """
+    batch = _batch(2)
+    g = torch.Generator().manual_seed(3)
+    batch["last"] = batch["back"] - 0.3 * (torch.rand(batch["back"].shape, generator=g) < 0.2)
+    out = _perfect(batch)
+    out["last"] = torch.nan_to_num(batch["last"], 7.0)
+    terms = _loss(out, batch)
+    assert set(terms) == {*TERMS, "last"}
+    assert terms["last"] == 0.0
+    shifted = {k: v + 0.5 if k != "logits" else v for k, v in out.items()}
+    assert _loss(shifted, batch)["last"] == pytest.approx(0.0, abs=1e-5)
+    wide = dict(out, last=out["last"] - 1.0)
+    got = _loss(wide, batch)
+    # the mean over items that have heights (two of the four items have none)
+    has = sum(bool(torch.isfinite(batch["back"][i]).any()) for i in range(4))
+    assert got["last"] == pytest.approx(HEIGHT_SCALE * has / 4, rel=1e-5)
+    assert got["loss"] == pytest.approx(terms["loss"] + 0.1 * got["last"], rel=1e-5)
+    with pytest.raises(InputError, match="no 'last' target") as info:
+        _loss(out, {k: v for k, v in batch.items() if k != "last"})
+    assert info.value.key == "last"
+
+
 def test_a_common_shift_is_offset_not_depth() -> None:
     batch = _batch(1)
     for shift in (0.25, -0.5):
@@ -267,6 +294,10 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
         assert x["hit"].any()
         assert torch.equal(torch.isfinite(x["front"]), torch.isfinite(x["back"]))
     assert torch.isfinite(plain["front"]).any()
+    for x in [a, plain]:       # the last exit: known with the first layer, at or below its back
+        assert torch.equal(torch.isfinite(x["last"]), torch.isfinite(x["back"]))
+        known = torch.isfinite(x["back"])
+        assert bool((x["last"][known] <= x["back"][known] + 1e-6).all())
     batch = collate_ground_truth([a, plain])
     assert batch["image"].shape == (2, 1, 32, 32)
     assert batch["index"].tolist() == [2, 2]
@@ -617,9 +648,36 @@ def test_a_grown_head_starts_as_the_model() -> None:
         # the new channels are not dead: they get random weights from the old ones
         assert float(net.rise.weight[:, 8:].detach().abs().sum()) > 0 or head == 8
     for head, blocks in ((6, 1), (8, 0)):
-        with pytest.raises(InputError, match="head channels and head blocks") as info:
+        with pytest.raises(InputError, match="head channels, head blocks") as info:
             _warm_start(BoneNet(replace(small, head=head, head_blocks=blocks)), start, "s.pt")
         assert info.value.key == "init"
+
+
+def test_a_network_grown_a_last_exit_starts_as_the_model() -> None:
+    """Warm-started with the last exit, a network computes the model's outputs.
+
+    To float rounding; its last exit lies a hair below its back. A model with it does not go
+    into one without.
+    """
+    from regkit_recon.net.model import LAST_GAP_BIAS
+    from regkit_recon.net.train import _warm_start
+
+    small = NetConfig((1, 2, 3), ("a", "b", "c"), size=32, widths=(8, 16), stem=8, groups=4)
+    start = BoneNet(small).eval()
+    _scrambled(start, 2)
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(1))
+    net = BoneNet(replace(small, last=True, head=16)).eval()
+    _warm_start(net, start, "start.pt")
+    with torch.no_grad():
+        want, got = start(x), net(x)
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
+    gap = got["back"] - got["last"]
+    expected = torch.nn.functional.softplus(torch.tensor(LAST_GAP_BIAS))
+    assert torch.allclose(gap, expected.expand_as(gap), atol=1e-6)
+    with pytest.raises(InputError, match="and the last exit") as info:
+        _warm_start(BoneNet(small), net, "n.pt")
+    assert info.value.key == "init"
 
 
 def test_trainable_head_trains_only_the_head(gt: Path, tmp_path: Path) -> None:
@@ -833,6 +891,27 @@ def test_cli_train_head_options(gt: Path, tmp_path: Path,
     body = "down.0.body.0.weight"
     assert torch.equal(load_model(run / "model.pt").net.state_dict()[body],
                        load_model(first / "model.pt").net.state_dict()[body])
+
+
+def test_cli_train_last(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--last: the model predicts the last exit, the recipe says so, the log scores it.
+
+    The run is grown from a model without it.
+    """
+    first = tmp_path / "first"
+    assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--last", "--trainable",
+                            "heads", "--val", str(gt), "--val-limit", "2"))
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run / "spec.json").read_text())["recipe"]["last"] is True
+    assert "last" not in json.loads((first / "spec.json").read_text())["recipe"]
+    assert load_model(run / "model.pt").net.config.last
+    rows = _log(run)
+    assert rows
+    assert all(np.isfinite(r["last"]) for r in rows)
+    val = _log(run, "val")[-1]
+    assert "last_mm" in val
 
 
 def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,

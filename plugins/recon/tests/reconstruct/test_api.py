@@ -644,3 +644,37 @@ def test_measure_refuses_its_own_input_as_output_a_singular_affine_and_no_bone(
     assert main(["recon", "measure", "--labels", str(tmp_path / "flat.nii.gz"), "--out",
                  str(tmp_path / "m.json")]) == 2
     assert "affine" in capsys.readouterr().err
+
+
+def test_refined_depths_move_the_last_exit_with_the_bone() -> None:
+    """A bone moved along the rays and thickened: its first layer and its last exit move.
+
+    The last exit's distance below the mid-depth is scaled as the thickness; other bones and a
+    prediction without the last exit are left as they were.
+    """
+    from regkit_recon.reconstruct.backproject import BoneSolid
+    from regkit_recon.reconstruct.hand import _refined_depths
+
+    from regkit.geometry.carm import camera_from_carm
+
+    cam = camera_from_carm(source_to_detector_mm=1000.0, source_to_isocenter_mm=950.0,
+                           pixel_spacing_mm=1.0, width=6, height=5)
+    front = np.full((2, 1, 5, 6), 900.0, np.float32)
+    back = np.full((2, 1, 5, 6), 910.0, np.float32)
+    last = np.full((2, 5, 6), 920.0, np.float32)
+    depth = {"front": front, "back": back, "last": last}
+    shift = 4.0 * np.asarray(cam.view_direction_world)
+    solid = cast(BoneSolid, type("S", (), {"name": "b"})())
+    moved = _refined_depths(depth, [solid], {"b": list(shift)}, {"b": 2.0}, ["a", "b"],
+                            View(np.arange(30.0).reshape(5, 6), cam))
+    _, rays = cam.rays()
+    along = rays @ shift                                    # ~4 mm, the rays nearly parallel
+    np.testing.assert_allclose(moved["front"][1, 0], 895.0 + along, atol=1e-3)
+    np.testing.assert_allclose(moved["back"][1, 0], 915.0 + along, atol=1e-3)
+    np.testing.assert_allclose(moved["last"][1], 935.0 + along, atol=1e-3)
+    for key in ("front", "back", "last"):
+        np.testing.assert_array_equal(moved[key][0], depth[key][0])
+    assert depth["last"][1, 0, 0] == 920.0                  # the input is not modified
+    plain = _refined_depths({"front": front, "back": back}, [solid], {"b": list(shift)}, {},
+                            ["a", "b"], View(np.arange(30.0).reshape(5, 6), cam))
+    assert "last" not in plain

@@ -19,10 +19,10 @@ from torch.utils.data import Dataset
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
-from regkit_recon.net.geometry import augment, depth_to_height, fit_image
+from regkit_recon.net.geometry import Augmentation, augment_batch, depth_to_height, fit_image
 from regkit_recon.net.model import HEIGHT_SCALE
 
-__all__ = ["TrainItems", "item_generator", "sample_targets"]
+__all__ = ["TrainItems", "augment_targets", "item_generator", "sample_targets"]
 
 
 def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
@@ -31,8 +31,10 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
 
     Returns:
         ``image`` ``(1, S, S)`` normalised; ``hit`` bool, ``front``, ``back`` ``(NB, S, S)``
-        heights of the first layer in height units (NaN where the bone is not hit);
-        ``unit_mm``, mm per height unit.
+        heights of the first layer in height units (NaN where the bone is not hit); ``last``
+        ``(NB, S, S)``, the height where the ray leaves the bone for the last time (the back of
+        its deepest layer; ``back`` where it crosses the bone once); ``unit_mm``, mm per height
+        unit.
 
     Raises:
         InputError: the sample's bones are not ``bones``.
@@ -47,20 +49,42 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
     front = depth_to_height(sample["front"][:, 0], camera) / unit
     back = depth_to_height(sample["back"][:, 0], camera) / unit
     hit = np.isfinite(front) & np.isfinite(back)
+    deepest = np.asarray(sample["back"], dtype=np.float64)
+    deepest = np.where(np.isfinite(deepest), deepest, -np.inf).max(axis=1)
+    last = np.where(hit, depth_to_height(np.where(hit, deepest, np.nan), camera) / unit, np.nan)
     maps = torch.from_numpy(np.stack([hit.astype(np.float32), np.nan_to_num(front),
-                                      np.nan_to_num(back)]).astype(np.float32))
+                                      np.nan_to_num(back), np.nan_to_num(last)]
+                                     ).astype(np.float32))
     nb = len(have)
     h, w = fit.inner_height, fit.inner_width
     if (w, h) != (fit.width, fit.height):
-        maps = F.interpolate(maps.reshape(1, 3 * nb, fit.height, fit.width), size=(h, w),
-                             mode="bilinear", align_corners=False)[0].reshape(3, nb, h, w)
-    grid = torch.zeros((3, nb, size, size))
+        maps = F.interpolate(maps.reshape(1, 4 * nb, fit.height, fit.width), size=(h, w),
+                             mode="bilinear", align_corners=False)[0].reshape(4, nb, h, w)
+    grid = torch.zeros((4, nb, size, size))
     grid[:, :, :h, :w] = maps
     inside = grid[0] > 0.999
     return {"image": x[0], "hit": grid[0] > 0.5,
             "front": torch.where(inside, grid[1], torch.nan),
             "back": torch.where(inside, grid[2], torch.nan),
+            "last": torch.where(inside, grid[3], torch.nan),
             "unit_mm": torch.tensor(unit, dtype=torch.float64)}
+
+
+def augment_targets(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
+                    back: torch.Tensor, last: torch.Tensor, augmentations: list[Augmentation]
+                    ) -> dict[str, torch.Tensor]:
+    """:func:`~regkit_recon.net.geometry.augment_batch` of a batch with its ``last`` map too.
+
+    ``last`` is turned and zoomed like ``back`` (paired with ``front``, so it is known exactly
+    where ``front`` and ``back`` are). Returns ``image``, ``hit``, ``front``, ``back``, ``last``
+    and ``valid``.
+    """
+    nb = hit.shape[1]
+    image, hit2, front2, back2, valid = augment_batch(
+        image, torch.cat([hit, hit], dim=1), torch.cat([front, front], dim=1),
+        torch.cat([back, last], dim=1), augmentations)
+    return {"image": image, "hit": hit2[:, :nb], "front": front2[:, :nb],
+            "back": back2[:, :nb], "last": back2[:, nb:], "valid": valid}
 
 
 def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -96,13 +120,15 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         from regkit_recon.groundtruth.sample import read_sample
+        from regkit_recon.net.geometry import draw_augmentation
 
         item = sample_targets(read_sample(self.files[index]), self.size, self.bones)
         if self.augmented:
-            image, hit, front, back, _, rec = augment(
-                item["image"], item["hit"], item["front"], item["back"],
-                item_generator(self.seed, self.epoch, index))
-            item = {"image": image, "hit": hit, "front": front, "back": back,
-                    "unit_mm": item["unit_mm"] / rec["zoom"]}
+            aug = draw_augmentation(item_generator(self.seed, self.epoch, index))
+            turned = augment_targets(item["image"][None], item["hit"][None],
+                                     item["front"][None], item["back"][None],
+                                     item["last"][None], [aug])
+            item = {k: turned[k][0] for k in ("image", "hit", "front", "back", "last")} | {
+                "unit_mm": item["unit_mm"] / aug.zoom}
         item["index"] = torch.tensor(index)
         return item

@@ -7,7 +7,9 @@ One encoder-decoder (GroupNorm, SiLU; pure PyTorch) feeds two heads at full reso
 * the **depth head** sees the decoder's features *and the segmentation's probabilities* (the
   guidance of the seed design) and gives, per bone, the mid-height ``m`` and the half-thickness
   ``t = softplus(·) ≥ 0`` of the bone's first layer. Front and back heights are ``m + t`` and
-  ``m − t``: front lies at or above back by construction.
+  ``m − t``: front lies at or above back by construction. Optionally (``NetConfig.last``) a third
+  map per bone, ``last = back − softplus(·)``: where the ray leaves the bone for the last time
+  (its back after every layer), at or below ``back`` by construction.
 
 Heights are in the network's *height units* (see :mod:`regkit_recon.net.geometry`): the distance
 from the detector plane along the camera's z axis, in detector pixels of the network's input,
@@ -33,21 +35,26 @@ from torch import nn
 
 from regkit.errors import FileFormatError, InputError
 
-__all__ = ["HEIGHT_SCALE", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model", "rank_channel",
-           "save_model"]
+__all__ = ["HEIGHT_SCALE", "LAST_GAP_BIAS", "MODEL_FORMAT", "BoneNet", "NetConfig", "load_model",
+           "rank_channel", "save_model"]
+
+LAST_GAP_BIAS = -6.0
+"""The last-exit output's starting gap below ``back``: softplus(−6) ≈ 0.0025 height units
+(0.08 input pixels), so a network grown from one without it starts where that one was."""
 
 HEIGHT_SCALE = 32.0
 """Input pixels per height unit, the network's output unit (a hand's heights are 0-80 detector
 pixels at 256²)."""
 
 MODEL_FORMAT = "regkit-recon bone network"
-MODEL_VERSION = 3
-"""The newest model file version: 3 holds a segmentation head wider than the stem or with
+MODEL_VERSION = 4
+"""The newest model file version: 4 holds a network with the last-exit output (``last``), 3 a
+segmentation head wider than the stem or with
 residual blocks (``head``, ``head_blocks``), 2 context blocks (which a reader of version 1 cannot
 build), 1 neither. A file is written at the lowest version that can hold it, so older
 regkit-recon releases keep reading what they can build; version 1 files with context blocks
 (written before the version 2 existed) load too."""
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,12 @@ class NetConfig:
             widened from a trained model's can start computing exactly what that model did.
         head_blocks: Residual blocks (two 3×3 convolutions) in that head, after its first
             layer; each ends in a zero-initialised convolution, so it starts as the identity.
+        last: Also predict, per bone, the height where each ray leaves the bone for the last
+            time. The first layer alone loses what lies behind it along the ray: in a PA view
+            the distal radius' palmar rim lies behind its dorsal rim, and a back-projection of
+            the first layer alone reads the dorsal tilt about 10° too dorsal (see the plugin
+            README); one from the first entry to the last exit fills the concavity between the
+            rims instead, which the tilt's rim-to-rim line does not see.
     """
 
     bones: tuple[int, ...]
@@ -81,6 +94,7 @@ class NetConfig:
     context: int = 0
     head: int = 0
     head_blocks: int = 0
+    last: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bones", tuple(int(b) for b in self.bones))
@@ -102,6 +116,7 @@ class NetConfig:
             raise InputError(f"must be 0 (the stem's width) or a positive multiple of "
                              f"{self.group_size} (the stem's channels per GroupNorm group), got "
                              f"{self.head}", key="head")
+        object.__setattr__(self, "last", bool(self.last))
         if self.head_blocks < 0:
             raise InputError(f"must be >= 0, got {self.head_blocks}", key="head_blocks")
         down = 2 ** len(self.widths)
@@ -122,18 +137,22 @@ class NetConfig:
     @property
     def version(self) -> int:
         """The lowest model file version that holds this network (see ``MODEL_VERSION``)."""
-        return MODEL_VERSION if self.head or self.head_blocks else 2 if self.context else 1
+        return 4 if self.last else 3 if self.head or self.head_blocks else \
+            2 if self.context else 1
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (``context``, ``head``, ``head_blocks`` left out at 0, as before)."""
+        """JSON-ready dict.
+
+        ``context``, ``head``, ``head_blocks`` and ``last`` are left out at 0 or False, as before.
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if not (k in ("context", "head", "head_blocks") and v == 0)}
+                if not (k in ("context", "head", "head_blocks", "last") and not v)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NetConfig:
         """The inverse of :meth:`to_json`."""
         known = {"bones", "bone_names", "size", "widths", "stem", "groups", "context", "head",
-                 "head_blocks"}
+                 "head_blocks", "last"}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"unknown key(s) {unknown} in a network configuration",
@@ -221,7 +240,8 @@ class BoneNet(nn.Module):
     Input ``(B, 1, S, S)`` normalised line integrals (:func:`~regkit_recon.net.geometry.normalise`);
     the network adds their rank channel (:func:`rank_channel`) itself.
     Output a dict of ``logits`` ``(B, NB, S, S)``, ``front`` and ``back`` ``(B, NB, S, S)``
-    heights in height units (front ≥ back).
+    heights in height units (front ≥ back), and with ``config.last`` ``last`` ``(B, NB, S, S)``
+    (back ≥ last).
 
     Layout: a full-resolution stem (``stem`` channels) keeps the outlines; a strided convolution
     takes the U-Net (``widths``) to half resolution, where all the heavy work happens (a
@@ -260,12 +280,13 @@ class BoneNet(nn.Module):
         self.depth = nn.Sequential(
             nn.Conv2d(w[0] + nb, w[0], 3, padding=1, bias=False), nn.GroupNorm(g, w[0]),
             nn.SiLU())
-        self.depth_out = nn.Conv2d(w[0], 2 * nb, 1)
+        self.depth_out = nn.Conv2d(w[0], (3 if config.last else 2) * nb, 1)
         assert self.seg.bias is not None
         assert self.depth_out.bias is not None
         nn.init.constant_(self.seg.bias, -4.0)  # bones are rare: start at p ≈ 0.02
         with torch.no_grad():  # start mid-heights near a hand's (~40 mm at 0.8 mm/px)
             self.depth_out.bias[:nb].fill_(1.5)
+            self.depth_out.bias[2 * nb:].fill_(LAST_GAP_BIAS)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``logits``, ``front`` and ``back`` of ``x`` (shapes and units: see the class)."""
@@ -293,9 +314,12 @@ class BoneNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             raw = self.depth_out(feat.float())
             raw = F.interpolate(raw, scale_factor=2.0, mode="bilinear", align_corners=False)
-        mid, half = raw.chunk(2, dim=1)
-        half = F.softplus(half)
-        return {"logits": logits, "front": mid + half, "back": mid - half}
+        nb = len(self.config.bones)
+        mid, half = raw[:, :nb], F.softplus(raw[:, nb:2 * nb])
+        out = {"logits": logits, "front": mid + half, "back": mid - half}
+        if self.config.last:
+            out["last"] = out["back"] - F.softplus(raw[:, 2 * nb:])
+        return out
 
 
 def rank_channel(x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,10 @@ refined by what the image shows: ``Prediction.offset_method == "network prior"``
 Prediction file (``.npz``, the conventions' "Prediction file"): ``bones`` int32 ``[NB]``,
 ``hit`` bool ``[NB, H, W]``, ``prob`` float32 ``[NB, H, W]`` in [0, 1], ``front``, ``back``
 float32 ``[NB, 1, H, W]`` mm along the ray from the source, NaN where the bone is not seen.
+A model with the last-exit output (``NetConfig.last``) adds ``last`` float32 ``[NB, H, W]``: mm
+along the ray to where it leaves the bone for the last time (at or beyond ``back``; NaN where the
+bone is not seen), beyond the conventions' keys: the first layer alone hides what lies behind it
+along the ray, such as the distal radius' palmar rim behind its dorsal rim in a PA view.
 """
 
 from __future__ import annotations
@@ -165,6 +169,10 @@ class Prediction:
         model: The model file ("" for a network given in memory).
         front_all, back_all: float32 ``[NB, H, W]``: the depths the network gives at every
             pixel, hit or not (for scoring on other masks; not part of the file).
+        last: float32 ``[NB, H, W]`` mm along each pixel's ray to where it leaves the bone for
+            the last time (≥ back; NaN where ``hit`` is False), from a model with that output;
+            None otherwise.
+        last_all: ``last`` at every pixel, hit or not (as ``back_all``; None without it).
     """
 
     bones: np.ndarray
@@ -178,14 +186,32 @@ class Prediction:
     model: str = ""
     front_all: np.ndarray | None = field(default=None, repr=False)
     back_all: np.ndarray | None = field(default=None, repr=False)
+    last: np.ndarray | None = None
+    last_all: np.ndarray | None = field(default=None, repr=False)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of the prediction file (:data:`PREDICTION_KEYS`), with their dtypes."""
-        return {"bones": np.asarray(self.bones, dtype=np.int32),
-                "hit": np.asarray(self.hit, dtype=bool),
-                "prob": np.asarray(self.prob, dtype=np.float32),
-                "front": np.asarray(self.front, dtype=np.float32),
-                "back": np.asarray(self.back, dtype=np.float32)}
+        """The arrays of the prediction file, with their dtypes.
+
+        :data:`PREDICTION_KEYS`, and ``last`` where the model gives it.
+        """
+        out = {"bones": np.asarray(self.bones, dtype=np.int32),
+               "hit": np.asarray(self.hit, dtype=bool),
+               "prob": np.asarray(self.prob, dtype=np.float32),
+               "front": np.asarray(self.front, dtype=np.float32),
+               "back": np.asarray(self.back, dtype=np.float32)}
+        if self.last is not None:
+            out["last"] = np.asarray(self.last, dtype=np.float32)
+        return out
+
+    @property
+    def extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[NB, 1, H, W]`` front and back of each ray's whole passage through each bone.
+
+        From the first entry to the last exit (``last``; the first layer's back without it).
+        """
+        if self.last is None:
+            return self.front, self.back
+        return self.front, np.asarray(self.last, dtype=np.float32)[:, None]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the prediction file atomically (a compressed ``.npz``, any file name)."""
@@ -315,8 +341,12 @@ def _as_image(image: Any, image_kind: str, i0: float | None) -> np.ndarray:
 
 
 def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean logits and front/back heights (mm) ``(NB, H, W)`` on the radiograph's detector."""
+                  device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Mean logits and heights (mm) ``(NB, H, W)`` on the radiograph's detector.
+
+    Front, back, and last (None from a model without it).
+    """
     import torch
 
     from regkit_recon.net.geometry import fit_image, unfit
@@ -332,13 +362,16 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
     with torch.no_grad():
         out = net(torch.cat(inputs).to(device))
     nb = len(net.config.bones)
-    total = torch.zeros((3 * nb, camera.height, camera.width), dtype=torch.float64)
+    heights = ("front", "back", "last") if "last" in out else ("front", "back")
+    total = torch.zeros(((1 + len(heights)) * nb, camera.height, camera.width),
+                        dtype=torch.float64)
     for i, ((k, m), fit) in enumerate(zip(turns, fits, strict=True)):
         mm = HEIGHT_SCALE * fit.net_spacing_mm
-        maps = torch.cat([out["logits"][i], out["front"][i] * mm, out["back"][i] * mm])
+        maps = torch.cat([out["logits"][i], *(out[h][i] * mm for h in heights)])
         total += _unturn(unfit(maps.float().cpu(), fit), k, m).double()
     total /= len(turns)
-    return total[:nb], total[nb:2 * nb], total[2 * nb:]
+    return (total[:nb], total[nb:2 * nb], total[2 * nb:3 * nb],
+            total[3 * nb:] if "last" in out else None)
 
 
 def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None,
@@ -385,18 +418,24 @@ def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None
     loaded = resolve_model(model, device=device)
     net = loaded.net
     fit_image(img, camera, net.config.size)  # refuses a bad camera or image before any work
-    logits, h_front, h_back = _network_maps(net, img, camera, tta, _device(device))
+    logits, h_front, h_back, h_last = _network_maps(net, img, camera, tta, _device(device))
     prob = torch.sigmoid(logits).numpy().astype(np.float32)
     hit = prob > float(threshold)
     front_all = height_to_depth(h_front.numpy(), camera).astype(np.float32)
     back_all = height_to_depth(h_back.numpy(), camera).astype(np.float32)
     front = np.where(hit, front_all, np.float32(np.nan))[:, None]
     back = np.where(hit, back_all, np.float32(np.nan))[:, None]
+    last = last_all = None
+    if h_last is not None:   # at or beyond back, after the averaging as before it
+        last_all = np.maximum(height_to_depth(h_last.numpy(), camera),
+                              back_all).astype(np.float32)
+        last = np.where(hit, last_all, np.float32(np.nan)).astype(np.float32)
     return Prediction(bones=np.asarray(net.config.bones, dtype=np.int32),
                       bone_names=tuple(net.config.bone_names), hit=hit, prob=prob,
                       front=front.astype(np.float32), back=back.astype(np.float32),
                       camera=camera, offset_method=OFFSET_PRIOR, model=loaded.path,
-                      front_all=front_all, back_all=back_all)
+                      front_all=front_all, back_all=back_all, last=last,
+                      last_all=last_all)
 
 
 def predict_file(image_path: str | os.PathLike[str], camera_path: str | os.PathLike[str],

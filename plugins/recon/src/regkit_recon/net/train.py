@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from regkit.errors import FileFormatError, InputError
 from regkit.utils.checks import is_whole
 from regkit.utils.files import atomic_write_bytes, atomic_write_text, check_output
-from regkit_recon.net.model import HEIGHT_SCALE, BoneNet, NetConfig, save_model
+from regkit_recon.net.model import HEIGHT_SCALE, LAST_GAP_BIAS, BoneNet, NetConfig, save_model
 from regkit_recon.net.runtime import (
     Interrupts,
     any_rank_interrupted,
@@ -78,6 +78,7 @@ class TrainSpec:
         context: Self-attention blocks at the coarsest level (see :class:`NetConfig`).
         head, head_blocks: The segmentation head's channels (0: the stem's) and residual blocks
             (see :class:`NetConfig`).
+        last: Also predict the last exit (see :class:`NetConfig`).
         trainable: ``all``; ``head``: only the segmentation head (see :data:`HEAD_MODULES`)
             learns, the rest keeps its weights (with ``init``, a wider or deeper head trained on
             a fixed network: a few CPU hours instead of a GPU run); ``heads``: the segmentation
@@ -96,9 +97,9 @@ class TrainSpec:
         init: A model file (``model.pt``) whose weights start the run instead of random ones
             (fine-tuning, or going on from a shipped model whose checkpoint is gone); its
             configuration must match, except that it may have fewer context blocks, a narrower
-            segmentation head or fewer head blocks: the new blocks start as the identity and the
-            new head channels are left out of the old ones' sums, so the run starts from the
-            model's own outputs.
+            segmentation head or fewer head blocks, or lack the last exit: the new blocks start
+            as the identity, the new head channels are left out of the old ones' sums and the
+            last exit starts at the back, so the run starts from the model's own outputs.
         precision: ``bf16`` (autocast to bfloat16, the heads in float32), ``fp32``, or
             ``auto``: bf16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX; twice
             the speed measured on 2 EPYC cores), else fp32.
@@ -119,6 +120,7 @@ class TrainSpec:
     context: int = 0
     head: int = 0
     head_blocks: int = 0
+    last: bool = False
     trainable: str = "all"
     depth_weight: float = 0.1
     offset_weight: float = 0.02
@@ -140,7 +142,7 @@ class TrainSpec:
             d.pop(key)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
-        for key, default in (("context", 0), ("head", 0), ("head_blocks", 0),
+        for key, default in (("context", 0), ("head", 0), ("head_blocks", 0), ("last", False),
                              ("trainable", "all")):
             if d[key] == default:  # as recipes were before these options: older checkpoints resume
                 d.pop(key)
@@ -166,7 +168,9 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
 
     Returns:
         ``loss`` and its terms ``bce``, ``dice``, ``depth`` and ``offset`` (mean absolute
-        heights in input pixels), each a scalar tensor.
+        heights in input pixels), each a scalar tensor; with a ``last`` output (and ``last`` in
+        the batch, as ``back``), ``last`` too: the mean absolute error of the gap from ``back``
+        down to ``last`` (input pixels, shift-free by nature, weighted as ``depth``).
 
     Pixels outside the original image (after a turn or a zoom) hold air and no bone, which is
     the truth there, so the segmentation is scored everywhere.
@@ -197,6 +201,18 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
              "offset": (offset * has).mean()}
     terms["loss"] = (terms["bce"] + terms["dice"] + depth_weight * terms["depth"]
                      + offset_weight * terms["offset"])
+    if "last" in out:
+        if "last" not in batch:
+            raise InputError("the network predicts the last exit but the batch has no 'last' "
+                             "target", key="last")
+        gap_true = batch["back"] - batch["last"]
+        seen = torch.isfinite(gap_true).nonzero(as_tuple=True)
+        gap = (out["back"] - out["last"])[seen].float()
+        g = (gap - gap_true[seen].float()).abs() * HEIGHT_SCALE
+        per = torch.zeros(n, device=g.device).index_add_(0, seen[0], g)
+        num = torch.zeros(n, device=g.device).index_add_(0, seen[0], torch.ones_like(g))
+        terms["last"] = ((per / num.clamp_min(1.0)) * (num > 0).float()).mean()
+        terms["loss"] = terms["loss"] + depth_weight * terms["last"]
     return terms
 
 
@@ -246,7 +262,7 @@ class DeviceCache:
         self.seed, self.device = items.seed, device
         plain = TrainItems(items.files, items.size, items.bones, items.seed, augmented=False)
         n, nb, s = len(plain), len(items.bones), items.size
-        need = n * s * s * (4 + nb * 9)
+        need = n * s * s * (4 + nb * 13)
         free = _free_bytes(device)
         if free is not None and need > 0.8 * free:
             raise InputError(f"{n} training items take {need / 2**30:.1f} GiB decoded, more "
@@ -257,13 +273,14 @@ class DeviceCache:
         self.hit = torch.empty((n, nb, s, s), dtype=torch.bool, device=device)
         self.front = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
         self.back = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
+        self.last = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
         self.unit_mm = torch.empty(n, dtype=torch.float64, device=device)
         loader = torch.utils.data.DataLoader(plain, batch_size=16, collate_fn=collate_ground_truth,
                                              num_workers=workers)
         start, done = time.perf_counter(), 0
         for part in loader:
             at = part["index"].to(device)
-            for key in ("image", "hit", "front", "back", "unit_mm"):
+            for key in ("image", "hit", "front", "back", "last", "unit_mm"):
                 getattr(self, key)[at] = part[key].to(device)
             done += len(at)
             if interrupts is not None and interrupts.pending:
@@ -276,16 +293,16 @@ class DeviceCache:
 
     def batch(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         """The augmented items ``indices`` of ``epoch``, as the data loader would collate them."""
-        from regkit_recon.net.data import item_generator
-        from regkit_recon.net.geometry import augment_batch, draw_augmentation
+        from regkit_recon.net.data import augment_targets, item_generator
+        from regkit_recon.net.geometry import draw_augmentation
 
         augs = [draw_augmentation(item_generator(self.seed, epoch, int(i))) for i in indices]
         at = torch.as_tensor(list(indices), dtype=torch.int64, device=self.device)
-        image, hit, front, back, _ = augment_batch(self.image[at], self.hit[at], self.front[at],
-                                                   self.back[at], augs)
+        turned = augment_targets(self.image[at], self.hit[at], self.front[at], self.back[at],
+                                 self.last[at], augs)
         zoom = torch.tensor([a.zoom for a in augs], dtype=torch.float64, device=self.device)
-        return {"image": image, "hit": hit, "front": front, "back": back,
-                "unit_mm": self.unit_mm[at] / zoom, "index": at}
+        return {k: turned[k] for k in ("image", "hit", "front", "back", "last")} | {
+            "unit_mm": self.unit_mm[at] / zoom, "index": at}
 
 
 def _refuse_damaged(files: Sequence[Any]) -> None:
@@ -473,7 +490,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     _refuse_damaged(train_files)
     bones, names = _bones_of(manifests)
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
-                       context=spec.context, head=spec.head, head_blocks=spec.head_blocks)
+                       context=spec.context, head=spec.head, head_blocks=spec.head_blocks,
+                       last=spec.last)
     items = TrainItems(train_files, spec.size, bones, spec.seed)
     per_epoch = len(items) // spec.batch
     if per_epoch < 1:
@@ -736,36 +754,46 @@ def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Paramete
 def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
     """Copy ``start``'s weights into ``net``, so that ``net`` computes what ``start`` did.
 
-    The configurations must be equal but for three ways of growing: more context blocks, a wider
-    segmentation head and more head blocks. New context and head blocks keep their
+    The configurations must be equal but for four ways of growing: more context blocks, a wider
+    segmentation head, more head blocks and the last exit. New context and head blocks keep their
     initialisation, the identity (their residual branches end in zero weights). A wider head
     takes the old head's weights as its first channels: the old channels' sums leave the new
     channels out (zero weights), the GroupNorm groups hold as many channels as before (so the old
     channels' groups are the old ones) and the logits read only the old channels. The new
-    channels keep random weights into them, so they learn from the first step.
+    channels keep random weights into them, so they learn from the first step. A new last exit
+    starts at the back (its gap channels' weights zero, their bias ``LAST_GAP_BIAS``).
     """
     a, b = start.config, net.config
-    grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks)
+    grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks, last=b.last)
     if (grown != b or a.context > b.context or a.head_width > b.head_width
-            or a.head_blocks > b.head_blocks):
+            or a.head_blocks > b.head_blocks or a.last > b.last):
         ours, theirs = asdict(b), asdict(a)
         differ = ", ".join(f"{k} {theirs[k]!r} against {ours[k]!r}" for k in ours
                            if ours[k] != theirs[k])
         raise InputError(f"the model's network is not this run's ({differ}: the model's first);"
-                         " a run may only add context blocks, head channels and head blocks",
+                         " a run may only add context blocks, head channels, head blocks and "
+                         "the last exit",
                          source=source, key="init")
     old = start.state_dict()
     head = {k: v for k, v in old.items() if _in_head(k)}
     # with the configurations equal but for these, the only weights ``net`` has beyond
     # ``start``'s body are the new blocks' and the head's
+    grow_last = b.last and not a.last
+    outputs = ("depth_out.weight", "depth_out.bias") if grow_last else ()
     missing, unexpected = net.load_state_dict(
-        {k: v for k, v in old.items() if k not in head}, strict=False)
+        {k: v for k, v in old.items() if k not in head and k not in outputs}, strict=False)
     assert not unexpected, unexpected
     assert all((k.startswith("context.") and int(k.split(".")[1]) >= a.context)
-               or _in_head(k) for k in missing), missing
+               or _in_head(k) or k in outputs for k in missing), missing
     r0, r, s = a.head_width, b.head_width, a.stem
     new = net.state_dict()
     with torch.no_grad():
+        if grow_last:                      # mid and half as they were, the gaps from the bias
+            done = old["depth_out.bias"].shape[0]
+            new["depth_out.weight"][:done] = old["depth_out.weight"]
+            new["depth_out.weight"][done:] = 0.0
+            new["depth_out.bias"][:done] = old["depth_out.bias"]
+            new["depth_out.bias"][done:] = LAST_GAP_BIAS
         for key, value in head.items():
             target = new[key]
             if key == "finish.0.weight":            # inputs: the risen decoder (r), the stem (s)
@@ -822,6 +850,9 @@ def _write_model(out: Path, net: BoneNet, spec: TrainSpec, step: int, history: f
 def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
     """Dice and shift-aligned depth errors (mm, on the true masks) over ``items``.
 
+    With a last-exit output, ``last_mm`` is its error (shifted as the first layer) where the ray
+    crosses the bone more than once.
+
     Figures are medians over items of each item's median absolute error (depth) and means over
     items of the mean Dice over the bones present (segmentation); ``dice_min`` is the lowest
     per-bone Dice (pooled over items).
@@ -830,7 +861,7 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
     nb = len(net.config.bones)
     inter = np.zeros(nb)
     total = np.zeros(nb)
-    dices, fronts, backs, thick, offsets = [], [], [], [], []
+    dices, fronts, backs, thick, offsets, lasts = [], [], [], [], [], []
     for i in range(len(items)):
         item = items[i]
         out = net(item["image"][None].to(device))
@@ -855,6 +886,11 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
         backs.append(float((rb - shift).abs().median()))
         thick.append(float((rb - rf).abs().median()))
         offsets.append(abs(shift))
+        if "last" in out and "last" in item:
+            twice = known & (item["back"] - item["last"] > 1e-4)  # rays that cross it again
+            if bool(twice.any()):
+                rl = (out["last"][0].cpu() - item["last"])[twice] * unit
+                lasts.append(float((rl - shift).abs().median()))
     per_bone = 2 * inter / np.maximum(total, 1)
     return {"items": len(items), "dice": float(np.mean(dices)) if dices else float("nan"),
             "dice_min": float(per_bone[total > 0].min()) if (total > 0).any() else 0.0,
@@ -862,7 +898,9 @@ def validate(net: BoneNet, items: Any, device: torch.device) -> dict[str, Any]:
             "front_mm": float(np.median(fronts)) if fronts else float("nan"),
             "back_mm": float(np.median(backs)) if backs else float("nan"),
             "thickness_mm": float(np.median(thick)) if thick else float("nan"),
-            "offset_mm": float(np.median(offsets)) if offsets else float("nan")}
+            "offset_mm": float(np.median(offsets)) if offsets else float("nan")} | (
+                {"last_mm": float(np.median(lasts)) if lasts else float("nan")}
+                if net.config.last else {})
 
 
 def write_curves(log_path: Path, png: Path) -> None:

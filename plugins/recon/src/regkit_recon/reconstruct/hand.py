@@ -107,21 +107,28 @@ def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[Solid],
                     names: Sequence[str], view: View) -> dict[str, NDArray[Any]]:
     """The first view's depth maps moved as refinement and triangulation moved each bone.
 
-    Each bone's translation's component along each pixel's ray is added to both depths, and the
-    thickness scaled about the mid-depth (the in-plane part of a translation, a fraction of a pixel,
-    is left out).
+    Each bone's translation's component along each pixel's ray is added to both depths (and to
+    ``last``, where the prediction has it), and the thickness scaled about the mid-depth (the
+    in-plane part of a translation, a fraction of a pixel, is left out).
     """
     _, rays = view.camera.rays()
     front = depth["front"].astype(np.float64).copy()
     back = depth["back"].astype(np.float64).copy()
+    last = depth["last"].astype(np.float64).copy() if "last" in depth else None
     for solid in solids:
         i = list(names).index(solid.name)
         along = rays @ np.asarray(shifts.get(solid.name, (0.0, 0.0, 0.0)))
         scale = thickness.get(solid.name, 1.0)
-        mid = 0.5 * (front[i] + back[i]) + along
+        old_mid = 0.5 * (front[i] + back[i])
+        mid = old_mid + along
         half = 0.5 * (back[i] - front[i]) * scale
         front[i], back[i] = mid - half, mid + half
-    return {**depth, "front": front.astype(np.float32), "back": back.astype(np.float32)}
+        if last is not None:
+            last[i] = mid[0] + (last[i] - old_mid[0]) * scale
+    out = {**depth, "front": front.astype(np.float32), "back": back.astype(np.float32)}
+    if last is not None:
+        out["last"] = last.astype(np.float32)
+    return out
 
 
 @reconstructors.register("hand")
@@ -190,7 +197,8 @@ class HandReconstructor(Reconstructor):
 
     def _solids(self, pred: Any, camera: Any, margin_px: int) -> list[BoneSolid]:
         """The bones' solids back-projected from one view's prediction."""
-        return backproject(pred.front, pred.back, pred.prob, camera,
+        front, back = pred.extent      # from the first entry to the last exit, where given
+        return backproject(front, back, pred.prob, camera,
                            bones=[int(b) for b in pred.bones], names=list(pred.bone_names),
                            level=self.threshold, margin_px=margin_px)
 
