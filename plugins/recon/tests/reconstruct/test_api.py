@@ -678,3 +678,33 @@ def test_refined_depths_move_the_last_exit_with_the_bone() -> None:
     plain = _refined_depths({"front": front, "back": back}, [solid], {"b": list(shift)}, {},
                             ["a", "b"], View(np.arange(30.0).reshape(5, 6), cam))
     assert "last" not in plain
+
+
+def test_the_reconstruction_fills_each_ray_to_the_last_exit() -> None:
+    """With the last exit in a prediction, a bone's solid spans from the first entry to it.
+
+    Without it, the first layer.
+    """
+    from dataclasses import replace
+
+    from regkit_recon.net.predict import Prediction
+
+    from regkit.geometry.carm import camera_from_carm
+
+    cam = camera_from_carm(source_to_detector_mm=1000.0, source_to_isocenter_mm=950.0,
+                           pixel_spacing_mm=1.0, width=40, height=30)
+    yy, xx = np.mgrid[0:30, 0:40]
+    hit = (((xx - 20) / 9.0) ** 2 + ((yy - 15) / 6.0) ** 2 < 1)[None]
+    nan = np.float32(np.nan)
+    front = np.where(hit, np.float32(900.0), nan)[:, None]
+    pred = Prediction(bones=np.array([1], np.int32), bone_names=("radius",), hit=hit,
+                      prob=hit.astype(np.float32), front=front, back=front + 5.0, camera=cam,
+                      last=np.where(hit, np.float32(920.0), nan))
+    rec = HandReconstructor()
+    (filled,) = rec._solids(pred, cam, 3)
+    (first,) = rec._solids(replace(pred, last=None), cam, 3)
+    inside = filled.inside > 0
+    np.testing.assert_allclose(filled.mid[0][inside], 910.0, atol=1e-6)
+    np.testing.assert_allclose(filled.half[0][inside], 10.0, atol=1e-6)
+    np.testing.assert_allclose(first.mid[0][inside], 902.5, atol=1e-6)
+    np.testing.assert_allclose(first.half[0][inside], 2.5, atol=1e-6)
