@@ -161,6 +161,9 @@ def test_the_last_exit_lies_at_or_beyond_the_back() -> None:
     config = replace(base, last=True)
     assert NetConfig.from_json(config.to_json()) == config
     assert config.to_json()["last"] is True
+    with pytest.raises(InputError, match="true or false") as info:
+        NetConfig.from_json({**config.to_json(), "last": "false"})
+    assert info.value.key == "last"
     net = BoneNet(config).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -649,8 +649,8 @@ def test_measure_refuses_its_own_input_as_output_a_singular_affine_and_no_bone(
 def test_refined_depths_move_the_last_exit_with_the_bone() -> None:
     """A bone moved along the rays and thickened: its first layer and its last exit move.
 
-    The last exit's distance below the mid-depth is scaled as the thickness; other bones and a
-    prediction without the last exit are left as they were.
+    As its solid did: about the middle of the first entry and the last exit (of the first layer
+    without the last exit); other bones are left as they were.
     """
     from regkit_recon.reconstruct.backproject import BoneSolid
     from regkit_recon.reconstruct.hand import _refined_depths
@@ -669,15 +669,25 @@ def test_refined_depths_move_the_last_exit_with_the_bone() -> None:
                             View(np.arange(30.0).reshape(5, 6), cam))
     _, rays = cam.rays()
     along = rays @ shift                                    # ~4 mm, the rays nearly parallel
-    np.testing.assert_allclose(moved["front"][1, 0], 895.0 + along, atol=1e-3)
-    np.testing.assert_allclose(moved["back"][1, 0], 915.0 + along, atol=1e-3)
-    np.testing.assert_allclose(moved["last"][1], 935.0 + along, atol=1e-3)
+    # the solid spanned 900-920 mm about 910; twice as thick about it: 890-930, back at 910
+    np.testing.assert_allclose(moved["front"][1, 0], 890.0 + along, atol=1e-3)
+    np.testing.assert_allclose(moved["back"][1, 0], 910.0 + along, atol=1e-3)
+    np.testing.assert_allclose(moved["last"][1], 930.0 + along, atol=1e-3)
+    solid_like = BoneSolid(label=2, name="b", camera=cam, origin=(0, 0), upsample=1,
+                           inside=np.ones((5, 6)), mid=np.full((1, 5, 6), 910.0),
+                           half=np.full((1, 5, 6), 10.0), depth_range=(880.0, 940.0),
+                           step_mm=0.25).moved(shift, thickness_scale=2.0)
+    assert float(solid_like.half[0, 0, 0]) == 20.0     # the solid's own move, for comparison
+    np.testing.assert_allclose(solid_like.mid[0] - solid_like.half[0],
+                               moved["front"][1, 0] - along, atol=1e-3)
     for key in ("front", "back", "last"):
         np.testing.assert_array_equal(moved[key][0], depth[key][0])
     assert depth["last"][1, 0, 0] == 920.0                  # the input is not modified
-    plain = _refined_depths({"front": front, "back": back}, [solid], {"b": list(shift)}, {},
-                            ["a", "b"], View(np.arange(30.0).reshape(5, 6), cam))
+    plain = _refined_depths({"front": front, "back": back}, [solid], {"b": list(shift)},
+                            {"b": 2.0}, ["a", "b"], View(np.arange(30.0).reshape(5, 6), cam))
     assert "last" not in plain
+    np.testing.assert_allclose(plain["front"][1, 0], 895.0 + along, atol=1e-3)
+    np.testing.assert_allclose(plain["back"][1, 0], 915.0 + along, atol=1e-3)
 
 
 def test_the_reconstruction_fills_each_ray_to_the_last_exit() -> None:

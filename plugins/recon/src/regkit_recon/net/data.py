@@ -33,8 +33,8 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
         ``image`` ``(1, S, S)`` normalised; ``hit`` bool, ``front``, ``back`` ``(NB, S, S)``
         heights of the first layer in height units (NaN where the bone is not hit); ``last``
         ``(NB, S, S)``, the height where the ray leaves the bone for the last time (the back of
-        its deepest layer; ``back`` where it crosses the bone once); ``unit_mm``, mm per height
-        unit.
+        its deepest layer; ``back`` where it crosses the bone once; NaN also where it crosses
+        the bone more often than the sample's layers hold); ``unit_mm``, mm per height unit.
 
     Raises:
         InputError: the sample's bones are not ``bones``.
@@ -49,24 +49,28 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
     front = depth_to_height(sample["front"][:, 0], camera) / unit
     back = depth_to_height(sample["back"][:, 0], camera) / unit
     hit = np.isfinite(front) & np.isfinite(back)
-    deepest = np.asarray(sample["back"], dtype=np.float64)
-    deepest = np.where(np.isfinite(deepest), deepest, -np.inf).max(axis=1)
-    last = np.where(hit, depth_to_height(np.where(hit, deepest, np.nan), camera) / unit, np.nan)
+    stored = np.asarray(sample["back"], dtype=np.float64)
+    deepest = np.where(np.isfinite(stored), stored, -np.inf).max(axis=1)
+    # a ray that crosses the bone more often than the sample's layers hold: its last exit unknown
+    crossings = np.asarray(sample["layers"]) if "layers" in sample else None
+    whole = hit if crossings is None else hit & (crossings <= stored.shape[1])
+    last = np.where(whole, depth_to_height(np.where(whole, deepest, np.nan), camera) / unit,
+                    np.nan)
     maps = torch.from_numpy(np.stack([hit.astype(np.float32), np.nan_to_num(front),
-                                      np.nan_to_num(back), np.nan_to_num(last)]
-                                     ).astype(np.float32))
+                                      np.nan_to_num(back), np.nan_to_num(last),
+                                      whole.astype(np.float32)]).astype(np.float32))
     nb = len(have)
     h, w = fit.inner_height, fit.inner_width
     if (w, h) != (fit.width, fit.height):
-        maps = F.interpolate(maps.reshape(1, 4 * nb, fit.height, fit.width), size=(h, w),
-                             mode="bilinear", align_corners=False)[0].reshape(4, nb, h, w)
-    grid = torch.zeros((4, nb, size, size))
+        maps = F.interpolate(maps.reshape(1, 5 * nb, fit.height, fit.width), size=(h, w),
+                             mode="bilinear", align_corners=False)[0].reshape(5, nb, h, w)
+    grid = torch.zeros((5, nb, size, size))
     grid[:, :, :h, :w] = maps
     inside = grid[0] > 0.999
     return {"image": x[0], "hit": grid[0] > 0.5,
             "front": torch.where(inside, grid[1], torch.nan),
             "back": torch.where(inside, grid[2], torch.nan),
-            "last": torch.where(inside, grid[3], torch.nan),
+            "last": torch.where(inside & (grid[4] > 0.999), grid[3], torch.nan),
             "unit_mm": torch.tensor(unit, dtype=torch.float64)}
 
 
@@ -75,8 +79,8 @@ def augment_targets(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
                     ) -> dict[str, torch.Tensor]:
     """:func:`~regkit_recon.net.geometry.augment_batch` of a batch with its ``last`` map too.
 
-    ``last`` is turned and zoomed like ``back`` (paired with ``front``, so it is known exactly
-    where ``front`` and ``back`` are). Returns ``image``, ``hit``, ``front``, ``back``, ``last``
+    ``last`` is turned and zoomed like ``back`` (paired with ``front``, so it is known where
+    ``front`` and it are). Returns ``image``, ``hit``, ``front``, ``back``, ``last``
     and ``valid``.
     """
     nb = hit.shape[1]

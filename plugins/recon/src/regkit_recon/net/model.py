@@ -116,7 +116,8 @@ class NetConfig:
             raise InputError(f"must be 0 (the stem's width) or a positive multiple of "
                              f"{self.group_size} (the stem's channels per GroupNorm group), got "
                              f"{self.head}", key="head")
-        object.__setattr__(self, "last", bool(self.last))
+        if not isinstance(self.last, bool):
+            raise InputError(f"must be true or false, got {self.last!r}", key="last")
         if self.head_blocks < 0:
             raise InputError(f"must be >= 0, got {self.head_blocks}", key="head_blocks")
         down = 2 ** len(self.widths)

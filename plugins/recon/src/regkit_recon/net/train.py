@@ -507,7 +507,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
         from regkit_recon.net.model import load_model
 
         start = load_model(spec.init)
-        _warm_start(net, start.net, spec.init)
+        _warm_start(net, start.net, spec.init, trainable=spec.trainable)
     learning = _learning_parameters(net, spec.trainable)
     optimiser = torch.optim.AdamW(learning, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -653,7 +653,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
                     print(f"\nvalidation after epoch {finished_epoch}: dice {val['dice']:.3f} "
                           f"(min bone {val['dice_min']:.3f}), depth shift-aligned front "
                           f"{val['front_mm']:.2f} back {val['back_mm']:.2f} thickness "
-                          f"{val['thickness_mm']:.2f} mm, offset {val['offset_mm']:.2f} mm",
+                          f"{val['thickness_mm']:.2f} mm, offset {val['offset_mm']:.2f} mm"
+                          + (f", last exit {val['last_mm']:.2f} mm" if "last_mm" in val else ""),
                           file=stream, flush=True)
                 if rank == 0:
                     _write_model(out, net, spec, step, history_seconds, started, val, len(items))
@@ -751,7 +752,7 @@ def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Paramete
     return learning
 
 
-def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
+def _warm_start(net: BoneNet, start: BoneNet, source: str, *, trainable: str = "all") -> None:
     """Copy ``start``'s weights into ``net``, so that ``net`` computes what ``start`` did.
 
     The configurations must be equal but for four ways of growing: more context blocks, a wider
@@ -761,7 +762,8 @@ def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
     channels out (zero weights), the GroupNorm groups hold as many channels as before (so the old
     channels' groups are the old ones) and the logits read only the old channels. The new
     channels keep random weights into them, so they learn from the first step. A new last exit
-    starts at the back (its gap channels' weights zero, their bias ``LAST_GAP_BIAS``).
+    starts at the back (its gap channels' weights zero, their bias ``LAST_GAP_BIAS``); a run
+    that adds it with ``trainable="head"`` (which would never train it) is refused.
     """
     a, b = start.config, net.config
     grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks, last=b.last)
@@ -779,6 +781,10 @@ def _warm_start(net: BoneNet, start: BoneNet, source: str) -> None:
     # with the configurations equal but for these, the only weights ``net`` has beyond
     # ``start``'s body are the new blocks' and the head's
     grow_last = b.last and not a.last
+    if grow_last and trainable == "head":
+        raise InputError("a run that adds the last exit must train the depth head, which holds "
+                         "it (--trainable heads or all), not the segmentation head alone",
+                         source=source, key="trainable")
     outputs = ("depth_out.weight", "depth_out.bias") if grow_last else ()
     missing, unexpected = net.load_state_dict(
         {k: v for k, v in old.items() if k not in head and k not in outputs}, strict=False)

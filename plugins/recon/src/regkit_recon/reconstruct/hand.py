@@ -108,8 +108,10 @@ def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[Solid],
     """The first view's depth maps moved as refinement and triangulation moved each bone.
 
     Each bone's translation's component along each pixel's ray is added to both depths (and to
-    ``last``, where the prediction has it), and the thickness scaled about the mid-depth (the
-    in-plane part of a translation, a fraction of a pixel, is left out).
+    ``last``, where the prediction has it), and the thickness scaled about the mid-depth of what
+    the solid was built from: the first layer, or from the first entry to the last exit where
+    the prediction has ``last`` (the in-plane part of a translation, a fraction of a pixel, is
+    left out).
     """
     _, rays = view.camera.rays()
     front = depth["front"].astype(np.float64).copy()
@@ -119,12 +121,11 @@ def _refined_depths(depth: dict[str, NDArray[Any]], solids: Sequence[Solid],
         i = list(names).index(solid.name)
         along = rays @ np.asarray(shifts.get(solid.name, (0.0, 0.0, 0.0)))
         scale = thickness.get(solid.name, 1.0)
-        old_mid = 0.5 * (front[i] + back[i])
-        mid = old_mid + along
-        half = 0.5 * (back[i] - front[i]) * scale
-        front[i], back[i] = mid - half, mid + half
+        centre = 0.5 * (front[i] + (back[i] if last is None else last[i][None]))
+        front[i] = centre + along + (front[i] - centre) * scale
+        back[i] = centre + along + (back[i] - centre) * scale
         if last is not None:
-            last[i] = mid[0] + (last[i] - old_mid[0]) * scale
+            last[i] = centre[0] + along + (last[i] - centre[0]) * scale
     out = {**depth, "front": front.astype(np.float32), "back": back.astype(np.float32)}
     if last is not None:
         out["last"] = last.astype(np.float32)
