@@ -16,13 +16,14 @@
 #      CPU cores (TRAIN_PHANTOMS phantoms, default 96, x VIEWS views, seed DATA_SEED);
 #   6. a 100-step probe of `regkit recon train` on CUDA, the items cached and augmented on the
 #      GPU (its speed sets the run's length), then a fine-tuning run of the shipped model (its
-#      network as it is, context blocks and segmentation head, every weight trained) that fits
+#      network as it is, context blocks and segmentation head, grown the last exit unless
+#      LAST=0, every weight trained) that fits
 #      the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
 # SKIP (environment, comma-separated) leaves out steps measured before, so that the training run
 # gets their time: "cuda" (the CUDA tests of step 2), "gl" (its OpenGL tests), "netbench"
-# (step 3), "timing" (step 4). SECONDS_PER_STEP skips the probe of step 6 and sizes the run from
+# (step 3), "timing" (step 4). LAST=0 trains without the last exit. SECONDS_PER_STEP skips the probe of step 6 and sizes the run from
 # that rate (0.046 s on an H200). LR (default 6e-4) and DATA_SEED (default 113) set the
 # fine-tuning's peak learning rate and the training phantoms (a seed's phantoms do not depend on
 # how many are made: seed 111 made hand_v5's and hand_v6's, 112 a discarded run's). VIEWS
@@ -111,12 +112,17 @@ if [[ $skip != *,timing,* ]]; then
 fi
 
 model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFAULT_MODEL)")
-# the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items take 25 GiB):
+# the items decoded once and augmented on the GPU (--cache-on-device: 1,536 items took 25 GiB,
+# about 36 GiB with the last exit's targets):
 # through the loader the H200 trained at 40 items/s, a tenth of what one step allows
-# the run's network is the shipped model's (context blocks, segmentation head), all of it trained
+# the run's network is the shipped model's (context blocks, segmentation head), all of it trained,
+# grown the last exit (LAST=1, the default: exact depths read the radius' dorsal tilt 1.6 deg off
+# from the first entry to the last exit, 9.4 deg from the first layer; heads-only CPU training
+# learnt too little of it, benchmarks/README.md); LAST=0 keeps the model's own outputs
 shape=$("$py" -c "from regkit_recon.net.model import load_model
 c = load_model('$model').net.config
-print(f'--context {c.context} --head {c.head} --head-blocks {c.head_blocks}')")
+last = ' --last' if c.last or '${LAST:-1}' == '1' else ''
+print(f'--context {c.context} --head {c.head} --head-blocks {c.head_blocks}{last}')")
 # shellcheck disable=SC2206
 common=(--data "$train" --init "$model" $shape --batch 32 --lr "$lr" --seed 5
         --epochs 100000 --loader-workers "$load_workers" --checkpoint-s 60 --cache-on-device)
