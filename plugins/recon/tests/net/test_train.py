@@ -265,9 +265,9 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
     assert len(files) == ITEMS
     assert len(bones) == 29
 
-    def item(seed: int, epoch: int, index: int, augmented: bool = True
+    def item(seed: int, epoch: int, index: int, augmented: bool = True, last: bool = True
              ) -> dict[str, torch.Tensor]:
-        items = net_data.TrainItems(files, 32, bones, seed, augmented=augmented)
+        items = net_data.TrainItems(files, 32, bones, seed, augmented=augmented, last=last)
         items.epoch = epoch
         return items[index]
 
@@ -294,6 +294,10 @@ def test_train_items_depend_on_seed_epoch_and_index(gt: Path) -> None:
         assert x["hit"].any()
         assert torch.equal(torch.isfinite(x["front"]), torch.isfinite(x["back"]))
     assert torch.isfinite(plain["front"]).any()
+    without = item(0, 1, 2, last=False)    # the same draws, without the last exit's map
+    assert set(a) - set(without) == {"last"}
+    assert same(without, {k: v for k, v in a.items() if k != "last"})
+    assert "last" not in item(0, 1, 2, augmented=False, last=False)
     for x in [a, plain]:       # the last exit: known with the first layer, at or below its back
         known = torch.isfinite(x["last"])
         assert not (known & ~torch.isfinite(x["back"])).any()
@@ -401,10 +405,11 @@ def test_items_cached_on_the_device_give_the_same_weights(gt: Path, tmp_path: Pa
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_a_device_cache_batch_is_the_loader_batch(gt: Path) -> None:
+@pytest.mark.parametrize("last", [False, True])
+def test_a_device_cache_batch_is_the_loader_batch(gt: Path, last: bool) -> None:
     files, manifests = open_folders([str(gt)])
     bones = tr._bones_of(manifests)[0]
-    items = net_data.TrainItems(files, 32, bones, seed=4)
+    items = net_data.TrainItems(files, 32, bones, seed=4, last=last)
     items.epoch = 3
     cache = tr.DeviceCache(items, torch.device("cpu"), workers=0)
     want = collate_ground_truth([items[i] for i in (2, 0, 3)])

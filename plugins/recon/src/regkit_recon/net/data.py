@@ -110,13 +110,15 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
         bones: The network's bone table.
         seed: The run's seed.
         augmented: Draw augmentations (False: the sample as it is, for validation).
+        last: Give the last exit's target ``last`` too (for a network with that output; without,
+            an item is turned with half the maps).
     """
 
     def __init__(self, files: Sequence[Any], size: int, bones: Sequence[int], seed: int,
-                 *, augmented: bool = True) -> None:
+                 *, augmented: bool = True, last: bool = False) -> None:
         self.files = list(files)
         self.size, self.bones, self.seed = int(size), tuple(bones), int(seed)
-        self.augmented = augmented
+        self.augmented, self.last = augmented, bool(last)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -127,12 +129,18 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
         from regkit_recon.net.geometry import draw_augmentation
 
         item = sample_targets(read_sample(self.files[index]), self.size, self.bones)
+        if not self.last:
+            del item["last"]
         if self.augmented:
             aug = draw_augmentation(item_generator(self.seed, self.epoch, index))
-            turned = augment_targets(item["image"][None], item["hit"][None],
-                                     item["front"][None], item["back"][None],
-                                     item["last"][None], [aug])
-            item = {k: turned[k][0] for k in ("image", "hit", "front", "back", "last")} | {
+            maps = (item["image"][None], item["hit"][None], item["front"][None],
+                    item["back"][None])
+            if self.last:
+                turned = augment_targets(*maps, item["last"][None], [aug])
+            else:
+                turned = dict(zip(("image", "hit", "front", "back"),
+                                  augment_batch(*maps, [aug])[:4], strict=True))
+            item = {k: turned[k][0] for k in item if k != "unit_mm"} | {
                 "unit_mm": item["unit_mm"] / aug.zoom}
         item["index"] = torch.tensor(index)
         return item

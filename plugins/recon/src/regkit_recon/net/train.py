@@ -260,9 +260,11 @@ class DeviceCache:
         from regkit_recon.net.data import TrainItems
 
         self.seed, self.device = items.seed, device
-        plain = TrainItems(items.files, items.size, items.bones, items.seed, augmented=False)
+        plain = TrainItems(items.files, items.size, items.bones, items.seed, augmented=False,
+                           last=items.last)
         n, nb, s = len(plain), len(items.bones), items.size
-        need = n * s * s * (4 + nb * 13)
+        self.keys = ("image", "hit", "front", "back", "last")[:5 if items.last else 4]
+        need = n * s * s * (4 + nb * (13 if items.last else 9))
         free = _free_bytes(device)
         if free is not None and need > 0.8 * free:
             raise InputError(f"{n} training items take {need / 2**30:.1f} GiB decoded, more "
@@ -273,14 +275,15 @@ class DeviceCache:
         self.hit = torch.empty((n, nb, s, s), dtype=torch.bool, device=device)
         self.front = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
         self.back = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
-        self.last = torch.empty((n, nb, s, s), dtype=torch.float32, device=device)
+        self.last = torch.empty((n, nb, s, s) if items.last else (0,), dtype=torch.float32,
+                                device=device)
         self.unit_mm = torch.empty(n, dtype=torch.float64, device=device)
         loader = torch.utils.data.DataLoader(plain, batch_size=16, collate_fn=collate_ground_truth,
                                              num_workers=workers)
         start, done = time.perf_counter(), 0
         for part in loader:
             at = part["index"].to(device)
-            for key in ("image", "hit", "front", "back", "last", "unit_mm"):
+            for key in (*self.keys, "unit_mm"):
                 getattr(self, key)[at] = part[key].to(device)
             done += len(at)
             if interrupts is not None and interrupts.pending:
@@ -294,14 +297,17 @@ class DeviceCache:
     def batch(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         """The augmented items ``indices`` of ``epoch``, as the data loader would collate them."""
         from regkit_recon.net.data import augment_targets, item_generator
-        from regkit_recon.net.geometry import draw_augmentation
+        from regkit_recon.net.geometry import augment_batch, draw_augmentation
 
         augs = [draw_augmentation(item_generator(self.seed, epoch, int(i))) for i in indices]
         at = torch.as_tensor(list(indices), dtype=torch.int64, device=self.device)
-        turned = augment_targets(self.image[at], self.hit[at], self.front[at], self.back[at],
-                                 self.last[at], augs)
+        maps = (self.image[at], self.hit[at], self.front[at], self.back[at])
+        if "last" in self.keys:
+            turned = augment_targets(*maps, self.last[at], augs)
+        else:
+            turned = dict(zip(self.keys, augment_batch(*maps, augs)[:4], strict=True))
         zoom = torch.tensor([a.zoom for a in augs], dtype=torch.float64, device=self.device)
-        return {k: turned[k] for k in ("image", "hit", "front", "back", "last")} | {
+        return {k: turned[k] for k in self.keys} | {
             "unit_mm": self.unit_mm[at] / zoom, "index": at}
 
 
@@ -492,7 +498,7 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
                        context=spec.context, head=spec.head, head_blocks=spec.head_blocks,
                        last=spec.last)
-    items = TrainItems(train_files, spec.size, bones, spec.seed)
+    items = TrainItems(train_files, spec.size, bones, spec.seed, last=spec.last)
     per_epoch = len(items) // spec.batch
     if per_epoch < 1:
         raise InputError(f"{len(items)} training items make no batch of {spec.batch}",
@@ -573,7 +579,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
         if spec.val_limit:  # spread over the set, not its first sources
             files = files[::max(1, len(files) // spec.val_limit)][:spec.val_limit]
         _refuse_damaged(files)
-        val_items = TrainItems(files, spec.size, bones, spec.seed, augmented=False)
+        val_items = TrainItems(files, spec.size, bones, spec.seed, augmented=False,
+                               last=spec.last)
 
     def save(reason: str) -> None:
         if rank != 0:
