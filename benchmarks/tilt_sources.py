@@ -46,6 +46,7 @@ import numpy as np
 from bench_reconstruct import Truth, _deformity_errors, _within, measure_backprojection
 from numpy.typing import NDArray
 from regkit_recon.groundtruth.sample import camera_of, read_sample
+from regkit_recon.net.data import last_exit_depth
 from regkit_recon.net.predict import DEFAULT_MODEL, predict, resolve_model
 from scipy.ndimage import gaussian_filter
 
@@ -86,8 +87,7 @@ def run(data: Path, cases: int, start: int, stride: int, blur_px: float, model: 
         want = truth.measured["bones"]["radius"]
         hit = sample["hit"]
         first_front, first_back = sample["front"][:, 0], sample["back"][:, 0]
-        deepest = np.where(np.isfinite(sample["back"]), sample["back"], -np.inf).max(axis=1)
-        last_exit = np.where(np.isfinite(first_back), deepest, np.nan)
+        last_exit = last_exit_depth(sample["back"])
         seen = hit & np.isfinite(first_front) & np.isfinite(first_back)
         pred = predict(sample["image"], camera_of(sample), model=loaded)
         assert pred.front_all is not None

@@ -326,7 +326,8 @@ def test_the_last_exit_target_is_the_deepest_layer_s_back(gt: Path) -> None:
     sample["layers"] = sample["layers"].copy()
     sample["layers"][tuple(cut)] = 3       # as if it crossed three times
     size = sample["image"].shape[0]
-    got = net_data.sample_targets(sample, size, bones)
+    got = net_data.sample_targets(sample, size, bones, last=True)
+    assert "last" not in net_data.sample_targets(sample, size, bones)
     camera = camera_of(sample)
     unit = HEIGHT_SCALE * fit_image(sample["image"], camera, size)[1].net_spacing_mm
     want = depth_to_height(np.where(two, sample["back"][:, 1], sample["back"][:, 0]),

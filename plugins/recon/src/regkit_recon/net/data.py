@@ -22,19 +22,32 @@ from regkit.geometry.camera import Camera
 from regkit_recon.net.geometry import Augmentation, augment_batch, depth_to_height, fit_image
 from regkit_recon.net.model import HEIGHT_SCALE
 
-__all__ = ["TrainItems", "augment_targets", "item_generator", "sample_targets"]
+__all__ = ["TrainItems", "augment_targets", "item_generator", "last_exit_depth",
+           "sample_targets"]
 
 
-def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
-                   ) -> dict[str, torch.Tensor]:
+def last_exit_depth(back: np.ndarray) -> np.ndarray:
+    """``[NB, H, W]`` where each ray leaves each bone for the last time, mm from the source.
+
+    The back of the deepest of the ``[NB, L, H, W]`` layers ``back`` holds (NaN where the ray
+    misses the bone); a ray that crosses a bone more often than ``L`` leaves it later still.
+    """
+    stored = np.asarray(back, dtype=np.float64)
+    deepest = np.where(np.isfinite(stored), stored, -np.inf).max(axis=1)
+    return np.where(np.isfinite(stored[:, 0]), deepest, np.nan)
+
+
+def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int], *,
+                   last: bool = False) -> dict[str, torch.Tensor]:
     """One read sample on the network's grid, unaugmented.
 
     Returns:
         ``image`` ``(1, S, S)`` normalised; ``hit`` bool, ``front``, ``back`` ``(NB, S, S)``
-        heights of the first layer in height units (NaN where the bone is not hit); ``last``
-        ``(NB, S, S)``, the height where the ray leaves the bone for the last time (the back of
-        its deepest layer; ``back`` where it crosses the bone once; NaN also where it crosses
-        the bone more often than the sample's layers hold); ``unit_mm``, mm per height unit.
+        heights of the first layer in height units (NaN where the bone is not hit); with
+        ``last``, ``last`` ``(NB, S, S)``, the height where the ray leaves the bone for the last
+        time (:func:`last_exit_depth`; ``back`` where it crosses the bone once; NaN also where it
+        crosses the bone more often than the sample's layers hold); ``unit_mm``, mm per height
+        unit.
 
     Raises:
         InputError: the sample's bones are not ``bones``.
@@ -49,40 +62,45 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int]
     front = depth_to_height(sample["front"][:, 0], camera) / unit
     back = depth_to_height(sample["back"][:, 0], camera) / unit
     hit = np.isfinite(front) & np.isfinite(back)
-    stored = np.asarray(sample["back"], dtype=np.float64)
-    deepest = np.where(np.isfinite(stored), stored, -np.inf).max(axis=1)
-    # a ray that crosses the bone more often than the sample's layers hold: its last exit unknown
-    crossings = np.asarray(sample["layers"]) if "layers" in sample else None
-    whole = hit if crossings is None else hit & (crossings <= stored.shape[1])
-    last = np.where(whole, depth_to_height(np.where(whole, deepest, np.nan), camera) / unit,
-                    np.nan)
-    maps = torch.from_numpy(np.stack([hit.astype(np.float32), np.nan_to_num(front),
-                                      np.nan_to_num(back), np.nan_to_num(last),
-                                      whole.astype(np.float32)]).astype(np.float32))
-    nb = len(have)
+    planes: list[np.ndarray] = [hit.astype(np.float32), np.nan_to_num(front),
+                                np.nan_to_num(back)]
+    if last:
+        # a ray that crosses the bone more often than the sample's layers hold: last exit unknown
+        layers = np.asarray(sample["back"]).shape[1]
+        whole = hit & (np.asarray(sample["layers"]) <= layers) if "layers" in sample else hit
+        exit_mm = np.where(whole, last_exit_depth(sample["back"]), np.nan)
+        planes += [np.nan_to_num(np.where(whole, depth_to_height(exit_mm, camera) / unit, 0.0)),
+                   whole.astype(np.float32)]
+    maps = torch.from_numpy(np.stack(planes).astype(np.float32))
+    nb, k = len(have), len(planes)
     h, w = fit.inner_height, fit.inner_width
     if (w, h) != (fit.width, fit.height):
-        maps = F.interpolate(maps.reshape(1, 5 * nb, fit.height, fit.width), size=(h, w),
-                             mode="bilinear", align_corners=False)[0].reshape(5, nb, h, w)
-    grid = torch.zeros((5, nb, size, size))
+        maps = F.interpolate(maps.reshape(1, k * nb, fit.height, fit.width), size=(h, w),
+                             mode="bilinear", align_corners=False)[0].reshape(k, nb, h, w)
+    grid = torch.zeros((k, nb, size, size))
     grid[:, :, :h, :w] = maps
     inside = grid[0] > 0.999
-    return {"image": x[0], "hit": grid[0] > 0.5,
-            "front": torch.where(inside, grid[1], torch.nan),
-            "back": torch.where(inside, grid[2], torch.nan),
-            "last": torch.where(inside & (grid[4] > 0.999), grid[3], torch.nan),
-            "unit_mm": torch.tensor(unit, dtype=torch.float64)}
+    out = {"image": x[0], "hit": grid[0] > 0.5,
+           "front": torch.where(inside, grid[1], torch.nan),
+           "back": torch.where(inside, grid[2], torch.nan),
+           "unit_mm": torch.tensor(unit, dtype=torch.float64)}
+    if last:
+        out["last"] = torch.where(inside & (grid[4] > 0.999), grid[3], torch.nan)
+    return out
 
 
 def augment_targets(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
-                    back: torch.Tensor, last: torch.Tensor, augmentations: list[Augmentation]
-                    ) -> dict[str, torch.Tensor]:
-    """:func:`~regkit_recon.net.geometry.augment_batch` of a batch with its ``last`` map too.
+                    back: torch.Tensor, last: torch.Tensor | None,
+                    augmentations: list[Augmentation]) -> dict[str, torch.Tensor]:
+    """:func:`~regkit_recon.net.geometry.augment_batch` of a batch, with its ``last`` map if any.
 
     ``last`` is turned and zoomed like ``back`` (paired with ``front``, so it is known where
-    ``front`` and it are). Returns ``image``, ``hit``, ``front``, ``back``, ``last``
-    and ``valid``.
+    ``front`` and it are). Returns ``image``, ``hit``, ``front``, ``back``, ``valid`` and, when
+    given, ``last``.
     """
+    if last is None:
+        return dict(zip(("image", "hit", "front", "back", "valid"),
+                        augment_batch(image, hit, front, back, augmentations), strict=True))
     nb = hit.shape[1]
     image, hit2, front2, back2, valid = augment_batch(
         image, torch.cat([hit, hit], dim=1), torch.cat([front, front], dim=1),
@@ -128,18 +146,13 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
         from regkit_recon.groundtruth.sample import read_sample
         from regkit_recon.net.geometry import draw_augmentation
 
-        item = sample_targets(read_sample(self.files[index]), self.size, self.bones)
-        if not self.last:
-            del item["last"]
+        item = sample_targets(read_sample(self.files[index]), self.size, self.bones,
+                              last=self.last)
         if self.augmented:
             aug = draw_augmentation(item_generator(self.seed, self.epoch, index))
-            maps = (item["image"][None], item["hit"][None], item["front"][None],
-                    item["back"][None])
-            if self.last:
-                turned = augment_targets(*maps, item["last"][None], [aug])
-            else:
-                turned = dict(zip(("image", "hit", "front", "back"),
-                                  augment_batch(*maps, [aug])[:4], strict=True))
+            turned = augment_targets(item["image"][None], item["hit"][None], item["front"][None],
+                                     item["back"][None],
+                                     item["last"][None] if self.last else None, [aug])
             item = {k: turned[k][0] for k in item if k != "unit_mm"} | {
                 "unit_mm": item["unit_mm"] / aug.zoom}
         item["index"] = torch.tensor(index)

@@ -191,12 +191,17 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
     r = (pred[known].float() - target[known].float()) * HEIGHT_SCALE
     item = known[0]
     n = logits.shape[0]
-    count = torch.zeros(n, device=r.device).index_add_(0, item, torch.ones_like(r))
+
+    def per_item(values: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
+        """The sum of ``values`` over each item (``of``: each value's item)."""
+        return torch.zeros(n, device=values.device).index_add_(0, of, values)
+
+    count = per_item(torch.ones_like(r), item)
     has = (count > 0).float()
     count = count.clamp_min(1.0)
-    shift = torch.zeros(n, device=r.device).index_add_(0, item, r) / count
-    depth = torch.zeros(n, device=r.device).index_add_(0, item, (r - shift[item]).abs()) / count
-    offset = torch.zeros(n, device=r.device).index_add_(0, item, r.abs()) / count
+    shift = per_item(r, item) / count
+    depth = per_item((r - shift[item]).abs(), item) / count
+    offset = per_item(r.abs(), item) / count
     terms = {"bce": bce, "dice": dice.mean(), "depth": (depth * has).mean(),
              "offset": (offset * has).mean()}
     terms["loss"] = (terms["bce"] + terms["dice"] + depth_weight * terms["depth"]
@@ -209,9 +214,8 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         seen = torch.isfinite(gap_true).nonzero(as_tuple=True)
         gap = (out["back"] - out["last"])[seen].float()
         g = (gap - gap_true[seen].float()).abs() * HEIGHT_SCALE
-        per = torch.zeros(n, device=g.device).index_add_(0, seen[0], g)
-        num = torch.zeros(n, device=g.device).index_add_(0, seen[0], torch.ones_like(g))
-        terms["last"] = ((per / num.clamp_min(1.0)) * (num > 0).float()).mean()
+        num = per_item(torch.ones_like(g), seen[0])
+        terms["last"] = ((per_item(g, seen[0]) / num.clamp_min(1.0)) * (num > 0).float()).mean()
         terms["loss"] = terms["loss"] + depth_weight * terms["last"]
     return terms
 
@@ -297,15 +301,12 @@ class DeviceCache:
     def batch(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         """The augmented items ``indices`` of ``epoch``, as the data loader would collate them."""
         from regkit_recon.net.data import augment_targets, item_generator
-        from regkit_recon.net.geometry import augment_batch, draw_augmentation
+        from regkit_recon.net.geometry import draw_augmentation
 
         augs = [draw_augmentation(item_generator(self.seed, epoch, int(i))) for i in indices]
         at = torch.as_tensor(list(indices), dtype=torch.int64, device=self.device)
-        maps = (self.image[at], self.hit[at], self.front[at], self.back[at])
-        if "last" in self.keys:
-            turned = augment_targets(*maps, self.last[at], augs)
-        else:
-            turned = dict(zip(self.keys, augment_batch(*maps, augs)[:4], strict=True))
+        turned = augment_targets(self.image[at], self.hit[at], self.front[at], self.back[at],
+                                 self.last[at] if "last" in self.keys else None, augs)
         zoom = torch.tensor([a.zoom for a in augs], dtype=torch.float64, device=self.device)
         return {k: turned[k] for k in self.keys} | {
             "unit_mm": self.unit_mm[at] / zoom, "index": at}
