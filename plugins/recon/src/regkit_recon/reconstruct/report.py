@@ -1,7 +1,8 @@
 """``report.png``: what a reconstruction saw and made, for a person to look at.
 
 One row of tiles per radiograph: the radiograph with each bone's outline (the network's), the
-front and back depth of the nearest bone (first view), the meshes shaded from the view's direction
+depth where the rays enter the nearest bone and leave the farthest (first view; the last exit
+where the model predicts it), the meshes shaded from the view's direction
 and from the side, and the re-projection of the reconstructed bones over the radiograph before and
 after the views' fusion and any refinement (green: before, magenta: after; white where they
 agree).
@@ -10,7 +11,9 @@ agree).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,8 +27,8 @@ from .mesh import Mesh
 if TYPE_CHECKING:
     from .base import Reconstruction
 
-__all__ = ["before_after_overlay", "outline_overlay", "project_silhouette", "shaded_meshes",
-           "write_report"]
+__all__ = ["before_after_overlay", "near_far", "outline_overlay", "project_silhouette",
+           "shaded_meshes", "write_report"]
 
 _TILE = 256
 _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
@@ -155,19 +158,31 @@ def _depth_tile(depth: NDArray[np.float64]) -> NDArray[np.uint8]:
     return _rgb(to_uint8(np.where(np.isfinite(depth), depth, np.nan)))
 
 
+def near_far(depth: Mapping[str, NDArray[Any]]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per pixel, the depth where the ray enters the nearest bone and where it leaves the farthest.
+
+    ``depth`` is in the ``predict`` layout. The exit is the last exit where the model gives it
+    (the solid reaches there), else the first layer's back; NaN where no bone is hit.
+    """
+    hit = np.asarray(depth["hit"], bool)
+    front = np.asarray(depth["front"], float)[:, 0]
+    exit_ = np.asarray(depth["last"], float) if "last" in depth else \
+        np.asarray(depth["back"], float)[:, 0]
+    any_hit = hit.any(axis=0)
+    near = np.full(hit.shape[1:], np.nan)
+    far = np.full(hit.shape[1:], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        near[any_hit] = np.nanmin(np.where(hit, front, np.nan), axis=0)[any_hit]
+        far[any_hit] = np.nanmax(np.where(hit, exit_, np.nan), axis=0)[any_hit]
+    return near, far
+
+
 def write_report(path: str | os.PathLike[str], rec: Reconstruction) -> None:
     """Write ``report.png`` for ``rec`` (see the module notes)."""
     tiles: list[NDArray[np.uint8]] = []
     hit = np.asarray(rec.depth["hit"], bool)
-    front = np.asarray(rec.depth["front"], float)[:, 0]
-    back = np.asarray(rec.depth["back"], float)[:, 0]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            near = np.nanmin(np.where(hit, front, np.nan), axis=0)
-            far = np.nanmax(np.where(hit, back, np.nan), axis=0)
+    near, far = near_far(rec.depth)
     first = rec.views[0]
     direction = first.camera.view_direction_world
     up = -np.asarray(first.camera.world_from_camera[:3, 1])       # image rows run down
