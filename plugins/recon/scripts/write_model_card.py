@@ -3,8 +3,8 @@
 Usage::
 
     python plugins/recon/scripts/write_model_card.py --model M.pt --run RUN \
-        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v8.md \
-        --script plugins/recon/scripts/train_hand_v8.sh --history "..." \
+        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v9.md \
+        --script plugins/recon/scripts/train_hand_v9.sh --history "..." \
         [--data-note "..."] [--machine "..."] [--val-report VAL/report.json]
 
 The card's figures (recipe, steps, time, validation and test tables) are read from the files
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--val-report", type=Path, default=None,
                         help="`regkit recon evaluate` on the validation set, for a run trained "
                         "without --val")
-    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v8.sh",
+    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v9.sh",
                         help="the one command that remakes the data, the training and the "
                         "evaluation (named in the card)")
     args = parser.parse_args()
@@ -103,8 +103,10 @@ def main() -> None:
         f"# Model card: {args.model.name}",
         "",
         "The bone network of regkit-recon: from one hand radiograph, each of the 29 bones' mask "
-        "and the front and back depth of its first layer along every ray (see the plugin "
-        "README, *The bone network*).",
+        "and the front and back depth of its first layer along every ray"
+        + (", and where each ray leaves the bone for the last time (`--last`)"
+           if config.get("last") else "")
+        + " (see the plugin README, *The bone network*).",
         "",
         "## Model",
         f"- Architecture: `BoneNet`, U-Net widths {config['widths']}, stem {config['stem']}, "

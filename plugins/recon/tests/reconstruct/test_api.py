@@ -109,8 +109,13 @@ def test_the_command_writes_every_output(single: Path, files: Path) -> None:
         lo, hi = mesh.vertices.min(axis=0) - 1.0, mesh.vertices.max(axis=0) + 1.0
         assert ((world >= lo) & (world <= hi)).all()
     with np.load(single / "depth.npz") as z:
-        assert set(z.files) == {"bones", "hit", "prob", "front", "back"}
+        # the conventions' keys, and the shipped model's last exit beside them
+        assert set(z.files) == {"bones", "hit", "prob", "front", "back", "last"}
         assert z["front"].shape[2:] == (256, 256)
+        assert z["last"].shape == (z["front"].shape[0], 256, 256)
+        hit = z["hit"]
+        assert np.array_equal(np.isfinite(z["last"]), hit)
+        assert (z["last"][hit] >= z["back"][:, 0][hit] - 1e-3).all()
     measurements = json.loads((single / "measurements.json").read_text())
     assert "bones" in measurements
     # the camera projects each bone's mesh onto where the network saw it
