@@ -213,6 +213,18 @@ def test_an_image_that_is_no_hand_is_refused_and_few_bones_warned_of(
         hit=hit, seen=[f"b{i}" for i in range(15)], bone_names=[f"b{i}" for i in range(29)])],
         said.append)
     assert len(said) == 1
+    # enough bones, each in two pieces of 8 and 4 rows (largest 67 %): whole enough to pass,
+    # broken enough to be said (an inverted image can look so)
+    pieces = np.zeros_like(hit)
+    pieces[:15, 4:12, 8:20] = True
+    pieces[:15, 16:20, 8:20] = True
+    _check_predictions([View(image, cam, name="inv.npy")], [SimpleNamespace(
+        hit=pieces, seen=[f"b{i}" for i in range(15)], bone_names=[f"b{i}" for i in range(29)])],
+        said.append)
+    assert len(said) == 2
+    assert "inv.npy: the network finds its bones in pieces" in said[1]
+    assert "median 67%" in said[1]
+    assert "--image-kind" in said[1]
     hit[:15, ::2] = False          # every bone in 6 strips: refused
     with pytest.raises(InputError, match="radiograph 1: the network finds its bones only in "
                                          "scattered pieces"):
