@@ -90,16 +90,16 @@ def _check_predictions(views: Sequence[View], preds: Sequence[Any],
     for v, (view, pred) in enumerate(zip(views, preds, strict=True)):
         which = view.name or f"radiograph {v + 1}"
         share = _whole_share(pred.hit)
+        pieces = (f"a bone's largest piece holds a median {share:.0%} of its pixels; a hand "
+                  "radiograph gives over 90 %")
         if share < MIN_WHOLE_SHARE:
             raise InputError(
-                f"{which}: the network finds its bones only in scattered pieces (a bone's "
-                f"largest piece holds a median {share:.0%} of its pixels; a hand radiograph "
-                "gives over 90 %): this does not look like a hand radiograph", key="image")
+                f"{which}: the network finds its bones only in scattered pieces ({pieces}): "
+                "this does not look like a hand radiograph", key="image")
         if len(pred.seen) < _FEW_BONES * len(pred.bone_names):
             what = f"the network sees only {len(pred.seen)} of {len(pred.bone_names)} bones"
         elif share < _WARN_WHOLE_SHARE:
-            what = (f"the network finds its bones in pieces (a bone's largest piece holds a "
-                    f"median {share:.0%} of its pixels; a hand radiograph gives over 90 %)")
+            what = f"the network finds its bones in pieces ({pieces})"
         else:
             continue
         warn(f"{which}: {what}; if the image shows a whole hand, check its kind (--image-kind, "
