@@ -28,6 +28,7 @@ from regkit_recon.net.predict import (
     load_prediction,
     predict,
     predict_file,
+    predict_with_plain,
     turn_array,
     turn_camera,
 )
@@ -345,6 +346,22 @@ def test_without_tta_a_mirror_changes_the_output(model_path: Path) -> None:
     base = predict(img, cam, model=model_path)
     mirrored = predict(turn_array(img, 0, True), turn_camera(cam, 0, True), model=model_path)
     assert np.abs(mirrored.prob - turn_array(base.prob, 0, True)).max() > 1e-4
+
+
+def test_tta_keeps_the_plain_prediction_of_its_identity_member(model_path: Path) -> None:
+    cam, img = _camera(), _image()
+    mean, plain = predict_with_plain(img, cam, model=model_path, tta=True)
+    alone = predict(img, cam, model=model_path)
+    averaged = predict(img, cam, model=model_path, tta=True)
+    np.testing.assert_array_equal(mean.prob, averaged.prob)
+    np.testing.assert_allclose(plain.prob, alone.prob, atol=1e-6)
+    assert plain.front_all is not None
+    assert alone.front_all is not None
+    assert _relative(plain.front_all, alone.front_all) < 1e-5
+    assert np.abs(plain.prob - mean.prob).max() > 1e-4       # it is not the average
+    same, again = predict_with_plain(img, cam, model=model_path)
+    assert same is again
+    np.testing.assert_array_equal(same.prob, alone.prob)
 
 
 # ------------------------------------------------------------------------------ geometry

@@ -542,11 +542,11 @@ def test_a_bone_the_first_view_misses_comes_from_the_second(files: Path,
     """
     from regkit_recon.net import predict as predict_module
 
-    real = predict_module.predict
+    real = predict_module.predict_with_plain
     calls: list[int] = []
 
     def first_misses(image: np.ndarray, camera: Camera, **kwargs: object) -> object:
-        pred = real(image, camera, **kwargs)  # type: ignore[arg-type]
+        pred, plain = real(image, camera, **kwargs)  # type: ignore[arg-type]
         calls.append(1)
         if len(calls) == 1:
             i = list(pred.bone_names).index("radius")
@@ -554,9 +554,9 @@ def test_a_bone_the_first_view_misses_comes_from_the_second(files: Path,
             pred.hit[i] = False
             pred.front[i] = np.nan
             pred.back[i] = np.nan
-        return pred
+        return pred, plain
 
-    monkeypatch.setattr(predict_module, "predict", first_misses)
+    monkeypatch.setattr(predict_module, "predict_with_plain", first_misses)
     views = _two_views(files)
     rec = HandReconstructor().reconstruct(views)
     assert rec.result["bones_from_other_views"] == ["radius"]

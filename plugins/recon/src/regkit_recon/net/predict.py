@@ -54,10 +54,12 @@ if TYPE_CHECKING:
     from regkit_recon.net.model import BoneNet, LoadedModel
 
     ModelLike = str | os.PathLike[str] | LoadedModel | BoneNet | None
+    # logits, front, back and last heights (None from a model without the last exit)
+    _Maps = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 __all__ = ["DEFAULT_MODEL", "OFFSET_PRIOR", "PREDICTION_KEYS", "Prediction",
            "add_predict_arguments", "check_bones", "load_prediction", "predict", "predict_file",
-           "resolve_model", "run_predict", "turn_array", "turn_camera"]
+           "predict_with_plain", "resolve_model", "run_predict", "turn_array", "turn_camera"]
 
 DEFAULT_MODEL = Path(regkit_recon.__file__).parent / "models" / "hand_v9.pt"
 """The model shipped with the plugin (29 bones of the hand phantom)."""
@@ -341,11 +343,11 @@ def _as_image(image: Any, image_kind: str, i0: float | None) -> np.ndarray:
 
 
 def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
-                  device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Mean logits and heights (mm) ``(NB, H, W)`` on the radiograph's detector.
+                  device: torch.device) -> tuple[_Maps, _Maps]:
+    """Mean logits and heights (mm) ``(NB, H, W)`` on the detector, and those of the image alone.
 
-    Front, back, and last (None from a model without it).
+    The second is the first of the turns, the identity: with TTA one of the 8, no extra work.
+    Each is front, back, and last (None from a model without it).
     """
     import torch
 
@@ -354,6 +356,7 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
 
     size = net.config.size
     turns = _GROUP if tta else ((0, False),)
+    assert turns[0] == (0, False)
     inputs, fits = [], []
     for k, m in turns:
         x, fit = fit_image(turn_array(image, k, m), turn_camera(camera, k, m), size)
@@ -365,13 +368,48 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
     heights = ("front", "back", "last") if "last" in out else ("front", "back")
     total = torch.zeros(((1 + len(heights)) * nb, camera.height, camera.width),
                         dtype=torch.float64)
+    first = total
     for i, ((k, m), fit) in enumerate(zip(turns, fits, strict=True)):
         mm = HEIGHT_SCALE * fit.net_spacing_mm
         maps = torch.cat([out["logits"][i], *(out[h][i] * mm for h in heights)])
-        total += _unturn(unfit(maps.float().cpu(), fit), k, m).double()
+        one = _unturn(unfit(maps.float().cpu(), fit), k, m).double()
+        if i == 0:
+            first = one
+        total += one
     total /= len(turns)
-    return (total[:nb], total[nb:2 * nb], total[2 * nb:3 * nb],
-            total[3 * nb:] if "last" in out else None)
+
+    def split(t: torch.Tensor) -> _Maps:
+        return (t[:nb], t[nb:2 * nb], t[2 * nb:3 * nb], t[3 * nb:] if "last" in out else None)
+
+    return split(total), split(first)
+
+
+def _prediction(maps: _Maps, camera: Camera, threshold: float,
+                loaded: LoadedModel) -> Prediction:
+    """The :class:`Prediction` of a model's maps on the radiograph's detector."""
+    import torch
+
+    from regkit_recon.net.geometry import height_to_depth
+
+    logits, h_front, h_back, h_last = maps
+    net = loaded.net
+    prob = torch.sigmoid(logits).numpy().astype(np.float32)
+    hit = prob > float(threshold)
+    front_all = height_to_depth(h_front.numpy(), camera).astype(np.float32)
+    back_all = height_to_depth(h_back.numpy(), camera).astype(np.float32)
+    front = np.where(hit, front_all, np.float32(np.nan))[:, None]
+    back = np.where(hit, back_all, np.float32(np.nan))[:, None]
+    last = last_all = None
+    if h_last is not None:   # at or beyond back, after the averaging as before it
+        last_all = np.maximum(height_to_depth(h_last.numpy(), camera),
+                              back_all).astype(np.float32)
+        last = np.where(hit, last_all, np.float32(np.nan)).astype(np.float32)
+    return Prediction(bones=np.asarray(net.config.bones, dtype=np.int32),
+                      bone_names=tuple(net.config.bone_names), hit=hit, prob=prob,
+                      front=front.astype(np.float32), back=back.astype(np.float32),
+                      camera=camera, offset_method=OFFSET_PRIOR, model=loaded.path,
+                      front_all=front_all, back_all=back_all, last=last,
+                      last_all=last_all)
 
 
 def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None,
@@ -400,11 +438,22 @@ def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None
             image, an unknown image kind, a bad threshold or device.
         FileFormatError: a missing, corrupt or foreign model file.
     """
-    import torch
+    return predict_with_plain(image, camera, model=model, image_kind=image_kind, i0=i0,
+                              tta=tta, threshold=threshold, device=device)[0]
 
+
+def predict_with_plain(image: Any, camera: Camera | None = None, *, model: ModelLike = None,
+                       image_kind: str = "line-integral", i0: float | None = None,
+                       tta: bool = False, threshold: float = 0.5,
+                       device: str | torch.device = "cpu") -> tuple[Prediction, Prediction]:
+    """:func:`predict`, and the network's prediction of the image as it is.
+
+    With ``tta`` the second is the identity's member of the 8 (no extra network run), equal to
+    ``predict(..., tta=False)`` to rounding; without, both are the same object.
+    """
     from regkit.geometry.camera import Camera
     from regkit.io.radiograph import Radiograph
-    from regkit_recon.net.geometry import fit_image, height_to_depth
+    from regkit_recon.net.geometry import fit_image
 
     if camera is None and isinstance(image, Radiograph):
         camera = image.camera
@@ -416,26 +465,10 @@ def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None
                          key="threshold")
     img = _as_image(image, image_kind, i0)
     loaded = resolve_model(model, device=device)
-    net = loaded.net
-    fit_image(img, camera, net.config.size)  # refuses a bad camera or image before any work
-    logits, h_front, h_back, h_last = _network_maps(net, img, camera, tta, _device(device))
-    prob = torch.sigmoid(logits).numpy().astype(np.float32)
-    hit = prob > float(threshold)
-    front_all = height_to_depth(h_front.numpy(), camera).astype(np.float32)
-    back_all = height_to_depth(h_back.numpy(), camera).astype(np.float32)
-    front = np.where(hit, front_all, np.float32(np.nan))[:, None]
-    back = np.where(hit, back_all, np.float32(np.nan))[:, None]
-    last = last_all = None
-    if h_last is not None:   # at or beyond back, after the averaging as before it
-        last_all = np.maximum(height_to_depth(h_last.numpy(), camera),
-                              back_all).astype(np.float32)
-        last = np.where(hit, last_all, np.float32(np.nan)).astype(np.float32)
-    return Prediction(bones=np.asarray(net.config.bones, dtype=np.int32),
-                      bone_names=tuple(net.config.bone_names), hit=hit, prob=prob,
-                      front=front.astype(np.float32), back=back.astype(np.float32),
-                      camera=camera, offset_method=OFFSET_PRIOR, model=loaded.path,
-                      front_all=front_all, back_all=back_all, last=last,
-                      last_all=last_all)
+    fit_image(img, camera, loaded.net.config.size)  # refuses a bad camera or image first
+    mean, first = _network_maps(loaded.net, img, camera, tta, _device(device))
+    pred = _prediction(mean, camera, threshold, loaded)
+    return pred, (_prediction(first, camera, threshold, loaded) if tta else pred)
 
 
 def predict_file(image_path: str | os.PathLike[str], camera_path: str | os.PathLike[str],

@@ -267,7 +267,7 @@ class HandReconstructor(Reconstructor):
                     progress: Progress | None = None) -> Reconstruction:
         """Reconstruct the hand's bones from ``views`` (see :meth:`Reconstructor.reconstruct`)."""
         from regkit_recon.measure_hand import measure_hand
-        from regkit_recon.net.predict import predict
+        from regkit_recon.net.predict import predict_with_plain
 
         from .refine import RefineView
         from .refine import refine as run_refine
@@ -284,14 +284,13 @@ class HandReconstructor(Reconstructor):
         refine = bool(refine)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        preds = [predict(v.image, v.camera, model=self.loaded, tta=self.tta,
-                         threshold=self.threshold, device=self.device) for v in views]
-        timings["predict_s"] = time.perf_counter() - t
         # the check's threshold was set on the plain network's masks (TTA's are smoother, and
-        # let smoothed noise through): with TTA the plain prediction is made for it too
-        plain = preds if not self.tta else [
-            predict(v.image, v.camera, model=self.loaded, tta=False, threshold=self.threshold,
-                    device=self.device) for v in views]
+        # let smoothed noise through): it reads the identity's member of TTA's 8
+        pairs = [predict_with_plain(v.image, v.camera, model=self.loaded, tta=self.tta,
+                                    threshold=self.threshold, device=self.device)
+                 for v in views]
+        preds, plain = [p for p, _ in pairs], [q for _, q in pairs]
+        timings["predict_s"] = time.perf_counter() - t
         _check_predictions(views, plain, warn)
         first = preds[0]
         say(f"network: {len(first.seen)} of {len(first.bone_names)} bones seen")
