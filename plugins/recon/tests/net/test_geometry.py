@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from regkit_recon.net.geometry import augment, augment_batch, draw_augmentation
+from regkit_recon.net.geometry import augment, augment_batch, draw_augmentation, fit_image, unfit
 from regkit_recon.net.model import rank_channel
 
 from regkit.errors import InputError
+from regkit.geometry.camera import Camera
+from regkit.geometry.carm import camera_from_carm
 
 
 def test_augmented_heights_never_mix_in_unknown_pixels() -> None:
@@ -97,3 +99,47 @@ def test_a_batch_is_augmented_as_its_items_one_by_one() -> None:
             torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6, equal_nan=True)
     with pytest.raises(InputError, match="2 augmentations for 3 items"):
         augment_batch(image, hit, front, back, augs[:2])
+
+
+def _fit_camera(width: int, height: int) -> Camera:
+    return camera_from_carm(source_to_detector_mm=1000.0, source_to_isocenter_mm=950.0,
+                            pixel_spacing_mm=(0.5, 0.55), width=width, height=height,
+                            principal_offset_mm=(3.0, -2.0), primary_angle=0.3,
+                            secondary_angle=-0.1)
+
+
+@pytest.mark.parametrize("fill", [1.0, 0.87, 0.5])
+def test_a_smaller_fill_shows_the_image_smaller_with_its_camera_to_match(fill: float) -> None:
+    width, height, size = 48, 40, 32
+    camera = _fit_camera(width, height)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.exp(-((xx - 30.0) ** 2 + (yy - 12.0) ** 2) / 20.0)   # a blob off centre
+    x, fit = fit_image(image, camera, size, fill=fill)
+    assert x.shape == (1, 1, size, size)
+    assert fit.inner_width == round(fill * size)
+    assert fit.inner_height == round(fill * size * height / width)
+    assert fit.net_spacing_mm == pytest.approx(0.525 * width / (fill * size), rel=0.03)
+    # a world point lands on the same share of the detector in both cameras
+    point = np.array([[5.0, -8.0, 30.0]])
+    uv = camera.project(point)[0]
+    net_uv = fit.net_camera.project(point)[0]
+    np.testing.assert_allclose(net_uv, uv * [fit.inner_width / width, fit.inner_height / height],
+                               atol=1e-9)
+    # the blob's peak is where the camera says, the rest of the input is air
+    peak = np.unravel_index(int(torch.argmax(x[0, 0])), (size, size))
+    scale = fit.inner_width / width
+    assert abs(peak[1] + 0.5 - (30.5 * scale)) <= 1.0
+    assert abs(peak[0] + 0.5 - (12.5 * scale)) <= 1.0
+    air = x[0, 0, fit.inner_height:, :]
+    if air.numel():
+        assert float(air.max() - air.min()) == 0.0
+    # and the maps come back to the detector's own grid
+    back = unfit(x[0], fit)
+    assert back.shape == (1, height, width)
+
+
+@pytest.mark.parametrize("fill", [0.0, -0.5, 1.2, float("nan"), "big"])
+def test_a_fill_outside_zero_to_one_is_refused(fill: object) -> None:
+    with pytest.raises(InputError, match="fill"):
+        fit_image(np.random.default_rng(0).random((8, 8)), _fit_camera(8, 8), 8,
+                  fill=fill)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
+from regkit.utils.checks import is_real
 
 __all__ = ["Augmentation", "Fit", "augment", "augment_batch", "cos_theta", "depth_to_height",
            "draw_augmentation", "fit_image", "height_to_depth", "normalise", "unfit"]
@@ -133,21 +134,26 @@ class Fit:
         return 0.5 * (spacing[0] + spacing[1])
 
 
-def fit_image(image: np.ndarray, camera: Camera, size: int) -> tuple[torch.Tensor, Fit]:
+def fit_image(image: np.ndarray, camera: Camera, size: int, *, fill: float = 1.0
+              ) -> tuple[torch.Tensor, Fit]:
     """Resample a radiograph to the network's ``size × size`` input.
 
     Args:
         image: ``(H, W)`` line integrals.
         camera: Its camera (``W × H``, with ``pixel_spacing_mm``).
         size: The network's input size S.
+        fill: The share of S the image's longer side takes (0 < fill ≤ 1; the rest is air):
+            below 1 the hand is shown smaller, as a zoom of the training data does.
 
     Returns:
         The normalised input ``(1, 1, S, S)`` and the :class:`Fit`.
 
     Raises:
         InputError: a camera of another size than the image, a camera without pixel spacing, a
-            flat image.
+            flat image, a fill outside (0, 1].
     """
+    if not is_real(fill) or not 0.0 < float(fill) <= 1.0:
+        raise InputError(f"must lie in (0, 1], got {fill!r}", key="fill")
     img = np.asarray(image)
     if img.ndim != 2:
         raise InputError(f"a radiograph is a 2-D array, got shape {img.shape}", key="image")
@@ -160,7 +166,7 @@ def fit_image(image: np.ndarray, camera: Camera, size: int) -> tuple[torch.Tenso
         raise InputError("the image holds NaN or infinite pixels", key="image")
     if float(np.ptp(img)) <= 0.0:
         raise InputError("the image is flat (zero variance): nothing to see", key="image")
-    scale = size / max(w, h)
+    scale = float(fill) * size / max(w, h)
     iw, ih = max(1, round(w * scale)), max(1, round(h * scale))
     sx, sy = iw / w, ih / h
     x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]

@@ -11,10 +11,12 @@ module brings them back to the radiograph's own detector and camera:
   radiograph's own camera. Front ≤ back (the network's front lies at or above its back).
 
 **Test-time augmentation** (``tta=True``) runs the network on the 8 flips and quarter turns of
-the radiograph (each with its camera turned to match, :func:`turn_camera`), turns each output
-back, and averages logits and heights. The average over the whole group makes the prediction
-exactly equivariant (up to float rounding): a mirrored or turned radiograph with the mirrored or
-turned camera gives the mirrored or turned masks and the same depths.
+the radiograph (each with its camera turned to match, :func:`turn_camera`), each at the two
+sizes of :data:`TTA_FILLS` (the radiograph filling the network's input, and shown at 0.87 of it
+with air around, its camera scaled to match), turns each output back, and averages logits and
+heights over the 16. The average over the whole group makes the prediction exactly equivariant
+(up to float rounding): a mirrored or turned radiograph with the mirrored or turned camera gives
+the mirrored or turned masks and the same depths.
 
 **The offset.** One radiograph hardly fixes the hand's distance from the source; the absolute
 depths are the network's prior (where the hands of its training data lay above the detector),
@@ -149,6 +151,10 @@ def _unturn(maps: torch.Tensor, quarter_turns: int, mirror: bool) -> torch.Tenso
 
 _GROUP = tuple((k, m) for m in (False, True) for k in range(4))
 """The 8 flips and quarter turns of the square, as (quarter_turns, mirror)."""
+
+TTA_FILLS = (1.0, 0.87)
+"""The sizes the radiograph is shown at with TTA: the share of the network's input its longer
+side takes (the rest air), each with the 8 turns. The training data were zoomed 0.8–1.15×."""
 
 
 # ------------------------------------------------------------------------------ prediction
@@ -346,8 +352,9 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
                   device: torch.device) -> tuple[_Maps, _Maps]:
     """Mean logits and heights (mm) ``(NB, H, W)`` on the detector, and those of the image alone.
 
-    The second is the first of the turns, the identity: with TTA one of the 8, no extra work.
-    Each is front, back, and last (None from a model without it).
+    The second is the first member, the identity at full size: with TTA one of the 16, no extra
+    work. Each is front, back, and last (None from a model without it). With TTA the network
+    runs once per fill of :data:`TTA_FILLS` on the 8 turns (a batch of 8 at a time).
     """
     import torch
 
@@ -356,30 +363,36 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
 
     size = net.config.size
     turns = _GROUP if tta else ((0, False),)
+    fills = TTA_FILLS if tta else (1.0,)
     assert turns[0] == (0, False)
-    inputs, fits = [], []
-    for k, m in turns:
-        x, fit = fit_image(turn_array(image, k, m), turn_camera(camera, k, m), size)
-        inputs.append(x)
-        fits.append(fit)
-    with torch.no_grad():
-        out = net(torch.cat(inputs).to(device))
+    assert fills[0] == 1.0
     nb = len(net.config.bones)
-    heights = ("front", "back", "last") if "last" in out else ("front", "back")
-    total = torch.zeros(((1 + len(heights)) * nb, camera.height, camera.width),
-                        dtype=torch.float64)
-    first = total
-    for i, ((k, m), fit) in enumerate(zip(turns, fits, strict=True)):
-        mm = HEIGHT_SCALE * fit.net_spacing_mm
-        maps = torch.cat([out["logits"][i], *(out[h][i] * mm for h in heights)])
-        one = _unturn(unfit(maps.float().cpu(), fit), k, m).double()
-        if i == 0:
-            first = one
-        total += one
-    total /= len(turns)
+    total: torch.Tensor | None = None
+    first: torch.Tensor | None = None
+    heights: tuple[str, ...] = ()
+    for fill in fills:
+        inputs, fits = [], []
+        for k, m in turns:
+            x, fit = fit_image(turn_array(image, k, m), turn_camera(camera, k, m), size,
+                               fill=fill)
+            inputs.append(x)
+            fits.append(fit)
+        with torch.no_grad():
+            out = net(torch.cat(inputs).to(device))
+        heights = ("front", "back", "last") if "last" in out else ("front", "back")
+        for i, ((k, m), fit) in enumerate(zip(turns, fits, strict=True)):
+            mm = HEIGHT_SCALE * fit.net_spacing_mm
+            maps = torch.cat([out["logits"][i], *(out[h][i] * mm for h in heights)])
+            one = _unturn(unfit(maps.float().cpu(), fit), k, m).double()
+            if first is None:
+                first = one.clone()
+            total = one if total is None else total + one
+    assert total is not None
+    assert first is not None
+    total /= len(turns) * len(fills)
 
     def split(t: torch.Tensor) -> _Maps:
-        return (t[:nb], t[nb:2 * nb], t[2 * nb:3 * nb], t[3 * nb:] if "last" in out else None)
+        return (t[:nb], t[nb:2 * nb], t[2 * nb:3 * nb], t[3 * nb:] if "last" in heights else None)
 
     return split(total), split(first)
 
@@ -426,7 +439,8 @@ def predict(image: Any, camera: Camera | None = None, *, model: ModelLike = None
         image_kind: ``"line-integral"`` (bone bright) or ``"transmitted"`` (detector intensity,
             converted to ``−log(I / I0)``).
         i0: Unattenuated intensity for ``"transmitted"`` (default the brightest pixel).
-        tta: Average over the 8 flips and quarter turns (exactly equivariant, 8× the work).
+        tta: Average over the 8 flips and quarter turns, each at the sizes of
+            :data:`TTA_FILLS` (exactly equivariant, 16× the work).
         threshold: ``hit = prob > threshold``, in (0, 1).
         device: Where the network runs (``"cpu"``, ``"cuda"``).
 
@@ -448,7 +462,7 @@ def predict_with_plain(image: Any, camera: Camera | None = None, *, model: Model
                        device: str | torch.device = "cpu") -> tuple[Prediction, Prediction]:
     """:func:`predict`, and the network's prediction of the image as it is.
 
-    With ``tta`` the second is the identity's member of the 8 (no extra network run), equal to
+    With ``tta`` the second is the identity's member of the 16 (no extra network run), equal to
     ``predict(..., tta=False)`` to rounding; without, both are the same object.
     """
     from regkit.geometry.camera import Camera
@@ -530,7 +544,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="M",
                         help="model file (default: the model shipped with regkit-recon)")
     parser.add_argument("--tta", action="store_true",
-                        help="average over the 8 flips and quarter turns (8x slower)")
+                        help="average over the 8 flips and quarter turns at two sizes (16x slower)")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="P",
                         help="a bone is seen where its probability exceeds P (default 0.5)")
     parser.add_argument("--device", default="cpu", metavar="DEV",

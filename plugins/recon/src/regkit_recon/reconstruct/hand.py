@@ -2,13 +2,14 @@
 
 Steps (timed in ``result.json``): the network predicts every bone's probability and front/back
 depth in each radiograph (:func:`regkit_recon.net.predict.predict_with_plain`: with TTA, the
-mean of the 8 flips and turns, and the image's own member of them for the not-a-hand check); the
-first view's depths are back-projected into closed solids (:mod:`.backproject`); on request
-(``refine=True``) the solids are refined by re-projection (:mod:`.refine`: with two or more
-views a common depth offset, then each bone's placement unless ``refine_placement=False``); with
-two or more views each bone is then triangulated from the views and fused with the same bone
-back-projected from the others (:func:`.backproject.fuse_views`, unless ``fuse_views=False``);
-the label volume is sampled from the solids and measured
+mean of the 8 flips and turns at two sizes, and the image's own member of them for the
+not-a-hand check); the first view's depths are back-projected into closed solids
+(:mod:`.backproject`); on request (``refine=True``) the solids are refined by re-projection
+(:mod:`.refine`: with two or more views a common depth offset, then each bone's placement unless
+``refine_placement=False``); with two or more views each bone is then triangulated from the
+views and fused with the same bone back-projected from the others
+(:func:`.backproject.fuse_views`, unless ``fuse_views=False``); the label volume is sampled from
+the solids and measured
 (:func:`regkit_recon.measure_hand.measure_hand`).
 
 Refinement is off by default. In one view the silhouettes fit by construction and depth is not
