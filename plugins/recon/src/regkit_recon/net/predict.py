@@ -387,6 +387,7 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
             if first is None:
                 first = one.clone()
             total = one if total is None else total + one
+        del out, inputs   # free this size's batch before the next one runs
     assert total is not None
     assert first is not None
     total /= len(turns) * len(fills)
