@@ -159,9 +159,9 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voxel-mm", type=float, default=0.5, metavar="MM",
                         help="label volume voxel size, 0.1 to 0.5 (default 0.5)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="average the network over the 8 flips and turns of each image "
-                             "(about 0.7 s more a radiograph on 2 cores; default: %(default)s, "
-                             "see the plugin README)")
+                        help="average the network over the 8 flips and turns of each image at "
+                             "two sizes (about 4 s more a radiograph on 2 cores; default: "
+                             "%(default)s, see the plugin README)")
     parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
 

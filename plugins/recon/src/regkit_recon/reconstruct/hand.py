@@ -154,11 +154,12 @@ class HandReconstructor(Reconstructor):
     Args:
         model: A model file, a loaded model, or None for the shipped one.
         device: Where the network runs.
-        tta: Average the network over the 8 flips and turns of each image (default on: with
-            hand_v6 on the test split it lifted the Dice from 0.689 to 0.701, the biplane
-            median absolute ASSD from 1.47 to 1.34 mm and the single view's shift-aligned ASSD
-            from 2.01 to 1.95 mm, for about 0.7 s more a radiograph on 2 cores; see the plugin
-            README).
+        tta: Average the network over the 8 flips and turns of each image at two sizes
+            (default on: with hand_v6 on the test split the 8 lifted the Dice from 0.689 to
+            0.701 and the biplane median absolute ASSD from 1.47 to 1.34 mm; the second size
+            took hand_v9's from 0.761 to 0.765 and the single view's shift-aligned ASSD from
+            1.67 to 1.60 mm; the 16 cost about 3.8 s more a radiograph on 2 cores than none;
+            see the plugin README).
         threshold: A bone is seen where its probability exceeds this.
         voxel_mm: The label volume's voxel size, 0.1 to 0.5 mm (finer would take tens of GB
             for a hand, and the depth maps do not hold that detail).
