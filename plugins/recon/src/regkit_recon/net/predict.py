@@ -370,11 +370,11 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
     total: torch.Tensor | None = None
     first: torch.Tensor | None = None
     heights: tuple[str, ...] = ()
+    turned = [(turn_array(image, k, m), turn_camera(camera, k, m)) for k, m in turns]
     for fill in fills:
         inputs, fits = [], []
-        for k, m in turns:
-            x, fit = fit_image(turn_array(image, k, m), turn_camera(camera, k, m), size,
-                               fill=fill)
+        for img, cam in turned:
+            x, fit = fit_image(img, cam, size, fill=fill)
             inputs.append(x)
             fits.append(fit)
         with torch.no_grad():
@@ -384,9 +384,10 @@ def _network_maps(net: BoneNet, image: np.ndarray, camera: Camera, tta: bool,
             mm = HEIGHT_SCALE * fit.net_spacing_mm
             maps = torch.cat([out["logits"][i], *(out[h][i] * mm for h in heights)])
             one = _unturn(unfit(maps.float().cpu(), fit), k, m).double()
-            if first is None:
-                first = one.clone()
-            total = one if total is None else total + one
+            if total is None:
+                first, total = one.clone(), one
+            else:
+                total += one      # in place: no new map stack per member
         del out, inputs   # free this size's batch before the next one runs
     assert total is not None
     assert first is not None
