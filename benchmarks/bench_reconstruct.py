@@ -25,7 +25,7 @@ generated, ``left`` mirrored, ``up`` turned half a turn; see :mod:`regkit_recon.
   (tilt, inclination) errors in ``malunited_of_record``), which adds the measurement's own error;
 * ``--biplane``: the first PA and oblique views of each phantom together: ``first_view`` (the
   first view's solids alone, neither refined nor fused), ``fused`` (each bone triangulated from the
-  two views and their solids averaged, the default), ``placed`` (refinement by re-projection: the
+  two views and their fields averaged, the default), ``placed`` (refinement by re-projection: the
   common depth offset and each bone's translation, not fused; the default until 2026-12-04) and
   ``placed_fused`` (both): absolute and aligned ASSD and the time of each.
 """

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from regkit_recon.data import demo_hand as demo_hand_folder
 from regkit_recon.groundtruth.sample import SampleRenderer
 from regkit_recon.reconstruct.backproject import (
+    DEPTH_WEIGHT,
     BoneSolid,
     FusedSolid,
     backproject,
@@ -296,12 +297,16 @@ def test_two_views_fused_correct_one_view_s_depth_error() -> None:
     assert abs(along @ cams[1].view_direction_world) > 0.999
     assert np.linalg.norm(moved.shift_mm) == pytest.approx(25.0, abs=0.5)
 
-    # the first view 4 mm too thick along its rays: the fusion halves the surface error or better
+    # the first view 4 mm too thick along its rays: the plain mean halves the surface error or
+    # better; weighing depths less than outlines (the default) does nearly as well here, where
+    # the other view's depths are exact (its rims' walls count more), and better where both
+    # views' depths are noisy (test_fusion_trusts_noisy_depths_less_than_outlines)
     thick = _solid(maps[0], cams[0], thicken_mm=4.0)
     alone = error(thick.mesh())
-    fused = fuse_views([thick], [[_solid(maps[1], cams[1], -10.0)]])[0]
+    second = _solid(maps[1], cams[1], -10.0)
     assert alone > 0.8
-    assert error(fused.mesh()) < 0.5 * alone
+    assert error(fuse_views([thick], [[second]], depth_weight=1.0)[0].mesh()) < 0.5 * alone
+    assert error(fuse_views([thick], [[second]])[0].mesh()) < 0.55 * alone
     # and placed 2 mm too deep as well: the second view follows that placement, and the fusion
     # still takes off a fifth or more
     deep = _solid(maps[0], cams[0], shift_mm=2.0, thicken_mm=4.0)
@@ -324,6 +329,64 @@ def test_two_views_fused_correct_one_view_s_depth_error() -> None:
     # the label volume takes a fused solid like any other
     lv = label_volume(exact, [mesh], voxel_mm=0.5)
     assert len(np.argwhere(lv.labels == 3)) * 0.125 == pytest.approx(mesh.volume, rel=0.05)
+
+
+def test_fusion_trusts_noisy_depths_less_than_outlines() -> None:
+    """Both views' depths off by smooth noise of 1.5 mm, their outlines exact (as a network's).
+
+    Weighing each view's depths less than its outline (the default, ``DEPTH_WEIGHT``) brings the
+    fused surface nearer to the ellipsoid than the plain mean does; the field stays a weighted
+    mean of the views' fields, under its upper bound, and a weight outside (0, 1] is refused.
+    """
+    from scipy import ndimage
+
+    radii, centre, cams, maps = _ellipsoid_views((0.0, np.radians(50.0)))
+
+    def noisy(view: int, seed: int) -> BoneSolid:
+        rng = np.random.default_rng(seed)
+        m = maps[view]
+        noise = [ndimage.gaussian_filter(rng.normal(size=m["front"][0].shape), 2.0)
+                 for _ in range(2)]
+        front, back = (m[k][0] + 1.5 * n / n.std() for k, n in zip(("front", "back"), noise,
+                                                                    strict=True))
+        solid = backproject_bone(front, back, m["hit"][0], cams[view], label=3, name="e")
+        assert solid is not None
+        return solid
+
+    def error(solid: BoneSolid | FusedSolid) -> float:
+        return float(_ellipsoid_distance(solid.mesh().vertices, radii, centre).mean())
+
+    plain, weighted = [], []
+    for seed in (0, 1, 2):
+        first, second = noisy(0, seed), noisy(1, seed + 10)
+        fused = {w: fuse_views([first], [[second]], depth_weight=w)[0]
+                 for w in (1.0, DEPTH_WEIGHT)}
+        assert all(isinstance(f, FusedSolid) for f in fused.values())
+        plain.append(error(fused[1.0]))
+        weighted.append(error(fused[DEPTH_WEIGHT]))
+        assert error(first) > plain[-1]
+    assert sum(weighted) < 0.96 * sum(plain)
+
+    # the field: a weighted mean of the views' (floored) fields, never above the upper bound
+    solid = cast(FusedSolid, fused[DEPTH_WEIGHT])
+    assert cast(FusedSolid, fuse_views([first], [[second]])[0]).depth_weight == DEPTH_WEIGHT
+    rng = np.random.default_rng(3)
+    points = centre + rng.normal(scale=6.0, size=(500, 3))
+    value = solid.field(points)
+    parts = np.stack([np.maximum(p.field(points), -20.0) for p in solid.parts])
+    ok = np.isfinite(value)
+    assert ok.sum() > 300
+    assert (value[ok] >= parts[:, ok].min(axis=0) - 1e-9).all()
+    assert (value[ok] <= solid.upper_bound(points)[ok] + 1e-9).all()
+    np.testing.assert_allclose(solid.upper_bound(points)[ok], parts[:, ok].max(axis=0))
+    # with equal weights it is the plain mean
+    even = replace(solid, depth_weight=1.0).field(points)
+    np.testing.assert_allclose(even[ok], parts[:, ok].mean(axis=0))
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(InputError, match="depth_weight"):
+            replace(solid, depth_weight=bad)
+        with pytest.raises(InputError, match="depth_weight"):
+            fuse_views([first], [[second]], depth_weight=bad)
 
 
 def test_fusion_keeps_bones_only_the_first_view_sees_and_refuses_mixed_bones() -> None:

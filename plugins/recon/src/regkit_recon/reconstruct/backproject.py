@@ -43,8 +43,8 @@ from regkit.geometry.camera import Camera, pixel_rays
 
 from .mesh import Mesh, extract_mesh
 
-__all__ = ["BoneSolid", "FusedSolid", "LabelVolume", "Solid", "backproject", "backproject_bone",
-           "fuse_views", "label_volume"]
+__all__ = ["DEPTH_WEIGHT", "BoneSolid", "FusedSolid", "LabelVolume", "Solid", "backproject",
+           "backproject_bone", "fuse_views", "label_volume"]
 
 Array = NDArray[np.float64]
 
@@ -110,6 +110,20 @@ class BoneSolid:
 
         It is −inf outside the window.
         """
+        inside, slab = self.terms(points)
+        return np.minimum(inside, slab)
+
+    def upper_bound(self, points: Array) -> Array:
+        """The field itself (its slope is bounded: :meth:`max_slope`)."""
+        return self.field(points)
+
+    def terms(self, points: Array) -> tuple[Array, Array]:
+        """The field's two terms at world points ``(N, 3)``: ``(s, max_l slab_l)``, mm.
+
+        ``s`` says how far inside the silhouette a point lies (across the rays), the slab how
+        far inside a depth interval (along them); ``F`` is their minimum. Both are −inf outside
+        the window.
+        """
         p = np.asarray(points, dtype=np.float64) - np.asarray(self.shift_mm)
         uv = self.camera.project(p)
         t = np.linalg.norm(p - self.camera.source_world, axis=1)
@@ -117,18 +131,19 @@ class BoneSolid:
         row = (uv[:, 1] - self.origin[1]) * self.upsample - 0.5
         h, w = self.inside.shape
         ok = np.isfinite(col) & (col >= 0) & (col <= w - 1) & (row >= 0) & (row <= h - 1)
-        out = np.full(len(p), -np.inf)
+        inside = np.full(len(p), -np.inf)
+        slab = np.full(len(p), -np.inf)
         if not ok.any():
-            return out
+            return inside, slab
         coords = np.stack([row[ok], col[ok]])
-        s = ndimage.map_coordinates(self.inside, coords, order=1)
-        slab = np.full(int(ok.sum()), -np.inf)
+        inside[ok] = ndimage.map_coordinates(self.inside, coords, order=1)
+        layers = np.full(int(ok.sum()), -np.inf)
         for mid, half in zip(self.mid, self.half, strict=True):
             m = ndimage.map_coordinates(mid, coords, order=1)
             hh = ndimage.map_coordinates(half, coords, order=1)
-            slab = np.maximum(slab, hh - np.abs(t[ok] - m))
-        out[ok] = np.minimum(s, slab)
-        return out
+            layers = np.maximum(layers, hh - np.abs(t[ok] - m))
+        slab[ok] = layers
+        return inside, slab
 
     def max_slope(self) -> float:
         """The steepest change of the field on its grid, mm per mm (at least 1)."""
@@ -372,8 +387,11 @@ class Solid(Protocol):
     def field(self, points: Array) -> Array:
         """The signed field at world points ``(N, 3)``: mm, + inside."""
 
+    def upper_bound(self, points: Array) -> Array:
+        """A bound never below the field, changing by at most :meth:`max_slope` per mm."""
+
     def max_slope(self) -> float:
-        """An upper bound of the field's change, mm per mm."""
+        """An upper bound of :meth:`upper_bound`'s change, mm per mm."""
 
     def mesh(self) -> Mesh:
         """The closed surface in world RAS+ mm."""
@@ -381,6 +399,9 @@ class Solid(Protocol):
 
 _FAR_MM = 20.0
 """A view's field is floored here in a fusion: outside its window it says "outside", no more."""
+
+DEPTH_WEIGHT = 0.1
+"""The weight of a view's depths against its outline in a fusion (see :class:`FusedSolid`)."""
 
 
 @dataclass(frozen=True)
@@ -395,13 +416,24 @@ class FusedSolid:
     wherever a view's field is (outside its window), so the fused solid lies inside every view's
     window and the field has no plateau at a window's edge.
 
+    Each view's depths are trusted less than its outline. Each view's field is
+    ``min(s, slab)``: how far inside its silhouette a point lies (across its rays), or how far
+    inside its depth interval (along them), whichever is less. The mean weighs a view's field by 1
+    where the silhouette term is the one in force and by ``depth_weight`` where the slab term is.
+    Where one view's depth meets another's outline, the surface then lies nearer to where the
+    outline puts it: at ``s₂ = −depth_weight · slab₁``, not ``s₂ = −slab₁``. Where all the views'
+    depths (or all their outlines) meet, the weights cancel out. The network's outlines err by
+    a fraction of a millimetre, its depths by about 2 mm (plugin README, *Fusion weights*).
+
     Attributes:
         parts: The bone's solids, one per view, placed in one world (the first view's first).
         voxel_mm: The world grid the mesh is cut on.
+        depth_weight: The weight of a view's field where its slab term is in force, in (0, 1].
     """
 
     parts: tuple[BoneSolid, ...]
     voxel_mm: float = 0.4
+    depth_weight: float = DEPTH_WEIGHT
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -411,6 +443,8 @@ class FusedSolid:
                              key="parts")
         if not self.voxel_mm > 0:
             raise InputError(f"must be > 0, got {self.voxel_mm}", key="voxel_mm")
+        if not 0.0 < self.depth_weight <= 1.0:
+            raise InputError(f"must lie in (0, 1], got {self.depth_weight}", key="depth_weight")
 
     @property
     def label(self) -> int:
@@ -423,20 +457,40 @@ class FusedSolid:
         return self.parts[0].name
 
     def field(self, points: Array) -> Array:
-        """The mean of the views' fields (each floored at −20 mm) at world points ``(N, 3)``.
+        """The weighted mean of the views' fields at world points ``(N, 3)``.
 
-        It is −inf where any view's field is (outside that view's window).
+        Each view's field is floored at −20 mm and weighs 1 where its silhouette term is in force,
+        ``depth_weight`` where its slab term is. The mean is −inf where any view's field is
+        (outside that view's window).
         """
         total = np.zeros(len(points))
+        weights = np.zeros(len(points))
+        seen = np.ones(len(points), dtype=bool)
+        for part in self.parts:
+            inside, slab = part.terms(points)
+            value = np.minimum(inside, slab)
+            seen &= np.isfinite(value)
+            weight = np.where(inside <= slab, 1.0, self.depth_weight)
+            total += weight * np.maximum(value, -_FAR_MM)
+            weights += weight
+        return np.where(seen, total / weights, -np.inf)
+
+    def upper_bound(self, points: Array) -> Array:
+        """The largest of the views' (floored) fields: never below :meth:`field`.
+
+        The weights jump where a view's term in force changes, so the mean's own slope is not
+        bounded; this bound's is (:meth:`max_slope`), so it tells where the solid cannot reach.
+        """
+        best = np.full(len(points), -np.inf)
         seen = np.ones(len(points), dtype=bool)
         for part in self.parts:
             value = part.field(points)
             seen &= np.isfinite(value)
-            total += np.maximum(value, -_FAR_MM)
-        return np.where(seen, total / len(self.parts), -np.inf)
+            best = np.maximum(best, np.maximum(value, -_FAR_MM))
+        return np.where(seen, best, -np.inf)
 
     def max_slope(self) -> float:
-        """The steepest change of the mean, mm per mm: at most the steepest of the views'."""
+        """The steepest change of :meth:`upper_bound`, mm per mm: the steepest of the views'."""
         return max(p.max_slope() for p in self.parts)
 
     def bounds(self) -> tuple[Array, Array]:
@@ -460,7 +514,7 @@ class FusedSolid:
 
 
 def _triangulate(parts: Sequence[BoneSolid], views: Sequence[int], *, voxel_mm: float,
-                 max_miss_mm: float, cos_min: float
+                 max_miss_mm: float, cos_min: float, depth_weight: float
                  ) -> tuple[FusedSolid, dict[int, float]] | None:
     """One bone's solids (from ``views``) triangulated and fused, with each view's move (mm).
 
@@ -485,7 +539,8 @@ def _triangulate(parts: Sequence[BoneSolid], views: Sequence[int], *, voxel_mm: 
         return None
     along = np.einsum("vi,vi->v", point - centres, rays)   # each view's move along its ray
     moved = tuple(p.moved(float(t) * d) for p, t, d in zip(parts, along, rays, strict=True))
-    return FusedSolid(moved, voxel_mm), {v: float(t) for v, t in zip(views, along, strict=True)}
+    moves = {v: float(t) for v, t in zip(views, along, strict=True)}
+    return FusedSolid(moved, voxel_mm, depth_weight), moves
 
 
 def _moved_along(solid: BoneSolid, correction_mm: float) -> BoneSolid:
@@ -496,15 +551,16 @@ def _moved_along(solid: BoneSolid, correction_mm: float) -> BoneSolid:
 
 def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]], *,
                voxel_mm: float = 0.4, max_miss_mm: float = 6.0,
-               min_angle_deg: float = 10.0,
-               others_only: bool = True) -> list[BoneSolid | FusedSolid]:
+               min_angle_deg: float = 10.0, others_only: bool = True,
+               depth_weight: float = DEPTH_WEIGHT) -> list[BoneSolid | FusedSolid]:
     """Each bone of the first view fused with the same bone seen in the other views.
 
     Each view fixes a bone across its rays but barely along them (one view's depths carry an
     unknown offset). So, per bone, the point nearest to the rays from each view's source through
     its solid's centroid is found (least squares; the views' triangulation of the bone), each
     view's solid is moved along its own ray until its centroid lies at that point's depth, and the
-    views' fields are averaged (:class:`FusedSolid`).
+    views' fields are averaged, each view's depths weighing ``depth_weight`` of its outline
+    (:class:`FusedSolid`).
 
     Another view whose ray is less than ``min_angle_deg`` from the first view's is left out of
     that bone (it cannot triangulate). A bone keeps the first view's solid where no other view
@@ -528,13 +584,18 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
         min_angle_deg: The smallest angle between the reference view's ray and another's that
             is used.
         others_only: Add the bones only the other views see (after the first view's).
+        depth_weight: The weight of each view's depths against its outline in the fused field
+            (see :class:`FusedSolid`).
 
     Returns:
         One solid per bone of ``first``, in its order, then (with ``others_only``) the bones only
         the other views see.
     """
     cos_min = math.cos(math.radians(min_angle_deg))
-    options = {"voxel_mm": voxel_mm, "max_miss_mm": max_miss_mm, "cos_min": cos_min}
+    if not 0.0 < depth_weight <= 1.0:
+        raise InputError(f"must lie in (0, 1], got {depth_weight}", key="depth_weight")
+    options = {"voxel_mm": voxel_mm, "max_miss_mm": max_miss_mm, "cos_min": cos_min,
+               "depth_weight": depth_weight}
     corrections: dict[int, list[float]] = {}     # per view (0: the first), mm along its rays
 
     def triangulated(parts: list[BoneSolid], views: list[int]) -> FusedSolid | None:
@@ -588,9 +649,10 @@ def _sample_field(solid: Solid, a: NDArray[np.int64], z: NDArray[np.int64],
     """The solid's field at the voxel centres of the box ``[a, z)``, in blocks near the solid.
 
     It is evaluated only in the ``coarse``³ blocks whose centre lies within reach of the solid: the
-    field changes by at most its steepest slope on the grid (:meth:`BoneSolid.max_slope`) per mm, so
-    a block whose centre is further outside than that times its half-diagonal holds no inside voxel;
-    elsewhere −inf.
+    field's upper bound (:meth:`Solid.upper_bound`, for one view's solid the field itself) changes
+    by at most its steepest slope on the grid (:meth:`BoneSolid.max_slope`) per mm, so a block
+    whose centre's bound lies further outside than that times its half-diagonal holds no inside
+    voxel, nor one next to the surface; elsewhere −inf.
     """
     shape = tuple(int(n) for n in z - a)
     out = np.full(shape, -np.inf, dtype=np.float32)
@@ -599,7 +661,7 @@ def _sample_field(solid: Solid, a: NDArray[np.int64], z: NDArray[np.int64],
     starts = np.column_stack([bi.ravel(), bj.ravel(), bk.ravel()])
     centres = (a + starts + 0.5 * (np.minimum(starts + coarse, shape) - starts) - 0.5)
     reach = 1.5 * solid.max_slope() * math.sqrt(3.0) * 0.5 * coarse * voxel_mm + voxel_mm
-    near = solid.field(centres * voxel_mm + lo) > -reach
+    near = solid.upper_bound(centres * voxel_mm + lo) > -reach
     offsets = np.stack(np.meshgrid(*(np.arange(coarse),) * 3, indexing="ij"), -1).reshape(-1, 3)
     idx = (starts[near][:, None, :] + offsets[None]).reshape(-1, 3)
     idx = idx[(idx < np.asarray(shape)).all(axis=1)]

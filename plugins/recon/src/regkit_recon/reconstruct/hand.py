@@ -174,7 +174,8 @@ class HandReconstructor(Reconstructor):
             measured to hurt).
         fuse_views: With two or more views, triangulate each bone from the views (the point
             nearest the rays through its solids' centroids), move each view's solid along its
-            rays to that depth and fuse them (the mean of their fields;
+            rays to that depth and fuse them (a weighted mean of their fields, each view's
+            depths weighing a tenth of its outline;
             :func:`~.backproject.fuse_views`). Default on: see the plugin README for what it
             gained on the held-out pairs. The fused meshes are cut on a grid of
             ``min(0.4, voxel_mm)``. Bones only the other views see are added (triangulated
