@@ -15,6 +15,7 @@ from regkit_recon.reconstruct.backproject import (
     DEPTH_WEIGHT,
     BoneSolid,
     FusedSolid,
+    _sample_field,
     backproject,
     backproject_bone,
     fuse_views,
@@ -379,14 +380,61 @@ def test_fusion_trusts_noisy_depths_less_than_outlines() -> None:
     assert (value[ok] >= parts[:, ok].min(axis=0) - 1e-9).all()
     assert (value[ok] <= solid.upper_bound(points)[ok] + 1e-9).all()
     np.testing.assert_allclose(solid.upper_bound(points)[ok], parts[:, ok].max(axis=0))
+    # each view weighs 1 where its outline term is in force, DEPTH_WEIGHT where its depth term is
+    terms = [p.terms(points) for p in solid.parts]
+    weights = np.stack([np.where(s <= d, 1.0, DEPTH_WEIGHT) for s, d in terms])
+    assert (weights[:, ok] == 1.0).any()
+    assert (weights[:, ok] == DEPTH_WEIGHT).any()
+    np.testing.assert_allclose(value[ok], (weights * parts)[:, ok].sum(axis=0)
+                               / weights[:, ok].sum(axis=0))
     # with equal weights it is the plain mean
     even = replace(solid, depth_weight=1.0).field(points)
     np.testing.assert_allclose(even[ok], parts[:, ok].mean(axis=0))
+    # the weights jump, yet skipping empty blocks (on the upper bound) loses no voxel near the
+    # surface: the sampled field equals the field evaluated everywhere wherever either is > −1 mm
+    lo, hi = solid.bounds()
+    shape = np.ceil((hi - lo) / solid.voxel_mm).astype(np.int64) + 1
+    sampled = _sample_field(solid, np.zeros(3, np.int64), shape, lo, solid.voxel_mm)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    everywhere = solid.field(grid.reshape(-1, 3) * solid.voxel_mm + lo).reshape(sampled.shape)
+    near = (everywhere > -1.0) | (sampled > -1.0)
+    assert (everywhere > 0).sum() > 1000
+    np.testing.assert_allclose(sampled[near], everywhere[near], rtol=1e-5, atol=1e-5)
     for bad in (0.0, -0.5, 1.5, float("nan")):
         with pytest.raises(InputError, match="depth_weight"):
             replace(solid, depth_weight=bad)
         with pytest.raises(InputError, match="depth_weight"):
             fuse_views([first], [[second]], depth_weight=bad)
+
+
+def test_sampling_skips_blocks_by_the_upper_bound_not_the_field() -> None:
+    """Blocks are kept or skipped by the solid's upper bound, not by its field.
+
+    The field here jumps (as a weighted mean may): it is low at every block's centre, yet inside a
+    sphere at the voxel centres.
+    """
+    voxel, radius = 0.5, 3.0
+
+    class Jumpy:
+        label, name = 1, "jumpy"
+
+        def field(self, points: np.ndarray) -> np.ndarray:
+            on_voxel = np.abs(points / voxel - np.round(points / voxel)).max(axis=1) < 1e-6
+            return np.where(on_voxel, radius - np.linalg.norm(points, axis=1), -20.0)
+
+        def upper_bound(self, points: np.ndarray) -> np.ndarray:
+            return radius - np.linalg.norm(points, axis=1)
+
+        def max_slope(self) -> float:
+            return 1.0
+
+    lo = np.full(3, -5.0)
+    shape = np.full(3, 21, dtype=np.int64)
+    sampled = _sample_field(cast(Any, Jumpy()), np.zeros(3, np.int64), shape, lo, voxel)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    inside = radius - np.linalg.norm(grid * voxel + lo, axis=-1) > 0
+    assert inside.sum() > 800
+    assert ((sampled > 0) == inside).all()
 
 
 def test_fusion_keeps_bones_only_the_first_view_sees_and_refuses_mixed_bones() -> None:
