@@ -404,6 +404,11 @@ DEPTH_WEIGHT = 0.1
 """The weight of a view's depths against its outline in a fusion (see :class:`FusedSolid`)."""
 
 
+def _check_depth_weight(value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise InputError(f"must lie in (0, 1], got {value}", key="depth_weight")
+
+
 @dataclass(frozen=True)
 class FusedSolid:
     """One bone seen in several views: a weighted mean of its solids' fields.
@@ -445,8 +450,7 @@ class FusedSolid:
                              key="parts")
         if not self.voxel_mm > 0:
             raise InputError(f"must be > 0, got {self.voxel_mm}", key="voxel_mm")
-        if not 0.0 < self.depth_weight <= 1.0:
-            raise InputError(f"must lie in (0, 1], got {self.depth_weight}", key="depth_weight")
+        _check_depth_weight(self.depth_weight)
 
     @property
     def label(self) -> int:
@@ -594,8 +598,7 @@ def fuse_views(first: Sequence[BoneSolid], others: Sequence[Sequence[BoneSolid]]
         the other views see.
     """
     cos_min = math.cos(math.radians(min_angle_deg))
-    if not 0.0 < depth_weight <= 1.0:
-        raise InputError(f"must lie in (0, 1], got {depth_weight}", key="depth_weight")
+    _check_depth_weight(depth_weight)   # here too: a weight no bone gets to use is refused
     options = {"voxel_mm": voxel_mm, "max_miss_mm": max_miss_mm, "cos_min": cos_min,
                "depth_weight": depth_weight}
     corrections: dict[int, list[float]] = {}     # per view (0: the first), mm along its rays
