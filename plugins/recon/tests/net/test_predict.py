@@ -526,6 +526,58 @@ def test_score_case_regions() -> None:
     assert score["per_bone"]["thickness"]["absolute"][1] == pytest.approx(10.0)
 
 
+def test_thickness_by_rim_splits_the_error_by_distance_from_the_outline() -> None:
+    cam = _camera()
+    yy, xx = np.mgrid[0:H, 0:W]
+    truth = np.zeros((3, H, W), dtype=bool)
+    truth[0, 6:34, 8:34] = True                   # a 28 × 26 block: rings 1 to 6+ (up to 13)
+    truth[1, :, 40:] = True                       # at the image's right edge: the border is outside
+    tf = height_to_depth(np.full((3, H, W), 20.0), cam)
+    tb = tf + 5.0
+    dist_to_edge = np.minimum.reduce([yy - 6 + 1, 33 - yy + 1, xx - 8 + 1, 33 - xx + 1])
+    # the block's thickness 2 mm too thick on its outermost ring and 1 mm too thin inside it
+    error = np.where(dist_to_edge == 1, 2.0, -1.0) * truth[0]
+    pb = tb + error[None] * np.array([1.0, 0.0, 0.0])[:, None, None]
+    score = ev.score_case(truth, np.where(truth, tf, np.nan), np.where(truth, tb, np.nan),
+                          truth, tf, pb, cos_theta(cam))
+    rim = score["thickness_by_rim"]
+    assert set(rim) == set(ev.RIM_RINGS)
+    # ring 1: the block's 104 outer pixels (+2 mm) and bone 1's border column and edges (0 mm)
+    ring1_block = 2 * 28 + 2 * 26 - 4
+    d1 = ev._rim_distance(truth)[1]
+    ring1_bone1 = int(((d1 > 0) & (d1 <= 1.5)).sum())
+    assert rim["1"]["pixels"] == ring1_block + ring1_bone1
+    expected_1 = np.median(np.r_[np.full(ring1_block, 2.0), np.zeros(ring1_bone1)])
+    assert rim["1"]["bias"] == pytest.approx(expected_1)
+    # bone 1 is 8 columns wide against the border: its pixels lie in rings 1 to 4-5 only
+    assert d1[20, W - 1] == pytest.approx(1.0)    # the image's border counts as outside
+    assert d1[20, 40] == pytest.approx(1.0)
+    assert d1.max() == pytest.approx(4.0)
+    assert rim["6+"]["bias"] == pytest.approx(-1.0)  # the block alone reaches ring 6+
+    assert rim["6+"]["abs"] == pytest.approx(1.0)
+    assert rim["6+"]["pixels"] == int((dist_to_edge[6:34, 8:34] >= 6).sum())
+    # the rings partition the true mask
+    assert sum(r["pixels"] for r in rim.values()) == int(truth.sum())
+    # groups: the median over cases of each case's figure, and the pixels summed
+    exact = ev.score_case(truth, np.where(truth, tf, np.nan), np.where(truth, tb, np.nan),
+                          truth, tf, tb, cos_theta(cam))
+    assert exact["thickness_by_rim"]["1"]["bias"] == 0.0
+    group = ev.summarise([score, exact, exact], list(NAMES))["thickness_by_rim"]
+    assert group["6+"]["bias"] == pytest.approx(0.0)
+    assert group["6+"]["pixels"] == 3 * rim["6+"]["pixels"]
+    group = ev.summarise([score, score, exact], list(NAMES))["thickness_by_rim"]
+    assert group["6+"]["bias"] == pytest.approx(-1.0)
+    # a ring no pixel falls in reports NaN, not 0
+    small = np.zeros_like(truth)
+    small[0, 10:13, 10:13] = True
+    none = ev.score_case(small, np.where(small, tf, np.nan), np.where(small, tb, np.nan),
+                         small, tf, tb, cos_theta(cam))["thickness_by_rim"]
+    assert none["1"]["pixels"] == 8
+    assert none["2"]["pixels"] == 1
+    assert np.isnan(none["3"]["bias"])
+    assert none["3"]["pixels"] == 0
+
+
 def test_evaluate_runs_the_network_and_writes_the_report(
         tmp_path: Path, truth_folder: Path, model_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -537,6 +589,7 @@ def test_evaluate_runs_the_network_and_writes_the_report(
     assert ev.run_evaluate(args) == 0
     out = capsys.readouterr()
     assert out.out.splitlines()[0].startswith("group")
+    assert "by distance from the true outline" in out.out
     assert "view=pa" in out.out
     assert "evaluate: 6/6" in out.err
     report = json.loads((tmp_path / "rep" / "report.json").read_text())

@@ -35,6 +35,15 @@ and the first depth layer (``front[:, 0]``, ``back[:, 0]``) of every bone.
   each bone's median absolute error in a case, aggregated by the median over cases; per-bone Dice
   by the mean over cases.
 
+* **Thickness by distance from the outline** (``thickness_by_rim``): the thickness error
+  ``pred − truth`` on the true mask split by each pixel's distance from its bone's true outline
+  (the Euclidean distance transform of the true mask, pixels: the outermost ring is ``1``, then
+  ``2``, ``3``, ``4-5`` and ``6+``). A case's figures per ring: the median signed error
+  (``bias``) and the median absolute error (``abs``) over the ring's pixels, all bones pooled, and
+  the pixel count; groups report the median over cases. A network that blurs the thickness
+  across the outline shows a positive bias in the outer rings and a negative one inside; the
+  reconstruction's solids take their rims from these rings.
+
 Groups: ``overall``, ``by_view`` (the sample's view kind: pa, oblique, lateral), ``by_hand``
 (right, left), ``by_orientation`` (fingers down, fingers up) and ``by_variant``.
 """
@@ -59,8 +68,9 @@ from regkit.errors import InputError
 if TYPE_CHECKING:
     from regkit_recon.net.predict import ModelLike
 
-__all__ = ["VARIANTS", "Example", "add_evaluate_arguments", "evaluate", "parse_variants",
-           "run_evaluate", "score_case", "summarise", "summary_table", "write_report"]
+__all__ = ["RIM_RINGS", "VARIANTS", "Example", "add_evaluate_arguments", "evaluate",
+           "parse_variants", "run_evaluate", "score_case", "summarise", "summary_table",
+           "write_report"]
 
 VARIANTS: dict[str, tuple[int, bool]] = {"right": (0, False), "left": (0, True),
                                          "up": (2, False), "left-up": (2, True)}
@@ -74,6 +84,10 @@ REPORT_FORMAT = "regkit-recon evaluation"
 _QUANTITIES = ("front", "back", "thickness")
 _REGIONS = ("true_mask", "pred_mask")
 _KINDS = ("absolute", "aligned")
+RIM_RINGS: dict[str, tuple[float, float]] = {"1": (0.0, 1.5), "2": (1.5, 2.5), "3": (2.5, 3.5),
+                                             "4-5": (3.5, 5.5), "6+": (5.5, float("inf"))}
+"""Ring name → (lo, hi]: a true-mask pixel's distance from its bone's outline, pixels (the
+outermost pixels are at 1)."""
 ERROR_WINDOW_MM = 10.0
 """Error maps of the figure run from 0 (black) to this (bright)."""
 
@@ -91,6 +105,35 @@ def _nan_stat(values: Sequence[float], how: str) -> float:
     if not a.size:
         return float("nan")
     return float(np.median(a) if how == "median" else np.mean(a))
+
+
+def _rim_distance(hit: np.ndarray) -> np.ndarray:
+    """Each hit pixel's distance from its bone's outline, ``[NB, H, W]``, pixels.
+
+    The Euclidean distance to the nearest pixel the bone does not hit, the image's border counted
+    as outside; 0 off the mask.
+    """
+    from scipy import ndimage
+
+    out = np.zeros(hit.shape, dtype=np.float64)
+    for b in range(hit.shape[0]):
+        if hit[b].any():
+            rows, cols = np.nonzero(hit[b])
+            r0, r1 = rows.min(), rows.max() + 1
+            c0, c1 = cols.min(), cols.max() + 1
+            window = np.pad(hit[b, r0:r1, c0:c1], 1)
+            out[b, r0:r1, c0:c1] = ndimage.distance_transform_edt(window)[1:-1, 1:-1]
+    return out
+
+
+def _thickness_by_rim(residual: np.ndarray, valid: np.ndarray,
+                      distance: np.ndarray) -> dict[str, dict[str, float | int]]:
+    out: dict[str, dict[str, float | int]] = {}
+    for name, (lo, hi) in RIM_RINGS.items():
+        r = residual[valid & (distance > lo) & (distance <= hi)]
+        out[name] = {"bias": float(np.median(r)) if r.size else float("nan"),
+                     "abs": _median_abs(r), "pixels": int(r.size)}
+    return out
 
 
 def score_case(truth_hit: np.ndarray, truth_front: np.ndarray, truth_back: np.ndarray,
@@ -114,8 +157,9 @@ def score_case(truth_hit: np.ndarray, truth_front: np.ndarray, truth_back: np.nd
     Returns:
         ``dice`` (per bone, NaN for a bone absent from both masks), ``true_pixels``,
         ``pred_pixels`` (per bone), ``offset_mm`` (δ along z), ``errors[quantity][region][kind]``
-        (median absolute error of the case, mm) and ``per_bone[quantity][kind]`` (per bone, on
-        the true mask).
+        (median absolute error of the case, mm), ``per_bone[quantity][kind]`` (per bone, on
+        the true mask) and ``thickness_by_rim[ring]`` (``bias``, ``abs`` in mm and ``pixels``;
+        :data:`RIM_RINGS`).
     """
     th = np.asarray(truth_hit, dtype=bool)
     ph = np.asarray(pred_hit, dtype=bool)
@@ -141,9 +185,10 @@ def score_case(truth_hit: np.ndarray, truth_front: np.ndarray, truth_back: np.nd
                   for r in _REGIONS} for q in _QUANTITIES}
     per_bone = {q: {k: [_median_abs(residual[q][k][b][valid[b]]) for b in range(nb)]
                     for k in _KINDS} for q in _QUANTITIES}
+    rim = _thickness_by_rim(rb - rf, valid, _rim_distance(th))
     return {"dice": dice.tolist(), "true_pixels": th.sum(axis=(1, 2)).tolist(),
             "pred_pixels": ph.sum(axis=(1, 2)).tolist(), "offset_mm": offset,
-            "errors": errors, "per_bone": per_bone}
+            "errors": errors, "per_bone": per_bone, "thickness_by_rim": rim}
 
 
 def summarise(cases: Sequence[dict[str, Any]], bone_names: Sequence[str]) -> dict[str, Any]:
@@ -154,7 +199,9 @@ def summarise(cases: Sequence[dict[str, Any]], bone_names: Sequence[str]) -> dic
         ``min_bone``, ``case_mean`` (median and mean over cases of a case's mean over bones) and
         ``per_bone``; ``errors[quantity][region][kind]``: ``median`` and ``mean`` over cases of
         the cases' median absolute errors; ``offset_mm``: median and mean of δ and of |δ|;
-        ``per_bone[name]``: ``dice`` and ``QUANTITY_KIND`` (true mask, median over cases).
+        ``per_bone[name]``: ``dice`` and ``QUANTITY_KIND`` (true mask, median over cases);
+        ``thickness_by_rim[ring]``: ``bias`` and ``abs`` (median over cases) and ``pixels``
+        (their sum).
     """
     names = list(bone_names)
     nb = len(names)
@@ -192,6 +239,11 @@ def summarise(cases: Sequence[dict[str, Any]], bone_names: Sequence[str]) -> dic
                   for q in _QUANTITIES for k in _KINDS if not (q == "thickness"
                                                                 and k == "aligned")}}
         for b, name in enumerate(names)}
+    out["thickness_by_rim"] = {
+        ring: {"bias": _nan_stat([c["thickness_by_rim"][ring]["bias"] for c in cases], "median"),
+               "abs": _nan_stat([c["thickness_by_rim"][ring]["abs"] for c in cases], "median"),
+               "pixels": int(sum(c["thickness_by_rim"][ring]["pixels"] for c in cases))}
+        for ring in RIM_RINGS}
     return out
 
 
@@ -388,6 +440,10 @@ _DEFINITIONS = {
                "back together, of (pred − truth)·cos θ: one shift along the camera's z axis "
                "per case (offset_mm)",
     "thickness": "back − front; unchanged by the shift",
+    "thickness_by_rim": "thickness pred − truth on the true mask by the pixel's distance from "
+                        "its bone's true outline (pixels, Euclidean; outermost ring 1): median "
+                        "signed (bias) and absolute (abs) error per case, all bones pooled; "
+                        "groups: median over cases",
     "case figure": "median absolute error over the region's pixels, all bones pooled",
     "group figure": "median and mean over cases of the case figures; per-bone errors: median "
                     "over cases; per-bone Dice: mean over cases",
@@ -449,6 +505,12 @@ def summary_table(report: dict[str, Any]) -> str:
                 lines.append(row(f"{key[3:]}={name}", g))
     lines.append("depth errors: median over cases of the median |pred - truth| (mm) on the "
                  "true masks; aligned: after the per-case shift along z (offset)")
+    rim = report["overall"].get("thickness_by_rim")
+    if rim:
+        lines.append("thickness pred - truth by distance from the true outline (px), median "
+                     "bias (|error|) mm: " + ", ".join(
+                         f"{ring}: {_fmt(v['bias'], '+.2f')} ({_fmt(v['abs'])})"
+                         for ring, v in rim.items()))
     return "\n".join(lines)
 
 
