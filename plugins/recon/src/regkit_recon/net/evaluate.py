@@ -90,6 +90,10 @@ RIM_RINGS: dict[str, tuple[float, float]] = {"1": (0.0, 1.5), "2": (1.5, 2.5), "
 outermost pixels are at 1)."""
 ERROR_WINDOW_MM = 10.0
 """Error maps of the figure run from 0 (black) to this (bright)."""
+RIM_WINDOW_MM = 4.0
+"""The figure's thickness-by-ring bars span ± this."""
+RIM_COLOURS = {True: (230, 120, 90), False: (90, 150, 230)}
+"""Bar colours of a positive (too thick) and a negative (too thin) ring bias."""
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -576,7 +580,7 @@ def _example_tiles(ex: Example) -> list[np.ndarray]:
 
 
 def _figure(report: dict[str, Any], examples: Sequence[Example], tile: int = 128) -> Any:
-    """The report's PNG as a PIL image: example rows, then the per-bone Dice bars."""
+    """The report's PNG as a PIL image: example rows, the per-bone Dice bars, the ring bars."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -588,7 +592,9 @@ def _figure(report: dict[str, Any], examples: Sequence[Example], tile: int = 128
     bar_h = 12
     rows_h = len(examples) * (text_h + tile + gap)
     chart_h = text_h * 2 + len(names) * bar_h + gap
-    height = gap + text_h + rows_h + chart_h + gap
+    rim = report.get("overall", {}).get("thickness_by_rim") or {}
+    rim_h = text_h * 2 + len(rim) * bar_h + gap if rim else 0
+    height = gap + text_h + rows_h + chart_h + rim_h + gap
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     y = gap
@@ -623,6 +629,28 @@ def _figure(report: dict[str, Any], examples: Sequence[Example], tile: int = 128
                             y + bar_h - 2], fill=tuple(int(c) for c in palette[b]))
         draw.text((x0 + bar_w + 6, y), _fmt(value, ".3f"), fill=(210, 210, 210), font=font)
         y += bar_h
+    if rim:
+        y += gap
+        draw.text((gap, y), f"thickness pred - truth by distance from the true outline (px), "
+                  f"median over cases; bars span +-{RIM_WINDOW_MM:g} mm",
+                  fill=(230, 230, 230), font=font)
+        y += text_h * 2
+        bar_w -= 80                                 # room for the value's longer text
+        centre = gap + label_w + bar_w // 2
+        for ring, values in rim.items():
+            bias = values.get("bias")
+            draw.text((gap, y), f"ring {ring}", fill=(210, 210, 210), font=font)
+            draw.rectangle([gap + label_w, y + 2, gap + label_w + bar_w, y + bar_h - 2],
+                           outline=(60, 60, 60))
+            if bias is not None:
+                reach = round(0.5 * bar_w * max(-1.0, min(1.0, bias / RIM_WINDOW_MM)))
+                draw.rectangle([min(centre, centre + reach), y + 2, max(centre, centre + reach),
+                                y + bar_h - 2], fill=RIM_COLOURS[bias >= 0])
+            draw.line([centre, y, centre, y + bar_h], fill=(230, 230, 230))
+            draw.text((gap + label_w + bar_w + 6, y),
+                      f"{_fmt(bias, '+.2f')} mm, |err| {_fmt(values.get('abs'))}",
+                      fill=(210, 210, 210), font=font)
+            y += bar_h
     return canvas
 
 
@@ -632,8 +660,9 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str],
 
     The PNG holds one row per example (radiograph; true and predicted masks, one colour per
     bone; true and predicted nearest front depth on one scale; true and predicted total
-    thickness; the front depth's absolute error, plain and shift-aligned, 0-10 mm) and a bar
-    chart of the overall per-bone Dice.
+    thickness; the front depth's absolute error, plain and shift-aligned, 0-10 mm), a bar
+    chart of the overall per-bone Dice and one of the overall thickness bias by ring (signed,
+    ±4 mm).
 
     Returns:
         The two paths.
