@@ -581,18 +581,19 @@ def test_thickness_by_rim_splits_the_error_by_distance_from_the_outline() -> Non
 def test_the_report_figure_draws_the_ring_bias_with_its_sign() -> None:
     rim = {ring: {"bias": -3.0, "abs": 3.0, "pixels": 10} for ring in ev.RIM_RINGS}
     rim["1"]["bias"] = 3.0
-    report = {"bone_names": list(NAMES), "overall": {
+    overall: dict[str, Any] = {
         "cases": 1, "dice": {"mean": 0.5, "per_bone": dict.fromkeys(NAMES, 0.5)},
-        "thickness_by_rim": rim}}
+        "thickness_by_rim": rim}
+    report: dict[str, Any] = {"bone_names": list(NAMES), "overall": overall}
 
     def colour_count(image: Any, too_thick: bool) -> int:
         rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)
         return int((rgb == np.array(ev.RIM_COLOURS[too_thick])).all(axis=1).sum())
 
     with_rim = ev._figure(report, [])
-    thin_only = ev._figure({**report, "overall": {**report["overall"], "thickness_by_rim": {
+    thin_only = ev._figure({**report, "overall": {**overall, "thickness_by_rim": {
         ring: {**v, "bias": -3.0} for ring, v in rim.items()}}}, [])
-    without = ev._figure({**report, "overall": {k: v for k, v in report["overall"].items()
+    without = ev._figure({**report, "overall": {k: v for k, v in overall.items()
                                                 if k != "thickness_by_rim"}}, [])
     assert with_rim.size[1] > without.size[1]
     assert colour_count(without, True) == colour_count(without, False) == 0
