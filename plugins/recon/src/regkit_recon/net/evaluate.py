@@ -635,19 +635,19 @@ def _figure(report: dict[str, Any], examples: Sequence[Example], tile: int = 128
                   f"median over cases; bars span +-{RIM_WINDOW_MM:g} mm",
                   fill=(230, 230, 230), font=font)
         y += text_h * 2
-        bar_w -= 80                                 # room for the value's longer text
-        centre = gap + label_w + bar_w // 2
+        rim_w = bar_w - 80                          # room for the value's longer text
+        centre = gap + label_w + rim_w // 2
         for ring, values in rim.items():
             bias = values.get("bias")
             draw.text((gap, y), f"ring {ring}", fill=(210, 210, 210), font=font)
-            draw.rectangle([gap + label_w, y + 2, gap + label_w + bar_w, y + bar_h - 2],
+            draw.rectangle([gap + label_w, y + 2, gap + label_w + rim_w, y + bar_h - 2],
                            outline=(60, 60, 60))
             if bias is not None:
-                reach = round(0.5 * bar_w * max(-1.0, min(1.0, bias / RIM_WINDOW_MM)))
+                reach = round(0.5 * rim_w * max(-1.0, min(1.0, bias / RIM_WINDOW_MM)))
                 draw.rectangle([min(centre, centre + reach), y + 2, max(centre, centre + reach),
                                 y + bar_h - 2], fill=RIM_COLOURS[bias >= 0])
             draw.line([centre, y, centre, y + bar_h], fill=(230, 230, 230))
-            draw.text((gap + label_w + bar_w + 6, y),
+            draw.text((gap + label_w + rim_w + 6, y),
                       f"{_fmt(bias, '+.2f')} mm, |err| {_fmt(values.get('abs'))}",
                       fill=(210, 210, 210), font=font)
             y += bar_h
