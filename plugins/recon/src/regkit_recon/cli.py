@@ -104,6 +104,8 @@ def _train(args: argparse.Namespace) -> int:
         shape["head_blocks"] = args.head_blocks
     if args.last:
         shape["last"] = True
+    if args.refine is not None:
+        shape["refine"] = args.refine
     spec = TrainSpec(data=tuple(args.data), out=args.out,
                      val=tuple(args.val) if args.val else None, epochs=args.epochs,
                      batch=args.batch, size=args.size, seed=args.seed, lr=args.lr,
@@ -111,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init,
                      loader_workers=args.loader_workers, device_cache=args.cache_on_device,
-                     trainable=args.trainable, **shape)
+                     trainable=args.trainable, outline_targets=args.outline_targets, **shape)
     if args.stop_at is not None and args.stop_at < 1:
         raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
     record = train(spec, resume=args.resume, stop_at=args.stop_at)
@@ -235,10 +237,16 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--last", action="store_true",
                     help="also predict where each ray leaves each bone for the last time (the "
                          "reconstruction fills from the first entry to it)")
-    tr.add_argument("--trainable", choices=("all", "head", "heads"), default="all",
-                    help="what learns: all (default), only the segmentation head (head), or "
-                         "the segmentation and depth heads (heads); the rest is kept as --init "
-                         "gave it")
+    tr.add_argument("--refine", type=int, default=None, metavar="C",
+                    help="channels of a full-resolution depth refinement, which corrects the "
+                         "half-resolution depth maps at the outlines (default 0: none)")
+    tr.add_argument("--outline-targets", action="store_true",
+                    help="keep the depth targets where an augmented pixel straddles a bone's "
+                         "outline (the bone pixels' mean height) instead of dropping them")
+    tr.add_argument("--trainable", choices=("all", "head", "heads", "depth"), default="all",
+                    help="what learns: all (default), only the segmentation head (head), "
+                         "the segmentation and depth heads (heads), or only the depth head and "
+                         "its refinement (depth); the rest is kept as --init gave it")
     tr.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                     help="seconds between checkpoints (default 300)")
     tr.add_argument("--max-steps", type=int, default=None, metavar="N",

@@ -36,6 +36,42 @@ def test_augmented_heights_never_mix_in_unknown_pixels() -> None:
         assert bool((hit_t | ~finite).all())  # a height only where the bone is hit
 
 
+def test_outline_targets_give_every_hit_pixel_its_bone_s_height() -> None:
+    """``outline=True``: a turned pixel straddling the outline keeps the bone's height.
+
+    A bone of constant heights keeps them exactly on every augmented hit pixel, the outermost
+    ring included, where the default drops about half; inside the two agree; an unknown pixel
+    inside the bone still leaks no 0 into its neighbours.
+    """
+    size = 32
+    hit = torch.zeros((1, 1, size, size), dtype=torch.bool)
+    hit[0, 0, 6:26, 10:20] = True
+    front = torch.where(hit, torch.tensor(5.0), torch.tensor(float("nan")))
+    back = front - 2.0
+    image = torch.rand((1, 1, size, size))
+    holed = front.clone()
+    holed[0, 0, 15, 15] = torch.nan
+    for seed in range(6):
+        aug = draw_augmentation(np.random.default_rng(seed))
+        _, hit_t, f_out, b_out, _ = augment_batch(image, hit, front, back, [aug], outline=True)
+        _, _, f_in, _, _ = augment_batch(image, hit, front, back, [aug])
+        assert bool(hit_t.any())
+        assert bool(torch.isfinite(f_out[hit_t]).all())
+        assert bool(torch.isfinite(f_out[~hit_t]).logical_not().all())
+        assert torch.allclose(f_out[hit_t], torch.full_like(f_out[hit_t], 5.0 * aug.zoom),
+                              atol=1e-4)
+        assert torch.allclose(b_out[hit_t], torch.full_like(b_out[hit_t], 3.0 * aug.zoom),
+                              atol=1e-4)
+        both = torch.isfinite(f_in)
+        assert int(both.sum()) < int(hit_t.sum())        # the default drops the outline
+        torch.testing.assert_close(f_out[both], f_in[both], rtol=1e-3, atol=1e-5)  # cover > 0.999
+        _, hit_h, f_h, _, _ = augment_batch(image, hit, holed, back, [aug], outline=True)
+        known = torch.isfinite(f_h)
+        assert torch.allclose(f_h[known], torch.full_like(f_h[known], 5.0 * aug.zoom),
+                              atol=1e-4)
+        assert bool((hit_h | ~known).all())
+
+
 def test_augmentation_turns_image_and_maps_together() -> None:
     """The image and the hit mask move as one: a bright square stays on its mask."""
     size = 64

@@ -94,7 +94,7 @@ def test_context_under_bfloat16_and_the_input_size() -> None:
 
 
 def test_model_file_versions(tmp_path: Path) -> None:
-    """Model files: 4 with the last exit, 3 with a grown head, 2 with context blocks, else 1.
+    """Model files: 5 refined, 4 with the last exit, 3 a grown head, 2 context blocks, else 1.
 
     Older readers keep reading the files they can build; version-1 files with context blocks
     (written before version 2) load too; an unknown version is refused.
@@ -105,8 +105,10 @@ def test_model_file_versions(tmp_path: Path) -> None:
     deep = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8,
                              head_blocks=1))
     last = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, last=True))
+    refined = BoneNet(NetConfig((1, 2), ("a", "b"), size=32, widths=(8, 16), stem=8, last=True,
+                                refine=8))
     for name, net, version in (("plain", plain, 1), ("ctx", ctx, 2), ("wide", wide, 3),
-                               ("deep", deep, 3), ("last", last, 4)):
+                               ("deep", deep, 3), ("last", last, 4), ("refined", refined, 5)):
         save_model(tmp_path / f"{name}.pt", net)
         blob = torch.load(tmp_path / f"{name}.pt", weights_only=True)
         assert blob["version"] == version
@@ -115,10 +117,10 @@ def test_model_file_versions(tmp_path: Path) -> None:
     blob["version"] = 1  # as files with context blocks were written before version 2
     torch.save(blob, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").net.config.context == 1
-    blob["version"] = 5
+    blob["version"] = 6
     torch.save(blob, tmp_path / "new.pt")
-    with pytest.raises(FileFormatError, match="model format version 5, this regkit-recon reads "
-                       "1, 2, 3 and 4"):
+    with pytest.raises(FileFormatError, match="model format version 6, this regkit-recon reads "
+                       "1, 2, 3, 4 and 5"):
         load_model(tmp_path / "new.pt")
 
 
@@ -191,3 +193,41 @@ def test_the_last_exit_lies_at_or_beyond_the_back() -> None:
     assert float(gap.min()) > 0
     assert float(gap.median()) == pytest.approx(0.0025, abs=0.001)   # softplus(-6)
     assert float(gap.max()) < 0.05
+
+
+def test_the_depth_refinement_starts_as_nothing() -> None:
+    """``refine``: a new refinement adds nothing; a trained one moves the heights, not the masks.
+
+    Left out of the JSON at 0, round-tripped, checked (a multiple of the GroupNorm groups);
+    front >= back >= last hold whatever its weights.
+    """
+    base = NetConfig((1, 2, 3), ("a", "b", "c"), size=32, widths=(8, 16), stem=8, last=True)
+    assert "refine" not in base.to_json()
+    config = replace(base, refine=8)
+    assert NetConfig.from_json(config.to_json()) == config
+    for bad in (-8, 5):
+        with pytest.raises(InputError, match="multiple of 8") as info:
+            replace(base, refine=bad)
+        assert info.value.key == "refine"
+    g = torch.Generator().manual_seed(3)
+    net = BoneNet(config).eval()
+    plain = BoneNet(base).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    assert {k.split(".")[0] for k in missing} == {"refine", "refine_out"}
+    x = torch.rand((2, 1, 32, 32), generator=g)
+    with torch.no_grad():
+        want, got = plain(x), net(x)
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+        for p in net.refine_out.parameters():          # as if trained
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+        moved = net(x)
+    assert set(moved) == set(want)
+    assert bool((moved["front"] >= moved["back"]).all())
+    assert bool((moved["back"] >= moved["last"]).all())
+    assert float((moved["front"] - want["front"]).abs().max()) > 1e-3
+    assert torch.equal(moved["logits"], want["logits"])  # the masks are not the refinement's

@@ -406,11 +406,11 @@ def test_items_cached_on_the_device_give_the_same_weights(gt: Path, tmp_path: Pa
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("last", [False, True])
-def test_a_device_cache_batch_is_the_loader_batch(gt: Path, last: bool) -> None:
+@pytest.mark.parametrize(("last", "outline"), [(False, False), (True, False), (True, True)])
+def test_a_device_cache_batch_is_the_loader_batch(gt: Path, last: bool, outline: bool) -> None:
     files, manifests = open_folders([str(gt)])
     bones = tr._bones_of(manifests)[0]
-    items = net_data.TrainItems(files, 32, bones, seed=4, last=last)
+    items = net_data.TrainItems(files, 32, bones, seed=4, last=last, outline=outline)
     items.epoch = 3
     cache = tr.DeviceCache(items, torch.device("cpu"), workers=0)
     want = collate_ground_truth([items[i] for i in (2, 0, 3)])
@@ -751,7 +751,7 @@ def test_trainable_head_trains_only_the_head(gt: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="all, head, heads") as info:
         _run(_spec(gt, tmp_path / "bad", trainable="body"))
     assert info.value.key == "trainable"
-    for part in ("head", "heads"):   # a part trained on a random, frozen rest: refused
+    for part in ("head", "heads", "depth"):   # a part trained on a random, frozen rest: refused
         with pytest.raises(InputError, match="needs --init") as info:
             _run(_spec(gt, tmp_path / "bad", trainable=part))
         assert info.value.key == "trainable"
@@ -774,6 +774,63 @@ def test_trainable_heads_trains_both_heads_only(gt: Path, tmp_path: Path) -> Non
     assert {k.split(".")[0] for k in moved} == set(HEAD_MODULES + DEPTH_MODULES) & present
     assert not torch.equal(after["depth_out.weight"], model["depth_out.weight"])
     assert spec.recipe()["trainable"] == "heads"
+
+
+def test_trainable_depth_trains_only_the_depth_head_and_its_refinement(gt: Path,
+                                                                       tmp_path: Path) -> None:
+    """``trainable="depth"`` grown a refinement: the depth modules move, nothing else does.
+
+    The masks stay the model's; the new refinement learns (its zero output layer moves); the
+    recipe records ``refine``, ``outline_targets`` and ``trainable``, and leaves them out at
+    their defaults.
+    """
+    from regkit_recon.net.train import DEPTH_MODULES
+
+    first = tmp_path / "first"
+    _run(_spec(gt, first, epochs=1))
+    model = load_model(first / "model.pt").net.state_dict()
+    run = tmp_path / "depth"
+    spec = _spec(gt, run, epochs=1, max_steps=3, init=str(first / "model.pt"), refine=8,
+                 outline_targets=True, trainable="depth")
+    _run(spec)
+    after = _weights(run)
+    new = {k for k in after if k not in model}
+    assert {k.split(".")[0] for k in new} == {"refine", "refine_out"}
+    moved = {k for k in after if k in new or not torch.equal(after[k], model[k])}
+    assert {k.split(".")[0] for k in moved} == set(DEPTH_MODULES)
+    assert float(after["refine_out.weight"].abs().max()) > 0
+    recipe = spec.recipe()
+    assert (recipe["refine"], recipe["outline_targets"], recipe["trainable"]) == (8, True,
+                                                                                 "depth")
+    assert not {"refine", "outline_targets"} & set(_spec(gt, first).recipe())
+    assert load_model(run / "model.pt").net.config.refine == 8
+
+
+def test_a_network_grown_a_refinement_starts_as_the_model() -> None:
+    """Warm-started with a depth refinement, a network computes the model's outputs exactly.
+
+    A run that adds it must train it, and its width may not change.
+    """
+    from regkit_recon.net.train import _warm_start
+
+    small = NetConfig((1, 2, 3), ("a", "b", "c"), size=32, widths=(8, 16), stem=8, groups=4,
+                      last=True)
+    start = BoneNet(small).eval()
+    _scrambled(start, 5)
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(1))
+    net = BoneNet(replace(small, refine=8)).eval()
+    _warm_start(net, start, "start.pt", trainable="depth")
+    with torch.no_grad():
+        want, got = start(x), net(x)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    with pytest.raises(InputError, match="must train it") as info:
+        _warm_start(BoneNet(replace(small, refine=8)), start, "s.pt", trainable="head")
+    assert info.value.key == "trainable"
+    for other in (0, 12):
+        with pytest.raises(InputError, match="the depth refinement") as info:
+            _warm_start(BoneNet(replace(small, refine=other)), net, "n.pt")
+        assert info.value.key == "init"
 
 
 def test_the_cli_offers_every_trainable_choice(gt: Path, tmp_path: Path) -> None:
@@ -954,6 +1011,23 @@ def test_cli_train_last(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     val = _log(run, "val")[-1]
     assert "last_mm" in val
     assert "last exit" in capsys.readouterr().err
+
+
+def test_cli_train_refine_and_outline_targets(gt: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--refine, --outline-targets and --trainable depth reach the run, its recipe and model."""
+    first = tmp_path / "first"
+    assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--refine", "8",
+                            "--outline-targets", "--trainable", "depth"))
+    assert code == 0, capsys.readouterr().err
+    recipe = json.loads((run / "spec.json").read_text())["recipe"]
+    assert (recipe["refine"], recipe["outline_targets"], recipe["trainable"]) == (8, True,
+                                                                                 "depth")
+    assert load_model(run / "model.pt").net.config.refine == 8
+    assert main(_train_args(gt, tmp_path / "bad", "--refine", "6")) == 2
+    assert "multiple of 8" in capsys.readouterr().err
 
 
 def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,

@@ -91,20 +91,23 @@ def sample_targets(sample: dict[str, Any], size: int, bones: Sequence[int], *,
 
 def augment_targets(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
                     back: torch.Tensor, last: torch.Tensor | None,
-                    augmentations: list[Augmentation]) -> dict[str, torch.Tensor]:
+                    augmentations: list[Augmentation], *, outline: bool = False
+                    ) -> dict[str, torch.Tensor]:
     """:func:`~regkit_recon.net.geometry.augment_batch` of a batch, with its ``last`` map if any.
 
     ``last`` is turned and zoomed like ``back`` (paired with ``front``, so it is known where
-    ``front`` and it are). Returns ``image``, ``hit``, ``front``, ``back``, ``valid`` and, when
-    given, ``last``.
+    ``front`` and it are). ``outline``: keep the targets at the outlines (``augment_batch``'s
+    ``outline``). Returns ``image``, ``hit``, ``front``, ``back``, ``valid`` and, when given,
+    ``last``.
     """
     if last is None:
         return dict(zip(("image", "hit", "front", "back", "valid"),
-                        augment_batch(image, hit, front, back, augmentations), strict=True))
+                        augment_batch(image, hit, front, back, augmentations, outline=outline),
+                        strict=True))
     nb = hit.shape[1]
     image, hit2, front2, back2, valid = augment_batch(
         image, torch.cat([hit, hit], dim=1), torch.cat([front, front], dim=1),
-        torch.cat([back, last], dim=1), augmentations)
+        torch.cat([back, last], dim=1), augmentations, outline=outline)
     return {"image": image, "hit": hit2[:, :nb], "front": front2[:, :nb],
             "back": back2[:, :nb], "last": back2[:, nb:], "valid": valid}
 
@@ -130,13 +133,15 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
         augmented: Draw augmentations (False: the sample as it is, for validation).
         last: Give the last exit's target ``last`` too (for a network with that output; without,
             an item is turned with half the maps).
+        outline: Keep the depth targets at the outlines under augmentation (see
+            :func:`~regkit_recon.net.geometry.augment_batch`).
     """
 
     def __init__(self, files: Sequence[Any], size: int, bones: Sequence[int], seed: int,
-                 *, augmented: bool = True, last: bool = False) -> None:
+                 *, augmented: bool = True, last: bool = False, outline: bool = False) -> None:
         self.files = list(files)
         self.size, self.bones, self.seed = int(size), tuple(bones), int(seed)
-        self.augmented, self.last = augmented, bool(last)
+        self.augmented, self.last, self.outline = augmented, bool(last), bool(outline)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -152,7 +157,8 @@ class TrainItems(Dataset[dict[str, torch.Tensor]]):
             aug = draw_augmentation(item_generator(self.seed, self.epoch, index))
             turned = augment_targets(item["image"][None], item["hit"][None], item["front"][None],
                                      item["back"][None],
-                                     item["last"][None] if self.last else None, [aug])
+                                     item["last"][None] if self.last else None, [aug],
+                                     outline=self.outline)
             item = {k: turned[k][0] for k in item if k != "unit_mm"} | {
                 "unit_mm": item["unit_mm"] / aug.zoom}
         item["index"] = torch.tensor(index)

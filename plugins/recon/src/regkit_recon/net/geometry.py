@@ -241,7 +241,7 @@ def draw_augmentation(rng: np.random.Generator, *, zoom: tuple[float, float] = (
 
 
 def augment_batch(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
-                  back: torch.Tensor, augmentations: list[Augmentation]
+                  back: torch.Tensor, augmentations: list[Augmentation], *, outline: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply drawn augmentations to a batch, on the batch's device (CPU or GPU).
 
@@ -251,6 +251,10 @@ def augment_batch(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
         front: ``(B, NB, S, S)`` heights, height units (anything where ``hit`` is False).
         back: ``(B, NB, S, S)`` heights, as ``front``.
         augmentations: One per item.
+        outline: Where a resampled pixel mixes pixels with and without a height (a bone's
+            outline), give it the weighted mean of those with one, if they carry at least half
+            of its weight (heights times coverage and the coverage resampled alike, then
+            divided); without, such a pixel has no height (NaN), as before.
 
     Returns:
         ``image``, ``hit``, ``front``, ``back`` and ``valid`` ``(B, S, S)``, as :func:`augment`
@@ -277,12 +281,15 @@ def augment_batch(image: torch.Tensor, hit: torch.Tensor, front: torch.Tensor,
                      device=dev)[:, None, None, None]
     img = img.sign() * img.abs() ** g  # sign-preserving: the few values below 0 keep their order
     hit_t = out[:, 1:1 + nb] > 0.5
-    # heights are resampled bilinearly only where every contributing pixel had a height
-    inside = out[:, 1 + 3 * nb:1 + 4 * nb] > 0.999
+    # heights are resampled bilinearly only where every contributing pixel had a height, or
+    # with ``outline`` as the mean of those that had one (unknown heights are 0 in the stack)
+    cover = out[:, 1 + 3 * nb:1 + 4 * nb]
+    inside = cover > (0.5 if outline else 0.999)
     z = torch.tensor([a.zoom for a in augmentations], dtype=torch.float32,
                      device=dev)[:, None, None, None]
-    front_t = out[:, 1 + nb:1 + 2 * nb] * z
-    back_t = out[:, 1 + 2 * nb:1 + 3 * nb] * z
+    scale = z / cover.clamp_min(0.5) if outline else z
+    front_t = out[:, 1 + nb:1 + 2 * nb] * scale
+    back_t = out[:, 1 + 2 * nb:1 + 3 * nb] * scale
     return img, hit_t, torch.where(inside, front_t, torch.nan), \
         torch.where(inside, back_t, torch.nan), valid
 

@@ -9,7 +9,9 @@ One encoder-decoder (GroupNorm, SiLU; pure PyTorch) feeds two heads at full reso
   ``t = softplus(·) ≥ 0`` of the bone's first layer. Front and back heights are ``m + t`` and
   ``m − t``: front lies at or above back by construction. Optionally (``NetConfig.last``) a third
   map per bone, ``last = back − softplus(·)``: where the ray leaves the bone for the last time
-  (its back after every layer), at or below ``back`` by construction.
+  (its back after every layer), at or below ``back`` by construction. Optionally
+  (``NetConfig.refine``) a full-resolution **depth refinement** corrects those maps at the
+  outlines, where the depth head's half resolution blurs a thin bone's thickness.
 
 Heights are in the network's *height units* (see :mod:`regkit_recon.net.geometry`): the distance
 from the detector plane along the camera's z axis, in detector pixels of the network's input,
@@ -47,14 +49,15 @@ HEIGHT_SCALE = 32.0
 pixels at 256²)."""
 
 MODEL_FORMAT = "regkit-recon bone network"
-MODEL_VERSION = 4
-"""The newest model file version: 4 holds a network with the last-exit output (``last``), 3 a
+MODEL_VERSION = 5
+"""The newest model file version: 5 holds a network with the full-resolution depth refinement
+(``refine``), 4 a network with the last-exit output (``last``), 3 a
 segmentation head wider than the stem or with
 residual blocks (``head``, ``head_blocks``), 2 context blocks (which a reader of version 1 cannot
 build), 1 neither. A file is written at the lowest version that can hold it, so older
 regkit-recon releases keep reading what they can build; version 1 files with context blocks
 (written before the version 2 existed) load too."""
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ class NetConfig:
             the first layer alone reads the dorsal tilt about 10° too dorsal (see the plugin
             README); one from the first entry to the last exit fills the concavity between the
             rims instead, which the tilt's rim-to-rim line does not see.
+        refine: Channels of a full-resolution depth refinement (0: none; else a multiple of
+            ``groups``). The depth head runs at half resolution and its maps are upsampled
+            bilinearly, which blurs the thickness across a bone's outline: a finger bone 6-8
+            pixels across is 3-4 cells there, and its thickness falls to zero over one or two
+            pixels at the rim. The refinement reads, at full resolution, the segmentation head's
+            features, the probabilities and the upsampled maps, and adds a correction to the maps
+            before front, back and last are formed; its output layer starts at zero, so a network
+            grown it computes what it computed without it.
     """
 
     bones: tuple[int, ...]
@@ -95,6 +106,7 @@ class NetConfig:
     head: int = 0
     head_blocks: int = 0
     last: bool = False
+    refine: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bones", tuple(int(b) for b in self.bones))
@@ -118,6 +130,9 @@ class NetConfig:
                              f"{self.head}", key="head")
         if not isinstance(self.last, bool):
             raise InputError(f"must be true or false, got {self.last!r}", key="last")
+        if self.refine < 0 or self.refine % self.groups:
+            raise InputError(f"must be 0 (none) or a positive multiple of {self.groups} (the "
+                             f"GroupNorm groups), got {self.refine}", key="refine")
         if self.head_blocks < 0:
             raise InputError(f"must be >= 0, got {self.head_blocks}", key="head_blocks")
         down = 2 ** len(self.widths)
@@ -138,22 +153,23 @@ class NetConfig:
     @property
     def version(self) -> int:
         """The lowest model file version that holds this network (see ``MODEL_VERSION``)."""
-        return 4 if self.last else 3 if self.head or self.head_blocks else \
+        return 5 if self.refine else 4 if self.last else 3 if self.head or self.head_blocks else \
             2 if self.context else 1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict.
 
-        ``context``, ``head``, ``head_blocks`` and ``last`` are left out at 0 or False, as before.
+        ``context``, ``head``, ``head_blocks``, ``last`` and ``refine`` are left out at 0 or
+        False, as before.
         """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if not (k in ("context", "head", "head_blocks", "last") and not v)}
+                if not (k in ("context", "head", "head_blocks", "last", "refine") and not v)}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NetConfig:
         """The inverse of :meth:`to_json`."""
         known = {"bones", "bone_names", "size", "widths", "stem", "groups", "context", "head",
-                 "head_blocks", "last"}
+                 "head_blocks", "last", "refine"}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise InputError(f"unknown key(s) {unknown} in a network configuration",
@@ -253,7 +269,8 @@ class BoneNet(nn.Module):
     segmentation's probabilities (average-pooled), and its heights are upsampled bilinearly:
     depth varies smoothly inside a bone, outlines do not. Optional context blocks
     (``config.context``: self-attention over the coarsest level's cells) give every position the
-    whole image.
+    whole image. An optional full-resolution depth refinement (``config.refine``) corrects the
+    upsampled maps where they blur across the outlines.
     """
 
     def __init__(self, config: NetConfig) -> None:
@@ -281,7 +298,18 @@ class BoneNet(nn.Module):
         self.depth = nn.Sequential(
             nn.Conv2d(w[0] + nb, w[0], 3, padding=1, bias=False), nn.GroupNorm(g, w[0]),
             nn.SiLU())
-        self.depth_out = nn.Conv2d(w[0], (3 if config.last else 2) * nb, 1)
+        maps = (3 if config.last else 2) * nb
+        self.depth_out = nn.Conv2d(w[0], maps, 1)
+        if config.refine:
+            c = config.refine
+            self.refine = nn.Sequential(
+                nn.Conv2d(r + nb + maps, c, 3, padding=1, bias=False), nn.GroupNorm(g, c),
+                nn.SiLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(g, c),
+                nn.SiLU())
+            self.refine_out = nn.Conv2d(c, maps, 1)
+            nn.init.zeros_(self.refine_out.weight)
+            assert self.refine_out.bias is not None
+            nn.init.zeros_(self.refine_out.bias)
         assert self.seg.bias is not None
         assert self.depth_out.bias is not None
         nn.init.constant_(self.seg.bias, -4.0)  # bones are rare: start at p ≈ 0.02
@@ -315,6 +343,11 @@ class BoneNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             raw = self.depth_out(feat.float())
             raw = F.interpolate(raw, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if self.config.refine:
+            fix = self.refine(torch.cat([top, torch.sigmoid(logits).to(top.dtype),
+                                         raw.to(top.dtype)], dim=1))
+            with torch.autocast(x.device.type, enabled=False):
+                raw = raw + self.refine_out(fix.float())
         nb = len(self.config.bones)
         mid, half = raw[:, :nb], F.softplus(raw[:, nb:2 * nb])
         out = {"logits": logits, "front": mid + half, "back": mid - half}

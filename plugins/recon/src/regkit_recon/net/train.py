@@ -79,11 +79,19 @@ class TrainSpec:
         head, head_blocks: The segmentation head's channels (0: the stem's) and residual blocks
             (see :class:`NetConfig`).
         last: Also predict the last exit (see :class:`NetConfig`).
+        refine: Channels of the full-resolution depth refinement (0: none; see
+            :class:`NetConfig`).
+        outline_targets: Keep the depth targets at the outlines under augmentation: a turned or
+            zoomed pixel whose footprint straddles a bone's outline takes the mean height of the
+            bone pixels in it (heights and their coverage resampled alike, then divided) rather
+            than none. Without it (as every shipped model up to hand_v9 was trained) about half
+            of each bone's outermost pixel ring loses its depth target in an augmented item.
         trainable: ``all``; ``head``: only the segmentation head (see :data:`HEAD_MODULES`)
             learns, the rest keeps its weights (with ``init``, a wider or deeper head trained on
             a fixed network: a few CPU hours instead of a GPU run); ``heads``: the segmentation
             head and the depth head (:data:`DEPTH_MODULES`, which reads the segmentation's
-            probabilities, so it follows a retrained segmentation head) learn. Both need
+            probabilities, so it follows a retrained segmentation head) learn; ``depth``: only
+            the depth head (and the refinement), so the masks stay the model's. All three need
             ``init``: the rest is a trained model's.
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
         checkpoint_s: Seconds between checkpoints.
@@ -121,6 +129,8 @@ class TrainSpec:
     head: int = 0
     head_blocks: int = 0
     last: bool = False
+    refine: int = 0
+    outline_targets: bool = False
     trainable: str = "all"
     depth_weight: float = 0.1
     offset_weight: float = 0.02
@@ -143,7 +153,7 @@ class TrainSpec:
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
         for key, default in (("context", 0), ("head", 0), ("head_blocks", 0), ("last", False),
-                             ("trainable", "all")):
+                             ("refine", 0), ("outline_targets", False), ("trainable", "all")):
             if d[key] == default:  # as recipes were before these options: older checkpoints resume
                 d.pop(key)
         if self.init is not None:
@@ -263,7 +273,7 @@ class DeviceCache:
         from regkit_recon.groundtruth.dataset import collate_ground_truth
         from regkit_recon.net.data import TrainItems
 
-        self.seed, self.device = items.seed, device
+        self.seed, self.device, self.outline = items.seed, device, items.outline
         plain = TrainItems(items.files, items.size, items.bones, items.seed, augmented=False,
                            last=items.last)
         n, nb, s = len(plain), len(items.bones), items.size
@@ -306,7 +316,8 @@ class DeviceCache:
         augs = [draw_augmentation(item_generator(self.seed, epoch, int(i))) for i in indices]
         at = torch.as_tensor(list(indices), dtype=torch.int64, device=self.device)
         turned = augment_targets(self.image[at], self.hit[at], self.front[at], self.back[at],
-                                 self.last[at] if "last" in self.keys else None, augs)
+                                 self.last[at] if "last" in self.keys else None, augs,
+                                 outline=self.outline)
         zoom = torch.tensor([a.zoom for a in augs], dtype=torch.float64, device=self.device)
         return {k: turned[k] for k in self.keys} | {
             "unit_mm": self.unit_mm[at] / zoom, "index": at}
@@ -498,8 +509,9 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
     bones, names = _bones_of(manifests)
     config = NetConfig(bones, names, spec.size, tuple(spec.widths), spec.stem,
                        context=spec.context, head=spec.head, head_blocks=spec.head_blocks,
-                       last=spec.last)
-    items = TrainItems(train_files, spec.size, bones, spec.seed, last=spec.last)
+                       last=spec.last, refine=spec.refine)
+    items = TrainItems(train_files, spec.size, bones, spec.seed, last=spec.last,
+                       outline=spec.outline_targets)
     per_epoch = len(items) // spec.batch
     if per_epoch < 1:
         raise InputError(f"{len(items)} training items make no batch of {spec.batch}",
@@ -718,6 +730,7 @@ def _check(spec: TrainSpec, world: int) -> None:
     whole("context", spec.context, 0)
     whole("head", spec.head, 0)
     whole("head_blocks", spec.head_blocks, 0)
+    whole("refine", spec.refine, 0)
     if spec.trainable not in TRAINABLE:
         raise InputError(f"must be one of {', '.join(TRAINABLE)}, got {spec.trainable!r}",
                          key="trainable")
@@ -733,11 +746,11 @@ def _check(spec: TrainSpec, world: int) -> None:
 HEAD_MODULES = ("rise", "finish", "polish", "seg")
 """The segmentation head's modules in :class:`BoneNet`: what ``trainable="head"`` trains."""
 
-DEPTH_MODULES = ("depth", "depth_out")
-"""The depth head's modules in :class:`BoneNet`: ``trainable="heads"`` trains them besides
-:data:`HEAD_MODULES`."""
+DEPTH_MODULES = ("depth", "depth_out", "refine", "refine_out")
+"""The depth head's modules in :class:`BoneNet` (the refinement's included): ``trainable="heads"``
+trains them besides :data:`HEAD_MODULES`, ``trainable="depth"`` alone."""
 
-TRAINABLE = ("all", "head", "heads")
+TRAINABLE = ("all", "head", "heads", "depth")
 """The values of :attr:`TrainSpec.trainable`."""
 
 
@@ -750,7 +763,8 @@ def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Paramete
     """The parameters the optimiser moves; the others stop requiring gradients."""
     if trainable == "all":
         return list(net.parameters())
-    modules = HEAD_MODULES + (DEPTH_MODULES if trainable == "heads" else ())
+    modules = {"head": HEAD_MODULES, "heads": HEAD_MODULES + DEPTH_MODULES,
+               "depth": DEPTH_MODULES}[trainable]
     learning = []
     for name, param in net.named_parameters():
         if name.split(".")[0] in modules:
@@ -763,26 +777,30 @@ def _learning_parameters(net: BoneNet, trainable: str) -> list[torch.nn.Paramete
 def _warm_start(net: BoneNet, start: BoneNet, source: str, *, trainable: str = "all") -> None:
     """Copy ``start``'s weights into ``net``, so that ``net`` computes what ``start`` did.
 
-    The configurations must be equal but for four ways of growing: more context blocks, a wider
-    segmentation head, more head blocks and the last exit. New context and head blocks keep their
-    initialisation, the identity (their residual branches end in zero weights). A wider head
-    takes the old head's weights as its first channels: the old channels' sums leave the new
-    channels out (zero weights), the GroupNorm groups hold as many channels as before (so the old
-    channels' groups are the old ones) and the logits read only the old channels. The new
-    channels keep random weights into them, so they learn from the first step. A new last exit
-    starts at the back (its gap channels' weights zero, their bias ``LAST_GAP_BIAS``); a run
-    that adds it with ``trainable="head"`` (which would never train it) is refused.
+    The configurations must be equal but for five ways of growing: more context blocks, a wider
+    segmentation head, more head blocks, the last exit and the depth refinement. New context and
+    head blocks keep their initialisation, the identity (their residual branches end in zero
+    weights). A wider head takes the old head's weights as its first channels: the old channels'
+    sums leave the new channels out (zero weights), the GroupNorm groups hold as many channels as
+    before (so the old channels' groups are the old ones) and the logits read only the old channels.
+    The new channels keep random weights into them, so they learn from the first step. A new last
+    exit starts at the back (its gap channels' weights zero, their bias ``LAST_GAP_BIAS``); a run
+    that adds it with ``trainable="head"`` (which would never train it) is refused. A new depth
+    refinement keeps its initialisation, which adds nothing (its output layer is zero); a run that
+    adds it must train the depth head, and one may not change its width.
     """
     a, b = start.config, net.config
-    grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks, last=b.last)
+    grown = replace(a, context=b.context, head=b.head, head_blocks=b.head_blocks, last=b.last,
+                    refine=b.refine)
     if (grown != b or a.context > b.context or a.head_width > b.head_width
-            or a.head_blocks > b.head_blocks or a.last > b.last):
+            or a.head_blocks > b.head_blocks or a.last > b.last
+            or a.refine not in (0, b.refine)):
         ours, theirs = asdict(b), asdict(a)
         differ = ", ".join(f"{k} {theirs[k]!r} against {ours[k]!r}" for k in ours
                            if ours[k] != theirs[k])
         raise InputError(f"the model's network is not this run's ({differ}: the model's first);"
-                         " a run may only add context blocks, head channels, head blocks and "
-                         "the last exit",
+                         " a run may only add context blocks, head channels, head blocks, "
+                         "the last exit and the depth refinement",
                          source=source, key="init")
     old = start.state_dict()
     head = {k: v for k, v in old.items() if _in_head(k)}
@@ -793,12 +811,18 @@ def _warm_start(net: BoneNet, start: BoneNet, source: str, *, trainable: str = "
         raise InputError("a run that adds the last exit must train the depth head, which holds "
                          "it (--trainable heads or all), not the segmentation head alone",
                          source=source, key="trainable")
+    if b.refine and not a.refine and trainable == "head":
+        raise InputError("a run that adds the depth refinement must train it (--trainable "
+                         "depth, heads or all), not the segmentation head alone",
+                         source=source, key="trainable")
     outputs = ("depth_out.weight", "depth_out.bias") if grow_last else ()
     missing, unexpected = net.load_state_dict(
         {k: v for k, v in old.items() if k not in head and k not in outputs}, strict=False)
     assert not unexpected, unexpected
     assert all((k.startswith("context.") and int(k.split(".")[1]) >= a.context)
-               or _in_head(k) or k in outputs for k in missing), missing
+               or _in_head(k) or k in outputs
+               or (k.split(".")[0] in ("refine", "refine_out") and not a.refine)
+               for k in missing), missing
     r0, r, s = a.head_width, b.head_width, a.stem
     new = net.state_dict()
     with torch.no_grad():
