@@ -713,7 +713,7 @@ def test_a_network_grown_a_last_exit_starts_as_the_model() -> None:
     gap = got["back"] - got["last"]
     expected = torch.nn.functional.softplus(torch.tensor(LAST_GAP_BIAS))
     assert torch.allclose(gap, expected.expand_as(gap), atol=1e-6)
-    with pytest.raises(InputError, match="and the last exit") as info:
+    with pytest.raises(InputError, match="the last exit and the depth refinement") as info:
         _warm_start(BoneNet(small), net, "n.pt")
     assert info.value.key == "init"
     with pytest.raises(InputError, match="must train the depth head") as info:
