@@ -973,15 +973,22 @@ def test_cli_train(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(_train_args(gt, run, "--resume")) == 0, capsys.readouterr().err
 
 
-def test_cli_train_head_options(gt: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    """--head, --head-blocks and --trainable reach the run, its recipe and its model."""
+def _cli_grown(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+               *flags: str) -> tuple[Path, Path]:
+    """A plain run ``first``, then ``run`` started from its model with ``flags``; both folders."""
     first = tmp_path / "first"
     assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
     run = tmp_path / "run"
-    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--head", "16",
-                            "--head-blocks", "1", "--trainable", "head"))
+    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), *flags))
     assert code == 0, capsys.readouterr().err
+    return first, run
+
+
+def test_cli_train_head_options(gt: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--head, --head-blocks and --trainable reach the run, its recipe and its model."""
+    first, run = _cli_grown(gt, tmp_path, capsys, "--head", "16", "--head-blocks", "1",
+                            "--trainable", "head")
     recipe = json.loads((run / "spec.json").read_text())["recipe"]
     assert (recipe["head"], recipe["head_blocks"], recipe["trainable"]) == (16, 1, "head")
     config = load_model(run / "model.pt").net.config
@@ -996,12 +1003,8 @@ def test_cli_train_last(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 
     The run is grown from a model without it.
     """
-    first = tmp_path / "first"
-    assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
-    run = tmp_path / "run"
-    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--last", "--trainable",
-                            "heads", "--val", str(gt), "--val-limit", "2"))
-    assert code == 0, capsys.readouterr().err
+    first, run = _cli_grown(gt, tmp_path, capsys, "--last", "--trainable", "heads", "--val",
+                            str(gt), "--val-limit", "2")
     assert json.loads((run / "spec.json").read_text())["recipe"]["last"] is True
     assert "last" not in json.loads((first / "spec.json").read_text())["recipe"]
     assert load_model(run / "model.pt").net.config.last
@@ -1016,12 +1019,8 @@ def test_cli_train_last(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_train_refine_and_outline_targets(gt: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """--refine, --outline-targets and --trainable depth reach the run, its recipe and model."""
-    first = tmp_path / "first"
-    assert main(_train_args(gt, first)) == 0, capsys.readouterr().err
-    run = tmp_path / "run"
-    code = main(_train_args(gt, run, "--init", str(first / "model.pt"), "--refine", "8",
-                            "--outline-targets", "--trainable", "depth"))
-    assert code == 0, capsys.readouterr().err
+    _, run = _cli_grown(gt, tmp_path, capsys, "--refine", "8", "--outline-targets",
+                        "--trainable", "depth")
     recipe = json.loads((run / "spec.json").read_text())["recipe"]
     assert (recipe["refine"], recipe["outline_targets"], recipe["trainable"]) == (8, True,
                                                                                  "depth")
