@@ -338,13 +338,14 @@ class BoneNet(nn.Module):
         # would round a 40 mm height to 0.15 mm
         with torch.autocast(x.device.type, enabled=False):
             logits = self.seg(top.float())
-            prob = F.avg_pool2d(torch.sigmoid(logits), 2)
+            seen = torch.sigmoid(logits)
+            prob = F.avg_pool2d(seen, 2)
         feat = self.depth(torch.cat([h, prob.to(h.dtype)], dim=1))
         with torch.autocast(x.device.type, enabled=False):
             raw = self.depth_out(feat.float())
             raw = F.interpolate(raw, scale_factor=2.0, mode="bilinear", align_corners=False)
         if self.config.refine:
-            fix = self.refine(torch.cat([top, torch.sigmoid(logits).to(top.dtype),
+            fix = self.refine(torch.cat([top, seen.to(top.dtype),
                                          raw.to(top.dtype)], dim=1))
             with torch.autocast(x.device.type, enabled=False):
                 raw = raw + self.refine_out(fix.float())
