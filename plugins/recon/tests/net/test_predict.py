@@ -602,6 +602,9 @@ def test_the_report_figure_draws_the_ring_bias_with_its_sign() -> None:
     assert colour_count(with_rim, False) == pytest.approx(4 * colour_count(with_rim, True),
                                                           rel=0.05)
     assert colour_count(thin_only, True) == 0
+    empty = ev._figure({**report, "overall": {**overall, "thickness_by_rim": {
+        ring: {"bias": float("nan"), "abs": float("nan"), "pixels": 0} for ring in rim}}}, [])
+    assert colour_count(empty, True) == colour_count(empty, False) == 0   # no pixels, no bar
 
 
 def test_evaluate_runs_the_network_and_writes_the_report(

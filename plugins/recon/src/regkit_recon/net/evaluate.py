@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -642,7 +643,7 @@ def _figure(report: dict[str, Any], examples: Sequence[Example], tile: int = 128
             draw.text((gap, y), f"ring {ring}", fill=(210, 210, 210), font=font)
             draw.rectangle([gap + label_w, y + 2, gap + label_w + rim_w, y + bar_h - 2],
                            outline=(60, 60, 60))
-            if bias is not None:
+            if bias is not None and math.isfinite(bias):   # a ring without pixels: no bar
                 reach = round(0.5 * rim_w * max(-1.0, min(1.0, bias / RIM_WINDOW_MM)))
                 draw.rectangle([min(centre, centre + reach), y + 2, max(centre, centre + reach),
                                 y + bar_h - 2], fill=RIM_COLOURS[bias >= 0])
