@@ -113,7 +113,8 @@ def _train(args: argparse.Namespace) -> int:
                      val_limit=None if args.val_limit == 0 else args.val_limit, device=args.device,
                      precision=args.precision, init=args.init,
                      loader_workers=args.loader_workers, device_cache=args.cache_on_device,
-                     trainable=args.trainable, outline_targets=args.outline_targets, **shape)
+                     trainable=args.trainable, outline_targets=args.outline_targets,
+                     thickness_weight=args.thickness_weight, **shape)
     if args.stop_at is not None and args.stop_at < 1:
         raise InputError(f"must be a whole number >= 1, got {args.stop_at}", key="--stop-at")
     record = train(spec, resume=args.resume, stop_at=args.stop_at)
@@ -243,6 +244,9 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--outline-targets", action="store_true",
                     help="keep the depth targets where an augmented pixel straddles a bone's "
                          "outline (the bone pixels' mean height) instead of dropping them")
+    tr.add_argument("--thickness-weight", type=float, default=0.0, metavar="W",
+                    help="weight of a loss term on each pixel's thickness, front minus back "
+                         "(default 0: none; the depth term's weight is 0.1)")
     tr.add_argument("--trainable", choices=("all", "head", "heads", "depth"), default="all",
                     help="what learns: all (default), only the segmentation head (head), "
                          "the segmentation and depth heads (heads), or only the depth head and "

@@ -35,7 +35,7 @@ from regkit.errors import InputError
 ITEMS = 4
 TINY: dict[str, Any] = {"size": 32, "widths": (8, 16), "stem": 8, "precision": "fp32",
                         "loader_workers": 0, "device": "cpu", "val_limit": 2}
-TERMS = ("bce", "dice", "depth", "offset", "loss")
+TERMS = ("bce", "dice", "depth", "offset", "thickness", "loss")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,6 +171,43 @@ def test_a_common_shift_is_offset_not_depth() -> None:
     assert _loss(out, batch)["depth"] > 0.1
 
 
+def test_the_thickness_term_scores_front_minus_back() -> None:
+    """``thickness`` is the mean over items of the mean |error of front − back| (input pixels).
+
+    A common shift and a perfect prediction cost nothing; a back one height unit too deep
+    everywhere costs HEIGHT_SCALE per item with heights, added to the loss with its weight; a
+    pixel whose back is unknown is left out, however wrong its thickness.
+    """
+    batch = _batch(4)
+    has = sum(bool(torch.isfinite(batch["back"][i]).any()) for i in range(4))
+    assert 0 < has < 4
+    assert _loss(_perfect(batch), batch)["thickness"] == 0.0
+    assert _loss(_perfect(batch, 0.5), batch)["thickness"] == pytest.approx(0.0, abs=1e-5)
+    deep = _perfect(batch)
+    deep["back"] = deep["back"] - 1.0
+    base = _loss(deep, batch)
+    assert base["thickness"] == pytest.approx(HEIGHT_SCALE * has / 4, rel=1e-5)
+    weighted = {k: float(v.detach()) for k, v in
+                batch_loss(deep, batch, depth_weight=0.1, offset_weight=0.02,
+                           thickness_weight=0.3).items()}
+    assert weighted["thickness"] == base["thickness"]
+    assert weighted["loss"] == pytest.approx(base["loss"] + 0.3 * base["thickness"], rel=1e-6)
+    # equal and opposite errors of front and back: the depth term sees each, this one both
+    out = _perfect(batch)
+    out["front"] = out["front"] + 0.25
+    out["back"] = out["back"] - 0.25
+    got = _loss(out, batch)
+    assert got["thickness"] == pytest.approx(0.5 * HEIGHT_SCALE * has / 4, rel=1e-5)
+    assert got["depth"] == pytest.approx(0.25 * HEIGHT_SCALE * has / 4, rel=1e-5)
+    # a pixel without a back target does not count
+    front_only = {k: v.clone() for k, v in batch.items()}
+    i, b, y, x = (int(v[0]) for v in torch.isfinite(batch["back"]).nonzero(as_tuple=True))
+    front_only["back"][i, b, y, x] = torch.nan
+    wild = _perfect(front_only)
+    wild["back"][i, b, y, x] = -1e6
+    assert _loss(wild, front_only)["thickness"] == pytest.approx(0.0, abs=1e-5)
+
+
 def test_unknown_heights_are_ignored() -> None:
     batch = _batch(2)
     out = _perfect(batch)
@@ -247,7 +284,9 @@ def test_check_refuses_bad_options(tmp_path: Path) -> None:
         tr._check(spec, 4)
     assert info.value.key == "batch"
     bad: list[tuple[str, Any]] = [("batch", 0), ("epochs", 0), ("seed", -1), ("batch", 2.0),
-                                  ("epochs", True), ("lr", 0.0), ("lr", float("nan"))]
+                                  ("epochs", True), ("lr", 0.0), ("lr", float("nan")),
+                                  ("thickness_weight", -0.1),
+                                  ("thickness_weight", float("nan"))]
     for key, value in bad:
         with pytest.raises(InputError) as info:
             tr._check(replace(spec, **{key: value}), 1)
@@ -941,6 +980,35 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--precision", "fp32", "--device", "cpu", "--max-steps", "2", *extra]
 
 
+def test_learning_curves_draw_the_thickness_term_and_older_logs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The depth panel draws the terms that every logged step has.
+
+    The thickness term where the log holds it; a log of a run from before it (no ``thickness``,
+    no ``last``) still draws.
+    """
+    from regkit_recon.net import plot
+
+    drawn: list[list[str]] = []
+    real = plot.line_chart
+
+    def spy(path: Any, panels: Any, **kw: Any) -> None:
+        drawn.append(sorted(panels[1][2]))
+        real(path, panels, **kw)
+
+    monkeypatch.setattr(plot, "line_chart", spy)
+    old = {"kind": "train", "bce": 0.1, "dice": 0.2, "depth": 2.0, "offset": 5.0, "loss": 0.5}
+    for name, rows in (("new", [dict(old, step=s, thickness=1.0 + s, last=0.1) for s in (10, 20)]),
+                       ("old", [dict(old, step=s) for s in (10, 20)]),
+                       ("mixed", [dict(old, step=10), dict(old, step=20, thickness=1.0)])):
+        log = tmp_path / f"{name}.jsonl"
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tr.write_curves(log, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn == [["depth", "last", "offset", "thickness"], ["depth", "offset"],
+                     ["depth", "offset"]]
+
+
 def test_cli_train(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     code = main(_train_args(gt, run, "--val", str(gt), "--val-limit", "2"))
@@ -1018,12 +1086,18 @@ def test_cli_train_last(gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_cli_train_refine_and_outline_targets(gt: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """--refine, --outline-targets and --trainable depth reach the run, its recipe and model."""
-    _, run = _cli_grown(gt, tmp_path, capsys, "--refine", "8", "--outline-targets",
-                        "--trainable", "depth")
+    """--refine, --outline-targets, --thickness-weight and --trainable depth reach the run.
+
+    They reach its recipe and model; the recipe of a run without them does not name them.
+    """
+    first, run = _cli_grown(gt, tmp_path, capsys, "--refine", "8", "--outline-targets",
+                            "--trainable", "depth", "--thickness-weight", "0.2")
     recipe = json.loads((run / "spec.json").read_text())["recipe"]
-    assert (recipe["refine"], recipe["outline_targets"], recipe["trainable"]) == (8, True,
-                                                                                 "depth")
+    assert (recipe["refine"], recipe["outline_targets"], recipe["trainable"],
+            recipe["thickness_weight"]) == (8, True, "depth", 0.2)
+    plain = json.loads((first / "spec.json").read_text())["recipe"]
+    assert not {"refine", "outline_targets", "trainable", "thickness_weight"} & set(plain)
+    assert any(r["thickness"] > 0 for r in _log(run))
     assert load_model(run / "model.pt").net.config.refine == 8
     assert main(_train_args(gt, tmp_path / "bad", "--refine", "6")) == 2
     assert "multiple of 8" in capsys.readouterr().err
@@ -1043,6 +1117,7 @@ def test_cli_train_refuses_bad_input(gt: Path, tmp_path: Path,
         ([*_train_args(gt, run), "--loader-workers", "-1"], "'loader_workers'"),
         ([*_train_args(gt, run), "--head", "-8"], "'head'"),
         ([*_train_args(gt, run), "--head-blocks", "-1"], "'head_blocks'"),
+        ([*_train_args(gt, run), "--thickness-weight", "-1"], "'thickness_weight'"),
         ([*_train_args(gt, run), "--resume"], "no checkpoint.pt"),
         ([*_train_args(gt, run), "--val", str(tmp_path / "missing")], "does not exist"),
     ]

@@ -12,7 +12,10 @@ present in the item. Depth (first layer, where the truth is hit): per item, the 
 ``r`` of front and back heights (input pixels) lose their mean ``r̄`` (the common offset along the
 rays), ``|r − r̄|`` is scored with weight :attr:`TrainSpec.depth_weight`, and ``|r|`` itself with
 :attr:`TrainSpec.offset_weight` (which teaches the network the training data's prior on the
-offset; see :mod:`regkit_recon.net.geometry`).
+offset; see :mod:`regkit_recon.net.geometry`). With :attr:`TrainSpec.thickness_weight`, the
+error of each pixel's thickness (front height minus back height, where both are known) is
+scored too: the terms above score front and back each, and equal errors of the two hide a
+wrong thickness.
 
 **Outputs** in ``RUN``: ``checkpoint.pt`` (model, optimiser, scheduler, step, random state:
 written atomically every ``checkpoint_s`` seconds, at each epoch's end, and on Ctrl-C),
@@ -94,6 +97,8 @@ class TrainSpec:
             the depth head (and the refinement), so the masks stay the model's. All three need
             ``init``: the rest is a trained model's.
         depth_weight, offset_weight: Weights of the shift-aligned and raw depth terms.
+        thickness_weight: Weight of the thickness term (0: none, as every shipped model up to
+            hand_v9 was trained).
         checkpoint_s: Seconds between checkpoints.
         val_limit: Validation items per validation (None: all).
         val_every: Validate every this many epochs (and at the end).
@@ -134,6 +139,7 @@ class TrainSpec:
     trainable: str = "all"
     depth_weight: float = 0.1
     offset_weight: float = 0.02
+    thickness_weight: float = 0.0
     checkpoint_s: float = 300.0
     val_limit: int | None = 64
     val_every: int = 1
@@ -153,7 +159,8 @@ class TrainSpec:
         d["data"] = [str(Path(p).resolve()) for p in self.data]
         d["widths"] = list(self.widths)
         for key, default in (("context", 0), ("head", 0), ("head_blocks", 0), ("last", False),
-                             ("refine", 0), ("outline_targets", False), ("trainable", "all")):
+                             ("refine", 0), ("outline_targets", False), ("trainable", "all"),
+                             ("thickness_weight", 0.0)):
             if d[key] == default:  # as recipes were before these options: older checkpoints resume
                 d.pop(key)
         if self.init is not None:
@@ -165,7 +172,8 @@ class TrainSpec:
 
 
 def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
-               depth_weight: float, offset_weight: float) -> dict[str, torch.Tensor]:
+               depth_weight: float, offset_weight: float,
+               thickness_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The loss of one batch and its terms (each a mean over items of per-item means).
 
     Args:
@@ -175,10 +183,12 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
             resampled height would mix inside and outside).
         depth_weight: Weight of the shift-aligned depth term.
         offset_weight: Weight of the raw depth term.
+        thickness_weight: Weight of the thickness term.
 
     Returns:
-        ``loss`` and its terms ``bce``, ``dice``, ``depth`` and ``offset`` (mean absolute
-        heights in input pixels), each a scalar tensor; with a ``last`` output (and ``last`` in
+        ``loss`` and its terms ``bce``, ``dice``, ``depth``, ``offset`` and ``thickness``
+        (mean absolute heights in input pixels; ``thickness``: of front minus back, where both
+        are known), each a scalar tensor; with a ``last`` output (and ``last`` in
         the batch, as ``back``), ``last`` too: the mean absolute error of the gap from ``back``
         down to ``last`` (input pixels, shift-free by nature, weighted as ``depth``).
 
@@ -214,8 +224,14 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
     offset = per_item(r.abs(), item) / count
     terms = {"bce": bce, "dice": dice.mean(), "depth": (depth * has).mean(),
              "offset": (offset * has).mean()}
+    thick_true = batch["front"] - batch["back"]
+    both = torch.isfinite(thick_true).nonzero(as_tuple=True)
+    t = ((out["front"] - out["back"])[both].float() - thick_true[both].float()).abs() * HEIGHT_SCALE
+    num_t = per_item(torch.ones_like(t), both[0])
+    terms["thickness"] = ((per_item(t, both[0]) / num_t.clamp_min(1.0))
+                          * (num_t > 0).float()).mean()
     terms["loss"] = (terms["bce"] + terms["dice"] + depth_weight * terms["depth"]
-                     + offset_weight * terms["offset"])
+                     + offset_weight * terms["offset"] + thickness_weight * terms["thickness"])
     if "last" in out:
         if "last" not in batch:
             raise InputError("the network predicts the last exit but the batch has no 'last' "
@@ -641,7 +657,8 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
                                     enabled=amp is not None):
                     out_t = model(batch["image"])
                 terms = batch_loss(out_t, batch, depth_weight=spec.depth_weight,
-                                   offset_weight=spec.offset_weight)
+                                   offset_weight=spec.offset_weight,
+                                   thickness_weight=spec.thickness_weight)
                 optimiser.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimiser.step()
@@ -731,6 +748,9 @@ def _check(spec: TrainSpec, world: int) -> None:
     whole("head", spec.head, 0)
     whole("head_blocks", spec.head_blocks, 0)
     whole("refine", spec.refine, 0)
+    if not (math.isfinite(spec.thickness_weight) and spec.thickness_weight >= 0):
+        raise InputError(f"must be a number >= 0, got {spec.thickness_weight!r}",
+                         key="thickness_weight")
     if spec.trainable not in TRAINABLE:
         raise InputError(f"must be one of {', '.join(TRAINABLE)}, got {spec.trainable!r}",
                          key="trainable")
@@ -962,8 +982,10 @@ def write_curves(log_path: Path, png: Path) -> None:
         steps = [r["step"] for r in train_rows]
         panels.append(("training loss terms", steps, {
             k: [r[k] for r in train_rows] for k in ("loss", "bce", "dice")}, True))
+        residuals = [k for k in ("depth", "offset", "thickness", "last")
+                     if all(k in r for r in train_rows)]  # logs of older runs lack the latter
         panels.append(("training depth residual (px)", steps, {
-            k: [r[k] for r in train_rows] for k in ("depth", "offset")}, True))
+            k: [r[k] for r in train_rows] for k in residuals}, True))
     if val_rows:
         steps = [r["step"] for r in val_rows]
         panels.append(("validation Dice", steps, {
