@@ -18,7 +18,8 @@
 #      GPU (its speed sets the run's length), then a fine-tuning run of the shipped model (its
 #      network as it is, context blocks and segmentation head, grown the last exit unless
 #      LAST=0 and a full-resolution depth refinement of REFINE channels (default 16; 0: none),
-#      its depth targets kept at the outlines unless OUTLINE=0, every weight trained) that fits
+#      its depth targets kept at the outlines unless OUTLINE=0, a loss term on each pixel's
+#      thickness of weight THICKNESS (default 0.2, hand_v10's; 0: none), every weight trained) that fits
 #      the time left, its cosine schedule complete -> OUT/model.pt, OUT/log.jsonl,
 #      OUT/curves.png, OUT/spec.json.
 # Evaluate the model elsewhere (`regkit recon evaluate`), on splits it was not trained on.
@@ -120,14 +121,16 @@ model=$("$py" -c "from regkit_recon.net.predict import DEFAULT_MODEL; print(DEFA
 # grown the last exit (LAST=1, the default: exact depths read the radius' dorsal tilt 1.6 deg off
 # from the first entry to the last exit, 9.4 deg from the first layer; heads-only CPU training
 # learnt too little of it, benchmarks/README.md); LAST=0 keeps the model's own outputs; the
-# depth refinement (REFINE) and the targets kept at the outlines (OUTLINE) are stop 44's levers
-# for the thickness too great at each bone's rim (plugin README, *Where the shapes err*)
+# depth refinement (REFINE), the targets kept at the outlines (OUTLINE) and the thickness term
+# (THICKNESS) are stops 44-45's levers for the thickness too great at each bone's rim (plugin
+# README, *Where the shapes err*)
 shape=$("$py" -c "from regkit_recon.net.model import load_model
 c = load_model('$model').net.config
 last = ' --last' if c.last or '${LAST:-1}' == '1' else ''
 refine = c.refine or int('${REFINE:-16}')
 grow = (f' --refine {refine}' if refine else '') + (
-    ' --outline-targets' if '${OUTLINE:-1}' == '1' else '')
+    ' --outline-targets' if '${OUTLINE:-1}' == '1' else '') + (
+    f' --thickness-weight {float("${THICKNESS:-0.2}")}')
 print(f'--context {c.context} --head {c.head} --head-blocks {c.head_blocks}{last}{grow}')")
 # shellcheck disable=SC2206
 common=(--data "$train" --init "$model" $shape --batch 32 --lr "$lr" --seed 5

@@ -3,8 +3,8 @@
 Usage::
 
     python plugins/recon/scripts/write_model_card.py --model M.pt --run RUN \
-        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v9.md \
-        --script plugins/recon/scripts/train_hand_v9.sh --history "..." \
+        --report EVAL/report.json --out plugins/recon/src/regkit_recon/models/hand_v10.md \
+        --script plugins/recon/scripts/train_hand_v10.sh --history "..." \
         [--data-note "..."] [--machine "..."] [--val-report VAL/report.json]
 
 The card's figures (recipe, steps, time, validation and test tables) are read from the files
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--val-report", type=Path, default=None,
                         help="`regkit recon evaluate` on the validation set, for a run trained "
                         "without --val")
-    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v9.sh",
+    parser.add_argument("--script", default="plugins/recon/scripts/train_hand_v10.sh",
                         help="the one command that remakes the data, the training and the "
                         "evaluation (named in the card)")
     args = parser.parse_args()
@@ -115,7 +115,9 @@ def main() -> None:
         f"a segmentation head of {config.get('head') or config['stem']} channels at full "
         f"resolution with {config.get('head_blocks', 0)} residual "
         f"block{'' if config.get('head_blocks', 0) == 1 else 's'}, "
-        f"input {config['size']}², {params:,} parameters, "
+        + (f"a full-resolution depth refinement of {config['refine']} channels (`--refine`), "
+           if config.get("refine") else "")
+        + f"input {config['size']}², {params:,} parameters, "
         f"float16 weights ({args.model.stat().st_size / 2**20:.1f} MB).",
         f"- Bones: {len(config['bones'])} ({', '.join(config['bone_names'])}).",
         "- Offset method: the network's learnt prior (`offset_method: \"network prior\"`).",
