@@ -63,7 +63,7 @@ __all__ = ["DEFAULT_MODEL", "OFFSET_PRIOR", "PREDICTION_KEYS", "Prediction",
            "add_predict_arguments", "check_bones", "load_prediction", "predict", "predict_file",
            "predict_with_plain", "resolve_model", "run_predict", "turn_array", "turn_camera"]
 
-DEFAULT_MODEL = Path(regkit_recon.__file__).parent / "models" / "hand_v9.pt"
+DEFAULT_MODEL = Path(regkit_recon.__file__).parent / "models" / "hand_v10.pt"
 """The model shipped with the plugin (29 bones of the hand phantom)."""
 
 PREDICTION_KEYS = ("bones", "hit", "prob", "front", "back")
