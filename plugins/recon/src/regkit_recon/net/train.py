@@ -216,6 +216,11 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         """The sum of ``values`` over each item (``of``: each value's item)."""
         return torch.zeros(n, device=values.device).index_add_(0, of, values)
 
+    def item_mean(values: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
+        """The mean over items of each item's mean of ``values`` (an item without any: 0)."""
+        num = per_item(torch.ones_like(values), of)
+        return ((per_item(values, of) / num.clamp_min(1.0)) * (num > 0).float()).mean()
+
     count = per_item(torch.ones_like(r), item)
     has = (count > 0).float()
     count = count.clamp_min(1.0)
@@ -227,9 +232,7 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
     thick_true = batch["front"] - batch["back"]
     both = torch.isfinite(thick_true).nonzero(as_tuple=True)
     t = ((out["front"] - out["back"])[both].float() - thick_true[both].float()).abs() * HEIGHT_SCALE
-    num_t = per_item(torch.ones_like(t), both[0])
-    terms["thickness"] = ((per_item(t, both[0]) / num_t.clamp_min(1.0))
-                          * (num_t > 0).float()).mean()
+    terms["thickness"] = item_mean(t, both[0])
     terms["loss"] = (terms["bce"] + terms["dice"] + depth_weight * terms["depth"]
                      + offset_weight * terms["offset"] + thickness_weight * terms["thickness"])
     if "last" in out:
@@ -240,8 +243,7 @@ def batch_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         seen = torch.isfinite(gap_true).nonzero(as_tuple=True)
         gap = (out["back"] - out["last"])[seen].float()
         g = (gap - gap_true[seen].float()).abs() * HEIGHT_SCALE
-        num = per_item(torch.ones_like(g), seen[0])
-        terms["last"] = ((per_item(g, seen[0]) / num.clamp_min(1.0)) * (num > 0).float()).mean()
+        terms["last"] = item_mean(g, seen[0])
         terms["loss"] = terms["loss"] + depth_weight * terms["last"]
     return terms
 
