@@ -48,12 +48,19 @@ __all__ = ["RefineView", "Refinement", "refine", "reprojection_scores"]
 Array = NDArray[np.float64]
 
 _VOXEL_MM = 0.5
+# The bones' renders march one voxel a step: half-voxel steps took a quarter more of the refined
+# reconstruction's time for the same accuracy on the 10 test pairs (median 1.058 against 1.056 mm,
+# each pair within 0.08 mm; plugin README, *Refinement by re-projection*).
+_STEP_MM = _VOXEL_MM
 _SILHOUETTE_MM = 1.0
 _HIGHPASS_PX = 6.0
 _THICKNESS_PRIOR = 0.05
 _COLLISION_WEIGHT = 2.0
 _SHIFT_ACROSS_MM = 6.0
 _OFFSET_MM = 40.0
+# The common offset's Powell search after its 24-start screen: 20 evaluations find the demo
+# pair's offset within 1e-4 mm of 60's, in a third of the time.
+_OFFSET_EVALUATIONS = 20
 _SHIFT_DEPTH_MM = 25.0
 
 
@@ -133,7 +140,7 @@ class _BoneRender:
                                  for z in (lo[2], hi[2])])
         # μ = 1/mm inside: the DRR is the path length through the bone, mm.
         self.renderer = make_renderer(Volume(self.occupancy, affine, units="mu"),
-                                      backend="torch", step_mm=_VOXEL_MM / 2)
+                                      backend="torch", step_mm=_STEP_MM)
 
     def window(self, camera: Camera, extra: Array | None, shift: Array, reach_mm: float,
                along: Array, along_mm: float) -> tuple[int, int, int, int] | None:
@@ -167,13 +174,14 @@ class _BoneRender:
 
         u0, v0, u1, v1 = window
         crop = camera.crop(u0, v0, u1 - u0, v1 - v0)
-        cams = []
-        for s in np.atleast_2d(shifts):
-            # The bone moved by s: its point q shows where the camera sees q + s.
-            world_from_volume = np.eye(4)
-            world_from_volume[:3, 3] = s
-            cams.append(crop.with_pose(crop.camera_from_world @ world_from_volume))
-        out = self.renderer.drr(Views.from_cameras(cams))
+        moves = np.atleast_2d(np.asarray(shifts, dtype=np.float64))
+        # The bone moved by s: its point q shows where the camera sees q + s. A translation keeps
+        # the pose rigid, so the poses are stacked as they are: a Camera each, with its rigidity
+        # check, took a tenth of the refinement's time.
+        poses = np.repeat(crop.camera_from_world[None], len(moves), axis=0)
+        poses[:, :3, 3] += moves @ crop.camera_from_world[:3, :3].T
+        intrinsic = np.repeat(crop.intrinsic[None], len(moves), axis=0)
+        out = self.renderer.drr(Views(intrinsic, poses, crop.height, crop.width))
         return np.asarray(out.detach().cpu().numpy(), dtype=np.float64)
 
     def close(self) -> None:
@@ -440,7 +448,7 @@ def _engine(level: Level, seed: int, evaluations: int, popsize: int = 8) -> Any:
 
 def _line_search(level: Level, seed: int, starts: int) -> Any:
     """One parameter: screen ``starts`` values over ±6 first steps, then Powell's line search."""
-    options = LevelOptions(method="powell", options={"max_evaluations": 60})
+    options = LevelOptions(method="powell", options={"max_evaluations": _OFFSET_EVALUATIONS})
     return run(_Single(level), [options], seed=seed, starts=starts, start_spread=6.0)
 
 
