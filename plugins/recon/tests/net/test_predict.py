@@ -21,7 +21,7 @@ from regkit_recon.groundtruth.sample import write_sample
 from regkit_recon.net import evaluate as ev
 from regkit_recon.net import predict as pr
 from regkit_recon.net.geometry import cos_theta, depth_to_height, height_to_depth
-from regkit_recon.net.model import BoneNet, NetConfig, save_model
+from regkit_recon.net.model import BoneNet, NetConfig, load_model, save_model
 from regkit_recon.net.predict import (
     PREDICTION_KEYS,
     Prediction,
@@ -362,6 +362,28 @@ def test_tta_keeps_the_plain_prediction_of_its_identity_member(model_path: Path)
     same, again = predict_with_plain(img, cam, model=model_path)
     assert same is again
     np.testing.assert_array_equal(same.prob, alone.prob)
+
+
+def test_a_model_file_runs_channels_last_and_one_member_at_a_time_to_the_same_answer(
+        model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cam, img = _camera(), _image()
+    loaded = pr.resolve_model(model_path)
+    weight = next(p for p in loaded.net.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
+    one_by_one = predict(img, cam, model=loaded, tta=True)
+    # the same weights as a network passed in keep their layout, and with the batch of 8
+    passed = load_model(model_path).net
+    assert next(p for p in passed.parameters() if p.ndim == 4 and p.shape[1] > 1
+                ).is_contiguous()
+    monkeypatch.setattr(pr, "_CPU_BATCH", 8)
+    together = predict(img, cam, model=passed, tta=True)
+    assert next(p for p in passed.parameters() if p.ndim == 4 and p.shape[1] > 1
+                ).is_contiguous()
+    np.testing.assert_allclose(one_by_one.prob, together.prob, atol=1e-4)   # float rounding
+    assert one_by_one.front_all is not None
+    assert together.front_all is not None
+    assert _relative(one_by_one.front_all, together.front_all) < 1e-4
 
 
 # ------------------------------------------------------------------------------ geometry
