@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from regkit.errors import InputError
 from regkit.geometry.camera import Camera
+from regkit.geometry.transforms import compose, translation
 from regkit.optim import ParamSpec
 from regkit.registration.engine import Level, LevelOptions, run
 
@@ -179,8 +180,7 @@ class _BoneRender:
         # The bone moved by s: its point q shows where the camera sees q + s. A translation keeps
         # the pose rigid, so the poses are stacked as they are: a Camera each, with its rigidity
         # check, took a tenth of the refinement's time.
-        poses = np.repeat(crop.camera_from_world[None], len(moves), axis=0)
-        poses[:, :3, 3] += moves @ crop.camera_from_world[:3, :3].T
+        poses = compose(crop.camera_from_world, translation(moves))
         intrinsic = np.repeat(crop.intrinsic[None], len(moves), axis=0)
         out = self.renderer.drr(Views(intrinsic, poses, crop.height, crop.width))
         return np.asarray(out.detach().cpu().numpy(), dtype=np.float64)
