@@ -364,22 +364,24 @@ def test_tta_keeps_the_plain_prediction_of_its_identity_member(model_path: Path)
     np.testing.assert_array_equal(same.prob, alone.prob)
 
 
+def _conv_weight(net: torch.nn.Module) -> torch.Tensor:
+    """A convolution's weight with more than one input channel (whose layout can differ)."""
+    return next(p for p in net.parameters() if p.ndim == 4 and p.shape[1] > 1)
+
+
 def test_a_model_file_runs_channels_last_and_one_member_at_a_time_to_the_same_answer(
         model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cam, img = _camera(), _image()
     loaded = pr.resolve_model(model_path)
-    weight = next(p for p in loaded.net.parameters() if p.ndim == 4 and p.shape[1] > 1)
-    assert weight.is_contiguous(memory_format=torch.channels_last)
-    assert not weight.is_contiguous()
+    assert _conv_weight(loaded.net).is_contiguous(memory_format=torch.channels_last)
+    assert not _conv_weight(loaded.net).is_contiguous()
     one_by_one = predict(img, cam, model=loaded, tta=True)
     # the same weights as a network passed in keep their layout, and with the batch of 8
     passed = load_model(model_path).net
-    assert next(p for p in passed.parameters() if p.ndim == 4 and p.shape[1] > 1
-                ).is_contiguous()
+    assert _conv_weight(passed).is_contiguous()
     monkeypatch.setattr(pr, "_CPU_BATCH", 8)
     together = predict(img, cam, model=passed, tta=True)
-    assert next(p for p in passed.parameters() if p.ndim == 4 and p.shape[1] > 1
-                ).is_contiguous()
+    assert _conv_weight(passed).is_contiguous()
     np.testing.assert_allclose(one_by_one.prob, together.prob, atol=1e-4)   # float rounding
     assert one_by_one.front_all is not None
     assert together.front_all is not None

@@ -157,9 +157,9 @@ TTA_FILLS = (1.0, 0.87)
 side takes (the rest air), each with the 8 turns. The training data were zoomed 0.8–1.15×."""
 
 _CPU_BATCH = 1
-"""TTA members per network run on the CPU. One at a time ran 1.5–2× faster than all 8 at once on
-2 cores (the activations of 8 no longer stay in the caches), and holds less memory; a GPU runs
-the 8 together."""
+"""TTA members per network run on the CPU. One at a time ran 1.1–2× faster than all 8 at once on
+2 cores (noisy timings; the activations of 8 no longer stay in the caches, presumably), and holds
+less memory; a GPU runs the 8 together."""
 
 
 # ------------------------------------------------------------------------------ prediction
