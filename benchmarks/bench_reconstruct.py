@@ -169,7 +169,7 @@ def run(data: Path, limit: int | None, variants: list[str], biplane: bool,  # no
                                      bones=[int(b) for b in sample["bones"]],
                                      names=[truth.names[int(b)] for b in sample["bones"]])
                 exact = surface_errors({s.name: s.mesh() for s in solids}, truth.meshes,
-                                       camera.view_direction_world)
+                                       camera.view_direction_world, max_offset_mm=0.0)
                 case["exact_median_assd_mm"] = exact["median_assd_mm"]
                 case["exact_median_hd95_mm"] = exact["median_hd95_mm"]
                 if kind == "pa" and truth.deformities:

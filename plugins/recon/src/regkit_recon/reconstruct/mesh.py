@@ -20,7 +20,8 @@ from scipy.spatial import cKDTree
 from regkit.errors import InputError, ShapeError
 from regkit.geometry.frames import LPS_FROM_RAS
 
-__all__ = ["STL_HEADER", "Mesh", "extract_mesh", "read_stl", "surface_distances", "write_stl"]
+__all__ = ["STL_HEADER", "Mesh", "SurfaceIndex", "extract_mesh", "read_stl", "surface_distances",
+           "write_stl"]
 
 STL_HEADER = b"regkit-recon bone mesh; binary STL; LPS mm (3D Slicer reads STL as LPS)"
 """The first bytes of every STL header this module writes (padded with spaces to 80)."""
@@ -210,6 +211,54 @@ def _point_triangle_distance(p: NDArray[np.float64], a: NDArray[np.float64],
     return np.linalg.norm(p - closest, axis=1)
 
 
+class SurfaceIndex:
+    """A mesh's faces indexed once for many distance queries (see :func:`surface_distances`).
+
+    Building the index (a k-d tree of the face centroids) costs about as much as one query of a
+    few thousand points, so a search that asks the same mesh many times builds it once.
+
+    Raises:
+        InputError: a mesh without faces.
+    """
+
+    def __init__(self, mesh: Mesh, *, candidates: int = 12) -> None:
+        self.triangles = mesh.triangles
+        if not len(self.triangles):
+            raise InputError("the mesh has no faces", key="mesh")
+        self.candidates = min(candidates, len(self.triangles))
+        self._tree = cKDTree(self.triangles.mean(axis=1))
+
+    def distances(self, points: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Distance (mm) from each point ``(N, 3)`` to the surface."""
+        p = _points(points)
+        k, t = self.candidates, self.triangles
+        _, near = self._tree.query(p, k=k)
+        near = np.asarray(near).reshape(len(p), k)
+        best = np.full(len(p), np.inf)
+        for j in range(k):
+            tri = t[near[:, j]]
+            best = np.minimum(best, _point_triangle_distance(p, tri[:, 0], tri[:, 1], tri[:, 2]))
+        return best
+
+    def centroid_distances(self, points: NDArray[np.float64], cap_mm: float = np.inf
+                           ) -> NDArray[np.float64]:
+        """Distance (mm) from each point to the nearest face centroid, at most ``cap_mm``.
+
+        A cheap stand-in for :meth:`distances`: it exceeds the surface distance by at most a
+        face's size, and a finite cap spares the search for points farther away (most of a
+        query's time goes to them).
+        """
+        found = self._tree.query(_points(points), k=1, distance_upper_bound=cap_mm)[0]
+        return np.minimum(np.asarray(found, dtype=np.float64), cap_mm)
+
+
+def _points(points: NDArray[np.float64]) -> NDArray[np.float64]:
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ShapeError(f"points must be (N, 3), got {p.shape}")
+    return p
+
+
 def surface_distances(points: NDArray[np.float64], mesh: Mesh, *, candidates: int = 12
                       ) -> NDArray[np.float64]:
     """Distance (mm) from each point ``(N, 3)`` to the surface of ``mesh``.
@@ -221,17 +270,4 @@ def surface_distances(points: NDArray[np.float64], mesh: Mesh, *, candidates: in
     Raises:
         InputError: a mesh without faces.
     """
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 3:
-        raise ShapeError(f"points must be (N, 3), got {p.shape}")
-    t = mesh.triangles
-    if not len(t):
-        raise InputError("the mesh has no faces", key="mesh")
-    k = min(candidates, len(t))
-    _, near = cKDTree(t.mean(axis=1)).query(p, k=k)
-    near = np.asarray(near).reshape(len(p), k)
-    best = np.full(len(p), np.inf)
-    for j in range(k):
-        tri = t[near[:, j]]
-        best = np.minimum(best, _point_triangle_distance(p, tri[:, 0], tri[:, 1], tri[:, 2]))
-    return best
+    return SurfaceIndex(mesh, candidates=candidates).distances(points)
