@@ -20,6 +20,20 @@ def test_autocast_dtype() -> None:
     assert info.value.key == "precision"
 
 
+def test_bf16_emulated_on_the_cpu_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    note = runtime.precision_note("bf16", cpu)
+    assert note is not None
+    assert "emulated" in note
+    assert "--precision auto" in note
+    assert runtime.precision_note("auto", cpu) is None      # auto picks fp32 there
+    assert runtime.precision_note("fp32", cpu) is None
+    assert runtime.precision_note("bf16", gpu) is None
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert runtime.precision_note("bf16", cpu) is None
+
+
 def test_device_name_checks_what_is_asked() -> None:
     assert runtime.device_name("cpu") == "cpu"
     assert runtime.device_name(None) == ("cuda" if torch.cuda.is_available() else "cpu")

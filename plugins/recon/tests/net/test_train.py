@@ -418,6 +418,19 @@ def test_a_few_samples_are_overfitted(gt: Path, tmp_path: Path,
     assert rows[-1]["lr"] == pytest.approx(0.02 * 3e-2, rel=1e-6)  # the cosine's floor
 
 
+def test_training_notes_bf16_emulated_on_the_cpu(gt: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from regkit_recon.net import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    stream = io.StringIO()
+    train(_spec(gt, tmp_path / "bf16", precision="bf16", max_steps=1), stream=stream)
+    assert "emulated" in stream.getvalue()
+    stream = io.StringIO()
+    train(_spec(gt, tmp_path / "fp32", max_steps=1), stream=stream)
+    assert "emulated" not in stream.getvalue()
+
+
 def test_the_same_seed_gives_the_same_weights(gt: Path, tmp_path: Path) -> None:
     runs = {name: tmp_path / name for name in ("a", "b", "c")}
     _run(_spec(gt, runs["a"], seed=1))

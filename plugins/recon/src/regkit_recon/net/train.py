@@ -55,6 +55,7 @@ from regkit_recon.net.runtime import (
     autocast_dtype,
     device_name,
     join_process_group,
+    precision_note,
     rank_device,
 )
 
@@ -518,6 +519,9 @@ def _train(spec: TrainSpec, resume: bool, stream: Any, rank: int, world: int,  #
 
     _check(spec, world)
     amp = autocast_dtype(spec.precision, device)
+    note = precision_note(spec.precision, device)
+    if note is not None and rank == 0:
+        print(note, file=stream, flush=True)
     out = Path(spec.out)
     if rank == 0:
         check_output(out, [] if spec.init is None else [spec.init], kind="into", key="out")
