@@ -214,8 +214,8 @@ def _point_triangle_distance(p: NDArray[np.float64], a: NDArray[np.float64],
 class SurfaceIndex:
     """A mesh's faces indexed once for many distance queries (see :func:`surface_distances`).
 
-    Building the index (a k-d tree of the face centroids) costs about as much as one query of a
-    few thousand points, so a search that asks the same mesh many times builds it once.
+    The index is a k-d tree of the face centroids; a search that asks the same mesh about many
+    point sets (an alignment's offsets) builds it once.
 
     Raises:
         InputError: a mesh without faces.
