@@ -134,7 +134,7 @@ def surface_errors(predicted: Mapping[str, Mesh], truth: Mapping[str, Mesh],
     bones: dict[str, dict[str, float]] = {}
     for n in names:
         assd, hd95 = errors(n, 0.0)
-        a_assd, a_hd95 = errors(n, offset)
+        a_assd, a_hd95 = (assd, hd95) if offset == 0.0 else errors(n, offset)
         bones[n] = {"assd_mm": round(assd, 4), "hd95_mm": round(hd95, 4),
                     "aligned_assd_mm": round(a_assd, 4), "aligned_hd95_mm": round(a_hd95, 4)}
 
